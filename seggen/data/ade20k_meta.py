@@ -1,6 +1,7 @@
 """ADE20K SceneParsing (ADEChallengeData2016) class list and visualisation palette.
 
-From the benchmark's objectInfo150 (first synonym kept as the short name) and color150;
+From the benchmark's objectInfo150 (first synonym kept as the short name,
+except class 59, 'screen door', which would otherwise repeat 'screen') and color150;
 index i here is label i+1 in the annotation PNGs (0 = other/unlabelled, ignored).
 The official palette repeats (140, 140, 140) for road and skyscraper; the colour codec
 resolves that (see seggen.codec.Palette.make_distinct).
@@ -65,7 +66,7 @@ ADE20K_CLASSES: tuple[str, ...] = (
     'case',
     'pool',
     'pillow',
-    'screen',
+    'screen door',  # 'screen;door;screen': renamed as in mmseg, to keep names unique
     'stairway',
     'river',
     'bridge',

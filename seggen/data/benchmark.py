@@ -60,7 +60,7 @@ def benchmark_meta(params: BenchmarkParams, seed: int) -> DatasetMeta:
     return DatasetMeta(
         name="seggen-benchmark",
         classes=[ClassInfo(id=i + 1, name=n, isthing=t, color=c) for i, (n, t, c) in enumerate(CLASSES)],
-        generator={"kind": "seggen.data.benchmark", "version": 1, "seed": seed, **params.model_dump()},
+        generator={"kind": "seggen.data.benchmark", "version": 1, "seed": seed, **params.model_dump(exclude={"workers"})},
     )
 
 

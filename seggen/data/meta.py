@@ -38,6 +38,9 @@ class DatasetMeta(BaseModel):
         ids = [c.id for c in self.classes]
         if ids != list(range(1, len(ids) + 1)):
             raise ValueError("class ids must be 1..N in order")
+        names = [c.name for c in self.classes]
+        if len(set(names)) != len(names):
+            raise ValueError("class names must be unique")
         return self
 
     @property

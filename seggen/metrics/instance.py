@@ -1,4 +1,10 @@
-"""Instance segmentation mask AP: pycocotools' COCOeval with iouType "segm", keys in percent."""
+"""Instance segmentation mask AP: pycocotools' COCOeval with iouType "segm", keys in percent.
+
+One deliberate difference from calling COCOeval on the raw file: COCOeval records a match by
+storing the GT annotation id, and an id of 0 reads as "unmatched", so a GT annotation with id 0
+(the real COCO val2017 sample has one) can never be a true positive. GT annotation ids are
+therefore renumbered 1..N (in file order) before evaluation; nothing else changes.
+"""
 
 from __future__ import annotations
 
@@ -18,11 +24,20 @@ def _pct(v: float) -> float | None:
     return None if v < 0 else float(v) * 100.0
 
 
+def renumber_annotation_ids(coco) -> None:
+    """Give GT annotations ids 1..N so that none is 0 (see module doc)."""
+    for i, a in enumerate(coco.dataset["annotations"], start=1):
+        a["id"] = i
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+
+
 def evaluate_instances(gt_json: str | Path, dt_json: str | Path) -> dict:
     """`dt_json`: a COCO results list ([{image_id, category_id, segmentation, score}, ...])."""
     from pycocotools.cocoeval import COCOeval
 
     gt = CocoInstances(gt_json).coco
+    renumber_annotation_ids(gt)
     dt_path = Path(dt_json)
     dets = read_json(dt_path)
     if isinstance(dets, dict) and "annotations" in dets:

@@ -1,0 +1,69 @@
+import subprocess
+import sys
+
+import pytest
+
+from seggen.config import Params, load_params, parse_overrides
+from seggen.errors import ConfigError
+
+from conftest import REPO
+
+
+def test_repo_params_yaml_is_valid():
+    p = load_params(REPO / "params.yaml")
+    assert isinstance(p, Params)
+    assert p.data.format == "benchmark"
+    assert 64 <= p.data.benchmark.resolution <= 128
+
+
+def test_missing_default_means_defaults(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert load_params() == Params()
+
+
+def test_missing_explicit_file_is_error(tmp_path):
+    with pytest.raises(ConfigError, match="nope.yaml: params file not found"):
+        load_params(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(
+    "yaml_text, message",
+    [
+        ("data:\n  benchmrk: {}\n", r"data\.benchmrk: unknown key"),
+        ("sede: 1\n", r"sede: unknown key"),
+        ("data:\n  benchmark:\n    resolution: 8\n", r"data\.benchmark\.resolution: .*greater than or equal to 32 \(got 8\)"),
+        ("data:\n  format: coco\n", r"data\.format: .*'benchmark' or 'ade20k'"),
+        ("eval:\n  reduce_zero_label: maybe\n", r"eval\.reduce_zero_label: .*boolean"),
+        ("seed: -1\n", r"seed: .*greater than or equal to 0"),
+        ("- a\n- b\n", r"top level must be a mapping"),
+        ("data: [\n", r"not valid YAML"),
+    ],
+)
+def test_bad_params_name_the_key(tmp_path, yaml_text, message):
+    f = tmp_path / "params.yaml"
+    f.write_text(yaml_text)
+    with pytest.raises(ConfigError, match=message) as e:
+        load_params(f)
+    assert str(f) in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_overrides():
+    p = load_params(REPO / "params.yaml", parse_overrides(["data.benchmark.resolution=96", "eval.reduce_zero_label=false"]))
+    assert p.data.benchmark.resolution == 96 and p.eval.reduce_zero_label is False
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        parse_overrides(["resolution"])
+    with pytest.raises(ConfigError, match=r"data\.benchmark\.resolutoin: unknown key"):
+        load_params(REPO / "params.yaml", parse_overrides(["data.benchmark.resolutoin=96"]))
+
+
+def test_cli_reports_bad_params_in_one_line(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text("data:\n  benchmark:\n    num_train: zero\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "seggen.cli", "--params", str(f), "prepare"], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "data.benchmark.num_train" in lines[0] and lines[0].startswith("error: ")
+    assert not (tmp_path / "data").exists()  # nothing written

@@ -1,0 +1,263 @@
+"""Readers on the real samples, and every bad-input case failing with one line naming the file."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from seggen.data.ade20k import ADE20KDataset
+from seggen.data.coco import CocoInstances, CocoPanoptic
+from seggen.data.meta import ade20k_meta
+from seggen.errors import DataError
+
+
+def one_line(e) -> str:
+    msg = str(e.value)
+    assert "\n" not in msg
+    return msg
+
+
+# -- ADE20K ------------------------------------------------------------------------------------
+
+
+def test_ade20k_reads_real_samples(ade_root):
+    ds = ADE20KDataset(ade_root, "validation")
+    assert [s.id for s in ds.samples] == ["ADE_val_00000001", "ADE_val_00000002", "ADE_val_00000003"]
+    sizes = []
+    for img, lab in ds:
+        assert img.dtype == np.uint8 and img.shape[2] == 3 and lab.shape == img.shape[:2]
+        assert lab.max() <= 150
+        sizes.append((img.shape[1], img.shape[0]))
+    assert sizes == [(683, 512), (500, 364), (400, 300)]
+    assert ds.meta.num_classes == 150 and ds.meta.names[2] == "sky"
+
+
+def test_ade20k_missing_annotation_partner(ade_copy):
+    (ade_copy / "annotations/validation/ADE_val_00000002.png").unlink()
+    with pytest.raises(DataError) as e:
+        ADE20KDataset(ade_copy, "validation")
+    assert "ADE_val_00000002.jpg: no annotation partner" in one_line(e)
+
+
+def test_ade20k_missing_image_partner(ade_copy):
+    (ade_copy / "images/validation/ADE_val_00000003.jpg").unlink()
+    with pytest.raises(DataError) as e:
+        ADE20KDataset(ade_copy, "validation")
+    assert "ADE_val_00000003.png: no image partner" in one_line(e)
+
+
+def test_ade20k_size_mismatch(ade_copy):
+    p = ade_copy / "annotations/validation/ADE_val_00000001.png"
+    Image.open(p).resize((100, 80), Image.NEAREST).save(p)
+    with pytest.raises(DataError) as e:
+        ADE20KDataset(ade_copy, "validation")[0]
+    assert "ADE_val_00000001.png: size 100x80 does not match image ADE_val_00000001.jpg 683x512" in one_line(e)
+
+
+def test_ade20k_label_out_of_range(ade_copy):
+    p = ade_copy / "annotations/validation/ADE_val_00000002.png"
+    lab = np.asarray(Image.open(p)).copy()
+    lab[0, 0] = 200
+    Image.fromarray(lab).save(p)
+    with pytest.raises(DataError) as e:
+        ADE20KDataset(ade_copy, "validation")[1]
+    assert "ADE_val_00000002.png: label value 200 out of range (0..150" in one_line(e)
+
+
+def test_ade20k_truncated_image(ade_copy):
+    p = ade_copy / "images/validation/ADE_val_00000003.jpg"
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    with pytest.raises(DataError) as e:
+        ADE20KDataset(ade_copy, "validation")[2]
+    assert "ADE_val_00000003.jpg: corrupt or truncated image" in one_line(e)
+
+
+def test_ade20k_corrupt_image(ade_copy):
+    p = ade_copy / "images/validation/ADE_val_00000001.jpg"
+    p.write_bytes(b"this is not a jpeg" * 10)
+    with pytest.raises(DataError) as e:
+        ADE20KDataset(ade_copy, "validation")[0]
+    assert "ADE_val_00000001.jpg: not a readable image" in one_line(e)
+
+
+def test_ade20k_missing_split(ade_root):
+    with pytest.raises(DataError) as e:
+        ADE20KDataset(ade_root, "training")
+    assert "images/training: directory not found" in one_line(e)
+
+
+def test_ade20k_rgb_label_rejected(ade_copy):
+    p = ade_copy / "annotations/validation/ADE_val_00000001.png"
+    Image.open(p).convert("RGB").save(p)
+    with pytest.raises(DataError) as e:
+        ADE20KDataset(ade_copy, "validation")[0]
+    assert "label PNG must be single-channel" in one_line(e)
+
+
+# -- COCO panoptic -----------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def coco_copy(real, tmp_path):
+    dst = tmp_path / "coco"
+    shutil.copytree(real / "coco", dst)
+    for p in dst.rglob("*"):
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    return dst
+
+
+def test_coco_panoptic_reads_real_samples(real):
+    ann = real / "coco" / "annotations"
+    pan = CocoPanoptic(ann / "panoptic_val2017.json", image_dir=real / "coco" / "val2017")
+    assert len(pan) == 2 and len(pan.categories) == 133
+    crowd = 0
+    for i in range(len(pan)):
+        s = pan[i]
+        assert s.image.shape[:2] == s.ids.shape
+        ids_png = set(np.unique(s.ids).tolist()) - {0}
+        assert ids_png == {seg["id"] for seg in s.segments}
+        for seg in s.segments:
+            assert (s.ids == seg["id"]).sum() == seg["area"]  # id = R + 256 G + 65536 B decodes right
+            crowd += seg["iscrowd"]
+        sem = pan.semantic(s.ids, s.segments)
+        assert set(np.unique(sem).tolist()) - {0} <= set(pan.categories)
+    assert crowd == 3
+    things = sum(c["isthing"] for c in pan.categories.values())
+    assert things == 80
+
+
+def _edit_json(path, fn):
+    d = json.loads(path.read_text())
+    fn(d)
+    path.write_text(json.dumps(d))
+
+
+def test_coco_panoptic_unknown_image(coco_copy):
+    j = coco_copy / "annotations/panoptic_val2017.json"
+    _edit_json(j, lambda d: d["annotations"][1].update(image_id=999))
+    with pytest.raises(DataError) as e:
+        CocoPanoptic(j)
+    assert "panoptic_val2017.json: annotation 000000439180.png references unknown image_id 999" in one_line(e)
+
+
+def test_coco_panoptic_unknown_category(coco_copy):
+    j = coco_copy / "annotations/panoptic_val2017.json"
+    _edit_json(j, lambda d: d["annotations"][0]["segments_info"][0].update(category_id=4242))
+    with pytest.raises(DataError) as e:
+        CocoPanoptic(j)
+    assert "references unknown category_id 4242" in one_line(e)
+
+
+def test_coco_panoptic_png_segment_absent_from_json(coco_copy):
+    j = coco_copy / "annotations/panoptic_val2017.json"
+    removed = {}
+
+    def drop(d):
+        removed["id"] = d["annotations"][0]["segments_info"].pop(3)["id"]
+
+    _edit_json(j, drop)
+    pan = CocoPanoptic(j)
+    with pytest.raises(DataError) as e:
+        pan.load_ids(0)
+    msg = one_line(e)
+    assert "000000142238.png: segment id(s)" in msg and str(removed["id"]) in msg and "absent from panoptic_val2017.json" in msg
+
+
+def test_coco_panoptic_size_mismatch(coco_copy):
+    p = coco_copy / "annotations/panoptic_val2017/000000142238.png"
+    Image.open(p).resize((320, 200), Image.NEAREST).save(p)
+    pan = CocoPanoptic(coco_copy / "annotations/panoptic_val2017.json", image_dir=coco_copy / "val2017")
+    with pytest.raises(DataError) as e:
+        pan[0]
+    assert "000000142238.png: size 320x200 does not match 640x427" in one_line(e)
+
+
+def test_coco_panoptic_truncated_image(coco_copy):
+    p = coco_copy / "val2017/000000439180.jpg"
+    p.write_bytes(p.read_bytes()[:5000])
+    pan = CocoPanoptic(coco_copy / "annotations/panoptic_val2017.json", image_dir=coco_copy / "val2017")
+    with pytest.raises(DataError) as e:
+        pan[1]
+    assert "000000439180.jpg: corrupt or truncated image" in one_line(e)
+
+
+def test_coco_json_not_json(coco_copy):
+    j = coco_copy / "annotations/panoptic_val2017.json"
+    j.write_text("{not json")
+    with pytest.raises(DataError) as e:
+        CocoPanoptic(j)
+    assert "panoptic_val2017.json: not valid JSON" in one_line(e)
+
+
+# -- COCO instances ----------------------------------------------------------------------------
+
+
+def test_coco_instances_rle_real_samples(real):
+    inst = CocoInstances(real / "coco/annotations/instances_val2017.json", image_dir=real / "coco/val2017")
+    assert len(inst) == 2
+    n = 0
+    for i in range(len(inst)):
+        image, anns = inst[i]
+        for a in anns:
+            assert a["mask"].shape == image.shape[:2]
+            # the annotation area is the RLE's pixel count
+            assert abs(int(a["mask"].sum()) - a["area"]) <= 1
+            n += 1
+    assert n == 50
+
+
+def test_coco_instances_polygons(real, tmp_path):
+    src = json.loads((real / "coco/annotations/instances_val2017.json").read_text())
+    img = src["images"][0]
+    d = {
+        "images": [img],
+        "categories": src["categories"][:2],
+        "annotations": [
+            {"id": 1, "image_id": img["id"], "category_id": src["categories"][0]["id"], "iscrowd": 0,
+             "segmentation": [[10, 10, 110, 10, 110, 60, 10, 60]], "area": 5000, "bbox": [10, 10, 100, 50]},
+            {"id": 2, "image_id": img["id"], "category_id": src["categories"][1]["id"], "iscrowd": 0,
+             "segmentation": [[200, 200, 300, 200, 250, 300]], "area": 5000, "bbox": [200, 200, 100, 100]},
+        ],
+    }
+    j = tmp_path / "poly.json"
+    j.write_text(json.dumps(d))
+    anns = CocoInstances(j).masks(img["id"])
+    rect = anns[0]["mask"]
+    assert rect.shape == (img["height"], img["width"])
+    assert rect[10:60, 10:110].mean() > 0.95 and rect.sum() == pytest.approx(101 * 51, rel=0.05)
+    assert anns[1]["mask"].sum() == pytest.approx(5000, rel=0.05)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda d: d["annotations"][0].update(image_id=7), "annotation .* references unknown image_id 7"),
+        (lambda d: d["annotations"][3].update(category_id=999), "annotation .* references unknown category_id 999"),
+        (lambda d: d["annotations"][0].update(segmentation=[[1, 2, 3, 4]]), "polygon with fewer than 3 points"),
+        (lambda d: d["annotations"][0].update(segmentation="x"), "neither polygons nor RLE"),
+        (lambda d: d.pop("categories"), "top level has no 'categories'"),
+    ],
+)
+def test_coco_instances_bad_json(real, tmp_path, edit, message):
+    d = json.loads((real / "coco/annotations/instances_val2017.json").read_text())
+    edit(d)
+    j = tmp_path / "instances.json"
+    j.write_text(json.dumps(d))
+    with pytest.raises(DataError, match=message) as e:
+        CocoInstances(j)
+    assert str(j) in one_line(e)
+
+
+def test_ade20k_meta_matches_official_csv(real):
+    import csv
+
+    rows = list(csv.reader(open(real / "ade20k/objectInfo150.csv")))[1:]
+    colours = [tuple(map(int, r)) for r in list(csv.reader(open(real / "ade20k/color150.csv")))[1:]]
+    meta = ade20k_meta()
+    expected = [r[5].split(";")[0] for r in rows]
+    expected[58] = "screen door"  # 'screen;door;screen' would repeat 'screen' (class 131)
+    assert [c.name for c in meta.classes] == expected
+    assert [tuple(c.color) for c in meta.classes] == colours
+    assert [not c.isthing for c in meta.classes] == [r[4] == "1" for r in rows]
