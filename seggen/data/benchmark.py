@@ -395,20 +395,26 @@ def generate(root: str | Path, params: BenchmarkParams, seed: int, progress: boo
 
 
 def write_preview(root: Path, meta: DatasetMeta, n: int = 6) -> Path:
-    """preview.png: rows image | colour map | instance colour map for the first samples of each split."""
+    """preview.png: per split, rows of image | colour map | panoptic segments (random colours)."""
     from seggen.data.ade20k import ADE20KDataset
 
-    pal = meta.palette(boundary=True)
-    rows = []
+    pal = meta.palette()
+    columns = []
     for split in SPLITS:
         ds = ADE20KDataset(root, split, meta)
         pan_dir = root / "panoptic" / f"panoptic_{split}"
+        rows = []
         for i in range(min(n, len(ds))):
             img, lab = ds[i]
             ids = load_panoptic_png(pan_dir / (ds.samples[i].id + ".png"))
-            rows.append(np.concatenate([img, pal.encode(lab), pal.encode_instances(lab, ids)], 1))
-    grid = np.concatenate(rows, 0)
-    scale = max(1, 256 // grid.shape[1] * 1)
+            uniq, inv = np.unique(ids, return_inverse=True)
+            colours = np.random.default_rng(i).integers(40, 256, (len(uniq), 3), dtype=np.uint8)
+            seg = colours[inv.reshape(ids.shape)]
+            rows.append(np.concatenate([img, pal.encode(lab), seg], 1))
+        col = np.concatenate(rows, 0)
+        columns += [col, np.full((col.shape[0], 4, 3), 255, np.uint8)]
+    grid = np.concatenate(columns[:-1], 1)
+    scale = max(1, 384 // grid.shape[0])
     out = root / "preview.png"
     Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST).save(out)
     return out
