@@ -411,9 +411,12 @@ def write_preview(root: Path, meta: DatasetMeta, n: int = 6) -> Path:
             colours = np.random.default_rng(i).integers(40, 256, (len(uniq), 3), dtype=np.uint8)
             seg = colours[inv.reshape(ids.shape)]
             rows.append(np.concatenate([img, pal.encode(lab), seg], 1))
-        col = np.concatenate(rows, 0)
-        columns += [col, np.full((col.shape[0], 4, 3), 255, np.uint8)]
-    grid = np.concatenate(columns[:-1], 1)
+        columns.append(np.concatenate(rows, 0))
+    h = max(c.shape[0] for c in columns)
+    padded = []
+    for c in columns:  # splits may have fewer samples than n: pad with white
+        padded += [np.pad(c, ((0, h - c.shape[0]), (0, 0), (0, 0)), constant_values=255), np.full((h, 4, 3), 255, np.uint8)]
+    grid = np.concatenate(padded[:-1], 1)
     scale = max(1, 384 // grid.shape[0])
     out = root / "preview.png"
     Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST).save(out)
