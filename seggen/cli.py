@@ -95,6 +95,100 @@ def data_check(
         typer.echo(f"{s}: {n} samples ok")
 
 
+# -- captions and generators ------------------------------------------------------------------
+
+
+@app.command()
+def caption(
+    captioner: Annotated[Optional[str], typer.Option(help="label | blip (default: caption.captioner).")] = None,
+    model: Annotated[Optional[str], typer.Option(help="BLIP/BLIP-2 model id or directory (caption.model).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="JSONL output (caption.out).")] = None,
+) -> None:
+    """Caption every training image (skips images already captioned by the same captioner)."""
+    from seggen.captions import caption_dataset
+
+    p = state.params({"caption.captioner": captioner, "caption.model": model, "caption.out": str(out) if out else None})
+    c = p.caption
+    stats = caption_dataset(p.data.root, c.split, c.out, c.captioner, c.model, c.batch_size, c.max_new_tokens)
+    typer.echo(f"{c.out}: {stats['captioned']} captioned, {stats['skipped']} already there")
+
+
+train_app = typer.Typer(no_args_is_help=True, help="Train a model (resumes from the newest checkpoint).")
+sample_app = typer.Typer(no_args_is_help=True, help="Sample from a trained generator.")
+app.add_typer(train_app, name="train")
+app.add_typer(sample_app, name="sample")
+
+
+@train_app.command("text2mask")
+def train_text2mask_cmd(
+    steps: Annotated[Optional[int], typer.Option(help="text2mask.train.steps")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="text2mask.out")] = None,
+) -> None:
+    """Train Text2Mask (caption -> colour-map mask)."""
+    from seggen.generators.text2mask import train_text2mask
+
+    p = state.params({"text2mask.train.steps": steps, "text2mask.out": str(out) if out else None})
+    typer.echo(f"model written to {train_text2mask(p)}")
+
+
+@train_app.command("mask2img")
+def train_mask2img_cmd(
+    steps: Annotated[Optional[int], typer.Option(help="mask2img.train.steps")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="mask2img.out")] = None,
+) -> None:
+    """Train Mask2Img (colour map + caption -> image, ControlNet on a base UNet)."""
+    from seggen.generators.mask2img import train_mask2img
+
+    p = state.params({"mask2img.train.steps": steps, "mask2img.out": str(out) if out else None})
+    typer.echo(f"model written to {train_mask2img(p)}")
+
+
+@sample_app.command("text2mask")
+def sample_text2mask_cmd(
+    prompt: Annotated[list[str], typer.Option(help="Caption(s) to generate masks for.")],
+    out: Annotated[Path, typer.Option(help="Output directory.")],
+    n: Annotated[int, typer.Option(help="Masks per prompt.")] = 8,
+    model: Annotated[Optional[Path], typer.Option(help="Model directory (default: text2mask.out/model).")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="text2mask.sample.steps")] = None,
+    guidance_scale: Annotated[Optional[float], typer.Option(help="text2mask.sample.guidance_scale")] = None,
+) -> None:
+    """Generate colour-map masks and their decoded label PNGs."""
+    from seggen.generators.text2mask import sample_text2mask
+    from seggen.generators.common import save_grid
+    from seggen.io import write_png
+
+    p = state.params({"text2mask.sample.steps": steps, "text2mask.sample.guidance_scale": guidance_scale})
+    s = p.text2mask.sample
+    res = sample_text2mask(model or Path(p.text2mask.out) / "model", prompt, n, p.seed, s.steps, s.guidance_scale, s.batch_size)
+    for i, (rgb, lab) in enumerate(zip(res["rgb"], res["labels"])):
+        write_png(out / f"mask_{i:04d}.png", rgb)
+        write_png(out / f"label_{i:04d}.png", lab.astype("uint8"))
+    import numpy as np
+
+    save_grid([np.concatenate(list(res["rgb"][k : k + n]), 1) for k in range(0, len(res["rgb"]), n)], out / "grid.png")
+    typer.echo(f"{len(res['rgb'])} masks written to {out}")
+
+
+@sample_app.command("mask2img")
+def sample_mask2img_cmd(
+    mask: Annotated[Path, typer.Option(help="Colour-map PNG (or label PNG with --labels).")],
+    prompt: Annotated[str, typer.Option(help="Caption.")],
+    out: Annotated[Path, typer.Option(help="Output directory.")],
+    n: Annotated[int, typer.Option(help="Images to generate.")] = 4,
+    labels: Annotated[bool, typer.Option(help="--mask is a label PNG (values 0..N), not a colour map.")] = False,
+    model: Annotated[Optional[Path], typer.Option(help="Model directory (default: mask2img.out/model).")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="mask2img.sample.steps")] = None,
+    guidance_scale: Annotated[Optional[float], typer.Option(help="mask2img.sample.guidance_scale")] = None,
+) -> None:
+    """Generate images for one mask."""
+    from seggen.generators.mask2img import sample_mask2img_cli
+
+    p = state.params({"mask2img.sample.steps": steps, "mask2img.sample.guidance_scale": guidance_scale})
+    s = p.mask2img.sample
+    written = sample_mask2img_cli(model or Path(p.mask2img.out) / "model", mask, labels, prompt, n, out, p.seed, s.steps, s.guidance_scale)
+    typer.echo(f"{written} images written to {out}")
+
+
 # -- eval ---------------------------------------------------------------------------------------
 
 

@@ -7,10 +7,10 @@ params.yaml fails fast with one line instead of silently running with a default.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from seggen.errors import ConfigError
 
@@ -42,10 +42,109 @@ class EvalParams(_Section):
     reduce_zero_label: bool = True
 
 
+class CaptionParams(_Section):
+    captioner: Literal["label", "blip"] = "label"
+    model: Optional[str] = None  # BLIP / BLIP-2 model id or local directory, for captioner "blip"
+    split: str = "training"
+    out: Path = Path("data/captions.jsonl")
+    batch_size: int = Field(16, ge=1)
+    max_new_tokens: int = Field(30, ge=1, le=512)
+
+
+class TextEncoderParams(_Section):
+    """Offline default: a small CLIP text model from scratch with a tokenizer trained on our captions."""
+
+    pretrained: Optional[str] = None  # CLIP text model id or directory (its tokenizer alongside); frozen
+    subfolder: Optional[str] = None  # e.g. "text_encoder" inside a Stable Diffusion repo
+    vocab_size: int = Field(512, ge=32, le=65536)
+    hidden_size: int = Field(64, ge=16)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
+    max_length: int = Field(48, ge=8, le=512)
+    train: bool = True  # train jointly with the generator (from-scratch encoder only)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "TextEncoderParams":
+        if self.hidden_size % self.heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by heads {self.heads}")
+        return self
+
+
+class TrainParams(_Section):
+    steps: int = Field(600, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(20, ge=0)
+    grad_accum: int = Field(1, ge=1)
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    caption_dropout: float = Field(0.1, ge=0, le=1)
+    ema: bool = False
+    ema_decay: float = Field(0.999, gt=0, lt=1)
+    checkpoint_every: int = Field(200, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    threads: int = Field(0, ge=0)  # torch CPU threads; 0 = torch's default
+
+
+class SampleParams(_Section):
+    steps: int = Field(20, ge=1, le=1000)
+    guidance_scale: float = Field(3.0, ge=0)
+    batch_size: int = Field(16, ge=1)
+
+
+class UNetParams(_Section):
+    block_out_channels: tuple[int, ...] = (32, 64, 64)
+    layers_per_block: int = Field(1, ge=1)
+    attention_levels: tuple[bool, ...] = (False, True, True)  # cross-attention to the caption per level
+    attention_head_dim: int = Field(8, ge=1)
+    norm_num_groups: int = Field(8, ge=1)
+
+    @model_validator(mode="after")
+    def _levels(self) -> "UNetParams":
+        if len(self.attention_levels) != len(self.block_out_channels):
+            raise ValueError("attention_levels needs one entry per block_out_channels entry")
+        if any(c % self.norm_num_groups for c in self.block_out_channels):
+            raise ValueError(f"every block_out_channels entry must be divisible by norm_num_groups {self.norm_num_groups}")
+        return self
+
+
+class GeneratorParams(_Section):
+    out: Path
+    resolution: int = Field(32, ge=8, le=2048)
+    pretrained: Optional[str] = None  # SD / SDXL model id or directory: latent space through its VAE
+    prediction_type: Literal["epsilon", "sample", "v_prediction"] = "sample"
+    num_train_timesteps: int = Field(1000, ge=10)
+    unet: UNetParams = UNetParams()
+    train: TrainParams = TrainParams()
+    sample: SampleParams = SampleParams()
+
+
+class Text2MaskParams(GeneratorParams):
+    out: Path = Path("models/text2mask")
+    min_class_pixels: int = Field(4, ge=1)  # a decoded class counts as present from this many pixels
+
+
+class ControlNetParams(_Section):
+    conditioning_embedding_out_channels: tuple[int, ...] = (32,)
+    conditioning_scale: float = Field(1.0, ge=0)
+
+
+class Mask2ImgParams(GeneratorParams):
+    out: Path = Path("models/mask2img")
+    controlnet: ControlNetParams = ControlNetParams()
+    # from scratch: base UNet and ControlNet trained jointly; with `pretrained`: base frozen
+    train_base: bool = True
+
+
 class Params(_Section):
     seed: int = Field(0, ge=0, lt=2**32)
     data: DataParams = DataParams()
     eval: EvalParams = EvalParams()
+    caption: CaptionParams = CaptionParams()
+    text_encoder: TextEncoderParams = TextEncoderParams()
+    text2mask: Text2MaskParams = Text2MaskParams()
+    mask2img: Mask2ImgParams = Mask2ImgParams()
 
 
 def _format_error(source: str, err: ValidationError) -> str:

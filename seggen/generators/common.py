@@ -1,0 +1,225 @@
+"""Pieces shared by the Text2Mask and Mask2Img training loops and samplers.
+
+Determinism: the batch indices, noise, timesteps and caption-dropout mask of every micro-step are
+drawn from generators seeded by (seed, micro-step), and the initial noise of every sample by
+(seed, sample index). A resumed run therefore repeats an uninterrupted one exactly, and sampled
+outputs do not depend on the batch size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from seggen.captions import read_captions
+from seggen.codec import Palette
+from seggen.config import GeneratorParams, Params, UNetParams
+from seggen.data.ade20k import ADE20KDataset
+from seggen.data.meta import DatasetMeta, load_meta
+from seggen.errors import DataError
+
+log = logging.getLogger(__name__)
+MODEL_META = "seggen_model.json"
+
+
+def seed_for(*parts: int | str) -> int:
+    h = hashlib.sha256("/".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(h[:8], "little") & (2**63 - 1)
+
+
+def torch_gen(*parts: int | str) -> torch.Generator:
+    return torch.Generator().manual_seed(seed_for(*parts))
+
+
+def to_tensor(rgb: np.ndarray) -> torch.Tensor:
+    """HxWx3 uint8 -> 3xHxW float in [-1, 1]."""
+    return torch.from_numpy(np.array(rgb, copy=True)).permute(2, 0, 1).float().div(127.5).sub(1.0)
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """Bx3xHxW in [-1, 1] -> BxHxWx3 uint8."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+@dataclass
+class GeneratorData:
+    """The training split at the generator's resolution, held in memory."""
+
+    colour_maps: torch.Tensor  # N x 3 x R x R in [-1, 1]
+    images: torch.Tensor  # N x 3 x R x R in [-1, 1]
+    labels: np.ndarray  # N x R x R
+    captions: list[str]
+    classes: list[list[str]]
+    ids: list[str]
+    meta: DatasetMeta
+    palette: Palette
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def load_generator_data(params: Params, resolution: int, instances: bool = False) -> GeneratorData:
+    root = Path(params.data.root)
+    split = params.caption.split
+    caps = read_captions(params.caption.out)
+    if not caps:
+        raise DataError(f"{params.caption.out}: no captions (run `seggen caption` first)")
+    ds = ADE20KDataset(root, split)
+    meta = load_meta(root)
+    palette = meta.palette(boundary=instances)
+    missing = [s.id for s in ds.samples if s.id not in caps]
+    if missing:
+        raise DataError(f"{params.caption.out}: no caption for {len(missing)} image(s) of {split}, e.g. {missing[0]}")
+    pan = None
+    if instances:
+        from seggen.data.coco import CocoPanoptic
+
+        pj = root / "panoptic" / f"panoptic_{split}.json"
+        if not pj.exists():
+            raise DataError(f"{pj}: instance-aware colour maps need the panoptic layout")
+        pan = CocoPanoptic(pj)
+    maps, imgs, labs = [], [], []
+    for i, s in enumerate(ds.samples):
+        img, lab = ds[i]
+        lab_r = np.asarray(Image.fromarray(lab).resize((resolution, resolution), Image.NEAREST))
+        if pan is not None:
+            ids, _ = pan.load_ids(i)
+            ids_r = np.asarray(Image.fromarray(ids.astype(np.int32)).resize((resolution, resolution), Image.NEAREST))
+            cmap = palette.encode_instances(lab_r, ids_r)
+        else:
+            cmap = palette.encode(lab_r)
+        img_r = np.asarray(Image.fromarray(img).resize((resolution, resolution), Image.BOX))
+        maps.append(to_tensor(cmap))
+        imgs.append(to_tensor(img_r))
+        labs.append(lab_r)
+    return GeneratorData(
+        colour_maps=torch.stack(maps),
+        images=torch.stack(imgs),
+        labels=np.stack(labs),
+        captions=[caps[s.id].caption for s in ds.samples],
+        classes=[caps[s.id].classes for s in ds.samples],
+        ids=[s.id for s in ds.samples],
+        meta=meta,
+        palette=palette,
+    )
+
+
+def batch_indices(seed: int, micro_step: int, n: int, batch_size: int, rank: int = 0, world: int = 1) -> np.ndarray:
+    rng = np.random.default_rng(seed_for(seed, "batch", micro_step))
+    idx = rng.choice(n, batch_size * world, replace=n < batch_size * world)
+    return idx[rank::world]
+
+
+def build_unet(cfg: UNetParams, channels: int, cross_attention_dim: int, sample_size: int):
+    from diffusers import UNet2DConditionModel
+
+    down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in cfg.attention_levels)
+    up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cfg.attention_levels))
+    return UNet2DConditionModel(
+        sample_size=sample_size,
+        in_channels=channels,
+        out_channels=channels,
+        down_block_types=down,
+        up_block_types=up,
+        block_out_channels=tuple(cfg.block_out_channels),
+        layers_per_block=cfg.layers_per_block,
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=cfg.attention_head_dim,
+        norm_num_groups=cfg.norm_num_groups,
+        mid_block_type="UNetMidBlock2DCrossAttn",
+    )
+
+
+def build_noise_scheduler(cfg: GeneratorParams):
+    from diffusers import DDPMScheduler
+
+    if cfg.pretrained:
+        sched = DDPMScheduler.from_pretrained(cfg.pretrained, subfolder="scheduler")
+        return DDPMScheduler.from_config(sched.config, prediction_type=cfg.prediction_type)
+    # cosine schedule: better than linear for small pixel-space images
+    return DDPMScheduler(
+        num_train_timesteps=cfg.num_train_timesteps,
+        beta_schedule="squaredcos_cap_v2",
+        prediction_type=cfg.prediction_type,
+        clip_sample=False,
+    )
+
+
+def training_target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "sample":
+        return x0
+    if kind == "v_prediction":
+        return scheduler.get_velocity(x0, noise, t)
+    raise ValueError(kind)
+
+
+def lr_at(step: int, base: float, warmup: int) -> float:
+    return base * min(1.0, (step + 1) / max(1, warmup))
+
+
+def write_model_meta(directory: Path, info: dict) -> None:
+    (directory / MODEL_META).write_text(json.dumps(info, indent=2))
+
+
+def read_model_meta(directory: str | Path, kind: str) -> dict:
+    path = Path(directory) / MODEL_META
+    if not path.exists():
+        raise DataError(f"{directory}: not a seggen {kind} model directory (no {MODEL_META})")
+    info = json.loads(path.read_text())
+    if info.get("kind") != kind:
+        raise DataError(f"{directory}: is a {info.get('kind')} model, expected {kind}")
+    return info
+
+
+def save_grid(rows: list[np.ndarray], path: Path, scale: int = 4) -> Path:
+    """rows: list of HxWx3 uint8 images of one row each (already concatenated horizontally)."""
+    grid = np.concatenate(rows, 0)
+    im = Image.fromarray(grid)
+    im = im.resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    from seggen.io import atomic_path
+
+    with atomic_path(path, suffix=".png") as tmp:
+        im.save(tmp, format="PNG")
+    return path
+
+
+def fingerprint_params(params: Params, gen: GeneratorParams) -> str:
+    """What a checkpoint's trajectory depends on: not the step budget, checkpointing, threads or
+    sampling settings, so raising `train.steps` resumes and extends an earlier run."""
+    g = gen.model_dump(mode="json", exclude={"out", "sample"})
+    for k in ("steps", "checkpoint_every", "keep_checkpoints", "threads"):
+        g["train"].pop(k)
+    blob = json.dumps([params.seed, params.data.model_dump(mode="json"), params.caption.model_dump(mode="json"),
+                       params.text_encoder.model_dump(mode="json"), g], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def resumable_checkpoint(root: Path, fingerprint: str) -> Path | None:
+    """The newest checkpoint made with the same params; checkpoints made with other params are
+    moved aside (to `checkpoints.stale/`) with a warning, and training starts over."""
+    import shutil
+
+    from seggen.models.checkpoint import latest_checkpoint
+
+    last = latest_checkpoint(root)
+    if last is None:
+        return None
+    saved = json.loads((last / "trainer_state.json").read_text())
+    if saved.get("fingerprint") == fingerprint:
+        return last
+    stale = root.with_name(root.name + ".stale")
+    shutil.rmtree(stale, ignore_errors=True)
+    root.rename(stale)
+    log.warning("%s was trained with other params: moved to %s, starting over", root, stale)
+    return None

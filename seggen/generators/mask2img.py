@@ -1,0 +1,268 @@
+"""Mask2Img: a ControlNet on a base text-conditioned UNet, generating an image from a colour map + caption.
+
+Schedule for the tiny default (no pretrained base exists offline): the base UNet and the ControlNet
+are trained jointly from scratch, in one loop, on (image, colour map, caption) triples; the base
+learns the image prior from the caption, the ControlNet learns to steer it with the mask through its
+zero-initialised residual convolutions. With `mask2img.pretrained` (a Stable Diffusion id or
+directory) the base UNet, VAE and text encoder are loaded and frozen and only the ControlNet trains,
+in latent space, as in the paper.
+
+Output directory (`mask2img.out`):
+    checkpoints/step_XXXXXXX/   resumable state
+    model/                      unet/ controlnet/ text_encoder/ tokenizer/ scheduler/ [vae/] seggen_model.json
+    samples.png                 colour map | real image | generated, for the first training masks
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
+
+from seggen.config import Params
+from seggen.errors import DataError
+from seggen.generators import common
+from seggen.generators.text2mask import _accelerator, _vae, encode_latents
+from seggen.io import atomic_dir, write_png
+from seggen.models import checkpoint as ckpt
+from seggen.models import text
+
+log = logging.getLogger(__name__)
+KIND = "mask2img"
+
+
+def train_mask2img(params: Params, progress: bool = True) -> Path:
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    cfg = params.mask2img
+    out = Path(cfg.out)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    accelerator = _accelerator(cfg)
+    torch.manual_seed(common.seed_for(params.seed, KIND, "init"))
+
+    data = common.load_generator_data(params, cfg.resolution)
+    vae = _vae(cfg.pretrained)
+    te_cfg = params.text_encoder
+    if cfg.pretrained and not te_cfg.pretrained:
+        te_cfg = te_cfg.model_copy(update={"pretrained": cfg.pretrained, "subfolder": "text_encoder"})
+    tokenizer, text_encoder, train_te = text.build_text_encoder(te_cfg, data.captions)
+    if cfg.pretrained:
+        unet = UNet2DConditionModel.from_pretrained(cfg.pretrained, subfolder="unet")
+        x0_all = encode_latents(vae.to(accelerator.device), data.images)
+        train_base = False
+    else:
+        unet = common.build_unet(cfg.unet, 3, text_encoder.config.hidden_size, cfg.resolution)
+        x0_all = data.images
+        train_base = cfg.train_base
+    unet.requires_grad_(train_base)
+    controlnet = ControlNetModel.from_unet(
+        unet, conditioning_embedding_out_channels=tuple(cfg.controlnet.conditioning_embedding_out_channels)
+    )
+    cond_all = (data.colour_maps + 1) / 2  # ControlNet conditioning images live in [0, 1]
+    noise_scheduler = common.build_noise_scheduler(cfg)
+    ids_all = text.tokenize(tokenizer, data.captions)
+    empty_ids = text.tokenize(tokenizer, [""])
+
+    trainable = list(controlnet.parameters())
+    trainable += list(unet.parameters()) if train_base else []
+    trainable += list(text_encoder.parameters()) if train_te else []
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+
+    start = 0
+    state = {"fingerprint": common.fingerprint_params(params, cfg)}
+    last = common.resumable_checkpoint(out / "checkpoints", state["fingerprint"])
+    if last is not None:
+        saved = json.loads((last / "trainer_state.json").read_text())
+        ckpt.load_weights(controlnet, last / "controlnet")
+        if train_base:
+            ckpt.load_weights(unet, last / "unet")
+        if train_te:
+            ckpt.load_weights(text_encoder, last / "text_encoder")
+        ckpt.load_optimizer(optimizer, last)
+        start = saved["step"]
+        log.info("resuming mask2img from %s (step %d)", last, start)
+
+    models = [controlnet] + ([unet] if train_base else []) + ([text_encoder] if train_te else [])
+    prepared = accelerator.prepare(*models, optimizer)
+    controlnet, optimizer = prepared[0], prepared[-1]
+    k = 1
+    if train_base:
+        unet, k = prepared[k], k + 1
+    else:
+        unet = unet.to(accelerator.device).eval()
+    if train_te:
+        text_encoder = prepared[k]
+    else:
+        text_encoder = text_encoder.to(accelerator.device).eval()
+    device = accelerator.device
+    world, rank = accelerator.num_processes, accelerator.process_index
+    tc = cfg.train
+    scale = cfg.controlnet.conditioning_scale
+    bar = tqdm(total=tc.steps, initial=start, desc="train mask2img", unit="step", disable=not progress or not accelerator.is_main_process, dynamic_ncols=True)
+    t0, losses = time.perf_counter(), []
+    for step in range(start, tc.steps):
+        for g in optimizer.param_groups:
+            g["lr"] = common.lr_at(step, tc.lr, tc.warmup_steps)
+        for micro in range(tc.grad_accum):
+            m = step * tc.grad_accum + micro
+            idx = torch.from_numpy(common.batch_indices(params.seed, m, len(data), tc.batch_size, rank, world))
+            gen = common.torch_gen(params.seed, KIND, "noise", m, rank)
+            x0 = x0_all[idx].to(device)
+            cond = cond_all[idx].to(device)
+            noise = torch.randn(x0.shape, generator=gen).to(device)
+            t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(idx),), generator=gen).to(device)
+            drop = torch.rand(len(idx), generator=gen) < tc.caption_dropout
+            ids = torch.where(drop[:, None], empty_ids.expand(len(idx), -1), ids_all[idx]).to(device)
+            with accelerator.accumulate(controlnet):
+                with accelerator.autocast():
+                    with torch.set_grad_enabled(train_te):
+                        ctx = text.encode(text_encoder, ids)
+                    noisy = noise_scheduler.add_noise(x0, noise, t)
+                    down, mid = controlnet(noisy, t, encoder_hidden_states=ctx, controlnet_cond=cond, conditioning_scale=scale, return_dict=False)
+                    pred = unet(noisy, t, ctx, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
+                    loss = F.mse_loss(pred.float(), common.training_target(noise_scheduler, x0, noise, t).float())
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(trainable, tc.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        done = step + 1
+        bar.update()
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+        if accelerator.is_main_process and (done % tc.checkpoint_every == 0 or done == tc.steps):
+            mods = {"controlnet": accelerator.unwrap_model(controlnet)}
+            if train_base:
+                mods["unet"] = accelerator.unwrap_model(unet)
+            if train_te:
+                mods["text_encoder"] = accelerator.unwrap_model(text_encoder)
+            ckpt.write_checkpoint(out / "checkpoints", done, mods, optimizer, state, tc.keep_checkpoints)
+    bar.close()
+    elapsed = time.perf_counter() - t0
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return out / "model"
+
+    model_dir = out / "model"
+    with atomic_dir(model_dir) as tmp:
+        accelerator.unwrap_model(unet).save_pretrained(tmp / "unet")
+        accelerator.unwrap_model(controlnet).save_pretrained(tmp / "controlnet")
+        accelerator.unwrap_model(text_encoder).save_pretrained(tmp / "text_encoder")
+        tokenizer.save_pretrained(tmp / "tokenizer")
+        noise_scheduler.save_pretrained(tmp / "scheduler")
+        if vae is not None:
+            vae.save_pretrained(tmp / "vae")
+        common.write_model_meta(
+            tmp,
+            {
+                "kind": KIND,
+                "resolution": cfg.resolution,
+                "latent": vae is not None,
+                "palette": data.palette.colors.tolist(),
+                "classes": data.meta.names,
+                "conditioning_scale": scale,
+                "train": {"steps": tc.steps, "seconds_this_run": elapsed, "steps_this_run": tc.steps - start,
+                          "final_loss": float(np.mean(losses[-20:])) if losses else None},
+                "fingerprint": state["fingerprint"],
+            },
+        )
+    n = min(8, len(data))
+    sampler = Mask2ImgSampler(model_dir)
+    seeds = [common.seed_for(params.seed, KIND, "grid", i) for i in range(n)]
+    gen = sampler(common.to_uint8(data.colour_maps[:n]), data.captions[:n], seeds, cfg.sample.steps, cfg.sample.guidance_scale)
+    rows = [np.concatenate([c, r, g], 1) for c, r, g in zip(common.to_uint8(data.colour_maps[:n]), common.to_uint8(data.images[:n]), gen)]
+    common.save_grid(rows, out / "samples.png")
+    return model_dir
+
+
+class Mask2ImgSampler:
+    def __init__(self, model_dir: str | Path, device: str | None = None):
+        from diffusers import ControlNetModel, DPMSolverMultistepScheduler, UNet2DConditionModel
+
+        self.dir = Path(model_dir)
+        self.info = common.read_model_meta(self.dir, KIND)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.unet = UNet2DConditionModel.from_pretrained(self.dir / "unet").to(self.device).eval()
+        self.controlnet = ControlNetModel.from_pretrained(self.dir / "controlnet").to(self.device).eval()
+        self.tokenizer, self.text_encoder = text.load_text_encoder(self.dir)
+        self.text_encoder = self.text_encoder.to(self.device).eval()
+        sched = json.loads((self.dir / "scheduler" / "scheduler_config.json").read_text())
+        self.scheduler_config = {k: v for k, v in sched.items() if not k.startswith("_")}
+        self.scheduler_cls = DPMSolverMultistepScheduler
+        self.vae = None
+        if self.info["latent"]:
+            from diffusers import AutoencoderKL
+
+            self.vae = AutoencoderKL.from_pretrained(self.dir / "vae").to(self.device).eval()
+        self.palette = np.asarray(self.info["palette"], np.uint8)
+
+    @property
+    def resolution(self) -> int:
+        return int(self.info["resolution"])
+
+    def check_palette(self, palette: np.ndarray, source: str) -> None:
+        if palette.shape != self.palette.shape or (palette != self.palette).any():
+            raise DataError(f"{source}: dataset palette does not match the palette {self.dir} was trained on")
+
+    @torch.no_grad()
+    def __call__(self, colour_maps: np.ndarray, prompts: list[str], seeds: list[int], steps: int = 20, guidance_scale: float = 2.0) -> np.ndarray:
+        """colour_maps: B x R x R x 3 uint8 at the model's resolution -> B x R x R x 3 uint8 images."""
+        scheduler = self.scheduler_cls.from_config(self.scheduler_config, algorithm_type="dpmsolver++")
+        scheduler.set_timesteps(steps, device=self.device)
+        r = self.resolution
+        if self.vae is not None:
+            f = 2 ** (len(self.vae.config.block_out_channels) - 1)
+            shape = (self.unet.config.in_channels, r // f, r // f)
+        else:
+            shape = (3, r, r)
+        x = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds]).to(self.device)
+        x = x * scheduler.init_noise_sigma
+        cond_img = torch.from_numpy(np.ascontiguousarray(colour_maps)).permute(0, 3, 1, 2).float().div(255).to(self.device)
+        cond = text.encode(self.text_encoder, text.tokenize(self.tokenizer, prompts))
+        uncond = text.encode(self.text_encoder, text.tokenize(self.tokenizer, [""] * len(prompts)))
+        use_cfg = guidance_scale != 1.0
+        scale = self.info.get("conditioning_scale", 1.0)
+        for t in scheduler.timesteps:
+            xin = scheduler.scale_model_input(x, t)
+            if use_cfg:
+                xin2, ctx, img = torch.cat([xin, xin]), torch.cat([uncond, cond]), torch.cat([cond_img, cond_img])
+            else:
+                xin2, ctx, img = xin, cond, cond_img
+            down, mid = self.controlnet(xin2, t, encoder_hidden_states=ctx, controlnet_cond=img, conditioning_scale=scale, return_dict=False)
+            pred = self.unet(xin2, t, ctx, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
+            if use_cfg:
+                pu, pc = pred.chunk(2)
+                pred = pu + guidance_scale * (pc - pu)
+            x = scheduler.step(pred, t, x).prev_sample
+        if self.vae is not None:
+            x = self.vae.decode(x / self.vae.config.scaling_factor).sample
+        return common.to_uint8(x)
+
+
+def sample_mask2img_cli(model_dir, mask: Path, is_labels: bool, prompt: str, n: int, out: Path, seed: int, steps: int, guidance_scale: float) -> int:
+    from seggen.data.images import load_label_png, load_rgb
+
+    sampler = Mask2ImgSampler(model_dir)
+    r = sampler.resolution
+    if is_labels:
+        lab = load_label_png(mask)
+        if lab.max() >= len(sampler.palette):
+            raise DataError(f"{mask}: label value {int(lab.max())} has no colour in the model's palette")
+        cmap = sampler.palette[lab]
+    else:
+        cmap = load_rgb(mask)
+    cmap = np.asarray(Image.fromarray(cmap).resize((r, r), Image.NEAREST))
+    seeds = [common.seed_for(seed, KIND, "cli", str(mask), prompt, i) for i in range(n)]
+    imgs = sampler(np.stack([cmap] * n), [prompt] * n, seeds, steps, guidance_scale)
+    for i, im in enumerate(imgs):
+        write_png(out / f"image_{i:04d}.png", im)
+    common.save_grid([np.concatenate([cmap, *imgs], 1)], out / "grid.png")
+    return n

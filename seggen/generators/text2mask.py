@@ -1,0 +1,319 @@
+"""Text2Mask: a text-conditioned diffusion UNet that generates segmentation masks as colour maps.
+
+Pixel space for the tiny default (the colour map itself is the sample); latent space through the
+AutoencoderKL of a pretrained Stable Diffusion model when `text2mask.pretrained` is set (its UNet is
+fine-tuned, its text encoder kept frozen). Generated colour maps decode to labels by nearest palette
+colour (seggen.codec), and to instances where the model was trained on instance-aware maps.
+
+Output directory (`text2mask.out`):
+    checkpoints/step_XXXXXXX/   resumable training state (safetensors + JSON, no pickle)
+    model/                      unet/ text_encoder/ tokenizer/ scheduler/ [vae/] seggen_model.json
+    samples.png                 generated colour maps next to real ones for the same captions
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from seggen.config import Params
+from seggen.errors import DataError
+from seggen.generators import common
+from seggen.io import atomic_dir
+from seggen.models import checkpoint as ckpt
+from seggen.models import text
+
+log = logging.getLogger(__name__)
+KIND = "text2mask"
+
+
+def _accelerator(cfg):
+    from accelerate import Accelerator
+
+    return Accelerator(mixed_precision=cfg.train.mixed_precision, gradient_accumulation_steps=cfg.train.grad_accum)
+
+
+def _vae(pretrained: str | None):
+    if not pretrained:
+        return None
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(pretrained, subfolder="vae")
+    vae.requires_grad_(False)
+    return vae.eval()
+
+
+@torch.no_grad()
+def encode_latents(vae, x: torch.Tensor, batch: int = 16) -> torch.Tensor:
+    """Deterministic latents (the posterior mean), scaled as the UNet expects."""
+    out = []
+    for i in range(0, len(x), batch):
+        out.append(vae.encode(x[i : i + batch].to(vae.device, vae.dtype)).latent_dist.mean * vae.config.scaling_factor)
+    return torch.cat(out).float().cpu()
+
+
+def train_text2mask(params: Params, progress: bool = True) -> Path:
+    """Train (resuming from the newest checkpoint in text2mask.out) and write text2mask.out/model."""
+    cfg = params.text2mask
+    out = Path(cfg.out)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    accelerator = _accelerator(cfg)
+    torch.manual_seed(common.seed_for(params.seed, KIND, "init"))
+
+    data = common.load_generator_data(params, cfg.resolution)
+    vae = _vae(cfg.pretrained)
+    te_cfg = params.text_encoder
+    if cfg.pretrained and not te_cfg.pretrained:
+        te_cfg = te_cfg.model_copy(update={"pretrained": cfg.pretrained, "subfolder": "text_encoder"})
+    tokenizer, text_encoder, train_te = text.build_text_encoder(te_cfg, data.captions)
+    if cfg.pretrained:
+        from diffusers import UNet2DConditionModel
+
+        unet = UNet2DConditionModel.from_pretrained(cfg.pretrained, subfolder="unet")
+        x0_all = encode_latents(vae.to(accelerator.device), data.colour_maps)
+    else:
+        unet = common.build_unet(cfg.unet, 3, text_encoder.config.hidden_size, cfg.resolution)
+        x0_all = data.colour_maps
+    noise_scheduler = common.build_noise_scheduler(cfg)
+    ids_all = text.tokenize(tokenizer, data.captions)
+    empty_ids = text.tokenize(tokenizer, [""])
+
+    trainable = list(unet.parameters()) + (list(text_encoder.parameters()) if train_te else [])
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    ema = None
+    if cfg.train.ema:
+        from diffusers.training_utils import EMAModel
+
+        ema = EMAModel(unet.parameters(), decay=cfg.train.ema_decay, model_cls=type(unet), model_config=unet.config)
+
+    start = 0
+    state = {"fingerprint": common.fingerprint_params(params, cfg)}
+    last = common.resumable_checkpoint(out / "checkpoints", state["fingerprint"])
+    if last is not None:
+        saved = json.loads((last / "trainer_state.json").read_text())
+        ckpt.load_weights(unet, last / "unet")
+        if train_te:
+            ckpt.load_weights(text_encoder, last / "text_encoder")
+        ckpt.load_optimizer(optimizer, last)
+        if ema is not None:
+            ckpt.load_weights(ema_model := type(unet).from_config(unet.config), last / "unet_ema")
+            ema.shadow_params = [p.clone().detach() for p in ema_model.parameters()]
+        start = saved["step"]
+        log.info("resuming text2mask from %s (step %d)", last, start)
+
+    if train_te:
+        unet, text_encoder, optimizer = accelerator.prepare(unet, text_encoder, optimizer)
+    else:  # frozen: not wrapped for distributed training, just placed
+        unet, optimizer = accelerator.prepare(unet, optimizer)
+        text_encoder = text_encoder.to(accelerator.device).eval()
+    device = accelerator.device
+    world, rank = accelerator.num_processes, accelerator.process_index
+    tc = cfg.train
+    bar = tqdm(total=tc.steps, initial=start, desc="train text2mask", unit="step", disable=not progress or not accelerator.is_main_process, dynamic_ncols=True)
+    t0, losses = time.perf_counter(), []
+    for step in range(start, tc.steps):
+        for g in optimizer.param_groups:
+            g["lr"] = common.lr_at(step, tc.lr, tc.warmup_steps)
+        for micro in range(tc.grad_accum):
+            m = step * tc.grad_accum + micro
+            idx = torch.from_numpy(common.batch_indices(params.seed, m, len(data), tc.batch_size, rank, world))
+            gen = common.torch_gen(params.seed, KIND, "noise", m, rank)
+            x0 = x0_all[idx].to(device)
+            noise = torch.randn(x0.shape, generator=gen).to(device)
+            t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(idx),), generator=gen).to(device)
+            drop = torch.rand(len(idx), generator=gen) < tc.caption_dropout
+            ids = torch.where(drop[:, None], empty_ids.expand(len(idx), -1), ids_all[idx]).to(device)
+            with accelerator.accumulate(unet):
+                with accelerator.autocast():
+                    ctx = text.encode(text_encoder, ids) if train_te else torch.no_grad()(text.encode)(text_encoder, ids)
+                    noisy = noise_scheduler.add_noise(x0, noise, t)
+                    pred = unet(noisy, t, ctx).sample
+                    target = common.training_target(noise_scheduler, x0, noise, t)
+                    loss = F.mse_loss(pred.float(), target.float())
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(trainable, tc.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.step(accelerator.unwrap_model(unet).parameters())
+        losses.append(loss.item())
+        done = step + 1
+        bar.update()
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+        if accelerator.is_main_process and (done % tc.checkpoint_every == 0 or done == tc.steps):
+            mods = {"unet": accelerator.unwrap_model(unet)}
+            if train_te:
+                mods["text_encoder"] = accelerator.unwrap_model(text_encoder)
+            if ema is not None:
+                ema_model = type(mods["unet"]).from_config(mods["unet"].config)
+                ema.copy_to(ema_model.parameters())
+                mods["unet_ema"] = ema_model
+            ckpt.write_checkpoint(out / "checkpoints", done, mods, optimizer, state, tc.keep_checkpoints)
+    bar.close()
+    elapsed = time.perf_counter() - t0
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return out / "model"
+
+    final_unet = accelerator.unwrap_model(unet)
+    if ema is not None:
+        ema.copy_to(final_unet.parameters())
+    model_dir = out / "model"
+    with atomic_dir(model_dir) as tmp:
+        final_unet.save_pretrained(tmp / "unet")
+        accelerator.unwrap_model(text_encoder).save_pretrained(tmp / "text_encoder")
+        tokenizer.save_pretrained(tmp / "tokenizer")
+        noise_scheduler.save_pretrained(tmp / "scheduler")
+        if vae is not None:
+            vae.save_pretrained(tmp / "vae")
+        common.write_model_meta(
+            tmp,
+            {
+                "kind": KIND,
+                "resolution": cfg.resolution,
+                "latent": vae is not None,
+                "palette": data.palette.colors.tolist(),
+                "classes": data.meta.names,
+                "things": data.meta.thing_ids,
+                "instances": False,
+                "min_class_pixels": cfg.min_class_pixels,
+                "train": {"steps": tc.steps, "seconds_this_run": elapsed, "steps_this_run": tc.steps - start,
+                          "final_loss": float(np.mean(losses[-20:])) if losses else None},
+                "fingerprint": state["fingerprint"],
+            },
+        )
+    # sample grid: real colour map | generated, for the first captions
+    n = min(8, len(data))
+    gen = sample_text2mask(model_dir, data.captions[:n], seed=params.seed, steps=cfg.sample.steps,
+                           guidance_scale=cfg.sample.guidance_scale, batch_size=cfg.sample.batch_size, progress=False)
+    real = common.to_uint8(data.colour_maps[:n])
+    common.save_grid([np.concatenate([r, g], 1) for r, g in zip(real, gen["rgb"])], out / "samples.png")
+    return model_dir
+
+
+class Text2MaskSampler:
+    """Loads a trained model directory once; samples batches of colour maps for prompts."""
+
+    def __init__(self, model_dir: str | Path, device: str | None = None):
+        from diffusers import DPMSolverMultistepScheduler, UNet2DConditionModel
+
+        from seggen.codec import Palette
+
+        self.dir = Path(model_dir)
+        self.info = common.read_model_meta(self.dir, KIND)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.unet = UNet2DConditionModel.from_pretrained(self.dir / "unet").to(self.device).eval()
+        self.tokenizer, self.text_encoder = text.load_text_encoder(self.dir)
+        self.text_encoder = self.text_encoder.to(self.device).eval()
+        sched = json.loads((self.dir / "scheduler" / "scheduler_config.json").read_text())
+        self.scheduler_config = {k: v for k, v in sched.items() if not k.startswith("_")}
+        self.scheduler_cls = DPMSolverMultistepScheduler
+        self.vae = None
+        if self.info["latent"]:
+            from diffusers import AutoencoderKL
+
+            self.vae = AutoencoderKL.from_pretrained(self.dir / "vae").to(self.device).eval()
+        colors = np.asarray(self.info["palette"], np.uint8)
+        self.palette = Palette(colors=colors, names=("ignore", *self.info["classes"]), things=frozenset(self.info["things"]), boundary=self.info["instances"])
+
+    def shape(self) -> tuple[int, int, int]:
+        r = self.info["resolution"]
+        if self.vae is not None:
+            f = 2 ** (len(self.vae.config.block_out_channels) - 1)
+            return (self.unet.config.in_channels, r // f, r // f)
+        return (3, r, r)
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[str], seeds: list[int], steps: int = 20, guidance_scale: float = 3.0) -> np.ndarray:
+        """One colour map per prompt (HxWx3 uint8), initial noise from each sample's own seed."""
+        scheduler = self.scheduler_cls.from_config(self.scheduler_config, algorithm_type="dpmsolver++")
+        scheduler.set_timesteps(steps, device=self.device)  # fresh per batch: the solver keeps a step index
+        x = torch.stack([torch.randn(self.shape(), generator=torch.Generator().manual_seed(s)) for s in seeds]).to(self.device)
+        x = x * scheduler.init_noise_sigma
+        cond = text.encode(self.text_encoder, text.tokenize(self.tokenizer, prompts))
+        uncond = text.encode(self.text_encoder, text.tokenize(self.tokenizer, [""] * len(prompts)))
+        use_cfg = guidance_scale != 1.0
+        for t in scheduler.timesteps:
+            xin = scheduler.scale_model_input(x, t)
+            if use_cfg:
+                pred = self.unet(torch.cat([xin, xin]), t, torch.cat([uncond, cond])).sample
+                pu, pc = pred.chunk(2)
+                pred = pu + guidance_scale * (pc - pu)
+            else:
+                pred = self.unet(xin, t, cond).sample
+            x = scheduler.step(pred, t, x).prev_sample
+        if self.vae is not None:
+            x = self.vae.decode(x / self.vae.config.scaling_factor).sample
+        return common.to_uint8(x)
+
+    def decode(self, rgb: np.ndarray) -> np.ndarray:
+        return self.palette.decode(rgb)
+
+
+def sample_text2mask(
+    model_dir: str | Path,
+    prompts: list[str],
+    n_per_prompt: int = 1,
+    seed: int = 0,
+    steps: int = 20,
+    guidance_scale: float = 3.0,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> dict:
+    """-> {"prompts": [...], "rgb": N x H x W x 3 uint8, "labels": N x H x W} (prompt-major order)."""
+    sampler = Text2MaskSampler(model_dir)
+    jobs = [(p, k) for p in prompts for k in range(n_per_prompt)]
+    rgb = []
+    bar = tqdm(total=len(jobs), desc="sample text2mask", unit="img", disable=not progress, dynamic_ncols=True)
+    for b in range(0, len(jobs), batch_size):
+        chunk = jobs[b : b + batch_size]
+        seeds = [common.seed_for(seed, KIND, "sample", p, k) for p, k in chunk]
+        rgb.append(sampler([p for p, _ in chunk], seeds, steps, guidance_scale))
+        bar.update(len(chunk))
+    bar.close()
+    rgb_all = np.concatenate(rgb) if rgb else np.zeros((0, 0, 0, 3), np.uint8)
+    return {"prompts": [p for p, _ in jobs], "rgb": rgb_all, "labels": np.stack([sampler.decode(x) for x in rgb_all]) if len(rgb_all) else rgb_all}
+
+
+def class_presence(labels: np.ndarray, num_classes: int, min_pixels: int) -> np.ndarray:
+    """N x (num_classes + 1) bool: class c present in mask i with >= min_pixels pixels."""
+    counts = np.stack([np.bincount(l.ravel(), minlength=num_classes + 1)[: num_classes + 1] for l in labels])
+    return counts >= min_pixels
+
+
+def mask_quality(generated: np.ndarray, real: np.ndarray, prompt_classes: list[list[str]], names: list[str], min_pixels: int) -> dict:
+    """Valid-class rate (pixels decoded to a class, not to ignore; decoding only ever yields palette
+    labels), TV distance of class frequencies vs real masks, prompt consistency (recall: classes the
+    prompt names that appear; precision: classes that appear that the prompt names)."""
+    n = len(names)
+    valid = float((generated >= 1).mean())  # pixels decoded to a class rather than to "ignore"
+    fg = np.bincount(generated.ravel(), minlength=n + 1)[1 : n + 1].astype(float)
+    fr = np.bincount(real.ravel(), minlength=n + 1)[1 : n + 1].astype(float)
+    tv = 0.5 * np.abs(fg / max(fg.sum(), 1) - fr / max(fr.sum(), 1)).sum()
+    pres = class_presence(generated, n, min_pixels)
+    index = {nm: i + 1 for i, nm in enumerate(names)}
+    rec, prec = [], []
+    for p, want in zip(pres, prompt_classes):
+        wanted = {index[c] for c in want if c in index}
+        got = {c for c in range(1, n + 1) if p[c]}
+        if wanted:
+            rec.append(len(wanted & got) / len(wanted))
+        if got:
+            prec.append(len(wanted & got) / len(got))
+    return {
+        "valid_class_rate": valid,
+        "tv_distance": float(tv),
+        "prompt_recall": float(np.mean(rec)) if rec else math.nan,
+        "prompt_precision": float(np.mean(prec)) if prec else math.nan,
+        "num_samples": int(len(generated)),
+    }

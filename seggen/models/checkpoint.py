@@ -1,0 +1,89 @@
+"""Training checkpoints without pickle: weights via save_pretrained (safetensors), optimizer state
+flattened into safetensors + JSON, written under a temporary name and renamed when complete.
+
+Batches, noise and timesteps are drawn from generators keyed on the step number, so the only
+state a resumed run needs is the weights, the optimizer moments and the step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+STEP_DIR = re.compile(r"^step_(\d{7})$")
+
+
+def save_optimizer(optimizer: torch.optim.Optimizer, directory: Path) -> None:
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{pid}.{k}"] = v.detach().contiguous().cpu()
+            else:
+                scalars[f"{pid}.{k}"] = v
+    save_file(tensors, str(directory / "optimizer.safetensors"))
+    (directory / "optimizer.json").write_text(json.dumps({"param_groups": sd["param_groups"], "scalars": scalars}))
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, directory: Path) -> None:
+    meta = json.loads((directory / "optimizer.json").read_text())
+    tensors = load_file(str(directory / "optimizer.safetensors"))
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        pid, k = key.split(".", 1)
+        state.setdefault(int(pid), {})[k] = v
+    for key, v in meta["scalars"].items():
+        pid, k = key.split(".", 1)
+        state.setdefault(int(pid), {})[k] = v
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    if not root.is_dir():
+        return None
+    steps = sorted(p for p in root.iterdir() if STEP_DIR.match(p.name) and (p / "trainer_state.json").exists())
+    return steps[-1] if steps else None
+
+
+def write_checkpoint(root: Path, step: int, modules: dict, optimizer: torch.optim.Optimizer, state: dict, keep: int) -> Path:
+    """modules: name -> model with save_pretrained. Keeps the newest `keep` checkpoints."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step:07d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=root))
+    try:
+        for name, m in modules.items():
+            m.save_pretrained(tmp / name, safe_serialization=True)
+        save_optimizer(optimizer, tmp)
+        (tmp / "trainer_state.json").write_text(json.dumps({**state, "step": step}))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    done = sorted(p for p in root.iterdir() if STEP_DIR.match(p.name))
+    for old in done[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in root.glob(".step_*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def load_weights(module: torch.nn.Module, directory: Path) -> None:
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{directory}: no safetensors weights")
+    sd = {}
+    for f in files:
+        sd.update(load_file(str(f)))
+    missing, unexpected = module.load_state_dict(sd, strict=False)
+    if missing or unexpected:
+        raise RuntimeError(f"{directory}: weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")

@@ -1,0 +1,239 @@
+"""Text2Mask and Mask2Img: train, checkpoint, resume after a kill, load with plain diffusers, sample.
+
+Tiny configs (16 px, two UNet levels, a few steps) keep this to seconds; quality is measured by
+`benchmarks/bench_generators.py` on the default configs, not here.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from seggen.captions import caption_dataset
+from seggen.config import load_params
+from seggen.errors import DataError
+
+TINY_UNET = {"block_out_channels": [8, 16], "layers_per_block": 1, "attention_levels": [False, True], "attention_head_dim": 4, "norm_num_groups": 4}
+
+
+def tiny_params(tmp_path: Path, data_root: Path, steps: int = 4, **extra) -> Path:
+    gen = {
+        "resolution": 16,
+        "unet": TINY_UNET,
+        "train": {"steps": steps, "batch_size": 4, "lr": 1e-3, "checkpoint_every": 2, "keep_checkpoints": 2, "threads": 1, "warmup_steps": 2},
+        "sample": {"steps": 3, "guidance_scale": 2.0, "batch_size": 3},
+    }
+    doc = {
+        "data": {"root": str(data_root)},
+        "caption": {"out": str(tmp_path / "captions.jsonl")},
+        "text_encoder": {"vocab_size": 128, "hidden_size": 16, "layers": 1, "heads": 2, "max_length": 40},
+        "text2mask": {**gen, "out": str(tmp_path / "t2m")},
+        "mask2img": {**gen, "out": str(tmp_path / "m2i"), "controlnet": {"conditioning_embedding_out_channels": [8]}},
+    }
+    for key, value in extra.items():
+        node = doc
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    f = tmp_path / "params.yaml"
+    f.write_text(yaml.safe_dump(doc))
+    if not (tmp_path / "captions.jsonl").exists():
+        caption_dataset(data_root, "training", tmp_path / "captions.jsonl", progress=False)
+    return f
+
+
+def weights(model_dir: Path, sub: str) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(next((model_dir / sub).glob("*.safetensors"))))
+
+
+@pytest.fixture(scope="module")
+def trained(small_benchmark, tmp_path_factory):
+    from seggen.generators.mask2img import train_mask2img
+    from seggen.generators.text2mask import train_text2mask
+
+    tmp = tmp_path_factory.mktemp("gen")
+    p = load_params(tiny_params(tmp, small_benchmark))
+    return {"tmp": tmp, "params": p, "t2m": train_text2mask(p, progress=False), "m2i": train_mask2img(p, progress=False)}
+
+
+def test_models_load_with_plain_diffusers_and_transformers(trained):
+    from diffusers import ControlNetModel, UNet2DConditionModel
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    unet = UNet2DConditionModel.from_pretrained(trained["t2m"] / "unet")
+    assert unet.config.in_channels == 3 and unet.config.sample_size == 16
+    assert CLIPTextModel.from_pretrained(trained["t2m"] / "text_encoder").config.hidden_size == 16
+    tok = AutoTokenizer.from_pretrained(trained["t2m"] / "tokenizer")
+    assert tok("two cars on a road").input_ids[0] == tok.bos_token_id
+    assert ControlNetModel.from_pretrained(trained["m2i"] / "controlnet").config.conditioning_channels == 3
+    UNet2DConditionModel.from_pretrained(trained["m2i"] / "unet")
+    for d in (trained["t2m"], trained["m2i"]):
+        assert not list(d.rglob("*.bin")) and not list(d.rglob("*.pt"))  # safetensors only
+    assert (trained["t2m"].parent / "samples.png").exists() and (trained["m2i"].parent / "samples.png").exists()
+
+
+def test_text2mask_sampling_is_deterministic_and_batch_independent(trained):
+    from seggen.generators.text2mask import sample_text2mask
+
+    prompts = ["two cars on a road, under the sky", "a house on the left, on grass, under the sky"]
+    a = sample_text2mask(trained["t2m"], prompts, n_per_prompt=3, seed=1, steps=3, batch_size=6, progress=False)
+    b = sample_text2mask(trained["t2m"], prompts, n_per_prompt=3, seed=1, steps=3, batch_size=2, progress=False)
+    c = sample_text2mask(trained["t2m"], prompts, n_per_prompt=3, seed=2, steps=3, batch_size=6, progress=False)
+    assert a["rgb"].shape == (6, 16, 16, 3)
+    assert np.array_equal(a["rgb"], b["rgb"]) and not np.array_equal(a["rgb"], c["rgb"])
+    assert a["labels"].max() <= 10  # decoded to the dataset's labels
+
+
+def test_mask2img_sampling(trained, small_benchmark):
+    from seggen.generators.mask2img import Mask2ImgSampler
+
+    s = Mask2ImgSampler(trained["m2i"])
+    cmaps = np.zeros((2, 16, 16, 3), np.uint8)
+    out1 = s(cmaps, ["a car", "a house"], [1, 2], steps=3)
+    out2 = s(cmaps[:1], ["a car"], [1], steps=3)
+    assert out1.shape == (2, 16, 16, 3) and out1.dtype == np.uint8
+    assert np.array_equal(out1[0], out2[0])
+
+
+def test_cli_sample_commands(trained, small_benchmark):
+    tmp, params = trained["tmp"], trained["tmp"] / "params.yaml"
+    r = subprocess.run([sys.executable, "-m", "seggen.cli", "--params", str(params), "sample", "text2mask",
+                        "--prompt", "two cars on a road", "--n", "3", "--out", str(tmp / "s1")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert len(list((tmp / "s1").glob("mask_*.png"))) == 3 and (tmp / "s1/grid.png").exists()
+    label = sorted((small_benchmark / "annotations/training").iterdir())[0]
+    r = subprocess.run([sys.executable, "-m", "seggen.cli", "--params", str(params), "sample", "mask2img", "--mask", str(label),
+                        "--labels", "--prompt", "a house", "--n", "2", "--out", str(tmp / "s2")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert len(list((tmp / "s2").glob("image_*.png"))) == 2
+
+
+def test_wrong_model_type_is_an_error(trained):
+    from seggen.generators.mask2img import Mask2ImgSampler
+
+    with pytest.raises(DataError, match="is a text2mask model, expected mask2img"):
+        Mask2ImgSampler(trained["t2m"])
+
+
+def test_checkpoints_of_other_params_are_set_aside_and_more_steps_resume(small_benchmark, tmp_path, caplog):
+    from seggen.generators.text2mask import train_text2mask
+
+    p = load_params(tiny_params(tmp_path, small_benchmark, steps=4))
+    train_text2mask(p, progress=False)
+    ck = tmp_path / "t2m" / "checkpoints"
+    assert (ck / "step_0000004").exists()
+    # more steps: resumes from step 4
+    more = p.model_copy(update={"text2mask": p.text2mask.model_copy(update={"train": p.text2mask.train.model_copy(update={"steps": 6})})})
+    with caplog.at_level("INFO"):
+        train_text2mask(more, progress=False)
+    assert "resuming text2mask" in caplog.text and (ck / "step_0000006").exists()
+    # another prediction type: old checkpoints moved aside, training starts over
+    other = more.model_copy(update={"text2mask": more.text2mask.model_copy(update={"prediction_type": "epsilon"})})
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        train_text2mask(other, progress=False)
+    assert "starting over" in caplog.text and (tmp_path / "t2m" / "checkpoints.stale" / "step_0000006").exists()
+
+
+def test_missing_captions_is_an_error(small_benchmark, tmp_path):
+    from seggen.generators.text2mask import train_text2mask
+
+    p = load_params(tiny_params(tmp_path, small_benchmark))
+    (tmp_path / "captions.jsonl").unlink()
+    with pytest.raises(DataError, match="no captions"):
+        train_text2mask(p, progress=False)
+
+
+@pytest.mark.parametrize("kind", ["text2mask", "mask2img"])
+def test_kill_and_resume_reaches_the_same_weights(small_benchmark, tmp_path, kind):
+    from seggen.generators.mask2img import train_mask2img
+    from seggen.generators.text2mask import train_text2mask
+
+    steps, every = 60, 5
+    # uninterrupted reference run
+    ref_dir = tmp_path / "ref"
+    ref_dir.mkdir()
+    p = load_params(tiny_params(ref_dir, small_benchmark, steps=steps, **{f"{kind}.train.checkpoint_every": every}))
+    ref = (train_text2mask if kind == "text2mask" else train_mask2img)(p, progress=False)
+    # killed run: SIGKILL once the first checkpoint exists, then run the same command again
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    params = tiny_params(run_dir, small_benchmark, steps=steps, **{f"{kind}.train.checkpoint_every": every})
+    out = run_dir / ("t2m" if kind == "text2mask" else "m2i")
+    cmd = [sys.executable, "-m", "seggen.cli", "--params", str(params), "train", kind]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "checkpoints/step_0000010").exists():
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / "model").exists()
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    sub = "unet" if kind == "text2mask" else "controlnet"
+    a, b = weights(ref, sub), weights(out / "model", sub)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    assert "resuming" in r.stderr  # it really did resume rather than start over
+
+
+@pytest.fixture(scope="module")
+def tiny_sd(tmp_path_factory, small_benchmark):
+    """A random-init Stable-Diffusion-layout directory (vae, unet, text_encoder, tokenizer, scheduler)."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from seggen.captions import read_captions
+    from seggen.models.text import train_tokenizer
+
+    d = tmp_path_factory.mktemp("tiny_sd")
+    caption_dataset(small_benchmark, "training", d / "caps.jsonl", progress=False)
+    tok = train_tokenizer([r.caption for r in read_captions(d / "caps.jsonl").values()], 128, 40)
+    tok.save_pretrained(d / "tokenizer")
+    torch.manual_seed(0)
+    CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2, max_position_embeddings=40, pad_token_id=0, bos_token_id=2,
+                                 eos_token_id=3)).save_pretrained(d / "text_encoder")
+    AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                  block_out_channels=(8, 16), latent_channels=4, norm_num_groups=4, sample_size=16).save_pretrained(d / "vae")
+    UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), block_out_channels=(8, 16), layers_per_block=1,
+                         cross_attention_dim=16, attention_head_dim=4, norm_num_groups=4).save_pretrained(d / "unet")
+    DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).save_pretrained(d / "scheduler")
+    return d
+
+
+def test_pretrained_latent_path(tiny_sd, small_benchmark, tmp_path):
+    """`pretrained` loads VAE, UNet, text encoder and tokenizer with from_pretrained and trains in latent space."""
+    from seggen.generators.mask2img import Mask2ImgSampler, train_mask2img
+    from seggen.generators.text2mask import sample_text2mask, train_text2mask
+
+    p = load_params(tiny_params(tmp_path, small_benchmark, steps=2, **{
+        "text2mask.pretrained": str(tiny_sd), "mask2img.pretrained": str(tiny_sd),
+        "mask2img.controlnet": {"conditioning_embedding_out_channels": [8, 8]},  # 2x downsampling VAE
+    }))
+    t2m = train_text2mask(p, progress=False)
+    assert (t2m / "vae").is_dir()
+    res = sample_text2mask(t2m, ["a car"], n_per_prompt=2, steps=2, progress=False)
+    assert res["rgb"].shape == (2, 16, 16, 3)
+    m2i = train_mask2img(p, progress=False)
+    from diffusers import UNet2DConditionModel
+
+    # the base UNet is frozen: saved unchanged
+    base = UNet2DConditionModel.from_pretrained(tiny_sd / "unet").state_dict()
+    saved = weights(m2i, "unet")
+    assert all(torch.equal(base[k], saved[k]) for k in base)
+    out = Mask2ImgSampler(m2i)(np.zeros((1, 16, 16, 3), np.uint8), ["a car"], [0], steps=2)
+    assert out.shape == (1, 16, 16, 3)
