@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-all bench clean-data
+.PHONY: install run test test-all bench bench-generators clean-data
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ test-all: install
 
 bench: install
 	$(PY) -m benchmarks.run
+
+# Trains both generators through DVC if needed (~11 min on 2 cores), then measures their quality.
+bench-generators: install
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro train_text2mask train_mask2img
+	$(PY) -m benchmarks.bench_generators
 
 clean-data:
 	rm -rf data/benchmark data/check.txt

@@ -163,6 +163,8 @@ def sample_text2mask_cmd(
     for i, (rgb, lab) in enumerate(zip(res["rgb"], res["labels"])):
         write_png(out / f"mask_{i:04d}.png", rgb)
         write_png(out / f"label_{i:04d}.png", lab.astype("uint8"))
+        if "instances" in res:  # instance ids as a 16-bit PNG (0 = stuff / no instance)
+            write_png(out / f"instances_{i:04d}.png", res["instances"][i].astype("uint16"))
     import numpy as np
 
     save_grid([np.concatenate(list(res["rgb"][k : k + n]), 1) for k in range(0, len(res["rgb"]), n)], out / "grid.png")

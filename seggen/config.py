@@ -123,6 +123,9 @@ class GeneratorParams(_Section):
 class Text2MaskParams(GeneratorParams):
     out: Path = Path("models/text2mask")
     min_class_pixels: int = Field(4, ge=1)  # a decoded class counts as present from this many pixels
+    # instance-aware colour maps (boundary colour between touching instances of a thing class);
+    # needs the panoptic layout; samples then decode to labels and instances
+    instances: bool = False
 
 
 class ControlNetParams(_Section):

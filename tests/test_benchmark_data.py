@@ -8,7 +8,6 @@ import sys
 import time
 
 import numpy as np
-import pytest
 
 from seggen.config import BenchmarkParams
 from seggen.data.ade20k import ADE20KDataset

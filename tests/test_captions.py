@@ -1,12 +1,11 @@
 """Captioning: label captioner content, the JSONL cache, and the BLIP path with a tiny random model."""
 
-import json
 import shutil
 
 import numpy as np
 import pytest
 
-from seggen.captions import CaptionRow, caption_dataset, label_caption, plural, read_captions
+from seggen.captions import caption_dataset, label_caption, plural, read_captions
 from seggen.data.meta import load_meta
 from seggen.errors import DataError
 

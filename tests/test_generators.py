@@ -237,3 +237,62 @@ def test_pretrained_latent_path(tiny_sd, small_benchmark, tmp_path):
     assert all(torch.equal(base[k], saved[k]) for k in base)
     out = Mask2ImgSampler(m2i)(np.zeros((1, 16, 16, 3), np.uint8), ["a car"], [0], steps=2)
     assert out.shape == (1, 16, 16, 3)
+
+
+def test_instance_aware_text2mask_and_grad_accum(small_benchmark, tmp_path):
+    """text2mask.instances trains on boundary-coded maps and decodes samples to instances;
+    grad_accum > 1 runs through accelerate's accumulation."""
+    from seggen.generators.text2mask import Text2MaskSampler, sample_text2mask, train_text2mask
+
+    p = load_params(tiny_params(tmp_path, small_benchmark, steps=2, **{"text2mask.instances": True, "text2mask.train.grad_accum": 2}))
+    model = train_text2mask(p, progress=False)
+    s = Text2MaskSampler(model)
+    assert s.palette.boundary and len(s.palette.colors) == 12  # ignore + 10 classes + boundary
+    res = sample_text2mask(model, ["two cars on a road"], n_per_prompt=2, steps=2, progress=False)
+    assert res["instances"].shape == (2, 16, 16) and res["labels"].max() <= 10
+    # the training maps really carried boundaries between touching same-class instances
+    from seggen.generators.common import load_generator_data
+
+    data = load_generator_data(p, 16, instances=True)
+    boundary = np.asarray(data.palette.colors[data.palette.boundary_index], np.float32) / 127.5 - 1
+    assert (data.colour_maps.permute(0, 2, 3, 1).numpy() == boundary).all(-1).any()
+
+
+@pytest.fixture(scope="module")
+def tiny_sdxl(tiny_sd, tmp_path_factory):
+    """SDXL layout: two text encoders (the second with a projection), a UNet with text_time added conditioning."""
+    import shutil
+
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    d = tmp_path_factory.mktemp("tiny_sdxl")
+    for sub in ("vae", "scheduler", "text_encoder", "tokenizer"):
+        shutil.copytree(tiny_sd / sub, d / sub)
+    shutil.copytree(tiny_sd / "tokenizer", d / "tokenizer_2")
+    torch.manual_seed(1)
+    CLIPTextModelWithProjection(CLIPTextConfig(vocab_size=128, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                               num_attention_heads=2, max_position_embeddings=40, projection_dim=16, pad_token_id=0,
+                                               bos_token_id=2, eos_token_id=3)).save_pretrained(d / "text_encoder_2")
+    UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), block_out_channels=(8, 16), layers_per_block=1,
+                         cross_attention_dim=32, attention_head_dim=4, norm_num_groups=4, addition_embed_type="text_time",
+                         addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 16).save_pretrained(d / "unet")
+    return d
+
+
+def test_pretrained_sdxl_path(tiny_sdxl, small_benchmark, tmp_path):
+    """An SDXL repo: both text encoders, pooled text embeds and time ids reach the UNet and the ControlNet."""
+    from seggen.generators.mask2img import Mask2ImgSampler, train_mask2img
+    from seggen.generators.text2mask import sample_text2mask, train_text2mask
+
+    p = load_params(tiny_params(tmp_path, small_benchmark, steps=2, **{
+        "text2mask.pretrained": str(tiny_sdxl), "mask2img.pretrained": str(tiny_sdxl),
+        "mask2img.controlnet": {"conditioning_embedding_out_channels": [8, 8]},
+    }))
+    t2m = train_text2mask(p, progress=False)
+    assert (t2m / "text_encoder_2").is_dir() and (t2m / "tokenizer_2").is_dir()
+    assert sample_text2mask(t2m, ["a car"], n_per_prompt=2, steps=2, progress=False)["rgb"].shape == (2, 16, 16, 3)
+    m2i = train_mask2img(p, progress=False)
+    out = Mask2ImgSampler(m2i)(np.zeros((1, 16, 16, 3), np.uint8), ["a car"], [0], steps=2)
+    assert out.shape == (1, 16, 16, 3)

@@ -60,7 +60,7 @@ def benchmark_meta(params: BenchmarkParams, seed: int) -> DatasetMeta:
     return DatasetMeta(
         name="seggen-benchmark",
         classes=[ClassInfo(id=i + 1, name=n, isthing=t, color=c) for i, (n, t, c) in enumerate(CLASSES)],
-        generator={"kind": "seggen.data.benchmark", "version": 1, "seed": seed, **params.model_dump(exclude={"workers"})},
+        generator={"kind": "seggen.data.benchmark", "version": 2, "seed": seed, **params.model_dump(exclude={"workers"})},
     )
 
 
@@ -257,7 +257,7 @@ def _draw_thing(rng, c: Canvas, kind: int, fx: float, fy: float, s: float, dom: 
             crown = c.poly([(fx - 0.3 * h, fy - 0.35 * h), (fx + 0.3 * h, fy - 0.35 * h), (fx, fy - 1.1 * h)])
         c.paint(crown, TREE, _textured(rng, c, col, dom, 1.6), k)
     elif kind == CAR:
-        w, h = rng.uniform(0.09, 0.14) * s, rng.uniform(0.035, 0.05) * s
+        w, h = rng.uniform(0.10, 0.15) * s, rng.uniform(0.04, 0.06) * s
         body = c.rect(fx - w / 2, fy - h, fx + w / 2, fy - 0.2 * h)
         cabin = c.rect(fx - w / 4, fy - 1.7 * h, fx + w / 4, fy - h + 1e-3)
         wheels = c.ellipse(fx - w / 3, fy - 0.2 * h, 0.22 * h, 0.22 * h) | c.ellipse(fx + w / 3, fy - 0.2 * h, 0.22 * h, 0.22 * h)
@@ -265,8 +265,8 @@ def _draw_thing(rng, c: Canvas, kind: int, fx: float, fy: float, s: float, dom: 
         c.rgb[cabin & ~body] = np.array([60, 70, 90], np.float32) * dom.brightness
         c.paint(wheels, CAR, np.array([20, 20, 20], np.float32), k)
     elif kind == PERSON:
-        h = rng.uniform(0.07, 0.11) * s
-        w = 0.22 * h
+        h = rng.uniform(0.09, 0.14) * s
+        w = 0.3 * h
         legs = c.rect(fx - w / 2, fy - 0.45 * h, fx + w / 2, fy)
         torso = c.rect(fx - w / 2 - 0.003, fy - 0.85 * h, fx + w / 2 + 0.003, fy - 0.45 * h + 1e-3)
         head = c.ellipse(fx, fy - 0.93 * h, 0.1 * h + 0.004, 0.1 * h + 0.004)
@@ -274,7 +274,7 @@ def _draw_thing(rng, c: Canvas, kind: int, fx: float, fy: float, s: float, dom: 
         c.paint(torso, PERSON, col, k)
         c.paint(head, PERSON, np.array([225, 180, 150], np.float32) * dom.brightness, k)
     elif kind == BOAT:
-        w = rng.uniform(0.08, 0.14) * s
+        w = rng.uniform(0.10, 0.16) * s
         hull = c.poly([(fx - w / 2, fy - 0.03 * s), (fx + w / 2, fy - 0.03 * s), (fx + w / 3, fy), (fx - w / 3, fy)])
         sail = c.poly([(fx, fy - 0.03 * s), (fx, fy - 0.03 * s - 0.9 * w), (fx + 0.4 * w, fy - 0.03 * s)])
         c.paint(hull, BOAT, _hsv(rng, HOUSE, dom) * 0.6, k)

@@ -223,3 +223,70 @@ def resumable_checkpoint(root: Path, fingerprint: str) -> Path | None:
     root.rename(stale)
     log.warning("%s was trained with other params: moved to %s, starting over", root, stale)
     return None
+
+
+class DiffusionSampler:
+    """Shared sampling machinery: loads unet/text encoder/tokenizer/scheduler[/vae] of a model
+    directory once, and runs DPM-Solver++ with classifier-free guidance. Subclasses give `kind`
+    and the model call."""
+
+    kind = ""
+
+    def __init__(self, model_dir: str | Path, device: str | None = None):
+        from diffusers import UNet2DConditionModel
+
+        from seggen.models import text
+
+        self.dir = Path(model_dir)
+        self.info = read_model_meta(self.dir, self.kind)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.unet = UNet2DConditionModel.from_pretrained(self.dir / "unet").to(self.device).eval()
+        self.text = text.TextConditioner.load(self.dir, int(self.info["resolution"])).to(self.device)
+        sched = json.loads((self.dir / "scheduler" / "scheduler_config.json").read_text())
+        self.scheduler_config = {k: v for k, v in sched.items() if not k.startswith("_")}
+        self.vae = None
+        if self.info["latent"]:
+            from diffusers import AutoencoderKL
+
+            self.vae = AutoencoderKL.from_pretrained(self.dir / "vae").to(self.device).eval()
+
+    @property
+    def resolution(self) -> int:
+        return int(self.info["resolution"])
+
+    def sample_shape(self) -> tuple[int, int, int]:
+        r = self.resolution
+        if self.vae is not None:
+            f = 2 ** (len(self.vae.config.block_out_channels) - 1)
+            return (self.unet.config.in_channels, r // f, r // f)
+        return (3, r, r)
+
+    @torch.no_grad()
+    def run(self, prompts: list[str], seeds: list[int], steps: int, guidance_scale: float, predict) -> np.ndarray:
+        """predict(x, t, context, added_cond_kwargs, doubled) -> model output; `doubled` when x is [uncond; cond]."""
+        from diffusers import DPMSolverMultistepScheduler
+
+
+        # a fresh scheduler per batch: the multistep solver keeps a step index
+        scheduler = DPMSolverMultistepScheduler.from_config(self.scheduler_config, algorithm_type="dpmsolver++")
+        scheduler.set_timesteps(steps, device=self.device)
+        shape = self.sample_shape()
+        x = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds]).to(self.device)
+        x = x * scheduler.init_noise_sigma
+        cond, cond_added = self.text(self.text.tokenize(prompts))
+        use_cfg = guidance_scale != 1.0
+        if use_cfg:
+            uncond, uncond_added = self.text(self.text.tokenize([""] * len(prompts)))
+            ctx = torch.cat([uncond, cond])
+            added = {k: torch.cat([uncond_added[k], cond_added[k]]) for k in cond_added} if cond_added else None
+        for t in scheduler.timesteps:
+            xin = scheduler.scale_model_input(x, t)
+            if use_cfg:
+                pu, pc = predict(torch.cat([xin, xin]), t, ctx, added, True).chunk(2)
+                pred = pu + guidance_scale * (pc - pu)
+            else:
+                pred = predict(xin, t, cond, cond_added, False)
+            x = scheduler.step(pred, t, x).prev_sample
+        if self.vae is not None:
+            x = self.vae.decode(x / self.vae.config.scaling_factor).sample
+        return to_uint8(x)

@@ -50,30 +50,30 @@ def train_mask2img(params: Params, progress: bool = True) -> Path:
 
     data = common.load_generator_data(params, cfg.resolution)
     vae = _vae(cfg.pretrained)
-    te_cfg = params.text_encoder
-    if cfg.pretrained and not te_cfg.pretrained:
-        te_cfg = te_cfg.model_copy(update={"pretrained": cfg.pretrained, "subfolder": "text_encoder"})
-    tokenizer, text_encoder, train_te = text.build_text_encoder(te_cfg, data.captions)
     if cfg.pretrained:
         unet = UNet2DConditionModel.from_pretrained(cfg.pretrained, subfolder="unet")
+        sdxl = unet.config.addition_embed_type == "text_time"
+        cond = text.TextConditioner.build(params.text_encoder, data.captions, cfg.pretrained, sdxl, cfg.resolution)
         x0_all = encode_latents(vae.to(accelerator.device), data.images)
         train_base = False
     else:
-        unet = common.build_unet(cfg.unet, 3, text_encoder.config.hidden_size, cfg.resolution)
+        cond = text.TextConditioner.build(params.text_encoder, data.captions)
+        unet = common.build_unet(cfg.unet, 3, cond.context_dim(), cfg.resolution)
         x0_all = data.images
         train_base = cfg.train_base
+    train_te = cond.trainable
     unet.requires_grad_(train_base)
     controlnet = ControlNetModel.from_unet(
         unet, conditioning_embedding_out_channels=tuple(cfg.controlnet.conditioning_embedding_out_channels)
     )
     cond_all = (data.colour_maps + 1) / 2  # ControlNet conditioning images live in [0, 1]
     noise_scheduler = common.build_noise_scheduler(cfg)
-    ids_all = text.tokenize(tokenizer, data.captions)
-    empty_ids = text.tokenize(tokenizer, [""])
+    ids_all = cond.tokenize(data.captions)
+    empty_ids = cond.tokenize([""])
 
     trainable = list(controlnet.parameters())
     trainable += list(unet.parameters()) if train_base else []
-    trainable += list(text_encoder.parameters()) if train_te else []
+    trainable += list(cond.encoders[0].parameters()) if train_te else []
     optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
 
     start = 0
@@ -85,12 +85,12 @@ def train_mask2img(params: Params, progress: bool = True) -> Path:
         if train_base:
             ckpt.load_weights(unet, last / "unet")
         if train_te:
-            ckpt.load_weights(text_encoder, last / "text_encoder")
+            ckpt.load_weights(cond.encoders[0], last / "text_encoder")
         ckpt.load_optimizer(optimizer, last)
         start = saved["step"]
         log.info("resuming mask2img from %s (step %d)", last, start)
 
-    models = [controlnet] + ([unet] if train_base else []) + ([text_encoder] if train_te else [])
+    models = [controlnet] + ([unet] if train_base else []) + ([cond.encoders[0]] if train_te else [])
     prepared = accelerator.prepare(*models, optimizer)
     controlnet, optimizer = prepared[0], prepared[-1]
     k = 1
@@ -99,9 +99,9 @@ def train_mask2img(params: Params, progress: bool = True) -> Path:
     else:
         unet = unet.to(accelerator.device).eval()
     if train_te:
-        text_encoder = prepared[k]
+        cond.encoders[0] = prepared[k]
     else:
-        text_encoder = text_encoder.to(accelerator.device).eval()
+        cond.to(accelerator.device)
     device = accelerator.device
     world, rank = accelerator.num_processes, accelerator.process_index
     tc = cfg.train
@@ -116,18 +116,19 @@ def train_mask2img(params: Params, progress: bool = True) -> Path:
             idx = torch.from_numpy(common.batch_indices(params.seed, m, len(data), tc.batch_size, rank, world))
             gen = common.torch_gen(params.seed, KIND, "noise", m, rank)
             x0 = x0_all[idx].to(device)
-            cond = cond_all[idx].to(device)
+            cimg = cond_all[idx].to(device)
             noise = torch.randn(x0.shape, generator=gen).to(device)
             t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(idx),), generator=gen).to(device)
             drop = torch.rand(len(idx), generator=gen) < tc.caption_dropout
-            ids = torch.where(drop[:, None], empty_ids.expand(len(idx), -1), ids_all[idx]).to(device)
+            ids = [torch.where(drop[:, None], e.expand(len(idx), -1), a[idx]).to(device) for a, e in zip(ids_all, empty_ids)]
             with accelerator.accumulate(controlnet):
                 with accelerator.autocast():
-                    with torch.set_grad_enabled(train_te):
-                        ctx = text.encode(text_encoder, ids)
+                    ctx, added = cond(ids)
                     noisy = noise_scheduler.add_noise(x0, noise, t)
-                    down, mid = controlnet(noisy, t, encoder_hidden_states=ctx, controlnet_cond=cond, conditioning_scale=scale, return_dict=False)
-                    pred = unet(noisy, t, ctx, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
+                    down, mid = controlnet(noisy, t, encoder_hidden_states=ctx, controlnet_cond=cimg, conditioning_scale=scale,
+                                           added_cond_kwargs=added, return_dict=False)
+                    pred = unet(noisy, t, ctx, added_cond_kwargs=added, down_block_additional_residuals=down,
+                                mid_block_additional_residual=mid).sample
                     loss = F.mse_loss(pred.float(), common.training_target(noise_scheduler, x0, noise, t).float())
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
@@ -143,7 +144,7 @@ def train_mask2img(params: Params, progress: bool = True) -> Path:
             if train_base:
                 mods["unet"] = accelerator.unwrap_model(unet)
             if train_te:
-                mods["text_encoder"] = accelerator.unwrap_model(text_encoder)
+                mods["text_encoder"] = accelerator.unwrap_model(cond.encoders[0])
             ckpt.write_checkpoint(out / "checkpoints", done, mods, optimizer, state, tc.keep_checkpoints)
     bar.close()
     elapsed = time.perf_counter() - t0
@@ -155,8 +156,8 @@ def train_mask2img(params: Params, progress: bool = True) -> Path:
     with atomic_dir(model_dir) as tmp:
         accelerator.unwrap_model(unet).save_pretrained(tmp / "unet")
         accelerator.unwrap_model(controlnet).save_pretrained(tmp / "controlnet")
-        accelerator.unwrap_model(text_encoder).save_pretrained(tmp / "text_encoder")
-        tokenizer.save_pretrained(tmp / "tokenizer")
+        cond.encoders = [accelerator.unwrap_model(e) for e in cond.encoders]
+        cond.save(tmp)
         noise_scheduler.save_pretrained(tmp / "scheduler")
         if vae is not None:
             vae.save_pretrained(tmp / "vae")
@@ -183,68 +184,33 @@ def train_mask2img(params: Params, progress: bool = True) -> Path:
     return model_dir
 
 
-class Mask2ImgSampler:
+class Mask2ImgSampler(common.DiffusionSampler):
+    kind = KIND
+
     def __init__(self, model_dir: str | Path, device: str | None = None):
-        from diffusers import ControlNetModel, DPMSolverMultistepScheduler, UNet2DConditionModel
+        from diffusers import ControlNetModel
 
-        self.dir = Path(model_dir)
-        self.info = common.read_model_meta(self.dir, KIND)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.unet = UNet2DConditionModel.from_pretrained(self.dir / "unet").to(self.device).eval()
+        super().__init__(model_dir, device)
         self.controlnet = ControlNetModel.from_pretrained(self.dir / "controlnet").to(self.device).eval()
-        self.tokenizer, self.text_encoder = text.load_text_encoder(self.dir)
-        self.text_encoder = self.text_encoder.to(self.device).eval()
-        sched = json.loads((self.dir / "scheduler" / "scheduler_config.json").read_text())
-        self.scheduler_config = {k: v for k, v in sched.items() if not k.startswith("_")}
-        self.scheduler_cls = DPMSolverMultistepScheduler
-        self.vae = None
-        if self.info["latent"]:
-            from diffusers import AutoencoderKL
-
-            self.vae = AutoencoderKL.from_pretrained(self.dir / "vae").to(self.device).eval()
         self.palette = np.asarray(self.info["palette"], np.uint8)
-
-    @property
-    def resolution(self) -> int:
-        return int(self.info["resolution"])
 
     def check_palette(self, palette: np.ndarray, source: str) -> None:
         if palette.shape != self.palette.shape or (palette != self.palette).any():
             raise DataError(f"{source}: dataset palette does not match the palette {self.dir} was trained on")
 
-    @torch.no_grad()
     def __call__(self, colour_maps: np.ndarray, prompts: list[str], seeds: list[int], steps: int = 20, guidance_scale: float = 2.0) -> np.ndarray:
         """colour_maps: B x R x R x 3 uint8 at the model's resolution -> B x R x R x 3 uint8 images."""
-        scheduler = self.scheduler_cls.from_config(self.scheduler_config, algorithm_type="dpmsolver++")
-        scheduler.set_timesteps(steps, device=self.device)
-        r = self.resolution
-        if self.vae is not None:
-            f = 2 ** (len(self.vae.config.block_out_channels) - 1)
-            shape = (self.unet.config.in_channels, r // f, r // f)
-        else:
-            shape = (3, r, r)
-        x = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds]).to(self.device)
-        x = x * scheduler.init_noise_sigma
         cond_img = torch.from_numpy(np.ascontiguousarray(colour_maps)).permute(0, 3, 1, 2).float().div(255).to(self.device)
-        cond = text.encode(self.text_encoder, text.tokenize(self.tokenizer, prompts))
-        uncond = text.encode(self.text_encoder, text.tokenize(self.tokenizer, [""] * len(prompts)))
-        use_cfg = guidance_scale != 1.0
         scale = self.info.get("conditioning_scale", 1.0)
-        for t in scheduler.timesteps:
-            xin = scheduler.scale_model_input(x, t)
-            if use_cfg:
-                xin2, ctx, img = torch.cat([xin, xin]), torch.cat([uncond, cond]), torch.cat([cond_img, cond_img])
-            else:
-                xin2, ctx, img = xin, cond, cond_img
-            down, mid = self.controlnet(xin2, t, encoder_hidden_states=ctx, controlnet_cond=img, conditioning_scale=scale, return_dict=False)
-            pred = self.unet(xin2, t, ctx, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
-            if use_cfg:
-                pu, pc = pred.chunk(2)
-                pred = pu + guidance_scale * (pc - pu)
-            x = scheduler.step(pred, t, x).prev_sample
-        if self.vae is not None:
-            x = self.vae.decode(x / self.vae.config.scaling_factor).sample
-        return common.to_uint8(x)
+
+        def predict(x, t, ctx, added, doubled):
+            img = torch.cat([cond_img, cond_img]) if doubled else cond_img
+            down, mid = self.controlnet(x, t, encoder_hidden_states=ctx, controlnet_cond=img, conditioning_scale=scale,
+                                        added_cond_kwargs=added, return_dict=False)
+            return self.unet(x, t, ctx, added_cond_kwargs=added, down_block_additional_residuals=down,
+                             mid_block_additional_residual=mid).sample
+
+        return self.run(prompts, seeds, steps, guidance_scale, predict)
 
 
 def sample_mask2img_cli(model_dir, mask: Path, is_labels: bool, prompt: str, n: int, out: Path, seed: int, steps: int, guidance_scale: float) -> int:

@@ -69,25 +69,25 @@ def train_text2mask(params: Params, progress: bool = True) -> Path:
     accelerator = _accelerator(cfg)
     torch.manual_seed(common.seed_for(params.seed, KIND, "init"))
 
-    data = common.load_generator_data(params, cfg.resolution)
+    data = common.load_generator_data(params, cfg.resolution, instances=cfg.instances)
     vae = _vae(cfg.pretrained)
-    te_cfg = params.text_encoder
-    if cfg.pretrained and not te_cfg.pretrained:
-        te_cfg = te_cfg.model_copy(update={"pretrained": cfg.pretrained, "subfolder": "text_encoder"})
-    tokenizer, text_encoder, train_te = text.build_text_encoder(te_cfg, data.captions)
     if cfg.pretrained:
         from diffusers import UNet2DConditionModel
 
         unet = UNet2DConditionModel.from_pretrained(cfg.pretrained, subfolder="unet")
+        sdxl = unet.config.addition_embed_type == "text_time"
+        cond = text.TextConditioner.build(params.text_encoder, data.captions, cfg.pretrained, sdxl, cfg.resolution)
         x0_all = encode_latents(vae.to(accelerator.device), data.colour_maps)
     else:
-        unet = common.build_unet(cfg.unet, 3, text_encoder.config.hidden_size, cfg.resolution)
+        cond = text.TextConditioner.build(params.text_encoder, data.captions)
+        unet = common.build_unet(cfg.unet, 3, cond.context_dim(), cfg.resolution)
         x0_all = data.colour_maps
+    train_te = cond.trainable
     noise_scheduler = common.build_noise_scheduler(cfg)
-    ids_all = text.tokenize(tokenizer, data.captions)
-    empty_ids = text.tokenize(tokenizer, [""])
+    ids_all = cond.tokenize(data.captions)
+    empty_ids = cond.tokenize([""])
 
-    trainable = list(unet.parameters()) + (list(text_encoder.parameters()) if train_te else [])
+    trainable = list(unet.parameters()) + (list(cond.encoders[0].parameters()) if train_te else [])
     optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     ema = None
     if cfg.train.ema:
@@ -102,7 +102,7 @@ def train_text2mask(params: Params, progress: bool = True) -> Path:
         saved = json.loads((last / "trainer_state.json").read_text())
         ckpt.load_weights(unet, last / "unet")
         if train_te:
-            ckpt.load_weights(text_encoder, last / "text_encoder")
+            ckpt.load_weights(cond.encoders[0], last / "text_encoder")
         ckpt.load_optimizer(optimizer, last)
         if ema is not None:
             ckpt.load_weights(ema_model := type(unet).from_config(unet.config), last / "unet_ema")
@@ -111,10 +111,10 @@ def train_text2mask(params: Params, progress: bool = True) -> Path:
         log.info("resuming text2mask from %s (step %d)", last, start)
 
     if train_te:
-        unet, text_encoder, optimizer = accelerator.prepare(unet, text_encoder, optimizer)
+        unet, cond.encoders[0], optimizer = accelerator.prepare(unet, cond.encoders[0], optimizer)
     else:  # frozen: not wrapped for distributed training, just placed
         unet, optimizer = accelerator.prepare(unet, optimizer)
-        text_encoder = text_encoder.to(accelerator.device).eval()
+        cond.to(accelerator.device)
     device = accelerator.device
     world, rank = accelerator.num_processes, accelerator.process_index
     tc = cfg.train
@@ -131,12 +131,12 @@ def train_text2mask(params: Params, progress: bool = True) -> Path:
             noise = torch.randn(x0.shape, generator=gen).to(device)
             t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(idx),), generator=gen).to(device)
             drop = torch.rand(len(idx), generator=gen) < tc.caption_dropout
-            ids = torch.where(drop[:, None], empty_ids.expand(len(idx), -1), ids_all[idx]).to(device)
+            ids = [torch.where(drop[:, None], e.expand(len(idx), -1), a[idx]).to(device) for a, e in zip(ids_all, empty_ids)]
             with accelerator.accumulate(unet):
                 with accelerator.autocast():
-                    ctx = text.encode(text_encoder, ids) if train_te else torch.no_grad()(text.encode)(text_encoder, ids)
+                    ctx, added = cond(ids)
                     noisy = noise_scheduler.add_noise(x0, noise, t)
-                    pred = unet(noisy, t, ctx).sample
+                    pred = unet(noisy, t, ctx, added_cond_kwargs=added).sample
                     target = common.training_target(noise_scheduler, x0, noise, t)
                     loss = F.mse_loss(pred.float(), target.float())
                 accelerator.backward(loss)
@@ -153,7 +153,7 @@ def train_text2mask(params: Params, progress: bool = True) -> Path:
         if accelerator.is_main_process and (done % tc.checkpoint_every == 0 or done == tc.steps):
             mods = {"unet": accelerator.unwrap_model(unet)}
             if train_te:
-                mods["text_encoder"] = accelerator.unwrap_model(text_encoder)
+                mods["text_encoder"] = accelerator.unwrap_model(cond.encoders[0])
             if ema is not None:
                 ema_model = type(mods["unet"]).from_config(mods["unet"].config)
                 ema.copy_to(ema_model.parameters())
@@ -171,8 +171,8 @@ def train_text2mask(params: Params, progress: bool = True) -> Path:
     model_dir = out / "model"
     with atomic_dir(model_dir) as tmp:
         final_unet.save_pretrained(tmp / "unet")
-        accelerator.unwrap_model(text_encoder).save_pretrained(tmp / "text_encoder")
-        tokenizer.save_pretrained(tmp / "tokenizer")
+        cond.encoders = [accelerator.unwrap_model(e) for e in cond.encoders]
+        cond.save(tmp)
         noise_scheduler.save_pretrained(tmp / "scheduler")
         if vae is not None:
             vae.save_pretrained(tmp / "vae")
@@ -185,7 +185,7 @@ def train_text2mask(params: Params, progress: bool = True) -> Path:
                 "palette": data.palette.colors.tolist(),
                 "classes": data.meta.names,
                 "things": data.meta.thing_ids,
-                "instances": False,
+                "instances": cfg.instances,
                 "min_class_pixels": cfg.min_class_pixels,
                 "train": {"steps": tc.steps, "seconds_this_run": elapsed, "steps_this_run": tc.steps - start,
                           "final_loss": float(np.mean(losses[-20:])) if losses else None},
@@ -201,63 +201,32 @@ def train_text2mask(params: Params, progress: bool = True) -> Path:
     return model_dir
 
 
-class Text2MaskSampler:
+class Text2MaskSampler(common.DiffusionSampler):
     """Loads a trained model directory once; samples batches of colour maps for prompts."""
 
-    def __init__(self, model_dir: str | Path, device: str | None = None):
-        from diffusers import DPMSolverMultistepScheduler, UNet2DConditionModel
+    kind = KIND
 
+    def __init__(self, model_dir: str | Path, device: str | None = None):
         from seggen.codec import Palette
 
-        self.dir = Path(model_dir)
-        self.info = common.read_model_meta(self.dir, KIND)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.unet = UNet2DConditionModel.from_pretrained(self.dir / "unet").to(self.device).eval()
-        self.tokenizer, self.text_encoder = text.load_text_encoder(self.dir)
-        self.text_encoder = self.text_encoder.to(self.device).eval()
-        sched = json.loads((self.dir / "scheduler" / "scheduler_config.json").read_text())
-        self.scheduler_config = {k: v for k, v in sched.items() if not k.startswith("_")}
-        self.scheduler_cls = DPMSolverMultistepScheduler
-        self.vae = None
-        if self.info["latent"]:
-            from diffusers import AutoencoderKL
-
-            self.vae = AutoencoderKL.from_pretrained(self.dir / "vae").to(self.device).eval()
+        super().__init__(model_dir, device)
         colors = np.asarray(self.info["palette"], np.uint8)
         self.palette = Palette(colors=colors, names=("ignore", *self.info["classes"]), things=frozenset(self.info["things"]), boundary=self.info["instances"])
 
-    def shape(self) -> tuple[int, int, int]:
-        r = self.info["resolution"]
-        if self.vae is not None:
-            f = 2 ** (len(self.vae.config.block_out_channels) - 1)
-            return (self.unet.config.in_channels, r // f, r // f)
-        return (3, r, r)
-
-    @torch.no_grad()
     def __call__(self, prompts: list[str], seeds: list[int], steps: int = 20, guidance_scale: float = 3.0) -> np.ndarray:
         """One colour map per prompt (HxWx3 uint8), initial noise from each sample's own seed."""
-        scheduler = self.scheduler_cls.from_config(self.scheduler_config, algorithm_type="dpmsolver++")
-        scheduler.set_timesteps(steps, device=self.device)  # fresh per batch: the solver keeps a step index
-        x = torch.stack([torch.randn(self.shape(), generator=torch.Generator().manual_seed(s)) for s in seeds]).to(self.device)
-        x = x * scheduler.init_noise_sigma
-        cond = text.encode(self.text_encoder, text.tokenize(self.tokenizer, prompts))
-        uncond = text.encode(self.text_encoder, text.tokenize(self.tokenizer, [""] * len(prompts)))
-        use_cfg = guidance_scale != 1.0
-        for t in scheduler.timesteps:
-            xin = scheduler.scale_model_input(x, t)
-            if use_cfg:
-                pred = self.unet(torch.cat([xin, xin]), t, torch.cat([uncond, cond])).sample
-                pu, pc = pred.chunk(2)
-                pred = pu + guidance_scale * (pc - pu)
-            else:
-                pred = self.unet(xin, t, cond).sample
-            x = scheduler.step(pred, t, x).prev_sample
-        if self.vae is not None:
-            x = self.vae.decode(x / self.vae.config.scaling_factor).sample
-        return common.to_uint8(x)
+        return self.run(prompts, seeds, steps, guidance_scale, lambda x, t, ctx, added, _: self.unet(x, t, ctx, added_cond_kwargs=added).sample)
 
     def decode(self, rgb: np.ndarray) -> np.ndarray:
+        """Labels; boundary pixels (instance-aware models) take the label of the nearest non-boundary pixel."""
+        if self.palette.boundary:
+            return self.palette.decode_instances(rgb)[0]
         return self.palette.decode(rgb)
+
+    def decode_instances(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if not self.palette.boundary:
+            raise DataError(f"{self.dir}: model was not trained on instance-aware colour maps (text2mask.instances)")
+        return self.palette.decode_instances(rgb)
 
 
 def sample_text2mask(
@@ -282,7 +251,10 @@ def sample_text2mask(
         bar.update(len(chunk))
     bar.close()
     rgb_all = np.concatenate(rgb) if rgb else np.zeros((0, 0, 0, 3), np.uint8)
-    return {"prompts": [p for p, _ in jobs], "rgb": rgb_all, "labels": np.stack([sampler.decode(x) for x in rgb_all]) if len(rgb_all) else rgb_all}
+    out = {"prompts": [p for p, _ in jobs], "rgb": rgb_all, "labels": np.stack([sampler.decode(x) for x in rgb_all]) if len(rgb_all) else rgb_all}
+    if sampler.palette.boundary and len(rgb_all):
+        out["instances"] = np.stack([sampler.decode_instances(x)[1] for x in rgb_all])
+    return out
 
 
 def class_presence(labels: np.ndarray, num_classes: int, min_pixels: int) -> np.ndarray:

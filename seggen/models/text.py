@@ -87,3 +87,80 @@ def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
 def encode(text_encoder, input_ids: torch.Tensor) -> torch.Tensor:
     """Per-token hidden states (the cross-attention context, as in Stable Diffusion)."""
     return text_encoder(input_ids.to(text_encoder.device))[0]
+
+
+class TextConditioner:
+    """Captions -> UNet conditioning: (encoder_hidden_states, added_cond_kwargs or None).
+
+    One tokenizer/encoder pair (the from-scratch encoder, or Stable Diffusion's CLIP), or SDXL's two:
+    the penultimate hidden states of both encoders concatenated, plus the second encoder's pooled
+    projection and the size/crop time ids as added conditioning, as SDXL was trained.
+    """
+
+    def __init__(self, tokenizers: list, encoders: list, trainable: bool, sdxl: bool = False, resolution: int = 0):
+        self.tokenizers, self.encoders, self.trainable = tokenizers, encoders, trainable
+        self.sdxl, self.resolution = sdxl, resolution
+
+    @classmethod
+    def build(cls, cfg: TextEncoderParams, captions: list[str], pretrained: str | None = None, sdxl: bool = False, resolution: int = 0):
+        """`pretrained`: a Stable Diffusion repo whose text encoder(s) to use when text_encoder.pretrained is unset."""
+        if sdxl:
+            from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
+
+            repo = cfg.pretrained or pretrained
+            toks = [AutoTokenizer.from_pretrained(repo, subfolder=s) for s in ("tokenizer", "tokenizer_2")]
+            encs = [CLIPTextModel.from_pretrained(repo, subfolder="text_encoder"),
+                    CLIPTextModelWithProjection.from_pretrained(repo, subfolder="text_encoder_2")]
+            for e in encs:
+                e.requires_grad_(False)
+            return cls(toks, encs, False, True, resolution)
+        if pretrained and not cfg.pretrained:
+            cfg = cfg.model_copy(update={"pretrained": pretrained, "subfolder": "text_encoder"})
+        tok, enc, trainable = build_text_encoder(cfg, captions)
+        return cls([tok], [enc], trainable)
+
+    @classmethod
+    def load(cls, model_dir: str | Path, resolution: int = 0):
+        from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
+
+        model_dir = Path(model_dir)
+        if (model_dir / "text_encoder_2").is_dir():
+            toks = [AutoTokenizer.from_pretrained(model_dir / s) for s in ("tokenizer", "tokenizer_2")]
+            encs = [CLIPTextModel.from_pretrained(model_dir / "text_encoder"),
+                    CLIPTextModelWithProjection.from_pretrained(model_dir / "text_encoder_2")]
+            return cls(toks, encs, False, True, resolution)
+        tok, enc = load_text_encoder(model_dir)
+        return cls([tok], [enc], False)
+
+    def save(self, directory: Path) -> None:
+        names = ("", "_2")
+        for tok, enc, sfx in zip(self.tokenizers, self.encoders, names):
+            tok.save_pretrained(directory / f"tokenizer{sfx}")
+            enc.save_pretrained(directory / f"text_encoder{sfx}")
+
+    def tokenize(self, captions: list[str]) -> list[torch.Tensor]:
+        return [tokenize(t, captions) for t in self.tokenizers]
+
+    def to(self, device) -> "TextConditioner":
+        self.encoders = [e.to(device) for e in self.encoders]
+        if not self.trainable:
+            for e in self.encoders:
+                e.eval()
+        return self
+
+    def __call__(self, ids: list[torch.Tensor]) -> tuple[torch.Tensor, dict | None]:
+        with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
+            if not self.sdxl:
+                return encode(self.encoders[0], ids[0]), None
+            hidden, pooled = [], None
+            for enc, x in zip(self.encoders, ids):
+                out = enc(x.to(enc.device), output_hidden_states=True)
+                hidden.append(out.hidden_states[-2])
+                pooled = out[0]  # the second encoder's projected pooled output
+            ctx = torch.cat(hidden, dim=-1)
+            r = self.resolution
+            time_ids = torch.tensor([[r, r, 0, 0, r, r]], dtype=ctx.dtype, device=ctx.device).expand(len(ctx), -1)
+            return ctx, {"text_embeds": pooled, "time_ids": time_ids}
+
+    def context_dim(self) -> int:
+        return sum(e.config.hidden_size for e in self.encoders)
