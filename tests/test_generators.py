@@ -296,3 +296,23 @@ def test_pretrained_sdxl_path(tiny_sdxl, small_benchmark, tmp_path):
     m2i = train_mask2img(p, progress=False)
     out = Mask2ImgSampler(m2i)(np.zeros((1, 16, 16, 3), np.uint8), ["a car"], [0], steps=2)
     assert out.shape == (1, 16, 16, 3)
+
+
+def test_ema_and_bf16_train_checkpoint_and_resume(small_benchmark, tmp_path, caplog):
+    """EMA weights are checkpointed and restored on resume; bf16 autocast runs through accelerate."""
+    from seggen.generators.text2mask import train_text2mask
+
+    p = load_params(tiny_params(tmp_path, small_benchmark, steps=2, **{
+        "text2mask.train.ema": True, "text2mask.train.ema_decay": 0.9, "text2mask.train.mixed_precision": "bf16"}))
+    train_text2mask(p, progress=False)
+    assert (tmp_path / "t2m/checkpoints/step_0000002/unet_ema").is_dir()
+    longer = load_params(tiny_params(tmp_path, small_benchmark, steps=4, **{
+        "text2mask.train.ema": True, "text2mask.train.ema_decay": 0.9, "text2mask.train.mixed_precision": "bf16"}))
+    with caplog.at_level("INFO"):
+        model = train_text2mask(longer, progress=False)
+    assert "resuming text2mask" in caplog.text
+    # the saved model is the EMA: it differs from the raw weights of the last checkpoint
+    raw = weights(tmp_path / "t2m/checkpoints/step_0000004", "unet")
+    ema = weights(model, "unet")
+    assert any(not torch.equal(raw[k], ema[k]) for k in raw)
+    torch.testing.assert_close(ema, weights(tmp_path / "t2m/checkpoints/step_0000004", "unet_ema"))
