@@ -117,6 +117,29 @@ def batch_indices(seed: int, micro_step: int, n: int, batch_size: int, rank: int
     return idx[rank::world]
 
 
+@dataclass
+class MicroBatch:
+    idx: torch.Tensor
+    x0: torch.Tensor
+    noise: torch.Tensor
+    t: torch.Tensor
+    ids: list[torch.Tensor]  # token ids per tokenizer, empty caption where dropped
+
+
+def draw_micro_batch(seed: int, kind: str, micro_step: int, x0_all: torch.Tensor, ids_all: list[torch.Tensor],
+                     empty_ids: list[torch.Tensor], batch_size: int, caption_dropout: float, num_timesteps: int,
+                     device, rank: int = 0, world: int = 1) -> MicroBatch:
+    """Everything random about one micro-step, from generators keyed on (seed, micro-step, rank)."""
+    idx = torch.from_numpy(batch_indices(seed, micro_step, len(x0_all), batch_size, rank, world))
+    gen = torch_gen(seed, kind, "noise", micro_step, rank)
+    x0 = x0_all[idx].to(device)
+    noise = torch.randn(x0.shape, generator=gen).to(device)
+    t = torch.randint(0, num_timesteps, (len(idx),), generator=gen).to(device)
+    drop = torch.rand(len(idx), generator=gen) < caption_dropout
+    ids = [torch.where(drop[:, None], e.expand(len(idx), -1), a[idx]).to(device) for a, e in zip(ids_all, empty_ids)]
+    return MicroBatch(idx, x0, noise, t, ids)
+
+
 def build_unet(cfg: UNetParams, channels: int, cross_attention_dim: int, sample_size: int):
     from diffusers import UNet2DConditionModel
 

@@ -113,23 +113,18 @@ def train_mask2img(params: Params, progress: bool = True) -> Path:
             g["lr"] = common.lr_at(step, tc.lr, tc.warmup_steps)
         for micro in range(tc.grad_accum):
             m = step * tc.grad_accum + micro
-            idx = torch.from_numpy(common.batch_indices(params.seed, m, len(data), tc.batch_size, rank, world))
-            gen = common.torch_gen(params.seed, KIND, "noise", m, rank)
-            x0 = x0_all[idx].to(device)
-            cimg = cond_all[idx].to(device)
-            noise = torch.randn(x0.shape, generator=gen).to(device)
-            t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(idx),), generator=gen).to(device)
-            drop = torch.rand(len(idx), generator=gen) < tc.caption_dropout
-            ids = [torch.where(drop[:, None], e.expand(len(idx), -1), a[idx]).to(device) for a, e in zip(ids_all, empty_ids)]
+            b = common.draw_micro_batch(params.seed, KIND, m, x0_all, ids_all, empty_ids, tc.batch_size, tc.caption_dropout,
+                                        noise_scheduler.config.num_train_timesteps, device, rank, world)
+            cimg = cond_all[b.idx].to(device)
             with accelerator.accumulate(controlnet):
                 with accelerator.autocast():
-                    ctx, added = cond(ids)
-                    noisy = noise_scheduler.add_noise(x0, noise, t)
-                    down, mid = controlnet(noisy, t, encoder_hidden_states=ctx, controlnet_cond=cimg, conditioning_scale=scale,
+                    ctx, added = cond(b.ids)
+                    noisy = noise_scheduler.add_noise(b.x0, b.noise, b.t)
+                    down, mid = controlnet(noisy, b.t, encoder_hidden_states=ctx, controlnet_cond=cimg, conditioning_scale=scale,
                                            added_cond_kwargs=added, return_dict=False)
-                    pred = unet(noisy, t, ctx, added_cond_kwargs=added, down_block_additional_residuals=down,
+                    pred = unet(noisy, b.t, ctx, added_cond_kwargs=added, down_block_additional_residuals=down,
                                 mid_block_additional_residual=mid).sample
-                    loss = F.mse_loss(pred.float(), common.training_target(noise_scheduler, x0, noise, t).float())
+                    loss = F.mse_loss(pred.float(), common.training_target(noise_scheduler, b.x0, b.noise, b.t).float())
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(trainable, tc.max_grad_norm)

@@ -37,7 +37,12 @@ KIND = "text2mask"
 
 def _accelerator(cfg):
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
+    # AcceleratorState is a per-process singleton that pins the first run's mixed precision; a
+    # second training in the same process (a Prefect flow, the tests) may use another. The
+    # process-group state (PartialState) is kept, so `accelerate launch` runs are unaffected.
+    AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(mixed_precision=cfg.train.mixed_precision, gradient_accumulation_steps=cfg.train.grad_accum)
 
 
@@ -125,19 +130,14 @@ def train_text2mask(params: Params, progress: bool = True) -> Path:
             g["lr"] = common.lr_at(step, tc.lr, tc.warmup_steps)
         for micro in range(tc.grad_accum):
             m = step * tc.grad_accum + micro
-            idx = torch.from_numpy(common.batch_indices(params.seed, m, len(data), tc.batch_size, rank, world))
-            gen = common.torch_gen(params.seed, KIND, "noise", m, rank)
-            x0 = x0_all[idx].to(device)
-            noise = torch.randn(x0.shape, generator=gen).to(device)
-            t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(idx),), generator=gen).to(device)
-            drop = torch.rand(len(idx), generator=gen) < tc.caption_dropout
-            ids = [torch.where(drop[:, None], e.expand(len(idx), -1), a[idx]).to(device) for a, e in zip(ids_all, empty_ids)]
+            b = common.draw_micro_batch(params.seed, KIND, m, x0_all, ids_all, empty_ids, tc.batch_size, tc.caption_dropout,
+                                        noise_scheduler.config.num_train_timesteps, device, rank, world)
             with accelerator.accumulate(unet):
                 with accelerator.autocast():
-                    ctx, added = cond(ids)
-                    noisy = noise_scheduler.add_noise(x0, noise, t)
-                    pred = unet(noisy, t, ctx, added_cond_kwargs=added).sample
-                    target = common.training_target(noise_scheduler, x0, noise, t)
+                    ctx, added = cond(b.ids)
+                    noisy = noise_scheduler.add_noise(b.x0, b.noise, b.t)
+                    pred = unet(noisy, b.t, ctx, added_cond_kwargs=added).sample
+                    target = common.training_target(noise_scheduler, b.x0, b.noise, b.t)
                     loss = F.mse_loss(pred.float(), target.float())
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
