@@ -190,6 +190,58 @@ def lr_at(step: int, base: float, warmup: int) -> float:
     return base * min(1.0, (step + 1) / max(1, warmup))
 
 
+def make_accelerator(train_cfg):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    # AcceleratorState is a per-process singleton that pins the first run's mixed precision; a
+    # second training in the same process (a Prefect flow, the tests) may use another. The
+    # process-group state (PartialState) is kept, so `accelerate launch` runs are unaffected.
+    AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(mixed_precision=train_cfg.mixed_precision, gradient_accumulation_steps=train_cfg.grad_accum)
+
+
+def load_vae(pretrained: str | None):
+    """The frozen AutoencoderKL of a pretrained Stable Diffusion / SDXL repo, or None (pixel space)."""
+    if not pretrained:
+        return None
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(pretrained, subfolder="vae")
+    vae.requires_grad_(False)
+    return vae.eval()
+
+
+@torch.no_grad()
+def encode_latents(vae, x: torch.Tensor, batch: int = 16) -> torch.Tensor:
+    """Deterministic latents (the posterior mean), scaled as the UNet expects."""
+    out = []
+    for i in range(0, len(x), batch):
+        out.append(vae.encode(x[i : i + batch].to(vae.device, vae.dtype)).latent_dist.mean * vae.config.scaling_factor)
+    return torch.cat(out).float().cpu()
+
+
+def save_model(model_dir: Path, parts: dict, cond, noise_scheduler, vae, info: dict) -> Path:
+    """The final model directory, swapped in whole: each part with save_pretrained, the text
+    conditioner, the scheduler, the VAE for latent models, and seggen_model.json."""
+    from seggen.io import atomic_dir
+
+    with atomic_dir(model_dir) as tmp:
+        for name, module in parts.items():
+            module.save_pretrained(tmp / name)
+        cond.save(tmp)
+        noise_scheduler.save_pretrained(tmp / "scheduler")
+        if vae is not None:
+            vae.save_pretrained(tmp / "vae")
+        write_model_meta(tmp, {**info, "latent": vae is not None})
+    return model_dir
+
+
+def train_summary(steps: int, start: int, elapsed: float, losses: list[float]) -> dict:
+    return {"steps": steps, "seconds_this_run": elapsed, "steps_this_run": steps - start,
+            "final_loss": float(np.mean(losses[-20:])) if losses else None}
+
+
 def write_model_meta(directory: Path, info: dict) -> None:
     (directory / MODEL_META).write_text(json.dumps(info, indent=2))
 

@@ -29,8 +29,7 @@ from tqdm import tqdm
 from seggen.config import Params
 from seggen.errors import DataError
 from seggen.generators import common
-from seggen.generators.text2mask import _accelerator, _vae, encode_latents
-from seggen.io import atomic_dir, write_png
+from seggen.io import write_png
 from seggen.models import checkpoint as ckpt
 from seggen.models import text
 
@@ -45,16 +44,16 @@ def train_mask2img(params: Params, progress: bool = True) -> Path:
     out = Path(cfg.out)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    accelerator = _accelerator(cfg)
+    accelerator = common.make_accelerator(cfg.train)
     torch.manual_seed(common.seed_for(params.seed, KIND, "init"))
 
     data = common.load_generator_data(params, cfg.resolution)
-    vae = _vae(cfg.pretrained)
+    vae = common.load_vae(cfg.pretrained)
     if cfg.pretrained:
         unet = UNet2DConditionModel.from_pretrained(cfg.pretrained, subfolder="unet")
         sdxl = unet.config.addition_embed_type == "text_time"
         cond = text.TextConditioner.build(params.text_encoder, data.captions, cfg.pretrained, sdxl, cfg.resolution)
-        x0_all = encode_latents(vae.to(accelerator.device), data.images)
+        x0_all = common.encode_latents(vae.to(accelerator.device), data.images)
         train_base = False
     else:
         cond = text.TextConditioner.build(params.text_encoder, data.captions)
@@ -147,29 +146,22 @@ def train_mask2img(params: Params, progress: bool = True) -> Path:
     if not accelerator.is_main_process:
         return out / "model"
 
-    model_dir = out / "model"
-    with atomic_dir(model_dir) as tmp:
-        accelerator.unwrap_model(unet).save_pretrained(tmp / "unet")
-        accelerator.unwrap_model(controlnet).save_pretrained(tmp / "controlnet")
-        cond.encoders = [accelerator.unwrap_model(e) for e in cond.encoders]
-        cond.save(tmp)
-        noise_scheduler.save_pretrained(tmp / "scheduler")
-        if vae is not None:
-            vae.save_pretrained(tmp / "vae")
-        common.write_model_meta(
-            tmp,
-            {
-                "kind": KIND,
-                "resolution": cfg.resolution,
-                "latent": vae is not None,
-                "palette": data.palette.colors.tolist(),
-                "classes": data.meta.names,
-                "conditioning_scale": scale,
-                "train": {"steps": tc.steps, "seconds_this_run": elapsed, "steps_this_run": tc.steps - start,
-                          "final_loss": float(np.mean(losses[-20:])) if losses else None},
-                "fingerprint": state["fingerprint"],
-            },
-        )
+    model_dir = common.save_model(
+        out / "model",
+        {"unet": accelerator.unwrap_model(unet), "controlnet": accelerator.unwrap_model(controlnet)},
+        cond.unwrapped(accelerator),
+        noise_scheduler,
+        vae,
+        {
+            "kind": KIND,
+            "resolution": cfg.resolution,
+            "palette": data.palette.colors.tolist(),
+            "classes": data.meta.names,
+            "conditioning_scale": scale,
+            "train": common.train_summary(tc.steps, start, elapsed, losses),
+            "fingerprint": state["fingerprint"],
+        },
+    )
     n = min(8, len(data))
     sampler = Mask2ImgSampler(model_dir)
     seeds = [common.seed_for(params.seed, KIND, "grid", i) for i in range(n)]

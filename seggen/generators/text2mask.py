@@ -27,42 +27,11 @@ from tqdm import tqdm
 from seggen.config import Params
 from seggen.errors import DataError
 from seggen.generators import common
-from seggen.io import atomic_dir
 from seggen.models import checkpoint as ckpt
 from seggen.models import text
 
 log = logging.getLogger(__name__)
 KIND = "text2mask"
-
-
-def _accelerator(cfg):
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-
-    # AcceleratorState is a per-process singleton that pins the first run's mixed precision; a
-    # second training in the same process (a Prefect flow, the tests) may use another. The
-    # process-group state (PartialState) is kept, so `accelerate launch` runs are unaffected.
-    AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(mixed_precision=cfg.train.mixed_precision, gradient_accumulation_steps=cfg.train.grad_accum)
-
-
-def _vae(pretrained: str | None):
-    if not pretrained:
-        return None
-    from diffusers import AutoencoderKL
-
-    vae = AutoencoderKL.from_pretrained(pretrained, subfolder="vae")
-    vae.requires_grad_(False)
-    return vae.eval()
-
-
-@torch.no_grad()
-def encode_latents(vae, x: torch.Tensor, batch: int = 16) -> torch.Tensor:
-    """Deterministic latents (the posterior mean), scaled as the UNet expects."""
-    out = []
-    for i in range(0, len(x), batch):
-        out.append(vae.encode(x[i : i + batch].to(vae.device, vae.dtype)).latent_dist.mean * vae.config.scaling_factor)
-    return torch.cat(out).float().cpu()
 
 
 def train_text2mask(params: Params, progress: bool = True) -> Path:
@@ -71,18 +40,18 @@ def train_text2mask(params: Params, progress: bool = True) -> Path:
     out = Path(cfg.out)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    accelerator = _accelerator(cfg)
+    accelerator = common.make_accelerator(cfg.train)
     torch.manual_seed(common.seed_for(params.seed, KIND, "init"))
 
     data = common.load_generator_data(params, cfg.resolution, instances=cfg.instances)
-    vae = _vae(cfg.pretrained)
+    vae = common.load_vae(cfg.pretrained)
     if cfg.pretrained:
         from diffusers import UNet2DConditionModel
 
         unet = UNet2DConditionModel.from_pretrained(cfg.pretrained, subfolder="unet")
         sdxl = unet.config.addition_embed_type == "text_time"
         cond = text.TextConditioner.build(params.text_encoder, data.captions, cfg.pretrained, sdxl, cfg.resolution)
-        x0_all = encode_latents(vae.to(accelerator.device), data.colour_maps)
+        x0_all = common.encode_latents(vae.to(accelerator.device), data.colour_maps)
     else:
         cond = text.TextConditioner.build(params.text_encoder, data.captions)
         unet = common.build_unet(cfg.unet, 3, cond.context_dim(), cfg.resolution)
@@ -168,30 +137,24 @@ def train_text2mask(params: Params, progress: bool = True) -> Path:
     final_unet = accelerator.unwrap_model(unet)
     if ema is not None:
         ema.copy_to(final_unet.parameters())
-    model_dir = out / "model"
-    with atomic_dir(model_dir) as tmp:
-        final_unet.save_pretrained(tmp / "unet")
-        cond.encoders = [accelerator.unwrap_model(e) for e in cond.encoders]
-        cond.save(tmp)
-        noise_scheduler.save_pretrained(tmp / "scheduler")
-        if vae is not None:
-            vae.save_pretrained(tmp / "vae")
-        common.write_model_meta(
-            tmp,
-            {
-                "kind": KIND,
-                "resolution": cfg.resolution,
-                "latent": vae is not None,
-                "palette": data.palette.colors.tolist(),
-                "classes": data.meta.names,
-                "things": data.meta.thing_ids,
-                "instances": cfg.instances,
-                "min_class_pixels": cfg.min_class_pixels,
-                "train": {"steps": tc.steps, "seconds_this_run": elapsed, "steps_this_run": tc.steps - start,
-                          "final_loss": float(np.mean(losses[-20:])) if losses else None},
-                "fingerprint": state["fingerprint"],
-            },
-        )
+    model_dir = common.save_model(
+        out / "model",
+        {"unet": final_unet},
+        cond.unwrapped(accelerator),
+        noise_scheduler,
+        vae,
+        {
+            "kind": KIND,
+            "resolution": cfg.resolution,
+            "palette": data.palette.colors.tolist(),
+            "classes": data.meta.names,
+            "things": data.meta.thing_ids,
+            "instances": cfg.instances,
+            "min_class_pixels": cfg.min_class_pixels,
+            "train": common.train_summary(tc.steps, start, elapsed, losses),
+            "fingerprint": state["fingerprint"],
+        },
+    )
     # sample grid: real colour map | generated, for the first captions
     n = min(8, len(data))
     gen = sample_text2mask(model_dir, data.captions[:n], seed=params.seed, steps=cfg.sample.steps,

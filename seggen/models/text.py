@@ -138,6 +138,11 @@ class TextConditioner:
             tok.save_pretrained(directory / f"tokenizer{sfx}")
             enc.save_pretrained(directory / f"text_encoder{sfx}")
 
+    def unwrapped(self, accelerator) -> "TextConditioner":
+        """The same conditioner with encoders unwrapped from accelerate's distributed wrappers."""
+        return TextConditioner([*self.tokenizers], [accelerator.unwrap_model(e) for e in self.encoders],
+                               self.trainable, self.sdxl, self.resolution)
+
     def tokenize(self, captions: list[str]) -> list[torch.Tensor]:
         return [tokenize(t, captions) for t in self.tokenizers]
 
