@@ -191,6 +191,34 @@ def sample_mask2img_cmd(
     typer.echo(f"{written} images written to {out}")
 
 
+# -- synthesis ----------------------------------------------------------------------------------
+
+
+@app.command()
+def synthesize(
+    strategy: Annotated[str, typer.Option(help="masksyn (caption -> mask -> image) | imgsyn (real mask -> image).")],
+    shard: Annotated[Optional[int], typer.Option(help="Run only this shard (0-based); merged when all are done.")] = None,
+    num_shards: Annotated[int, typer.Option(help="Number of shards the samples are split into.")] = 1,
+    dask: Annotated[bool, typer.Option(help="Run all shards in parallel as Prefect tasks on Dask (synthesize.dask).")] = False,
+    max_sources: Annotated[Optional[int], typer.Option(help="synthesize.max_sources")] = None,
+) -> None:
+    """Build a MaskSyn or ImgSyn dataset at synthesize.out/STRATEGY (resumes an interrupted run)."""
+    p = state.params({"synthesize.max_sources": max_sources})
+    if dask:
+        from flows.synthesis import synthesize_on_dask
+
+        res = synthesize_on_dask(p, strategy, num_shards if num_shards > 1 else None)
+    else:
+        from seggen.synthesis.synthesize import run_shard
+
+        if shard is None and num_shards != 1:
+            raise SeggenError("--num-shards needs --shard (or --dask to run all shards)")
+        res = run_shard(p, strategy, shard or 0, num_shards)
+    rate = f", {res['images_per_s']:.2f} img/s" if res.get("images_per_s") else ""
+    done = f"; dataset complete: {res['kept']} kept of {res['samples']}" if "kept" in res else "; other shards still to run"
+    typer.echo(f"{strategy}: {res['generated']} generated{rate}{done} ({Path(p.synthesize.out) / strategy})")
+
+
 # -- eval ---------------------------------------------------------------------------------------
 
 

@@ -140,6 +140,49 @@ class Mask2ImgParams(GeneratorParams):
     train_base: bool = True
 
 
+class FilterParams(_Section):
+    """Quality filters on synthetic pairs (SegGen has none; FreeMask reports gains from filtering).
+    Both score every sample with a small segmenter trained on the real training split."""
+
+    sample: bool = False  # (a) drop samples whose mIoU (segmenter on the image vs its mask) is low
+    min_miou: float = Field(30.0, ge=0, le=100)  # percent
+    pixel: bool = False  # (b) pixels with loss > margin x the class's mean loss on real data -> ignored
+    margin: float = Field(2.0, gt=0)
+    out: Path = Path("models/filter_segmenter")  # trained once, reused while its params are unchanged
+    resolution: int = Field(64, ge=16, le=1024)  # images and masks are scored at this size
+    steps: int = Field(400, ge=1)
+    batch_size: int = Field(32, ge=1)
+
+
+class DaskParams(_Section):
+    address: Optional[str] = None  # scheduler of an existing cluster, e.g. tcp://10.0.0.5:8786; null: local
+    n_workers: int = Field(2, ge=1)  # local cluster only
+    threads_per_worker: int = Field(1, ge=1)
+
+
+class SynthesizeParams(_Section):
+    out: Path = Path("data/synthetic")  # datasets at out/masksyn and out/imgsyn
+    split: str = "training"  # source split (captions from caption.out)
+    max_sources: Optional[int] = Field(None, ge=1)  # a seeded random subset of the source images
+    masksyn_per_source: int = Field(1, ge=1)  # the paper: 10 on ADE20K
+    imgsyn_per_source: int = Field(1, ge=1)  # the paper: 50 on ADE20K
+    steps: int = Field(20, ge=1, le=1000)
+    text2mask_guidance: float = Field(3.0, ge=0)
+    mask2img_guidance: float = Field(2.0, ge=0)
+    batch_size: int = Field(16, ge=1)  # part of the output's identity: float results depend on it
+    # network precision while sampling; auto: bf16 on CPUs with native bf16 and on CUDA, else fp32
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    image_format: Literal["png", "jpg"] = "png"
+    threads: int = Field(0, ge=0)  # torch CPU threads per process; 0 = cores / workers
+    # local processes, each generating a share of the batches (shards); on CPUs two 1-thread
+    # processes beat one 2-thread process. Use 1 on a single GPU.
+    workers: int = Field(1, ge=1, le=256)
+    text2mask: Path = Path("models/text2mask/model")
+    mask2img: Path = Path("models/mask2img/model")
+    filter: FilterParams = FilterParams()
+    dask: DaskParams = DaskParams()
+
+
 class Params(_Section):
     seed: int = Field(0, ge=0, lt=2**32)
     data: DataParams = DataParams()
@@ -148,6 +191,7 @@ class Params(_Section):
     text_encoder: TextEncoderParams = TextEncoderParams()
     text2mask: Text2MaskParams = Text2MaskParams()
     mask2img: Mask2ImgParams = Mask2ImgParams()
+    synthesize: SynthesizeParams = SynthesizeParams()
 
 
 def _format_error(source: str, err: ValidationError) -> str:

@@ -33,6 +33,7 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from seggen.config import BenchmarkParams
+from seggen.data.coco import segment_info
 from seggen.data.images import id2rgb, load_panoptic_png
 from seggen.data.meta import META_FILE, ClassInfo, DatasetMeta
 from seggen.io import atomic_dir, write_json, write_png
@@ -319,28 +320,16 @@ def _render_one(args: tuple[int, str, int, int, int, int, str]) -> dict:
                 if thing_of.get(k) != cls:
                     continue
                 m = (labels == cls) & (inst == k)
-                segments.append(_segment(segment_id(cls, k), cls, m))
+                segments.append(segment_info(segment_id(cls, k), cls, m))
                 pan[m] = segments[-1]["id"]
         else:
             m = labels == cls
-            segments.append(_segment(segment_id(cls, 0), cls, m))
+            segments.append(segment_info(segment_id(cls, 0), cls, m))
             pan[m] = segments[-1]["id"]
     write_png(rootp / "panoptic" / f"panoptic_{split}" / f"{name}.png", id2rgb(pan))
     return {
         "image": {"id": index + 1, "file_name": f"{name}.jpg", "height": size, "width": size},
         "annotation": {"image_id": index + 1, "file_name": f"{name}.png", "segments_info": segments},
-    }
-
-
-def _segment(sid: int, cls: int, mask: np.ndarray) -> dict:
-    ys, xs = np.nonzero(mask)
-    x0, y0 = int(xs.min()), int(ys.min())
-    return {
-        "id": sid,
-        "category_id": cls,
-        "iscrowd": 0,
-        "area": int(mask.sum()),
-        "bbox": [x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1],
     }
 
 

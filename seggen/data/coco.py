@@ -50,6 +50,19 @@ class PanopticSample:
     segments: list[dict]  # segments_info, each with id, category_id, iscrowd
 
 
+def segment_info(sid: int, cls: int, mask: np.ndarray, iscrowd: int = 0) -> dict:
+    """A COCO panoptic `segments_info` entry for a non-empty boolean mask."""
+    ys, xs = np.nonzero(mask)
+    x0, y0 = int(xs.min()), int(ys.min())
+    return {
+        "id": int(sid),
+        "category_id": int(cls),
+        "iscrowd": int(iscrowd),
+        "area": int(mask.sum()),
+        "bbox": [x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1],
+    }
+
+
 class CocoPanoptic:
     def __init__(self, json_path: str | Path, png_dir: str | Path | None = None, image_dir: str | Path | None = None):
         self.json_path = Path(json_path)

@@ -300,14 +300,32 @@ def resumable_checkpoint(root: Path, fingerprint: str) -> Path | None:
     return None
 
 
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """Sampling precision: `auto` is bf16 on CPUs with native bf16 (AVX512-BF16/AMX) and on CUDA
+    devices that support it, fp16 on other CUDA devices, else fp32 (None: no autocast)."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    try:
+        return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+    except (AttributeError, RuntimeError):
+        return None
+
+
 class DiffusionSampler:
     """Shared sampling machinery: loads unet/text encoder/tokenizer/scheduler[/vae] of a model
     directory once, and runs DPM-Solver++ with classifier-free guidance. Subclasses give `kind`
-    and the model call."""
+    and the model call. `precision` (fp32 | bf16 | fp16 | auto) sets autocast for the networks;
+    the solver's arithmetic stays fp32."""
 
     kind = ""
 
-    def __init__(self, model_dir: str | Path, device: str | None = None):
+    def __init__(self, model_dir: str | Path, device: str | None = None, precision: str = "fp32"):
         from diffusers import UNet2DConditionModel
 
         from seggen.models import text
@@ -315,7 +333,9 @@ class DiffusionSampler:
         self.dir = Path(model_dir)
         self.info = read_model_meta(self.dir, self.kind)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.unet = UNet2DConditionModel.from_pretrained(self.dir / "unet").to(self.device).eval()
+        self.dtype = autocast_dtype(precision, self.device)
+        # channels_last: oneDNN's convolutions are markedly faster in NHWC on CPU (and on GPU tensor cores)
+        self.unet = UNet2DConditionModel.from_pretrained(self.dir / "unet").to(self.device, memory_format=torch.channels_last).eval()
         self.text = text.TextConditioner.load(self.dir, int(self.info["resolution"])).to(self.device)
         sched = json.loads((self.dir / "scheduler" / "scheduler_config.json").read_text())
         self.scheduler_config = {k: v for k, v in sched.items() if not k.startswith("_")}
@@ -348,20 +368,25 @@ class DiffusionSampler:
         shape = self.sample_shape()
         x = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds]).to(self.device)
         x = x * scheduler.init_noise_sigma
-        cond, cond_added = self.text(self.text.tokenize(prompts))
+        amp = torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None)
+        with amp:
+            cond, cond_added = self.text(self.text.tokenize(prompts))
         use_cfg = guidance_scale != 1.0
         if use_cfg:
-            uncond, uncond_added = self.text(self.text.tokenize([""] * len(prompts)))
+            with amp:
+                uncond, uncond_added = self.text(self.text.tokenize([""] * len(prompts)))
             ctx = torch.cat([uncond, cond])
             added = {k: torch.cat([uncond_added[k], cond_added[k]]) for k in cond_added} if cond_added else None
         for t in scheduler.timesteps:
             xin = scheduler.scale_model_input(x, t)
-            if use_cfg:
-                pu, pc = predict(torch.cat([xin, xin]), t, ctx, added, True).chunk(2)
-                pred = pu + guidance_scale * (pc - pu)
-            else:
-                pred = predict(xin, t, cond, cond_added, False)
+            with amp:
+                if use_cfg:
+                    pu, pc = predict(torch.cat([xin, xin]), t, ctx, added, True).float().chunk(2)
+                else:
+                    pu, pc = None, predict(xin, t, cond, cond_added, False).float()
+            pred = pc if pu is None else pu + guidance_scale * (pc - pu)
             x = scheduler.step(pred, t, x).prev_sample
         if self.vae is not None:
-            x = self.vae.decode(x / self.vae.config.scaling_factor).sample
+            with amp:
+                x = self.vae.decode(x / self.vae.config.scaling_factor).sample.float()
         return to_uint8(x)

@@ -174,11 +174,11 @@ def train_mask2img(params: Params, progress: bool = True) -> Path:
 class Mask2ImgSampler(common.DiffusionSampler):
     kind = KIND
 
-    def __init__(self, model_dir: str | Path, device: str | None = None):
+    def __init__(self, model_dir: str | Path, device: str | None = None, precision: str = "fp32"):
         from diffusers import ControlNetModel
 
-        super().__init__(model_dir, device)
-        self.controlnet = ControlNetModel.from_pretrained(self.dir / "controlnet").to(self.device).eval()
+        super().__init__(model_dir, device, precision)
+        self.controlnet = ControlNetModel.from_pretrained(self.dir / "controlnet").to(self.device, memory_format=torch.channels_last).eval()
         self.palette = np.asarray(self.info["palette"], np.uint8)
 
     def check_palette(self, palette: np.ndarray, source: str) -> None:

@@ -3,8 +3,8 @@
 Text2Mask: decoded masks' valid-class rate, total-variation distance between generated and real
 class frequencies, prompt consistency. Mask2Img alignment: a small probe segmenter trained on real
 images predicts on generated images, scored (mIoU) against the masks they were conditioned on,
-next to its score on real validation images. The probe is a plain fully-convolutional network, a
-stand-in until Mask2Former is available to this stage.
+next to its score on real validation images. The probe (seggen.models.probe) is a plain fully-convolutional
+network, a stand-in until Mask2Former is available to this stage.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
@@ -25,6 +23,8 @@ from seggen.data.ade20k import ADE20KDataset
 from seggen.data.meta import load_meta
 from seggen.generators import common
 from seggen.metrics.semantic import evaluate_semantic_arrays
+from seggen.models import probe
+from seggen.models.probe import ProbeSegmenter
 
 
 def held_out(params: Params, resolution: int, split: str = "validation", n: int = 64):
@@ -43,48 +43,14 @@ def held_out(params: Params, resolution: int, split: str = "validation", n: int 
     return caps, classes, np.stack(labs), np.stack(imgs), meta
 
 
-class ProbeSegmenter(nn.Module):
-    def __init__(self, num_classes: int, width: int = 48):
-        super().__init__()
-        layers, c = [], 3
-        for d in (1, 1, 2, 4, 1):
-            layers += [nn.Conv2d(c, width, 3, padding=d, dilation=d), nn.GroupNorm(8, width), nn.SiLU()]
-            c = width
-        self.body = nn.Sequential(*layers)
-        self.head = nn.Conv2d(width, num_classes + 1, 1)
-
-    def forward(self, x):
-        return self.head(self.body(x))
-
-
 def train_probe(params: Params, resolution: int, steps: int = 400, batch: int = 32, progress: bool = True) -> ProbeSegmenter:
-    root = Path(params.data.root)
-    ds = ADE20KDataset(root, "training")
-    meta = load_meta(root)
-    imgs, labs = [], []
-    for img, lab in ds:
-        imgs.append(common.to_tensor(np.asarray(Image.fromarray(img).resize((resolution, resolution), Image.BOX))))
-        labs.append(torch.from_numpy(np.asarray(Image.fromarray(lab).resize((resolution, resolution), Image.NEAREST)).astype(np.int64)))
-    x_all, y_all = torch.stack(imgs), torch.stack(labs)
-    torch.manual_seed(common.seed_for(params.seed, "probe"))
-    model = ProbeSegmenter(meta.num_classes)
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    for step in tqdm(range(steps), desc="train probe segmenter", disable=not progress, dynamic_ncols=True):
-        idx = torch.from_numpy(common.batch_indices(params.seed, step, len(x_all), batch))
-        x, y = x_all[idx], y_all[idx]
-        if step % 2:
-            x, y = x.flip(-1), y.flip(-1)
-        loss = F.cross_entropy(model(x), y, ignore_index=0)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval()
+    return probe.train_probe(params.data.root, resolution, params.seed, steps, batch, progress=progress)[0]
 
 
 @torch.no_grad()
 def probe_miou(model: ProbeSegmenter, images: np.ndarray, labels: np.ndarray, names: list[str]) -> float:
     x = torch.stack([common.to_tensor(i) for i in images])
-    pred = model(x)[:, 1:].argmax(1).numpy()  # classes 1..N -> 0..N-1
+    pred = probe.predict(model, x).numpy() - 1  # classes 1..N -> 0..N-1
     pairs = [(p, l) for p, l in zip(pred, labels)]
     return evaluate_semantic_arrays(pairs, len(names), reduce_zero_label=True, class_names=names)["mIoU"]
 

@@ -169,10 +169,10 @@ class Text2MaskSampler(common.DiffusionSampler):
 
     kind = KIND
 
-    def __init__(self, model_dir: str | Path, device: str | None = None):
+    def __init__(self, model_dir: str | Path, device: str | None = None, precision: str = "fp32"):
         from seggen.codec import Palette
 
-        super().__init__(model_dir, device)
+        super().__init__(model_dir, device, precision)
         colors = np.asarray(self.info["palette"], np.uint8)
         self.palette = Palette(colors=colors, names=("ignore", *self.info["classes"]), things=frozenset(self.info["things"]), boundary=self.info["instances"])
 

@@ -1,0 +1,1 @@
+"""Prefect flows over the seggen stage functions (one implementation: the flows call seggen/)."""

@@ -1,0 +1,98 @@
+"""Quality filters for synthetic pairs, scored by a segmenter trained on the real training split.
+
+(a) sample level: the segmenter predicts on the synthetic image; the sample is dropped when the
+    mIoU of that prediction against the synthetic mask is below `filter.min_miou`.
+(b) pixel level (FreeMask's idea): pixels whose loss exceeds `margin` x the mean loss of their
+    class on real data are set to ignore -- label 0 in the ADE20K-layout PNG, which training and
+    evaluation map to 255 (reduce_zero_label), and void in the panoptic PNG.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from seggen.config import Params
+from seggen.io import atomic_dir
+from seggen.models import probe
+
+log = logging.getLogger(__name__)
+
+
+def _fingerprint(params: Params) -> str:
+    f = params.synthesize.filter
+    blob = json.dumps([params.seed, str(params.data.root), params.data.model_dump(mode="json"), params.synthesize.split,
+                       f.resolution, f.steps, f.batch_size], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class QualityFilter:
+    model: probe.ProbeSegmenter
+    class_loss: list[float | None]  # mean loss per class 1..N on real training data
+    resolution: int
+    sample: bool
+    min_miou: float
+    pixel: bool
+    margin: float
+
+    def score(self, image: np.ndarray, labels: np.ndarray) -> tuple[float | None, np.ndarray | None]:
+        """-> (sample mIoU in percent or None, ignore mask at labels' size or None)."""
+        r = self.resolution
+        h, w = labels.shape
+        x = probe.to_tensor(np.asarray(Image.fromarray(image).resize((r, r), Image.BOX)))[None]
+        y = torch.from_numpy(np.asarray(Image.fromarray(labels.astype(np.uint8)).resize((r, r), Image.NEAREST)).astype(np.int64))[None]
+        miou = None
+        if self.sample:
+            pred = probe.predict(self.model, x)[0].numpy()
+            miou = image_miou(pred, y[0].numpy(), self.model.num_classes)
+        ignore = None
+        if self.pixel:
+            loss = probe.pixel_losses(self.model, x, y)[0]
+            ref = torch.tensor([0.0] + [v if v is not None else float("inf") for v in self.class_loss])
+            bad = (loss > self.margin * ref[y[0]]) & (y[0] > 0)
+            ignore = np.asarray(Image.fromarray(bad.numpy().astype(np.uint8)).resize((w, h), Image.NEAREST)).astype(bool)
+        return miou, ignore
+
+
+def image_miou(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> float | None:
+    """mIoU (percent) of one image over classes present in its GT or prediction; GT 0 ignored."""
+    keep = gt > 0
+    p, g = pred[keep], gt[keep]
+    if not g.size:
+        return None
+    inter = np.bincount(g[p == g], minlength=num_classes + 1)
+    area_p = np.bincount(p, minlength=num_classes + 1)
+    area_g = np.bincount(g, minlength=num_classes + 1)
+    union = area_p + area_g - inter
+    present = union > 0
+    return float(100 * np.mean(inter[present] / union[present]))
+
+
+def load_filter(params: Params, progress: bool = True) -> QualityFilter | None:
+    """The filter segmenter for these params: trained on the real training split on first use and
+    kept in `filter.out` (reused while its params are unchanged). None when both filters are off."""
+    f = params.synthesize.filter
+    if not (f.sample or f.pixel):
+        return None
+    out = Path(f.out)
+    fp = _fingerprint(params)
+    info = None
+    if (out / "probe.json").exists():
+        info = json.loads((out / "probe.json").read_text())
+    if info is None or info.get("fingerprint") != fp:
+        log.info("training the filter segmenter (%d steps) into %s", f.steps, out)
+        model, x, y = probe.train_probe(params.data.root, f.resolution, params.seed, f.steps, f.batch_size,
+                                        split=params.synthesize.split, progress=progress)
+        losses = probe.class_mean_losses(model, x, y)
+        with atomic_dir(out) as tmp:
+            model.save(tmp, {"fingerprint": fp, "resolution": f.resolution, "class_mean_loss": losses})
+    model, info = probe.ProbeSegmenter.load(out)
+    return QualityFilter(model, info["class_mean_loss"], info["resolution"], f.sample, f.min_miou, f.pixel, f.margin)

@@ -1,0 +1,55 @@
+"""manifest.jsonl: one validated row per synthetic sample, kept or dropped, in dataset order."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from seggen.errors import DataError
+
+
+class Scores(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sample_miou: Optional[float] = None  # filter (a): segmenter on the image vs the mask, percent
+    ignored_fraction: Optional[float] = Field(None, ge=0, le=1)  # filter (b): share of labelled pixels set to ignore
+
+
+class ManifestRow(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    strategy: Literal["masksyn", "imgsyn"]
+    source_id: str  # the real training image whose caption (and, for imgsyn, mask) was used
+    index: int = Field(ge=0)  # copy number for this source
+    prompt: str
+    seed: int = Field(ge=0)  # the Text2Mask and Mask2Img noise seeds derive from it (synthesis.sample_seeds)
+    generators: dict[str, str]  # model kind -> sha256 of its model directory
+    scores: Scores
+    kept: bool
+    drop_reason: Optional[str] = None
+    width: int = Field(ge=1)
+    height: int = Field(ge=1)
+
+
+def write_manifest(path: Path, rows: list[ManifestRow]) -> None:
+    from seggen.io import write_text
+
+    write_text(path, "".join(r.model_dump_json() + "\n" for r in rows))
+
+
+def read_manifest(path: str | Path) -> list[ManifestRow]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: manifest not found")
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(ManifestRow.model_validate(json.loads(line)))
+        except (json.JSONDecodeError, ValidationError) as e:
+            msg = e.errors()[0]["msg"] if isinstance(e, ValidationError) else e.msg
+            raise DataError(f"{path}: line {n}: {msg}") from None
+    return rows

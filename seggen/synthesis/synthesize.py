@@ -1,0 +1,487 @@
+"""Stage `synthesize`: MaskSyn and ImgSyn datasets in the layout of their source.
+
+    masksyn: caption of a real image -> Text2Mask -> decode -> Mask2Img -> image (new mask + image)
+    imgsyn:  real mask + caption -> Mask2Img -> image (new image for a real mask)
+
+Output (`synthesize.out`/STRATEGY), read like real data by every other stage:
+    images/SPLIT/ID.png, annotations/SPLIT/ID.png          ADE20K layout (0 = other / ignored)
+    panoptic/panoptic_SPLIT.json + panoptic_SPLIT/ID.png  COCO panoptic, where the source has it
+    manifest.jsonl   one row per sample, kept or dropped (seggen.synthesis.manifest.ManifestRow)
+    dropped/         images and masks the sample filter removed, for auditing
+    summary.json, grid.png (colour map | image), seggen_meta.json
+
+Reproducibility: the samples are planned up front in a fixed order; sample k of source s gets the
+seed (seed, strategy, s, k), and samples are generated in fixed batches of that order (float
+results depend on batch composition, so a resumed or sharded run batches exactly as a single
+uninterrupted one). Shards own whole batches (batch b -> shard b mod n). Each sample's files are
+written atomically, then a record under `.work/rows/`; a re-run skips batches whose records all
+exist. When every record exists, the dataset is merged: manifest, panoptic JSON, summary and grid,
+stray files removed, `.work/` deleted. Changing any param that affects the output starts over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from seggen.captions import read_captions
+from seggen.config import Params
+from seggen.data.ade20k import ADE20KDataset
+from seggen.data.coco import CocoPanoptic, segment_info
+from seggen.data.images import id2rgb, load_label_png
+from seggen.data.meta import META_FILE, DatasetMeta, load_meta
+from seggen.errors import DataError
+from seggen.generators.common import MODEL_META, read_model_meta, save_grid, seed_for
+from seggen.io import write_json, write_png
+from seggen.synthesis.manifest import ManifestRow, Scores, write_manifest
+
+log = logging.getLogger(__name__)
+STRATEGIES = ("masksyn", "imgsyn")
+WORK = ".work"
+
+
+@dataclass(frozen=True)
+class Job:
+    index: int  # position in the plan
+    source: str  # source sample id
+    k: int  # copy number for this source
+    prompt: str
+    id: str
+    seed: int
+
+
+@dataclass
+class Plan:
+    params: Params
+    strategy: str
+    out: Path
+    jobs: list[Job]
+    batches: list[list[Job]]
+    meta: DatasetMeta
+    dataset: ADE20KDataset
+    panoptic: CocoPanoptic | None
+    generators: dict[str, str]  # kind -> model directory digest
+    fingerprint: str
+    source_index: dict[str, int] = field(default_factory=dict)  # source id -> dataset index
+    panoptic_index: dict[str, int] = field(default_factory=dict)  # source id -> panoptic annotation index
+
+    @property
+    def work(self) -> Path:
+        return self.out / WORK
+
+    def record(self, job: Job) -> Path:
+        return self.work / "rows" / f"{job.id}.json"
+
+    def shard_batches(self, shard: int, num_shards: int) -> list[list[Job]]:
+        return [b for i, b in enumerate(self.batches) if i % num_shards == shard]
+
+
+def sample_seeds(seed: int) -> tuple[int, int]:
+    """The Text2Mask and Mask2Img noise seeds of a sample with manifest seed `seed`."""
+    return seed_for(seed, "text2mask"), seed_for(seed, "mask2img")
+
+
+def model_digest(directory: Path) -> str:
+    """sha256 over a model directory's files (relative path + bytes), in sorted order."""
+    h = hashlib.sha256()
+    for p in sorted(directory.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(directory)).encode() + b"\0")
+            with p.open("rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def _check_generator(directory: Path, kind: str, meta: DatasetMeta, root: Path, boundary: bool | None = None) -> dict:
+    if not (directory / MODEL_META).exists():
+        hint = f"run `seggen train {kind}` first" if not directory.exists() else f"not a seggen {kind} model directory"
+        raise DataError(f"{directory}: {hint} (synthesize.{kind})")
+    info = read_model_meta(directory, kind)
+    want = meta.palette(boundary=bool(info.get("instances")) if boundary is None else boundary).colors
+    got = np.asarray(info["palette"], np.uint8)
+    if got.shape != want.shape or (got != want).any():
+        raise DataError(f"{directory}: palette of this {kind} model does not match the palette of {root} ({len(got)} vs {len(want)} colours or different colours)")
+    return info
+
+
+def make_plan(params: Params, strategy: str) -> Plan:
+    """Every check that can fail on bad input, before any image is generated."""
+    if strategy not in STRATEGIES:
+        raise DataError(f"--strategy {strategy}: expected one of {', '.join(STRATEGIES)}")
+    cfg = params.synthesize
+    root = Path(params.data.root)
+    ds = ADE20KDataset(root, cfg.split)
+    meta = load_meta(root)
+    generators = {}
+    if strategy == "masksyn":
+        _check_generator(Path(cfg.text2mask), "text2mask", meta, root)
+        generators["text2mask"] = model_digest(Path(cfg.text2mask))
+    _check_generator(Path(cfg.mask2img), "mask2img", meta, root, boundary=False)
+    generators["mask2img"] = model_digest(Path(cfg.mask2img))
+
+    ids = [s.id for s in ds.samples]
+    if cfg.max_sources and cfg.max_sources < len(ids):
+        rng = np.random.default_rng(seed_for(params.seed, "synthesize", "sources"))
+        ids = [ids[i] for i in sorted(rng.choice(len(ids), cfg.max_sources, replace=False))]
+    caps_path = Path(params.caption.out)
+    if not caps_path.exists():
+        raise DataError(f"{caps_path}: captions not found (run `seggen caption` first)")
+    caps = read_captions(caps_path)
+    missing = [i for i in ids if i not in caps]
+    if missing:
+        raise DataError(f"{caps_path}: no caption for {len(missing)} source image(s) of {cfg.split}, e.g. {missing[0]}")
+
+    per = cfg.masksyn_per_source if strategy == "masksyn" else cfg.imgsyn_per_source
+    jobs = []
+    for s in ids:
+        for k in range(per):
+            jobs.append(Job(len(jobs), s, k, caps[s].caption, f"{strategy}_{s}_{k:03d}", seed_for(params.seed, strategy, s, k)))
+    batches = [jobs[i : i + cfg.batch_size] for i in range(0, len(jobs), cfg.batch_size)]
+
+    pj = root / "panoptic" / f"panoptic_{cfg.split}.json"
+    pan = CocoPanoptic(pj) if pj.exists() else None
+    pan_index = {Path(a["file_name"]).stem: i for i, a in enumerate(pan.annotations)} if pan is not None else {}
+    if pan is not None and strategy == "imgsyn":
+        lacking = [s for s in ids if s not in pan_index]
+        if lacking:
+            raise DataError(f"{pj}: no panoptic annotation for source image {lacking[0]}")
+
+    identity = cfg.model_dump(mode="json", exclude={"out", "threads", "workers", "dask", "text2mask", "mask2img"})
+    identity["filter"].pop("out")
+    import torch
+
+    from seggen.generators.common import autocast_dtype
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    identity["precision"] = str(autocast_dtype(cfg.precision, device))  # what `auto` resolves to here
+    blob = json.dumps([params.seed, strategy, str(root), params.data.model_dump(mode="json"), identity, generators,
+                       [(j.id, j.prompt, j.seed) for j in jobs]], sort_keys=True)
+    fingerprint = hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return Plan(params, strategy, Path(cfg.out) / strategy, jobs, batches, meta, ds, pan, generators, fingerprint,
+                {s.id: i for i, s in enumerate(ds.samples)}, pan_index)
+
+
+def _prepare_output(plan: Plan) -> bool:
+    """-> True when the dataset for this plan is already complete. Output of other params is removed."""
+    out, work = plan.out, plan.work
+    summary = out / "summary.json"
+    current = None
+    if (work / "fingerprint").exists():
+        current = (work / "fingerprint").read_text().strip()
+    elif summary.exists():
+        try:
+            current = json.loads(summary.read_text()).get("fingerprint")
+        except json.JSONDecodeError:
+            current = None
+    if current == plan.fingerprint:
+        return not work.exists()
+    if out.exists() and any(out.iterdir()):
+        log.warning("%s holds a dataset made with other params or generators: starting over", out)
+        for p in out.iterdir():
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    (work / "rows").mkdir(parents=True, exist_ok=True)
+    (work / "fingerprint").write_text(plan.fingerprint + "\n")
+    return False
+
+
+# -- generation --------------------------------------------------------------------------------
+
+
+def _resize(a: np.ndarray, size: tuple[int, int], resample) -> np.ndarray:
+    """size = (width, height)."""
+    if a.shape[1] == size[0] and a.shape[0] == size[1]:
+        return a
+    return np.asarray(Image.fromarray(a).resize(size, resample))
+
+
+def panoptic_from_labels(labels: np.ndarray, instances: np.ndarray | None, meta: DatasetMeta) -> tuple[np.ndarray, list[dict]]:
+    """Panoptic ids + segments for a generated mask: one segment per stuff class; thing instances
+    from the instance map of an instance-aware Text2Mask, else 8-connected components."""
+    from scipy import ndimage
+
+    ids = np.zeros(labels.shape, np.uint32)
+    segments: list[dict] = []
+    things = set(meta.thing_ids)
+    eight = np.ones((3, 3), bool)
+    for cls in (int(c) for c in np.unique(labels) if c != 0):
+        region = labels == cls
+        if cls in things:
+            if instances is not None:
+                comp = np.where(region, instances, 0)
+                parts = [comp == v for v in np.unique(comp) if v != 0]
+            else:
+                comp, n = ndimage.label(region, structure=eight)
+                parts = [comp == v for v in range(1, n + 1)]
+        else:
+            parts = [region]
+        for m in parts:
+            segments.append(segment_info(len(segments) + 1, cls, m))
+            ids[m] = len(segments)
+    return ids, segments
+
+
+def _source_size(plan: Plan, source: str) -> tuple[int, int]:
+    with Image.open(plan.dataset.samples[plan.source_index[source]].image_path) as im:
+        return im.size
+
+
+def _source_panoptic(plan: Plan, source: str) -> tuple[np.ndarray, list[dict]]:
+    return plan.panoptic.load_ids(plan.panoptic_index[source])
+
+
+class Generators:
+    """The loaded models of one run (loaded once per process)."""
+
+    def __init__(self, plan: Plan):
+        from seggen.generators.mask2img import Mask2ImgSampler
+        from seggen.synthesis.filters import load_filter
+
+        cfg = plan.params.synthesize
+        self.t2m = None
+        if plan.strategy == "masksyn":
+            from seggen.generators.text2mask import Text2MaskSampler
+
+            self.t2m = Text2MaskSampler(cfg.text2mask, precision=cfg.precision)
+        self.m2i = Mask2ImgSampler(cfg.mask2img, precision=cfg.precision)
+        self.filter = load_filter(plan.params, progress=False)
+        self.plain = plan.meta.palette().colors
+
+
+def _generate_batch(plan: Plan, gens: Generators, batch: list[Job]) -> list[dict]:
+    """-> per job: image (HxWx3), labels (HxW), panoptic (ids, segments) or None, at the source size."""
+    cfg = plan.params.synthesize
+    prompts = [j.prompt for j in batch]
+    seeds = [sample_seeds(j.seed) for j in batch]
+    r = gens.m2i.resolution
+    sizes = [_source_size(plan, j.source) for j in batch]
+    out = []
+    if plan.strategy == "masksyn":
+        rgb = gens.t2m(prompts, [s[0] for s in seeds], cfg.steps, cfg.text2mask_guidance)
+        labels, insts = [], []
+        for x in rgb:
+            if gens.t2m.palette.boundary:
+                lab, inst = gens.t2m.decode_instances(x)
+            else:
+                lab, inst = gens.t2m.decode(x), None
+            labels.append(lab.astype(np.uint8))
+            insts.append(inst)
+        cmaps = np.stack([gens.plain[_resize(lab, (r, r), Image.NEAREST)] for lab in labels])
+        imgs = gens.m2i(cmaps, prompts, [s[1] for s in seeds], cfg.steps, cfg.mask2img_guidance)
+        for img, lab, inst, size in zip(imgs, labels, insts, sizes):
+            lab_o = _resize(lab, size, Image.NEAREST)
+            inst_o = _resize(inst.astype(np.int32), size, Image.NEAREST) if inst is not None else None
+            pan = panoptic_from_labels(lab_o, inst_o, plan.meta) if plan.panoptic is not None else None
+            out.append({"image": _resize(img, size, Image.BICUBIC), "labels": lab_o, "panoptic": pan})
+    else:
+        labels = [load_label_png(plan.dataset.samples[plan.source_index[j.source]].label_path).astype(np.uint8) for j in batch]
+        cmaps = np.stack([gens.plain[_resize(lab, (r, r), Image.NEAREST)] for lab in labels])
+        imgs = gens.m2i(cmaps, prompts, [s[1] for s in seeds], cfg.steps, cfg.mask2img_guidance)
+        for img, lab, size, j in zip(imgs, labels, sizes, batch):
+            pan = _source_panoptic(plan, j.source) if plan.panoptic is not None else None
+            out.append({"image": _resize(img, size, Image.BICUBIC), "labels": lab, "panoptic": pan})
+    return out
+
+
+def _filter_and_write(plan: Plan, gens: Generators, job: Job, sample: dict) -> None:
+    cfg = plan.params.synthesize
+    split, fmt = cfg.split, cfg.image_format
+    image, labels, pan = sample["image"], sample["labels"].copy(), sample["panoptic"]
+    scores = Scores()
+    kept, reason = True, None
+    if gens.filter is not None:
+        miou, ignore = gens.filter.score(image, labels)
+        scores.sample_miou = miou
+        if ignore is not None:
+            labelled = labels > 0
+            scores.ignored_fraction = float(ignore[labelled].mean()) if labelled.any() else 0.0
+            labels[ignore] = 0
+            if pan is not None:
+                ids, segs = pan[0].copy(), pan[1]
+                ids[ignore] = 0
+                segs = [segment_info(s["id"], s["category_id"], ids == s["id"], s.get("iscrowd", 0)) for s in segs if (ids == s["id"]).any()]
+                pan = (ids, segs)
+        if gens.filter.sample and (miou is None or miou < gens.filter.min_miou):
+            kept, reason = False, f"sample_miou below {gens.filter.min_miou:g}" if miou is not None else "no labelled pixels"
+    if kept and not (labels > 0).any():
+        kept, reason = False, "empty mask"
+    h, w = labels.shape
+    names = {
+        "image": (Path("images") / split, Path("dropped/images")),
+        "label": (Path("annotations") / split, Path("dropped/annotations")),
+    }
+    write = _write_image(fmt)
+    img_dir, lab_dir = (names["image"][0], names["label"][0]) if kept else (names["image"][1], names["label"][1])
+    write(plan.out / img_dir / f"{job.id}.{fmt}", image)
+    write_png(plan.out / lab_dir / f"{job.id}.png", labels)
+    if kept and pan is not None:
+        write_png(plan.out / "panoptic" / f"panoptic_{split}" / f"{job.id}.png", id2rgb(pan[0]))
+    row = ManifestRow(id=job.id, strategy=plan.strategy, source_id=job.source, index=job.k, prompt=job.prompt, seed=job.seed,
+                      generators=plan.generators, scores=scores, kept=kept, drop_reason=reason, width=w, height=h)
+    record = {"row": row.model_dump(mode="json"), "segments": pan[1] if (kept and pan is not None) else None}
+    write_json(plan.record(job), record, indent=None)
+
+
+def _write_image(fmt: str):
+    from seggen.io import write_jpeg
+
+    return write_png if fmt == "png" else (lambda p, a: write_jpeg(p, a, 95))
+
+
+# -- entry points ------------------------------------------------------------------------------
+
+
+def run_shard(params: Params, strategy: str, shard: int = 0, num_shards: int = 1, progress: bool = True,
+              merge: bool = True, plan: Plan | None = None) -> dict:
+    """Generate the samples of one shard (all of them for 1 shard), then merge if every shard is done."""
+    if not 0 <= shard < num_shards:
+        raise DataError(f"--shard {shard}: must be in 0..{num_shards - 1} for --num-shards {num_shards}")
+    plan = plan or make_plan(params, strategy)
+    if _prepare_output(plan):
+        log.info("%s: complete for these params, nothing to do", plan.out)
+        return {**json.loads((plan.out / "summary.json").read_text()), "generated": 0, "seconds": 0.0}
+    import torch
+
+    if params.synthesize.threads:
+        torch.set_num_threads(params.synthesize.threads)
+    todo = [b for b in plan.shard_batches(shard, num_shards) if not all(plan.record(j).exists() for j in b)]
+    mine = sum(len(b) for b in plan.shard_batches(shard, num_shards))
+    n_todo = sum(len(b) for b in todo)
+    t0 = time.perf_counter()
+    if todo:
+        gens = Generators(plan)
+        t0 = time.perf_counter()  # the rate counts generation, not model loading or filter training
+        desc = f"synthesize {strategy}" + (f" [{shard + 1}/{num_shards}]" if num_shards > 1 else "")
+        bar = tqdm(total=mine, initial=mine - n_todo, desc=desc, unit="img", disable=not progress, dynamic_ncols=True)
+        for batch in todo:
+            for job, sample in zip(batch, _generate_batch(plan, gens, batch)):
+                _filter_and_write(plan, gens, job, sample)
+            bar.update(len(batch))
+        bar.close()
+    elapsed = time.perf_counter() - t0
+    result = {"strategy": strategy, "shard": shard, "num_shards": num_shards, "generated": n_todo, "seconds": elapsed,
+              "images_per_s": n_todo / elapsed if n_todo and elapsed else None}
+    if merge and all(plan.record(j).exists() for j in plan.jobs):
+        result.update(merge_dataset(plan))
+    return result
+
+
+def synthesize(params: Params, strategy: str, progress: bool = True) -> dict:
+    """The whole dataset on this machine (resuming whatever an earlier run left): in this process,
+    or with `synthesize.workers` > 1 as that many local processes, one shard each, then merged."""
+    cfg = params.synthesize
+    if cfg.workers == 1:
+        return run_shard(params, strategy, 0, 1, progress)
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    from seggen.synthesis.filters import load_filter
+
+    plan = make_plan(params, strategy)
+    if _prepare_output(plan):
+        return run_shard(params, strategy, 0, 1, progress, plan=plan)
+    load_filter(params, progress)  # trained once here, not by every worker
+    n = cfg.workers
+    threads = cfg.threads or max(1, (os.cpu_count() or 1) // n)
+    p = params.model_copy(update={"synthesize": cfg.model_copy(update={"threads": threads})})
+    rows = plan.work / "rows"
+    bar = tqdm(total=len(plan.jobs), initial=len(list(rows.glob("*.json"))), desc=f"synthesize {strategy} [{n} workers]",
+               unit="img", disable=not progress, dynamic_ncols=True)
+    with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(run_shard, p, strategy, i, n, False, False) for i in range(n)]
+        while not all(f.done() for f in futures):
+            time.sleep(0.5)
+            bar.update(len(list(rows.glob("*.json"))) - bar.n)
+        parts = [f.result() for f in futures]
+    bar.close()
+    generated = sum(r["generated"] for r in parts)
+    seconds = max(r["seconds"] for r in parts)
+    result = {"strategy": strategy, "workers": n, "generated": generated, "seconds": seconds,
+              "images_per_s": generated / seconds if generated and seconds else None}
+    result.update(merge_dataset(plan))
+    return result
+
+
+def merge_dataset(plan: Plan) -> dict:
+    """Manifest, panoptic JSON, meta, summary and grid from the per-sample records; stray files
+    (of interrupted writes or earlier runs) removed; `.work/` deleted last."""
+    cfg = plan.params.synthesize
+    split, fmt = cfg.split, cfg.image_format
+    records = []
+    for j in plan.jobs:
+        p = plan.record(j)
+        if not p.exists():
+            raise DataError(f"{plan.out}: sample {j.id} is missing; run the remaining shards")
+        records.append(json.loads(p.read_text()))
+    rows = [ManifestRow.model_validate(r["row"]) for r in records]
+    kept = [(r, rec) for r, rec in zip(rows, records) if r.kept]
+    expected = {
+        plan.out / "images" / split: {f"{r.id}.{fmt}" for r, _ in kept},
+        plan.out / "annotations" / split: {f"{r.id}.png" for r, _ in kept},
+        plan.out / "dropped" / "images": {f"{r.id}.{fmt}" for r in rows if not r.kept},
+        plan.out / "dropped" / "annotations": {f"{r.id}.png" for r in rows if not r.kept},
+    }
+    if plan.panoptic is not None:
+        expected[plan.out / "panoptic" / f"panoptic_{split}"] = {f"{r.id}.png" for r, _ in kept}
+    for d, names in expected.items():
+        present = {p.name for p in d.iterdir()} if d.is_dir() else set()
+        if names - present:
+            raise DataError(f"{d}: {len(names - present)} file(s) missing, e.g. {sorted(names - present)[0]}; delete {plan.work} to regenerate")
+        for stray in present - names:
+            (d / stray).unlink()
+    for tmp in plan.out.rglob("*.tmp"):
+        if WORK not in tmp.parts:
+            tmp.unlink()
+
+    if plan.panoptic is not None:
+        images, anns = [], []
+        for n, (r, rec) in enumerate(kept, 1):
+            images.append({"id": n, "file_name": f"{r.id}.{fmt}", "height": r.height, "width": r.width})
+            anns.append({"image_id": n, "file_name": f"{r.id}.png", "segments_info": rec["segments"]})
+        write_json(plan.out / "panoptic" / f"panoptic_{split}.json",
+                   {"info": {"description": f"seggen {plan.strategy}, {split}"}, "images": images, "annotations": anns,
+                    "categories": plan.meta.coco_categories()}, indent=None)
+    provenance = {"synthetic": plan.strategy, "source": str(plan.params.data.root), "split": split,
+                  "fingerprint": plan.fingerprint, "generators": plan.generators}
+    write_json(plan.out / META_FILE, plan.meta.model_copy(update={"generator": provenance}).model_dump(mode="json"))
+    write_manifest(plan.out / "manifest.jsonl", rows)
+    miou = [r.scores.sample_miou for r in rows if r.scores.sample_miou is not None]
+    ign = [r.scores.ignored_fraction for r in rows if r.scores.ignored_fraction is not None]
+    reasons: dict[str, int] = {}
+    for r in rows:
+        if r.drop_reason:
+            reasons[r.drop_reason] = reasons.get(r.drop_reason, 0) + 1
+    summary = {"strategy": plan.strategy, "fingerprint": plan.fingerprint, "samples": len(rows), "kept": len(kept),
+               "dropped": len(rows) - len(kept), "drop_reasons": reasons,
+               "mean_sample_miou": float(np.mean(miou)) if miou else None,
+               "mean_ignored_fraction": float(np.mean(ign)) if ign else None, "generators": plan.generators}
+    _write_grid(plan, [r for r, _ in kept][:8])
+    write_json(plan.out / "summary.json", summary)
+    shutil.rmtree(plan.work)
+    return summary
+
+
+def _write_grid(plan: Plan, rows: list[ManifestRow]) -> None:
+    """grid.png: colour map | image per row, for the first kept samples."""
+    from seggen.data.images import load_rgb
+
+    split, fmt = plan.params.synthesize.split, plan.params.synthesize.image_format
+    colors = plan.meta.palette().colors
+    tiles = []
+    for r in rows:
+        img = load_rgb(plan.out / "images" / split / f"{r.id}.{fmt}")
+        lab = load_label_png(plan.out / "annotations" / split / f"{r.id}.png")
+        img = _resize(img, (64, 64), Image.BICUBIC)
+        tiles.append(np.concatenate([colors[_resize(lab.astype(np.uint8), (64, 64), Image.NEAREST)], img], 1))
+    if tiles:
+        save_grid(tiles, plan.out / "grid.png", scale=2)

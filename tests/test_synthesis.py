@@ -1,0 +1,245 @@
+"""Synthesis: layout, manifest, determinism, kill-and-resume, shards, Dask, filters, bad input.
+
+Tiny generators (16 px, 4 training steps) keep this to seconds per run; what is tested is the
+machinery, not image quality.
+"""
+
+import hashlib
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from seggen.config import load_params
+from seggen.errors import DataError
+from seggen.generators.common import seed_for
+from seggen.synthesis.manifest import read_manifest
+from seggen.synthesis.synthesize import make_plan, run_shard, sample_seeds, synthesize
+from helpers import tiny_params
+
+SYN = {"steps": 3, "batch_size": 4, "threads": 1, "text2mask_guidance": 2.0, "mask2img_guidance": 2.0}
+
+
+@pytest.fixture(scope="module")
+def gens(small_benchmark, tmp_path_factory):
+    """Tiny trained Text2Mask + Mask2Img on the small benchmark, and a params file pointing at them."""
+    from seggen.generators.mask2img import train_mask2img
+    from seggen.generators.text2mask import train_text2mask
+
+    tmp = tmp_path_factory.mktemp("syn_gens")
+    p = load_params(tiny_params(tmp, small_benchmark))
+    train_text2mask(p, progress=False)
+    train_mask2img(p, progress=False)
+    return tmp
+
+
+def params_file(gens: Path, out: Path, **syn) -> Path:
+    doc = yaml.safe_load((gens / "params.yaml").read_text())
+    doc["synthesize"] = {**SYN, "out": str(out), "text2mask": str(gens / "t2m" / "model"), "mask2img": str(gens / "m2i" / "model"), **syn}
+    f = out.parent / f"params_{out.name}.yaml"
+    f.parent.mkdir(parents=True, exist_ok=True)
+    f.write_text(yaml.safe_dump(doc))
+    return f
+
+
+def tree(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def reference(gens, tmp_path_factory):
+    """Uninterrupted single-process MaskSyn run (24 sources x 2 = 48 samples, 12 batches)."""
+    out = tmp_path_factory.mktemp("ref") / "syn"
+    p = load_params(params_file(gens, out, masksyn_per_source=2))
+    res = synthesize(p, "masksyn", progress=False)
+    return {"out": out / "masksyn", "tree": tree(out / "masksyn"), "result": res}
+
+
+def test_masksyn_dataset_reads_like_real_data(reference, small_benchmark):
+    from seggen.prepare import check_dataset
+
+    out = reference["out"]
+    counts = check_dataset(out, ["training"])  # ADE20K layout and the panoptic layout, every sample loaded
+    rows = read_manifest(out / "manifest.jsonl")
+    assert len(rows) == 48 and counts["training"] == sum(r.kept for r in rows)
+    assert reference["result"]["samples"] == 48
+    pan = json.loads((out / "panoptic" / "panoptic_training.json").read_text())
+    assert len(pan["annotations"]) == counts["training"]
+    assert json.loads((out / "seggen_meta.json").read_text())["classes"] == json.loads((small_benchmark / "seggen_meta.json").read_text())["classes"]
+    assert (out / "grid.png").stat().st_size > 0 and not (out / ".work").exists()
+    # provenance: seeds derive from (global seed, strategy, source id, index); digests name the models
+    r = rows[3]
+    assert r.seed == seed_for(0, "masksyn", r.source_id, r.index) and r.id == f"masksyn_{r.source_id}_{r.index:03d}"
+    assert set(r.generators) == {"text2mask", "mask2img"} and all(v.startswith("sha256:") for v in r.generators.values())
+    assert sample_seeds(r.seed)[0] != sample_seeds(r.seed)[1]
+    from PIL import Image
+
+    with Image.open(out / "images" / "training" / f"{r.id}.png") as im:
+        assert im.size == (64, 64)  # the source image's size, not the generator's 16 px
+
+
+def test_same_params_give_byte_identical_dataset(reference, gens, tmp_path):
+    out = tmp_path / "syn"
+    synthesize(load_params(params_file(gens, out, masksyn_per_source=2)), "masksyn", progress=False)
+    assert tree(out / "masksyn") == reference["tree"]
+
+
+def test_rerun_of_complete_dataset_is_a_no_op(reference, gens):
+    p = load_params(params_file(gens, reference["out"].parent, masksyn_per_source=2))
+    res = synthesize(p, "masksyn", progress=False)
+    assert res["generated"] == 0 and tree(reference["out"]) == reference["tree"]
+
+
+def _run_cli_and_kill(params: Path, out: Path, after_records: int) -> None:
+    cmd = [sys.executable, "-m", "seggen.cli", "--params", str(params), "synthesize", "--strategy", "masksyn"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rows = out / "masksyn" / ".work" / "rows"
+    t0 = time.time()
+    while proc.poll() is None and time.time() - t0 < 120:
+        if rows.is_dir() and len(list(rows.glob("*.json"))) >= after_records:
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def test_kill_and_resume_gives_the_uninterrupted_dataset(reference, gens, tmp_path):
+    out = tmp_path / "syn"
+    params = params_file(gens, out, masksyn_per_source=2)
+    rows = out / "masksyn" / ".work" / "rows"
+    for after in (1, 9, 30):  # killed three times at different points, resumed each time
+        _run_cli_and_kill(params, out, after)
+        done = len(list(rows.glob("*.json")))
+        assert after <= done < 48 and not (out / "masksyn" / "manifest.jsonl").exists()
+    done = subprocess.run([sys.executable, "-m", "seggen.cli", "--params", str(params), "synthesize", "--strategy", "masksyn"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert tree(out / "masksyn") == reference["tree"]
+
+
+def test_shards_write_disjoint_samples_and_merge_to_the_single_run(reference, gens, tmp_path):
+    out = tmp_path / "syn"
+    p = load_params(params_file(gens, out, masksyn_per_source=2))
+    plan = make_plan(p, "masksyn")
+    a, b = ({j.id for batch in plan.shard_batches(i, 2) for j in batch} for i in (0, 1))
+    assert not a & b and len(a | b) == 48
+    r1 = run_shard(p, "masksyn", 1, 2, progress=False)
+    assert "kept" not in r1 and not (out / "masksyn" / "manifest.jsonl").exists()  # not merged while shard 0 is missing
+    r0 = run_shard(p, "masksyn", 0, 2, progress=False)
+    assert r0["generated"] + r1["generated"] == 48 and r0["kept"] == reference["result"]["kept"]
+    assert tree(out / "masksyn") == reference["tree"]
+
+
+def test_dask_two_workers_equal_single_process(reference, gens, tmp_path, prefect_server):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.synthesis import synthesize_on_dask
+
+    out = tmp_path / "syn"
+    p = load_params(params_file(gens, out, masksyn_per_source=2, dask={"n_workers": 2, "threads_per_worker": 1}))
+    with temporary_settings(updates={PREFECT_API_URL: prefect_server}):
+        res = synthesize_on_dask(p, "masksyn")
+    assert len(res["shards"]) == 2 and all(s["generated"] > 0 for s in res["shards"])
+    assert tree(out / "masksyn") == reference["tree"]
+
+
+def test_imgsyn_filters_mark_pixels_and_drop_samples(gens, tmp_path, small_benchmark):
+    from seggen.data.ade20k import ADE20KDataset
+    from seggen.data.images import load_label_png
+    from seggen.prepare import check_dataset
+
+    filt = {"sample": True, "min_miou": 0.0, "pixel": True, "margin": 1.0, "out": str(tmp_path / "filter"), "steps": 30, "resolution": 32}
+    synthesize(load_params(params_file(gens, tmp_path / "all", filter=filt)), "imgsyn", progress=False)
+    scores = {r.id: r.scores.sample_miou for r in read_manifest(tmp_path / "all" / "imgsyn" / "manifest.jsonl")}
+    assert all(v is not None for v in scores.values())
+    threshold = float(np.median(list(scores.values())))
+    out = tmp_path / "syn"
+    res = synthesize(load_params(params_file(gens, out, filter={**filt, "min_miou": threshold})), "imgsyn", progress=False)
+    d = out / "imgsyn"
+    rows = read_manifest(d / "manifest.jsonl")
+    assert all(r.scores.ignored_fraction is not None for r in rows)
+    kept = [r for r in rows if r.kept]
+    dropped = [r for r in rows if not r.kept]
+    assert {r.id for r in dropped} == {k for k, v in scores.items() if v < threshold} and dropped and kept
+    assert all(r.drop_reason == f"sample_miou below {threshold:g}" for r in dropped) and res["dropped"] == len(dropped)
+    for r in dropped:
+        assert (d / "dropped" / "images" / f"{r.id}.png").exists() and not (d / "images" / "training" / f"{r.id}.png").exists()
+    # pixel filter: ignored pixels are 0 (other -> 255 under reduce_zero_label) where the real mask had a class
+    src = ADE20KDataset(small_benchmark, "training")
+    real = {s.id: load_label_png(s.label_path) for s in src.samples}
+    marked = [r for r in kept if r.scores.ignored_fraction > 0]
+    assert marked
+    for r in marked:
+        syn = load_label_png(d / "annotations" / "training" / f"{r.id}.png")
+        changed = syn != real[r.source_id]
+        assert (syn[changed] == 0).all() and abs(changed[real[r.source_id] > 0].mean() - r.scores.ignored_fraction) < 1e-6
+    check_dataset(d, ["training"])  # panoptic segments were recomputed around the ignored pixels
+
+
+def test_changed_params_start_over(gens, tmp_path):
+    out = tmp_path / "syn"
+    synthesize(load_params(params_file(gens, out, max_sources=4)), "imgsyn", progress=False)
+    first = set(tree(out / "imgsyn"))
+    res = synthesize(load_params(params_file(gens, out, max_sources=4, steps=2)), "imgsyn", progress=False)
+    assert res["generated"] == 4 and set(tree(out / "imgsyn")) == first  # same files, regenerated
+
+
+def _no_images(out: Path) -> bool:
+    return not any(out.rglob("*.png"))
+
+
+def test_bad_input_fails_before_any_image(gens, tmp_path, small_benchmark):
+    out = tmp_path / "syn"
+    # missing captions
+    p = load_params(params_file(gens, out), {"caption.out": str(tmp_path / "none.jsonl")})
+    with pytest.raises(DataError, match=r"none\.jsonl: captions not found"):
+        synthesize(p, "masksyn", progress=False)
+    # a checkpoint of the wrong model type
+    p = load_params(params_file(gens, out, mask2img=str(gens / "t2m" / "model")))
+    with pytest.raises(DataError, match=r"is a text2mask model, expected mask2img"):
+        synthesize(p, "imgsyn", progress=False)
+    # palette mismatch between generator and dataset
+    bad = tmp_path / "m2i_other_palette"
+    shutil.copytree(gens / "m2i" / "model", bad)
+    info = json.loads((bad / "seggen_model.json").read_text())
+    info["palette"][3] = [1, 2, 3]
+    (bad / "seggen_model.json").write_text(json.dumps(info))
+    p = load_params(params_file(gens, out, mask2img=str(bad)))
+    with pytest.raises(DataError, match=r"palette of this mask2img model does not match"):
+        synthesize(p, "imgsyn", progress=False)
+    # a model directory that does not exist
+    p = load_params(params_file(gens, out, text2mask=str(tmp_path / "nope")))
+    with pytest.raises(DataError, match=r"nope: run `seggen train text2mask` first"):
+        synthesize(p, "masksyn", progress=False)
+    assert _no_images(tmp_path)
+
+
+def test_cli_errors_are_one_line(gens, tmp_path):
+    params = params_file(gens, tmp_path / "syn")
+    r = subprocess.run([sys.executable, "-m", "seggen.cli", "--params", str(params), "synthesize", "--strategy", "both"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip() == "error: --strategy both: expected one of masksyn, imgsyn"
+    r = subprocess.run([sys.executable, "-m", "seggen.cli", "--params", str(params), "synthesize", "--strategy", "imgsyn",
+                        "--shard", "2", "--num-shards", "2"], capture_output=True, text=True)
+    assert r.returncode == 2 and "--shard 2: must be in 0..1" in r.stderr
+
+
+def test_manifest_rows_are_validated(tmp_path):
+    bad = tmp_path / "manifest.jsonl"
+    bad.write_text('{"id": "x", "strategy": "other"}\n')
+    with pytest.raises(DataError, match=r"manifest.jsonl: line 1: "):
+        read_manifest(bad)
+
+
+def test_local_workers_equal_single_process(reference, gens, tmp_path):
+    out = tmp_path / "syn"
+    res = synthesize(load_params(params_file(gens, out, masksyn_per_source=2, workers=2)), "masksyn", progress=False)
+    assert res["workers"] == 2 and res["generated"] == 48
+    assert tree(out / "masksyn") == reference["tree"]
