@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-all bench bench-generators clean-data
+.PHONY: install run test test-all bench bench-generators bench-synthesis clean-data
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,5 +32,10 @@ bench-generators: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro train_text2mask train_mask2img
 	$(PY) -m benchmarks.bench_generators
 
+# Our batched MaskSyn/ImgSyn vs a per-image loop of diffusers' stock pipelines (~5 min on 2 cores).
+bench-synthesis: install
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro train_text2mask train_mask2img
+	$(PY) -m benchmarks.bench_synthesis
+
 clean-data:
-	rm -rf data/benchmark data/check.txt
+	rm -rf data/benchmark data/check.txt data/synthetic

@@ -22,14 +22,9 @@ def synthesize_shard(params: Params, strategy: str, shard: int, num_shards: int)
 
 @task(name="merge-synthetic-dataset")
 def merge(params: Params, strategy: str) -> dict:
-    from seggen.synthesis.synthesize import _prepare_output, make_plan, merge_dataset
+    from seggen.synthesis.synthesize import _merge_once, make_plan
 
-    plan = make_plan(params, strategy)
-    if _prepare_output(plan):
-        import json
-
-        return json.loads((plan.out / "summary.json").read_text())
-    return merge_dataset(plan)
+    return _merge_once(make_plan(params, strategy))
 
 
 @flow(name="synthesize-dask")

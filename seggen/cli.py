@@ -50,6 +50,9 @@ def _root(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:  # per-request and per-worker chatter of the Prefect client and Dask
+        for name in ("httpx", "distributed", "prefect.client"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     state.params_path = params
     state.overrides = list(set_ or [])
 

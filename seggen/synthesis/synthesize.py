@@ -371,8 +371,25 @@ def run_shard(params: Params, strategy: str, shard: int = 0, num_shards: int = 1
     result = {"strategy": strategy, "shard": shard, "num_shards": num_shards, "generated": n_todo, "seconds": elapsed,
               "images_per_s": n_todo / elapsed if n_todo and elapsed else None}
     if merge and all(plan.record(j).exists() for j in plan.jobs):
-        result.update(merge_dataset(plan))
+        result.update(_merge_once(plan))
     return result
+
+
+def _merge_once(plan: Plan) -> dict:
+    """Merge unless another shard's process is merging right now (an flock, released if it dies)."""
+    import fcntl
+
+    with open(plan.out / ".merge.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # wait for it, then report its result
+        try:
+            if not plan.work.exists():
+                return json.loads((plan.out / "summary.json").read_text())
+            return merge_dataset(plan)
+        finally:
+            Path(lock.name).unlink(missing_ok=True)  # waiters re-check .work/ after acquiring
 
 
 def synthesize(params: Params, strategy: str, progress: bool = True) -> dict:
@@ -408,7 +425,7 @@ def synthesize(params: Params, strategy: str, progress: bool = True) -> dict:
     seconds = max(r["seconds"] for r in parts)
     result = {"strategy": strategy, "workers": n, "generated": generated, "seconds": seconds,
               "images_per_s": generated / seconds if generated and seconds else None}
-    result.update(merge_dataset(plan))
+    result.update(_merge_once(plan))
     return result
 
 
