@@ -146,6 +146,19 @@ def train_mask2img_cmd(
     typer.echo(f"model written to {train_mask2img(p)}")
 
 
+@train_app.command("segmenter")
+def train_segmenter_cmd(
+    strategy: Annotated[Optional[str], typer.Option(help="real | augment | pretrain_finetune | concat (segmenter.strategy)")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="segmenter.train.steps")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="segmenter.out")] = None,
+) -> None:
+    """Train Mask2Former on real (+ synthetic) data with the strategy of params.yaml."""
+    from seggen.segmenter.train import train_segmenter
+
+    p = state.params({"segmenter.strategy": strategy, "segmenter.train.steps": steps, "segmenter.out": str(out) if out else None})
+    typer.echo(f"model written to {train_segmenter(p)}")
+
+
 @sample_app.command("text2mask")
 def sample_text2mask_cmd(
     prompt: Annotated[list[str], typer.Option(help="Caption(s) to generate masks for.")],
@@ -220,6 +233,48 @@ def synthesize(
     rate = f", {res['images_per_s']:.2f} img/s" if res.get("images_per_s") else ""
     done = f"; dataset complete: {res['kept']} kept of {res['samples']}" if "kept" in res else "; other shards still to run"
     typer.echo(f"{strategy}: {res['generated']} generated{rate}{done} ({Path(p.synthesize.out) / strategy})")
+
+
+# -- segmenter evaluation ---------------------------------------------------------------------
+
+
+@app.command()
+def evaluate(
+    out: Annotated[Path, typer.Option(help="Output directory (metrics.json, predictions, pictures).")],
+    split: Annotated[str, typer.Option(help="Split of the dataset: validation, validation_shift, ...")] = "validation",
+    model: Annotated[Optional[Path], typer.Option(help="Model directory (default: segmenter.out/model); any Mask2Former checkpoint dir.")] = None,
+    root: Annotated[Optional[Path], typer.Option(help="Dataset root (default: data.root), e.g. a real ADEChallengeData2016.")] = None,
+    task: Annotated[Optional[str], typer.Option(help="semantic | panoptic (default: the model's task).")] = None,
+    size: Annotated[Optional[int], typer.Option(help="Resize images so the short side is this (default: native size).")] = None,
+) -> None:
+    """Run a Mask2Former on a split: mIoU/mAcc/aAcc/per-class IoU, and PQ + mask AP for panoptic."""
+    from seggen.segmenter.evaluate import evaluate as run
+
+    p = state.params()
+    m = run(p, model or Path(p.segmenter.out) / "model", split, out, root, task, size)
+    line = f"{split}: mIoU {m['semantic']['mIoU']:.2f}"
+    if "panoptic" in m:
+        line += f", PQ {m['panoptic']['PQ']:.2f}, mask AP {m['instance']['AP']:.2f}"
+    typer.echo(f"{line} ({out / 'metrics.json'})")
+
+
+export_app = typer.Typer(no_args_is_help=True, help="Export datasets for other tools.")
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("detectron2")
+def export_detectron2_cmd(
+    out: Annotated[Path, typer.Option(help="Output directory for the dataset dicts.")] = Path("data/detectron2"),
+    split: Annotated[Optional[list[str]], typer.Option(help="Real split(s) (default: training, validation).")] = None,
+    synthetic: Annotated[bool, typer.Option(help="Include the synthetic datasets at synthesize.out.")] = True,
+) -> None:
+    """Real + synthetic data as detectron2 standard dataset dicts (JSON) + a register.py for the official Mask2Former."""
+    from seggen.segmenter.detectron2_export import export_detectron2
+
+    counts = export_detectron2(state.params(), out, split, synthetic)
+    for name, n in counts.items():
+        typer.echo(f"{name}: {n} records")
+    typer.echo(f"written to {out} (register with: import sys; sys.path.insert(0, '{out}'); from register import register_all)")
 
 
 # -- eval ---------------------------------------------------------------------------------------

@@ -111,3 +111,34 @@ def prefect_server(tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_gens(small_benchmark, tmp_path_factory):
+    """Tiny trained Text2Mask + Mask2Img on the small benchmark (params.yaml in the returned dir)."""
+    from helpers import tiny_params
+
+    from seggen.config import load_params
+    from seggen.generators.mask2img import train_mask2img
+    from seggen.generators.text2mask import train_text2mask
+
+    tmp = tmp_path_factory.mktemp("syn_gens")
+    p = load_params(tiny_params(tmp, small_benchmark))
+    train_text2mask(p, progress=False)
+    train_mask2img(p, progress=False)
+    return tmp
+
+
+@pytest.fixture(scope="session")
+def tiny_synthetic(tiny_gens, tmp_path_factory) -> Path:
+    """MaskSyn and ImgSyn datasets (24 samples each) from the tiny generators: ROOT/masksyn, ROOT/imgsyn."""
+    from helpers import params_file
+
+    from seggen.config import load_params
+    from seggen.synthesis.synthesize import synthesize
+
+    out = tmp_path_factory.mktemp("tiny_syn") / "synthetic"
+    p = load_params(params_file(tiny_gens, out))
+    for strategy in ("masksyn", "imgsyn"):
+        synthesize(p, strategy, progress=False)
+    return out

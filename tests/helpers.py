@@ -6,6 +6,8 @@ import yaml
 
 from seggen.captions import caption_dataset
 
+SYN = {"steps": 3, "batch_size": 4, "threads": 1, "text2mask_guidance": 2.0, "mask2img_guidance": 2.0}
+
 TINY_UNET = {"block_out_channels": [8, 16], "layers_per_block": 1, "attention_levels": [False, True], "attention_head_dim": 4, "norm_num_groups": 4}
 
 
@@ -33,4 +35,13 @@ def tiny_params(tmp_path: Path, data_root: Path, steps: int = 4, **extra) -> Pat
     f.write_text(yaml.safe_dump(doc))
     if not (tmp_path / "captions.jsonl").exists():
         caption_dataset(data_root, "training", tmp_path / "captions.jsonl", progress=False)
+    return f
+
+
+def params_file(gens: Path, out: Path, **syn) -> Path:
+    doc = yaml.safe_load((gens / "params.yaml").read_text())
+    doc["synthesize"] = {**SYN, "out": str(out), "text2mask": str(gens / "t2m" / "model"), "mask2img": str(gens / "m2i" / "model"), **syn}
+    f = out.parent / f"params_{out.name}.yaml"
+    f.parent.mkdir(parents=True, exist_ok=True)
+    f.write_text(yaml.safe_dump(doc))
     return f

@@ -15,38 +15,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from seggen.config import load_params
 from seggen.errors import DataError
 from seggen.generators.common import seed_for
 from seggen.synthesis.manifest import read_manifest
 from seggen.synthesis.synthesize import make_plan, run_shard, sample_seeds, synthesize
-from helpers import tiny_params
-
-SYN = {"steps": 3, "batch_size": 4, "threads": 1, "text2mask_guidance": 2.0, "mask2img_guidance": 2.0}
-
+from helpers import params_file
 
 @pytest.fixture(scope="module")
-def gens(small_benchmark, tmp_path_factory):
-    """Tiny trained Text2Mask + Mask2Img on the small benchmark, and a params file pointing at them."""
-    from seggen.generators.mask2img import train_mask2img
-    from seggen.generators.text2mask import train_text2mask
-
-    tmp = tmp_path_factory.mktemp("syn_gens")
-    p = load_params(tiny_params(tmp, small_benchmark))
-    train_text2mask(p, progress=False)
-    train_mask2img(p, progress=False)
-    return tmp
-
-
-def params_file(gens: Path, out: Path, **syn) -> Path:
-    doc = yaml.safe_load((gens / "params.yaml").read_text())
-    doc["synthesize"] = {**SYN, "out": str(out), "text2mask": str(gens / "t2m" / "model"), "mask2img": str(gens / "m2i" / "model"), **syn}
-    f = out.parent / f"params_{out.name}.yaml"
-    f.parent.mkdir(parents=True, exist_ok=True)
-    f.write_text(yaml.safe_dump(doc))
-    return f
+def gens(tiny_gens):
+    return tiny_gens
 
 
 def tree(root: Path) -> dict[str, str]:

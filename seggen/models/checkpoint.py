@@ -87,3 +87,16 @@ def load_weights(module: torch.nn.Module, directory: Path) -> None:
     missing, unexpected = module.load_state_dict(sd, strict=False)
     if missing or unexpected:
         raise RuntimeError(f"{directory}: weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
+class RawStateDict:
+    """Checkpoint adapter: saves a module's state_dict under its own key names. (transformers 5's
+    save_pretrained may rewrite keys to the hub layout, which plain load_state_dict then rejects.)"""
+
+    def __init__(self, module: torch.nn.Module):
+        self.module = module
+
+    def save_pretrained(self, directory: Path, safe_serialization: bool = True) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        sd = {k: v.detach().contiguous().cpu() for k, v in self.module.state_dict().items()}
+        save_file(sd, str(directory / "model.safetensors"))

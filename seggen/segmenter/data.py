@@ -1,0 +1,142 @@
+"""Training data for Mask2Former: real and synthetic datasets in the ADE20K (+ COCO panoptic) layout,
+the strategy's sampling of them, augmentation, and Mask2Former targets.
+
+Every random choice of a training step (which samples, which are replaced by synthetic ones,
+scale, crop, flip) comes from a generator keyed on (seed, step), so a resumed run repeats an
+uninterrupted one.
+
+Targets (as detectron2's mask formers build them): semantic -- one binary mask per class present,
+class index label-1; panoptic -- one binary mask per non-crowd segment, class category_id-1.
+Label 0 (ADE "other", and pixels the synthesis filter marked as ignore) belongs to no mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from seggen.data.ade20k import ADE20KDataset
+from seggen.data.coco import CocoPanoptic
+from seggen.data.images import load_rgb
+from seggen.data.meta import DatasetMeta, load_meta
+from seggen.errors import DataError
+
+MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255  # ImageNet statistics (pretrained Swin)
+STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
+
+
+@dataclass
+class Item:
+    image: np.ndarray  # HxWx3 uint8
+    labels: np.ndarray  # HxW ADE labels (0 = ignore)
+    ids: np.ndarray | None  # HxW panoptic segment ids (0 = void), panoptic task only
+    segments: list[dict] | None
+
+
+class SegSource:
+    """One dataset directory (real or synthetic) and split, optionally with its panoptic layout."""
+
+    def __init__(self, root: str | Path, split: str, panoptic: bool, name: str = ""):
+        self.root, self.split, self.name = Path(root), split, name or Path(root).name
+        self.ds = ADE20KDataset(self.root, split)
+        self.meta: DatasetMeta = load_meta(self.root)
+        self.ids = [s.id for s in self.ds.samples]
+        self.pan = None
+        if panoptic:
+            pj = self.root / "panoptic" / f"panoptic_{split}.json"
+            if not pj.exists():
+                raise DataError(f"{pj}: the panoptic task needs the COCO panoptic layout in {self.root}")
+            self.pan = CocoPanoptic(pj)
+            self.pan_index = {Path(a["file_name"]).stem: i for i, a in enumerate(self.pan.annotations)}
+            missing = [i for i in self.ids if i not in self.pan_index]
+            if missing:
+                raise DataError(f"{pj}: no panoptic annotation for {missing[0]}")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def load(self, i: int) -> Item:
+        s = self.ds.samples[i]
+        image = load_rgb(s.image_path)
+        labels = self.ds.load_label(i)
+        if image.shape[:2] != labels.shape:
+            raise DataError(f"{s.label_path}: size does not match image {s.image_path.name}")
+        ids = segments = None
+        if self.pan is not None:
+            ids, segments = self.pan.load_ids(self.pan_index[s.id])
+        return Item(image, labels, ids, segments)
+
+
+def synthetic_by_source(src: SegSource) -> dict[str, list[int]]:
+    """Synthetic dataset: real source image id -> indices of its kept samples (from manifest.jsonl)."""
+    man = src.root / "manifest.jsonl"
+    if not man.exists():
+        return {}
+    from seggen.synthesis.manifest import read_manifest
+
+    rows = {r.id: r.source_id for r in read_manifest(man) if r.kept}
+    out: dict[str, list[int]] = {}
+    for i, sid in enumerate(src.ids):
+        if sid in rows:
+            out.setdefault(rows[sid], []).append(i)
+    return out
+
+
+def augment(item: Item, rng: np.random.Generator, crop: int, scale: tuple[float, float], flip: bool) -> Item:
+    """Random resize (of the short side to crop x U(scale)), random crop (padded with ignore), flip."""
+    h, w = item.labels.shape
+    s = crop * rng.uniform(*scale) / min(h, w)
+    nh, nw = max(1, round(h * s)), max(1, round(w * s))
+    image = np.asarray(Image.fromarray(item.image).resize((nw, nh), Image.BILINEAR))
+    labels = np.asarray(Image.fromarray(item.labels).resize((nw, nh), Image.NEAREST))
+    ids = np.asarray(Image.fromarray(item.ids.astype(np.int32)).resize((nw, nh), Image.NEAREST)) if item.ids is not None else None
+    ph, pw = max(crop - nh, 0), max(crop - nw, 0)
+    if ph or pw:  # pad: image with the mean colour, labels with ignore
+        image = np.pad(image, ((0, ph), (0, pw), (0, 0)), constant_values=0)
+        image[nh:, :] = MEAN.astype(np.uint8)
+        image[:, nw:] = MEAN.astype(np.uint8)
+        labels = np.pad(labels, ((0, ph), (0, pw)), constant_values=0)
+        if ids is not None:
+            ids = np.pad(ids, ((0, ph), (0, pw)), constant_values=0)
+    y = int(rng.integers(0, labels.shape[0] - crop + 1))
+    x = int(rng.integers(0, labels.shape[1] - crop + 1))
+    sl = (slice(y, y + crop), slice(x, x + crop))
+    image, labels = image[sl], labels[sl]
+    ids = ids[sl] if ids is not None else None
+    if flip and rng.random() < 0.5:
+        image, labels = image[:, ::-1], labels[:, ::-1]
+        ids = ids[:, ::-1] if ids is not None else None
+    return Item(np.ascontiguousarray(image), np.ascontiguousarray(labels),
+                np.ascontiguousarray(ids) if ids is not None else None, item.segments)
+
+
+def pixel_values(images: list[np.ndarray]) -> torch.Tensor:
+    x = (np.stack(images).astype(np.float32) - MEAN) / STD
+    return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+
+
+def targets(item: Item, task: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (mask_labels n x H x W float, class_labels n int64)."""
+    masks, classes = [], []
+    if task == "semantic":
+        for c in np.unique(item.labels):
+            if c == 0:
+                continue
+            masks.append(item.labels == c)
+            classes.append(int(c) - 1)
+    else:
+        for s in item.segments or []:
+            if s.get("iscrowd", 0):
+                continue
+            m = item.ids == s["id"]
+            if m.any():
+                masks.append(m)
+                classes.append(int(s["category_id"]) - 1)
+    h, w = item.labels.shape
+    mask_t = torch.from_numpy(np.stack(masks)).float() if masks else torch.zeros((0, h, w))
+    # int64: uint8 class labels are taken for a boolean mask by the matcher (shared/calibration)
+    return mask_t, torch.tensor(classes, dtype=torch.int64)

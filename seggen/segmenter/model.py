@@ -1,0 +1,72 @@
+"""Mask2Former (transformers' Mask2FormerForUniversalSegmentation): the tiny from-scratch default,
+a pretrained Mask2Former checkpoint, or a pretrained Swin backbone under a new head."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from seggen.config import SegmenterParams
+from seggen.data.meta import DatasetMeta
+from seggen.errors import DataError
+
+SEG_META = "seggen_segmenter.json"
+
+
+def _labels(meta: DatasetMeta) -> dict:
+    return {"id2label": {i: n for i, n in enumerate(meta.names)}, "label2id": {n: i for i, n in enumerate(meta.names)},
+            "num_labels": meta.num_classes}
+
+
+def build_model(cfg: SegmenterParams, meta: DatasetMeta):
+    from transformers import AutoConfig, Mask2FormerConfig, Mask2FormerForUniversalSegmentation, SwinConfig
+
+    if cfg.pretrained:
+        # a new classifier when the label set differs (e.g. an ADE20K checkpoint fine-tuned on the benchmark)
+        return Mask2FormerForUniversalSegmentation.from_pretrained(cfg.pretrained, ignore_mismatched_sizes=True, **_labels(meta))
+    m = cfg.model
+    stages = [f"stage{i + 1}" for i in range(len(m.depths))]
+    if cfg.backbone:
+        backbone = AutoConfig.from_pretrained(cfg.backbone)
+        backbone.out_features = stages[: len(backbone.depths)]
+    else:
+        backbone = SwinConfig(image_size=cfg.train.crop, patch_size=4, embed_dim=m.embed_dim, depths=list(m.depths),
+                              num_heads=list(m.num_heads), window_size=m.window_size, out_features=stages)
+    config = Mask2FormerConfig(
+        backbone_config=backbone,
+        feature_size=m.hidden_dim,
+        mask_feature_size=m.hidden_dim,
+        hidden_dim=m.hidden_dim,
+        encoder_feedforward_dim=4 * m.hidden_dim,
+        dim_feedforward=4 * m.hidden_dim,
+        encoder_layers=m.encoder_layers,
+        decoder_layers=m.decoder_layers,
+        num_attention_heads=max(1, m.hidden_dim // 16),
+        num_queries=m.num_queries,
+        train_num_points=m.train_num_points,
+        **_labels(meta),
+    )
+    model = Mask2FormerForUniversalSegmentation(config)
+    if cfg.backbone:
+        from transformers import AutoBackbone
+
+        pre = AutoBackbone.from_pretrained(cfg.backbone, out_features=backbone.out_features)
+        model.model.pixel_level_module.encoder.load_state_dict(pre.state_dict())
+    return model
+
+
+def load_model(model_dir: str | Path):
+    """A trained seggen segmenter directory, or any Mask2Former checkpoint directory / id."""
+    from transformers import Mask2FormerForUniversalSegmentation
+
+    model_dir = Path(model_dir) if Path(model_dir).exists() else model_dir
+    info = {}
+    if isinstance(model_dir, Path):
+        if not (model_dir / "config.json").exists():
+            raise DataError(f"{model_dir}: not a Mask2Former model directory (no config.json)")
+        if (model_dir / SEG_META).exists():
+            info = json.loads((model_dir / SEG_META).read_text())
+        cfg = json.loads((model_dir / "config.json").read_text())
+        if cfg.get("model_type") != "mask2former":
+            raise DataError(f"{model_dir}: is a {cfg.get('model_type')} model, expected mask2former")
+    return Mask2FormerForUniversalSegmentation.from_pretrained(model_dir).eval(), info

@@ -1,0 +1,209 @@
+"""Stage `train_segmenter`: Mask2Former on real + synthetic data, one accelerate loop.
+
+Strategies (`segmenter.strategy`):
+    real               the baseline: real training images only
+    augment            each real sample is replaced, with probability p_aug, by a synthetic sample made
+                       from it (ImgSyn: its mask; MaskSyn: its caption), or by a random synthetic sample
+                       when none was made from it (the paper: p_aug 0.6 on ADE20K)
+    pretrain_finetune  `pretrain_steps` on synthetic only, then `train.steps` on real, each with its own
+                       poly schedule (the paper's choice for COCO)
+    concat             uniform draws from real x concat_repeat + synthetic
+
+Output (`segmenter.out`): checkpoints/step_XXXXXXX/ (resumable), model/ (save_pretrained +
+seggen_segmenter.json), train_log.json (loss per step).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from seggen.config import Params
+from seggen.errors import DataError
+from seggen.generators.common import make_accelerator, resumable_checkpoint, seed_for
+from seggen.io import atomic_dir, write_json
+from seggen.models import checkpoint as ckpt
+from seggen.segmenter.data import SegSource, augment, pixel_values, synthetic_by_source, targets
+from seggen.segmenter.model import SEG_META, build_model
+
+log = logging.getLogger(__name__)
+
+
+class Mixture:
+    """The strategy's sampling of real and synthetic sources, keyed on (seed, phase, step)."""
+
+    def __init__(self, params: Params):
+        cfg = params.segmenter
+        self.seed, self.cfg = params.seed, cfg
+        pan = cfg.task == "panoptic"
+        self.real = SegSource(params.data.root, cfg.split, pan, "real")
+        self.meta = self.real.meta
+        idx = np.arange(len(self.real))
+        if cfg.real_subset and cfg.real_subset < len(idx):
+            rng = np.random.default_rng(seed_for(params.seed, "segmenter", "real_subset"))
+            idx = np.sort(rng.choice(len(idx), cfg.real_subset, replace=False))
+        self.real_idx = idx
+        self.syn: list[SegSource] = []
+        self.syn_pool: list[tuple[int, int]] = []
+        self.by_source: dict[str, list[tuple[int, int]]] = {}
+        self.syn_fingerprints: dict[str, str] = {}
+        if cfg.strategy != "real":
+            if not cfg.synthetic:
+                raise DataError(f"segmenter.synthetic: strategy {cfg.strategy} needs at least one synthetic dataset")
+            for k, name in enumerate(cfg.synthetic):
+                root = Path(cfg.synthetic_root) / name
+                if not (root / "images" / "training").is_dir():
+                    raise DataError(f"{root}: synthetic dataset not found (run `seggen synthesize --strategy {name}`)")
+                src = SegSource(root, "training", pan, name)
+                if src.meta.names != self.meta.names:
+                    raise DataError(f"{root}: classes differ from those of {params.data.root}")
+                self.syn.append(src)
+                self.syn_pool += [(k, i) for i in range(len(src))]
+                for real_id, items in synthetic_by_source(src).items():
+                    self.by_source.setdefault(real_id, []).extend((k, i) for i in items)
+                summary = root / "summary.json"
+                self.syn_fingerprints[name] = json.loads(summary.read_text()).get("fingerprint", "") if summary.exists() else ""
+            if not self.syn_pool:
+                raise DataError(f"{cfg.synthetic_root}: the synthetic datasets {list(cfg.synthetic)} hold no samples")
+
+    def draw(self, phase: str, step: int, n: int, rng: np.random.Generator) -> list[tuple[int, int]]:
+        """-> n (source, index) pairs; source -1 is the real dataset, k >= 0 synthetic dataset k."""
+        cfg = self.cfg
+        if phase == "pretrain":
+            return [self.syn_pool[j] for j in rng.integers(0, len(self.syn_pool), n)]
+        if cfg.strategy == "concat":
+            pool = len(self.real_idx) * cfg.concat_repeat + len(self.syn_pool)
+            out = []
+            for j in rng.integers(0, pool, n):
+                out.append((-1, int(self.real_idx[j % len(self.real_idx)])) if j < len(self.real_idx) * cfg.concat_repeat
+                           else self.syn_pool[j - len(self.real_idx) * cfg.concat_repeat])
+            return out
+        picks = [(-1, int(i)) for i in rng.choice(self.real_idx, n)]
+        if cfg.strategy != "augment":
+            return picks
+        out = []
+        for src, i in picks:
+            if rng.random() < cfg.p_aug:
+                cands = self.by_source.get(self.real.ids[i]) or self.syn_pool
+                out.append(cands[int(rng.integers(0, len(cands)))])
+            else:
+                out.append((src, i))
+        return out
+
+    def load(self, src: int, i: int):
+        return (self.real if src < 0 else self.syn[src]).load(i)
+
+
+def _fingerprint(params: Params, mix: Mixture) -> str:
+    seg = params.segmenter.model_dump(mode="json", exclude={"out"})
+    for k in ("checkpoint_every", "keep_checkpoints", "threads"):
+        seg["train"].pop(k)
+    blob = json.dumps([params.seed, params.data.model_dump(mode="json"), seg, mix.syn_fingerprints], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def phase_of(step: int, params: Params) -> tuple[str, int, int]:
+    """-> (phase, step within phase, phase length)."""
+    cfg = params.segmenter
+    pre = cfg.pretrain_steps if cfg.strategy == "pretrain_finetune" else 0
+    if step < pre:
+        return "pretrain", step, pre
+    return "main", step - pre, cfg.train.steps
+
+
+def poly_lr(base: float, k: int, n: int, power: float, warmup: int) -> float:
+    lr = base * (1 - k / n) ** power
+    return lr * min(1.0, (k + 1) / warmup) if warmup else lr
+
+
+def make_batch(mix: Mixture, params: Params, phase: str, step: int, micro: int):
+    tc = params.segmenter.train
+    rng = np.random.default_rng(seed_for(params.seed, "segmenter", phase, step, micro))
+    items = [augment(mix.load(s, i), rng, tc.crop, tc.scale, tc.flip) for s, i in mix.draw(phase, step, tc.batch_size, rng)]
+    tg = [targets(it, params.segmenter.task) for it in items]
+    return pixel_values([it.image for it in items]), [t[0] for t in tg], [t[1] for t in tg]
+
+
+def train_segmenter(params: Params, progress: bool = True) -> Path:
+    cfg, tc = params.segmenter, params.segmenter.train
+    out = Path(cfg.out)
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    mix = Mixture(params)  # bad input fails here, before any training
+    accelerator = make_accelerator(tc)
+    torch.manual_seed(seed_for(params.seed, "segmenter", "init"))
+    model = build_model(cfg, mix.meta)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    total = tc.steps + (cfg.pretrain_steps if cfg.strategy == "pretrain_finetune" else 0)
+    state = {"fingerprint": _fingerprint(params, mix)}
+    start, losses = 0, []
+    last = resumable_checkpoint(out / "checkpoints", state["fingerprint"])
+    if last is not None:
+        saved = json.loads((last / "trainer_state.json").read_text())
+        ckpt.load_weights(model, last / "model")
+        ckpt.load_optimizer(optimizer, last)
+        start, losses = saved["step"], saved.get("losses", [])
+        log.info("resuming segmenter from %s (step %d)", last, start)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    model.train()
+    device = accelerator.device
+    bar = tqdm(total=total, initial=start, desc=f"train segmenter ({cfg.strategy})", unit="step",
+               disable=not progress or not accelerator.is_main_process, dynamic_ncols=True)
+    t0 = time.perf_counter()
+    for step in range(start, total):
+        phase, k, n = phase_of(step, params)
+        for g in optimizer.param_groups:
+            g["lr"] = poly_lr(tc.lr, k, n, tc.poly_power, tc.warmup_steps)
+        step_loss = 0.0
+        # the loss samples points with the global RNG: seed it per step so a resumed run repeats
+        torch.manual_seed(seed_for(params.seed, "segmenter", "step", step))
+        for micro in range(tc.grad_accum):
+            x, masks, classes = make_batch(mix, params, phase, step, micro * accelerator.num_processes + accelerator.process_index)
+            with accelerator.accumulate(model):
+                with accelerator.autocast():
+                    loss = model(pixel_values=x.to(device), mask_labels=[m.to(device) for m in masks],
+                                 class_labels=[c.to(device) for c in classes]).loss
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            step_loss += loss.item() / tc.grad_accum
+        losses.append(step_loss)
+        bar.update()
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", phase=phase)
+        done = step + 1
+        if accelerator.is_main_process and (done % tc.checkpoint_every == 0 or done == total):
+            ckpt.write_checkpoint(out / "checkpoints", done, {"model": ckpt.RawStateDict(accelerator.unwrap_model(model))}, optimizer,
+                                  {**state, "losses": losses}, tc.keep_checkpoints)
+    bar.close()
+    elapsed = time.perf_counter() - t0
+    accelerator.wait_for_everyone()
+    model_dir = out / "model"
+    if not accelerator.is_main_process:
+        return model_dir
+    info = {
+        "task": cfg.task,
+        "strategy": cfg.strategy,
+        "synthetic": list(cfg.synthetic) if cfg.strategy != "real" else [],
+        "synthetic_fingerprints": mix.syn_fingerprints,
+        "classes": mix.meta.names,
+        "things": mix.meta.thing_ids,
+        "real_images": int(len(mix.real_idx)),
+        "crop": tc.crop,
+        "fingerprint": state["fingerprint"],
+        "train": {"steps": total, "steps_this_run": total - start, "seconds_this_run": elapsed,
+                  "final_loss": float(np.mean(losses[-20:])) if losses else None},
+    }
+    with atomic_dir(model_dir) as tmp:
+        accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
+        (tmp / SEG_META).write_text(json.dumps(info, indent=2))
+    write_json(out / "train_log.json", {"loss": losses, "total_steps": total})
+    return model_dir

@@ -1,0 +1,214 @@
+"""Mask2Former: strategies from the CLI, resume after a kill, evaluation keys and pictures, a pretrained
+checkpoint directory on the real ADE20K samples, detectron2 dataset dicts, bad input.
+
+A tiny Swin Mask2Former (32 px crops, a few steps) keeps each training to seconds; accuracy is
+measured by the benchmarks on the default config, not here.
+"""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from seggen.config import load_params
+from seggen.errors import DataError
+
+TINY_SEG = {
+    "model": {"embed_dim": 16, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2], "window_size": 4, "hidden_dim": 32,
+              "num_queries": 8, "encoder_layers": 1, "decoder_layers": 1, "train_num_points": 256},
+    "train": {"steps": 6, "batch_size": 4, "crop": 32, "checkpoint_every": 2, "threads": 1},
+    "pretrain_steps": 3,
+}
+
+
+def seg_params(tmp: Path, data_root: Path, synthetic: Path | None = None, **seg) -> Path:
+    doc = {"data": {"root": str(data_root)},
+           "segmenter": {**TINY_SEG, "out": str(tmp / "seg"), "synthetic_root": str(synthetic or tmp / "none"), **seg}}
+    for k in ("model", "train"):
+        doc["segmenter"][k] = {**TINY_SEG[k], **seg.get(k, {})}
+    f = tmp / "params.yaml"
+    f.write_text(yaml.safe_dump(doc))
+    return f
+
+
+def cli(params: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "seggen.cli", "--params", str(params), *args], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("strategy", ["real", "augment", "pretrain_finetune", "concat"])
+def test_every_strategy_trains_from_the_cli(strategy, small_benchmark, tiny_synthetic, tmp_path):
+    params = seg_params(tmp_path, small_benchmark, tiny_synthetic)
+    r = cli(params, "train", "segmenter", "--strategy", strategy)
+    assert r.returncode == 0, r.stderr[-3000:]
+    info = json.loads((tmp_path / "seg" / "model" / "seggen_segmenter.json").read_text())
+    assert info["strategy"] == strategy and info["train"]["steps"] == (9 if strategy == "pretrain_finetune" else 6)
+    assert info["synthetic"] == ([] if strategy == "real" else ["masksyn", "imgsyn"])
+    log = json.loads((tmp_path / "seg" / "train_log.json").read_text())["loss"]
+    assert len(log) == info["train"]["steps"] and all(np.isfinite(log))
+
+
+def test_strategies_draw_what_they_say(small_benchmark, tiny_synthetic, tmp_path):
+    from seggen.segmenter.train import Mixture
+
+    def draws(strategy, phase="main", **kw):
+        p = load_params(seg_params(tmp_path, small_benchmark, tiny_synthetic, strategy=strategy, **kw))
+        mix = Mixture(p)
+        rng = np.random.default_rng(0)
+        return mix, [d for _ in range(50) for d in mix.draw(phase, 0, 16, rng)]
+
+    _, d = draws("real")
+    assert all(s == -1 for s, _ in d)
+    mix, d = draws("augment", p_aug=0.6)
+    share = np.mean([s >= 0 for s, _ in d])
+    assert 0.5 < share < 0.7
+    # a replaced sample comes from the real sample it replaces where one was made from it
+    assert mix.by_source and all(len(v) >= 1 for v in mix.by_source.values())
+    _, d = draws("pretrain_finetune", phase="pretrain")
+    assert all(s >= 0 for s, _ in d)
+    mix, d = draws("concat", concat_repeat=2)
+    expect = len(mix.syn_pool) / (2 * len(mix.real_idx) + len(mix.syn_pool))
+    assert abs(np.mean([s >= 0 for s, _ in d]) - expect) < 0.08
+    mix, _ = draws("real", real_subset=5)
+    assert len(mix.real_idx) == 5
+
+
+def test_kill_and_resume_equals_uninterrupted(small_benchmark, tmp_path):
+    from safetensors.torch import load_file
+
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    params = seg_params(ref, small_benchmark, train={"steps": 8})
+    assert cli(params, "train", "segmenter").returncode == 0
+    run = tmp_path / "run"
+    run.mkdir()
+    params = seg_params(run, small_benchmark, train={"steps": 8})
+    proc = subprocess.Popen([sys.executable, "-m", "seggen.cli", "--params", str(params), "train", "segmenter"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ck = run / "seg" / "checkpoints"
+    t0 = time.time()
+    while proc.poll() is None and time.time() - t0 < 120:
+        if any(ck.glob("step_000000[24]")):
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "seg" / "model").exists()  # killed before the end
+    r = cli(params, "train", "segmenter")
+    assert r.returncode == 0, r.stderr[-2000:]
+    a = load_file(str(ref / "seg" / "model" / "model.safetensors"))
+    b = load_file(str(run / "seg" / "model" / "model.safetensors"))
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(small_benchmark, tmp_path_factory):
+    from seggen.segmenter.train import train_segmenter
+
+    tmp = tmp_path_factory.mktemp("segm")
+    p = load_params(seg_params(tmp, small_benchmark, task="panoptic", train={"steps": 4}))
+    return p, train_segmenter(p, progress=False)
+
+
+def test_evaluate_writes_foundation_keys_and_pictures(tiny_model, tmp_path):
+    from seggen.segmenter.evaluate import evaluate
+
+    p, model_dir = tiny_model
+    for split in ("validation", "validation_shift"):
+        m = evaluate(p, model_dir, split, tmp_path / split, progress=False)
+        assert {"mIoU", "mAcc", "aAcc", "per_class_iou", "per_class_acc"} <= set(m["semantic"])
+        assert {"PQ", "SQ", "RQ", "PQ_th", "PQ_st"} <= set(m["panoptic"])
+        assert {"AP", "AP50", "AP75"} <= set(m["instance"])
+        assert json.loads((tmp_path / split / "metrics.json").read_text())["semantic"]["mIoU"] == m["semantic"]["mIoU"]
+        for pic in ("confusion.png", "per_class_iou.png", "predictions.png"):
+            assert (tmp_path / split / pic).stat().st_size > 0
+
+
+def test_semantic_inference_matches_a_hand_computation():
+    import torch
+
+    from seggen.segmenter.evaluate import semantic_from
+
+    cls = torch.tensor([[0.9, 0.05, 0.05], [0.1, 0.8, 0.1]])  # 2 queries, 2 classes + no-object
+    mask = torch.zeros(2, 2, 2)
+    mask[0, 0] = 1.0
+    mask[1, 1] = 1.0
+    assert semantic_from(cls, mask).tolist() == [[0, 0], [1, 1]]
+
+
+def test_pretrained_checkpoint_directory_on_real_ade20k(ade_root, tmp_path):
+    """A Mask2Former checkpoint directory (tiny, random init, ADE20K's 150 labels) runs end to end on
+    the real ADE20K samples through the same code, and fine-tunes from the directory."""
+    from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, SwinConfig
+
+    from seggen.data.meta import ade20k_meta
+
+    names = ade20k_meta().names
+    cfg = Mask2FormerConfig(backbone_config=SwinConfig(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], window_size=4,
+                                                       out_features=["stage1", "stage2", "stage3", "stage4"]),
+                            feature_size=32, mask_feature_size=32, hidden_dim=32, encoder_feedforward_dim=64, dim_feedforward=64,
+                            encoder_layers=1, decoder_layers=1, num_attention_heads=2, num_queries=8, num_labels=150,
+                            id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
+    ckpt = tmp_path / "mask2former-ade"
+    Mask2FormerForUniversalSegmentation(cfg).save_pretrained(ckpt)
+    params = seg_params(tmp_path, ade_root, pretrained=str(ckpt), split="validation", train={"steps": 2})
+    r = cli(params, "evaluate", "--model", str(ckpt), "--root", str(ade_root), "--split", "validation",
+            "--size", "64", "--out", str(tmp_path / "eval"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert m["semantic"]["num_classes"] == 150 and m["semantic"]["num_images"] == len(list((ade_root / "images" / "validation").iterdir()))
+    r = cli(params, "train", "segmenter")  # fine-tune the checkpoint on the real samples
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+def test_detectron2_dicts(small_benchmark, tiny_synthetic, tmp_path):
+    from seggen.data.images import load_label_png
+    from seggen.segmenter.detectron2_export import export_detectron2
+
+    doc = {"data": {"root": str(small_benchmark)}, "synthesize": {"out": str(tiny_synthetic)}}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(doc))
+    out = tmp_path / "d2"
+    counts = export_detectron2(load_params(tmp_path / "p.yaml"), out, progress=False)
+    assert counts["real_training_sem_seg"] == 24 and counts["masksyn_panoptic"] > 0 and counts["imgsyn_instance"] > 0
+    sem = json.loads((out / "real_training_sem_seg.json").read_text())
+    d = sem[0]
+    assert set(d) == {"file_name", "height", "width", "image_id", "sem_seg_file_name"}
+    assert Path(d["file_name"]).exists() and Path(d["sem_seg_file_name"]).exists()
+    orig = load_label_png(small_benchmark / "annotations" / "training" / f"{d['image_id']}.png").astype(int)
+    conv = load_label_png(Path(d["sem_seg_file_name"])).astype(int)
+    assert (conv == np.where(orig == 0, 255, orig - 1)).all()
+    pan = json.loads((out / "masksyn_panoptic.json").read_text())[0]
+    assert set(pan) >= {"file_name", "image_id", "pan_seg_file_name", "sem_seg_file_name", "segments_info"}
+    meta = json.loads((out / "metadata.json").read_text())
+    for s in pan["segments_info"]:
+        assert set(s) == {"id", "category_id", "iscrowd", "isthing", "area", "bbox"} and 0 <= s["category_id"] < len(meta["stuff_classes"])
+    inst = json.loads((out / "imgsyn_instance.json").read_text())
+    ann = next(a for r in inst for a in r["annotations"])
+    assert ann["bbox_mode"] == 1 and set(ann["segmentation"]) == {"size", "counts"} and 0 <= ann["category_id"] < len(meta["thing_classes"])
+    reg = (out / "register.py").read_text()
+    compile(reg, "register.py", "exec")
+    ns: dict = {"__file__": str(out / "register.py")}
+    exec(reg, ns)
+    try:
+        import detectron2  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="detectron2 is needed"):
+            ns["register_all"](out)
+
+
+def test_bad_input(small_benchmark, tmp_path, tiny_gens):
+    from seggen.segmenter.evaluate import evaluate
+    from seggen.segmenter.train import train_segmenter
+
+    p = load_params(seg_params(tmp_path, small_benchmark, strategy="augment"))
+    with pytest.raises(DataError, match=r"none/masksyn: synthetic dataset not found"):
+        train_segmenter(p, progress=False)
+    with pytest.raises(DataError, match=r"not a Mask2Former model directory"):
+        evaluate(p, tiny_gens / "t2m" / "model", "validation", tmp_path / "ev", progress=False)
+    r = cli(seg_params(tmp_path, small_benchmark), "train", "segmenter", "--strategy", "mixup")
+    assert r.returncode == 2 and "segmenter.strategy" in r.stderr
