@@ -22,7 +22,7 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
 def train_rate(model_dir: Path) -> tuple[float, float]:
-    info = json.loads((model_dir / common.MODEL_META).read_text())["train"]
+    info = json.loads((model_dir.parent / "train_summary.json").read_text())
     return info["steps_this_run"] / info["seconds_this_run"], info["seconds_this_run"]
 
 

@@ -223,9 +223,15 @@ def encode_latents(vae, x: torch.Tensor, batch: int = 16) -> torch.Tensor:
 
 def save_model(model_dir: Path, parts: dict, cond, noise_scheduler, vae, info: dict) -> Path:
     """The final model directory, swapped in whole: each part with save_pretrained, the text
-    conditioner, the scheduler, the VAE for latent models, and seggen_model.json."""
-    from seggen.io import atomic_dir
+    conditioner, the scheduler, the VAE for latent models, and seggen_model.json. The run's timing
+    (`train` in info) goes beside it, to train_summary.json, so that the same params give a
+    byte-identical model directory (its digest names the model in synthesis manifests)."""
+    from seggen.io import atomic_dir, write_json
 
+    info = dict(info)
+    train = info.pop("train", None)
+    if train is not None:
+        write_json(model_dir.parent / "train_summary.json", train)
     with atomic_dir(model_dir) as tmp:
         for name, module in parts.items():
             module.save_pretrained(tmp / name)
