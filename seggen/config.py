@@ -204,14 +204,14 @@ class Mask2FormerParams(_Section):
 
 
 class SegTrainParams(_Section):
-    steps: int = Field(600, ge=1)
+    steps: int = Field(1500, ge=1)
     batch_size: int = Field(16, ge=1)
-    lr: float = Field(3e-4, gt=0)
+    lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(0.05, ge=0)
     poly_power: float = Field(0.9, ge=0)
     warmup_steps: int = Field(0, ge=0)
     crop: int = Field(64, ge=16)  # square training crop, pixels
-    scale: tuple[float, float] = (0.5, 2.0)  # random resize range before the crop
+    scale: tuple[float, float] = (0.75, 1.5)  # random resize range before the crop
     flip: bool = True
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     grad_accum: int = Field(1, ge=1)
