@@ -144,18 +144,9 @@ def test_semantic_inference_matches_a_hand_computation():
 def test_pretrained_checkpoint_directory_on_real_ade20k(ade_root, tmp_path):
     """A Mask2Former checkpoint directory (tiny, random init, ADE20K's 150 labels) runs end to end on
     the real ADE20K samples through the same code, and fine-tunes from the directory."""
-    from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, SwinConfig
-
     from seggen.data.meta import ade20k_meta
 
-    names = ade20k_meta().names
-    cfg = Mask2FormerConfig(backbone_config=SwinConfig(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], window_size=4,
-                                                       out_features=["stage1", "stage2", "stage3", "stage4"]),
-                            feature_size=32, mask_feature_size=32, hidden_dim=32, encoder_feedforward_dim=64, dim_feedforward=64,
-                            encoder_layers=1, decoder_layers=1, num_attention_heads=2, num_queries=8, num_labels=150,
-                            id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
-    ckpt = tmp_path / "mask2former-ade"
-    Mask2FormerForUniversalSegmentation(cfg).save_pretrained(ckpt)
+    ckpt = _tiny_checkpoint(tmp_path / "mask2former-ade", ade20k_meta().names)
     params = seg_params(tmp_path, ade_root, pretrained=str(ckpt), split="validation", train={"steps": 2})
     r = cli(params, "evaluate", "--model", str(ckpt), "--root", str(ade_root), "--split", "validation",
             "--size", "64", "--out", str(tmp_path / "eval"))
@@ -164,6 +155,36 @@ def test_pretrained_checkpoint_directory_on_real_ade20k(ade_root, tmp_path):
     assert m["semantic"]["num_classes"] == 150 and m["semantic"]["num_images"] == len(list((ade_root / "images" / "validation").iterdir()))
     r = cli(params, "train", "segmenter")  # fine-tune the checkpoint on the real samples
     assert r.returncode == 0, r.stderr[-3000:]
+
+
+def _tiny_checkpoint(path: Path, names: list[str]) -> Path:
+    from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, SwinConfig
+
+    cfg = Mask2FormerConfig(backbone_config=SwinConfig(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], window_size=4,
+                                                       out_features=["stage1", "stage2", "stage3", "stage4"]),
+                            feature_size=32, mask_feature_size=32, hidden_dim=32, encoder_feedforward_dim=64, dim_feedforward=64,
+                            encoder_layers=1, decoder_layers=1, num_attention_heads=2, num_queries=8, num_labels=len(names),
+                            id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
+    Mask2FormerForUniversalSegmentation(cfg).save_pretrained(path)
+    return path
+
+
+def test_pretrained_checkpoint_on_real_coco_panoptic(real, tmp_path):
+    """A COCO-panoptic Mask2Former checkpoint directory (tiny, random init, the 133 categories) on the
+    real COCO val2017 samples in their own layout: semantic, PQ and mask AP computed end to end."""
+    coco = real / "coco"
+    cats = sorted(json.loads((coco / "annotations" / "panoptic_val2017.json").read_text())["categories"], key=lambda c: c["id"])
+    ckpt = _tiny_checkpoint(tmp_path / "m2f-coco", [c["name"] for c in cats])
+    (tmp_path / "p.yaml").write_text("{}\n")
+    r = cli(tmp_path / "p.yaml", "evaluate", "--model", str(ckpt), "--root", str(coco), "--split", "val2017",
+            "--task", "panoptic", "--size", "64", "--out", str(tmp_path / "eval"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert m["semantic"]["num_classes"] == 133 and m["semantic"]["num_images"] == 2
+    assert {"PQ", "SQ", "RQ"} <= set(m["panoptic"]) and "AP" in m["instance"]
+    pred = json.loads((tmp_path / "eval" / "predictions" / "panoptic.json").read_text())
+    ids = {c["id"] for c in cats}
+    assert all(s["category_id"] in ids for a in pred["annotations"] for s in a["segments_info"])
 
 
 def test_detectron2_dicts(small_benchmark, tiny_synthetic, tmp_path):

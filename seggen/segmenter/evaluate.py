@@ -1,5 +1,9 @@
 """Stage `evaluate`: run a Mask2Former on a split and score it with the reference-exact evaluators.
 
+Splits in the ADE20K layout (ROOT/images/SPLIT + annotations/SPLIT, with ROOT/panoptic/ for the
+panoptic task: the bundled benchmark, ADEChallengeData2016, synthetic datasets) or the COCO layout
+(ROOT/SPLIT/*.jpg + ROOT/annotations/panoptic_SPLIT.json and PNGs, e.g. COCO val2017).
+
 Semantic: per-pixel class = argmax over classes of sum_q softmax(class_q) * sigmoid(mask_q) (the
 Mask2Former semantic inference), written as label PNGs (0..N-1) and scored with
 seggen.metrics.semantic (mIoU, mAcc, aAcc, per-class IoU). Panoptic: Mask2Former's panoptic inference
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +31,7 @@ from tqdm import tqdm
 
 from seggen.data.ade20k import ADE20KDataset
 from seggen.data.images import id2rgb, load_rgb
-from seggen.data.meta import DatasetMeta, load_meta
+from seggen.data.meta import load_meta
 from seggen.errors import DataError
 from seggen.io import write_json, write_png
 from seggen.segmenter.data import pixel_values
@@ -101,70 +106,127 @@ def panoptic_from(cls: torch.Tensor, mask: torch.Tensor, things: set[int], score
     return ids, segments
 
 
-def _split_root(params, split: str, root: Path | None) -> tuple[Path, str]:
-    if root is not None:
-        return Path(root), split
-    return Path(params.data.root), split
+@dataclass
+class EvalSet:
+    """What evaluation needs of a split, whatever its layout."""
+
+    root: Path
+    split: str
+    stems: list[str]
+    image_paths: list[Path]
+    label_paths: list[Path]  # GT semantic PNGs: 0 ignored, 1..N classes (ADE20K convention)
+    names: list[str]
+    things: set[int]  # 1-based class indices that are things
+    colors: np.ndarray  # (N+1) x 3 colour-map palette, 0 = ignore
+    cat_ids: list[int]  # class index 0..N-1 -> the dataset's category id (panoptic JSON)
+    pan_json: Path | None
+    pan_dir: Path | None
+
+
+def ade_set(root: Path, split: str) -> EvalSet:
+    ds = ADE20KDataset(root, split)
+    meta = load_meta(root)
+    pj = root / "panoptic" / f"panoptic_{split}.json"
+    return EvalSet(root, split, [s.id for s in ds.samples], [s.image_path for s in ds.samples], [s.label_path for s in ds.samples],
+                   meta.names, set(meta.thing_ids), meta.palette().colors, [c.id for c in meta.classes],
+                   pj if pj.exists() else None, pj.with_suffix("") if pj.exists() else None)
+
+
+def coco_set(root: Path, split: str, out: Path, progress: bool = True) -> EvalSet:
+    """COCO layout: ROOT/SPLIT/*.jpg, ROOT/annotations/panoptic_SPLIT.json + panoptic_SPLIT/*.png.
+    Classes are the JSON's categories in id order; GT semantic maps are derived from the panoptic
+    annotation (void -> 0) and written under OUT/ground_truth/semantic."""
+    from seggen.codec import Palette
+    from seggen.data.coco import CocoPanoptic
+
+    pj = root / "annotations" / f"panoptic_{split}.json"
+    pan = CocoPanoptic(pj, image_dir=root / split)
+    cats = sorted(pan.categories.values(), key=lambda c: int(c["id"]))
+    index = {int(c["id"]): k + 1 for k, c in enumerate(cats)}
+    gt_dir = out / "ground_truth" / "semantic"
+    stems, images, labels = [], [], []
+    for i, a in enumerate(tqdm(pan.annotations, desc="ground truth", unit="img", disable=not progress, dynamic_ncols=True)):
+        ids, segs = pan.load_ids(i)
+        sem = np.zeros(ids.shape, np.uint8 if len(cats) < 255 else np.uint16)
+        for seg in segs:
+            sem[ids == seg["id"]] = index[int(seg["category_id"])]
+        stem = Path(a["file_name"]).stem
+        write_png(gt_dir / f"{stem}.png", sem)
+        stems.append(stem)
+        images.append(root / split / pan.images[a["image_id"]]["file_name"])
+        labels.append(gt_dir / f"{stem}.png")
+    colors = [tuple(c.get("color", (0, 0, 0))) for c in cats]
+    palette = Palette.create(colors, [c["name"] for c in cats]).colors
+    return EvalSet(root, split, stems, images, labels, [c["name"] for c in cats],
+                   {index[int(c["id"])] for c in cats if c.get("isthing")}, palette, [int(c["id"]) for c in cats], pj, pj.with_suffix(""))
+
+
+def eval_set(params, split: str, root: Path | None, out: Path, progress: bool = True) -> EvalSet:
+    root = Path(root) if root else Path(params.data.root)
+    if (root / "images" / split).is_dir():
+        return ade_set(root, split)
+    if (root / "annotations" / f"panoptic_{split}.json").exists():
+        return coco_set(root, split, out, progress)
+    raise DataError(f"{root}: no split {split} in the ADE20K layout (images/{split}) or the COCO layout (annotations/panoptic_{split}.json)")
 
 
 def evaluate(params, model_dir: str | Path, split: str, out: str | Path, root: str | Path | None = None,
              task: str | None = None, size: int | None = None, batch_size: int = 16, progress: bool = True) -> dict:
-    """Predict every image of `root`/`split` (default: data.root) and write metrics.json to `out`."""
+    """Predict every image of `root`/`split` (default: data.root; ADE20K or COCO layout) and write
+    metrics.json to `out`."""
     from seggen.metrics.semantic import evaluate_semantic_dirs
 
-    data_root, split = _split_root(params, split, Path(root) if root else None)
-    ds = ADE20KDataset(data_root, split)
-    meta: DatasetMeta = load_meta(data_root)
+    out = Path(out)
+    es = eval_set(params, split, Path(root) if root else None, out, progress)
     model, info = load_model(model_dir)
     task = task or info.get("task", params.segmenter.task)
     names = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    if names != meta.names:
-        raise DataError(f"{model_dir}: the model's {len(names)} classes differ from the {meta.num_classes} classes of {data_root}")
+    if names != es.names:
+        raise DataError(f"{model_dir}: the model's {len(names)} classes differ from the {len(es.names)} classes of {es.root}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
-    out = Path(out)
     pred_dir = out / "predictions" / "semantic"
-    pan_json_path = data_root / "panoptic" / f"panoptic_{split}.json"
     do_pan = task == "panoptic"
-    if do_pan and not pan_json_path.exists():
-        raise DataError(f"{pan_json_path}: panoptic evaluation needs the COCO panoptic layout")
-    things = set(meta.thing_ids)
+    if do_pan and es.pan_json is None:
+        raise DataError(f"{es.root}: panoptic evaluation needs the COCO panoptic layout (panoptic_{split}.json)")
     pan_annotations, detections = [], []
     grid = []
     t0 = time.perf_counter()
-    bar = tqdm(total=len(ds), desc=f"evaluate {split}", unit="img", disable=not progress, dynamic_ncols=True)
-    for b in range(0, len(ds), batch_size):
-        idx = list(range(b, min(len(ds), b + batch_size)))
-        images = [load_rgb(ds.samples[i].image_path) for i in idx]
+    n = len(es.stems)
+    bar = tqdm(total=n, desc=f"evaluate {split}", unit="img", disable=not progress, dynamic_ncols=True)
+    for b in range(0, n, batch_size):
+        idx = list(range(b, min(n, b + batch_size)))
+        images = [load_rgb(es.image_paths[i]) for i in idx]
         cls, masks = infer(model, images, size, device)
         for j, i in enumerate(idx):
-            stem = ds.samples[i].id
+            stem = es.stems[i]
             sem = semantic_from(cls[j], masks[j])
             write_png(pred_dir / f"{stem}.png", sem)
             if len(grid) < 8:
-                grid.append((images[j], sem))
+                grid.append((images[j], sem, es.label_paths[i]))
             if do_pan:
-                ids, segs = panoptic_from(cls[j], masks[j], things)
+                ids, segs = panoptic_from(cls[j], masks[j], es.things)
                 write_png(out / "predictions" / "panoptic" / f"{stem}.png", id2rgb(ids.astype(np.uint32)))
-                pan_annotations.append({"file_name": f"{stem}.png", "segments_info": [
-                    {"id": s["id"], "category_id": s["category_id"]} for s in segs], "stem": stem})
+                pan_annotations.append({"file_name": f"{stem}.png", "stem": stem, "segments_info": [
+                    {"id": s["id"], "category_id": es.cat_ids[s["category_id"] - 1]} for s in segs]})
                 for s in segs:
                     if s["isthing"]:
-                        detections.append({"stem": stem, "category_id": s["category_id"], "score": s["score"], "mask": ids == s["id"]})
+                        detections.append({"stem": stem, "category_id": es.cat_ids[s["category_id"] - 1], "score": s["score"],
+                                           "mask": ids == s["id"]})
         bar.update(len(idx))
     bar.close()
     seconds = time.perf_counter() - t0
-    metrics = {"split": split, "root": str(data_root), "task": task, "model": str(model_dir), "images_per_s": len(ds) / seconds}
-    metrics["semantic"] = evaluate_semantic_dirs(pred_dir, ds.label_dir, meta.num_classes, params.eval.ignore_index,
-                                                 params.eval.reduce_zero_label, meta.names)
+    metrics = {"split": split, "root": str(es.root), "task": task, "model": str(model_dir), "images_per_s": n / seconds}
+    gt_dir = es.label_paths[0].parent
+    metrics["semantic"] = evaluate_semantic_dirs(pred_dir, gt_dir, len(es.names), params.eval.ignore_index, True, es.names)
     if do_pan:
-        metrics["panoptic"], metrics["instance"] = _panoptic_and_instances(pan_json_path, pan_annotations, detections, out)
-    _pictures(metrics["semantic"], pred_dir, ds, meta, grid, out, params)
+        metrics["panoptic"], metrics["instance"] = _panoptic_and_instances(es.pan_json, es.pan_dir, pan_annotations, detections, out)
+    _pictures(metrics["semantic"], pred_dir, es, grid, out, params)
     write_json(out / "metrics.json", metrics)
     return metrics
 
 
-def _panoptic_and_instances(gt_json: Path, annotations: list[dict], detections: list[dict], out: Path) -> tuple[dict, dict]:
+def _panoptic_and_instances(gt_json: Path, gt_dir: Path, annotations: list[dict], detections: list[dict], out: Path) -> tuple[dict, dict]:
     from pycocotools import mask as mask_utils
 
     from seggen.metrics.instance import evaluate_instances
@@ -179,12 +241,12 @@ def _panoptic_and_instances(gt_json: Path, annotations: list[dict], detections: 
             raise DataError(f"{gt_json}: no annotation for {a['stem']}")
         pred["annotations"].append({"image_id": g["image_id"], "file_name": a["file_name"], "segments_info": a["segments_info"]})
     write_json(out / "predictions" / "panoptic.json", pred, indent=None)
-    pq = evaluate_panoptic(gt_json, gt_json.with_suffix(""), out / "predictions" / "panoptic.json", out / "predictions" / "panoptic")
+    pq = evaluate_panoptic(gt_json, gt_dir, out / "predictions" / "panoptic.json", out / "predictions" / "panoptic")
 
     # instances: GT things from the panoptic annotation (crowd kept as iscrowd), detections as RLE
     from seggen.data.coco import CocoPanoptic
 
-    pan = CocoPanoptic(gt_json)
+    pan = CocoPanoptic(gt_json, gt_dir)
     cats = {c["id"]: c for c in gt["categories"]}
     inst_gt = {"images": gt["images"], "categories": [c for c in gt["categories"] if c.get("isthing")], "annotations": []}
     for i, a in enumerate(pan.annotations):
@@ -211,7 +273,7 @@ def _panoptic_and_instances(gt_json: Path, annotations: list[dict], detections: 
     return pq, ap
 
 
-def _pictures(sem: dict, pred_dir: Path, ds: ADE20KDataset, meta: DatasetMeta, grid, out: Path, params) -> None:
+def _pictures(sem: dict, pred_dir: Path, es: EvalSet, grid, out: Path, params) -> None:
     """confusion.png (row-normalised), per_class_iou.png, predictions.png (image | GT | prediction)."""
     import matplotlib
 
@@ -223,18 +285,18 @@ def _pictures(sem: dict, pred_dir: Path, ds: ADE20KDataset, meta: DatasetMeta, g
     from seggen.io import atomic_path
     from seggen.metrics.semantic import SemanticAccumulator
 
-    n = meta.num_classes
-    acc = SemanticAccumulator(n, params.eval.ignore_index, params.eval.reduce_zero_label)
-    for s in ds.samples:
-        acc.add(load_label_png(pred_dir / f"{s.id}.png"), load_label_png(s.label_path), str(s.label_path))
+    n = len(es.names)
+    acc = SemanticAccumulator(n, params.eval.ignore_index, True)
+    for stem, lp in zip(es.stems, es.label_paths):
+        acc.add(load_label_png(pred_dir / f"{stem}.png"), load_label_png(lp), str(lp))
     conf = acc.confusion[:, :n].astype(float)
     conf = conf / np.maximum(conf.sum(1, keepdims=True), 1)
     show = n <= 40  # ADE20K's 150 classes: a heat map without tick labels
     fig, ax = plt.subplots(figsize=(6, 5) if show else (9, 8))
     im = ax.imshow(conf, cmap="viridis", vmin=0, vmax=1)
     if show:
-        ax.set_xticks(range(n), meta.names, rotation=90, fontsize=7)
-        ax.set_yticks(range(n), meta.names, fontsize=7)
+        ax.set_xticks(range(n), es.names, rotation=90, fontsize=7)
+        ax.set_yticks(range(n), es.names, fontsize=7)
     ax.set_xlabel("predicted")
     ax.set_ylabel("ground truth")
     fig.colorbar(im, ax=ax)
@@ -253,10 +315,10 @@ def _pictures(sem: dict, pred_dir: Path, ds: ADE20KDataset, meta: DatasetMeta, g
     with atomic_path(out / "per_class_iou.png") as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
-    colors = meta.palette().colors
+    colors = es.colors
     rows = []
-    for image, pred in grid:
-        lab = load_label_png(ds.samples[len(rows)].label_path)
+    for image, pred, label_path in grid:
+        lab = load_label_png(label_path)
         h, w = pred.shape
         r = 64 / max(h, w)
         size = (max(1, round(w * r)), max(1, round(h * r)))
