@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-all bench bench-generators bench-synthesis clean-data
+.PHONY: install run test test-all bench bench-generators bench-synthesis bench-segmenter clean-data
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ bench-generators: install
 bench-synthesis: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro train_text2mask train_mask2img
 	$(PY) -m benchmarks.bench_synthesis
+
+# Default Mask2Former, semantic and panoptic, vs trivial baselines (~12 min on 2 cores).
+bench-segmenter: install
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro prepare
+	$(PY) -m benchmarks.bench_segmenter --panoptic
 
 clean-data:
 	rm -rf data/benchmark data/check.txt data/synthetic

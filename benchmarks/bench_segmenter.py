@@ -27,6 +27,9 @@ def main() -> None:
     p = load_params()
     p = p.model_copy(update={"segmenter": p.segmenter.model_copy(update={"strategy": "real", "out": Path("models/segmenter/baseline")})})
     cfg = p.segmenter
+    import shutil
+
+    shutil.rmtree(cfg.out, ignore_errors=True)  # measure a whole training, not a resumed no-op
     t = time.perf_counter()
     model_dir = train_segmenter(p)
     wall = time.perf_counter() - t
@@ -41,6 +44,7 @@ def main() -> None:
     pan_rows = ""
     if "--panoptic" in sys.argv:
         q = p.model_copy(update={"segmenter": cfg.model_copy(update={"task": "panoptic", "out": Path("models/segmenter/baseline_panoptic")})})
+        shutil.rmtree(q.segmenter.out, ignore_errors=True)
         pdir = train_segmenter(q)
         pinfo = json.loads((pdir / "seggen_segmenter.json").read_text())["train"]
         pan = {s: evaluate(q, pdir, s, Path("outputs/bench_segmenter_panoptic") / s) for s in ("validation", "validation_shift")}
