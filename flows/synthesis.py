@@ -22,19 +22,19 @@ def synthesize_shard(params: Params, strategy: str, shard: int, num_shards: int)
 
 @task(name="merge-synthetic-dataset")
 def merge(params: Params, strategy: str) -> dict:
-    from seggen.synthesis.synthesize import _merge_once, make_plan
+    from seggen.synthesis.synthesize import merge_once, make_plan
 
-    return _merge_once(make_plan(params, strategy))
+    return merge_once(make_plan(params, strategy))
 
 
 @flow(name="synthesize-dask")
 def synthesize_flow(params: Params, strategy: str, num_shards: int) -> dict:
     from seggen.synthesis.filters import load_filter
-    from seggen.synthesis.synthesize import _prepare_output, make_plan
+    from seggen.synthesis.synthesize import prepare_output, make_plan
 
     log = get_run_logger()
     plan = make_plan(params, strategy)  # bad input fails here, before any worker starts
-    if _prepare_output(plan):
+    if prepare_output(plan):
         log.info("%s is complete for these params", plan.out)
     load_filter(params, progress=False)  # train the filter segmenter once, not per shard
     futures = [synthesize_shard.submit(params, strategy, i, num_shards) for i in range(num_shards)]

@@ -63,6 +63,15 @@ def segment_info(sid: int, cls: int, mask: np.ndarray, iscrowd: int = 0) -> dict
     }
 
 
+def rle_encode(mask: np.ndarray) -> dict:
+    """A boolean HxW mask as COCO compressed RLE with a JSON-ready `counts` string."""
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle["counts"] = rle["counts"].decode()
+    return rle
+
+
 class CocoPanoptic:
     def __init__(self, json_path: str | Path, png_dir: str | Path | None = None, image_dir: str | Path | None = None):
         self.json_path = Path(json_path)

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from seggen.data.ade20k import ADE20KDataset
 from seggen.data.meta import load_meta
+from seggen.generators.common import to_tensor
 
 
 class ProbeSegmenter(nn.Module):
@@ -52,10 +53,6 @@ class ProbeSegmenter(nn.Module):
         model = cls(info["num_classes"], info["width"])
         model.load_state_dict(load_file(str(directory / "model.safetensors")))
         return model.eval(), info
-
-
-def to_tensor(rgb: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.array(rgb, copy=True)).permute(2, 0, 1).float().div(127.5).sub(1.0)
 
 
 def load_resized(root: Path, split: str, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from seggen.data.ade20k import ADE20KDataset
-from seggen.data.coco import CocoPanoptic
+from seggen.data.coco import CocoPanoptic, rle_encode
 from seggen.data.images import load_label_png
 from seggen.data.meta import load_meta
 from seggen.errors import DataError
@@ -66,14 +66,6 @@ def register_all(root=HERE):
 '''
 
 
-def _rle(mask: np.ndarray) -> dict:
-    from pycocotools import mask as mask_utils
-
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    rle["counts"] = rle["counts"].decode()
-    return rle
-
-
 def export_dataset(root: Path, split: str, name: str, out: Path, meta, progress: bool = True) -> dict[str, int]:
     ds = ADE20KDataset(root, split)
     pj = root / "panoptic" / f"panoptic_{split}.json"
@@ -108,7 +100,7 @@ def export_dataset(root: Path, split: str, name: str, out: Path, meta, progress:
                              "isthing": isthing, "area": int(m.sum()), "bbox": bbox})
             if isthing:
                 anns.append({"bbox": [float(v) for v in bbox], "bbox_mode": BOXMODE_XYWH_ABS, "category_id": thing_index[cat],
-                             "segmentation": _rle(m), "iscrowd": int(g.get("iscrowd", 0))})
+                             "segmentation": rle_encode(m), "iscrowd": int(g.get("iscrowd", 0))})
         panoptic.append({**base, "pan_seg_file_name": str((pj.with_suffix("") / pan.annotations[k]["file_name"]).resolve()),
                          "sem_seg_file_name": str(sem_path.resolve()), "segments_info": segments})
         instance.append({**base, "annotations": anns})

@@ -244,7 +244,7 @@ def _panoptic_and_instances(gt_json: Path, gt_dir: Path, annotations: list[dict]
     pq = evaluate_panoptic(gt_json, gt_dir, out / "predictions" / "panoptic.json", out / "predictions" / "panoptic")
 
     # instances: GT things from the panoptic annotation (crowd kept as iscrowd), detections as RLE
-    from seggen.data.coco import CocoPanoptic
+    from seggen.data.coco import CocoPanoptic, rle_encode
 
     pan = CocoPanoptic(gt_json, gt_dir)
     cats = {c["id"]: c for c in gt["categories"]}
@@ -254,15 +254,13 @@ def _panoptic_and_instances(gt_json: Path, gt_dir: Path, annotations: list[dict]
         for s in segs:
             if not cats[s["category_id"]].get("isthing"):
                 continue
-            rle = mask_utils.encode(np.asfortranarray((ids == s["id"]).astype(np.uint8)))
-            rle["counts"] = rle["counts"].decode()
+            rle = rle_encode(ids == s["id"])
             inst_gt["annotations"].append({"id": len(inst_gt["annotations"]) + 1, "image_id": a["image_id"], "category_id": s["category_id"],
                                            "segmentation": rle, "area": float(mask_utils.area(rle)), "bbox": list(map(float, mask_utils.toBbox(rle))),
                                            "iscrowd": int(s.get("iscrowd", 0))})
     dts = []
     for d in detections:
-        rle = mask_utils.encode(np.asfortranarray(d["mask"].astype(np.uint8)))
-        rle["counts"] = rle["counts"].decode()
+        rle = rle_encode(d["mask"])
         dts.append({"image_id": by_stem[d["stem"]]["image_id"], "category_id": d["category_id"], "segmentation": rle, "score": d["score"]})
     write_json(out / "predictions" / "instances_gt.json", inst_gt, indent=None)
     write_json(out / "predictions" / "instances_dt.json", dts, indent=None)

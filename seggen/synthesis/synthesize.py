@@ -171,7 +171,7 @@ def make_plan(params: Params, strategy: str) -> Plan:
                 {s.id: i for i, s in enumerate(ds.samples)}, pan_index)
 
 
-def _prepare_output(plan: Plan) -> bool:
+def prepare_output(plan: Plan) -> bool:
     """-> True when the dataset for this plan is already complete. Output of other params is removed."""
     out, work = plan.out, plan.work
     summary = out / "summary.json"
@@ -315,13 +315,8 @@ def _filter_and_write(plan: Plan, gens: Generators, job: Job, sample: dict) -> N
     if kept and not (labels > 0).any():
         kept, reason = False, "empty mask"
     h, w = labels.shape
-    names = {
-        "image": (Path("images") / split, Path("dropped/images")),
-        "label": (Path("annotations") / split, Path("dropped/annotations")),
-    }
-    write = _write_image(fmt)
-    img_dir, lab_dir = (names["image"][0], names["label"][0]) if kept else (names["image"][1], names["label"][1])
-    write(plan.out / img_dir / f"{job.id}.{fmt}", image)
+    img_dir, lab_dir = (Path("images") / split, Path("annotations") / split) if kept else (Path("dropped/images"), Path("dropped/annotations"))
+    _write_image(fmt)(plan.out / img_dir / f"{job.id}.{fmt}", image)
     write_png(plan.out / lab_dir / f"{job.id}.png", labels)
     if kept and pan is not None:
         write_png(plan.out / "panoptic" / f"panoptic_{split}" / f"{job.id}.png", id2rgb(pan[0]))
@@ -346,7 +341,7 @@ def run_shard(params: Params, strategy: str, shard: int = 0, num_shards: int = 1
     if not 0 <= shard < num_shards:
         raise DataError(f"--shard {shard}: must be in 0..{num_shards - 1} for --num-shards {num_shards}")
     plan = plan or make_plan(params, strategy)
-    if _prepare_output(plan):
+    if prepare_output(plan):
         log.info("%s: complete for these params, nothing to do", plan.out)
         return {**json.loads((plan.out / "summary.json").read_text()), "generated": 0, "seconds": 0.0}
     import torch
@@ -371,11 +366,11 @@ def run_shard(params: Params, strategy: str, shard: int = 0, num_shards: int = 1
     result = {"strategy": strategy, "shard": shard, "num_shards": num_shards, "generated": n_todo, "seconds": elapsed,
               "images_per_s": n_todo / elapsed if n_todo and elapsed else None}
     if merge and all(plan.record(j).exists() for j in plan.jobs):
-        result.update(_merge_once(plan))
+        result.update(merge_once(plan))
     return result
 
 
-def _merge_once(plan: Plan) -> dict:
+def merge_once(plan: Plan) -> dict:
     """Merge unless another shard's process is merging right now (an flock, released if it dies)."""
     import fcntl
 
@@ -405,7 +400,7 @@ def synthesize(params: Params, strategy: str, progress: bool = True) -> dict:
     from seggen.synthesis.filters import load_filter
 
     plan = make_plan(params, strategy)
-    if _prepare_output(plan):
+    if prepare_output(plan):
         return run_shard(params, strategy, 0, 1, progress, plan=plan)
     load_filter(params, progress)  # trained once here, not by every worker
     n = cfg.workers
@@ -425,7 +420,7 @@ def synthesize(params: Params, strategy: str, progress: bool = True) -> dict:
     seconds = max(r["seconds"] for r in parts)
     result = {"strategy": strategy, "workers": n, "generated": generated, "seconds": seconds,
               "images_per_s": generated / seconds if generated and seconds else None}
-    result.update(_merge_once(plan))
+    result.update(merge_once(plan))
     return result
 
 
