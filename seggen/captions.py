@@ -24,7 +24,7 @@ from typing import Iterable
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
-from tqdm import tqdm
+from seggen.progress import tqdm
 
 from seggen.data.ade20k import ADE20KDataset
 from seggen.data.meta import DatasetMeta

@@ -48,6 +48,7 @@ def _root(
         Optional[list[str]], typer.Option("--set", "-s", help="Override a parameter: KEY=VALUE (dotted key).")
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    offline: Annotated[bool, typer.Option("--offline", help="No MLflow tracking for this command (same as SEGGEN_TRACKING=off).")] = False,
 ) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not verbose:  # per-request and per-worker chatter of the Prefect client and Dask
@@ -55,6 +56,12 @@ def _root(
             logging.getLogger(name).setLevel(logging.WARNING)
     state.params_path = params
     state.overrides = list(set_ or [])
+    if offline:
+        import os
+
+        from seggen.tracking import TRACKING_ENV
+
+        os.environ[TRACKING_ENV] = "off"
 
 
 def _write_or_print(result: dict, out: Optional[Path]) -> None:
@@ -77,10 +84,10 @@ def prepare(
     root: Annotated[Optional[Path], typer.Option(help="Override data.root.")] = None,
 ) -> None:
     """Generate the bundled benchmark (or check a real dataset root) at data.root."""
-    from seggen.prepare import prepare as run
+    from seggen import stages
 
     p = state.params({"data.root": str(root) if root else None})
-    out = run(p, force=force)
+    out = stages.prepare(p, force=force)
     typer.echo(f"dataset ready at {out}")
 
 
@@ -108,11 +115,11 @@ def caption(
     out: Annotated[Optional[Path], typer.Option(help="JSONL output (caption.out).")] = None,
 ) -> None:
     """Caption every training image (skips images already captioned by the same captioner)."""
-    from seggen.captions import caption_dataset
+    from seggen import stages
 
     p = state.params({"caption.captioner": captioner, "caption.model": model, "caption.out": str(out) if out else None})
     c = p.caption
-    stats = caption_dataset(p.data.root, c.split, c.out, c.captioner, c.model, c.batch_size, c.max_new_tokens)
+    stats = stages.caption(p)
     typer.echo(f"{c.out}: {stats['captioned']} captioned, {stats['skipped']} already there")
 
 
@@ -128,10 +135,10 @@ def train_text2mask_cmd(
     out: Annotated[Optional[Path], typer.Option(help="text2mask.out")] = None,
 ) -> None:
     """Train Text2Mask (caption -> colour-map mask)."""
-    from seggen.generators.text2mask import train_text2mask
+    from seggen import stages
 
     p = state.params({"text2mask.train.steps": steps, "text2mask.out": str(out) if out else None})
-    typer.echo(f"model written to {train_text2mask(p)}")
+    typer.echo(f"model written to {stages.train_generator(p, 'text2mask')}")
 
 
 @train_app.command("mask2img")
@@ -140,10 +147,10 @@ def train_mask2img_cmd(
     out: Annotated[Optional[Path], typer.Option(help="mask2img.out")] = None,
 ) -> None:
     """Train Mask2Img (colour map + caption -> image, ControlNet on a base UNet)."""
-    from seggen.generators.mask2img import train_mask2img
+    from seggen import stages
 
     p = state.params({"mask2img.train.steps": steps, "mask2img.out": str(out) if out else None})
-    typer.echo(f"model written to {train_mask2img(p)}")
+    typer.echo(f"model written to {stages.train_generator(p, 'mask2img')}")
 
 
 @train_app.command("segmenter")
@@ -151,12 +158,15 @@ def train_segmenter_cmd(
     strategy: Annotated[Optional[str], typer.Option(help="real | augment | pretrain_finetune | concat (segmenter.strategy)")] = None,
     steps: Annotated[Optional[int], typer.Option(help="segmenter.train.steps")] = None,
     out: Annotated[Optional[Path], typer.Option(help="segmenter.out")] = None,
+    arm: Annotated[Optional[str], typer.Option(help="A pipeline arm of params.yaml `arms` (its model: models/segmenter/ARM).")] = None,
 ) -> None:
-    """Train Mask2Former on real (+ synthetic) data with the strategy of params.yaml."""
-    from seggen.segmenter.train import train_segmenter
+    """Train Mask2Former on real (+ synthetic) data with the strategy of params.yaml (or of an arm)."""
+    from seggen import stages
 
+    if arm and (strategy or out):
+        raise SeggenError("--arm sets the strategy and output; use `arms.ARM.*` keys (or --set) to change them")
     p = state.params({"segmenter.strategy": strategy, "segmenter.train.steps": steps, "segmenter.out": str(out) if out else None})
-    typer.echo(f"model written to {train_segmenter(p)}")
+    typer.echo(f"model written to {stages.train_segmenter(p, arm)}")
 
 
 @sample_app.command("text2mask")
@@ -219,17 +229,10 @@ def synthesize(
     max_sources: Annotated[Optional[int], typer.Option(help="synthesize.max_sources")] = None,
 ) -> None:
     """Build a MaskSyn or ImgSyn dataset at synthesize.out/STRATEGY (resumes an interrupted run)."""
+    from seggen import stages
+
     p = state.params({"synthesize.max_sources": max_sources})
-    if dask:
-        from flows.synthesis import synthesize_on_dask
-
-        res = synthesize_on_dask(p, strategy, num_shards if num_shards > 1 else None)
-    else:
-        from seggen.synthesis.synthesize import run_shard
-
-        if shard is None and num_shards != 1:
-            raise SeggenError("--num-shards needs --shard (or --dask to run all shards)")
-        res = run_shard(p, strategy, shard or 0, num_shards)
+    res = stages.synthesize(p, strategy, shard, num_shards, dask)
     rate = f", {res['images_per_s']:.2f} img/s" if res.get("images_per_s") else ""
     done = f"; dataset complete: {res['kept']} kept of {res['samples']}" if "kept" in res else "; other shards still to run"
     typer.echo(f"{strategy}: {res['generated']} generated{rate}{done} ({Path(p.synthesize.out) / strategy})")
@@ -240,22 +243,88 @@ def synthesize(
 
 @app.command()
 def evaluate(
-    out: Annotated[Path, typer.Option(help="Output directory (metrics.json, predictions, pictures).")],
+    out: Annotated[Optional[Path], typer.Option(help="Output directory (metrics.json, predictions, pictures); default evaluate.out/ARM/SPLIT.")] = None,
     split: Annotated[str, typer.Option(help="Split of the dataset: validation, validation_shift, ...")] = "validation",
+    arm: Annotated[Optional[str], typer.Option(help="Evaluate this pipeline arm's model (params.yaml `arms`).")] = None,
     model: Annotated[Optional[Path], typer.Option(help="Model directory (default: segmenter.out/model); any Mask2Former checkpoint dir.")] = None,
     root: Annotated[Optional[Path], typer.Option(help="Dataset root (default: data.root), e.g. a real ADEChallengeData2016.")] = None,
     task: Annotated[Optional[str], typer.Option(help="semantic | panoptic (default: the model's task).")] = None,
     size: Annotated[Optional[int], typer.Option(help="Resize images so the short side is this (default: native size).")] = None,
 ) -> None:
     """Run a Mask2Former on a split: mIoU/mAcc/aAcc/per-class IoU, and PQ + mask AP for panoptic."""
-    from seggen.segmenter.evaluate import evaluate as run
+    from seggen import stages
 
     p = state.params()
-    m = run(p, model or Path(p.segmenter.out) / "model", split, out, root, task, size)
+    if arm and model:
+        raise SeggenError("give --arm or --model, not both")
+    m = stages.evaluate(p, split, arm, model, out, root, task, size)
     line = f"{split}: mIoU {m['semantic']['mIoU']:.2f}"
     if "panoptic" in m:
         line += f", PQ {m['panoptic']['PQ']:.2f}, mask AP {m['instance']['AP']:.2f}"
-    typer.echo(f"{line} ({out / 'metrics.json'})")
+    typer.echo(line)
+
+
+@app.command()
+def report() -> None:
+    """Every arm on every split side by side: report.out/report.md, summary.json, miou.png."""
+    from seggen import stages
+
+    p = state.params()
+    summary = stages.report(p)
+    typer.echo(f"{p.report.out / 'report.md'}: {len(summary['arms'])} arms x {len(p.evaluate.splits)} splits")
+
+
+@app.command()
+def compare(
+    split: Annotated[Optional[list[str]], typer.Option(help="Split(s) to show (default: evaluate.splits).")] = None,
+    runs: Annotated[int, typer.Option(help="Latest N evaluations per arm and split.")] = 1,
+) -> None:
+    """Baseline and SegGen arms side by side, from the MLflow runs (mlflow.search_runs)."""
+    from seggen.compare import compare_runs
+
+    p = state.params()
+    typer.echo(compare_runs(list(split or p.evaluate.splits), runs))
+
+
+@app.command()
+def serve(
+    project: Annotated[Path, typer.Option(help="The project the flow runs work in.")] = Path("."),
+    limit: Annotated[int, typer.Option(help="Flow runs at a time (stages of one project share its files).")] = 1,
+) -> None:
+    """Serve three Prefect deployments (full-pipeline, synthesis-only, train-evaluate) to the UI at PREFECT_API_URL."""
+    from flows.serve import serve as run
+
+    run(project, limit)
+
+
+@app.command()
+def deploy(
+    pool: Annotated[str, typer.Option(help="Process work pool (run it with `prefect worker start --pool NAME --type process`).")],
+    project: Annotated[Path, typer.Option(help="The project the flow runs work in (as the worker sees it).")] = Path("."),
+) -> None:
+    """Register the three deployments on a process work pool (for a `prefect worker`, e.g. docker compose)."""
+    from flows.serve import deploy as run
+
+    for dep_id in run(pool, project):
+        typer.echo(f"deployment {dep_id} on pool {pool}")
+
+
+@app.command("ci-check")
+def ci_check_cmd(
+    baseline: Annotated[Path, typer.Option(help="Committed scores to compare with.")] = Path("ci/baseline.json"),
+    ci_params: Annotated[Path, typer.Option("--ci-params", help="Params of the small pipeline.")] = Path("ci/params.yaml"),
+    tolerance: Annotated[Optional[float], typer.Option(help="Allowed mIoU drop in points (default: the baseline's).")] = None,
+    update: Annotated[bool, typer.Option(help="Write the measured scores as the new baseline instead of comparing.")] = False,
+    workdir: Annotated[Optional[Path], typer.Option(help="Keep the run's files here (default: a temp dir).")] = None,
+) -> None:
+    """Run a small fixed-seed pipeline and gate its mIoU against ci/baseline.json (exit 1 on a regression)."""
+    from seggen.ci_check import Regression, ci_check
+
+    try:
+        typer.echo(ci_check(baseline, ci_params, tolerance, update, workdir))
+    except Regression as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1)
 
 
 export_app = typer.Typer(no_args_is_help=True, help="Export datasets for other tools.")

@@ -9,12 +9,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ruamel.yaml.error import YAMLError
 
 from seggen.errors import ConfigError
 
 DEFAULT_PARAMS = Path("params.yaml")
+
+
+def _yaml_load(text: str) -> Any:
+    """YAML 1.2, as DVC reads and writes params.yaml (`dvc exp run -S` writes `no` unquoted: a string
+    in YAML 1.2, a boolean to a YAML 1.1 reader such as PyYAML)."""
+    from ruamel.yaml import YAML
+
+    return YAML(typ="safe", pure=True).load(text)
 
 
 class _Section(BaseModel):
@@ -246,6 +255,22 @@ class SegmenterParams(_Section):
     train: SegTrainParams = SegTrainParams()
 
 
+class EvaluateParams(_Section):
+    """The pipeline's evaluate stage: every arm on every split (dvc.yaml matrix)."""
+
+    splits: tuple[str, ...] = ("validation", "validation_shift")  # in-domain and shifted domain
+    panoptic: bool = True  # also PQ and mask AP where the split has panoptic ground truth
+    size: Optional[int] = Field(None, ge=16)  # resize the short side; null: native size
+    out: Path = Path("reports/eval")  # out/ARM/SPLIT: metrics.json, scores.json, pictures
+
+
+class ReportParams(_Section):
+    out: Path = Path("reports")  # report.md, summary.json, miou.png
+
+
+_ARM_NAME = r"^[a-z0-9][a-z0-9_-]{0,39}$"
+
+
 class Params(_Section):
     seed: int = Field(0, ge=0, lt=2**32)
     data: DataParams = DataParams()
@@ -256,6 +281,38 @@ class Params(_Section):
     mask2img: Mask2ImgParams = Mask2ImgParams()
     synthesize: SynthesizeParams = SynthesizeParams()
     segmenter: SegmenterParams = SegmenterParams()
+    # the segmenter runs of the pipeline (dvc.yaml: train_segmenter foreach, evaluate matrix): each
+    # arm is a set of `segmenter` keys overriding that section; its model goes to models/segmenter/ARM
+    arms: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"baseline": {"strategy": "real"}})
+    evaluate: EvaluateParams = EvaluateParams()
+    report: ReportParams = ReportParams()
+
+    @model_validator(mode="after")
+    def _arms_valid(self) -> "Params":
+        import re
+
+        for name, overrides in self.arms.items():
+            if not re.match(_ARM_NAME, name):
+                raise ValueError(f"arms.{name}: arm names are lowercase letters, digits, - and _")
+            self.arm(name)  # each arm must give a valid segmenter section
+        return self
+
+    def arm(self, name: str) -> "Params":
+        """These params with `segmenter` set to what arm `name` trains."""
+        if name not in self.arms:
+            raise ConfigError(f"arms.{name}: no such arm (have: {', '.join(self.arms) or 'none'})")
+        tree = self.segmenter.model_dump(mode="json")
+        tree["out"] = str(Path(ARMS_ROOT) / name)
+        for key, value in self.arms[name].items():
+            _set_dotted(tree, key, value, f"arms.{name}")
+        try:
+            seg = SegmenterParams.model_validate(tree)
+        except ValidationError as e:
+            raise ConfigError(_format_error(f"arms.{name}", e).replace(f"arms.{name}: ", f"arms.{name}.", 1)) from None
+        return self.model_copy(update={"segmenter": seg})
+
+
+ARMS_ROOT = "models/segmenter"
 
 
 def _format_error(source: str, err: ValidationError) -> str:
@@ -290,8 +347,8 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
             raise ConfigError(f"--set {item}: expected KEY=VALUE, e.g. data.benchmark.resolution=96")
         key, raw = item.split("=", 1)
         try:
-            out[key.strip()] = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError as e:
+            out[key.strip()] = _yaml_load(raw) if raw != "" else ""
+        except YAMLError as e:
             raise ConfigError(f"--set {item}: value is not valid YAML ({e.__class__.__name__})") from None
     return out
 
@@ -302,8 +359,8 @@ def load_params(path: str | Path = DEFAULT_PARAMS, overrides: dict[str, Any] | N
     tree: dict[str, Any] = {}
     if path.exists():
         try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
+            loaded = _yaml_load(path.read_text())
+        except YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" line {mark.line + 1}" if mark else ""
             raise ConfigError(f"{path}:{where} not valid YAML: {getattr(e, 'problem', e)}") from None

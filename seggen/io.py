@@ -84,3 +84,23 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def staged_files(path: str | Path) -> Iterator[Path]:
+    """Like atomic_dir, but moves each entry into `path` instead of swapping the directory, so files
+    other tools keep there (DVC's .gitignore) survive. Entries are moved in name order; the caller
+    names the file that marks completion so it sorts last or writes it after."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        for entry in sorted(tmp.iterdir()):
+            dest = path / entry.name
+            if dest.is_dir() and not dest.is_symlink():
+                shutil.rmtree(dest)
+            _default_mode(entry, directory=entry.is_dir())
+            os.replace(entry, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

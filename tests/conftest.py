@@ -14,6 +14,9 @@ REAL = Path(os.environ.get("SEGGEN_REAL_SAMPLES", REPO.parent / "shared" / "real
 # CPU-only and quiet, whatever the machine has
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# no MLflow tracking unless a test asks for it (tests/test_pipeline.py runs against a real server)
+os.environ["SEGGEN_TRACKING"] = "off"
+os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
 @pytest.fixture(scope="session")
@@ -105,6 +108,36 @@ def prefect_server(tmp_path_factory):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` on loopback (SQLite store, proxied artifacts); yields its URI."""
+    import subprocess
+    import sys
+
+    home = tmp_path_factory.mktemp("mlflow_server")
+    port = free_port()
+    mlflow = Path(sys.executable).with_name("mlflow")
+    log = open(home / "server.log", "w")
+    proc = subprocess.Popen([str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                             "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}", "--artifacts-destination", str(home / "artifacts")],
+                            stdout=log, stderr=subprocess.STDOUT, cwd=home)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(uri + "/health", proc)
+    except Exception:
+        proc.kill()
+        raise RuntimeError((home / "server.log").read_text()[-2000:])
+    try:
+        yield uri
+    finally:
         proc.terminate()
         try:
             proc.wait(20)

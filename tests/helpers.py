@@ -45,3 +45,56 @@ def params_file(gens: Path, out: Path, **syn) -> Path:
     f.parent.mkdir(parents=True, exist_ok=True)
     f.write_text(yaml.safe_dump(doc))
     return f
+
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_SEG_MODEL = {"embed_dim": 16, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2], "window_size": 4, "hidden_dim": 32,
+                  "num_queries": 8, "encoder_layers": 1, "decoder_layers": 1, "train_num_points": 256}
+
+
+def tiny_pipeline_params() -> dict:
+    """params.yaml of a whole pipeline that runs in about a minute (relative paths, dvc.yaml's defaults)."""
+    gen = {"resolution": 16, "unet": TINY_UNET,
+           "train": {"steps": 4, "batch_size": 4, "checkpoint_every": 2, "threads": 1, "warmup_steps": 2},
+           "sample": {"steps": 3, "guidance_scale": 2.0, "batch_size": 4}}
+    return {
+        "seed": 0,
+        "data": {"benchmark": {"resolution": 32, "num_train": 16, "num_val": 4, "num_val_shift": 4}},
+        "text_encoder": {"vocab_size": 128, "hidden_size": 16, "layers": 1, "heads": 2, "max_length": 40},
+        "text2mask": gen,
+        "mask2img": {**gen, "controlnet": {"conditioning_embedding_out_channels": [8]}},
+        "synthesize": {**SYN, "max_sources": 4, "workers": 1},
+        "segmenter": {"model": TINY_SEG_MODEL, "train": {"steps": 4, "batch_size": 4, "crop": 32, "checkpoint_every": 2, "threads": 1}},
+        "arms": {"baseline": {"strategy": "real"}, "seggen": {"strategy": "augment"}},
+    }
+
+
+def merged(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "arms" else v
+    return out
+
+
+def make_project(root: Path, params: dict | None = None) -> Path:
+    """A git + DVC project with the repo's dvc.yaml, code (the stages' deps) and tiny params."""
+    import shutil
+    import subprocess
+
+    root.mkdir(parents=True, exist_ok=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for d in ("seggen", "flows"):
+        shutil.copytree(REPO / d, root / d, ignore=ignore)
+    for f in ("dvc.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy(REPO / f, root / f)
+    (root / "params.yaml").write_text(yaml.safe_dump(merged(yaml.safe_load((REPO / "params.yaml").read_text()),
+                                                             params or tiny_pipeline_params()), sort_keys=False))
+    run = lambda *a: subprocess.run(a, cwd=root, check=True, capture_output=True, text=True)  # noqa: E731
+    run("git", "init", "-q")
+    run("git", "config", "user.email", "t@example.com")
+    run("git", "config", "user.name", "t")
+    run(str(Path(shutil.which("dvc") or REPO / ".venv" / "bin" / "dvc")), "init", "-q")
+    shutil.copy(REPO / ".dvc" / "config", root / ".dvc" / "config")
+    run("git", "add", "-A")
+    run("git", "commit", "-qm", "tiny project")
+    return root

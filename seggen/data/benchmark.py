@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
-from tqdm import tqdm
+from seggen.progress import tqdm
 
 from seggen.config import BenchmarkParams
 from seggen.data.coco import segment_info

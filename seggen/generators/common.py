@@ -229,8 +229,9 @@ def save_model(model_dir: Path, parts: dict, cond, noise_scheduler, vae, info: d
     from seggen.io import atomic_dir, write_json
 
     info = dict(info)
-    train = info.pop("train", None)
-    if train is not None:
+    train = dict(info.pop("train", None) or {})
+    if train:
+        write_loss_log(model_dir.parent / "train_log.json", train.pop("loss", []), train["steps"] - train["steps_this_run"])
         write_json(model_dir.parent / "train_summary.json", train)
     with atomic_dir(model_dir) as tmp:
         for name, module in parts.items():
@@ -245,7 +246,14 @@ def save_model(model_dir: Path, parts: dict, cond, noise_scheduler, vae, info: d
 
 def train_summary(steps: int, start: int, elapsed: float, losses: list[float]) -> dict:
     return {"steps": steps, "seconds_this_run": elapsed, "steps_this_run": steps - start,
-            "final_loss": float(np.mean(losses[-20:])) if losses else None}
+            "final_loss": float(np.mean(losses[-20:])) if losses else None, "loss": list(losses)}
+
+
+def write_loss_log(path: Path, losses: list[float], first_step: int = 0) -> None:
+    """train_log.json: {"loss": [{"step", "loss"}, ...]}, the shape `dvc plots` reads."""
+    from seggen.io import write_json
+
+    write_json(path, {"loss": [{"step": first_step + i + 1, "loss": float(v)} for i, v in enumerate(losses)]}, indent=None)
 
 
 def write_model_meta(directory: Path, info: dict) -> None:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tqdm import tqdm
+from seggen.progress import tqdm
 
 from seggen.config import Params
 from seggen.errors import DataError

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
+from seggen.progress import tqdm
 
 from seggen.captions import label_caption
 from seggen.config import Params

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
+from seggen.progress import tqdm
 
 from seggen.config import Params
 from seggen.errors import DataError

@@ -15,7 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
+from seggen.progress import tqdm
 
 from seggen.data.coco import read_json
 from seggen.data.images import load_panoptic_png

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-from tqdm import tqdm
+from seggen.progress import tqdm
 
 from seggen.data.images import load_label_png
 from seggen.errors import DataError

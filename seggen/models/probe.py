@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
-from tqdm import tqdm
+from seggen.progress import tqdm
 
 from seggen.data.ade20k import ADE20KDataset
 from seggen.data.meta import load_meta

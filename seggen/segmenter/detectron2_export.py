@@ -20,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
+from seggen.progress import tqdm
 
 from seggen.data.ade20k import ADE20KDataset
 from seggen.data.coco import CocoPanoptic, rle_encode

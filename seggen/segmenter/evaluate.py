@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tqdm import tqdm
+from seggen.progress import tqdm
 
 from seggen.data.ade20k import ADE20KDataset
 from seggen.data.images import id2rgb, load_rgb

@@ -23,12 +23,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from seggen.progress import tqdm
 
 from seggen.config import Params
 from seggen.errors import DataError
-from seggen.generators.common import make_accelerator, resumable_checkpoint, seed_for
-from seggen.io import atomic_dir, write_json
+from seggen.generators.common import make_accelerator, resumable_checkpoint, seed_for, write_loss_log
+from seggen.io import atomic_dir
 from seggen.models import checkpoint as ckpt
 from seggen.segmenter.data import SegSource, augment, pixel_values, synthetic_by_source, targets
 from seggen.segmenter.model import SEG_META, build_model
@@ -205,5 +205,5 @@ def train_segmenter(params: Params, progress: bool = True) -> Path:
     with atomic_dir(model_dir) as tmp:
         accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
         (tmp / SEG_META).write_text(json.dumps(info, indent=2))
-    write_json(out / "train_log.json", {"loss": losses, "total_steps": total})
+    write_loss_log(out / "train_log.json", losses)
     return model_dir

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
+from seggen.progress import tqdm
 
 from seggen.captions import read_captions
 from seggen.config import Params

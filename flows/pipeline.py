@@ -1,0 +1,243 @@
+"""The seggen pipeline as Prefect flows: full pipeline, synthesis only, train + evaluate only.
+
+Each task runs one DVC stage with `dvc repro --single-item STAGE`, which runs the stage's `seggen`
+command (the one implementation in seggen/stages.py) only if its params, code or data changed and
+records the result in dvc.lock. So Prefect runs and `dvc repro` share one cache and one lock:
+whatever either has computed the other skips, and a re-triggered flow continues from the stages
+that completed. The tasks run in order in the project directory (stages share it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+SYNTHESIS = ("prepare", "check_data", "caption", "train_text2mask", "train_mask2img", "synthesize_masksyn", "synthesize_imgsyn")
+TRAIN_EVALUATE = ("train_segmenter", "evaluate", "report")
+# `seggen` exits 2 on bad params or data, the shell 126/127 when a command is missing: retrying cannot help
+PERMANENT = (2, 126, 127)
+
+
+class PipelineRequest(BaseModel):
+    """What to run. The Prefect UI shows this as a validated form."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    project_dir: str = Field(".", description="The seggen project (git + DVC checkout) to run in.")
+    overrides: dict[str, Any] = Field(
+        default_factory=dict,
+        description="params.yaml keys to set before running, e.g. {\"segmenter.train.steps\": 900}. "
+                    "Written to params.yaml (like `dvc exp run -S`) so dvc.lock records them.")
+    force: bool = Field(False, description="Re-run the selected stages even if dvc.lock says they are up to date.")
+    track: bool = Field(True, description="Log to MLflow (MLFLOW_TRACKING_URI, else mlflow.db in the project).")
+
+    @field_validator("overrides")
+    @classmethod
+    def _dotted_keys(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for key in v:
+            if not re.fullmatch(r"[A-Za-z_][\w-]*(\.[\w-]+)*", key):
+                raise ValueError(f"{key!r} is not a dotted params.yaml key")
+        return v
+
+
+class StageFailed(RuntimeError):
+    def __init__(self, stage: str, code: int | None, tail: str):
+        self.code = code
+        super().__init__(f"stage {stage} failed" + (f" (its command exited with {code})" if code is not None else "") + f":\n{tail}")
+
+
+def _dvc() -> str:
+    return shutil.which("dvc") or str(Path(sys.executable).with_name("dvc"))
+
+
+def _transient(task, task_run, state) -> bool:
+    """Retry unless the stage rejected its input (exit 2): a killed worker or a flaky disk is worth a retry."""
+    try:
+        state.result()
+    except StageFailed as e:
+        return e.code not in PERMANENT
+    except Exception:
+        return True
+    return False
+
+
+def _progress_text(p: dict) -> str:
+    eta = f", ETA {p['eta_s']:.0f} s" if p.get("eta_s") is not None else ""
+    rate = f", {p['rate']:.2f} {p.get('unit', 'it')}/s" if p.get("rate") else ""
+    return f"{p.get('desc', '')}: {p['n']}/{p.get('total') or '?'}{rate}{eta}"
+
+
+@task(retries=2, retry_delay_seconds=5, retry_condition_fn=_transient, task_run_name="{stage}")
+def run_stage(project: str, stage: str, force: bool = False, env: dict[str, str] | None = None) -> dict:
+    """`dvc repro --single-item STAGE`; its progress bars feed a progress artifact."""
+    log = get_run_logger()
+    key = re.sub(r"[^a-z0-9-]", "-", f"progress-{stage}".lower())
+    artifact = create_progress_artifact(0.0, key=key, description=f"{stage}: starting")
+    work = Path(tempfile.mkdtemp(prefix="seggen-stage-"))
+    progress, output = work / "progress.json", work / "output.log"
+    cmd = [_dvc(), "repro", "--single-item", stage] + (["--force"] if force else [])
+    t0 = time.perf_counter()
+    with open(output, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=project, stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, **(env or {}), "SEGGEN_PROGRESS_FILE": str(progress),
+                                     # the stage commands (seggen) from this environment
+                                     "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"})
+        shown = None
+        while proc.poll() is None:
+            time.sleep(1.0)
+            try:
+                p = json.loads(progress.read_text())
+            except (OSError, ValueError):
+                continue
+            if p != shown and p.get("total"):
+                shown = p
+                update_progress_artifact(artifact, min(100.0, 100.0 * p["n"] / p["total"]), _progress_text(p))
+    text = output.read_text(errors="replace")
+    shutil.rmtree(work, ignore_errors=True)
+    lines = [ln.rsplit("\r", 1)[-1] for ln in text.splitlines()]
+    final = [ln for ln in lines if ln.strip() and "it/s]" not in ln and "s/it]" not in ln]
+    if proc.returncode != 0:
+        m = re.search(r"exited with (-?\d+)", text)
+        raise StageFailed(stage, int(m.group(1)) if m else None, "\n".join(final[-15:]))
+    ran = f"Running stage '{stage}'" in text
+    seconds = time.perf_counter() - t0
+    update_progress_artifact(artifact, 100.0, f"{stage}: {'done' if ran else 'up to date (dvc.lock)'} in {seconds:.0f} s")
+    for ln in final[-5:] if ran else []:
+        log.info("%s", ln)
+    log.info("%s: %s in %.1f s", stage, "ran" if ran else "up to date", seconds)
+    return {"stage": stage, "ran": ran, "seconds": seconds}
+
+
+def stage_names(project: Path, groups: tuple[str, ...] | None) -> list[str]:
+    """dvc.yaml's stages in file order (foreach/matrix expanded), those of `groups` only if given."""
+    r = subprocess.run([_dvc(), "stage", "list", "--name-only"], cwd=project, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"{project}/dvc.yaml: {r.stderr.strip() or r.stdout.strip()}")
+    names = r.stdout.split()
+    return [n for n in names if groups is None or n.split("@")[0] in groups]
+
+
+def apply_overrides(project: Path, overrides: dict[str, Any]) -> None:
+    """Validate, then write the keys into params.yaml (comments kept; atomic)."""
+    from ruamel.yaml import YAML
+
+    from seggen.config import load_params
+
+    params = project / "params.yaml"
+    load_params(params, overrides)  # raises naming the key if a value is bad
+    if not overrides:
+        return
+    yaml = YAML()  # round trip: comments and quoting kept ("no" must stay a string for YAML 1.1 readers)
+    yaml.preserve_quotes = True
+    yaml.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
+    doc = yaml.load(params.read_text())
+    for key, value in overrides.items():
+        *parents, last = key.split(".")
+        node = doc
+        for k in parents:
+            node = node.setdefault(k, {})
+        node[last] = value
+    tmp = params.with_name(".params.yaml.tmp")
+    with open(tmp, "w") as f:
+        yaml.dump(doc, f)
+    os.replace(tmp, params)
+
+
+def _summary_markdown(project: Path, results: list[dict], execution: str, track: bool) -> str:
+    lines = ["# seggen pipeline run", "", "| stage | result | seconds |", "|---|---|---:|"]
+    lines += [f"| {r['stage']} | {'ran' if r['ran'] else 'up to date'} | {r['seconds']:.0f} |" for r in results]
+    summary_path = project / "reports" / "summary.json"
+    try:
+        from seggen.config import load_params
+
+        summary_path = project / load_params(project / "params.yaml").report.out / "summary.json"
+    except Exception:
+        pass
+    runs: dict[tuple[str, str], str] = {}
+    parent_url = None
+    if track:
+        from seggen import tracking
+
+        try:
+            client, uri = tracking.open_client(project)
+            exp = client.get_experiment_by_name(os.environ.get(tracking.EXPERIMENT_ENV, tracking.DEFAULT_EXPERIMENT))
+            if exp is not None:
+                for r in client.search_runs([exp.experiment_id], f"tags.`{tracking.STAGE}` LIKE 'evaluate@%'",
+                                            order_by=["attributes.start_time DESC"], max_results=500):
+                    k = (r.data.tags.get("arm", ""), r.data.tags.get("split", ""))
+                    runs.setdefault(k, tracking.run_url(uri, exp.experiment_id, r.info.run_id))
+                found = client.search_runs([exp.experiment_id], f"tags.`{tracking.EXECUTION}` = '{execution}' and tags.`{tracking.KIND}` = 'pipeline'")
+                if found:
+                    parent_url = tracking.run_url(uri, exp.experiment_id, found[0].info.run_id)
+        except Exception as e:  # the summary must not fail a finished run
+            lines += ["", f"(MLflow links unavailable: {e})"]
+    if summary_path.exists():
+        summary = json.loads(summary_path.read_text())
+        lines += ["", "## Scores (latest evaluation of each arm)", "", "| arm | split | mIoU | PQ | AP | MLflow run |", "|---|---|---:|---:|---:|---|"]
+        for arm, splits in summary["arms"].items():
+            for split, s in splits.items():
+                link = f"[run]({runs[(arm, split)]})" if (arm, split) in runs else "–"
+                fmt = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731
+                lines.append(f"| {arm} | {split} | {fmt(s.get('mIoU'))} | {fmt(s.get('PQ'))} | {fmt(s.get('AP'))} | {link} |")
+    if parent_url:
+        lines += ["", f"MLflow pipeline run (nested stage runs): [{parent_url}]({parent_url})"]
+    elif track:
+        lines += ["", "Every stage was up to date: no new MLflow runs (the links above are the latest)."]
+    return "\n".join(lines)
+
+
+def run_pipeline(request: PipelineRequest, groups: tuple[str, ...] | None) -> dict:
+    from prefect.runtime import flow_run
+
+    from seggen import tracking
+
+    log = get_run_logger()
+    project = Path(request.project_dir).resolve()
+    if not (project / "dvc.yaml").exists():
+        raise FileNotFoundError(f"{project}: no dvc.yaml (project_dir must be a seggen checkout)")
+    apply_overrides(project, request.overrides)
+    env = {tracking.EXECUTION_ENV: f"prefect:{flow_run.id or 'local'}"}
+    if not request.track:
+        env[tracking.TRACKING_ENV] = "off"
+    else:  # an unreachable tracking server fails here, before any stage computes
+        tracking.check_reachable(tracking.tracking_uri(project))
+    stages = stage_names(project, groups)
+    overall = create_progress_artifact(0.0, key="pipeline-progress", description=f"0/{len(stages)} stages")
+    results = []
+    for i, stage in enumerate(stages):
+        results.append(run_stage(str(project), stage, request.force, env))
+        update_progress_artifact(overall, 100.0 * (i + 1) / len(stages), f"{i + 1}/{len(stages)} stages ({stage} done)")
+    md = _summary_markdown(project, results, env[tracking.EXECUTION_ENV], request.track)
+    create_markdown_artifact(md, key="seggen-summary", description="Stages, scores and MLflow links of this run")
+    log.info("%d stages: %d ran, %d up to date", len(results), sum(r["ran"] for r in results), sum(not r["ran"] for r in results))
+    return {"stages": results}
+
+
+@flow(name="seggen-pipeline", description="The whole pipeline: data, captions, generators, synthesis, Mask2Former arms, evaluation, report.")
+def pipeline(request: PipelineRequest = PipelineRequest()) -> dict:
+    return run_pipeline(request, None)
+
+
+@flow(name="seggen-synthesis", description="Data, captions, Text2Mask + Mask2Img training and MaskSyn/ImgSyn synthesis.")
+def synthesis(request: PipelineRequest = PipelineRequest()) -> dict:
+    return run_pipeline(request, SYNTHESIS)
+
+
+@flow(name="seggen-train-evaluate", description="Mask2Former arms on the existing data, evaluation and report.")
+def train_evaluate(request: PipelineRequest = PipelineRequest()) -> dict:
+    return run_pipeline(request, TRAIN_EVALUATE)
+
+
+FLOWS = {"full-pipeline": pipeline, "synthesis-only": synthesis, "train-evaluate": train_evaluate}

@@ -1,0 +1,45 @@
+"""Register the three pipeline deployments with a Prefect server.
+
+`seggen serve` (or `python -m flows.serve`): this process serves them and runs the flow runs that
+the UI or the API create (no work pool needed). `seggen deploy --pool NAME`: registers them for a
+process work pool instead, run by `prefect worker start --pool NAME` (the docker compose set-up).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from flows.pipeline import FLOWS
+
+ENTRYPOINTS = {"full-pipeline": "pipeline", "synthesis-only": "synthesis", "train-evaluate": "train_evaluate"}
+
+
+def _parameters(project: Path) -> dict:
+    return {"request": {"project_dir": str(project)}}
+
+
+def serve(project_dir: str | Path = ".", limit: int = 1) -> None:
+    """Serve the deployments until interrupted; `limit` flow runs at a time (stages share the project)."""
+    from prefect import serve as prefect_serve
+
+    project = Path(project_dir).resolve()
+    deployments = [f.to_deployment(name=name, parameters=_parameters(project), tags=["seggen"]) for name, f in FLOWS.items()]
+    prefect_serve(*deployments, limit=limit)
+
+
+def deploy(pool: str, project_dir: str | Path = ".", source: str | Path | None = None) -> list[str]:
+    """Register the deployments on a process work pool; `source` is where the worker finds the code."""
+    from prefect import flow as prefect_flow
+
+    project = Path(project_dir).resolve()
+    src = str(Path(source).resolve() if source else Path(__file__).resolve().parents[1])
+    ids = []
+    for name, fn in ENTRYPOINTS.items():
+        remote = prefect_flow.from_source(source=src, entrypoint=f"flows/pipeline.py:{fn}")
+        ids.append(str(remote.deploy(name=name, work_pool_name=pool, parameters=_parameters(project), tags=["seggen"], print_next_steps=False)))
+    return ids
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1] if len(sys.argv) > 1 else ".")

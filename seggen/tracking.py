@@ -1,0 +1,313 @@
+"""MLflow lineage for every stage: one parent run per pipeline execution, a nested run per stage.
+
+Where: MLFLOW_TRACKING_URI, else a SQLite store in the project (mlflow.db, artifacts in
+mlartifacts/). SEGGEN_TRACKING=off (or `seggen --offline`) runs without tracking.
+
+Which parent: one pipeline execution is one `dvc repro` process (found among the stage's ancestor
+processes: stages run as its children) or one Prefect flow run (it sets SEGGEN_PIPELINE_RUN). The
+first stage of an execution creates the parent run; later stages find it by its tag. A stage run
+outside both is a top-level run.
+
+What: the stage's params, its metrics, artifacts, the datasets it read (digest = the DVC md5 that
+dvc.lock records for them) and the models it wrote (registered, tagged with git commit and dvc.lock
+hash). So a score leads back to the data, code and generators that made it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+from seggen.errors import SeggenError
+
+log = logging.getLogger(__name__)
+
+TRACKING_ENV = "SEGGEN_TRACKING"  # off: no tracking
+EXECUTION_ENV = "SEGGEN_PIPELINE_RUN"  # an id shared by the stages of one pipeline execution
+EXPERIMENT_ENV = "MLFLOW_EXPERIMENT_NAME"
+DEFAULT_EXPERIMENT = "seggen"
+KIND, STAGE, EXECUTION = "seggen.kind", "seggen.stage", "seggen.execution"
+
+
+class TrackingError(SeggenError):
+    pass
+
+
+def enabled() -> bool:
+    return os.environ.get(TRACKING_ENV, "").strip().lower() not in ("off", "0", "false", "no")
+
+
+def tracking_uri(project: Path = Path(".")) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(project / 'mlflow.db').resolve()}"
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail before any compute when a tracking server is named but does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
+            if r.status == 200:
+                return
+            reason = f"HTTP {r.status}"
+    except (urllib.error.URLError, OSError) as e:
+        reason = str(getattr(e, "reason", e))
+    raise TrackingError(f"MLFLOW_TRACKING_URI={uri}: tracking server unreachable ({reason}); "
+                        f"start it, unset MLFLOW_TRACKING_URI for the local store, or run offline with {TRACKING_ENV}=off")
+
+
+# -- lineage facts ------------------------------------------------------------------------------
+
+
+def git_commit(project: Path = Path(".")) -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=project, capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
+
+
+def dvc_lock_hash(project: Path = Path(".")) -> str:
+    lock = project / "dvc.lock"
+    return hashlib.sha256(lock.read_bytes()).hexdigest()[:16] if lock.exists() else "none"
+
+
+def dvc_md5(path: str | Path, project: Path = Path(".")) -> str | None:
+    """The md5 dvc.lock records for `path` (as an output of its stage), or None."""
+    lock = project / "dvc.lock"
+    if not lock.exists():
+        return None
+    target = Path(os.path.normpath(path)).as_posix()
+    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    for stage in stages.values():
+        for entry in stage.get("outs", []) + stage.get("deps", []):
+            if Path(os.path.normpath(entry.get("path", ""))).as_posix() == target and entry.get("md5"):
+                return entry["md5"]
+    return None
+
+
+def tree_digest(path: Path) -> str:
+    """Fallback digest (outside DVC): sha256 over relative paths and file bytes."""
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        h.update(str(f.relative_to(path) if f != path else f.name).encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def execution_key() -> str | None:
+    if os.environ.get(EXECUTION_ENV):
+        return os.environ[EXECUTION_ENV]
+    # the nearest ancestor `dvc` process (Linux /proc): the stages of one `dvc repro` share it
+    pid = os.getppid()
+    for _ in range(10):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return None
+        fields = stat.rsplit(")", 1)[1].split()
+        if any(Path(a.decode(errors="replace")).name == "dvc" for a in argv[:2]):
+            return f"dvc:{socket.gethostname()}:{pid}:{fields[19]}"  # pid + start time: unique per process
+        pid = int(fields[1])
+        if pid <= 1:
+            return None
+    return None
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for k, v in tree.items():
+            out.update(_flatten(v, f"{prefix}{k}." if prefix or k else ""))
+        return out
+    return {prefix.rstrip("."): tree}
+
+
+_KEY_BAD = re.compile(r"[^A-Za-z0-9_\-. /]")
+
+
+def metric_key(key: str) -> str:
+    return _KEY_BAD.sub("_", key)[:250]
+
+
+# -- runs ---------------------------------------------------------------------------------------
+
+
+class NullRun:
+    """What a stage logs to when tracking is off."""
+
+    run_id = None
+    parent_id = None
+
+    def log_params(self, *a, **k): ...
+    def log_metrics(self, *a, **k): ...
+    def log_losses(self, *a, **k): ...
+    def log_artifact(self, *a, **k): ...
+    def log_dataset(self, *a, **k): ...
+    def log_model(self, *a, **k): ...
+    def set_tags(self, *a, **k): ...
+
+
+class StageRun(NullRun):
+    def __init__(self, client, run_id: str, parent_id: str | None, project: Path, tags: dict[str, str]):
+        self.client, self.run_id, self.parent_id, self.project, self.tags = client, run_id, parent_id, project, tags
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        flat = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in _flatten(params).items()]
+        for i in range(0, len(flat), 100):
+            self.client.log_batch(self.run_id, params=flat[i : i + 100])
+
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None, prefix: str = "") -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        flat = [Metric(metric_key(prefix + k), float(v), now, step or 0) for k, v in _flatten(metrics).items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v]
+        for i in range(0, len(flat), 1000):
+            self.client.log_batch(self.run_id, metrics=flat[i : i + 1000])
+
+    def log_losses(self, losses: list[float], key: str = "loss") -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        rows = [Metric(key, float(v), now, i + 1) for i, v in enumerate(losses)]
+        for i in range(0, len(rows), 1000):
+            self.client.log_batch(self.run_id, metrics=rows[i : i + 1000])
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        path = Path(path)
+        if path.is_dir():
+            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+        elif path.exists():
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_dataset(self, path: str | Path, name: str, context: str, split: str | None = None) -> None:
+        """A dataset as a run input; digest: its DVC md5 from dvc.lock (else a sha256 of the files)."""
+        import mlflow
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+
+        path = Path(path)
+        md5 = dvc_md5(path, self.project)
+        digest = md5 or "sha256:" + tree_digest(path)[:32]
+        ds = MetaDataset(source=resolve_dataset_source(str(path.resolve())), name=name, digest=digest[:36])
+        tags = {"dvc_md5": md5 or "not tracked by dvc", "path": str(path)}
+        if split:
+            tags["split"] = split
+        mlflow.log_input(ds, context=context, tags=tags)
+
+    def log_model(self, model_dir: str | Path, name: str, registered_name: str) -> None:
+        """The model directory as artifacts (safetensors + configs, loadable with from_pretrained)
+        and a registered version pointing at them, tagged with the lineage."""
+        from mlflow.exceptions import MlflowException
+
+        model_dir = Path(model_dir)
+        self.client.log_artifacts(self.run_id, str(model_dir), f"models/{name}")
+        source = f"{self.client.get_run(self.run_id).info.artifact_uri.rstrip('/')}/models/{name}"
+        try:
+            self.client.create_registered_model(registered_name, description=f"seggen {name} (from_pretrained directory)")
+        except MlflowException as e:
+            if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code):
+                raise
+        tags = {"git_commit": self.tags["git_commit"], "dvc_lock": self.tags["dvc_lock"],
+                "digest": tree_digest(model_dir)[:16], "stage": self.tags[STAGE]}
+        mv = self.client.create_model_version(registered_name, source, run_id=self.run_id, tags=tags)
+        self.client.set_tag(self.run_id, f"model.{name}", f"{registered_name}/{mv.version}")
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, str(v))
+
+
+def _experiment(client, project: Path) -> str:
+    name = os.environ.get(EXPERIMENT_ENV, DEFAULT_EXPERIMENT)
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if not tracking_uri(project).startswith(("http://", "https://")):
+        location = (project / "mlartifacts").resolve().as_uri()  # beside mlflow.db, not ./mlruns
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:  # created meanwhile by a concurrent stage
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def _parent(client, exp_id: str, key: str, tags: dict[str, str]) -> str:
+    found = client.search_runs([exp_id], f"tags.`{EXECUTION}` = '{key}' and tags.`{KIND}` = 'pipeline'", max_results=1)
+    if found:
+        run_id = found[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+        return run_id
+    name = "pipeline " + time.strftime("%Y-%m-%d %H:%M:%S")
+    run = client.create_run(exp_id, run_name=name, tags={**tags, KIND: "pipeline", EXECUTION: key,
+                                                           "mlflow.source.git.commit": tags["git_commit"]})
+    return run.info.run_id
+
+
+def open_client(project: Path = Path(".")):
+    from mlflow import MlflowClient
+
+    uri = tracking_uri(project)
+    check_reachable(uri)
+    return MlflowClient(uri), uri
+
+
+@contextmanager
+def stage_run(stage: str, params: dict[str, Any] | None = None, project: Path = Path(".")) -> Iterator[NullRun]:
+    """A nested MLflow run for one stage (FAILED if the stage raises); NullRun when tracking is off.
+    Reachability is checked here, before the stage computes anything."""
+    if not enabled():
+        yield NullRun()
+        return
+    import mlflow
+
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    client, uri = open_client(project)
+    mlflow.set_tracking_uri(uri)
+    exp_id = _experiment(client, project)
+    tags = {"git_commit": git_commit(project), "dvc_lock": dvc_lock_hash(project), STAGE: stage}
+    key = execution_key()
+    parent = _parent(client, exp_id, key, tags) if key else None
+    run_tags = {**tags, KIND: "stage", "mlflow.source.git.commit": tags["git_commit"]}
+    if key:
+        run_tags[EXECUTION] = key
+    active = mlflow.start_run(experiment_id=exp_id, run_name=stage, parent_run_id=parent, tags=run_tags)
+    run = StageRun(client, active.info.run_id, parent, project, tags)
+    status = "FAILED"
+    try:
+        if params:
+            run.log_params(params)
+        yield run
+        status = "FINISHED"
+    finally:
+        mlflow.end_run(status)
+        if parent:  # finished after every stage; the next stage of the execution re-opens it
+            client.set_terminated(parent, status)
+
+
+def run_url(uri: str, experiment_id: str, run_id: str) -> str:
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"

@@ -1,0 +1,227 @@
+"""The orchestrated pipeline on a tiny project: dvc repro (+ no-op, metrics, plots, exp run), MLflow
+lineage on a real `mlflow server`, failure behaviour, and the Prefect deployments served to a real
+`prefect server` and triggered through its API. Tests run in file order on one project."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from helpers import make_project
+
+BIN = Path(sys.executable).parent
+DVC = str(BIN / "dvc")
+
+
+def _env(mlflow_uri: str | None) -> dict:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("SEGGEN_TRACKING", None)
+    if mlflow_uri:
+        env["MLFLOW_TRACKING_URI"] = mlflow_uri
+    return env
+
+
+def dvc(project: Path, *args: str, env: dict, check: bool = True) -> subprocess.CompletedProcess:
+    r = subprocess.run([DVC, *args], cwd=project, env=env, capture_output=True, text=True)
+    if check:
+        assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    return r
+
+
+def ran(r: subprocess.CompletedProcess) -> list[str]:
+    return re.findall(r"Running stage '([^']+)'", r.stdout + r.stderr)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, mlflow_server):
+    root = make_project(tmp_path_factory.mktemp("pipeline") / "proj")
+    env = _env(mlflow_server)
+    r = dvc(root, "repro", env=env)
+    return {"root": root, "env": env, "first": r, "mlflow": mlflow_server}
+
+
+STAGES = ["prepare", "check_data", "caption", "train_text2mask", "train_mask2img", "synthesize_masksyn", "synthesize_imgsyn",
+          "train_segmenter@baseline", "train_segmenter@seggen", "evaluate@baseline-validation", "evaluate@baseline-validation_shift",
+          "evaluate@seggen-validation", "evaluate@seggen-validation_shift", "report"]
+
+
+def test_repro_runs_every_stage_then_nothing(project):
+    root = project["root"]
+    assert ran(project["first"]) == STAGES
+    for arm in ("baseline", "seggen"):
+        for split in ("validation", "validation_shift"):
+            scores = json.loads((root / "reports" / "eval" / arm / split / "scores.json").read_text())
+            assert 0 <= scores["mIoU"] <= 100 and "PQ" in scores and "AP" in scores
+    assert "| seggen | validation_shift |" in (root / "reports" / "report.md").read_text()
+    again = dvc(root, "repro", env=project["env"])
+    assert ran(again) == [] and "Data and pipelines are up to date" in again.stdout
+
+
+def test_metrics_plots_and_remote(project, tmp_path):
+    root, env = project["root"], project["env"]
+    metrics = json.loads(dvc(root, "metrics", "show", "--json", env=env).stdout)
+    files = next(iter(metrics.values()))["data"]
+    scores = {p: v["data"] for p, v in files.items()}
+    assert "mIoU" in scores["reports/eval/seggen/validation_shift/scores.json"]
+    assert scores["reports/summary.json"]["arms"]["baseline"]["validation"]["mIoU"] >= 0
+    dvc(root, "plots", "show", "-o", str(tmp_path / "plots"), env=env)
+    html = (tmp_path / "plots" / "index.html").read_text()
+    assert "per_class_iou.json" in html and "train_log.json" in html and "confusion.png" in html
+    # the default remote is a local directory: push, drop the cache, pull back
+    dvc(root, "push", env=env)
+    assert any((root / ".dvc-remote").rglob("*"))
+    shutil.rmtree(root / ".dvc" / "cache")
+    shutil.rmtree(root / "models" / "segmenter" / "baseline" / "model")
+    dvc(root, "pull", env=env)
+    assert (root / "models" / "segmenter" / "baseline" / "model" / "model.safetensors").exists()
+    assert ran(dvc(root, "repro", env=env)) == []
+
+
+def test_mlflow_lineage(project):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(project["mlflow"])
+    exp = client.get_experiment_by_name("seggen")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("seggen.kind") == "pipeline"]
+    first = parents[-1]  # the oldest: the first `dvc repro`
+    children = {r.data.tags["seggen.stage"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == first.info.run_id}
+    assert sorted(children) == sorted(STAGES[:1] + STAGES[2:])  # check_data is a plain check, not a tracked stage
+    assert first.info.status == "FINISHED" and all(r.info.status == "FINISHED" for r in children.values())
+
+    lock = yaml.safe_load((project["root"] / "dvc.lock").read_text())["stages"]
+    md5 = {o["path"]: o["md5"] for st in lock.values() for o in st.get("outs", [])}
+    ev = children["evaluate@seggen-validation_shift"]
+    assert {"validation_shift/mIoU", "validation_shift/PQ", "validation_shift/AP"} <= set(ev.data.metrics)
+    assert any(k.startswith("validation_shift/iou/") for k in ev.data.metrics)
+    arts = {a.path for a in client.list_artifacts(ev.info.run_id, "eval/validation_shift")}
+    assert {"eval/validation_shift/confusion.png", "eval/validation_shift/per_class_iou.png", "eval/validation_shift/predictions.png"} <= arts
+    tr = children["train_segmenter@seggen"]
+    inputs = {i.dataset.name: i.dataset.digest for i in tr.inputs.dataset_inputs}
+    assert inputs["masksyn"] == md5["data/synthetic/masksyn"][:36] and inputs["real"] == md5["data/benchmark"][:36]
+    assert tr.data.params["arm"] == "seggen" and tr.data.params["segmenter.strategy"] == "augment"
+    assert len(client.get_metric_history(tr.info.run_id, "loss")) == 4
+    syn = children["synthesize_masksyn"]
+    assert "manifest.jsonl" in {a.path for a in client.list_artifacts(syn.info.run_id)}
+    assert {"generator.text2mask", "generator.mask2img"} <= set(syn.data.tags)
+
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project["root"], capture_output=True, text=True).stdout.strip()
+    for name, stage in [("seggen-text2mask", "train_text2mask"), ("seggen-mask2img", "train_mask2img"),
+                        ("seggen-mask2former-seggen", "train_segmenter@seggen")]:
+        versions = [v for v in client.search_model_versions(f"name='{name}'") if v.run_id == children[stage].info.run_id]
+        assert len(versions) == 1, name
+        tags = versions[0].tags
+        assert tags["git_commit"].startswith(commit) and len(tags["dvc_lock"]) == 16 and tags["stage"] == stage
+        files = {a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(children[stage].info.run_id, versions[0].source.rsplit("/", 2)[-2] + "/" + versions[0].source.rsplit("/", 1)[-1])}
+        assert "seggen_model.json" in files or "seggen_segmenter.json" in files
+
+    report = children["report"]
+    assert "seggen/validation/mIoU" in report.data.metrics and "seggen/validation/mIoU" in client.get_run(first.info.run_id).data.metrics
+
+
+def test_compare_prints_arms_side_by_side(project):
+    r = subprocess.run([str(BIN / "seggen"), "compare"], cwd=project["root"], env=project["env"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = r.stdout.splitlines()
+    assert lines[0].split()[:2] == ["arm", "validation"] and any(ln.startswith("baseline") for ln in lines)
+    assert any(ln.startswith("seggen") for ln in lines) and "ΔmIoU" in lines[0]
+
+
+def test_unreachable_tracking_server_fails_before_compute(project, tmp_path):
+    from conftest import free_port
+
+    root = project["root"]
+    env = {**project["env"], "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}
+    before = (root / "models/segmenter/baseline/model/model.safetensors").stat().st_mtime_ns
+    t0 = time.time()
+    r = subprocess.run([str(BIN / "seggen"), "train", "segmenter", "--arm", "baseline"], cwd=root, env=env, capture_output=True, text=True)
+    assert r.returncode == 2 and "tracking server unreachable" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert time.time() - t0 < 30
+    assert (root / "models/segmenter/baseline/model/model.safetensors").stat().st_mtime_ns == before
+    r = subprocess.run([str(BIN / "seggen"), "--offline", "report"], cwd=root, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_param_change_reruns_only_segmentation_and_failures_resume(project):
+    root, env = project["root"], project["env"]
+    r = dvc(root, "exp", "run", "-S", "segmenter.train.lr=0.001", env=env)
+    assert set(ran(r)) == {s for s in STAGES if s.split("@")[0] in ("train_segmenter", "evaluate", "report")}
+    shown = json.dumps(json.loads(dvc(root, "exp", "show", "--json", env=env).stdout))
+    assert '"lr": 0.001' in shown and '"experiments": [' in shown
+
+    # a stage that fails leaves no output; the next repro resumes from the stages that completed
+    from ruamel.yaml import YAML  # YAML 1.2, as DVC writes params.yaml
+
+    rt = YAML()
+    params = rt.load((root / "params.yaml").read_text())
+    params["arms"]["seggen"]["synthetic_root"] = "data/missing"
+    rt.dump(params, root / "params.yaml")
+    r = dvc(root, "repro", env=env, check=False)
+    assert r.returncode != 0 and "train_segmenter@seggen" in ran(r)
+    assert not (root / "models/segmenter/seggen/model").exists()
+    params["arms"]["seggen"].pop("synthetic_root")
+    rt.dump(params, root / "params.yaml")
+    r = dvc(root, "repro", env=env)
+    assert set(ran(r)) == {"train_segmenter@seggen", "evaluate@seggen-validation", "evaluate@seggen-validation_shift", "report"}
+
+
+def _api(url: str, path: str, body: dict | None = None):
+    req = urllib.request.Request(url + path, data=None if body is None else json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"}, method="GET" if body is None else "POST")
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read() or b"null")
+
+
+def test_prefect_deployment_triggered_through_the_api(project, prefect_server):
+    root = project["root"]
+    env = {**project["env"], "PREFECT_API_URL": prefect_server}
+    log = open(root.parent / "serve.log", "w")
+    serve = subprocess.Popen([str(BIN / "seggen"), "serve", "--project", str(root)], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        dep = None
+        for _ in range(120):
+            try:
+                dep = _api(prefect_server, "/deployments/name/seggen-train-evaluate/train-evaluate")
+                break
+            except OSError:
+                assert serve.poll() is None, (root.parent / "serve.log").read_text()[-3000:]
+                time.sleep(1)
+        assert dep is not None
+        names = {d["name"] for d in _api(prefect_server, "/deployments/filter", {})}
+        assert names == {"full-pipeline", "synthesis-only", "train-evaluate"}
+        assert "request" in dep["parameter_openapi_schema"]["properties"]  # the UI's form comes from the pydantic model
+        # as the UI does: create a flow run of the deployment with edited parameters
+        run = _api(prefect_server, f"/deployments/{dep['id']}/create_flow_run",
+                   {"parameters": {"request": {"project_dir": str(root), "overrides": {"segmenter.train.steps": 6}}}})
+        state = None
+        for _ in range(600):
+            state = _api(prefect_server, f"/flow_runs/{run['id']}")["state_type"]
+            if state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+                break
+            time.sleep(1)
+        assert state == "COMPLETED", (root.parent / "serve.log").read_text()[-4000:]
+    finally:
+        serve.terminate()
+        serve.wait(30)
+        log.close()
+    tasks = _api(prefect_server, "/task_runs/filter", {"flow_runs": {"id": {"any_": [run["id"]]}}})
+    assert {t["name"] for t in tasks} == {s for s in STAGES if s.split("@")[0] in ("train_segmenter", "evaluate", "report")}
+    assert all(t["state_type"] == "COMPLETED" for t in tasks)
+    # dvc.lock records what the flow ran; DVC sees nothing left to do
+    lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+    assert lock["train_segmenter@seggen"]["params"]["params.yaml"]["segmenter"]["train"]["steps"] == 6
+    assert ran(dvc(root, "repro", env=project["env"])) == []
+    arts = _api(prefect_server, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run["id"]]}}})
+    md = next(a["data"] for a in arts if a["key"] == "seggen-summary")
+    assert "| seggen | validation_shift |" in md and "#/experiments/" in md
+    assert any(a["type"] == "progress" and a["data"] == 100.0 for a in arts)
