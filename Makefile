@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-all bench bench-generators bench-synthesis bench-segmenter clean-data
+.PHONY: install run test test-all bench bench-generators bench-synthesis bench-segmenter bench-pipeline ci-check clean-data
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,14 @@ bench-synthesis: install
 bench-segmenter: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro prepare
 	$(PY) -m benchmarks.bench_segmenter --panoptic
+
+# The whole default pipeline from fresh clones: dvc repro, no-op, and the Prefect flow (~35 min on 2 cores).
+bench-pipeline: install
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m benchmarks.bench_pipeline
+
+# The CI mIoU gate (docs/pipeline.md#ci-gate); `make ci-check CI_ARGS=--update` rewrites the baseline.
+ci-check: install
+	$(VENV)/bin/seggen ci-check $(CI_ARGS)
 
 clean-data:
 	rm -rf data/benchmark data/check.txt data/synthetic

@@ -24,8 +24,9 @@ def main() -> None:
     from seggen.segmenter.evaluate import evaluate
     from seggen.segmenter.train import train_segmenter
 
-    p = load_params()
-    p = p.model_copy(update={"segmenter": p.segmenter.model_copy(update={"strategy": "real", "out": Path("models/segmenter/baseline")})})
+    # the tuned schedule of docs/segmenter.md (the pipeline's arms train a shorter one: params.yaml)
+    p = load_params(overrides={"segmenter.train.steps": 1500})
+    p = p.model_copy(update={"segmenter": p.segmenter.model_copy(update={"strategy": "real", "out": Path("outputs/bench_segmenter/baseline")})})
     cfg = p.segmenter
     import shutil
 
@@ -43,7 +44,7 @@ def main() -> None:
         rows[split].update(evaluate_baselines(p.data.root, split, majority, table))
     pan_rows = ""
     if "--panoptic" in sys.argv:
-        q = p.model_copy(update={"segmenter": cfg.model_copy(update={"task": "panoptic", "out": Path("models/segmenter/baseline_panoptic")})})
+        q = p.model_copy(update={"segmenter": cfg.model_copy(update={"task": "panoptic", "out": Path("outputs/bench_segmenter/baseline_panoptic")})})
         shutil.rmtree(q.segmenter.out, ignore_errors=True)
         pdir = train_segmenter(q)
         pinfo = json.loads((pdir / "seggen_segmenter.json").read_text())["train"]

@@ -31,7 +31,15 @@ def serve(project_dir: str | Path = ".", limit: int = 1) -> None:
 def deploy(pool: str, project_dir: str | Path = ".", source: str | Path | None = None) -> list[str]:
     """Register the deployments on a process work pool; `source` is where the worker finds the code."""
     from prefect import flow as prefect_flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
 
+    with get_client(sync_client=True) as client:  # the pool, if the worker has not created it yet
+        try:
+            client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+        except ObjectAlreadyExists:
+            pass
     project = Path(project_dir).resolve()
     src = str(Path(source).resolve() if source else Path(__file__).resolve().parents[1])
     ids = []

@@ -1,0 +1,52 @@
+"""Pieces of the Prefect pipeline flow that need no server: the typed request, overrides written
+into params.yaml, and which failures are retried."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from flows.pipeline import PipelineRequest, StageFailed, _transient, apply_overrides
+from seggen.config import load_params
+from seggen.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_request_is_validated():
+    assert PipelineRequest().project_dir == "." and PipelineRequest().track
+    with pytest.raises(ValidationError, match="not a dotted params.yaml key"):
+        PipelineRequest(overrides={"segmenter train": 1})
+    with pytest.raises(ValidationError):
+        PipelineRequest(project="x")  # unknown field
+
+
+def test_overrides_keep_comments_and_quoting(tmp_path):
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    apply_overrides(tmp_path, {"segmenter.train.steps": 900, "arms.seggen.p_aug": 0.4})
+    text = (tmp_path / "params.yaml").read_text()
+    assert "# seggen parameters" in text and 'mixed_precision: "no"' in text and "model: null" in text
+    p = load_params(tmp_path / "params.yaml")
+    assert p.segmenter.train.steps == 900 and p.arm("seggen").segmenter.p_aug == 0.4
+    before = (tmp_path / "params.yaml").read_text()
+    with pytest.raises(ConfigError, match="segmenter.train.steps"):
+        apply_overrides(tmp_path, {"segmenter.train.steps": -1})
+    assert (tmp_path / "params.yaml").read_text() == before  # nothing written
+
+
+class _State:
+    def __init__(self, exc):
+        self.exc = exc
+
+    def result(self):
+        raise self.exc
+
+
+def test_only_transient_failures_are_retried():
+    assert not _transient(None, None, _State(StageFailed("evaluate", 2, "bad params")))
+    assert not _transient(None, None, _State(StageFailed("evaluate", 127, "seggen: command not found")))
+    assert _transient(None, None, _State(StageFailed("train_segmenter@seggen", -9, "killed")))
+    assert _transient(None, None, _State(OSError("disk")))
