@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -77,73 +78,66 @@ def wait_http(url: str, proc, timeout: float = 120.0) -> None:
     raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
 
 
+@contextmanager
+def local_server(argv: list[str], health_url: str, home: Path, env: dict | None = None):
+    """Start a server process (log in HOME/server.log), wait for its health URL, stop it afterwards."""
+    import subprocess
+
+    log = open(home / "server.log", "w")
+    proc = subprocess.Popen(argv, env=env, cwd=home, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_http(health_url, proc)
+    except Exception:
+        proc.kill()
+        raise RuntimeError((home / "server.log").read_text()[-2000:])
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory):
     """A real `prefect server start` on loopback with its own SQLite home; yields the API URL and
     points this process (and the processes it starts) at it."""
-    import subprocess
     import sys
 
     home = tmp_path_factory.mktemp("prefect_home")
     port = free_port()
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false"}
-    prefect = Path(sys.executable).with_name("prefect")
-    log = open(home / "server.log", "w")
-    proc = subprocess.Popen([str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/api"
-    try:
-        wait_http(url + "/health", proc)
-    except Exception:
-        proc.kill()
-        raise RuntimeError((home / "server.log").read_text()[-2000:])
-    saved = {k: os.environ.get(k) for k in ("PREFECT_API_URL", "PREFECT_HOME")}
-    os.environ["PREFECT_API_URL"] = url
-    os.environ["PREFECT_HOME"] = str(home)
-    try:
-        yield url
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        proc.terminate()
+    argv = [str(Path(sys.executable).with_name("prefect")), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    with local_server(argv, url + "/health", home, env):
+        saved = {k: os.environ.get(k) for k in ("PREFECT_API_URL", "PREFECT_HOME")}
+        os.environ["PREFECT_API_URL"] = url
+        os.environ["PREFECT_HOME"] = str(home)
         try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+            yield url
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
 
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     """A real `mlflow server` on loopback (SQLite store, proxied artifacts); yields its URI."""
-    import subprocess
     import sys
 
     home = tmp_path_factory.mktemp("mlflow_server")
     port = free_port()
-    mlflow = Path(sys.executable).with_name("mlflow")
-    log = open(home / "server.log", "w")
-    proc = subprocess.Popen([str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-                             "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}", "--artifacts-destination", str(home / "artifacts")],
-                            stdout=log, stderr=subprocess.STDOUT, cwd=home)
     uri = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(uri + "/health", proc)
-    except Exception:
-        proc.kill()
-        raise RuntimeError((home / "server.log").read_text()[-2000:])
-    try:
+    argv = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+            "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}", "--artifacts-destination", str(home / "artifacts")]
+    with local_server(argv, uri + "/health", home):
         yield uri
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 @pytest.fixture(scope="session")
