@@ -45,7 +45,10 @@ def deploy(pool: str, project_dir: str | Path = ".", source: str | Path | None =
     ids = []
     for name, fn in ENTRYPOINTS.items():
         remote = prefect_flow.from_source(source=src, entrypoint=f"flows/pipeline.py:{fn}")
-        ids.append(str(remote.deploy(name=name, work_pool_name=pool, parameters=_parameters(project), tags=["seggen"], print_next_steps=False)))
+        # to_deployment + apply, not flow.deploy: deploy's check for online workers sends a request
+        # that Prefect 3.8's own server rejects (limit=None -> 422)
+        dep = remote.to_deployment(name=name, work_pool_name=pool, parameters=_parameters(project), tags=["seggen"])
+        ids.append(str(dep.apply()))
     return ids
 
 

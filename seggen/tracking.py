@@ -25,6 +25,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -211,7 +212,10 @@ class StageRun(NullRun):
         path = Path(path)
         md5 = dvc_md5(path, self.project)
         digest = md5 or "sha256:" + tree_digest(path)[:32]
-        ds = MetaDataset(source=resolve_dataset_source(str(path.resolve())), name=name, digest=digest[:36])
+        with warnings.catch_warnings():  # two identical local-artifact source classes are registered
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(str(path.resolve()))
+        ds = MetaDataset(source=source, name=name, digest=digest[:36])
         tags = {"dvc_md5": md5 or "not tracked by dvc", "path": str(path)}
         if split:
             tags["split"] = split

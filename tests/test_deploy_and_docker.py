@@ -81,3 +81,5 @@ def test_deploy_registers_the_deployments_on_a_work_pool(prefect_server, tmp_pat
     assert {d["name"] for d in deps} == {"full-pipeline", "synthesis-only", "train-evaluate"}
     assert all(d["parameters"]["request"]["project_dir"] == str(tmp_path) for d in deps)
     assert {d["entrypoint"] for d in deps} == {"flows/pipeline.py:pipeline", "flows/pipeline.py:synthesis", "flows/pipeline.py:train_evaluate"}
+    for d in deps:  # the same names are served by test_pipeline.py against this server
+        urllib.request.urlopen(urllib.request.Request(f"{prefect_server}/deployments/{d['id']}", method="DELETE"), timeout=30)
