@@ -129,16 +129,16 @@ def stage_names(project: Path, groups: tuple[str, ...] | None) -> list[str]:
     return [n for n in names if groups is None or n.split("@")[0] in groups]
 
 
-def apply_overrides(project: Path, overrides: dict[str, Any]) -> None:
-    """Validate, then write the keys into params.yaml (comments kept; atomic)."""
+def apply_overrides(project: Path, overrides: dict[str, Any]):
+    """Validate, then write the keys into params.yaml (comments kept; atomic). Returns the params."""
     from ruamel.yaml import YAML
 
     from seggen.config import load_params
 
     params = project / "params.yaml"
-    load_params(params, overrides)  # raises naming the key if a value is bad
+    loaded = load_params(params, overrides)  # raises naming the key if a value is bad
     if not overrides:
-        return
+        return loaded
     yaml = YAML()  # round trip: comments and quoting kept ("no" must stay a string for YAML 1.1 readers)
     yaml.preserve_quotes = True
     yaml.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
@@ -153,43 +153,39 @@ def apply_overrides(project: Path, overrides: dict[str, Any]) -> None:
     with open(tmp, "w") as f:
         yaml.dump(doc, f)
     os.replace(tmp, params)
+    return loaded
 
 
-def _summary_markdown(project: Path, results: list[dict], execution: str, track: bool) -> str:
+def _mlflow_links(project: Path, execution: str) -> tuple[dict[tuple[str, str], str], str | None]:
+    """The latest evaluate run of each (arm, split) and this execution's parent run, as UI links."""
+    from seggen import tracking
+    from seggen.compare import search_evaluations
+
+    df, uri = search_evaluations(project)
+    exp_id = df["experiment_id"].iloc[0] if len(df) else None
+    runs: dict[tuple[str, str], str] = {}
+    for _, r in df.iterrows():  # newest first
+        runs.setdefault((r.get("tags.arm"), r.get("tags.split")), tracking.run_url(uri, r["experiment_id"], r["run_id"]))
+    client, _ = tracking.open_client(project)
+    parent = client.search_runs([exp_id], f"tags.`{tracking.EXECUTION}` = '{execution}' and tags.`{tracking.KIND}` = 'pipeline'") if exp_id else []
+    return runs, tracking.run_url(uri, exp_id, parent[0].info.run_id) if parent else None
+
+
+def _summary_markdown(project: Path, summary_path: Path, results: list[dict], execution: str, track: bool) -> str:
     lines = ["# seggen pipeline run", "", "| stage | result | seconds |", "|---|---|---:|"]
     lines += [f"| {r['stage']} | {'ran' if r['ran'] else 'up to date'} | {r['seconds']:.0f} |" for r in results]
-    summary_path = project / "reports" / "summary.json"
-    try:
-        from seggen.config import load_params
-
-        summary_path = project / load_params(project / "params.yaml").report.out / "summary.json"
-    except Exception:
-        pass
-    runs: dict[tuple[str, str], str] = {}
-    parent_url = None
+    runs, parent_url = {}, None
     if track:
-        from seggen import tracking
-
         try:
-            client, uri = tracking.open_client(project)
-            exp = client.get_experiment_by_name(os.environ.get(tracking.EXPERIMENT_ENV, tracking.DEFAULT_EXPERIMENT))
-            if exp is not None:
-                for r in client.search_runs([exp.experiment_id], f"tags.`{tracking.STAGE}` LIKE 'evaluate@%'",
-                                            order_by=["attributes.start_time DESC"], max_results=500):
-                    k = (r.data.tags.get("arm", ""), r.data.tags.get("split", ""))
-                    runs.setdefault(k, tracking.run_url(uri, exp.experiment_id, r.info.run_id))
-                found = client.search_runs([exp.experiment_id], f"tags.`{tracking.EXECUTION}` = '{execution}' and tags.`{tracking.KIND}` = 'pipeline'")
-                if found:
-                    parent_url = tracking.run_url(uri, exp.experiment_id, found[0].info.run_id)
+            runs, parent_url = _mlflow_links(project, execution)
         except Exception as e:  # the summary must not fail a finished run
             lines += ["", f"(MLflow links unavailable: {e})"]
     if summary_path.exists():
-        summary = json.loads(summary_path.read_text())
+        fmt = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731
         lines += ["", "## Scores (latest evaluation of each arm)", "", "| arm | split | mIoU | PQ | AP | MLflow run |", "|---|---|---:|---:|---:|---|"]
-        for arm, splits in summary["arms"].items():
+        for arm, splits in json.loads(summary_path.read_text())["arms"].items():
             for split, s in splits.items():
                 link = f"[run]({runs[(arm, split)]})" if (arm, split) in runs else "–"
-                fmt = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731
                 lines.append(f"| {arm} | {split} | {fmt(s.get('mIoU'))} | {fmt(s.get('PQ'))} | {fmt(s.get('AP'))} | {link} |")
     if parent_url:
         lines += ["", f"MLflow pipeline run (nested stage runs): [{parent_url}]({parent_url})"]
@@ -207,7 +203,7 @@ def run_pipeline(request: PipelineRequest, groups: tuple[str, ...] | None) -> di
     project = Path(request.project_dir).resolve()
     if not (project / "dvc.yaml").exists():
         raise FileNotFoundError(f"{project}: no dvc.yaml (project_dir must be a seggen checkout)")
-    apply_overrides(project, request.overrides)
+    params = apply_overrides(project, request.overrides)
     env = {tracking.EXECUTION_ENV: f"prefect:{flow_run.id or 'local'}"}
     if not request.track:
         env[tracking.TRACKING_ENV] = "off"
@@ -219,7 +215,7 @@ def run_pipeline(request: PipelineRequest, groups: tuple[str, ...] | None) -> di
     for i, stage in enumerate(stages):
         results.append(run_stage(str(project), stage, request.force, env))
         update_progress_artifact(overall, 100.0 * (i + 1) / len(stages), f"{i + 1}/{len(stages)} stages ({stage} done)")
-    md = _summary_markdown(project, results, env[tracking.EXECUTION_ENV], request.track)
+    md = _summary_markdown(project, project / params.report.out / "summary.json", results, env[tracking.EXECUTION_ENV], request.track)
     create_markdown_artifact(md, key="seggen-summary", description="Stages, scores and MLflow links of this run")
     log.info("%d stages: %d ran, %d up to date", len(results), sum(r["ran"] for r in results), sum(not r["ran"] for r in results))
     return {"stages": results}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from seggen import tracking
 from seggen.errors import SeggenError
@@ -10,11 +11,11 @@ from seggen.errors import SeggenError
 SHOW = ("mIoU", "PQ", "AP")
 
 
-def search_evaluations():
-    """Finished evaluate runs of the experiment, newest first (a pandas DataFrame)."""
+def search_evaluations(project: Path = Path(".")):
+    """Finished evaluate runs of the experiment, newest first (a pandas DataFrame), and the tracking URI."""
     import mlflow
 
-    _, uri = tracking.open_client()
+    _, uri = tracking.open_client(project)
     mlflow.set_tracking_uri(uri)
     name = os.environ.get(tracking.EXPERIMENT_ENV, tracking.DEFAULT_EXPERIMENT)
     if mlflow.get_experiment_by_name(name) is None:

@@ -6,6 +6,7 @@ that the next run overwrites -- never a truncated output under the real name.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -104,3 +105,16 @@ def staged_files(path: str | Path) -> Iterator[Path]:
             os.replace(entry, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def digest_tree(path: str | Path) -> str:
+    """"sha256:<hex>" over a directory's files (relative path + bytes, sorted), or over one file."""
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    h = hashlib.sha256()
+    for f in files:
+        h.update(str(f.relative_to(path) if f != path else f.name).encode() + b"\0")
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return "sha256:" + h.hexdigest()

@@ -76,7 +76,7 @@ def synthesize(params: Params, strategy: str, shard: int | None = None, num_shar
         mlrun.log_dataset(params.data.root, "real", "source", cfg.split)
         mlrun.log_dataset(params.caption.out, "captions", "source")
         gens = [cfg.mask2img] + ([cfg.text2mask] if strategy == "masksyn" else [])
-        mlrun.set_tags({f"generator.{Path(g).parent.name}": model_digest(Path(g))[:16] for g in gens if Path(g).exists()})
+        mlrun.set_tags({f"generator.{Path(g).parent.name}": model_digest(Path(g)) for g in gens if Path(g).exists()})
         if dask:
             from flows.synthesis import synthesize_on_dask
 
@@ -141,7 +141,6 @@ def evaluate(params: Params, split: str, arm: str | None = None, model: Path | N
         (out / "metrics.json").unlink(missing_ok=True)  # present only for a complete evaluation
         with staged_files(out) as tmp:  # a failed evaluation leaves the old files or none, never half-written ones
             metrics = run(p, model, split, tmp, root, task, size if size is not None else ev.size)
-            metrics["model"] = str(model)
             (tmp / "metrics.json").unlink()
             s = scores(metrics)
             write_json(tmp / "scores.json", s)

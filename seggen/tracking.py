@@ -33,6 +33,7 @@ from typing import Any, Iterator
 import yaml
 
 from seggen.errors import SeggenError
+from seggen.io import digest_tree
 
 log = logging.getLogger(__name__)
 
@@ -102,18 +103,6 @@ def dvc_md5(path: str | Path, project: Path = Path(".")) -> str | None:
     return None
 
 
-def tree_digest(path: Path) -> str:
-    """Fallback digest (outside DVC): sha256 over relative paths and file bytes."""
-    h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for f in files:
-        h.update(str(f.relative_to(path) if f != path else f.name).encode())
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
-
-
 def execution_key() -> str | None:
     if os.environ.get(EXECUTION_ENV):
         return os.environ[EXECUTION_ENV]
@@ -138,7 +127,7 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(tree, dict):
         out: dict[str, Any] = {}
         for k, v in tree.items():
-            out.update(_flatten(v, f"{prefix}{k}." if prefix or k else ""))
+            out.update(_flatten(v, f"{prefix}{k}."))
         return out
     return {prefix.rstrip("."): tree}
 
@@ -211,7 +200,7 @@ class StageRun(NullRun):
 
         path = Path(path)
         md5 = dvc_md5(path, self.project)
-        digest = md5 or "sha256:" + tree_digest(path)[:32]
+        digest = md5 or digest_tree(path)[:36]
         with warnings.catch_warnings():  # two identical local-artifact source classes are registered
             warnings.simplefilter("ignore", UserWarning)
             source = resolve_dataset_source(str(path.resolve()))
@@ -235,7 +224,7 @@ class StageRun(NullRun):
             if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code):
                 raise
         tags = {"git_commit": self.tags["git_commit"], "dvc_lock": self.tags["dvc_lock"],
-                "digest": tree_digest(model_dir)[:16], "stage": self.tags[STAGE]}
+                "digest": digest_tree(model_dir), "stage": self.tags[STAGE]}
         mv = self.client.create_model_version(registered_name, source, run_id=self.run_id, tags=tags)
         self.client.set_tag(self.run_id, f"model.{name}", f"{registered_name}/{mv.version}")
 

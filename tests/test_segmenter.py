@@ -16,12 +16,13 @@ import numpy as np
 import pytest
 import yaml
 
+from helpers import TINY_SEG_MODEL
+
 from seggen.config import load_params
 from seggen.errors import DataError
 
 TINY_SEG = {
-    "model": {"embed_dim": 16, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2], "window_size": 4, "hidden_dim": 32,
-              "num_queries": 8, "encoder_layers": 1, "decoder_layers": 1, "train_num_points": 256},
+    "model": TINY_SEG_MODEL,
     "train": {"steps": 6, "batch_size": 4, "crop": 32, "checkpoint_every": 2, "threads": 1},
     "pretrain_steps": 3,
 }

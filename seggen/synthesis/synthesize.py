@@ -41,7 +41,7 @@ from seggen.data.images import id2rgb, load_label_png
 from seggen.data.meta import META_FILE, DatasetMeta, load_meta
 from seggen.errors import DataError
 from seggen.generators.common import MODEL_META, read_model_meta, save_grid, seed_for
-from seggen.io import write_json, write_png
+from seggen.io import digest_tree, write_json, write_png
 from seggen.synthesis.manifest import ManifestRow, Scores, write_manifest
 
 log = logging.getLogger(__name__)
@@ -92,14 +92,7 @@ def sample_seeds(seed: int) -> tuple[int, int]:
 
 def model_digest(directory: Path) -> str:
     """sha256 over a model directory's files (relative path + bytes), in sorted order."""
-    h = hashlib.sha256()
-    for p in sorted(directory.rglob("*")):
-        if p.is_file():
-            h.update(str(p.relative_to(directory)).encode() + b"\0")
-            with p.open("rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-    return "sha256:" + h.hexdigest()
+    return digest_tree(directory)
 
 
 def _check_generator(directory: Path, kind: str, meta: DatasetMeta, root: Path, boundary: bool | None = None) -> dict:
