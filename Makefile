@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-all bench bench-generators bench-synthesis bench-segmenter bench-pipeline ci-check clean-data
+.PHONY: install run test test-all bench bench-generators bench-synthesis bench-segmenter bench-pipeline bench-ablation ci-check clean-data
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ bench-segmenter: install
 # The whole default pipeline from fresh clones: dvc repro, no-op, and the Prefect flow (~35 min on 2 cores).
 bench-pipeline: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m benchmarks.bench_pipeline
+
+# The ablation (issue 7): bench/dvc.yaml with bench/params.yaml -> docs/results.md (from MLflow).
+bench-ablation: install
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro bench/dvc.yaml
 
 # The CI mIoU gate (docs/pipeline.md#ci-gate); `make ci-check CI_ARGS=--update` rewrites the baseline.
 ci-check: install

@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
@@ -40,6 +40,8 @@ class PipelineRequest(BaseModel):
         default_factory=dict,
         description="params.yaml keys to set before running, e.g. {\"segmenter.train.steps\": 900}. "
                     "Written to params.yaml (like `dvc exp run -S`) so dvc.lock records them.")
+    profile: Literal["default", "bench"] = Field(
+        "default", description="default: dvc.yaml + params.yaml; bench: the ablation, bench/dvc.yaml + bench/params.yaml.")
     force: bool = Field(False, description="Re-run the selected stages even if dvc.lock says they are up to date.")
     track: bool = Field(True, description="Log to MLflow (MLFLOW_TRACKING_URI, else mlflow.db in the project).")
 
@@ -120,22 +122,27 @@ def run_stage(project: str, stage: str, force: bool = False, env: dict[str, str]
     return {"stage": stage, "ran": ran, "seconds": seconds}
 
 
-def stage_names(project: Path, groups: tuple[str, ...] | None) -> list[str]:
-    """dvc.yaml's stages in file order (foreach/matrix expanded), those of `groups` only if given."""
-    r = subprocess.run([_dvc(), "stage", "list", "--name-only"], cwd=project, capture_output=True, text=True)
+# profile -> (dvc.yaml, params file)
+PROFILES = {"default": ("dvc.yaml", "params.yaml"), "bench": ("bench/dvc.yaml", "bench/params.yaml")}
+
+
+def stage_names(project: Path, groups: tuple[str, ...] | None, dvcfile: str = "dvc.yaml") -> list[str]:
+    """The stages of `dvcfile` in file order (foreach/matrix expanded), those of `groups` only if given.
+    Stages of another dvc.yaml are addressed FILE:NAME (`dvc stage list` prints them so)."""
+    r = subprocess.run([_dvc(), "stage", "list", dvcfile, "--name-only"], cwd=project, capture_output=True, text=True)
     if r.returncode != 0:
-        raise RuntimeError(f"{project}/dvc.yaml: {r.stderr.strip() or r.stdout.strip()}")
+        raise RuntimeError(f"{project}/{dvcfile}: {r.stderr.strip() or r.stdout.strip()}")
     names = r.stdout.split()
-    return [n for n in names if groups is None or n.split("@")[0] in groups]
+    return [n for n in names if groups is None or n.rsplit(":", 1)[-1].split("@")[0] in groups]
 
 
-def apply_overrides(project: Path, overrides: dict[str, Any]):
-    """Validate, then write the keys into params.yaml (comments kept; atomic). Returns the params."""
+def apply_overrides(project: Path, overrides: dict[str, Any], params_file: str = "params.yaml"):
+    """Validate, then write the keys into the params file (comments kept; atomic). Returns the params."""
     from ruamel.yaml import YAML
 
     from seggen.config import load_params
 
-    params = project / "params.yaml"
+    params = project / params_file
     loaded = load_params(params, overrides)  # raises naming the key if a value is bad
     if not overrides:
         return loaded
@@ -149,7 +156,7 @@ def apply_overrides(project: Path, overrides: dict[str, Any]):
         for k in parents:
             node = node.setdefault(k, {})
         node[last] = value
-    tmp = params.with_name(".params.yaml.tmp")
+    tmp = params.with_name(f".{params.name}.tmp")
     with open(tmp, "w") as f:
         yaml.dump(doc, f)
     os.replace(tmp, params)
@@ -201,15 +208,16 @@ def run_pipeline(request: PipelineRequest, groups: tuple[str, ...] | None) -> di
 
     log = get_run_logger()
     project = Path(request.project_dir).resolve()
-    if not (project / "dvc.yaml").exists():
-        raise FileNotFoundError(f"{project}: no dvc.yaml (project_dir must be a seggen checkout)")
-    params = apply_overrides(project, request.overrides)
+    dvcfile, params_file = PROFILES[request.profile]
+    if not (project / dvcfile).exists():
+        raise FileNotFoundError(f"{project}: no {dvcfile} (project_dir must be a seggen checkout)")
+    params = apply_overrides(project, request.overrides, params_file)
     env = {tracking.EXECUTION_ENV: f"prefect:{flow_run.id or 'local'}"}
     if not request.track:
         env[tracking.TRACKING_ENV] = "off"
     else:  # an unreachable tracking server fails here, before any stage computes
         tracking.check_reachable(tracking.tracking_uri(project))
-    stages = stage_names(project, groups)
+    stages = stage_names(project, groups, dvcfile)
     overall = create_progress_artifact(0.0, key="pipeline-progress", description=f"0/{len(stages)} stages")
     results = []
     for i, stage in enumerate(stages):
@@ -236,4 +244,10 @@ def train_evaluate(request: PipelineRequest = PipelineRequest()) -> dict:
     return run_pipeline(request, TRAIN_EVALUATE)
 
 
-FLOWS = {"full-pipeline": pipeline, "synthesis-only": synthesis, "train-evaluate": train_evaluate}
+@flow(name="seggen-bench", description="The ablation (bench/dvc.yaml): generators, MaskSyn/ImgSyn per data regime, "
+      "every arm x seed, both evaluation splits, docs/results.md.")
+def bench(request: PipelineRequest = PipelineRequest(profile="bench")) -> dict:
+    return run_pipeline(request.model_copy(update={"profile": "bench"}), None)
+
+
+FLOWS = {"full-pipeline": pipeline, "synthesis-only": synthesis, "train-evaluate": train_evaluate, "bench": bench}

@@ -1,4 +1,4 @@
-"""Register the three pipeline deployments with a Prefect server.
+"""Register the pipeline deployments (and the ablation bench) with a Prefect server.
 
 `seggen serve` (or `python -m flows.serve`): this process serves them and runs the flow runs that
 the UI or the API create (no work pool needed). `seggen deploy --pool NAME`: registers them for a
@@ -12,11 +12,11 @@ from pathlib import Path
 
 from flows.pipeline import FLOWS
 
-ENTRYPOINTS = {"full-pipeline": "pipeline", "synthesis-only": "synthesis", "train-evaluate": "train_evaluate"}
+ENTRYPOINTS = {"full-pipeline": "pipeline", "synthesis-only": "synthesis", "train-evaluate": "train_evaluate", "bench": "bench"}
 
 
-def _parameters(project: Path) -> dict:
-    return {"request": {"project_dir": str(project)}}
+def _parameters(project: Path, name: str = "") -> dict:
+    return {"request": {"project_dir": str(project), **({"profile": "bench"} if name == "bench" else {})}}
 
 
 def serve(project_dir: str | Path = ".", limit: int = 1) -> None:
@@ -24,7 +24,7 @@ def serve(project_dir: str | Path = ".", limit: int = 1) -> None:
     from prefect import serve as prefect_serve
 
     project = Path(project_dir).resolve()
-    deployments = [f.to_deployment(name=name, parameters=_parameters(project), tags=["seggen"]) for name, f in FLOWS.items()]
+    deployments = [f.to_deployment(name=name, parameters=_parameters(project, name), tags=["seggen"]) for name, f in FLOWS.items()]
     prefect_serve(*deployments, limit=limit)
 
 
@@ -47,7 +47,7 @@ def deploy(pool: str, project_dir: str | Path = ".", source: str | Path | None =
         remote = prefect_flow.from_source(source=src, entrypoint=f"flows/pipeline.py:{fn}")
         # to_deployment + apply, not flow.deploy: deploy's check for online workers sends a request
         # that Prefect 3.8's own server rejects (limit=None -> 422)
-        dep = remote.to_deployment(name=name, work_pool_name=pool, parameters=_parameters(project), tags=["seggen"])
+        dep = remote.to_deployment(name=name, work_pool_name=pool, parameters=_parameters(project, name), tags=["seggen"])
         ids.append(str(dep.apply()))
     return ids
 

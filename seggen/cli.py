@@ -227,12 +227,15 @@ def synthesize(
     num_shards: Annotated[int, typer.Option(help="Number of shards the samples are split into.")] = 1,
     dask: Annotated[bool, typer.Option(help="Run all shards in parallel as Prefect tasks on Dask (synthesize.dask).")] = False,
     max_sources: Annotated[Optional[int], typer.Option(help="synthesize.max_sources")] = None,
+    regime: Annotated[Optional[str], typer.Option(help="A data regime of params `regimes` (its datasets: synthesize.out/REGIME/STRATEGY).")] = None,
 ) -> None:
     """Build a MaskSyn or ImgSyn dataset at synthesize.out/STRATEGY (resumes an interrupted run)."""
     from seggen import stages
 
     p = state.params({"synthesize.max_sources": max_sources})
-    res = stages.synthesize(p, strategy, shard, num_shards, dask)
+    if regime:
+        p = p.regime(regime)
+    res = stages.synthesize(p, strategy, shard, num_shards, dask, regime)
     rate = f", {res['images_per_s']:.2f} img/s" if res.get("images_per_s") else ""
     done = f"; dataset complete: {res['kept']} kept of {res['samples']}" if "kept" in res else "; other shards still to run"
     typer.echo(f"{strategy}: {res['generated']} generated{rate}{done} ({Path(p.synthesize.out) / strategy})")
@@ -244,7 +247,7 @@ def synthesize(
 @app.command()
 def evaluate(
     out: Annotated[Optional[Path], typer.Option(help="Output directory (metrics.json, predictions, pictures); default evaluate.out/ARM/SPLIT.")] = None,
-    split: Annotated[str, typer.Option(help="Split of the dataset: validation, validation_shift, ...")] = "validation",
+    split: Annotated[Optional[list[str]], typer.Option(help="Split(s) of the dataset: validation, validation_shift, ... (repeat for several; default: evaluate.splits with --arm, else validation).")] = None,
     arm: Annotated[Optional[str], typer.Option(help="Evaluate this pipeline arm's model (params.yaml `arms`).")] = None,
     model: Annotated[Optional[Path], typer.Option(help="Model directory (default: segmenter.out/model); any Mask2Former checkpoint dir.")] = None,
     root: Annotated[Optional[Path], typer.Option(help="Dataset root (default: data.root), e.g. a real ADEChallengeData2016.")] = None,
@@ -257,11 +260,15 @@ def evaluate(
     p = state.params()
     if arm and model:
         raise SeggenError("give --arm or --model, not both")
-    m = stages.evaluate(p, split, arm, model, out, root, task, size)
-    line = f"{split}: mIoU {m['semantic']['mIoU']:.2f}"
-    if "panoptic" in m:
-        line += f", PQ {m['panoptic']['PQ']:.2f}, mask AP {m['instance']['AP']:.2f}"
-    typer.echo(line)
+    split = list(split or (p.evaluate.splits if arm else ["validation"]))
+    if out and len(split) > 1:
+        raise SeggenError("--out takes one --split (without --out each split goes to evaluate.out/ARM/SPLIT)")
+    for s in split:
+        m = stages.evaluate(p, s, arm, model, out, root, task, size)
+        line = f"{s}: mIoU {m['semantic']['mIoU']:.2f}"
+        if "panoptic" in m:
+            line += f", PQ {m['panoptic']['PQ']:.2f}, mask AP {m['instance']['AP']:.2f}"
+        typer.echo(line)
 
 
 @app.command()

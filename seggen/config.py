@@ -173,6 +173,9 @@ class SynthesizeParams(_Section):
     out: Path = Path("data/synthetic")  # datasets at out/masksyn and out/imgsyn
     split: str = "training"  # source split (captions from caption.out)
     max_sources: Optional[int] = Field(None, ge=1)  # a seeded random subset of the source images
+    # low-data regime: only the images of the real subset the segmenter trains on with
+    # segmenter.real_subset = this number (same seeded draw), so no other real mask is used
+    real_subset: Optional[int] = Field(None, ge=1)
     masksyn_per_source: int = Field(1, ge=1)  # the paper: 10 on ADE20K
     imgsyn_per_source: int = Field(1, ge=1)  # the paper: 50 on ADE20K
     steps: int = Field(20, ge=1, le=1000)
@@ -248,6 +251,9 @@ class SegmenterParams(_Section):
     concat_repeat: int = Field(1, ge=1)
     pretrain_steps: int = Field(300, ge=0)
     real_subset: Optional[int] = Field(None, ge=1)  # low-data regime: a seeded subset of the real training split
+    # training randomness (init, sampling, augmentation, loss points); null: the global `seed`. The
+    # real subset is drawn with the global seed, so the seeds of an ablation see the same images.
+    seed: Optional[int] = Field(None, ge=0, lt=2**32)
     split: str = "training"
     pretrained: Optional[str] = None  # a Mask2Former checkpoint id or directory (e.g. an ADE20K or COCO one)
     backbone: Optional[str] = None  # a Swin checkpoint id or directory for the backbone (ignored with `pretrained`)
@@ -266,6 +272,11 @@ class EvaluateParams(_Section):
 
 class ReportParams(_Section):
     out: Path = Path("reports")  # report.md, summary.json, miou.png
+    # the ablation page (bench/params.yaml: docs/results.md), built from the MLflow runs: mean ± std
+    # over seeds (arms named GROUP-sSEED), bar chart and sample grids in results' folder img/results/
+    results: Optional[Path] = None
+    notes: Optional[Path] = None  # a hand-written markdown file inlined into the results page (tuning log)
+    reference: str = "baseline"  # the group each regime's arms are compared with: REGIME-REFERENCE
 
 
 _ARM_NAME = r"^[a-z0-9][a-z0-9_-]{0,39}$"
@@ -284,6 +295,9 @@ class Params(_Section):
     # the segmenter runs of the pipeline (dvc.yaml: train_segmenter foreach, evaluate matrix): each
     # arm is a set of `segmenter` keys overriding that section; its model goes to models/segmenter/ARM
     arms: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"baseline": {"strategy": "real"}})
+    # data regimes of an ablation (bench/params.yaml): each is a set of `synthesize` keys overriding
+    # that section (e.g. real_subset for the low-data regime); its datasets go to synthesize.out/REGIME
+    regimes: dict[str, dict[str, Any]] = Field(default_factory=dict)
     evaluate: EvaluateParams = EvaluateParams()
     report: ReportParams = ReportParams()
 
@@ -291,11 +305,38 @@ class Params(_Section):
     def _arms_valid(self) -> "Params":
         import re
 
+        for name in self.regimes:
+            if not re.match(_ARM_NAME, name):
+                raise ValueError(f"regimes.{name}: regime names are lowercase letters, digits, - and _")
+            self.regime(name)
         for name, overrides in self.arms.items():
             if not re.match(_ARM_NAME, name):
                 raise ValueError(f"arms.{name}: arm names are lowercase letters, digits, - and _")
-            self.arm(name)  # each arm must give a valid segmenter section
+            seg = self.arm(name).segmenter  # each arm must give a valid segmenter section
+            # an arm on a regime's synthetic data must train on that regime's real images: in the
+            # low-data regime no real mask outside the subset may reach the segmenter
+            for regime in self.regimes:
+                syn = self.regime(regime).synthesize
+                if seg.strategy != "real" and Path(seg.synthetic_root) == Path(syn.out) and seg.real_subset != syn.real_subset:
+                    raise ValueError(f"arms.{name}.real_subset: {seg.real_subset} but its synthetic data "
+                                     f"({seg.synthetic_root}) is regime {regime}'s, made from real_subset {syn.real_subset}")
         return self
+
+    def regime(self, name: str) -> "Params":
+        """These params with `synthesize` set to what regime `name` synthesizes (out: synthesize.out/NAME)."""
+        if name not in self.regimes:
+            raise ConfigError(f"regimes.{name}: no such regime (have: {', '.join(self.regimes) or 'none'})")
+        tree = self.synthesize.model_dump(mode="json")
+        tree["out"] = str(Path(self.synthesize.out) / name)
+        for key, value in self.regimes[name].items():
+            if key == "out":
+                raise ConfigError(f"regimes.{name}.out: a regime's datasets go to synthesize.out/{name}")
+            _set_dotted(tree, key, value, f"regimes.{name}")
+        try:
+            syn = SynthesizeParams.model_validate(tree)
+        except ValidationError as e:
+            raise ConfigError(_format_error(f"regimes.{name}", e).replace(f"regimes.{name}: ", f"regimes.{name}.", 1)) from None
+        return self.model_copy(update={"synthesize": syn})
 
     def arm(self, name: str) -> "Params":
         """These params with `segmenter` set to what arm `name` trains."""
@@ -324,6 +365,9 @@ def _format_error(source: str, err: ValidationError) -> str:
             msg = "unknown key"
         elif "input" in e and not isinstance(e["input"], (dict, list)):
             msg = f"{msg} (got {e['input']!r})"
+        if not e["loc"] and msg.startswith("Value error, "):  # a model validator's message names its key
+            parts.append(msg[len("Value error, "):])
+            continue
         parts.append(f"{key}: {msg}")
     return f"{source}: " + "; ".join(parts)
 

@@ -65,14 +65,16 @@ def train_generator(params: Params, kind: str) -> Path:
     return model_dir
 
 
-def synthesize(params: Params, strategy: str, shard: int | None = None, num_shards: int = 1, dask: bool = False) -> dict:
+def synthesize(params: Params, strategy: str, shard: int | None = None, num_shards: int = 1, dask: bool = False,
+               regime: str | None = None) -> dict:
+    """`params` already resolved for `regime` (Params.regime), which names the MLflow run."""
     from seggen.synthesis.synthesize import model_digest, run_shard
 
     if shard is None and num_shards != 1 and not dask:
         raise DataError("--num-shards needs --shard (or --dask to run all shards)")
     cfg = params.synthesize
     out = Path(cfg.out) / strategy
-    with tracking.stage_run(f"synthesize_{strategy}", _sections(params, "seed", "synthesize")) as mlrun:
+    with tracking.stage_run(f"synthesize_{strategy}" + (f"@{regime}" if regime else ""), _sections(params, "seed", "synthesize")) as mlrun:
         mlrun.log_dataset(params.data.root, "real", "source", cfg.split)
         mlrun.log_dataset(params.caption.out, "captions", "source")
         gens = [cfg.mask2img] + ([cfg.text2mask] if strategy == "masksyn" else [])
@@ -169,6 +171,14 @@ def report(params: Params) -> dict:
                 mlrun.log_metrics(s, prefix=f"{arm}/{split}/")
         for f in ("report.md", "summary.json", "miou.png"):
             mlrun.log_artifact(out / f)
+        if params.report.results:  # the ablation page, from the MLflow runs
+            from seggen.results import build_results
+
+            res = build_results(params)
+            mlrun.log_artifact(params.report.results)
+            for name, g in res["groups"].items():
+                mlrun.log_metrics({f"{s}/mIoU_{k}": g[s][k] for s in params.evaluate.splits for k in ("mean", "std")
+                                   if g[s][k] is not None}, prefix=f"{name}/")
         if mlrun.parent_id:  # the headline numbers on the pipeline run too
             parent = tracking.StageRun(mlrun.client, mlrun.parent_id, None, mlrun.project, mlrun.tags)
             for arm, splits in summary["arms"].items():

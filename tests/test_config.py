@@ -67,3 +67,41 @@ def test_cli_reports_bad_params_in_one_line(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "data.benchmark.num_train" in lines[0] and lines[0].startswith("error: ")
     assert not (tmp_path / "data").exists()  # nothing written
+
+
+def test_bench_profile_is_valid_and_complete():
+    """bench/params.yaml: 5 arms x 3 seeds x 2 regimes; the low regime's arms train on its subset."""
+    p = load_params(REPO / "bench" / "params.yaml")
+    assert set(p.regimes) == {"full", "low"}
+    low = p.regime("low").synthesize
+    assert low.real_subset and str(low.out) == f"{p.synthesize.out}/low"
+    groups: dict[str, set] = {}
+    for arm in p.arms:
+        group, seed = arm.rsplit("-s", 1)
+        groups.setdefault(group, set()).add(p.arm(arm).segmenter.seed)
+        seg = p.arm(arm).segmenter
+        if group.startswith("low-"):
+            assert seg.real_subset == low.real_subset
+        else:
+            assert seg.real_subset is None
+    assert groups == {f"{r}-{a}": {0, 1, 2} for r in ("full", "low") for a in ("baseline", "imgsyn", "masksyn", "both", "pretrain")}
+    # the data and captions are the main pipeline's (bench/dvc.yaml depends on them)
+    main = load_params(REPO / "params.yaml")
+    assert p.data == main.data and p.caption == main.caption
+
+
+@pytest.mark.parametrize(
+    "over, message",
+    [
+        ({"regimes": {"low": {"real_subsett": 5}}}, r"regimes\.low\.real_subsett: unknown key"),
+        ({"regimes": {"low": {"out": "x"}}}, r"regimes\.low\.out: a regime's datasets go to synthesize\.out/low"),
+        ({"regimes": {"Low": {}}}, r"regimes\.Low: regime names"),
+        ({"regimes": {"low": {"real_subset": 50}}, "arms": {"a": {"strategy": "augment", "real_subset": 40, "synthetic_root": "data/synthetic/low"}}},
+         r"arms\.a\.real_subset: 40 but its synthetic data \(data/synthetic/low\) is regime low's, made from real_subset 50"),
+        ({"arms": {"a": {"seed": -1}}}, r"arms\.a\.seed: .*greater than or equal to 0"),
+    ],
+)
+def test_bad_regimes_and_arms_name_the_key(over, message):
+    with pytest.raises(ConfigError, match=message) as e:
+        load_params(REPO / "params.yaml", over)
+    assert "\n" not in str(e.value)

@@ -234,3 +234,13 @@ def test_bad_input(small_benchmark, tmp_path, tiny_gens):
         evaluate(p, tiny_gens / "t2m" / "model", "validation", tmp_path / "ev", progress=False)
     r = cli(seg_params(tmp_path, small_benchmark), "train", "segmenter", "--strategy", "mixup")
     assert r.returncode == 2 and "segmenter.strategy" in r.stderr
+
+
+def test_segmenter_seed_changes_the_run_not_the_real_subset(small_benchmark, tmp_path):
+    from seggen.segmenter.train import Mixture, make_batch
+
+    p0 = load_params(seg_params(tmp_path, small_benchmark, real_subset=6))
+    p1 = load_params(seg_params(tmp_path, small_benchmark, real_subset=6, seed=1))
+    assert list(Mixture(p0).real_idx) == list(Mixture(p1).real_idx)
+    b0, b0_again, b1 = (make_batch(Mixture(p), p, "main", 0, 0)[0] for p in (p0, p0, p1))
+    assert b0.equal(b0_again) and not b0.equal(b1)

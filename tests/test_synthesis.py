@@ -222,3 +222,18 @@ def test_local_workers_equal_single_process(reference, gens, tmp_path):
     res = synthesize(load_params(params_file(gens, out, masksyn_per_source=2, workers=2)), "masksyn", progress=False)
     assert res["workers"] == 2 and res["generated"] == 48
     assert tree(out / "masksyn") == reference["tree"]
+
+
+def test_low_data_regime_synthesizes_from_the_segmenters_subset_only(gens, tmp_path):
+    """synthesize.real_subset = N: the sources are exactly the N real images segmenter.real_subset = N
+    trains on, and the quality filter's segmenter is trained on those images only."""
+    from seggen.segmenter.train import Mixture
+
+    p = load_params(params_file(gens, tmp_path / "syn", real_subset=5))
+    plan = make_plan(p, "imgsyn")
+    sources = sorted({j.source for j in plan.jobs})
+    seg = load_params(params_file(gens, tmp_path / "syn"), {"segmenter.real_subset": 5, "segmenter.seed": 7})
+    mix = Mixture(seg)
+    assert sources == sorted(mix.real.ids[i] for i in mix.real_idx) and len(sources) == 5
+    # the training seed does not move the subset
+    assert list(Mixture(load_params(params_file(gens, tmp_path / "syn"), {"segmenter.real_subset": 5})).real_idx) == list(mix.real_idx)

@@ -65,13 +65,17 @@ def load_resized(root: Path, split: str, resolution: int) -> tuple[torch.Tensor,
 
 
 def train_probe(root: str | Path, resolution: int, seed: int, steps: int = 400, batch: int = 32,
-                split: str = "training", progress: bool = True) -> tuple[ProbeSegmenter, torch.Tensor, torch.Tensor]:
-    """-> (model, images, labels); label 0 (other) is not a training target."""
+                split: str = "training", progress: bool = True, subset=None) -> tuple[ProbeSegmenter, torch.Tensor, torch.Tensor]:
+    """-> (model, images, labels); label 0 (other) is not a training target. `subset`: indices of the
+    images to use (the low-data regime), default all."""
     from seggen.generators.common import batch_indices, seed_for
 
     root = Path(root)
     meta = load_meta(root)
     x_all, y_all = load_resized(root, split, resolution)
+    if subset is not None:
+        keep = torch.as_tensor(subset, dtype=torch.long)
+        x_all, y_all = x_all[keep], y_all[keep]
     torch.manual_seed(seed_for(seed, "probe"))
     model = ProbeSegmenter(meta.num_classes)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)

@@ -24,6 +24,7 @@ from seggen.data.coco import CocoPanoptic
 from seggen.data.images import load_rgb
 from seggen.data.meta import DatasetMeta, load_meta
 from seggen.errors import DataError
+from seggen.generators.common import seed_for
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255  # ImageNet statistics (pretrained Swin)
 STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
@@ -69,6 +70,16 @@ class SegSource:
         if self.pan is not None:
             ids, segments = self.pan.load_ids(self.pan_index[s.id])
         return Item(image, labels, ids, segments)
+
+
+def real_subset(seed: int, total: int, n: int | None) -> np.ndarray:
+    """Indices (sorted) of the low-data regime's real images: a subset of n drawn with the global seed.
+    Synthesis with synthesize.real_subset draws the same one."""
+    idx = np.arange(total)
+    if n and n < total:
+        rng = np.random.default_rng(seed_for(seed, "segmenter", "real_subset"))
+        idx = np.sort(rng.choice(total, n, replace=False))
+    return idx
 
 
 def synthetic_by_source(src: SegSource) -> dict[str, list[int]]:

@@ -30,7 +30,7 @@ from seggen.errors import DataError
 from seggen.generators.common import make_accelerator, resumable_checkpoint, seed_for, write_loss_log
 from seggen.io import atomic_dir
 from seggen.models import checkpoint as ckpt
-from seggen.segmenter.data import SegSource, augment, pixel_values, synthetic_by_source, targets
+from seggen.segmenter.data import SegSource, augment, pixel_values, real_subset, synthetic_by_source, targets
 from seggen.segmenter.model import SEG_META, build_model
 
 log = logging.getLogger(__name__)
@@ -45,11 +45,7 @@ class Mixture:
         pan = cfg.task == "panoptic"
         self.real = SegSource(params.data.root, cfg.split, pan, "real")
         self.meta = self.real.meta
-        idx = np.arange(len(self.real))
-        if cfg.real_subset and cfg.real_subset < len(idx):
-            rng = np.random.default_rng(seed_for(params.seed, "segmenter", "real_subset"))
-            idx = np.sort(rng.choice(len(idx), cfg.real_subset, replace=False))
-        self.real_idx = idx
+        self.real_idx = real_subset(params.seed, len(self.real), cfg.real_subset)
         self.syn: list[SegSource] = []
         self.syn_pool: list[tuple[int, int]] = []
         self.by_source: dict[str, list[tuple[int, int]]] = {}
@@ -101,6 +97,11 @@ class Mixture:
         return (self.real if src < 0 else self.syn[src]).load(i)
 
 
+def training_seed(params: Params) -> int:
+    s = params.segmenter.seed
+    return params.seed if s is None else s
+
+
 def _fingerprint(params: Params, mix: Mixture) -> str:
     seg = params.segmenter.model_dump(mode="json", exclude={"out"})
     for k in ("checkpoint_every", "keep_checkpoints", "threads"):
@@ -125,7 +126,7 @@ def poly_lr(base: float, k: int, n: int, power: float, warmup: int) -> float:
 
 def make_batch(mix: Mixture, params: Params, phase: str, step: int, micro: int):
     tc = params.segmenter.train
-    rng = np.random.default_rng(seed_for(params.seed, "segmenter", phase, step, micro))
+    rng = np.random.default_rng(seed_for(training_seed(params), "segmenter", phase, step, micro))
     items = [augment(mix.load(s, i), rng, tc.crop, tc.scale, tc.flip) for s, i in mix.draw(phase, step, tc.batch_size, rng)]
     tg = [targets(it, params.segmenter.task) for it in items]
     return pixel_values([it.image for it in items]), [t[0] for t in tg], [t[1] for t in tg]
@@ -138,7 +139,7 @@ def train_segmenter(params: Params, progress: bool = True) -> Path:
         torch.set_num_threads(tc.threads)
     mix = Mixture(params)  # bad input fails here, before any training
     accelerator = make_accelerator(tc)
-    torch.manual_seed(seed_for(params.seed, "segmenter", "init"))
+    torch.manual_seed(seed_for(training_seed(params), "segmenter", "init"))
     model = build_model(cfg, mix.meta)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     total = tc.steps + (cfg.pretrain_steps if cfg.strategy == "pretrain_finetune" else 0)
@@ -163,7 +164,7 @@ def train_segmenter(params: Params, progress: bool = True) -> Path:
             g["lr"] = poly_lr(tc.lr, k, n, tc.poly_power, tc.warmup_steps)
         step_loss = 0.0
         # the loss samples points with the global RNG: seed it per step so a resumed run repeats
-        torch.manual_seed(seed_for(params.seed, "segmenter", "step", step))
+        torch.manual_seed(seed_for(training_seed(params), "segmenter", "step", step))
         for micro in range(tc.grad_accum):
             x, masks, classes = make_batch(mix, params, phase, step, micro * accelerator.num_processes + accelerator.process_index)
             with accelerator.accumulate(model):

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 def _fingerprint(params: Params) -> str:
     f = params.synthesize.filter
     blob = json.dumps([params.seed, str(params.data.root), params.data.model_dump(mode="json"), params.synthesize.split,
-                       f.resolution, f.steps, f.batch_size], sort_keys=True)
+                       f.resolution, f.steps, f.batch_size, params.synthesize.real_subset], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -89,8 +89,14 @@ def load_filter(params: Params, progress: bool = True) -> QualityFilter | None:
         info = json.loads((out / "probe.json").read_text())
     if info is None or info.get("fingerprint") != fp:
         log.info("training the filter segmenter (%d steps) into %s", f.steps, out)
+        subset = None
+        if params.synthesize.real_subset:  # the low-data regime: the filter sees only the real subset too
+            from seggen.data.ade20k import ADE20KDataset
+            from seggen.segmenter.data import real_subset
+
+            subset = real_subset(params.seed, len(ADE20KDataset(params.data.root, params.synthesize.split).samples), params.synthesize.real_subset)
         model, x, y = probe.train_probe(params.data.root, f.resolution, params.seed, f.steps, f.batch_size,
-                                        split=params.synthesize.split, progress=progress)
+                                        split=params.synthesize.split, progress=progress, subset=subset)
         losses = probe.class_mean_losses(model, x, y)
         with atomic_dir(out) as tmp:
             model.save(tmp, {"fingerprint": fp, "resolution": f.resolution, "class_mean_loss": losses})

@@ -123,6 +123,10 @@ def make_plan(params: Params, strategy: str) -> Plan:
     generators["mask2img"] = model_digest(Path(cfg.mask2img))
 
     ids = [s.id for s in ds.samples]
+    if cfg.real_subset:
+        from seggen.segmenter.data import real_subset
+
+        ids = [ids[i] for i in real_subset(params.seed, len(ids), cfg.real_subset)]
     if cfg.max_sources and cfg.max_sources < len(ids):
         rng = np.random.default_rng(seed_for(params.seed, "synthesize", "sources"))
         ids = [ids[i] for i in sorted(rng.choice(len(ids), cfg.max_sources, replace=False))]
