@@ -78,8 +78,10 @@ def test_deploy_registers_the_deployments_on_a_work_pool(prefect_server, tmp_pat
     req = urllib.request.Request(prefect_server + "/deployments/filter", data=b"{}", headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=30) as resp:
         deps = [d for d in json.loads(resp.read()) if d.get("work_pool_name") == "seggen-test"]
-    assert {d["name"] for d in deps} == {"full-pipeline", "synthesis-only", "train-evaluate"}
+    assert {d["name"] for d in deps} == {"full-pipeline", "synthesis-only", "train-evaluate", "bench"}
     assert all(d["parameters"]["request"]["project_dir"] == str(tmp_path) for d in deps)
-    assert {d["entrypoint"] for d in deps} == {"flows/pipeline.py:pipeline", "flows/pipeline.py:synthesis", "flows/pipeline.py:train_evaluate"}
+    assert {d["name"]: d["parameters"]["request"].get("profile") for d in deps}["bench"] == "bench"
+    assert {d["entrypoint"] for d in deps} == {"flows/pipeline.py:pipeline", "flows/pipeline.py:synthesis", "flows/pipeline.py:train_evaluate",
+                                               "flows/pipeline.py:bench"}
     for d in deps:  # the same names are served by test_pipeline.py against this server
         urllib.request.urlopen(urllib.request.Request(f"{prefect_server}/deployments/{d['id']}", method="DELETE"), timeout=30)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from flows.pipeline import PipelineRequest, StageFailed, _transient, apply_overrides
+from flows.pipeline import PipelineRequest, StageFailed, _transient, apply_overrides, stage_names
 from seggen.config import load_params
 from seggen.errors import ConfigError
 
@@ -50,3 +50,23 @@ def test_only_transient_failures_are_retried():
     assert not _transient(None, None, _State(StageFailed("evaluate", 127, "seggen: command not found")))
     assert _transient(None, None, _State(StageFailed("train_segmenter@seggen", -9, "killed")))
     assert _transient(None, None, _State(OSError("disk")))
+
+
+def test_bench_profile_stages_and_overrides(tmp_path):
+    """The bench flow runs bench/dvc.yaml's stages (regime x strategy, arm x seed) and writes its
+    overrides into bench/params.yaml, not params.yaml."""
+    names = stage_names(REPO, None, "bench/dvc.yaml")
+    p = load_params(REPO / "bench" / "params.yaml")
+    assert names[:2] == ["bench/dvc.yaml:train_text2mask", "bench/dvc.yaml:train_mask2img"]
+    assert sum(n.startswith("bench/dvc.yaml:synthesize@") for n in names) == 2 * len(p.regimes)
+    assert [n for n in names if ":train_segmenter@" in n] == [f"bench/dvc.yaml:train_segmenter@{a}" for a in p.arms]
+    assert stage_names(REPO, ("report",), "bench/dvc.yaml") == ["bench/dvc.yaml:report"]
+    (tmp_path / "bench").mkdir()
+    shutil.copy(REPO / "bench" / "params.yaml", tmp_path / "bench" / "params.yaml")
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    apply_overrides(tmp_path, {"segmenter.train.steps": 200}, "bench/params.yaml")
+    assert load_params(tmp_path / "bench" / "params.yaml").segmenter.train.steps == 200
+    assert (tmp_path / "params.yaml").read_text() == (REPO / "params.yaml").read_text()
+    assert PipelineRequest(profile="bench").profile == "bench"
+    with pytest.raises(ValidationError):
+        PipelineRequest(profile="nope")

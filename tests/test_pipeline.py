@@ -198,7 +198,7 @@ def test_prefect_deployment_triggered_through_the_api(project, prefect_server):
                 time.sleep(1)
         assert dep is not None
         names = {d["name"] for d in _api(prefect_server, "/deployments/filter", {})}
-        assert names == {"full-pipeline", "synthesis-only", "train-evaluate"}
+        assert names == {"full-pipeline", "synthesis-only", "train-evaluate", "bench"}
         assert "request" in dep["parameter_openapi_schema"]["properties"]  # the UI's form comes from the pydantic model
         # as the UI does: create a flow run of the deployment with edited parameters
         run = _api(prefect_server, f"/deployments/{dep['id']}/create_flow_run",
