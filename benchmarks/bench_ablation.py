@@ -70,7 +70,8 @@ captions up to date), MLflow on (local SQLite). Target: <= 60 min on 2 CPU cores
 | --- | ---: | ---: | ---: |
 {rows}
 
-The rest of the wall time is DVC (hashing, locking) and starting a `seggen` process per stage.
+`evaluate` counts one run per arm and split (one process per arm scores both splits). The rest of
+the wall time is DVC (hashing, locking) and starting a `seggen` process per stage (67 stages).
 GPU: not measured (no GPU was lent to this session).
 """
     print(body)

@@ -8,7 +8,6 @@ import json
 import re
 import shutil
 import statistics
-from pathlib import Path
 
 import yaml
 
@@ -32,7 +31,8 @@ def test_bench_repro_builds_results_page_from_mlflow(tmp_path, mlflow_server):
     bench["regimes"] = {"full": {}, "low": {"real_subset": 8, "max_sources": None, "imgsyn_per_source": 2}}
     bench["arms"] = ARMS
     (root / "bench" / "params.yaml").write_text(yaml.safe_dump(bench, sort_keys=False))
-    env = _env(mlflow_server)
+    # its own experiment: test_pipeline.py reads the shared server's `seggen` experiment
+    env = {**_env(mlflow_server), "MLFLOW_EXPERIMENT_NAME": "seggen-bench-test"}
     r = dvc(root, "repro", "bench/dvc.yaml", env=env)
     stages = ran(r)
     # the main pipeline's data stages first, then the bench's own (none of the main pipeline's models)

@@ -237,3 +237,11 @@ def test_low_data_regime_synthesizes_from_the_segmenters_subset_only(gens, tmp_p
     assert sources == sorted(mix.real.ids[i] for i in mix.real_idx) and len(sources) == 5
     # the training seed does not move the subset
     assert list(Mixture(load_params(params_file(gens, tmp_path / "syn"), {"segmenter.real_subset": 5})).real_idx) == list(mix.real_idx)
+
+
+def test_filter_segmenter_of_the_low_data_regime_sees_the_subset_only(small_benchmark):
+    from seggen.models import probe
+
+    x_all, y_all = probe.load_resized(small_benchmark, "training", 16)
+    _, x, y = probe.train_probe(small_benchmark, 16, 0, steps=1, batch=2, progress=False, subset=[0, 3])
+    assert x.equal(x_all[[0, 3]]) and y.equal(y_all[[0, 3]])
