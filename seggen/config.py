@@ -324,34 +324,29 @@ class Params(_Section):
 
     def regime(self, name: str) -> "Params":
         """These params with `synthesize` set to what regime `name` synthesizes (out: synthesize.out/NAME)."""
-        if name not in self.regimes:
-            raise ConfigError(f"regimes.{name}: no such regime (have: {', '.join(self.regimes) or 'none'})")
-        tree = self.synthesize.model_dump(mode="json")
-        tree["out"] = str(Path(self.synthesize.out) / name)
-        for key, value in self.regimes[name].items():
-            if key == "out":
-                raise ConfigError(f"regimes.{name}.out: a regime's datasets go to synthesize.out/{name}")
-            _set_dotted(tree, key, value, f"regimes.{name}")
-        try:
-            syn = SynthesizeParams.model_validate(tree)
-        except ValidationError as e:
-            raise ConfigError(_format_error(f"regimes.{name}", e).replace(f"regimes.{name}: ", f"regimes.{name}.", 1)) from None
-        return self.model_copy(update={"synthesize": syn})
+        if "out" in self.regimes.get(name, {}):
+            raise ConfigError(f"regimes.{name}.out: a regime's datasets go to synthesize.out/{name}")
+        return self._overridden("regimes", name, "synthesize", Path(self.synthesize.out) / name)
 
     def arm(self, name: str) -> "Params":
         """These params with `segmenter` set to what arm `name` trains."""
-        if name not in self.arms:
-            raise ConfigError(f"arms.{name}: no such arm (have: {', '.join(self.arms) or 'none'})")
-        tree = self.segmenter.model_dump(mode="json")
-        tree["out"] = str(Path(ARMS_ROOT) / name)
-        for key, value in self.arms[name].items():
-            _set_dotted(tree, key, value, f"arms.{name}")
-        try:
-            seg = SegmenterParams.model_validate(tree)
-        except ValidationError as e:
-            raise ConfigError(_format_error(f"arms.{name}", e).replace(f"arms.{name}: ", f"arms.{name}.", 1)) from None
-        return self.model_copy(update={"segmenter": seg})
+        return self._overridden("arms", name, "segmenter", Path(ARMS_ROOT) / name)
 
+    def _overridden(self, group: str, name: str, section: str, out: Path) -> "Params":
+        """`section` with the keys of `group`.`name` (an arm or a regime) set and `out` moved to `out`."""
+        entries = getattr(self, group)
+        if name not in entries:
+            raise ConfigError(f"{group}.{name}: no such {group[:-1]} (have: {', '.join(entries) or 'none'})")
+        current = getattr(self, section)
+        tree = current.model_dump(mode="json")
+        tree["out"] = str(out)
+        for key, value in entries[name].items():
+            _set_dotted(tree, key, value, f"{group}.{name}")
+        try:
+            new = type(current).model_validate(tree)
+        except ValidationError as e:
+            raise ConfigError(_format_error(f"{group}.{name}", e).replace(f"{group}.{name}: ", f"{group}.{name}.", 1)) from None
+        return self.model_copy(update={section: new})
 
 ARMS_ROOT = "models/segmenter"
 
