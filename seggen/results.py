@@ -8,6 +8,7 @@ beyond noise when Δ > 2 x sqrt(std_a² + std_b²) (the std of each group over i
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import statistics
@@ -152,7 +153,7 @@ def build_results(params: Params, project: Path = Path(".")) -> dict:
             summary["groups"][g.name] = {"regime": g.regime, "seeds": g.seeds, **{
                 s: {"mean": g.mean(s), "std": g.std(s), "values": g.values.get(s, {}).get("mIoU", [])} for s in splits}}
         lines.append("")
-    exp_name = __import__("os").environ.get(tracking.EXPERIMENT_ENV, tracking.DEFAULT_EXPERIMENT)
+    exp_name = os.environ.get(tracking.EXPERIMENT_ENV, tracking.DEFAULT_EXPERIMENT)
     lines += ["![mIoU per arm, mean ± std over seeds](" + rel(img / "miou.png") + ")", "",
               "## Every run", "",
               f"The latest finished `evaluate` run of every arm and split in MLflow experiment `{exp_name}` "
@@ -182,7 +183,7 @@ def _pictures(params: Params, groups: dict[str, Group], uri: str, img: Path) -> 
     import mlflow
 
     mlflow.set_tracking_uri(uri)
-    name = __import__("os").environ.get(tracking.EXPERIMENT_ENV, tracking.DEFAULT_EXPERIMENT)
+    name = os.environ.get(tracking.EXPERIMENT_ENV, tracking.DEFAULT_EXPERIMENT)
     found: list[tuple[str, str, str]] = []  # (caption, run id, artifact path)
     for regime in params.regimes:
         for strategy in ("masksyn", "imgsyn"):
