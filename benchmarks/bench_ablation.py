@@ -28,7 +28,7 @@ def stage_runs(project: Path = Path(".")) -> list:
 
     arm = next(iter(load_params("bench/params.yaml").arms))
     client, _ = tracking.open_client(project)
-    exp = client.get_experiment_by_name(tracking.DEFAULT_EXPERIMENT)
+    exp = client.get_experiment_by_name(tracking.experiment_name())
     last = client.search_runs([exp.experiment_id], f"tags.`{tracking.STAGE}` = 'evaluate@{arm}-validation'",
                               order_by=["attributes.start_time DESC"], max_results=1)
     if not last:

@@ -166,13 +166,11 @@ def apply_overrides(project: Path, overrides: dict[str, Any], params_file: str =
 def _mlflow_links(project: Path, execution: str) -> tuple[dict[tuple[str, str], str], str | None]:
     """The latest evaluate run of each (arm, split) and this execution's parent run, as UI links."""
     from seggen import tracking
-    from seggen.compare import search_evaluations
+    from seggen.compare import latest_evaluations, search_evaluations
 
     df, uri = search_evaluations(project)
     exp_id = df["experiment_id"].iloc[0] if len(df) else None
-    runs: dict[tuple[str, str], str] = {}
-    for _, r in df.iterrows():  # newest first
-        runs.setdefault((r.get("tags.arm"), r.get("tags.split")), tracking.run_url(uri, r["experiment_id"], r["run_id"]))
+    runs = {k: tracking.run_url(uri, r["experiment_id"], r["run_id"]) for k, r in latest_evaluations(df).items()}
     client, _ = tracking.open_client(project)
     parent = client.search_runs([exp_id], f"tags.`{tracking.EXECUTION}` = '{execution}' and tags.`{tracking.KIND}` = 'pipeline'") if exp_id else []
     return runs, tracking.run_url(uri, exp_id, parent[0].info.run_id) if parent else None

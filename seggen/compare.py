@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from seggen import tracking
@@ -17,7 +16,7 @@ def search_evaluations(project: Path = Path(".")):
 
     _, uri = tracking.open_client(project)
     mlflow.set_tracking_uri(uri)
-    name = os.environ.get(tracking.EXPERIMENT_ENV, tracking.DEFAULT_EXPERIMENT)
+    name = tracking.experiment_name()
     if mlflow.get_experiment_by_name(name) is None:
         raise SeggenError(f"MLflow experiment {name!r} not found at {uri}: run the pipeline first")
     return mlflow.search_runs(
@@ -25,6 +24,14 @@ def search_evaluations(project: Path = Path(".")):
         filter_string=f"tags.`{tracking.KIND}` = 'stage' and tags.`{tracking.STAGE}` LIKE 'evaluate@%' and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"],
     ), uri
+
+
+def latest_evaluations(df) -> dict[tuple[str, str], object]:
+    """(arm, split) -> the newest row of `search_evaluations`' DataFrame."""
+    latest: dict[tuple[str, str], object] = {}
+    for _, r in df.iterrows():  # newest first
+        latest.setdefault((r.get("tags.arm"), r.get("tags.split")), r)
+    return latest
 
 
 def compare_runs(splits: list[str], latest: int = 1) -> str:

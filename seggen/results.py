@@ -8,7 +8,6 @@ beyond noise when Δ > 2 x sqrt(std_a² + std_b²) (the std of each group over i
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import statistics
@@ -53,17 +52,13 @@ def group_of(arm: str, regimes: dict) -> tuple[str, str, int]:
 
 def collect(params: Params, project: Path = Path(".")):
     """-> ({group: Group}, tracking uri, experiment id): the latest finished evaluation of every arm and split."""
-    from seggen.compare import search_evaluations
+    from seggen.compare import latest_evaluations, search_evaluations
 
     if not tracking.enabled():
         raise DataError(f"report.results ({params.report.results}) is built from MLflow runs: tracking is off "
                         f"(unset {tracking.TRACKING_ENV} / drop --offline)")
     df, uri = search_evaluations(project)
-    latest: dict[tuple[str, str], object] = {}
-    for _, r in df.iterrows():  # newest first
-        key = (r.get("tags.arm"), r.get("tags.split"))
-        if key[0] in params.arms and key[1] in params.evaluate.splits and key not in latest:
-            latest[key] = r
+    latest = latest_evaluations(df)
     missing = [f"{a}/{s}" for a in params.arms for s in params.evaluate.splits if (a, s) not in latest]
     if missing:
         raise DataError(f"{uri}: no finished MLflow evaluation for {len(missing)} arm/split(s), e.g. {missing[0]}: "
@@ -153,7 +148,7 @@ def build_results(params: Params, project: Path = Path(".")) -> dict:
             summary["groups"][g.name] = {"regime": g.regime, "seeds": g.seeds, **{
                 s: {"mean": g.mean(s), "std": g.std(s), "values": g.values.get(s, {}).get("mIoU", [])} for s in splits}}
         lines.append("")
-    exp_name = os.environ.get(tracking.EXPERIMENT_ENV, tracking.DEFAULT_EXPERIMENT)
+    exp_name = tracking.experiment_name()
     lines += ["![mIoU per arm, mean ± std over seeds](" + rel(img / "miou.png") + ")", "",
               "## Every run", "",
               f"The latest finished `evaluate` run of every arm and split in MLflow experiment `{exp_name}` "
@@ -178,16 +173,15 @@ def build_results(params: Params, project: Path = Path(".")) -> dict:
 
 
 def _pictures(params: Params, groups: dict[str, Group], uri: str, img: Path) -> list[tuple[str, Path]]:
-    """Synthetic sample grids (the synthesize runs' grid.png) and prediction grids of one seed of the
-    reference and the `both` arm, downloaded from MLflow."""
+    """Synthetic sample grids (the synthesize runs' grid.png) and prediction grids of the first seed of
+    the reference and the `both` arms (their evaluate runs, found by `collect`), downloaded from MLflow."""
     import mlflow
 
     mlflow.set_tracking_uri(uri)
-    name = os.environ.get(tracking.EXPERIMENT_ENV, tracking.DEFAULT_EXPERIMENT)
     found: list[tuple[str, str, str]] = []  # (caption, run id, artifact path)
     for regime in params.regimes:
         for strategy in ("masksyn", "imgsyn"):
-            df = mlflow.search_runs(experiment_names=[name], max_results=1, order_by=["attributes.start_time DESC"],
+            df = mlflow.search_runs(experiment_names=[tracking.experiment_name()], max_results=1, order_by=["attributes.start_time DESC"],
                                     filter_string=f"tags.`{tracking.STAGE}` = 'synthesize_{strategy}@{regime}' and attributes.status = 'FINISHED'")
             if not df.empty:
                 found.append((f"{strategy} samples, regime {regime} (colour map | generated image)", df.iloc[0]["run_id"], "grid.png"))
@@ -195,10 +189,7 @@ def _pictures(params: Params, groups: dict[str, Group], uri: str, img: Path) -> 
         if g.name.split("-", 1)[-1] in (params.report.reference, "both"):
             arm = f"{g.name}-s{g.seeds[0]}" if f"{g.name}-s{g.seeds[0]}" in params.arms else g.name
             for split in params.evaluate.splits:
-                df = mlflow.search_runs(experiment_names=[name], max_results=1, order_by=["attributes.start_time DESC"],
-                                        filter_string=f"tags.`{tracking.STAGE}` = 'evaluate@{arm}-{split}' and attributes.status = 'FINISHED'")
-                if not df.empty:
-                    found.append((f"{arm} on {split} (image | ground truth | prediction)", df.iloc[0]["run_id"], f"eval/{split}/predictions.png"))
+                found.append((f"{arm} on {split} (image | ground truth | prediction)", g.run_ids[split][0], f"eval/{split}/predictions.png"))
     files = []
     img.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:

@@ -233,8 +233,12 @@ class StageRun(NullRun):
             self.client.set_tag(self.run_id, k, str(v))
 
 
+def experiment_name() -> str:
+    return os.environ.get(EXPERIMENT_ENV, DEFAULT_EXPERIMENT)
+
+
 def _experiment(client, project: Path) -> str:
-    name = os.environ.get(EXPERIMENT_ENV, DEFAULT_EXPERIMENT)
+    name = experiment_name()
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
