@@ -143,7 +143,7 @@ def apply_overrides(project: Path, overrides: dict[str, Any], params_file: str =
     from seggen.config import load_params
 
     params = project / params_file
-    loaded = load_params(params, overrides)  # raises naming the key if a value is bad
+    loaded = load_params(params, overrides, override_source="overrides")  # raises naming the key if a value is bad
     if not overrides:
         return loaded
     yaml = YAML()  # round trip: comments and quoting kept ("no" must stay a string for YAML 1.1 readers)

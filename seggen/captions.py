@@ -112,7 +112,13 @@ def read_captions(path: str | Path) -> dict[str, CaptionRow]:
     rows: dict[str, CaptionRow] = {}
     if not path.exists():
         return rows
-    for i, line in enumerate(path.read_text().splitlines(), start=1):
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, expected the captions JSONL file")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start}); not a captions file") from None
+    for i, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -189,9 +195,11 @@ def caption_dataset(
     progress: bool = True,
 ) -> dict[str, int]:
     """Caption every image of `split` not yet captioned (by this captioner, with these bytes)."""
-    root, out = Path(root), Path(out)
+    from seggen.outputs import check_file
+
+    root, out = Path(root), check_file(out, "caption.out")
+    existing = read_captions(out)  # a file that is not ours stops here: it is never overwritten
     ds = ADE20KDataset(root, split)
-    existing = read_captions(out)
     if captioner == "label":
         name = "label"
         counts = _instance_counts(root, split)

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from seggen.config import load_params
-from seggen.errors import ConfigError, SeggenError
+from seggen.errors import ConfigError, SeggenError, not_found
 from seggen.io import write_json
 
 DEFAULT_TOLERANCE = 3.0  # mIoU points: float differences between CPUs move a 200-step run by ~1
@@ -85,7 +85,7 @@ def compare(scores: dict, baseline: dict, tolerance: float) -> tuple[list[str], 
 def ci_check(baseline_path: Path, params_path: Path, tolerance: float | None = None, update: bool = False,
              workdir: Path | None = None) -> str:
     if not params_path.exists():
-        raise ConfigError(f"{params_path}: CI params file not found")
+        raise ConfigError(not_found(params_path, "file", "CI params"))
     t0 = time.perf_counter()
     if workdir is None:
         with tempfile.TemporaryDirectory(prefix="seggen-ci-") as tmp:

@@ -1,6 +1,8 @@
 """The `seggen` command. Every subcommand reads params.yaml through seggen.config; flags override it.
 
-Errors that users can fix (bad params, bad data) print one line `error: ...` and exit 2.
+Errors that users can fix (bad params, data, options or output locations, a full disk) print one line
+`error: ...` naming the file, key or option, and exit 2; `--debug` adds the traceback. Anything else is
+a bug: one line and exit 1 (the traceback with `--debug`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Annotated, Optional
 import typer
 
 from seggen.config import DEFAULT_PARAMS, Params, load_params, parse_overrides
-from seggen.errors import SeggenError
+from seggen.errors import ConfigError, SeggenError
 
 app = typer.Typer(
     add_completion=False,
@@ -49,6 +51,7 @@ def _root(
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
     offline: Annotated[bool, typer.Option("--offline", help="No MLflow tracking for this command (same as SEGGEN_TRACKING=off).")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Print the traceback of an error.")] = False,
 ) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not verbose:  # per-request and per-worker chatter of the Prefect client and Dask
@@ -62,6 +65,12 @@ def _root(
         from seggen.tracking import TRACKING_ENV
 
         os.environ[TRACKING_ENV] = "off"
+
+
+def _positive(value: int, option: str) -> int:
+    if value < 1:
+        raise ConfigError(f"{option} {value}: must be at least 1")
+    return value
 
 
 def _write_or_print(result: dict, out: Optional[Path]) -> None:
@@ -96,13 +105,13 @@ def data_check(
     root: Annotated[Optional[Path], typer.Option(help="Dataset root (default: data.root).")] = None,
     split: Annotated[Optional[list[str]], typer.Option(help="Split(s) to check (default: all).")] = None,
 ) -> None:
-    """Load every sample of a dataset and report the first problem, naming the file."""
+    """Load every sample of a dataset (ADE20K layout, with its panoptic JSON where present, or a COCO
+    root: images + annotations/*.json) and stop at the first problem, naming the file."""
     from seggen.prepare import check_dataset
 
-    p = state.params()
-    counts = check_dataset(root or p.data.root, split)
+    counts = check_dataset(root or state.params().data.root, split)
     for s, n in counts.items():
-        typer.echo(f"{s}: {n} samples ok")
+        typer.echo(f"{s}: {n} ok")
 
 
 # -- captions and generators ------------------------------------------------------------------
@@ -179,21 +188,25 @@ def sample_text2mask_cmd(
     guidance_scale: Annotated[Optional[float], typer.Option(help="text2mask.sample.guidance_scale")] = None,
 ) -> None:
     """Generate colour-map masks and their decoded label PNGs."""
-    from seggen.generators.text2mask import sample_text2mask
-    from seggen.generators.common import save_grid
-    from seggen.io import write_png
+    import numpy as np
 
+    from seggen.generators.common import save_grid
+    from seggen.generators.text2mask import sample_text2mask
+    from seggen.io import staged_files, write_png
+    from seggen.outputs import check_dir
+
+    _positive(n, "--n")
+    check_dir(out, "--out")  # before sampling, not after
     p = state.params({"text2mask.sample.steps": steps, "text2mask.sample.guidance_scale": guidance_scale})
     s = p.text2mask.sample
     res = sample_text2mask(model or Path(p.text2mask.out) / "model", prompt, n, p.seed, s.steps, s.guidance_scale, s.batch_size)
-    for i, (rgb, lab) in enumerate(zip(res["rgb"], res["labels"])):
-        write_png(out / f"mask_{i:04d}.png", rgb)
-        write_png(out / f"label_{i:04d}.png", lab.astype("uint8"))
-        if "instances" in res:  # instance ids as a 16-bit PNG (0 = stuff / no instance)
-            write_png(out / f"instances_{i:04d}.png", res["instances"][i].astype("uint16"))
-    import numpy as np
-
-    save_grid([np.concatenate(list(res["rgb"][k : k + n]), 1) for k in range(0, len(res["rgb"]), n)], out / "grid.png")
+    with staged_files(out, "sample text2mask", "--out") as tmp:  # all files or none
+        for i, (rgb, lab) in enumerate(zip(res["rgb"], res["labels"])):
+            write_png(tmp / f"mask_{i:04d}.png", rgb)
+            write_png(tmp / f"label_{i:04d}.png", lab.astype("uint8"))
+            if "instances" in res:  # instance ids as a 16-bit PNG (0 = stuff / no instance)
+                write_png(tmp / f"instances_{i:04d}.png", res["instances"][i].astype("uint16"))
+        save_grid([np.concatenate(list(res["rgb"][k : k + n]), 1) for k in range(0, len(res["rgb"]), n)], tmp / "grid.png")
     typer.echo(f"{len(res['rgb'])} masks written to {out}")
 
 
@@ -210,7 +223,10 @@ def sample_mask2img_cmd(
 ) -> None:
     """Generate images for one mask."""
     from seggen.generators.mask2img import sample_mask2img_cli
+    from seggen.outputs import check_dir
 
+    _positive(n, "--n")
+    check_dir(out, "--out")  # before sampling, not after
     p = state.params({"mask2img.sample.steps": steps, "mask2img.sample.guidance_scale": guidance_scale})
     s = p.mask2img.sample
     written = sample_mask2img_cli(model or Path(p.mask2img.out) / "model", mask, labels, prompt, n, out, p.seed, s.steps, s.guidance_scale)
@@ -362,28 +378,28 @@ def eval_semantic(
     gt: Annotated[Path, typer.Option(help="Directory of ground-truth label PNGs (same file stems).")],
     num_classes: Annotated[int, typer.Option(help="Number of classes N (predictions are 0..N-1).")],
     reduce_zero_label: Annotated[
-        Optional[bool], typer.Option(help="GT 0 -> ignored, 1..N -> 0..N-1 (default: eval.reduce_zero_label).")
-    ] = None,
-    ignore_index: Annotated[Optional[int], typer.Option(help="GT value to ignore (default: eval.ignore_index).")] = None,
+        bool, typer.Option("--reduce-zero-label/--no-reduce-zero-label",
+                           help="GT 0 -> ignored, 1..N -> 0..N-1 (ADE20K's label PNGs). Off by default, as in mmsegmentation.")
+    ] = False,
+    ignore_index: Annotated[int, typer.Option(help="GT value to ignore (mmsegmentation's default 255).")] = 255,
     meta: Annotated[
         Optional[Path], typer.Option(help="Dataset root or seggen_meta.json for class names (N=150: ADE20K names).")
     ] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the metrics JSON here.")] = None,
 ) -> None:
-    """mIoU / mAcc / aAcc / per-class IoU with mmsegmentation's semantics."""
-    from seggen.metrics.semantic import evaluate_semantic_dirs
+    """mIoU / mAcc / aAcc / per-class IoU with mmsegmentation's IoUMetric semantics and defaults.
 
-    p = state.params()
+    Nothing is taken from params.yaml: the answer depends only on the options shown here, and the
+    JSON records them under `settings`."""
+    from seggen.metrics.semantic import evaluate_semantic_dirs
+    from seggen.outputs import check_file
+
+    _positive(num_classes, "--num-classes")
+    if json_out:
+        check_file(json_out, "--json")
     names = _class_names(num_classes, meta)
-    result = evaluate_semantic_dirs(
-        pred,
-        gt,
-        num_classes,
-        ignore_index=p.eval.ignore_index if ignore_index is None else ignore_index,
-        reduce_zero_label=p.eval.reduce_zero_label if reduce_zero_label is None else reduce_zero_label,
-        class_names=names,
-        progress=True,
-    )
+    result = evaluate_semantic_dirs(pred, gt, num_classes, ignore_index=ignore_index, reduce_zero_label=reduce_zero_label,
+                                    class_names=names, progress=True)
     _write_or_print(result, json_out)
 
 
@@ -414,35 +430,82 @@ def eval_panoptic(
     pred_dir: Annotated[Path, typer.Option(help="Predicted panoptic PNG directory.")],
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the metrics JSON here.")] = None,
 ) -> None:
-    """PQ / SQ / RQ (all, things, stuff) with the COCO panoptic API's semantics."""
+    """PQ / SQ / RQ (all, things, stuff) with the COCO panoptic API's semantics (categories: the GT JSON's)."""
     from seggen.metrics.panoptic import evaluate_panoptic
+    from seggen.outputs import check_file
 
-    state.params()
+    if json_out:
+        check_file(json_out, "--json")
     _write_or_print(evaluate_panoptic(gt_json, gt_dir, pred_json, pred_dir, progress=True), json_out)
 
 
 @eval_app.command("instance")
 def eval_instance(
     gt_json: Annotated[Path, typer.Option(help="Ground-truth COCO instances JSON.")],
-    dt_json: Annotated[Path, typer.Option(help="Detections in COCO results format (segm).")],
+    dt_json: Annotated[Path, typer.Option(help="Detections in COCO results format (segm: RLE or polygons).")],
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the metrics JSON here.")] = None,
 ) -> None:
     """Mask AP / AP50 / AP75 / APs / APm / APl via pycocotools COCOeval (iouType segm)."""
     from seggen.metrics.instance import evaluate_instances
+    from seggen.outputs import check_file
 
-    state.params()
+    if json_out:
+        check_file(json_out, "--json")
     _write_or_print(evaluate_instances(gt_json, dt_json), json_out)
 
 
+# errno values of OS errors a user can fix (a full disk, permissions, a path that is not there)
+_USER_ERRNOS = {"ENOSPC", "EDQUOT", "EACCES", "EPERM", "EROFS", "ENOENT", "ENOTDIR", "EISDIR", "ENAMETOOLONG", "EFBIG", "EMFILE", "ELOOP"}
+
+
+def _fail(message: str, code: int, debug: bool) -> None:
+    """Print `error: message` on its own line (after any progress bar) and exit."""
+    import traceback
+
+    from tqdm import tqdm as _tqdm
+
+    for bar in list(getattr(_tqdm, "_instances", [])):  # end open bars' lines: the error starts a line of its own
+        try:
+            bar.close()
+        except Exception:
+            pass
+    if debug:
+        traceback.print_exc()
+    sys.stderr.flush()
+    typer.echo(f"error: {' '.join(message.split())}", err=True)
+    sys.exit(code)
+
+
 def main() -> None:
+    import errno
+
+    from typer.exceptions import TyperException
+
+    debug = "--debug" in sys.argv[1:]
     try:
-        app()
+        rc = typer.main.get_command(app).main(args=sys.argv[1:], prog_name="seggen", standalone_mode=False)
+    except TyperException as e:  # typer's click: a bad option or value -> one line, with where to look
+        ctx = getattr(e, "ctx", None)
+        if type(e).__name__ == "NoArgsIsHelpError" and ctx is not None:  # `seggen data` alone: its help
+            typer.echo(ctx.get_help())
+            sys.exit(0)
+        where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        _fail(e.format_message() + where, e.exit_code, debug)
+    except typer.Abort:
+        _fail("aborted", 1, debug)
     except SeggenError as e:
-        typer.echo(f"error: {e}", err=True)
-        sys.exit(2)
+        _fail(str(e), 2, debug)
+    except OSError as e:
+        name = errno.errorcode.get(e.errno or 0, "")
+        if name not in _USER_ERRNOS:
+            _fail(f"unexpected {type(e).__name__}: {e} (a bug in seggen? re-run with --debug for the traceback)", 1, debug)
+        where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f)
+        _fail(f"{where + ': ' if where else ''}{e.strerror or e}", 2, debug)
     except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        sys.exit(130)
+        _fail("interrupted", 130, debug)
+    except Exception as e:
+        _fail(f"unexpected {type(e).__name__}: {e} (a bug in seggen? re-run with --debug for the traceback)", 1, debug)
+    sys.exit(rc if isinstance(rc, int) else 0)
 
 
 if __name__ == "__main__":

@@ -9,11 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ruamel.yaml.error import YAMLError
 
-from seggen.errors import ConfigError
+from seggen.errors import ConfigError, not_found
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -47,8 +47,20 @@ class DataParams(_Section):
 
 
 class EvalParams(_Section):
+    """How the pipeline's evaluate scores predictions (mmsegmentation's IoUMetric settings)."""
+
     ignore_index: int = Field(255, ge=0, le=255)
     reduce_zero_label: bool = True
+
+    @field_validator("reduce_zero_label")
+    @classmethod
+    def _ade_convention(cls, v: bool) -> bool:
+        # seggen's datasets store 0 = ignored, 1..N = classes, and predictions are 0..N-1: without the
+        # reduction every class would be compared with its neighbour (a silently wrong mIoU)
+        if not v:
+            raise ValueError("must be true for the pipeline (its label PNGs are 0 = ignored, 1..N = classes); "
+                             "`seggen eval semantic` scores other conventions")
+        return v
 
 
 class CaptionParams(_Section):
@@ -351,7 +363,10 @@ class Params(_Section):
 ARMS_ROOT = "models/segmenter"
 
 
-def _format_error(source: str, err: ValidationError) -> str:
+def _format_error(source: str, err: ValidationError, overrides: dict[str, Any] | None = None,
+                  override_source: str = "--set") -> str:
+    """One line for all errors; each names its dotted key, and where the value came from when that was
+    an override rather than the file."""
     parts = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
@@ -360,11 +375,24 @@ def _format_error(source: str, err: ValidationError) -> str:
             msg = "unknown key"
         elif "input" in e and not isinstance(e["input"], (dict, list)):
             msg = f"{msg} (got {e['input']!r})"
-        if not e["loc"] and msg.startswith("Value error, "):  # a model validator's message names its key
-            parts.append(msg[len("Value error, "):])
-            continue
-        parts.append(f"{key}: {msg}")
+        origin = _override_origin(key if e["loc"] else "", overrides, override_source)
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+            if not e["loc"]:  # a model validator's message names its key
+                parts.append(f"{origin}: {msg}" if origin else msg)
+                continue
+        parts.append(f"{origin} {key}: {msg}" if origin else f"{key}: {msg}")
+    if overrides and all(p.startswith(override_source) for p in parts):
+        return "; ".join(parts)
     return f"{source}: " + "; ".join(parts)
+
+
+def _override_origin(key: str, overrides: dict[str, Any] | None, label: str) -> str:
+    """`label` when the offending key (or a section holding it) was set by an override, else ''."""
+    for k in overrides or {}:
+        if key and (key == k or key.startswith(k + ".") or k.startswith(key + ".")):
+            return label
+    return ""
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any, source: str) -> None:
@@ -392,13 +420,19 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
-def load_params(path: str | Path = DEFAULT_PARAMS, overrides: dict[str, Any] | None = None) -> Params:
-    """Read and validate params.yaml; a missing file means all defaults."""
+def load_params(path: str | Path = DEFAULT_PARAMS, overrides: dict[str, Any] | None = None,
+                override_source: str = "--set") -> Params:
+    """Read and validate params.yaml; a missing file means all defaults. Errors name the file and key,
+    or `override_source` and the key when the bad value came from `overrides`."""
     path = Path(path)
     tree: dict[str, Any] = {}
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, not a params file")
     if path.exists():
         try:
-            loaded = _yaml_load(path.read_text())
+            loaded = _yaml_load(path.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
         except YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" line {mark.line + 1}" if mark else ""
@@ -409,10 +443,10 @@ def load_params(path: str | Path = DEFAULT_PARAMS, overrides: dict[str, Any] | N
             raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(loaded).__name__}")
         tree = loaded
     elif path != DEFAULT_PARAMS:
-        raise ConfigError(f"{path}: params file not found")
+        raise ConfigError(not_found(path, "file", "params"))
     for key, value in (overrides or {}).items():
-        _set_dotted(tree, key, value, "--set")
+        _set_dotted(tree, key, value, override_source)
     try:
         return Params.model_validate(tree)
     except ValidationError as e:
-        raise ConfigError(_format_error(str(path), e)) from None
+        raise ConfigError(_format_error(str(path), e, overrides, override_source)) from None

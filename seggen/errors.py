@@ -11,3 +11,17 @@ class ConfigError(SeggenError):
 
 class DataError(SeggenError):
     """A dataset file is missing, malformed or inconsistent."""
+
+
+def not_found(path, kind: str = "file", what: str = "") -> str:
+    """The message for a path that is missing -- or that exists as the wrong kind (a directory where a
+    file should be, or the reverse), which "not found" would misreport."""
+    from pathlib import Path
+
+    p = Path(path)
+    label = f"{what} {kind}" if what else kind
+    if kind == "file" and p.is_dir():
+        return f"{p}: is a directory, expected a {label}"
+    if kind == "directory" and p.exists() and not p.is_dir():
+        return f"{p}: is a file, expected a {label}"
+    return f"{p}: {label} not found"

@@ -18,31 +18,84 @@ from typing import Any, Iterator
 import numpy as np
 from PIL import Image
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+UMASK = os.umask(0)
+os.umask(UMASK)
 
 
 def _default_mode(path: Path, directory: bool = False) -> None:
     """mkstemp/mkdtemp create private (0600/0700) entries; give outputs the usual permissions."""
-    os.chmod(path, (0o777 if directory else 0o666) & ~_UMASK)
+    os.chmod(path, (0o777 if directory else 0o666) & ~UMASK)
+
+
+def default_modes(tree: Path) -> None:
+    """The usual permissions for a whole tree seggen built (safetensors and mkstemp write 0600)."""
+    tree = Path(tree)
+    _default_mode(tree, directory=tree.is_dir())
+    if tree.is_dir():
+        for root, dirs, files in os.walk(tree):
+            for d in dirs:
+                _default_mode(Path(root) / d, directory=True)
+            for f in files:
+                if not os.path.islink(os.path.join(root, f)):
+                    _default_mode(Path(root) / f)
+
+
+@contextmanager
+def created_parents(path: Path) -> Iterator[None]:
+    """mkdir -p the parent of `path`; if the block fails, remove the directories this made (when empty),
+    so that a failed command leaves no empty folders behind."""
+    made = []
+    d = path.parent
+    while not d.exists():
+        made.append(d)
+        d = d.parent
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        for d in made:  # deepest first
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        raise
 
 
 @contextmanager
 def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temp path next to `path`; rename it onto `path` only if the block succeeds."""
     path = Path(path)
+    if path.is_dir():
+        from seggen.outputs import OutputError
+
+        raise OutputError(f"{path}: is a directory; expected a file name")
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = suffix if suffix is not None else "".join(path.suffixes[-1:])
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f"{suffix}.tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        _default_mode(tmp_path)
-        os.replace(tmp_path, path)
+        with _named_os_errors(tmp_path, path):
+            yield tmp_path
+            _default_mode(tmp_path)
+            os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextmanager
+def _named_os_errors(tmp: Path, final: Path) -> Iterator[None]:
+    """OS errors while building `final` under the temp name `tmp` (a full disk, say) name the output
+    the user asked for: the file under `final`, not the temp name (PIL's errors name no file at all)."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno is None:
+            raise
+        name = str(e.filename) if e.filename is not None else ""
+        where = name.replace(str(tmp), str(final), 1) if name.startswith(str(tmp)) else (name or str(final))
+        raise OSError(e.errno, e.strerror or str(e), where) from e
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -65,46 +118,67 @@ def write_jpeg(path: str | Path, rgb: np.ndarray, quality: int = 95) -> None:
         Image.fromarray(np.ascontiguousarray(rgb)).save(tmp, format="JPEG", quality=quality, subsampling=0)
 
 
-@contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Build a directory under a temp name and swap it in whole when the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        yield tmp
-        _default_mode(tmp, directory=True)
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+def remove_stale(path: Path) -> None:
+    """Remove what an interrupted atomic_dir/staged_files left beside `path` (only seggen's own temp names)."""
+    for stale in [*path.parent.glob(f".{path.name}.*.tmp"), path.with_name(f".{path.name}.old")]:
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        elif stale.exists():
+            stale.unlink()
 
 
 @contextmanager
-def staged_files(path: str | Path) -> Iterator[Path]:
+def atomic_dir(path: str | Path, what: str, key: str = "output") -> Iterator[Path]:
+    """Build a directory under a temp name and swap it in whole when the block succeeds. The new
+    directory carries seggen's marker; an existing `path` is replaced only if seggen wrote it
+    (checked before the block runs, so nothing is computed for an output that cannot be written)."""
+    from seggen.outputs import check_dir, mark
+
+    path = Path(check_dir(path, key))
+    with created_parents(path):
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        try:
+            with _named_os_errors(tmp, path):
+                yield tmp
+            mark(tmp, what)
+            default_modes(tmp)
+            if path.exists():
+                check_dir(path, key)  # still ours after the block ran
+                old = path.with_name(f".{path.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(path, old)
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def staged_files(path: str | Path, what: str, key: str = "output") -> Iterator[Path]:
     """Like atomic_dir, but moves each entry into `path` instead of swapping the directory, so files
-    other tools keep there (DVC's .gitignore) survive. Entries are moved in name order; the caller
-    names the file that marks completion so it sorts last or writes it after."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        yield tmp
-        for entry in sorted(tmp.iterdir()):
-            dest = path / entry.name
-            if dest.is_dir() and not dest.is_symlink():
-                shutil.rmtree(dest)
-            _default_mode(entry, directory=entry.is_dir())
-            os.replace(entry, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    other tools keep there (DVC's .gitignore) survive. `path` must be absent, empty or seggen's; it
+    is created (with the marker) only when the block succeeds. Entries are moved in name order; the
+    caller names the file that marks completion so it sorts last or writes it after."""
+    from seggen.outputs import check_dir, claim
+
+    path = Path(check_dir(path, key))
+    with created_parents(path):
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        try:
+            with _named_os_errors(tmp, path):
+                yield tmp
+            claim(path, key, what)
+            for entry in sorted(tmp.iterdir()):
+                dest = path / entry.name
+                if dest.is_dir() and not dest.is_symlink():
+                    shutil.rmtree(dest)
+                default_modes(entry)
+                os.replace(entry, dest)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def digest_tree(path: str | Path) -> str:
@@ -118,3 +192,61 @@ def digest_tree(path: str | Path) -> str:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
     return "sha256:" + h.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_digests(root: str | Path, exclude: set[str] = frozenset()) -> dict[str, list]:
+    """Relative path -> [size, sha256] of every file under `root` (sorted), but those in `exclude`."""
+    root = Path(root)
+    out = {}
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = f.relative_to(root).as_posix()
+        if rel not in exclude:
+            out[rel] = [f.stat().st_size, sha256_file(f)]
+    return out
+
+
+def _listing(listing: Path) -> dict[str, list] | str:
+    try:
+        return json.loads(listing.read_text())["files"]
+    except FileNotFoundError:
+        return f"{listing}: missing (no record of the dataset's files)"
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return f"{listing}: not a seggen file list"
+
+
+def verify_files(root: str | Path, listing: str | Path) -> str | None:
+    """None when every file of `listing` (a file_digests JSON) is under `root` with its size and
+    digest; else the first problem, naming the file."""
+    root, listing = Path(root), Path(listing)
+    recorded = _listing(listing)
+    if isinstance(recorded, str):
+        return recorded
+    for rel, (size, digest) in recorded.items():
+        f = root / rel
+        if not f.is_file():
+            return f"{f}: missing"
+        if f.stat().st_size != size or sha256_file(f) != digest:
+            return f"{f}: changed since it was written"
+    return None
+
+
+def unlisted_files(root: str | Path, listing: str | Path) -> list[Path]:
+    """Files under `root` that `listing` does not name (seggen's marker and the listing aside):
+    someone else's, which seggen must not delete."""
+    from seggen.outputs import MARKER
+
+    root, listing = Path(root), Path(listing)
+    recorded = _listing(listing)
+    if isinstance(recorded, str) or not root.is_dir():
+        return []
+    skip = {MARKER, listing.name}
+    return [f for f in sorted(p for p in root.rglob("*") if p.is_file() or p.is_symlink())
+            if f.relative_to(root).as_posix() not in recorded and f.relative_to(root).as_posix() not in skip]

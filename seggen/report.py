@@ -28,6 +28,10 @@ def _fmt(v) -> str:
 
 
 def build_report(params: Params) -> dict:
+    from seggen.outputs import check_file
+
+    for name in ("report.md", "summary.json", "miou.png"):
+        check_file(Path(params.report.out) / name, "report.out")
     arms = collect(params)
     base = "baseline" if "baseline" in arms else next(iter(arms))
     splits = list(params.evaluate.splits)

@@ -129,10 +129,13 @@ def evaluate(params: Params, split: str, arm: str | None = None, model: Path | N
     from seggen.io import staged_files, write_json
     from seggen.segmenter.evaluate import evaluate as run
 
+    from seggen.outputs import check_dir
+
     ev = params.evaluate
     p = params.arm(arm) if arm else params
     model = Path(model or Path(p.segmenter.out) / "model")
-    out = Path(out or Path(ev.out) / (arm or "model") / split)
+    key = "--out" if out else "evaluate.out"
+    out = check_dir(out or Path(ev.out) / (arm or "model") / split, key)  # before any compute
     if arm and task is None and ev.panoptic:
         r = Path(root or p.data.root)
         has_pan = (r / "panoptic" / f"panoptic_{split}.json").exists() or (r / "annotations" / f"panoptic_{split}.json").exists()
@@ -141,7 +144,7 @@ def evaluate(params: Params, split: str, arm: str | None = None, model: Path | N
     with tracking.stage_run(name, {"split": split, "arm": arm, "model": str(model), "task": task, "eval": p.eval.model_dump(mode="json")}) as mlrun:
         mlrun.log_dataset(root or p.data.root, "real", "evaluation", split)
         (out / "metrics.json").unlink(missing_ok=True)  # present only for a complete evaluation
-        with staged_files(out) as tmp:  # a failed evaluation leaves the old files or none, never half-written ones
+        with staged_files(out, "evaluate", key) as tmp:  # a failed evaluation leaves the old files or none, never half-written ones
             metrics = run(p, model, split, tmp, root, task, size if size is not None else ev.size)
             (tmp / "metrics.json").unlink()
             s = scores(metrics)

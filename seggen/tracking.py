@@ -264,11 +264,19 @@ def _parent(client, exp_id: str, key: str, tags: dict[str, str]) -> str:
 
 
 def open_client(project: Path = Path(".")):
+    """A client for the tracking store; an unusable MLFLOW_TRACKING_URI fails here, in one line."""
     from mlflow import MlflowClient
 
     uri = tracking_uri(project)
     check_reachable(uri)
-    return MlflowClient(uri), uri
+    try:
+        client = MlflowClient(uri)
+        client.search_experiments(max_results=1)  # resolves the store: an unknown scheme or a bad database fails here
+    except Exception as e:  # mlflow raises several unrelated types for a bad URI
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TrackingError(f"MLFLOW_TRACKING_URI={uri}: not a usable tracking store ({first[:200]}); "
+                            f"unset it for the local store, or run offline with {TRACKING_ENV}=off") from None
+    return client, uri
 
 
 @contextmanager

@@ -11,7 +11,7 @@ import numpy as np
 
 from seggen.config import BenchmarkParams
 from seggen.data.ade20k import ADE20KDataset
-from seggen.data.benchmark import SPLITS, generate, is_current
+from seggen.data.benchmark import SPLITS, generate, stale_reason
 from seggen.data.coco import CocoPanoptic
 from seggen.data.meta import load_meta
 from seggen.prepare import check_dataset
@@ -41,7 +41,8 @@ def test_layouts_and_content(small_benchmark):
     meta = load_meta(small_benchmark)
     assert meta.num_classes == 10 and len(meta.thing_ids) == 5
     counts = check_dataset(small_benchmark, progress=False)
-    assert counts == {"training": 24, "validation": 8, "validation_shift": 8}
+    assert counts == {f"{s}: {k}": n for s, n in (("training", 24), ("validation", 8), ("validation_shift", 8))
+                      for k in ("samples", "panoptic annotations")}
     ds = ADE20KDataset(small_benchmark, "training")
     seen = set()
     for img, lab in ds:
@@ -100,8 +101,56 @@ def test_prepare_is_skipped_when_current_and_killed_run_leaves_nothing(tmp_path)
     assert not list((tmp_path / "data").glob(".benchmark.*"))
     before = digest_tree(root)
     p = BenchmarkParams(num_train=8, num_val=4, num_val_shift=4)
-    assert is_current(root, p, 0)
+    assert stale_reason(root, p, 0) is None
     r = subprocess.run([sys.executable, "-m", "seggen.cli", "--params", str(params), "prepare"], cwd=tmp_path,
                        capture_output=True, text=True)
     assert r.returncode == 0 and digest_tree(root) == before
-    assert not is_current(root, p.model_copy(update={"resolution": 96}), 0)
+    assert stale_reason(root, p.model_copy(update={"resolution": 96}), 0) == "rendered with other params"
+
+
+def _prepare(tmp_path, *args):
+    return subprocess.run([sys.executable, "-m", "seggen.cli", "--params", "params.yaml", *args, "prepare"], cwd=tmp_path,
+                          capture_output=True, text=True)
+
+
+def test_prepare_checks_every_file_before_up_to_date(tmp_path):
+    """A deleted image or an emptied annotation is found (named), and the dataset rendered again;
+    a file seggen did not write stops a re-render instead of being deleted."""
+    (tmp_path / "params.yaml").write_text("data:\n  benchmark:\n    num_train: 6\n    num_val: 3\n    num_val_shift: 3\n")
+    assert _prepare(tmp_path).returncode == 0
+    root = tmp_path / "data" / "benchmark"
+    before = digest_tree(root)
+    assert (root / ".seggen").is_file() and (root / "seggen_files.json").is_file()
+    img = root / "images" / "training" / "bench_training_000002.jpg"
+    img.unlink()
+    r = _prepare(tmp_path)
+    assert r.returncode == 0 and f"{img.relative_to(tmp_path)}: missing" in r.stderr and digest_tree(root) == before
+    ann = root / "annotations" / "validation" / "bench_validation_000001.png"
+    ann.write_bytes(b"")
+    r = _prepare(tmp_path)
+    assert r.returncode == 0 and f"{ann.relative_to(tmp_path)}: changed" in r.stderr and digest_tree(root) == before
+    r = _prepare(tmp_path)
+    assert r.returncode == 0 and "rendering" not in r.stderr  # intact: up to date
+    # a stale temp dir of a killed run goes even when nothing is to be done
+    stale = tmp_path / "data" / ".benchmark.abc123.tmp"
+    (stale / "images").mkdir(parents=True)
+    assert _prepare(tmp_path).returncode == 0 and not stale.exists() and digest_tree(root) == before
+    # someone else's file in the dataset: reported, never deleted
+    (root / "notes.txt").write_text("mine")
+    r = _prepare(tmp_path, "--set", "data.benchmark.num_val=4")
+    assert r.returncode == 2 and "data/benchmark/notes.txt" in r.stderr and (root / "notes.txt").read_text() == "mine"
+    r = _prepare(tmp_path)  # the params it was rendered with: up to date? no -- an unknown file is reported too
+    assert r.returncode == 2 and "notes.txt" in r.stderr
+
+
+def test_prepare_never_replaces_a_real_dataset(ade_root, tmp_path):
+    """The critical case of issue 13: `prepare --root` on a real ADE20K copy with a user's notes."""
+    import shutil
+
+    real = tmp_path / "ADEChallengeData2016"
+    shutil.copytree(ade_root, real)
+    (real / "notes.txt").write_text("my notes")
+    before = digest_tree(real)
+    r = subprocess.run([sys.executable, "-m", "seggen.cli", "prepare", "--root", str(real)], cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.startswith(f"error: data.root {real}: the directory exists and was not written by seggen")
+    assert digest_tree(real) == before and sorted(p.name for p in tmp_path.iterdir()) == ["ADEChallengeData2016"]

@@ -49,8 +49,11 @@ def test_bad_params_name_the_key(tmp_path, yaml_text, message):
 
 
 def test_overrides():
-    p = load_params(REPO / "params.yaml", parse_overrides(["data.benchmark.resolution=96", "eval.reduce_zero_label=false"]))
-    assert p.data.benchmark.resolution == 96 and p.eval.reduce_zero_label is False
+    p = load_params(REPO / "params.yaml", parse_overrides(["data.benchmark.resolution=96", "mask2img.train_base=false"]))
+    assert p.data.benchmark.resolution == 96 and p.mask2img.train_base is False
+    # the pipeline's label PNGs are 0 = ignored: without the reduction every class would be scored against its neighbour
+    with pytest.raises(ConfigError, match=r"^--set eval\.reduce_zero_label: must be true"):
+        load_params(REPO / "params.yaml", parse_overrides(["eval.reduce_zero_label=false"]))
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         parse_overrides(["resolution"])
     with pytest.raises(ConfigError, match=r"data\.benchmark\.resolutoin: unknown key"):

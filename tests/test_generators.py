@@ -115,6 +115,40 @@ def test_checkpoints_of_other_params_are_set_aside_and_more_steps_resume(small_b
     assert "starting over" in caplog.text and (tmp_path / "t2m" / "checkpoints.stale" / "step_0000006").exists()
 
 
+def test_a_damaged_checkpoint_is_set_aside_and_resume_uses_the_one_before(small_benchmark, tmp_path, caplog):
+    """A truncated weight file in the newest checkpoint: named, moved aside, and training resumes from
+    the previous checkpoint -- to exactly the weights of an uninterrupted run."""
+    from seggen.generators.text2mask import train_text2mask
+
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "run").mkdir()
+    ref = load_params(tiny_params(tmp_path / "ref", small_benchmark, steps=6))
+    train_text2mask(ref, progress=False)
+    p = load_params(tiny_params(tmp_path / "run", small_benchmark, steps=4))
+    train_text2mask(p, progress=False)
+    ck = tmp_path / "run" / "t2m" / "checkpoints"
+    bad = ck / "step_0000004" / "unet" / "diffusion_pytorch_model.safetensors"
+    bad.write_bytes(bad.read_bytes()[:1000])
+    more = load_params(tiny_params(tmp_path / "run", small_benchmark, steps=6))
+    with caplog.at_level("INFO"):
+        train_text2mask(more, progress=False)
+    assert str(bad) in caplog.text and "truncated" in caplog.text and "resuming text2mask" in caplog.text
+    assert (ck / "step_0000004.corrupt").is_dir() and "(step 2)" in caplog.text
+    a, b = weights(tmp_path / "ref" / "t2m" / "model", "unet"), weights(tmp_path / "run" / "t2m" / "model", "unet")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_saved_files_have_the_usual_permissions(trained):
+    """safetensors writes 0600; every output gets what the umask gives other files (0644 here)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    out = trained["t2m"].parent
+    files = [f for f in out.rglob("*") if f.is_file()]
+    assert any(f.suffix == ".safetensors" for f in files) and any("checkpoints" in f.parts for f in files)
+    for f in files:
+        assert f.stat().st_mode & 0o777 == 0o666 & ~umask, f
+
+
 def test_missing_captions_is_an_error(small_benchmark, tmp_path):
     from seggen.generators.text2mask import train_text2mask
 

@@ -116,3 +116,58 @@ def test_cli_instance_keys(gt_json, tmp_path):
                         "--json", str(out)], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert {"AP", "AP50", "AP75", "APs", "APm", "APl"} <= set(json.loads(out.read_text()))
+
+
+def test_polygon_detections_count_as_their_masks(gt_json, tmp_path):
+    """Polygons are converted as pycocotools converts GT polygons (annToRLE): same AP as the same shapes as RLE."""
+    gt = json.loads(gt_json.read_text())
+    imgs = {im["id"]: im for im in gt["images"]}
+    rng = np.random.default_rng(1)
+    polys, rles = [], []
+    for a in gt["annotations"]:
+        x, y, w, h = a["bbox"]
+        poly = [[x, y, x + w, y, x + w, y + h, x, y + h]]
+        im = imgs[a["image_id"]]
+        rle = mask_utils.merge(mask_utils.frPyObjects(poly, im["height"], im["width"]))
+        rle["counts"] = rle["counts"].decode()
+        score = float(rng.random())
+        polys.append({"image_id": a["image_id"], "category_id": a["category_id"], "segmentation": poly, "score": score})
+        rles.append({**polys[-1], "segmentation": rle})
+    (tmp_path / "poly.json").write_text(json.dumps(polys))
+    (tmp_path / "rle.json").write_text(json.dumps(rles))
+    a, b = evaluate_instances(gt_json, tmp_path / "poly.json"), evaluate_instances(gt_json, tmp_path / "rle.json")
+    ref = pycocotools_stats(gt_json, rles, tmp_path)
+    for k, v in zip(("AP", "AP50", "AP75", "APs", "APm", "APl"), ref):
+        assert a[k] == b[k] and ((a[k] is None) if v < 0 else a[k] == pytest.approx(v * 100, abs=1e-4)), k
+    assert 0 < a["AP"] < 100
+
+
+def test_ground_truth_without_iscrowd_or_area(gt_json, tmp_path):
+    """Missing iscrowd = not crowd, missing area = the mask's area: pycocotools on a GT so completed."""
+    gt = json.loads(gt_json.read_text())
+    coco = COCO()
+    coco.dataset = json.loads(gt_json.read_text())
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    full = json.loads(gt_json.read_text())
+    for a, f in zip(gt["annotations"], full["annotations"]):
+        del a["area"], a["iscrowd"]
+        f["area"] = float(mask_utils.area(coco.annToRLE(f)))
+        f["iscrowd"] = 0
+    (tmp_path / "bare.json").write_text(json.dumps(gt))
+    (tmp_path / "full.json").write_text(json.dumps(full))
+    dets = detections(gt_json, np.random.default_rng(2), "noisy")
+    (tmp_path / "dt.json").write_text(json.dumps(dets))
+    ours = evaluate_instances(tmp_path / "bare.json", tmp_path / "dt.json")
+    ref = pycocotools_stats(tmp_path / "full.json", dets, tmp_path)
+    for k, v in zip(("AP", "AP50", "AP75", "APs", "APm", "APl"), ref):
+        assert (ours[k] is None) if v < 0 else ours[k] == pytest.approx(v * 100, abs=1e-4), k
+
+
+def test_no_detections_scores_zero_and_settings_are_recorded(gt_json, tmp_path):
+    d = tmp_path / "none.json"
+    d.write_text("[]")
+    m = evaluate_instances(gt_json, d)
+    assert m["AP"] == 0.0 and m["num_detections"] == 0
+    s = m["settings"]
+    assert s["iou_type"] == "segm" and s["max_dets"] == [1, 10, 100] and len(s["categories"]) == len(json.loads(gt_json.read_text())["categories"])

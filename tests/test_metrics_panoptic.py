@@ -224,3 +224,6 @@ def test_cli_panoptic_keys(coco, tmp_path):
     m = json.loads(out.read_text())
     assert {"PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st", "per_class"} <= set(m)
     assert m["PQ"] == pytest.approx(reference_pq(coco[0], coco[1], pj, pd)["PQ"], abs=1e-4)
+    # the category set it scored against is recorded (the GT JSON's, as pq_compute uses)
+    cats = json.loads(coco[0].read_text())["categories"]
+    assert m["settings"]["categories"] == [{"id": c["id"], "name": c["name"], "isthing": c["isthing"]} for c in cats]

@@ -144,6 +144,31 @@ def test_cli_semantic_json(ade_root, ade_labels, tmp_path):
     assert m["mIoU"] == pytest.approx(ref["mIoU"], abs=1e-4)
 
 
+def test_cli_defaults_are_mmsegmentations_and_recorded(tmp_path):
+    """No flag: no zero-label reduction and ignore index 255, as mmsegmentation's IoUMetric, whatever a
+    params.yaml in the working directory says (the CLI reads none); the JSON records the settings."""
+    rng = np.random.default_rng(3)
+    gt = {f"im{i}": rng.integers(0, 10, (24, 32)) for i in range(4)}  # 0-indexed labels: 0 is a class
+    for g in gt.values():
+        g[:3] = 255
+    pred = {k: np.where(rng.random(g.shape) < 0.6, np.minimum(g, 9), rng.integers(0, 10, g.shape)) for k, g in gt.items()}
+    _write_dir(tmp_path / "gt", gt)
+    _write_dir(tmp_path / "pred", pred)
+    (tmp_path / "params.yaml").write_text("eval: {reduce_zero_label: true}\nnot_a_section: 1\n")
+    base = [sys.executable, "-m", "seggen.cli", "eval", "semantic", "--pred", "pred", "--gt", "gt", "--num-classes", "10"]
+    r = subprocess.run(base + ["--json", "m.json"], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "m.json").read_text())
+    ref = reference_iou([(pred[k], gt[k]) for k in sorted(gt)], 10, reduce_zero_label=False)
+    assert m["mIoU"] == pytest.approx(ref["mIoU"], abs=1e-4) and m["mIoU"] > 30
+    assert m["settings"] == {"num_classes": 10, "ignore_index": 255, "reduce_zero_label": False}
+    r = subprocess.run(base + ["--reduce-zero-label", "--json", "z.json"], capture_output=True, text=True, cwd=tmp_path)
+    z = json.loads((tmp_path / "z.json").read_text())
+    assert z["settings"]["reduce_zero_label"] is True
+    assert z["mIoU"] == pytest.approx(reference_iou([(pred[k], gt[k]) for k in sorted(gt)], 10, reduce_zero_label=True)["mIoU"], abs=1e-4)
+    assert z["mIoU"] < m["mIoU"] - 20  # the trap the default avoids: every class scored against its neighbour
+
+
 def test_mismatched_stems_and_sizes_are_errors(ade_root, ade_labels, tmp_path):
     gt_dir = ade_root / "annotations/validation"
     preds = {f"ADE_val_0000000{i + 1}": g for i, g in enumerate(ade_labels)}

@@ -2,6 +2,8 @@
 
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -261,3 +263,31 @@ def test_ade20k_meta_matches_official_csv(real):
     assert [c.name for c in meta.classes] == expected
     assert [tuple(c.color) for c in meta.classes] == colours
     assert [not c.isthing for c in meta.classes] == [r[4] == "1" for r in rows]
+
+
+def test_data_check_reads_a_coco_root(real):
+    """images + annotations/*.json: panoptic and instances JSON checked fully, every image and mask loaded."""
+    from seggen.prepare import check_dataset
+
+    counts = check_dataset(real / "coco", progress=False)
+    assert counts == {"val2017: instance annotations": 50, "panoptic_coco_categories.json: categories": 133,
+                      "val2017: panoptic annotations": 2}
+    r = subprocess.run([sys.executable, "-m", "seggen.cli", "data", "check", "--root", str(real / "coco")], capture_output=True, text=True)
+    assert r.returncode == 0 and "val2017: panoptic annotations: 2 ok" in r.stdout, r.stderr
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d["annotations"].clear(), "'annotations' is empty"),
+    (lambda d: d["categories"].append(dict(d["categories"][0])), "category id 1 appears twice"),
+    (lambda d: d["annotations"].append({**d["annotations"][0], "file_name": "x.png"}), "annotated twice"),
+    (lambda d: d["annotations"][0].update(segments_info=None), "segments_info must be a list"),
+    (lambda d: d["annotations"][0]["segments_info"][0].update(id=0), "reserved for void"),
+    (lambda d: d["images"].append({**d["images"][0], "file_name": "other.jpg"}), "appears twice"),
+])
+def test_panoptic_json_is_checked_fully(real, tmp_path, edit, message):
+    d = json.loads((real / "coco/annotations/panoptic_val2017.json").read_text())
+    edit(d)
+    j = tmp_path / "panoptic_val2017.json"
+    j.write_text(json.dumps(d))
+    with pytest.raises(DataError, match=message):
+        CocoPanoptic(j, real / "coco/annotations/panoptic_val2017")

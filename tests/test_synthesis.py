@@ -47,10 +47,10 @@ def test_masksyn_dataset_reads_like_real_data(reference, small_benchmark):
     out = reference["out"]
     counts = check_dataset(out, ["training"])  # ADE20K layout and the panoptic layout, every sample loaded
     rows = read_manifest(out / "manifest.jsonl")
-    assert len(rows) == 48 and counts["training"] == sum(r.kept for r in rows)
+    assert len(rows) == 48 and counts["training: samples"] == counts["training: panoptic annotations"] == sum(r.kept for r in rows)
     assert reference["result"]["samples"] == 48
     pan = json.loads((out / "panoptic" / "panoptic_training.json").read_text())
-    assert len(pan["annotations"]) == counts["training"]
+    assert len(pan["annotations"]) == counts["training: samples"]
     assert json.loads((out / "seggen_meta.json").read_text())["classes"] == json.loads((small_benchmark / "seggen_meta.json").read_text())["classes"]
     assert (out / "grid.png").stat().st_size > 0 and not (out / ".work").exists()
     # provenance: seeds derive from (global seed, strategy, source id, index); digests name the models

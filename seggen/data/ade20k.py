@@ -18,7 +18,7 @@ import numpy as np
 
 from seggen.data.images import IMAGE_EXTS, load_label_png, load_rgb
 from seggen.data.meta import DatasetMeta, load_meta
-from seggen.errors import DataError
+from seggen.errors import DataError, not_found
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class ADE20KDataset:
     def _index(self) -> list[SemanticSample]:
         for d in (self.image_dir, self.label_dir):
             if not d.is_dir():
-                raise DataError(f"{d}: directory not found (expected the ADEChallengeData2016 layout)")
+                raise DataError(not_found(d, "directory") + " (expected the ADEChallengeData2016 layout)")
         images = {p.stem: p for p in sorted(self.image_dir.iterdir()) if p.suffix.lower() in IMAGE_EXTS}
         labels = {p.stem: p for p in sorted(self.label_dir.iterdir()) if p.suffix.lower() == ".png"}
         for stem, p in images.items():

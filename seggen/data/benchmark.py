@@ -23,7 +23,6 @@ from __future__ import annotations
 import colorsys
 import hashlib
 import json
-import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,8 @@ from seggen.config import BenchmarkParams
 from seggen.data.coco import segment_info
 from seggen.data.images import id2rgb, load_panoptic_png
 from seggen.data.meta import META_FILE, ClassInfo, DatasetMeta
-from seggen.io import atomic_dir, write_json, write_png
+from seggen.io import atomic_dir, file_digests, remove_stale, unlisted_files, verify_files, write_json, write_png
+from seggen.outputs import OutputError, check_dir
 
 SPLITS = {"training": 0, "validation": 1, "validation_shift": 2}
 SHIFTED = {"validation_shift"}
@@ -338,25 +338,42 @@ def fingerprint(params: BenchmarkParams, seed: int) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def is_current(root: Path, params: BenchmarkParams, seed: int) -> bool:
+FILES = "seggen_files.json"  # every file of the dataset with its size and sha256, checked before "up to date"
+
+
+def stale_reason(root: Path, params: BenchmarkParams, seed: int) -> str | None:
+    """None when `root` holds exactly the dataset these params render; else why not (naming the
+    first damaged file: missing, changed or unexpected)."""
     meta = root / META_FILE
     if not meta.exists():
-        return False
+        return "no dataset there yet"
     try:
-        return json.loads(meta.read_text()).get("generator", {}).get("fingerprint") == fingerprint(params, seed)
-    except json.JSONDecodeError:
-        return False
+        recorded = json.loads(meta.read_text()).get("generator", {}).get("fingerprint")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return f"{meta}: not valid JSON"
+    if recorded != fingerprint(params, seed):
+        return "rendered with other params"
+    return verify_files(root, root / FILES)
+
+
+def check_replaceable(root: Path) -> None:
+    """Re-rendering swaps the whole directory: refuse if files that seggen did not write are in it."""
+    if root.is_dir() and (root / FILES).exists():
+        extra = unlisted_files(root, root / FILES)
+        if extra:
+            raise OutputError(f"data.root {root}: {extra[0]} was not written by seggen and re-rendering would delete it; move it away")
 
 
 def generate(root: str | Path, params: BenchmarkParams, seed: int, progress: bool = True) -> Path:
-    """Render the benchmark into `root` (built under a temporary name, swapped in when complete)."""
-    root = Path(root)
-    for stale in root.parent.glob(f".{root.name}.*.tmp"):
-        shutil.rmtree(stale, ignore_errors=True)
+    """Render the benchmark into `root` (built under a temporary name, swapped in when complete).
+    An existing `root` is replaced only if seggen wrote it."""
+    root = Path(check_dir(root, "data.root"))
+    check_replaceable(root)
+    remove_stale(root)
     counts = {"training": params.num_train, "validation": params.num_val, "validation_shift": params.num_val_shift}
     meta = benchmark_meta(params, seed)
     meta = meta.model_copy(update={"generator": {**meta.generator, "fingerprint": fingerprint(params, seed)}})
-    with atomic_dir(root) as tmp:
+    with atomic_dir(root, "prepare", "data.root") as tmp:
         for split, n in counts.items():
             jobs = [(seed, split, i, params.resolution, params.max_things, params.jpeg_quality, str(tmp)) for i in range(n)]
             bar = tqdm(total=n, desc=f"prepare {split}", unit="img", disable=not progress, dynamic_ncols=True)
@@ -380,6 +397,7 @@ def generate(root: str | Path, params: BenchmarkParams, seed: int, progress: boo
             write_json(tmp / "panoptic" / f"panoptic_{split}.json", pan, indent=None)
         write_json(tmp / META_FILE, meta.model_dump(mode="json"))
         write_preview(tmp, meta)
+        write_json(tmp / FILES, {"files": file_digests(tmp, exclude={FILES})}, indent=None)
     return root
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,13 +20,13 @@ from typing import Any
 import numpy as np
 
 from seggen.data.images import load_panoptic_png, load_rgb
-from seggen.errors import DataError
+from seggen.errors import DataError, not_found
 
 
 def read_json(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: file not found")
+        raise DataError(not_found(path, "file", "JSON"))
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -40,6 +41,164 @@ def _require(d: Any, keys: tuple[str, ...], path: Path, what: str) -> None:
     for k in keys:
         if k not in d:
             raise DataError(f"{path}: {what} has no '{k}'")
+
+
+def _int(v: Any, path: Path, what: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise DataError(f"{path}: {what} must be an integer, got {v!r}"[:300])
+    return v
+
+
+def _list(data: dict, key: str, path: Path, what: str, nonempty: bool = True) -> list:
+    if key not in data:
+        raise DataError(f"{path}: {what} has no '{key}'")
+    v = data[key]
+    if not isinstance(v, list):
+        raise DataError(f"{path}: '{key}' must be a list, got {type(v).__name__}")
+    if nonempty and not v:
+        raise DataError(f"{path}: '{key}' is empty")
+    return v
+
+
+def validate_categories(data: dict, path: Path, need_isthing: bool) -> dict[int, dict]:
+    """categories -> {id: category}; duplicate or malformed ids are errors."""
+    out: dict[int, dict] = {}
+    for c in _list(data, "categories", path, "top level"):
+        _require(c, ("id", "name") + (("isthing",) if need_isthing else ()), path, "category")
+        cid = _int(c["id"], path, f"category {c.get('name')!r} id")
+        if cid in out:
+            raise DataError(f"{path}: category id {cid} appears twice ({out[cid]['name']!r} and {c['name']!r})")
+        if need_isthing and c["isthing"] not in (0, 1):
+            raise DataError(f"{path}: category {cid} isthing must be 0 or 1, got {c['isthing']!r}")
+        out[cid] = c
+    return out
+
+
+def validate_images(data: dict, path: Path, sizes: bool) -> dict[int, dict]:
+    """images -> {id: image}; duplicate ids or file names are errors."""
+    out: dict[int, dict] = {}
+    names: set[str] = set()
+    for im in _list(data, "images", path, "top level"):
+        _require(im, ("id", "file_name") + (("height", "width") if sizes else ()), path, "image")
+        iid = _int(im["id"], path, f"image {im.get('file_name')!r} id")
+        if iid in out:
+            raise DataError(f"{path}: image id {iid} appears twice")
+        if im["file_name"] in names:
+            raise DataError(f"{path}: image file {im['file_name']} is listed twice")
+        if sizes and (_int(im["height"], path, f"image {iid} height") < 1 or _int(im["width"], path, f"image {iid} width") < 1):
+            raise DataError(f"{path}: image {iid} has a size below 1x1")
+        names.add(im["file_name"])
+        out[iid] = im
+    return out
+
+
+def validate_panoptic(data: Any, path: Path, categories: dict[int, dict] | None = None,
+                      images: bool = True) -> tuple[dict[int, dict], dict[int, dict], list[dict]]:
+    """A COCO panoptic JSON, checked fully -> (categories, images, annotations). `categories`: those
+    of the ground truth when `data` is a prediction (which need not list its own). Errors name the
+    file, the annotation and the segment: an empty or malformed list, duplicate category, image or
+    segment ids, segment id 0 (void), an image annotated twice, unknown image or category ids."""
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: top level must be an object with 'annotations'")
+    cats = categories if categories is not None else validate_categories(data, path, need_isthing=True)
+    imgs = validate_images(data, path, sizes=False) if images or "images" in data else {}
+    anns = _list(data, "annotations", path, "top level")
+    seen_images: dict[int, str] = {}
+    seen_files: set[str] = set()
+    for a in anns:
+        _require(a, ("image_id", "file_name", "segments_info"), path, "annotation")
+        name = a["file_name"]
+        iid = _int(a["image_id"], path, f"annotation {name} image_id")
+        if imgs and iid not in imgs:
+            raise DataError(f"{path}: annotation {name} references unknown image_id {iid}")
+        if iid in seen_images:
+            raise DataError(f"{path}: image_id {iid} is annotated twice ({seen_images[iid]} and {name})")
+        if name in seen_files:
+            raise DataError(f"{path}: annotation file {name} is used twice")
+        seen_images[iid] = name
+        seen_files.add(name)
+        if not isinstance(a["segments_info"], list):
+            raise DataError(f"{path}: annotation {name} segments_info must be a list, got {type(a['segments_info']).__name__}")
+        seg_ids: set[int] = set()
+        for s in a["segments_info"]:
+            _require(s, ("id", "category_id"), path, f"segment of {name}")
+            sid = _int(s["id"], path, f"segment id in {name}")
+            cid = _int(s["category_id"], path, f"category_id of segment {sid} in {name}")
+            if sid == 0:
+                raise DataError(f"{path}: segment id 0 in {name} is reserved for void")
+            if cid not in cats:
+                raise DataError(f"{path}: segment {sid} of {name} references unknown category_id {cid}")
+            if sid in seg_ids:
+                raise DataError(f"{path}: segment id {sid} appears twice in {name}")
+            if s.get("iscrowd", 0) not in (0, 1):
+                raise DataError(f"{path}: segment {sid} of {name} iscrowd must be 0 or 1, got {s['iscrowd']!r}")
+            seg_ids.add(sid)
+    return cats, imgs, anns
+
+
+def _polygons_ok(seg: Any) -> bool:
+    return (isinstance(seg, list) and bool(seg) and all(
+        isinstance(poly, list) and len(poly) >= 6 and len(poly) % 2 == 0
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in poly) for poly in seg))
+
+
+def to_rle(seg: Any, height: int, width: int, path: Path, what: str) -> dict:
+    """A segmentation as pycocotools reads it (polygons, uncompressed or compressed RLE) -> compressed
+    RLE, the conversion COCO.annToRLE makes; a size other than the image's is an error."""
+    from pycocotools import mask as mask_utils
+
+    if _polygons_ok(seg):
+        return mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
+    if isinstance(seg, dict) and "counts" in seg and "size" in seg:
+        size = seg["size"]
+        if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) for v in size)):
+            raise DataError(f"{path}: {what} RLE size must be [height, width], got {size!r}")
+        if size != [height, width]:
+            raise DataError(f"{path}: {what} mask is {size[1]}x{size[0]} but its image is {width}x{height}")
+        try:
+            if isinstance(seg["counts"], list):  # uncompressed RLE
+                return mask_utils.frPyObjects(seg, height, width)
+            if isinstance(seg["counts"], (str, bytes)):
+                rle = {"size": size, "counts": seg["counts"].encode() if isinstance(seg["counts"], str) else seg["counts"]}
+                mask_utils.area(rle)  # decodes the counts: malformed ones fail here
+                return rle
+        except Exception as e:  # pycocotools raises bare TypeErrors / ValueErrors on malformed RLE
+            raise DataError(f"{path}: {what} RLE could not be decoded ({e})") from None
+        raise DataError(f"{path}: {what} RLE counts must be a string or a list of integers")
+    raise DataError(f"{path}: {what} segmentation is neither polygons nor RLE (polygons: lists of >= 3 x,y points)")
+
+
+def validate_instances(data: Any, path: Path) -> tuple[dict[int, dict], dict[int, dict], list[dict]]:
+    """A COCO instances JSON, checked fully -> (categories, images, annotations): empty or malformed
+    lists, duplicate category, image or annotation ids, unknown references, masks of another size
+    than their image, bad polygons or RLE, iscrowd other than 0/1, a negative area."""
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: top level must be an object with images, annotations and categories")
+    cats = validate_categories(data, path, need_isthing=False)
+    imgs = validate_images(data, path, sizes=True)
+    seen: set[int] = set()
+    for a in _list(data, "annotations", path, "top level"):
+        _require(a, ("id", "image_id", "category_id", "segmentation"), path, "annotation")
+        aid = _int(a["id"], path, "annotation id")
+        if aid in seen:
+            raise DataError(f"{path}: annotation id {aid} appears twice")
+        seen.add(aid)
+        iid = _int(a["image_id"], path, f"annotation {aid} image_id")
+        if iid not in imgs:
+            raise DataError(f"{path}: annotation {aid} references unknown image_id {iid}")
+        cid = _int(a["category_id"], path, f"annotation {aid} category_id")
+        if cid not in cats:
+            raise DataError(f"{path}: annotation {aid} references unknown category_id {cid}")
+        if a.get("iscrowd", 0) not in (0, 1):
+            raise DataError(f"{path}: annotation {aid} iscrowd must be 0 or 1, got {a['iscrowd']!r}")
+        area = a.get("area", 0)
+        if isinstance(area, bool) or not isinstance(area, (int, float)) or not math.isfinite(area) or area < 0:
+            raise DataError(f"{path}: annotation {aid} area must be a number >= 0, got {area!r}")
+        seg = a["segmentation"]
+        if isinstance(seg, list) and not _polygons_ok(seg):
+            raise DataError(f"{path}: annotation {aid} has a polygon with fewer than 3 points or non-numeric coordinates")
+        to_rle(seg, imgs[iid]["height"], imgs[iid]["width"], path, f"annotation {aid}")
+    return cats, imgs, data["annotations"]
 
 
 @dataclass
@@ -78,30 +237,8 @@ class CocoPanoptic:
         self.png_dir = Path(png_dir) if png_dir else self.json_path.with_suffix("")
         self.image_dir = Path(image_dir) if image_dir else None
         data = read_json(self.json_path)
-        p = self.json_path
-        _require(data, ("images", "annotations", "categories"), p, "top level")
-        for c in data["categories"]:
-            _require(c, ("id", "name", "isthing"), p, "category")
-        self.categories = {int(c["id"]): c for c in data["categories"]}
-        for im in data["images"]:
-            _require(im, ("id", "file_name"), p, "image")
-        self.images = {int(im["id"]): im for im in data["images"]}
-        self.annotations: list[dict] = []
-        for a in data["annotations"]:
-            _require(a, ("image_id", "file_name", "segments_info"), p, "annotation")
-            if a["image_id"] not in self.images:
-                raise DataError(f"{p}: annotation {a['file_name']} references unknown image_id {a['image_id']}")
-            seen: set[int] = set()
-            for s in a["segments_info"]:
-                _require(s, ("id", "category_id"), p, f"segment of {a['file_name']}")
-                if s["category_id"] not in self.categories:
-                    raise DataError(
-                        f"{p}: segment {s['id']} of {a['file_name']} references unknown category_id {s['category_id']}"
-                    )
-                if s["id"] in seen:
-                    raise DataError(f"{p}: segment id {s['id']} appears twice in {a['file_name']}")
-                seen.add(s["id"])
-            self.annotations.append(a)
+        self.categories, self.images, annotations = validate_panoptic(data, self.json_path)
+        self.annotations: list[dict] = list(annotations)
 
     def __len__(self) -> int:
         return len(self.annotations)
@@ -154,28 +291,8 @@ class CocoInstances:
         self.json_path = Path(json_path)
         self.image_dir = Path(image_dir) if image_dir else None
         data = read_json(self.json_path)
-        p = self.json_path
-        _require(data, ("images", "annotations", "categories"), p, "top level")
-        image_ids = set()
-        for im in data["images"]:
-            _require(im, ("id", "file_name", "height", "width"), p, "image")
-            image_ids.add(im["id"])
-        cat_ids = set()
-        for c in data["categories"]:
-            _require(c, ("id", "name"), p, "category")
-            cat_ids.add(c["id"])
-        for a in data["annotations"]:
-            _require(a, ("id", "image_id", "category_id", "segmentation"), p, "annotation")
-            if a["image_id"] not in image_ids:
-                raise DataError(f"{p}: annotation {a['id']} references unknown image_id {a['image_id']}")
-            if a["category_id"] not in cat_ids:
-                raise DataError(f"{p}: annotation {a['id']} references unknown category_id {a['category_id']}")
-            seg = a["segmentation"]
-            if isinstance(seg, list):
-                if not seg or any(not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2 for poly in seg):
-                    raise DataError(f"{p}: annotation {a['id']} has a polygon with fewer than 3 points")
-            elif not (isinstance(seg, dict) and "counts" in seg and "size" in seg):
-                raise DataError(f"{p}: annotation {a['id']} segmentation is neither polygons nor RLE")
+        _, images, _ = validate_instances(data, self.json_path)
+        image_ids = set(images)
         self.coco = COCO()
         self.coco.dataset = data
         with contextlib.redirect_stdout(io.StringIO()):

@@ -7,14 +7,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from seggen.errors import DataError
+from seggen.errors import DataError, not_found
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 
 
 def _open(path: Path) -> Image.Image:
     if not path.is_file():
-        raise DataError(f"{path}: file not found")
+        raise DataError(not_found(path))
     try:
         im = Image.open(path)
         im.load()  # decodes fully: a truncated file raises here, not later in a worker

@@ -233,7 +233,7 @@ def save_model(model_dir: Path, parts: dict, cond, noise_scheduler, vae, info: d
     if train:
         write_loss_log(model_dir.parent / "train_log.json", train.pop("loss", []), train["steps"] - train["steps_this_run"])
         write_json(model_dir.parent / "train_summary.json", train)
-    with atomic_dir(model_dir) as tmp:
+    with atomic_dir(model_dir, f"train {info['kind']}", f"{info['kind']}.out") as tmp:
         for name, module in parts.items():
             module.save_pretrained(tmp / name)
         cond.save(tmp)
@@ -262,11 +262,21 @@ def write_model_meta(directory: Path, info: dict) -> None:
 
 def read_model_meta(directory: str | Path, kind: str) -> dict:
     path = Path(directory) / MODEL_META
+    if not Path(directory).is_dir():
+        raise DataError(f"{directory}: {'is a file, not' if Path(directory).exists() else 'not found; expected'} a seggen {kind} model directory")
     if not path.exists():
         raise DataError(f"{directory}: not a seggen {kind} model directory (no {MODEL_META})")
-    info = json.loads(path.read_text())
-    if info.get("kind") != kind:
-        raise DataError(f"{directory}: is a {info.get('kind')} model, expected {kind}")
+    try:
+        info = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise DataError(f"{path}: truncated or corrupt JSON") from None
+    if not isinstance(info, dict) or info.get("kind") != kind:
+        raise DataError(f"{directory}: is a {info.get('kind') if isinstance(info, dict) else 'unknown'} model, expected {kind}")
+    from seggen.models.checkpoint import tree_problem
+
+    problem = tree_problem(Path(directory))  # a truncated weight file fails here, named, not deep in from_pretrained
+    if problem:
+        raise DataError(problem)
     return info
 
 
@@ -295,16 +305,25 @@ def fingerprint_params(params: Params, gen: GeneratorParams) -> str:
 
 
 def resumable_checkpoint(root: Path, fingerprint: str) -> Path | None:
-    """The newest checkpoint made with the same params; checkpoints made with other params are
-    moved aside (to `checkpoints.stale/`) with a warning, and training starts over."""
+    """The newest intact checkpoint made with the same params. A damaged one (a file missing,
+    truncated or changed) is moved aside to `step_XXXXXXX.corrupt` with a warning naming the file, and
+    the previous one is used. Checkpoints made with other params are moved aside (to
+    `checkpoints.stale/`) with a warning, and training starts over."""
     import shutil
 
-    from seggen.models.checkpoint import latest_checkpoint
+    from seggen.models.checkpoint import STATE, checkpoint_problem, latest_checkpoint
 
-    last = latest_checkpoint(root)
+    while (last := latest_checkpoint(root)) is not None:
+        problem = checkpoint_problem(last)
+        if problem is None:
+            break
+        aside = last.with_name(last.name + ".corrupt")
+        shutil.rmtree(aside, ignore_errors=True)
+        last.rename(aside)
+        log.warning("checkpoint %s is damaged (%s): moved to %s; resuming from the one before", last, problem, aside.name)
     if last is None:
         return None
-    saved = json.loads((last / "trainer_state.json").read_text())
+    saved = json.loads((last / STATE).read_text())
     if saved.get("fingerprint") == fingerprint:
         return last
     stale = root.with_name(root.name + ".stale")

@@ -32,6 +32,7 @@ from seggen.generators import common
 from seggen.io import write_png
 from seggen.models import checkpoint as ckpt
 from seggen.models import text
+from seggen.outputs import check_dir, claim
 
 log = logging.getLogger(__name__)
 KIND = "mask2img"
@@ -41,7 +42,7 @@ def train_mask2img(params: Params, progress: bool = True) -> Path:
     from diffusers import ControlNetModel, UNet2DConditionModel
 
     cfg = params.mask2img
-    out = Path(cfg.out)
+    out = check_dir(cfg.out, "mask2img.out")
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     accelerator = common.make_accelerator(cfg.train)
@@ -77,6 +78,7 @@ def train_mask2img(params: Params, progress: bool = True) -> Path:
 
     start = 0
     state = {"fingerprint": common.fingerprint_params(params, cfg)}
+    claim(out, "mask2img.out", "train mask2img")
     last = common.resumable_checkpoint(out / "checkpoints", state["fingerprint"])
     if last is not None:
         saved = json.loads((last / "trainer_state.json").read_text())
@@ -202,20 +204,24 @@ class Mask2ImgSampler(common.DiffusionSampler):
 
 def sample_mask2img_cli(model_dir, mask: Path, is_labels: bool, prompt: str, n: int, out: Path, seed: int, steps: int, guidance_scale: float) -> int:
     from seggen.data.images import load_label_png, load_rgb
+    from seggen.io import staged_files
+    from seggen.outputs import check_dir
 
+    check_dir(out, "--out")
+    raw = load_label_png(mask) if is_labels else load_rgb(mask)  # a bad --mask fails before the model loads
     sampler = Mask2ImgSampler(model_dir)
     r = sampler.resolution
     if is_labels:
-        lab = load_label_png(mask)
-        if lab.max() >= len(sampler.palette):
-            raise DataError(f"{mask}: label value {int(lab.max())} has no colour in the model's palette")
-        cmap = sampler.palette[lab]
+        if raw.max() >= len(sampler.palette):
+            raise DataError(f"{mask}: label value {int(raw.max())} has no colour in the model's palette")
+        cmap = sampler.palette[raw]
     else:
-        cmap = load_rgb(mask)
+        cmap = raw
     cmap = np.asarray(Image.fromarray(cmap).resize((r, r), Image.NEAREST))
     seeds = [common.seed_for(seed, KIND, "cli", str(mask), prompt, i) for i in range(n)]
     imgs = sampler(np.stack([cmap] * n), [prompt] * n, seeds, steps, guidance_scale)
-    for i, im in enumerate(imgs):
-        write_png(out / f"image_{i:04d}.png", im)
-    common.save_grid([np.concatenate([cmap, *imgs], 1)], out / "grid.png")
+    with staged_files(out, "sample mask2img", "--out") as tmp:  # all files or none
+        for i, im in enumerate(imgs):
+            write_png(tmp / f"image_{i:04d}.png", im)
+        common.save_grid([np.concatenate([cmap, *imgs], 1)], tmp / "grid.png")
     return n

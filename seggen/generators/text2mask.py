@@ -29,6 +29,7 @@ from seggen.errors import DataError
 from seggen.generators import common
 from seggen.models import checkpoint as ckpt
 from seggen.models import text
+from seggen.outputs import check_dir, claim
 
 log = logging.getLogger(__name__)
 KIND = "text2mask"
@@ -37,7 +38,7 @@ KIND = "text2mask"
 def train_text2mask(params: Params, progress: bool = True) -> Path:
     """Train (resuming from the newest checkpoint in text2mask.out) and write text2mask.out/model."""
     cfg = params.text2mask
-    out = Path(cfg.out)
+    out = check_dir(cfg.out, "text2mask.out")
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     accelerator = common.make_accelerator(cfg.train)
@@ -71,6 +72,7 @@ def train_text2mask(params: Params, progress: bool = True) -> Path:
 
     start = 0
     state = {"fingerprint": common.fingerprint_params(params, cfg)}
+    claim(out, "text2mask.out", "train text2mask")
     last = common.resumable_checkpoint(out / "checkpoints", state["fingerprint"])
     if last is not None:
         saved = json.loads((last / "trainer_state.json").read_text())

@@ -19,7 +19,7 @@ from seggen.progress import tqdm
 
 from seggen.data.coco import read_json
 from seggen.data.images import load_panoptic_png
-from seggen.errors import DataError
+from seggen.errors import DataError, not_found
 
 OFFSET = 256 * 256 * 256
 VOID = 0
@@ -30,11 +30,6 @@ class _Stat:
 
     def __init__(self) -> None:
         self.iou, self.tp, self.fp, self.fn = 0.0, 0, 0, 0
-
-
-def _check_json(data, path: Path, what: str) -> None:
-    if not isinstance(data, dict) or "annotations" not in data:
-        raise DataError(f"{path}: {what} JSON has no 'annotations'")
 
 
 def pq_image(gt_ids, gt_segs, pred_ids, pred_segs, categories, stats, where: str) -> None:
@@ -131,26 +126,21 @@ def pq_average(stats, categories: dict, isthing: bool | None) -> tuple[dict, dic
 def evaluate_panoptic(
     gt_json: str | Path, gt_dir: str | Path, pred_json: str | Path, pred_dir: str | Path, progress: bool = False
 ) -> dict:
+    """Both JSONs are validated fully first (seggen.data.coco.validate_panoptic); the prediction's
+    categories are the ground truth's, as in pq_compute. The result records them under `settings`."""
+    from seggen.data.coco import validate_panoptic
+
     gt_json, pred_json, gt_dir, pred_dir = Path(gt_json), Path(pred_json), Path(gt_dir), Path(pred_dir)
     gt, pred = read_json(gt_json), read_json(pred_json)
-    _check_json(gt, gt_json, "ground-truth")
-    _check_json(pred, pred_json, "prediction")
-    if "categories" not in gt:
-        raise DataError(f"{gt_json}: ground-truth JSON has no 'categories'")
+    categories, _, gt_anns = validate_panoptic(gt, gt_json, images=False)
+    _, _, pred_anns = validate_panoptic(pred, pred_json, categories=categories, images=False)
     for d in (gt_dir, pred_dir):
         if not d.is_dir():
-            raise DataError(f"{d}: PNG directory not found")
-    categories = {int(c["id"]): c for c in gt["categories"]}
-    gt_images = {im["id"] for im in gt.get("images", [])}
-    preds = {a["image_id"]: a for a in pred["annotations"]}
+            raise DataError(not_found(d, "directory", "PNG"))
+    preds = {a["image_id"]: a for a in pred_anns}
     stats: dict[int, _Stat] = defaultdict(_Stat)
-    for ga in tqdm(gt["annotations"], desc="eval panoptic", unit="img", disable=not progress):
+    for ga in tqdm(gt_anns, desc="eval panoptic", unit="img", disable=not progress):
         iid = ga["image_id"]
-        if gt_images and iid not in gt_images:
-            raise DataError(f"{gt_json}: annotation {ga['file_name']} references unknown image_id {iid}")
-        for s in ga["segments_info"]:
-            if s["category_id"] not in categories:
-                raise DataError(f"{gt_json}: segment {s['id']} of {ga['file_name']} has unknown category_id {s['category_id']}")
         if iid not in preds:
             raise DataError(f"{pred_json}: no prediction for image_id {iid}")
         pa = preds[iid]
@@ -172,5 +162,7 @@ def evaluate_panoptic(
             out["per_class"] = {
                 categories[cid]["name"]: (None if v is None else {"category_id": cid, **v}) for cid, v in per_class.items()
             }
-    out["num_images"] = len(gt["annotations"])
+    out["num_images"] = len(gt_anns)
+    out["settings"] = {"categories": [{"id": cid, "name": c["name"], "isthing": int(c["isthing"])} for cid, c in categories.items()],
+                       "match_iou": 0.5, "void_id": VOID}
     return out

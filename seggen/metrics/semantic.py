@@ -22,7 +22,7 @@ import numpy as np
 from seggen.progress import tqdm
 
 from seggen.data.images import load_label_png
-from seggen.errors import DataError
+from seggen.errors import DataError, not_found
 
 
 def reduce_zero(gt: np.ndarray) -> np.ndarray:
@@ -44,7 +44,7 @@ class SemanticAccumulator:
 
     def __post_init__(self) -> None:
         if self.num_classes < 1:
-            raise ValueError("num_classes must be >= 1")
+            raise DataError(f"num_classes {self.num_classes}: must be at least 1")
         self.confusion = np.zeros((self.num_classes, self.num_classes + 1), np.int64)
 
     def add(self, pred: np.ndarray, gt: np.ndarray, name: str = "") -> None:
@@ -90,12 +90,13 @@ class SemanticAccumulator:
             "per_class_acc": {nm: pct(v) for nm, v in zip(names, acc)},
             "num_images": self.num_images,
             "num_classes": n,
+            "settings": {"num_classes": n, "ignore_index": self.ignore_index, "reduce_zero_label": self.reduce_zero_label},
         }
 
 
 def _stems(d: Path, what: str) -> dict[str, Path]:
     if not d.is_dir():
-        raise DataError(f"{d}: {what} directory not found")
+        raise DataError(not_found(d, "directory", what))
     out = {p.stem: p for p in sorted(d.iterdir()) if p.suffix.lower() == ".png"}
     if not out:
         raise DataError(f"{d}: no PNG files in {what} directory")

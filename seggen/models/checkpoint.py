@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 STEP_DIR = re.compile(r"^step_(\d{7})$")
+STATE = "trainer_state.json"
 
 
 def save_optimizer(optimizer: torch.optim.Optimizer, directory: Path) -> None:
@@ -49,12 +50,76 @@ def load_optimizer(optimizer: torch.optim.Optimizer, directory: Path) -> None:
 def latest_checkpoint(root: Path) -> Path | None:
     if not root.is_dir():
         return None
-    steps = sorted(p for p in root.iterdir() if STEP_DIR.match(p.name) and (p / "trainer_state.json").exists())
+    steps = sorted(p for p in root.iterdir() if STEP_DIR.match(p.name) and (p / STATE).exists())
     return steps[-1] if steps else None
 
 
+def safetensors_problem(path: Path) -> str | None:
+    """None if the file is a complete safetensors file (header parses, data as long as it says)."""
+    size = path.stat().st_size
+    try:
+        with path.open("rb") as f:
+            if size < 8:
+                return "truncated (shorter than the 8-byte header length)"
+            n = int.from_bytes(f.read(8), "little")
+            if 8 + n > size:
+                return f"truncated ({size} bytes, the header alone needs {8 + n})"
+            header = json.loads(f.read(n))
+        ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+        return "corrupt header (not a safetensors file)"
+    need = 8 + n + max(ends, default=0)
+    if size < need:
+        return f"truncated ({size} bytes, its header describes {need})"
+    if size > need:
+        return f"corrupt ({size - need} bytes more than its header describes)"
+    return None
+
+
+def tree_problem(directory: Path) -> str | None:
+    """The first unreadable file of a model or checkpoint directory (safetensors and JSON), named, or None."""
+    for f in sorted(directory.rglob("*")):
+        if f.suffix == ".safetensors" and f.is_file():
+            problem = safetensors_problem(f)
+        elif f.suffix == ".json" and f.is_file():
+            try:
+                json.loads(f.read_text())
+                problem = None
+            except (ValueError, UnicodeDecodeError):
+                problem = "truncated or corrupt JSON"
+        else:
+            continue
+        if problem:
+            return f"{f}: {problem}"
+    return None
+
+
+def checkpoint_problem(directory: Path) -> str | None:
+    """None if every file trainer_state.json lists is there with its size and sha256 (checkpoints of
+    earlier versions, which list none: if every safetensors and JSON file is readable)."""
+    from seggen.io import sha256_file
+
+    try:
+        state = json.loads((directory / STATE).read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return f"{directory / STATE}: missing, truncated or corrupt JSON"
+    files = state.get("files") if isinstance(state, dict) else None
+    if not isinstance(files, dict):
+        return tree_problem(directory)
+    for rel, (size, digest) in files.items():
+        f = directory / rel
+        if not f.is_file():
+            return f"{f}: missing"
+        if f.stat().st_size != size or sha256_file(f) != digest:
+            return f"{f}: {'truncated' if f.stat().st_size < size else 'changed'} since it was written"
+    return None
+
+
 def write_checkpoint(root: Path, step: int, modules: dict, optimizer: torch.optim.Optimizer, state: dict, keep: int) -> Path:
-    """modules: name -> model with save_pretrained. Keeps the newest `keep` checkpoints."""
+    """modules: name -> model with save_pretrained. Keeps the newest `keep` checkpoints. trainer_state.json
+    records every file's size and sha256, so that a damaged checkpoint is recognised before resuming."""
+    from seggen.io import default_modes, file_digests
+
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:07d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=root))
@@ -62,7 +127,9 @@ def write_checkpoint(root: Path, step: int, modules: dict, optimizer: torch.opti
         for name, m in modules.items():
             m.save_pretrained(tmp / name, safe_serialization=True)
         save_optimizer(optimizer, tmp)
-        (tmp / "trainer_state.json").write_text(json.dumps({**state, "step": step}))
+        files = file_digests(tmp)
+        (tmp / STATE).write_text(json.dumps({**state, "step": step, "files": files}))
+        default_modes(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

@@ -49,6 +49,12 @@ class ProbeSegmenter(nn.Module):
     def load(cls, directory: Path) -> tuple["ProbeSegmenter", dict]:
         from safetensors.torch import load_file
 
+        from seggen.errors import DataError
+        from seggen.models.checkpoint import tree_problem
+
+        problem = tree_problem(directory)
+        if problem:
+            raise DataError(problem)
         info = json.loads((directory / "probe.json").read_text())
         model = cls(info["num_classes"], info["width"])
         model.load_state_dict(load_file(str(directory / "model.safetensors")))

@@ -66,7 +66,9 @@ def register_all(root=HERE):
 '''
 
 
-def export_dataset(root: Path, split: str, name: str, out: Path, meta, progress: bool = True) -> dict[str, int]:
+def export_dataset(root: Path, split: str, name: str, out: Path, meta, progress: bool = True, final: Path | None = None) -> dict[str, int]:
+    """Writes under `out`; the JSON records paths under `final` (where `out` is moved when complete)."""
+    final = Path(final or out)
     ds = ADE20KDataset(root, split)
     pj = root / "panoptic" / f"panoptic_{split}.json"
     pan = CocoPanoptic(pj) if pj.exists() else None
@@ -77,10 +79,10 @@ def export_dataset(root: Path, split: str, name: str, out: Path, meta, progress:
         lab = load_label_png(s.label_path).astype(np.int64)
         h, w = lab.shape
         d2 = np.where(lab == 0, 255, lab - 1).astype(np.uint8)
-        sem_path = out / "sem_seg" / name / f"{s.id}.png"
-        write_png(sem_path, d2)
+        write_png(out / "sem_seg" / name / f"{s.id}.png", d2)
+        sem_path = final / "sem_seg" / name / f"{s.id}.png"
         base = {"file_name": str(s.image_path.resolve()), "height": h, "width": w, "image_id": s.id}
-        sem.append({**base, "sem_seg_file_name": str(sem_path.resolve())})
+        sem.append({**base, "sem_seg_file_name": str(sem_path)})
         if pan is None:
             continue
         if s.id not in pan_index:
@@ -102,7 +104,7 @@ def export_dataset(root: Path, split: str, name: str, out: Path, meta, progress:
                 anns.append({"bbox": [float(v) for v in bbox], "bbox_mode": BOXMODE_XYWH_ABS, "category_id": thing_index[cat],
                              "segmentation": rle_encode(m), "iscrowd": int(g.get("iscrowd", 0))})
         panoptic.append({**base, "pan_seg_file_name": str((pj.with_suffix("") / pan.annotations[k]["file_name"]).resolve()),
-                         "sem_seg_file_name": str(sem_path.resolve()), "segments_info": segments})
+                         "sem_seg_file_name": str(sem_path), "segments_info": segments})
         instance.append({**base, "annotations": anns})
     write_json(out / f"{name}_sem_seg.json", sem, indent=None)
     counts = {f"{name}_sem_seg": len(sem)}
@@ -114,19 +116,27 @@ def export_dataset(root: Path, split: str, name: str, out: Path, meta, progress:
 
 
 def export_detectron2(params, out: str | Path, splits: list[str] | None = None, synthetic: bool = True, progress: bool = True) -> dict[str, int]:
-    out = Path(out)
+    """The export is built under a temporary name and swapped in whole; an existing `out` is replaced
+    only if seggen wrote it."""
+    from seggen.io import atomic_dir
+
+    with atomic_dir(Path(out), "export detectron2", "--out") as tmp:
+        return _export(params, tmp, Path(out).resolve(), splits, synthetic, progress)
+
+
+def _export(params, out: Path, final: Path, splits: list[str] | None, synthetic: bool, progress: bool) -> dict[str, int]:
     root = Path(params.data.root)
     meta = load_meta(root)
     counts: dict[str, int] = {}
     for split in splits or ["training", "validation"]:
-        counts.update(export_dataset(root, split, f"real_{split}", out, meta, progress))
+        counts.update(export_dataset(root, split, f"real_{split}", out, meta, progress, final))
     if synthetic:
         for strategy in ("masksyn", "imgsyn"):
             d = Path(params.synthesize.out) / strategy
             if (d / "images" / params.synthesize.split).is_dir():
                 if load_meta(d).names != meta.names:
                     raise DataError(f"{d}: classes differ from those of {root}")
-                counts.update(export_dataset(d, params.synthesize.split, strategy, out, meta, progress))
+                counts.update(export_dataset(d, params.synthesize.split, strategy, out, meta, progress, final))
     stuff_colors = [list(c.color) for c in meta.classes]
     write_json(out / "metadata.json", {
         "stuff_classes": meta.names,  # detectron2's semantic convention: every class is a "stuff" class

@@ -218,7 +218,8 @@ def evaluate(params, model_dir: str | Path, split: str, out: str | Path, root: s
     seconds = time.perf_counter() - t0
     metrics = {"split": split, "root": str(es.root), "task": task, "model": str(model_dir), "images_per_s": n / seconds}
     gt_dir = es.label_paths[0].parent
-    metrics["semantic"] = evaluate_semantic_dirs(pred_dir, gt_dir, len(es.names), params.eval.ignore_index, True, es.names)
+    metrics["semantic"] = evaluate_semantic_dirs(pred_dir, gt_dir, len(es.names), params.eval.ignore_index,
+                                                 params.eval.reduce_zero_label, es.names)
     if do_pan:
         metrics["panoptic"], metrics["instance"] = _panoptic_and_instances(es.pan_json, es.pan_dir, pan_annotations, detections, out)
     _pictures(metrics["semantic"], pred_dir, es, grid, out, params)
@@ -264,8 +265,9 @@ def _panoptic_and_instances(gt_json: Path, gt_dir: Path, annotations: list[dict]
         dts.append({"image_id": by_stem[d["stem"]]["image_id"], "category_id": d["category_id"], "segmentation": rle, "score": d["score"]})
     write_json(out / "predictions" / "instances_gt.json", inst_gt, indent=None)
     write_json(out / "predictions" / "instances_dt.json", dts, indent=None)
-    if not dts:
-        ap = {"AP": 0.0, "AP50": 0.0, "AP75": 0.0, "APs": None, "APm": None, "APl": None, "per_class": {}, "note": "no detections"}
+    if not inst_gt["annotations"]:  # no thing in the ground truth: AP is undefined
+        ap = {"AP": None, "AP50": None, "AP75": None, "APs": None, "APm": None, "APl": None, "per_class": {},
+              "note": "no thing instances in the ground truth"}
     else:
         ap = evaluate_instances(out / "predictions" / "instances_gt.json", out / "predictions" / "instances_dt.json")
     return pq, ap
@@ -284,7 +286,7 @@ def _pictures(sem: dict, pred_dir: Path, es: EvalSet, grid, out: Path, params) -
     from seggen.metrics.semantic import SemanticAccumulator
 
     n = len(es.names)
-    acc = SemanticAccumulator(n, params.eval.ignore_index, True)
+    acc = SemanticAccumulator(n, params.eval.ignore_index, params.eval.reduce_zero_label)
     for stem, lp in zip(es.stems, es.label_paths):
         acc.add(load_label_png(pred_dir / f"{stem}.png"), load_label_png(lp), str(lp))
     conf = acc.confusion[:, :n].astype(float)

@@ -59,11 +59,18 @@ def load_model(model_dir: str | Path):
     """A trained seggen segmenter directory, or any Mask2Former checkpoint directory / id."""
     from transformers import Mask2FormerForUniversalSegmentation
 
+    from seggen.models.checkpoint import tree_problem
+
     model_dir = Path(model_dir) if Path(model_dir).exists() else model_dir
     info = {}
     if isinstance(model_dir, Path):
+        if not model_dir.is_dir():
+            raise DataError(f"{model_dir}: is a file, not a Mask2Former model directory")
         if not (model_dir / "config.json").exists():
             raise DataError(f"{model_dir}: not a Mask2Former model directory (no config.json)")
+        problem = tree_problem(model_dir)  # a truncated file is named here, not deep inside from_pretrained
+        if problem:
+            raise DataError(problem)
         if (model_dir / SEG_META).exists():
             info = json.loads((model_dir / SEG_META).read_text())
         cfg = json.loads((model_dir / "config.json").read_text())

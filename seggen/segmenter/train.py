@@ -30,6 +30,7 @@ from seggen.errors import DataError
 from seggen.generators.common import make_accelerator, resumable_checkpoint, seed_for, write_loss_log
 from seggen.io import atomic_dir
 from seggen.models import checkpoint as ckpt
+from seggen.outputs import check_dir, claim
 from seggen.segmenter.data import SegSource, augment, pixel_values, real_subset, synthetic_by_source, targets
 from seggen.segmenter.model import SEG_META, build_model
 
@@ -134,7 +135,7 @@ def make_batch(mix: Mixture, params: Params, phase: str, step: int, micro: int):
 
 def train_segmenter(params: Params, progress: bool = True) -> Path:
     cfg, tc = params.segmenter, params.segmenter.train
-    out = Path(cfg.out)
+    out = check_dir(cfg.out, "segmenter.out")
     if tc.threads:
         torch.set_num_threads(tc.threads)
     mix = Mixture(params)  # bad input fails here, before any training
@@ -145,6 +146,7 @@ def train_segmenter(params: Params, progress: bool = True) -> Path:
     total = tc.steps + (cfg.pretrain_steps if cfg.strategy == "pretrain_finetune" else 0)
     state = {"fingerprint": _fingerprint(params, mix)}
     start, losses = 0, []
+    claim(out, "segmenter.out", "train segmenter")
     last = resumable_checkpoint(out / "checkpoints", state["fingerprint"])
     if last is not None:
         saved = json.loads((last / "trainer_state.json").read_text())
@@ -203,7 +205,7 @@ def train_segmenter(params: Params, progress: bool = True) -> Path:
         "train": {"steps": total, "steps_this_run": total - start, "seconds_this_run": elapsed,
                   "final_loss": float(np.mean(losses[-20:])) if losses else None},
     }
-    with atomic_dir(model_dir) as tmp:
+    with atomic_dir(model_dir, "train segmenter", "segmenter.out") as tmp:
         accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
         (tmp / SEG_META).write_text(json.dumps(info, indent=2))
     write_loss_log(out / "train_log.json", losses)

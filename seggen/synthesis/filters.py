@@ -21,6 +21,7 @@ from PIL import Image
 
 from seggen.config import Params
 from seggen.io import atomic_dir
+from seggen.outputs import check_dir
 from seggen.models import probe
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ def load_filter(params: Params, progress: bool = True) -> QualityFilter | None:
     f = params.synthesize.filter
     if not (f.sample or f.pixel):
         return None
-    out = Path(f.out)
+    out = check_dir(f.out, "synthesize.filter.out")
     fp = _fingerprint(params)
     info = None
     if (out / "probe.json").exists():
@@ -98,7 +99,7 @@ def load_filter(params: Params, progress: bool = True) -> QualityFilter | None:
         model, x, y = probe.train_probe(params.data.root, f.resolution, params.seed, f.steps, f.batch_size,
                                         split=params.synthesize.split, progress=progress, subset=subset)
         losses = probe.class_mean_losses(model, x, y)
-        with atomic_dir(out) as tmp:
+        with atomic_dir(out, "synthesize: filter segmenter", "synthesize.filter.out") as tmp:
             model.save(tmp, {"fingerprint": fp, "resolution": f.resolution, "class_mean_loss": losses})
     model, info = probe.ProbeSegmenter.load(out)
     return QualityFilter(model, info["class_mean_loss"], info["resolution"], f.sample, f.min_miou, f.pixel, f.margin)

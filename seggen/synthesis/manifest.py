@@ -8,7 +8,7 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from seggen.errors import DataError
+from seggen.errors import DataError, not_found
 
 
 class Scores(BaseModel):
@@ -42,7 +42,7 @@ def write_manifest(path: Path, rows: list[ManifestRow]) -> None:
 def read_manifest(path: str | Path) -> list[ManifestRow]:
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: manifest not found")
+        raise DataError(not_found(path, "file", "manifest"))
     rows = []
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():

@@ -42,6 +42,7 @@ from seggen.data.meta import META_FILE, DatasetMeta, load_meta
 from seggen.errors import DataError
 from seggen.generators.common import MODEL_META, read_model_meta, save_grid, seed_for
 from seggen.io import digest_tree, write_json, write_png
+from seggen.outputs import MARKER, check_dir, claim
 from seggen.synthesis.manifest import ManifestRow, Scores, write_manifest
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,9 @@ def make_plan(params: Params, strategy: str) -> Plan:
     if strategy not in STRATEGIES:
         raise DataError(f"--strategy {strategy}: expected one of {', '.join(STRATEGIES)}")
     cfg = params.synthesize
+    check_dir(Path(cfg.out) / strategy, "synthesize.out")  # never cleared unless seggen wrote it
+    if cfg.filter.sample or cfg.filter.pixel:
+        check_dir(cfg.filter.out, "synthesize.filter.out")
     root = Path(params.data.root)
     ds = ADE20KDataset(root, cfg.split)
     meta = load_meta(root)
@@ -182,10 +186,12 @@ def prepare_output(plan: Plan) -> bool:
             current = None
     if current == plan.fingerprint:
         return not work.exists()
-    if out.exists() and any(out.iterdir()):
+    claim(out, "synthesize.out", f"synthesize {plan.strategy}")  # raises unless seggen wrote it
+    if any(p.name != MARKER for p in out.iterdir()):
         log.warning("%s holds a dataset made with other params or generators: starting over", out)
         for p in out.iterdir():
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
+            if p.name != MARKER:
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
     (work / "rows").mkdir(parents=True, exist_ok=True)
     (work / "fingerprint").write_text(plan.fingerprint + "\n")
     return False
