@@ -24,8 +24,9 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-SYNTHESIS = ("prepare", "check_data", "caption", "train_text2mask", "train_mask2img", "synthesize_masksyn", "synthesize_imgsyn")
-TRAIN_EVALUATE = ("train_segmenter", "evaluate", "report")
+SYNTHESIS = ("check_models", "prepare", "check_data", "caption", "train_text2mask", "train_mask2img", "synthesize_masksyn",
+             "synthesize_imgsyn")
+TRAIN_EVALUATE = ("check_models", "train_segmenter", "evaluate", "report")
 # `seggen` exits 2 on bad params or data, the shell 126/127 when a command is missing: retrying cannot help
 PERMANENT = (2, 126, 127)
 
@@ -138,29 +139,9 @@ def stage_names(project: Path, groups: tuple[str, ...] | None, dvcfile: str = "d
 
 def apply_overrides(project: Path, overrides: dict[str, Any], params_file: str = "params.yaml"):
     """Validate, then write the keys into the params file (comments kept; atomic). Returns the params."""
-    from ruamel.yaml import YAML
+    from seggen.config import write_params
 
-    from seggen.config import load_params
-
-    params = project / params_file
-    loaded = load_params(params, overrides, override_source="overrides")  # raises naming the key if a value is bad
-    if not overrides:
-        return loaded
-    yaml = YAML()  # round trip: comments and quoting kept ("no" must stay a string for YAML 1.1 readers)
-    yaml.preserve_quotes = True
-    yaml.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
-    doc = yaml.load(params.read_text())
-    for key, value in overrides.items():
-        *parents, last = key.split(".")
-        node = doc
-        for k in parents:
-            node = node.setdefault(k, {})
-        node[last] = value
-    tmp = params.with_name(f".{params.name}.tmp")
-    with open(tmp, "w") as f:
-        yaml.dump(doc, f)
-    os.replace(tmp, params)
-    return loaded
+    return write_params(project / params_file, overrides, override_source="overrides")
 
 
 def _mlflow_links(project: Path, execution: str) -> tuple[dict[tuple[str, str], str], str | None]:
@@ -210,6 +191,9 @@ def run_pipeline(request: PipelineRequest, groups: tuple[str, ...] | None) -> di
     if not (project / dvcfile).exists():
         raise FileNotFoundError(f"{project}: no {dvcfile} (project_dir must be a seggen checkout)")
     params = apply_overrides(project, request.overrides, params_file)
+    from seggen.preflight import require_models
+
+    require_models(params)  # an unreachable model fails the flow here, before its first task
     env = {tracking.EXECUTION_ENV: f"prefect:{flow_run.id or 'local'}"}
     if not request.track:
         env[tracking.TRACKING_ENV] = "off"

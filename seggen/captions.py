@@ -17,7 +17,6 @@ after every batch: a kill loses at most the batch in flight.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from pathlib import Path
 from typing import Iterable
@@ -26,7 +25,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 from seggen.progress import tqdm
 
-from seggen.data.ade20k import ADE20KDataset
+from seggen.data.layout import open_split
 from seggen.data.meta import DatasetMeta
 from seggen.errors import DataError
 from seggen.io import write_text
@@ -34,7 +33,8 @@ from seggen.io import write_text
 log = logging.getLogger(__name__)
 
 NUMBERS = ["no", "a", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
-PLURALS = {"person": "people", "grass": "grass", "sky": "sky", "water": "water", "glass": "glasses", "bus": "buses"}
+PLURALS = {"person": "people", "grass": "grass", "sky": "sky", "water": "water", "glass": "glasses", "bus": "buses",
+           "sheep": "sheep", "skis": "skis", "scissors": "scissors", "knife": "knives", "mouse": "mice", "shelf": "shelves"}
 STUFF_PHRASES = {
     "sky": "under the sky",
     "mountain": "with mountains in the background",
@@ -79,6 +79,7 @@ def label_caption(labels: np.ndarray, meta: DatasetMeta, instance_counts: dict[i
     xs = np.arange(w)[None, :] / max(w - 1, 1)
     for cls, area in present:
         info = meta.classes[cls - 1]
+        word = info.phrase  # COCO's "sky-other-merged" reads "sky"
         mask = labels == cls
         frac = area / (h * w)
         if info.isthing:
@@ -88,11 +89,11 @@ def label_caption(labels: np.ndarray, meta: DatasetMeta, instance_counts: dict[i
             n = max(n, 1)
             cx = float((mask * xs).sum() / area)
             count = NUMBERS[n] if n < len(NUMBERS) else "many"
-            name = info.name if n == 1 else plural(info.name)
+            name = word if n == 1 else plural(word)
             size = "large " if frac / n > 0.08 else "small " if frac / n < 0.004 else ""
             things.append(f"{count} {size if n == 1 else ''}{name} {_position(cx)}".replace("  ", " "))
         else:
-            stuff.append(STUFF_PHRASES.get(info.name, f"with {info.name}"))
+            stuff.append(STUFF_PHRASES.get(word, f"with {word}"))
     names = [meta.classes[c - 1].name for c, _ in present]
     if things:
         head = things[0] if len(things) == 1 else ", ".join(things[:-1]) + " and " + things[-1]
@@ -133,21 +134,16 @@ def write_captions(path: str | Path, rows: Iterable[CaptionRow]) -> None:
     write_text(path, "".join(r.model_dump_json() + "\n" for r in sorted(rows, key=lambda r: r.id)))
 
 
-def _instance_counts(root: Path, split: str) -> dict[str, dict[int, int]]:
-    """image stem -> {class: number of thing instances}, from the panoptic JSON where present."""
-    pj = root / "panoptic" / f"panoptic_{split}.json"
-    if not pj.exists():
-        return {}
-    data = json.loads(pj.read_text())
-    things = {c["id"] for c in data["categories"] if c.get("isthing")}
-    out: dict[str, dict[int, int]] = {}
-    for a in data["annotations"]:
-        counts: dict[int, int] = {}
-        for s in a["segments_info"]:
-            if s["category_id"] in things:
-                counts[s["category_id"]] = counts.get(s["category_id"], 0) + 1
-        out[Path(a["file_name"]).stem] = counts
-    return out
+def _instance_counts(ds, i: int) -> dict[int, int] | None:
+    """{class: number of thing instances} of sample i, from its panoptic annotation where it has one."""
+    if not ds.has_panoptic:
+        return None
+    counts: dict[int, int] = {}
+    things = set(ds.meta.thing_ids)
+    for s in ds.segments(i):
+        if s["category_id"] in things:
+            counts[s["category_id"]] = counts.get(s["category_id"], 0) + 1
+    return counts
 
 
 class BlipCaptioner:
@@ -199,10 +195,9 @@ def caption_dataset(
 
     root, out = Path(root), check_file(out, "caption.out")
     existing = read_captions(out)  # a file that is not ours stops here: it is never overwritten
-    ds = ADE20KDataset(root, split)
+    ds = open_split(root, split)
     if captioner == "label":
         name = "label"
-        counts = _instance_counts(root, split)
         blip = None
     elif captioner == "blip":
         if not model:
@@ -230,7 +225,7 @@ def caption_dataset(
             texts = blip([img for img, _ in loaded])
         for k, ((i, digest), (img, lab)) in enumerate(zip(batch, loaded)):
             sid = ds.samples[i].id
-            cap, classes = label_caption(lab, ds.meta, counts.get(sid) if blip is None else None)
+            cap, classes = label_caption(lab, ds.meta, _instance_counts(ds, i) if blip is None else None)
             if blip is not None:
                 cap = texts[k]
             rows[sid] = CaptionRow(id=sid, caption=cap, classes=classes, captioner=name, image_sha256=digest)

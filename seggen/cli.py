@@ -100,6 +100,64 @@ def prepare(
     typer.echo(f"dataset ready at {out}")
 
 
+params_app = typer.Typer(no_args_is_help=True, help="Show the params a command sees, or apply a profile to params.yaml.")
+app.add_typer(params_app, name="params")
+
+
+@params_app.command("show")
+def params_show(
+    key: Annotated[Optional[str], typer.Argument(help="A section or dotted key (default: everything).")] = None,
+) -> None:
+    """The validated params (file, profile `extends`, --set overrides and code defaults resolved) as YAML."""
+    import yaml
+
+    tree = state.params().model_dump(mode="json")
+    if key:
+        for k in key.split("."):
+            if not isinstance(tree, dict) or k not in tree:
+                raise ConfigError(f"{key}: no such key")
+            tree = tree[k]
+    typer.echo(yaml.safe_dump(tree, sort_keys=False).rstrip())
+
+
+@params_app.command("apply")
+def params_apply(
+    profile: Annotated[Path, typer.Argument(help="A profile: a params file with `extends:` (e.g. profiles/real-ade20k.yaml).")],
+    to: Annotated[Path, typer.Option(help="The params file to write the profile's keys into.")] = Path("params.yaml"),
+) -> None:
+    """Write a profile's keys into params.yaml (comments kept, validated first), so that `dvc repro` runs it."""
+    from seggen.config import profile_changes, write_params
+
+    changes = profile_changes(profile)
+    write_params(to, changes)
+    typer.echo(f"{to}: {len(changes)} keys set from {profile}")
+
+
+@app.command("check-models")
+def check_models_cmd(
+    out: Annotated[Optional[Path], typer.Option(help="Also write the per-model lines to this file (the DVC stage's output).")] = None,
+) -> None:
+    """Resolve every pretrained model the params name (ids and directories) in seconds: one line per model."""
+    from seggen.io import write_text
+    from seggen.outputs import check_file
+    from seggen.preflight import check_models
+
+    p = state.params()
+    if out:
+        check_file(out, "--out")
+    results = check_models(p)
+    lines = [f"{ref.key}: {ref.value}: {'ok' if problem is None else 'FAILED'}" for ref, problem in results]
+    lines = lines or ["no pretrained models configured (everything trains from scratch)"]
+    typer.echo("\n".join(lines))
+    bad = [(r, pr) for r, pr in results if pr]
+    if out and not bad:
+        write_text(out, "\n".join(lines) + "\n")
+    for ref, problem in bad:
+        typer.echo(f"{ref.key}: {problem}", err=True)
+    if bad:
+        raise ConfigError(f"{len(bad)} of {len(results)} configured models cannot be loaded ({', '.join(r.key for r, _ in bad)}; see above)")
+
+
 @data_app.command("check")
 def data_check(
     root: Annotated[Optional[Path], typer.Option(help="Dataset root (default: data.root).")] = None,
@@ -357,7 +415,7 @@ app.add_typer(export_app, name="export")
 @export_app.command("detectron2")
 def export_detectron2_cmd(
     out: Annotated[Path, typer.Option(help="Output directory for the dataset dicts.")] = Path("data/detectron2"),
-    split: Annotated[Optional[list[str]], typer.Option(help="Real split(s) (default: training, validation).")] = None,
+    split: Annotated[Optional[list[str]], typer.Option(help="Real split(s) (default: segmenter.split and the first of evaluate.splits).")] = None,
     synthetic: Annotated[bool, typer.Option(help="Include the synthetic datasets at synthesize.out.")] = True,
 ) -> None:
     """Real + synthetic data as detectron2 standard dataset dicts (JSON) + a register.py for the official Mask2Former."""

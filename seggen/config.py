@@ -41,7 +41,9 @@ class BenchmarkParams(_Section):
 
 
 class DataParams(_Section):
-    format: Literal["benchmark", "ade20k"] = "benchmark"
+    # benchmark: rendered by `seggen prepare` | ade20k: an ADEChallengeData2016-layout root |
+    # coco: a COCO panoptic root (SPLIT/*.jpg, annotations/panoptic_SPLIT.json + PNGs), read as it is
+    format: Literal["benchmark", "ade20k", "coco"] = "benchmark"
     root: Path = Path("data/benchmark")
     benchmark: BenchmarkParams = BenchmarkParams()
 
@@ -134,7 +136,10 @@ class GeneratorParams(_Section):
     out: Path
     resolution: int = Field(32, ge=8, le=2048)
     pretrained: Optional[str] = None  # SD / SDXL model id or directory: latent space through its VAE
-    prediction_type: Literal["epsilon", "sample", "v_prediction"] = "sample"
+    # what the UNet predicts. null: x0 ("sample") from scratch, the checkpoint's own (its scheduler's
+    # prediction_type, epsilon or v_prediction for SD/SDXL) with `pretrained`; a value that contradicts
+    # the checkpoint is an error (its frozen base could not follow another objective)
+    prediction_type: Optional[Literal["epsilon", "sample", "v_prediction"]] = None
     num_train_timesteps: int = Field(1000, ge=10)
     unet: UNetParams = UNetParams()
     train: TrainParams = TrainParams()
@@ -420,33 +425,120 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
-def load_params(path: str | Path = DEFAULT_PARAMS, overrides: dict[str, Any] | None = None,
-                override_source: str = "--set") -> Params:
-    """Read and validate params.yaml; a missing file means all defaults. Errors name the file and key,
-    or `override_source` and the key when the bad value came from `overrides`."""
-    path = Path(path)
-    tree: dict[str, Any] = {}
+def _read_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The mapping in a params file; a file with `extends: BASE` (relative to it) is BASE's mapping with
+    its own keys merged in -- a profile states only what differs (profiles/*.yaml)."""
     if path.is_dir():
         raise ConfigError(f"{path}: is a directory, not a params file")
-    if path.exists():
-        try:
-            loaded = _yaml_load(path.read_bytes().decode("utf-8"))
-        except UnicodeDecodeError as e:
-            raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
-        except YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"{path}:{where} not valid YAML: {getattr(e, 'problem', e)}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(loaded).__name__}")
-        tree = loaded
-    elif path != DEFAULT_PARAMS:
+    if not path.exists():
         raise ConfigError(not_found(path, "file", "params"))
+    try:
+        loaded = _yaml_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} not valid YAML: {getattr(e, 'problem', e)}") from None
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(loaded).__name__}")
+    base = loaded.pop(EXTENDS, None)
+    if base is None:
+        return loaded
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: {EXTENDS}: expected the path of the params file this one changes")
+    base_path = (path.parent / base).resolve()
+    if base_path in seen:
+        raise ConfigError(f"{path}: {EXTENDS}: {base} extends itself (a cycle)")
+    return deep_merge(_read_tree(base_path, seen + (path.resolve(),)), loaded)
+
+
+EXTENDS = "extends"
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` on `base`: mappings merged key by key, anything else replaced. `arms` and `regimes`
+    are replaced whole (a profile's arms are its arms, not added to the base's)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in ("arms", "regimes") else v
+    return out
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS, overrides: dict[str, Any] | None = None,
+                override_source: str = "--set") -> Params:
+    """Read and validate params.yaml (or a profile that extends it); a missing params.yaml means all
+    defaults. Errors name the file and key, or `override_source` and the key when the bad value came
+    from `overrides`."""
+    path = Path(path)
+    tree: dict[str, Any] = {}
+    if path.exists() or path.is_dir() or path != DEFAULT_PARAMS:
+        tree = _read_tree(path)
     for key, value in (overrides or {}).items():
         _set_dotted(tree, key, value, override_source)
     try:
         return Params.model_validate(tree)
     except ValidationError as e:
         raise ConfigError(_format_error(str(path), e, overrides, override_source)) from None
+
+
+def write_params(path: str | Path, changes: dict[str, Any], override_source: str = "--set") -> Params:
+    """Validate `changes` (dotted keys) on top of the params file, then write them into it with its
+    comments and quoting kept (what `dvc exp run -S` does), atomically. Returns the new params."""
+    import io
+
+    from ruamel.yaml import YAML
+
+    from seggen.io import write_text
+
+    path = Path(path)
+    loaded = load_params(path, changes, override_source)  # raises naming the key if a value is bad
+    if not changes:
+        return loaded
+    yaml = YAML()  # round trip ("no" must stay quoted for YAML 1.1 readers)
+    yaml.preserve_quotes = True
+    yaml.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
+    doc = yaml.load(path.read_text()) if path.exists() else {}
+    for key, value in changes.items():
+        *parents, last = key.split(".")
+        node = doc
+        for k in parents:
+            node = node.setdefault(k, {})
+        node[last] = value
+    buf = io.StringIO()
+    yaml.dump(doc, buf)
+    write_text(path, buf.getvalue())
+    return loaded
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; `arms` and `regimes` entries stay whole (they are replaced whole)."""
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v and k not in ("arms", "regimes"):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def profile_changes(profile: str | Path) -> dict[str, Any]:
+    """The dotted keys a profile (a params file with `extends`) sets, with their values."""
+    path = Path(profile)
+    tree = _read_tree(path)
+    loaded = _yaml_load(path.read_text())
+    if not isinstance(loaded, dict) or EXTENDS not in loaded:
+        raise ConfigError(f"{path}: not a profile (no `{EXTENDS}:` naming the params file it changes)")
+    own = {k: v for k, v in loaded.items() if k != EXTENDS}
+    flat = flatten(own)
+    return {k: _get_dotted(tree, k) for k in flat}
+
+
+def _get_dotted(tree: dict[str, Any], dotted: str) -> Any:
+    node: Any = tree
+    for k in dotted.split("."):
+        node = node[k]
+    return node

@@ -10,6 +10,7 @@ from seggen.progress import tqdm
 from seggen.config import Params
 from seggen.data import benchmark
 from seggen.data.ade20k import ADE20KDataset
+from seggen.data.layout import ADE20K, COCO, detect_layout, open_split, splits_of
 from seggen.errors import DataError
 from seggen.io import remove_stale
 from seggen.outputs import check_dir
@@ -31,11 +32,25 @@ def prepare(params: Params, force: bool = False, progress: bool = True) -> Path:
         if reason and root.exists() and reason != "rendered with other params":
             log.warning("%s is damaged (%s): rendering it again", root, reason)
         return benchmark.generate(root, params.data.benchmark, params.seed, progress=progress)
-    if params.data.format == "ade20k":
-        for split in ("training", "validation"):
-            ADE20KDataset(root, split)  # indexes and pairs files; raises naming the first problem
-        return root
-    raise DataError(f"data.format: {params.data.format} is not supported by prepare")
+    # a real dataset is read where it is, never written: check that every split the params use is
+    # there in the layout data.format names, so that a missing one fails now, not after hours of training
+    layout = ADE20K if params.data.format == "ade20k" else COCO
+    for key, split in used_splits(params).items():
+        found = detect_layout(root, split)
+        if found is not layout:
+            where = layout.images(root, split) if layout is ADE20K else layout.panoptic_json(root, split)
+            have = ", ".join(splits_of(root)) or "none"
+            raise DataError(f"{key}: split {split!r} is not in {root} (expected {where}; data.format {params.data.format}; "
+                            f"splits there: {have})")
+        open_split(root, split)  # indexes and pairs files; raises naming the first problem
+    return root
+
+
+def used_splits(params: Params) -> dict[str, str]:
+    """The dataset splits the pipeline reads, by the key that names them."""
+    out = {"caption.split": params.caption.split, "synthesize.split": params.synthesize.split, "segmenter.split": params.segmenter.split}
+    out.update({f"evaluate.splits[{i}]": s for i, s in enumerate(params.evaluate.splits)})
+    return out
 
 
 def check_dataset(root: str | Path, splits: list[str] | None = None, progress: bool = True) -> dict[str, int]:

@@ -13,6 +13,7 @@ from typing import Any
 from seggen import tracking
 from seggen.config import Params
 from seggen.errors import DataError
+from seggen.preflight import require_models
 
 
 def _sections(params: Params, *names: str) -> dict[str, Any]:
@@ -37,6 +38,7 @@ def caption(params: Params) -> dict:
     from seggen.captions import caption_dataset
 
     c = params.caption
+    require_models(params, ("caption",))
     with tracking.stage_run("caption", _sections(params, "caption")) as mlrun:
         mlrun.log_dataset(params.data.root, "real", "captioned", c.split)
         stats = caption_dataset(params.data.root, c.split, c.out, c.captioner, c.model, c.batch_size, c.max_new_tokens)
@@ -52,6 +54,7 @@ def train_generator(params: Params, kind: str) -> Path:
     else:
         from seggen.generators.mask2img import train_mask2img as run
     cfg = getattr(params, kind)
+    require_models(params, (kind,))
     with tracking.stage_run(f"train_{kind}", _sections(params, "seed", "text_encoder", kind)) as mlrun:
         mlrun.log_dataset(params.data.root, "real", "training", "training")
         mlrun.log_dataset(params.caption.out, "captions", "training")
@@ -97,6 +100,7 @@ def train_segmenter(params: Params, arm: str | None = None) -> Path:
 
     p = params.arm(arm) if arm else params
     cfg = p.segmenter
+    require_models(p.model_copy(update={"arms": {}}), ("segmenter",))
     logged = _sections(p, "seed", "segmenter")
     if arm:
         logged["arm"] = arm
@@ -137,9 +141,11 @@ def evaluate(params: Params, split: str, arm: str | None = None, model: Path | N
     key = "--out" if out else "evaluate.out"
     out = check_dir(out or Path(ev.out) / (arm or "model") / split, key)  # before any compute
     if arm and task is None and ev.panoptic:
+        from seggen.data.layout import detect_layout
+
         r = Path(root or p.data.root)
-        has_pan = (r / "panoptic" / f"panoptic_{split}.json").exists() or (r / "annotations" / f"panoptic_{split}.json").exists()
-        task = "panoptic" if has_pan else "semantic"
+        layout = detect_layout(r, split)
+        task = "panoptic" if layout is not None and layout.panoptic_json(r, split).is_file() else "semantic"
     name = f"evaluate@{arm}-{split}" if arm else f"evaluate-{split}"
     with tracking.stage_run(name, {"split": split, "arm": arm, "model": str(model), "task": task, "eval": p.eval.model_dump(mode="json")}) as mlrun:
         mlrun.log_dataset(root or p.data.root, "real", "evaluation", split)

@@ -98,3 +98,44 @@ def make_project(root: Path, params: dict | None = None) -> Path:
     run("git", "add", "-A")
     run("git", "commit", "-qm", "tiny project")
     return root
+
+
+def tiny_mask2former(path: Path, names: list[str]) -> Path:
+    """A random-init Mask2Former checkpoint directory with these label names (id2label), as HF saves one."""
+    from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, SwinConfig
+
+    cfg = Mask2FormerConfig(backbone_config=SwinConfig(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], window_size=4,
+                                                       out_features=["stage1", "stage2", "stage3", "stage4"]),
+                            feature_size=32, mask_feature_size=32, hidden_dim=32, encoder_feedforward_dim=64, dim_feedforward=64,
+                            encoder_layers=1, decoder_layers=1, num_attention_heads=2, num_queries=8, num_labels=len(names),
+                            id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
+    Mask2FormerForUniversalSegmentation(cfg).save_pretrained(path)
+    return path
+
+
+def tiny_stable_diffusion(d: Path, data_root: Path, prediction_type: str = "epsilon") -> Path:
+    """A random-init Stable-Diffusion-layout directory (vae, unet, text_encoder, tokenizer, scheduler)
+    whose scheduler says `prediction_type`; the tokenizer is trained on the captions of `data_root`."""
+    import torch
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from seggen.captions import read_captions
+    from seggen.models.text import train_tokenizer
+
+    d.mkdir(parents=True, exist_ok=True)
+    caption_dataset(data_root, "training", d / "caps.jsonl", progress=False)
+    tok = train_tokenizer([r.caption for r in read_captions(d / "caps.jsonl").values()], 128, 40)
+    tok.save_pretrained(d / "tokenizer")
+    torch.manual_seed(0)
+    CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2, max_position_embeddings=40, pad_token_id=0, bos_token_id=2,
+                                 eos_token_id=3)).save_pretrained(d / "text_encoder")
+    AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                  block_out_channels=(8, 16), latent_channels=4, norm_num_groups=4, sample_size=16).save_pretrained(d / "vae")
+    UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), block_out_channels=(8, 16), layers_per_block=1,
+                         cross_attention_dim=16, attention_head_dim=4, norm_num_groups=4).save_pretrained(d / "unet")
+    DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                  prediction_type=prediction_type).save_pretrained(d / "scheduler")
+    return d

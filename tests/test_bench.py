@@ -36,7 +36,7 @@ def test_bench_repro_builds_results_page_from_mlflow(tmp_path, mlflow_server):
     r = dvc(root, "repro", "bench/dvc.yaml", env=env)
     stages = ran(r)
     # the main pipeline's data stages first, then the bench's own (none of the main pipeline's models)
-    assert stages[:2] == ["prepare", "caption"] and "train_segmenter@baseline" not in stages
+    assert stages[:3] == ["check_models", "prepare", "caption"] and "train_segmenter@baseline" not in stages
     for s in ("train_text2mask", "train_mask2img", "synthesize@low-imgsyn", "train_segmenter@low-both-s1", "evaluate@full-baseline-s0", "report"):
         assert f"bench/dvc.yaml:{s}" in stages
 
@@ -66,4 +66,4 @@ def test_bench_repro_builds_results_page_from_mlflow(tmp_path, mlflow_server):
     assert "img/results/miou.png" in pictures and len(pictures) == 1 + 4 + 6
     for p in pictures:
         assert (root / "docs" / p).stat().st_size > 1000, p
-    assert ran(dvc(root, "repro", "bench/dvc.yaml", env=env)) == []
+    assert ran(dvc(root, "repro", "bench/dvc.yaml", env=env)) == ["check_models"]

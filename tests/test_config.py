@@ -32,7 +32,7 @@ def test_missing_explicit_file_is_error(tmp_path):
         ("data:\n  benchmrk: {}\n", r"data\.benchmrk: unknown key"),
         ("sede: 1\n", r"sede: unknown key"),
         ("data:\n  benchmark:\n    resolution: 8\n", r"data\.benchmark\.resolution: .*greater than or equal to 32 \(got 8\)"),
-        ("data:\n  format: coco\n", r"data\.format: .*'benchmark' or 'ade20k'"),
+        ("data:\n  format: cityscapes\n", r"data\.format: .*'benchmark', 'ade20k' or 'coco'"),
         ("eval:\n  reduce_zero_label: maybe\n", r"eval\.reduce_zero_label: .*boolean"),
         ("seed: -1\n", r"seed: .*greater than or equal to 0"),
         ("- a\n- b\n", r"top level must be a mapping"),

@@ -196,27 +196,9 @@ def test_kill_and_resume_reaches_the_same_weights(small_benchmark, tmp_path, kin
 @pytest.fixture(scope="module")
 def tiny_sd(tmp_path_factory, small_benchmark):
     """A random-init Stable-Diffusion-layout directory (vae, unet, text_encoder, tokenizer, scheduler)."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from helpers import tiny_stable_diffusion
 
-    from seggen.captions import read_captions
-    from seggen.models.text import train_tokenizer
-
-    d = tmp_path_factory.mktemp("tiny_sd")
-    caption_dataset(small_benchmark, "training", d / "caps.jsonl", progress=False)
-    tok = train_tokenizer([r.caption for r in read_captions(d / "caps.jsonl").values()], 128, 40)
-    tok.save_pretrained(d / "tokenizer")
-    torch.manual_seed(0)
-    CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                 num_attention_heads=2, max_position_embeddings=40, pad_token_id=0, bos_token_id=2,
-                                 eos_token_id=3)).save_pretrained(d / "text_encoder")
-    AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                  block_out_channels=(8, 16), latent_channels=4, norm_num_groups=4, sample_size=16).save_pretrained(d / "vae")
-    UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), block_out_channels=(8, 16), layers_per_block=1,
-                         cross_attention_dim=16, attention_head_dim=4, norm_num_groups=4).save_pretrained(d / "unet")
-    DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).save_pretrained(d / "scheduler")
-    return d
+    return tiny_stable_diffusion(tmp_path_factory.mktemp("tiny_sd"), small_benchmark)
 
 
 def test_pretrained_latent_path(tiny_sd, small_benchmark, tmp_path):

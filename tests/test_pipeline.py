@@ -50,7 +50,8 @@ def project(tmp_path_factory, mlflow_server):
     return {"root": root, "env": env, "first": r, "mlflow": mlflow_server}
 
 
-STAGES = ["prepare", "check_data", "caption", "train_text2mask", "train_mask2img", "synthesize_masksyn", "synthesize_imgsyn",
+# check_models (the pre-flight model check) runs on every `dvc repro`: nothing downstream re-runs because of it
+STAGES = ["check_models", "prepare", "check_data", "caption", "train_text2mask", "train_mask2img", "synthesize_masksyn", "synthesize_imgsyn",
           "train_segmenter@baseline", "train_segmenter@seggen", "evaluate@baseline-validation", "evaluate@baseline-validation_shift",
           "evaluate@seggen-validation", "evaluate@seggen-validation_shift", "report"]
 
@@ -64,7 +65,7 @@ def test_repro_runs_every_stage_then_nothing(project):
             assert 0 <= scores["mIoU"] <= 100 and "PQ" in scores and "AP" in scores
     assert "| seggen | validation_shift |" in (root / "reports" / "report.md").read_text()
     again = dvc(root, "repro", env=project["env"])
-    assert ran(again) == [] and "Data and pipelines are up to date" in again.stdout
+    assert ran(again) == ["check_models"] and "Stage 'prepare' didn't change, skipping" in again.stdout
 
 
 def test_metrics_plots_and_remote(project, tmp_path):
@@ -84,7 +85,7 @@ def test_metrics_plots_and_remote(project, tmp_path):
     shutil.rmtree(root / "models" / "segmenter" / "baseline" / "model")
     dvc(root, "pull", env=env)
     assert (root / "models" / "segmenter" / "baseline" / "model" / "model.safetensors").exists()
-    assert ran(dvc(root, "repro", env=env)) == []
+    assert ran(dvc(root, "repro", env=env)) == ["check_models"]
 
 
 def test_mlflow_lineage(project):
@@ -96,7 +97,8 @@ def test_mlflow_lineage(project):
     parents = [r for r in runs if r.data.tags.get("seggen.kind") == "pipeline"]
     first = parents[-1]  # the oldest: the first `dvc repro`
     children = {r.data.tags["seggen.stage"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == first.info.run_id}
-    assert sorted(children) == sorted(STAGES[:1] + STAGES[2:])  # check_data is a plain check, not a tracked stage
+    # check_models and check_data are plain checks, not tracked stages
+    assert sorted(children) == sorted(s for s in STAGES if s not in ("check_models", "check_data"))
     assert first.info.status == "FINISHED" and all(r.info.status == "FINISHED" for r in children.values())
 
     lock = yaml.safe_load((project["root"] / "dvc.lock").read_text())["stages"]
@@ -155,7 +157,7 @@ def test_unreachable_tracking_server_fails_before_compute(project, tmp_path):
 def test_param_change_reruns_only_segmentation_and_failures_resume(project):
     root, env = project["root"], project["env"]
     r = dvc(root, "exp", "run", "-S", "segmenter.train.lr=0.001", env=env)
-    assert set(ran(r)) == {s for s in STAGES if s.split("@")[0] in ("train_segmenter", "evaluate", "report")}
+    assert set(ran(r)) == {s for s in STAGES if s.split("@")[0] in ("check_models", "train_segmenter", "evaluate", "report")}
     shown = json.dumps(json.loads(dvc(root, "exp", "show", "--json", env=env).stdout))
     assert '"lr": 0.001' in shown and '"experiments": [' in shown
 
@@ -172,7 +174,7 @@ def test_param_change_reruns_only_segmentation_and_failures_resume(project):
     params["arms"]["seggen"].pop("synthetic_root")
     rt.dump(params, root / "params.yaml")
     r = dvc(root, "repro", env=env)
-    assert set(ran(r)) == {"train_segmenter@seggen", "evaluate@seggen-validation", "evaluate@seggen-validation_shift", "report"}
+    assert set(ran(r)) == {"check_models", "train_segmenter@seggen", "evaluate@seggen-validation", "evaluate@seggen-validation_shift", "report"}
 
 
 def _api(url: str, path: str, body: dict | None = None):
@@ -215,12 +217,12 @@ def test_prefect_deployment_triggered_through_the_api(project, prefect_server):
         serve.wait(30)
         log.close()
     tasks = _api(prefect_server, "/task_runs/filter", {"flow_runs": {"id": {"any_": [run["id"]]}}})
-    assert {t["name"] for t in tasks} == {s for s in STAGES if s.split("@")[0] in ("train_segmenter", "evaluate", "report")}
+    assert {t["name"] for t in tasks} == {s for s in STAGES if s.split("@")[0] in ("check_models", "train_segmenter", "evaluate", "report")}
     assert all(t["state_type"] == "COMPLETED" for t in tasks)
     # dvc.lock records what the flow ran; DVC sees nothing left to do
     lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
     assert lock["train_segmenter@seggen"]["params"]["params.yaml"]["segmenter"]["train"]["steps"] == 6
-    assert ran(dvc(root, "repro", env=project["env"])) == []
+    assert ran(dvc(root, "repro", env=project["env"])) == ["check_models"]
     arts = _api(prefect_server, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run["id"]]}}})
     md = next(a["data"] for a in arts if a["key"] == "seggen-summary")
     assert "| seggen | validation_shift |" in md and "#/experiments/" in md

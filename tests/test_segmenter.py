@@ -159,15 +159,9 @@ def test_pretrained_checkpoint_directory_on_real_ade20k(ade_root, tmp_path):
 
 
 def _tiny_checkpoint(path: Path, names: list[str]) -> Path:
-    from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, SwinConfig
+    from helpers import tiny_mask2former
 
-    cfg = Mask2FormerConfig(backbone_config=SwinConfig(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], window_size=4,
-                                                       out_features=["stage1", "stage2", "stage3", "stage4"]),
-                            feature_size=32, mask_feature_size=32, hidden_dim=32, encoder_feedforward_dim=64, dim_feedforward=64,
-                            encoder_layers=1, decoder_layers=1, num_attention_heads=2, num_queries=8, num_labels=len(names),
-                            id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
-    Mask2FormerForUniversalSegmentation(cfg).save_pretrained(path)
-    return path
+    return tiny_mask2former(path, names)
 
 
 def test_pretrained_checkpoint_on_real_coco_panoptic(real, tmp_path):

@@ -17,6 +17,7 @@ from typing import Iterator
 import numpy as np
 
 from seggen.data.images import IMAGE_EXTS, load_label_png, load_rgb
+from seggen.data.layout import ADE20K
 from seggen.data.meta import DatasetMeta, load_meta
 from seggen.errors import DataError, not_found
 
@@ -29,6 +30,11 @@ class SemanticSample:
 
 
 class ADE20KDataset:
+    """A split in the ADE20K layout (seggen.data.layout), with its panoptic annotation where present
+    (ROOT/panoptic/panoptic_SPLIT.json, category ids = class ids 1..N)."""
+
+    layout = ADE20K
+
     def __init__(self, root: str | Path, split: str, meta: DatasetMeta | None = None):
         self.root = Path(root)
         self.split = split
@@ -36,6 +42,49 @@ class ADE20KDataset:
         self.image_dir = self.root / "images" / split
         self.label_dir = self.root / "annotations" / split
         self.samples = self._index()
+        self._pan = None
+
+    @property
+    def ids(self) -> list[str]:
+        return [s.id for s in self.samples]
+
+    @property
+    def panoptic_json(self) -> Path:
+        return ADE20K.panoptic_json(self.root, self.split)
+
+    @property
+    def has_panoptic(self) -> bool:
+        return self.panoptic_json.is_file()
+
+    def _panoptic(self):
+        if self._pan is None:
+            from seggen.data.coco import CocoPanoptic
+
+            if not self.has_panoptic:
+                raise DataError(f"{self.panoptic_json}: not found (instances need the panoptic layout in {self.root})")
+            pan = CocoPanoptic(self.panoptic_json)
+            index = {Path(a["file_name"]).stem: k for k, a in enumerate(pan.annotations)}
+            missing = [i for i in self.ids if i not in index]
+            if missing:
+                raise DataError(f"{self.panoptic_json}: no panoptic annotation for {missing[0]}")
+            self._pan = (pan, index)
+        return self._pan
+
+    def segments(self, i: int) -> list[dict]:
+        pan, index = self._panoptic()
+        return pan.annotations[index[self.samples[i].id]]["segments_info"]
+
+    def load_panoptic(self, i: int) -> tuple[np.ndarray, list[dict]]:
+        """-> (HxW segment ids, 0 = void; segments_info with category_id = class id)."""
+        pan, index = self._panoptic()
+        return pan.load_ids(index[self.samples[i].id])
+
+    def panoptic_png(self, i: int) -> Path:
+        pan, index = self._panoptic()
+        return pan.png_dir / pan.annotations[index[self.samples[i].id]]["file_name"]
+
+    def load_image(self, i: int) -> np.ndarray:
+        return load_rgb(self.samples[i].image_path)
 
     def _index(self) -> list[SemanticSample]:
         for d in (self.image_dir, self.label_dir):

@@ -1,8 +1,11 @@
 """ADE20K SceneParsing (ADEChallengeData2016) class list and visualisation palette.
 
-From the benchmark's objectInfo150 (first synonym kept as the short name,
-except class 59, 'screen door', which would otherwise repeat 'screen') and color150;
-index i here is label i+1 in the annotation PNGs (0 = other/unlabelled, ignored).
+Class names: those of mmsegmentation's ADE20KDataset and of the Hugging Face ADE20K checkpoints'
+id2label ("chest of drawers", "traffic light", ...; HF writes "bed " with a trailing space, matched
+by seggen.data.meta.same_label). objectInfo150's Name column cannot give them: it separates
+synonyms with ';' and uses ';' between the words of a name too ("chest;of;drawers;chest;bureau").
+ADE20K_FULL_NAMES keeps that column as it is. Index i here is label i+1 in the annotation PNGs
+(0 = other/unlabelled, ignored); colours from color150.
 The official palette repeats (140, 140, 140) for road and skyscraper; the colour codec
 resolves that (see seggen.codec.Palette.make_distinct).
 """
@@ -52,7 +55,7 @@ ADE20K_CLASSES: tuple[str, ...] = (
     'box',
     'column',
     'signboard',
-    'chest',
+    'chest of drawers',
     'counter',
     'sand',
     'sink',
@@ -64,15 +67,15 @@ ADE20K_CLASSES: tuple[str, ...] = (
     'stairs',
     'runway',
     'case',
-    'pool',
+    'pool table',
     'pillow',
-    'screen door',  # 'screen;door;screen': renamed as in mmseg, to keep names unique
+    'screen door',
     'stairway',
     'river',
     'bridge',
     'bookcase',
     'blind',
-    'coffee',
+    'coffee table',
     'toilet',
     'flower',
     'book',
@@ -81,12 +84,12 @@ ADE20K_CLASSES: tuple[str, ...] = (
     'countertop',
     'stove',
     'palm',
-    'kitchen',
+    'kitchen island',
     'computer',
-    'swivel',
+    'swivel chair',
     'boat',
     'bar',
-    'arcade',
+    'arcade machine',
     'hovel',
     'bus',
     'towel',
@@ -97,9 +100,9 @@ ADE20K_CLASSES: tuple[str, ...] = (
     'awning',
     'streetlight',
     'booth',
-    'television',
+    'television receiver',
     'airplane',
-    'dirt',
+    'dirt track',
     'apparel',
     'pole',
     'land',
@@ -113,11 +116,11 @@ ADE20K_CLASSES: tuple[str, ...] = (
     'van',
     'ship',
     'fountain',
-    'conveyer',
+    'conveyer belt',
     'canopy',
     'washer',
     'plaything',
-    'swimming',
+    'swimming pool',
     'stool',
     'barrel',
     'basket',
@@ -131,7 +134,7 @@ ADE20K_CLASSES: tuple[str, ...] = (
     'food',
     'step',
     'tank',
-    'trade',
+    'trade name',
     'microwave',
     'pot',
     'animal',
@@ -144,15 +147,15 @@ ADE20K_CLASSES: tuple[str, ...] = (
     'hood',
     'sconce',
     'vase',
-    'traffic',
+    'traffic light',
     'tray',
     'ashcan',
     'fan',
     'pier',
-    'crt',
+    'crt screen',
     'plate',
     'monitor',
-    'bulletin',
+    'bulletin board',
     'shower',
     'radiator',
     'glass',

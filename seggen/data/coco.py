@@ -332,3 +332,82 @@ class CocoInstances:
                 f"{info['width']}x{info['height']} in {self.json_path.name}"
             )
         return image, self.masks(image_id)
+
+
+class CocoSplit:
+    """A split in the COCO panoptic layout (seggen.data.layout): ROOT/SPLIT/*.jpg and
+    ROOT/annotations/panoptic_SPLIT.json + PNGs, read as the ADE20K reader reads its layout. Classes
+    are the JSON's categories in id order, numbered 1..N (meta.classes[k].source_id keeps the COCO id);
+    semantic labels come from the panoptic annotation (void -> 0, crowd regions keep their class)."""
+
+    def __init__(self, root: str | Path, split: str):
+        from seggen.data.layout import COCO
+        from seggen.data.meta import coco_meta
+
+        self.layout = COCO
+        self.root, self.split = Path(root), split
+        self.panoptic_json = COCO.panoptic_json(self.root, split)
+        self.image_dir = COCO.images(self.root, split)
+        if not self.image_dir.is_dir():
+            raise DataError(not_found(self.image_dir, "directory", "image") + f" (the images of {self.panoptic_json.name})")
+        self.pan = CocoPanoptic(self.panoptic_json, image_dir=self.image_dir)
+        self.meta = coco_meta(list(self.pan.categories.values()), name=f"coco:{self.root.name}")
+        self._class = self.meta.class_of_category()
+        from seggen.data.ade20k import SemanticSample
+
+        order = sorted(range(len(self.pan.annotations)), key=lambda k: Path(self.pan.annotations[k]["file_name"]).stem)
+        self._ann = order
+        self.samples = []
+        for k in order:
+            a = self.pan.annotations[k]
+            image = self.image_dir / self.pan.images[a["image_id"]]["file_name"]
+            if not image.is_file():
+                raise DataError(not_found(image) + f" (image {a['image_id']} of {self.panoptic_json.name})")
+            self.samples.append(SemanticSample(Path(a["file_name"]).stem, image, None))
+        if not self.samples:
+            raise DataError(f"{self.panoptic_json}: no annotations")
+
+    has_panoptic = True
+
+    @property
+    def ids(self) -> list[str]:
+        return [s.id for s in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def segments(self, i: int) -> list[dict]:
+        """segments_info of sample i with category_id = class id 1..N."""
+        a = self.pan.annotations[self._ann[i]]
+        return [{**s, "category_id": self._class[int(s["category_id"])]} for s in a["segments_info"]]
+
+    def load_panoptic(self, i: int) -> tuple[np.ndarray, list[dict]]:
+        ids, _ = self.pan.load_ids(self._ann[i])
+        return ids, self.segments(i)
+
+    def panoptic_png(self, i: int) -> Path:
+        return self.pan.png_dir / self.pan.annotations[self._ann[i]]["file_name"]
+
+    def load_label(self, i: int) -> np.ndarray:
+        ids, segments = self.load_panoptic(i)
+        lut_ids = np.array([0] + [int(s["id"]) for s in segments], np.int64)
+        lut_cls = np.array([0] + [int(s["category_id"]) for s in segments], np.int64)
+        order = np.argsort(lut_ids)
+        pos = np.searchsorted(lut_ids[order], ids.astype(np.int64))
+        labels = lut_cls[order][np.clip(pos, 0, len(order) - 1)]  # every id in the PNG is in the JSON (load_ids checks)
+        return labels.astype(np.uint8 if self.meta.num_classes < 256 else np.uint16)
+
+    def load_image(self, i: int) -> np.ndarray:
+        return load_rgb(self.samples[i].image_path)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        image = self.load_image(i)
+        label = self.load_label(i)
+        if image.shape[:2] != label.shape:
+            raise DataError(f"{self.panoptic_png(i)}: size {label.shape[1]}x{label.shape[0]} does not match image "
+                            f"{self.samples[i].image_path.name} {image.shape[1]}x{image.shape[0]}")
+        return image, label
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]

@@ -21,8 +21,8 @@ from PIL import Image
 from seggen.captions import read_captions
 from seggen.codec import Palette
 from seggen.config import GeneratorParams, Params, UNetParams
-from seggen.data.ade20k import ADE20KDataset
-from seggen.data.meta import DatasetMeta, load_meta
+from seggen.data.layout import open_split
+from seggen.data.meta import DatasetMeta
 from seggen.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -71,26 +71,20 @@ def load_generator_data(params: Params, resolution: int, instances: bool = False
     caps = read_captions(params.caption.out)
     if not caps:
         raise DataError(f"{params.caption.out}: no captions (run `seggen caption` first)")
-    ds = ADE20KDataset(root, split)
-    meta = load_meta(root)
+    ds = open_split(root, split)
+    meta = ds.meta
     palette = meta.palette(boundary=instances)
     missing = [s.id for s in ds.samples if s.id not in caps]
     if missing:
         raise DataError(f"{params.caption.out}: no caption for {len(missing)} image(s) of {split}, e.g. {missing[0]}")
-    pan = None
-    if instances:
-        from seggen.data.coco import CocoPanoptic
-
-        pj = root / "panoptic" / f"panoptic_{split}.json"
-        if not pj.exists():
-            raise DataError(f"{pj}: instance-aware colour maps need the panoptic layout")
-        pan = CocoPanoptic(pj)
+    if instances and not ds.has_panoptic:
+        raise DataError(f"{root}: instance-aware colour maps (text2mask.instances) need a panoptic annotation of {split}")
     maps, imgs, labs = [], [], []
     for i, s in enumerate(ds.samples):
         img, lab = ds[i]
         lab_r = np.asarray(Image.fromarray(lab).resize((resolution, resolution), Image.NEAREST))
-        if pan is not None:
-            ids, _ = pan.load_ids(i)
+        if instances:
+            ids, _ = ds.load_panoptic(i)
             ids_r = np.asarray(Image.fromarray(ids.astype(np.int32)).resize((resolution, resolution), Image.NEAREST))
             cmap = palette.encode_instances(lab_r, ids_r)
         else:
@@ -160,17 +154,38 @@ def build_unet(cfg: UNetParams, channels: int, cross_attention_dim: int, sample_
     )
 
 
-def build_noise_scheduler(cfg: GeneratorParams):
+def checkpoint_prediction_type(pretrained: str) -> str:
+    """The prediction_type of a Stable Diffusion (XL) repo's scheduler (epsilon if it names none)."""
     from diffusers import DDPMScheduler
 
-    if cfg.pretrained:
-        sched = DDPMScheduler.from_pretrained(cfg.pretrained, subfolder="scheduler")
-        return DDPMScheduler.from_config(sched.config, prediction_type=cfg.prediction_type)
+    config = DDPMScheduler.load_config(pretrained, subfolder="scheduler")
+    return config.get("prediction_type") or "epsilon"
+
+
+def resolved_prediction_type(cfg: GeneratorParams, kind: str) -> str:
+    """What the UNet will predict: the params' value, checked against a pretrained checkpoint's own."""
+    from seggen.errors import ConfigError
+
+    if not cfg.pretrained:
+        return cfg.prediction_type or "sample"
+    own = checkpoint_prediction_type(cfg.pretrained)
+    if cfg.prediction_type and cfg.prediction_type != own:
+        raise ConfigError(f"{kind}.prediction_type: {cfg.prediction_type}, but {cfg.pretrained} was trained to predict {own} "
+                          f"(its scheduler's prediction_type); set it to {own} or null to follow the checkpoint")
+    return own
+
+
+def build_noise_scheduler(cfg: GeneratorParams, kind: str):
+    from diffusers import DDPMScheduler
+
+    prediction = resolved_prediction_type(cfg, kind)
+    if cfg.pretrained:  # the checkpoint's noise schedule and objective
+        return DDPMScheduler.from_config(DDPMScheduler.load_config(cfg.pretrained, subfolder="scheduler"), prediction_type=prediction)
     # cosine schedule: better than linear for small pixel-space images
     return DDPMScheduler(
         num_train_timesteps=cfg.num_train_timesteps,
         beta_schedule="squaredcos_cap_v2",
-        prediction_type=cfg.prediction_type,
+        prediction_type=prediction,
         clip_sample=False,
     )
 
@@ -293,10 +308,12 @@ def save_grid(rows: list[np.ndarray], path: Path, scale: int = 4) -> Path:
     return path
 
 
-def fingerprint_params(params: Params, gen: GeneratorParams) -> str:
+def fingerprint_params(params: Params, gen: GeneratorParams, prediction_type: str) -> str:
     """What a checkpoint's trajectory depends on: not the step budget, checkpointing, threads or
-    sampling settings, so raising `train.steps` resumes and extends an earlier run."""
+    sampling settings, so raising `train.steps` resumes and extends an earlier run. The prediction
+    type as resolved (null and its resolution are the same training)."""
     g = gen.model_dump(mode="json", exclude={"out", "sample"})
+    g["prediction_type"] = prediction_type
     for k in ("steps", "checkpoint_every", "keep_checkpoints", "threads"):
         g["train"].pop(k)
     blob = json.dumps([params.seed, params.data.model_dump(mode="json"), params.caption.model_dump(mode="json"),

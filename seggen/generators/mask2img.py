@@ -45,6 +45,7 @@ def train_mask2img(params: Params, progress: bool = True) -> Path:
     out = check_dir(cfg.out, "mask2img.out")
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    noise_scheduler = common.build_noise_scheduler(cfg, KIND)  # a contradicting prediction_type fails here, first
     accelerator = common.make_accelerator(cfg.train)
     torch.manual_seed(common.seed_for(params.seed, KIND, "init"))
 
@@ -67,7 +68,6 @@ def train_mask2img(params: Params, progress: bool = True) -> Path:
         unet, conditioning_embedding_out_channels=tuple(cfg.controlnet.conditioning_embedding_out_channels)
     )
     cond_all = (data.colour_maps + 1) / 2  # ControlNet conditioning images live in [0, 1]
-    noise_scheduler = common.build_noise_scheduler(cfg)
     ids_all = cond.tokenize(data.captions)
     empty_ids = cond.tokenize([""])
 
@@ -77,7 +77,7 @@ def train_mask2img(params: Params, progress: bool = True) -> Path:
     optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
 
     start = 0
-    state = {"fingerprint": common.fingerprint_params(params, cfg)}
+    state = {"fingerprint": common.fingerprint_params(params, cfg, noise_scheduler.config.prediction_type)}
     claim(out, "mask2img.out", "train mask2img")
     last = common.resumable_checkpoint(out / "checkpoints", state["fingerprint"])
     if last is not None:

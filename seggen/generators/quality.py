@@ -19,8 +19,7 @@ from seggen.progress import tqdm
 
 from seggen.captions import label_caption
 from seggen.config import Params
-from seggen.data.ade20k import ADE20KDataset
-from seggen.data.meta import load_meta
+from seggen.data.layout import open_split
 from seggen.generators import common
 from seggen.metrics.semantic import evaluate_semantic_arrays
 from seggen.models import probe
@@ -30,8 +29,8 @@ from seggen.models.probe import ProbeSegmenter
 def held_out(params: Params, resolution: int, split: str = "validation", n: int = 64):
     """(captions, class lists, labels at `resolution`, images at `resolution`) for the first n of `split`."""
     root = Path(params.data.root)
-    ds = ADE20KDataset(root, split)
-    meta = load_meta(root)
+    ds = open_split(root, split)
+    meta = ds.meta
     caps, classes, labs, imgs = [], [], [], []
     for i in range(min(n, len(ds))):
         img, lab = ds[i]

@@ -41,6 +41,7 @@ def train_text2mask(params: Params, progress: bool = True) -> Path:
     out = check_dir(cfg.out, "text2mask.out")
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    noise_scheduler = common.build_noise_scheduler(cfg, KIND)  # a contradicting prediction_type fails here, first
     accelerator = common.make_accelerator(cfg.train)
     torch.manual_seed(common.seed_for(params.seed, KIND, "init"))
 
@@ -58,7 +59,6 @@ def train_text2mask(params: Params, progress: bool = True) -> Path:
         unet = common.build_unet(cfg.unet, 3, cond.context_dim(), cfg.resolution)
         x0_all = data.colour_maps
     train_te = cond.trainable
-    noise_scheduler = common.build_noise_scheduler(cfg)
     ids_all = cond.tokenize(data.captions)
     empty_ids = cond.tokenize([""])
 
@@ -71,7 +71,7 @@ def train_text2mask(params: Params, progress: bool = True) -> Path:
         ema = EMAModel(unet.parameters(), decay=cfg.train.ema_decay, model_cls=type(unet), model_config=unet.config)
 
     start = 0
-    state = {"fingerprint": common.fingerprint_params(params, cfg)}
+    state = {"fingerprint": common.fingerprint_params(params, cfg, noise_scheduler.config.prediction_type)}
     claim(out, "text2mask.out", "train text2mask")
     last = common.resumable_checkpoint(out / "checkpoints", state["fingerprint"])
     if last is not None:

@@ -17,8 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 from seggen.progress import tqdm
 
-from seggen.data.ade20k import ADE20KDataset
-from seggen.data.meta import load_meta
+from seggen.data.layout import open_split
 from seggen.generators.common import to_tensor
 
 
@@ -64,7 +63,7 @@ class ProbeSegmenter(nn.Module):
 def load_resized(root: Path, split: str, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (N x 3 x R x R in [-1, 1]) and labels (N x R x R int64) of a split, resized to R."""
     imgs, labs = [], []
-    for img, lab in ADE20KDataset(root, split):
+    for img, lab in open_split(root, split):
         imgs.append(to_tensor(np.asarray(Image.fromarray(img).resize((resolution, resolution), Image.BOX))))
         labs.append(torch.from_numpy(np.asarray(Image.fromarray(lab).resize((resolution, resolution), Image.NEAREST)).astype(np.int64)))
     return torch.stack(imgs), torch.stack(labs)
@@ -77,7 +76,7 @@ def train_probe(root: str | Path, resolution: int, seed: int, steps: int = 400, 
     from seggen.generators.common import batch_indices, seed_for
 
     root = Path(root)
-    meta = load_meta(root)
+    meta = open_split(root, split).meta
     x_all, y_all = load_resized(root, split, resolution)
     if subset is not None:
         keep = torch.as_tensor(subset, dtype=torch.long)

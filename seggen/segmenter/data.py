@@ -19,10 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from seggen.data.ade20k import ADE20KDataset
-from seggen.data.coco import CocoPanoptic
-from seggen.data.images import load_rgb
-from seggen.data.meta import DatasetMeta, load_meta
+from seggen.data.layout import open_split
+from seggen.data.meta import DatasetMeta
 from seggen.errors import DataError
 from seggen.generators.common import seed_for
 
@@ -43,32 +41,24 @@ class SegSource:
 
     def __init__(self, root: str | Path, split: str, panoptic: bool, name: str = ""):
         self.root, self.split, self.name = Path(root), split, name or Path(root).name
-        self.ds = ADE20KDataset(self.root, split)
-        self.meta: DatasetMeta = load_meta(self.root)
-        self.ids = [s.id for s in self.ds.samples]
-        self.pan = None
+        self.ds = open_split(self.root, split)
+        self.meta: DatasetMeta = self.ds.meta
+        self.ids = self.ds.ids
+        self.panoptic = panoptic
         if panoptic:
-            pj = self.root / "panoptic" / f"panoptic_{split}.json"
-            if not pj.exists():
-                raise DataError(f"{pj}: the panoptic task needs the COCO panoptic layout in {self.root}")
-            self.pan = CocoPanoptic(pj)
-            self.pan_index = {Path(a["file_name"]).stem: i for i, a in enumerate(self.pan.annotations)}
-            missing = [i for i in self.ids if i not in self.pan_index]
-            if missing:
-                raise DataError(f"{pj}: no panoptic annotation for {missing[0]}")
+            if not self.ds.has_panoptic:
+                raise DataError(f"{self.root}: the panoptic task needs a panoptic annotation of {split} "
+                                f"({self.ds.layout.panoptic_json(self.root, split)})")
+            self.ds.segments(0)  # indexes the annotation: a missing one fails here, before training
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def load(self, i: int) -> Item:
-        s = self.ds.samples[i]
-        image = load_rgb(s.image_path)
-        labels = self.ds.load_label(i)
-        if image.shape[:2] != labels.shape:
-            raise DataError(f"{s.label_path}: size does not match image {s.image_path.name}")
+        image, labels = self.ds[i]
         ids = segments = None
-        if self.pan is not None:
-            ids, segments = self.pan.load_ids(self.pan_index[s.id])
+        if self.panoptic:
+            ids, segments = self.ds.load_panoptic(i)
         return Item(image, labels, ids, segments)
 
 

@@ -22,10 +22,9 @@ from pathlib import Path
 import numpy as np
 from seggen.progress import tqdm
 
-from seggen.data.ade20k import ADE20KDataset
-from seggen.data.coco import CocoPanoptic, rle_encode
-from seggen.data.images import load_label_png
-from seggen.data.meta import load_meta
+from seggen.data.coco import rle_encode
+from seggen.data.layout import detect_layout, open_split
+from seggen.data.meta import label_mismatch
 from seggen.errors import DataError
 from seggen.io import write_json, write_png, write_text
 
@@ -69,26 +68,20 @@ def register_all(root=HERE):
 def export_dataset(root: Path, split: str, name: str, out: Path, meta, progress: bool = True, final: Path | None = None) -> dict[str, int]:
     """Writes under `out`; the JSON records paths under `final` (where `out` is moved when complete)."""
     final = Path(final or out)
-    ds = ADE20KDataset(root, split)
-    pj = root / "panoptic" / f"panoptic_{split}.json"
-    pan = CocoPanoptic(pj) if pj.exists() else None
-    pan_index = {Path(a["file_name"]).stem: i for i, a in enumerate(pan.annotations)} if pan else {}
+    ds = open_split(root, split)
     thing_index = {cid: k for k, cid in enumerate(meta.thing_ids)}
     sem, panoptic, instance = [], [], []
     for i, s in enumerate(tqdm(ds.samples, desc=f"export {name}", unit="img", disable=not progress, dynamic_ncols=True)):
-        lab = load_label_png(s.label_path).astype(np.int64)
+        lab = ds.load_label(i).astype(np.int64)
         h, w = lab.shape
         d2 = np.where(lab == 0, 255, lab - 1).astype(np.uint8)
         write_png(out / "sem_seg" / name / f"{s.id}.png", d2)
         sem_path = final / "sem_seg" / name / f"{s.id}.png"
         base = {"file_name": str(s.image_path.resolve()), "height": h, "width": w, "image_id": s.id}
         sem.append({**base, "sem_seg_file_name": str(sem_path)})
-        if pan is None:
+        if not ds.has_panoptic:
             continue
-        if s.id not in pan_index:
-            raise DataError(f"{pj}: no panoptic annotation for {s.id}")
-        k = pan_index[s.id]
-        ids, segs = pan.load_ids(k)
+        ids, segs = ds.load_panoptic(i)  # category_id: class id 1..N in either layout
         segments, anns = [], []
         for g in segs:
             m = ids == g["id"]
@@ -103,12 +96,12 @@ def export_dataset(root: Path, split: str, name: str, out: Path, meta, progress:
             if isthing:
                 anns.append({"bbox": [float(v) for v in bbox], "bbox_mode": BOXMODE_XYWH_ABS, "category_id": thing_index[cat],
                              "segmentation": rle_encode(m), "iscrowd": int(g.get("iscrowd", 0))})
-        panoptic.append({**base, "pan_seg_file_name": str((pj.with_suffix("") / pan.annotations[k]["file_name"]).resolve()),
+        panoptic.append({**base, "pan_seg_file_name": str(ds.panoptic_png(i).resolve()),
                          "sem_seg_file_name": str(sem_path), "segments_info": segments})
         instance.append({**base, "annotations": anns})
     write_json(out / f"{name}_sem_seg.json", sem, indent=None)
     counts = {f"{name}_sem_seg": len(sem)}
-    if pan is not None:
+    if ds.has_panoptic:
         write_json(out / f"{name}_panoptic.json", panoptic, indent=None)
         write_json(out / f"{name}_instance.json", instance, indent=None)
         counts.update({f"{name}_panoptic": len(panoptic), f"{name}_instance": len(instance)})
@@ -126,16 +119,18 @@ def export_detectron2(params, out: str | Path, splits: list[str] | None = None, 
 
 def _export(params, out: Path, final: Path, splits: list[str] | None, synthetic: bool, progress: bool) -> dict[str, int]:
     root = Path(params.data.root)
-    meta = load_meta(root)
+    splits = splits or list(dict.fromkeys([params.segmenter.split, *params.evaluate.splits[:1]]))
+    meta = open_split(root, splits[0]).meta
     counts: dict[str, int] = {}
-    for split in splits or ["training", "validation"]:
+    for split in splits:
         counts.update(export_dataset(root, split, f"real_{split}", out, meta, progress, final))
     if synthetic:
         for strategy in ("masksyn", "imgsyn"):
             d = Path(params.synthesize.out) / strategy
-            if (d / "images" / params.synthesize.split).is_dir():
-                if load_meta(d).names != meta.names:
-                    raise DataError(f"{d}: classes differ from those of {root}")
+            if detect_layout(d, params.synthesize.split) is not None:
+                differ = label_mismatch(open_split(d, params.synthesize.split).meta.names, meta.names)
+                if differ:
+                    raise DataError(f"{d}: its classes are not those of {root}: {differ}")
                 counts.update(export_dataset(d, params.synthesize.split, strategy, out, meta, progress, final))
     stuff_colors = [list(c.color) for c in meta.classes]
     write_json(out / "metadata.json", {

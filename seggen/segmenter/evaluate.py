@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from PIL import Image
 from seggen.progress import tqdm
 
-from seggen.data.ade20k import ADE20KDataset
+from seggen.data.layout import ADE20K, open_split
 from seggen.data.images import id2rgb, load_rgb
-from seggen.data.meta import load_meta
+from seggen.data.meta import label_mismatch
 from seggen.errors import DataError
 from seggen.io import write_json, write_png
 from seggen.segmenter.data import pixel_values
@@ -123,51 +123,24 @@ class EvalSet:
     pan_dir: Path | None
 
 
-def ade_set(root: Path, split: str) -> EvalSet:
-    ds = ADE20KDataset(root, split)
-    meta = load_meta(root)
-    pj = root / "panoptic" / f"panoptic_{split}.json"
-    return EvalSet(root, split, [s.id for s in ds.samples], [s.image_path for s in ds.samples], [s.label_path for s in ds.samples],
-                   meta.names, set(meta.thing_ids), meta.palette().colors, [c.id for c in meta.classes],
-                   pj if pj.exists() else None, pj.with_suffix("") if pj.exists() else None)
-
-
-def coco_set(root: Path, split: str, out: Path, progress: bool = True) -> EvalSet:
-    """COCO layout: ROOT/SPLIT/*.jpg, ROOT/annotations/panoptic_SPLIT.json + panoptic_SPLIT/*.png.
-    Classes are the JSON's categories in id order; GT semantic maps are derived from the panoptic
-    annotation (void -> 0) and written under OUT/ground_truth/semantic."""
-    from seggen.codec import Palette
-    from seggen.data.coco import CocoPanoptic
-
-    pj = root / "annotations" / f"panoptic_{split}.json"
-    pan = CocoPanoptic(pj, image_dir=root / split)
-    cats = sorted(pan.categories.values(), key=lambda c: int(c["id"]))
-    index = {int(c["id"]): k + 1 for k, c in enumerate(cats)}
-    gt_dir = out / "ground_truth" / "semantic"
-    stems, images, labels = [], [], []
-    for i, a in enumerate(tqdm(pan.annotations, desc="ground truth", unit="img", disable=not progress, dynamic_ncols=True)):
-        ids, segs = pan.load_ids(i)
-        sem = np.zeros(ids.shape, np.uint8 if len(cats) < 255 else np.uint16)
-        for seg in segs:
-            sem[ids == seg["id"]] = index[int(seg["category_id"])]
-        stem = Path(a["file_name"]).stem
-        write_png(gt_dir / f"{stem}.png", sem)
-        stems.append(stem)
-        images.append(root / split / pan.images[a["image_id"]]["file_name"])
-        labels.append(gt_dir / f"{stem}.png")
-    colors = [tuple(c.get("color", (0, 0, 0))) for c in cats]
-    palette = Palette.create(colors, [c["name"] for c in cats]).colors
-    return EvalSet(root, split, stems, images, labels, [c["name"] for c in cats],
-                   {index[int(c["id"])] for c in cats if c.get("isthing")}, palette, [int(c["id"]) for c in cats], pj, pj.with_suffix(""))
-
-
 def eval_set(params, split: str, root: Path | None, out: Path, progress: bool = True) -> EvalSet:
+    """The split of `root` (default: data.root) in either layout. The COCO layout has no semantic
+    label PNGs: they are derived from its panoptic annotation (void -> 0) and written under
+    OUT/ground_truth/semantic; its classes are the JSON's categories in id order."""
     root = Path(root) if root else Path(params.data.root)
-    if (root / "images" / split).is_dir():
-        return ade_set(root, split)
-    if (root / "annotations" / f"panoptic_{split}.json").exists():
-        return coco_set(root, split, out, progress)
-    raise DataError(f"{root}: no split {split} in the ADE20K layout (images/{split}) or the COCO layout (annotations/panoptic_{split}.json)")
+    ds = open_split(root, split)
+    meta = ds.meta
+    if ds.layout is ADE20K:
+        labels = [s.label_path for s in ds.samples]
+    else:
+        gt_dir = out / "ground_truth" / "semantic"
+        labels = []
+        for i in tqdm(range(len(ds)), desc="ground truth", unit="img", disable=not progress, dynamic_ncols=True):
+            write_png(gt_dir / f"{ds.samples[i].id}.png", ds.load_label(i))
+            labels.append(gt_dir / f"{ds.samples[i].id}.png")
+    pj = ds.panoptic_json if ds.has_panoptic else None
+    return EvalSet(root, split, ds.ids, [s.image_path for s in ds.samples], labels, meta.names, set(meta.thing_ids),
+                   meta.palette().colors, [c.category_id for c in meta.classes], pj, pj.with_suffix("") if pj else None)
 
 
 def evaluate(params, model_dir: str | Path, split: str, out: str | Path, root: str | Path | None = None,
@@ -181,8 +154,9 @@ def evaluate(params, model_dir: str | Path, split: str, out: str | Path, root: s
     model, info = load_model(model_dir)
     task = task or info.get("task", params.segmenter.task)
     names = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    if names != es.names:
-        raise DataError(f"{model_dir}: the model's {len(names)} classes differ from the {len(es.names)} classes of {es.root}")
+    differ = label_mismatch(names, es.names)
+    if differ:
+        raise DataError(f"{model_dir}: its classes are not those of {es.root}: {differ}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     pred_dir = out / "predictions" / "semantic"

@@ -50,7 +50,10 @@ def build_model(cfg: SegmenterParams, meta: DatasetMeta):
     if cfg.backbone:
         from transformers import AutoBackbone
 
-        pre = AutoBackbone.from_pretrained(cfg.backbone, out_features=backbone.out_features)
+        # the concrete backbone class, not AutoBackbone.from_pretrained: transformers 5 asks the hub
+        # whether the name is a repo before looking at the disk, which fails for a local directory
+        cls = AutoBackbone._model_mapping[type(backbone)]
+        pre = cls.from_pretrained(cfg.backbone, out_features=backbone.out_features)
         model.model.pixel_level_module.encoder.load_state_dict(pre.state_dict())
     return model
 

@@ -26,6 +26,8 @@ import torch
 from seggen.progress import tqdm
 
 from seggen.config import Params
+from seggen.data.layout import detect_layout
+from seggen.data.meta import label_mismatch
 from seggen.errors import DataError
 from seggen.generators.common import make_accelerator, resumable_checkpoint, seed_for, write_loss_log
 from seggen.io import atomic_dir
@@ -54,13 +56,15 @@ class Mixture:
         if cfg.strategy != "real":
             if not cfg.synthetic:
                 raise DataError(f"segmenter.synthetic: strategy {cfg.strategy} needs at least one synthetic dataset")
+            split = params.synthesize.split  # synthetic datasets keep their source split's name and layout
             for k, name in enumerate(cfg.synthetic):
                 root = Path(cfg.synthetic_root) / name
-                if not (root / "images" / "training").is_dir():
+                if detect_layout(root, split) is None:
                     raise DataError(f"{root}: synthetic dataset not found (run `seggen synthesize --strategy {name}`)")
-                src = SegSource(root, "training", pan, name)
-                if src.meta.names != self.meta.names:
-                    raise DataError(f"{root}: classes differ from those of {params.data.root}")
+                src = SegSource(root, split, pan, name)
+                differ = label_mismatch(src.meta.names, self.meta.names)
+                if differ:
+                    raise DataError(f"{root}: its classes are not those of {params.data.root}: {differ}")
                 self.syn.append(src)
                 self.syn_pool += [(k, i) for i in range(len(src))]
                 for real_id, items in synthetic_by_source(src).items():

@@ -92,10 +92,10 @@ def load_filter(params: Params, progress: bool = True) -> QualityFilter | None:
         log.info("training the filter segmenter (%d steps) into %s", f.steps, out)
         subset = None
         if params.synthesize.real_subset:  # the low-data regime: the filter sees only the real subset too
-            from seggen.data.ade20k import ADE20KDataset
+            from seggen.data.layout import open_split
             from seggen.segmenter.data import real_subset
 
-            subset = real_subset(params.seed, len(ADE20KDataset(params.data.root, params.synthesize.split).samples), params.synthesize.real_subset)
+            subset = real_subset(params.seed, len(open_split(params.data.root, params.synthesize.split)), params.synthesize.real_subset)
         model, x, y = probe.train_probe(params.data.root, f.resolution, params.seed, f.steps, f.batch_size,
                                         split=params.synthesize.split, progress=progress, subset=subset)
         losses = probe.class_mean_losses(model, x, y)

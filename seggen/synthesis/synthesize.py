@@ -35,10 +35,10 @@ from seggen.progress import tqdm
 
 from seggen.captions import read_captions
 from seggen.config import Params
-from seggen.data.ade20k import ADE20KDataset
-from seggen.data.coco import CocoPanoptic, segment_info
-from seggen.data.images import id2rgb, load_label_png
-from seggen.data.meta import META_FILE, DatasetMeta, load_meta
+from seggen.data.layout import open_split
+from seggen.data.coco import segment_info
+from seggen.data.images import id2rgb
+from seggen.data.meta import META_FILE, DatasetMeta
 from seggen.errors import DataError
 from seggen.generators.common import MODEL_META, read_model_meta, save_grid, seed_for
 from seggen.io import digest_tree, write_json, write_png
@@ -68,12 +68,19 @@ class Plan:
     jobs: list[Job]
     batches: list[list[Job]]
     meta: DatasetMeta
-    dataset: ADE20KDataset
-    panoptic: CocoPanoptic | None
+    dataset: object  # the source split (seggen.data.layout.open_split): its layout is the output's
     generators: dict[str, str]  # kind -> model directory digest
     fingerprint: str
     source_index: dict[str, int] = field(default_factory=dict)  # source id -> dataset index
-    panoptic_index: dict[str, int] = field(default_factory=dict)  # source id -> panoptic annotation index
+
+    @property
+    def layout(self):
+        return self.dataset.layout
+
+    @property
+    def panoptic(self) -> bool:
+        """The output has a panoptic annotation (the source has one; the COCO layout always does)."""
+        return self.dataset.has_panoptic
 
     @property
     def work(self) -> Path:
@@ -84,6 +91,15 @@ class Plan:
 
     def shard_batches(self, shard: int, num_shards: int) -> list[list[Job]]:
         return [b for i, b in enumerate(self.batches) if i % num_shards == shard]
+
+    def output_dirs(self, kept: bool) -> tuple[Path, Path | None, Path | None]:
+        """(images, label PNGs or None, panoptic PNGs or None) for kept or dropped samples, in the
+        source's layout; dropped samples keep image and label PNG under dropped/ for auditing."""
+        split = self.params.synthesize.split
+        if not kept:
+            return self.out / "dropped" / "images", self.out / "dropped" / "annotations", None
+        return (self.layout.images(self.out, split), self.layout.labels(self.out, split),
+                self.layout.panoptic_pngs(self.out, split) if self.panoptic else None)
 
 
 def sample_seeds(seed: int) -> tuple[int, int]:
@@ -117,8 +133,8 @@ def make_plan(params: Params, strategy: str) -> Plan:
     if cfg.filter.sample or cfg.filter.pixel:
         check_dir(cfg.filter.out, "synthesize.filter.out")
     root = Path(params.data.root)
-    ds = ADE20KDataset(root, cfg.split)
-    meta = load_meta(root)
+    ds = open_split(root, cfg.split)
+    meta = ds.meta
     generators = {}
     if strategy == "masksyn":
         _check_generator(Path(cfg.text2mask), "text2mask", meta, root)
@@ -149,13 +165,8 @@ def make_plan(params: Params, strategy: str) -> Plan:
             jobs.append(Job(len(jobs), s, k, caps[s].caption, f"{strategy}_{s}_{k:03d}", seed_for(params.seed, strategy, s, k)))
     batches = [jobs[i : i + cfg.batch_size] for i in range(0, len(jobs), cfg.batch_size)]
 
-    pj = root / "panoptic" / f"panoptic_{cfg.split}.json"
-    pan = CocoPanoptic(pj) if pj.exists() else None
-    pan_index = {Path(a["file_name"]).stem: i for i, a in enumerate(pan.annotations)} if pan is not None else {}
-    if pan is not None and strategy == "imgsyn":
-        lacking = [s for s in ids if s not in pan_index]
-        if lacking:
-            raise DataError(f"{pj}: no panoptic annotation for source image {lacking[0]}")
+    if ds.has_panoptic and strategy == "imgsyn":
+        ds.segments(0)  # indexes the source's panoptic annotation: a missing one is named here
 
     identity = cfg.model_dump(mode="json", exclude={"out", "threads", "workers", "dask", "text2mask", "mask2img"})
     identity["filter"].pop("out")
@@ -168,8 +179,8 @@ def make_plan(params: Params, strategy: str) -> Plan:
     blob = json.dumps([params.seed, strategy, str(root), params.data.model_dump(mode="json"), identity, generators,
                        [(j.id, j.prompt, j.seed) for j in jobs]], sort_keys=True)
     fingerprint = hashlib.sha256(blob.encode()).hexdigest()[:16]
-    return Plan(params, strategy, Path(cfg.out) / strategy, jobs, batches, meta, ds, pan, generators, fingerprint,
-                {s.id: i for i, s in enumerate(ds.samples)}, pan_index)
+    return Plan(params, strategy, Path(cfg.out) / strategy, jobs, batches, meta, ds, generators, fingerprint,
+                {s.id: i for i, s in enumerate(ds.samples)})
 
 
 def prepare_output(plan: Plan) -> bool:
@@ -239,7 +250,8 @@ def _source_size(plan: Plan, source: str) -> tuple[int, int]:
 
 
 def _source_panoptic(plan: Plan, source: str) -> tuple[np.ndarray, list[dict]]:
-    return plan.panoptic.load_ids(plan.panoptic_index[source])
+    """The source's panoptic annotation, category ids 1..N (the class ids)."""
+    return plan.dataset.load_panoptic(plan.source_index[source])
 
 
 class Generators:
@@ -283,21 +295,21 @@ def _generate_batch(plan: Plan, gens: Generators, batch: list[Job]) -> list[dict
         for img, lab, inst, size in zip(imgs, labels, insts, sizes):
             lab_o = _resize(lab, size, Image.NEAREST)
             inst_o = _resize(inst.astype(np.int32), size, Image.NEAREST) if inst is not None else None
-            pan = panoptic_from_labels(lab_o, inst_o, plan.meta) if plan.panoptic is not None else None
+            pan = panoptic_from_labels(lab_o, inst_o, plan.meta) if plan.panoptic else None
             out.append({"image": _resize(img, size, Image.BICUBIC), "labels": lab_o, "panoptic": pan})
     else:
-        labels = [load_label_png(plan.dataset.samples[plan.source_index[j.source]].label_path).astype(np.uint8) for j in batch]
+        labels = [plan.dataset.load_label(plan.source_index[j.source]).astype(np.uint8) for j in batch]
         cmaps = np.stack([gens.plain[_resize(lab, (r, r), Image.NEAREST)] for lab in labels])
         imgs = gens.m2i(cmaps, prompts, [s[1] for s in seeds], cfg.steps, cfg.mask2img_guidance)
         for img, lab, size, j in zip(imgs, labels, sizes, batch):
-            pan = _source_panoptic(plan, j.source) if plan.panoptic is not None else None
+            pan = _source_panoptic(plan, j.source) if plan.panoptic else None
             out.append({"image": _resize(img, size, Image.BICUBIC), "labels": lab, "panoptic": pan})
     return out
 
 
 def _filter_and_write(plan: Plan, gens: Generators, job: Job, sample: dict) -> None:
     cfg = plan.params.synthesize
-    split, fmt = cfg.split, cfg.image_format
+    fmt = cfg.image_format
     image, labels, pan = sample["image"], sample["labels"].copy(), sample["panoptic"]
     scores = Scores()
     kept, reason = True, None
@@ -318,11 +330,12 @@ def _filter_and_write(plan: Plan, gens: Generators, job: Job, sample: dict) -> N
     if kept and not (labels > 0).any():
         kept, reason = False, "empty mask"
     h, w = labels.shape
-    img_dir, lab_dir = (Path("images") / split, Path("annotations") / split) if kept else (Path("dropped/images"), Path("dropped/annotations"))
-    _write_image(fmt)(plan.out / img_dir / f"{job.id}.{fmt}", image)
-    write_png(plan.out / lab_dir / f"{job.id}.png", labels)
+    img_dir, lab_dir, pan_dir = plan.output_dirs(kept)
+    _write_image(fmt)(img_dir / f"{job.id}.{fmt}", image)
+    if lab_dir is not None:  # the COCO layout keeps labels in its panoptic annotation only
+        write_png(lab_dir / f"{job.id}.png", labels)
     if kept and pan is not None:
-        write_png(plan.out / "panoptic" / f"panoptic_{split}" / f"{job.id}.png", id2rgb(pan[0]))
+        write_png(pan_dir / f"{job.id}.png", id2rgb(pan[0]))
     row = ManifestRow(id=job.id, strategy=plan.strategy, source_id=job.source, index=job.k, prompt=job.prompt, seed=job.seed,
                       generators=plan.generators, scores=scores, kept=kept, drop_reason=reason, width=w, height=h)
     record = {"row": row.model_dump(mode="json"), "segments": pan[1] if (kept and pan is not None) else None}
@@ -440,14 +453,16 @@ def merge_dataset(plan: Plan) -> dict:
         records.append(json.loads(p.read_text()))
     rows = [ManifestRow.model_validate(r["row"]) for r in records]
     kept = [(r, rec) for r, rec in zip(rows, records) if r.kept]
+    img_dir, lab_dir, pan_dir = plan.output_dirs(kept=True)
     expected = {
-        plan.out / "images" / split: {f"{r.id}.{fmt}" for r, _ in kept},
-        plan.out / "annotations" / split: {f"{r.id}.png" for r, _ in kept},
+        img_dir: {f"{r.id}.{fmt}" for r, _ in kept},
         plan.out / "dropped" / "images": {f"{r.id}.{fmt}" for r in rows if not r.kept},
         plan.out / "dropped" / "annotations": {f"{r.id}.png" for r in rows if not r.kept},
     }
-    if plan.panoptic is not None:
-        expected[plan.out / "panoptic" / f"panoptic_{split}"] = {f"{r.id}.png" for r, _ in kept}
+    if lab_dir is not None:
+        expected[lab_dir] = {f"{r.id}.png" for r, _ in kept}
+    if pan_dir is not None:
+        expected[pan_dir] = {f"{r.id}.png" for r, _ in kept}
     for d, names in expected.items():
         present = {p.name for p in d.iterdir()} if d.is_dir() else set()
         if names - present:
@@ -458,12 +473,14 @@ def merge_dataset(plan: Plan) -> dict:
         if WORK not in tmp.parts:
             tmp.unlink()
 
-    if plan.panoptic is not None:
+    if plan.panoptic:
+        category = {c.id: c.category_id for c in plan.meta.classes}  # COCO layout: the source's own category ids
         images, anns = [], []
         for n, (r, rec) in enumerate(kept, 1):
             images.append({"id": n, "file_name": f"{r.id}.{fmt}", "height": r.height, "width": r.width})
-            anns.append({"image_id": n, "file_name": f"{r.id}.png", "segments_info": rec["segments"]})
-        write_json(plan.out / "panoptic" / f"panoptic_{split}.json",
+            segments = [{**seg, "category_id": category[int(seg["category_id"])]} for seg in rec["segments"]]
+            anns.append({"image_id": n, "file_name": f"{r.id}.png", "segments_info": segments})
+        write_json(plan.layout.panoptic_json(plan.out, split),
                    {"info": {"description": f"seggen {plan.strategy}, {split}"}, "images": images, "annotations": anns,
                     "categories": plan.meta.coco_categories()}, indent=None)
     provenance = {"synthetic": plan.strategy, "source": str(plan.params.data.root), "split": split,
@@ -487,16 +504,15 @@ def merge_dataset(plan: Plan) -> dict:
 
 
 def _write_grid(plan: Plan, rows: list[ManifestRow]) -> None:
-    """grid.png: colour map | image per row, for the first kept samples."""
-    from seggen.data.images import load_rgb
-
-    split, fmt = plan.params.synthesize.split, plan.params.synthesize.image_format
+    """grid.png: colour map | image per row, for the first kept samples (read back as any stage reads them)."""
+    if not rows:
+        return
+    ds = open_split(plan.out, plan.params.synthesize.split, plan.meta)
+    index = {sid: i for i, sid in enumerate(ds.ids)}
     colors = plan.meta.palette().colors
     tiles = []
     for r in rows:
-        img = load_rgb(plan.out / "images" / split / f"{r.id}.{fmt}")
-        lab = load_label_png(plan.out / "annotations" / split / f"{r.id}.png")
+        img, lab = ds[index[r.id]]
         img = _resize(img, (64, 64), Image.BICUBIC)
         tiles.append(np.concatenate([colors[_resize(lab.astype(np.uint8), (64, 64), Image.NEAREST)], img], 1))
-    if tiles:
-        save_grid(tiles, plan.out / "grid.png", scale=2)
+    save_grid(tiles, plan.out / "grid.png", scale=2)
