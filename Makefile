@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-all bench bench-generators bench-synthesis bench-segmenter bench-pipeline bench-ablation ci-check clean-data
+.PHONY: install run lint test test-slow test-all bench bench-generators bench-synthesis bench-segmenter bench-pipeline bench-ablation ci-check clean-data
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,8 +18,17 @@ install: $(STAMP)
 run: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro
 
+# ruff: lint, import order and formatting (pyproject.toml [tool.ruff])
+lint: install
+	$(VENV)/bin/ruff check seggen flows benchmarks tests
+	$(VENV)/bin/ruff format --check seggen flows benchmarks tests
+
+# the fast suite (<= 12 min on 2 cores); test-slow: the end-to-end pipelines (dvc repro, Prefect, the bench, the CI gate)
 test: install
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: install
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
 test-all: install
 	$(PY) -m pytest $(PYTEST_ARGS)

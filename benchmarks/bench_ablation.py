@@ -29,24 +29,32 @@ def stage_runs(project: Path = Path(".")) -> list:
     arm = next(iter(load_params("bench/params.yaml").arms))
     client, _ = tracking.open_client(project)
     exp = client.get_experiment_by_name(tracking.experiment_name())
-    last = client.search_runs([exp.experiment_id], f"tags.`{tracking.STAGE}` = 'evaluate@{arm}-validation'",
-                              order_by=["attributes.start_time DESC"], max_results=1)
+    last = client.search_runs(
+        [exp.experiment_id],
+        f"tags.`{tracking.STAGE}` = 'evaluate@{arm}-validation'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
     if not last:
         sys.exit("no bench evaluation in MLflow: run `dvc repro bench/dvc.yaml` (or --run)")
     key = last[0].data.tags[tracking.EXECUTION]
-    runs = client.search_runs([exp.experiment_id], f"tags.`{tracking.EXECUTION}` = '{key}' and tags.`{tracking.KIND}` = 'stage'",
-                              max_results=5000)
+    runs = client.search_runs(
+        [exp.experiment_id],
+        f"tags.`{tracking.EXECUTION}` = '{key}' and tags.`{tracking.KIND}` = 'stage'",
+        max_results=5000,
+    )
     return [r for r in runs if r.info.end_time]
 
 
 def main() -> None:
+    from seggen import tracking
+
     wall = float(sys.argv[sys.argv.index("--wall-seconds") + 1]) if "--wall-seconds" in sys.argv else None
     if "--run" in sys.argv:
         t = time.perf_counter()
         subprocess.run([str(Path(sys.executable).parent / "dvc"), "repro", "bench/dvc.yaml"], check=True)
         wall = time.perf_counter() - t
     runs = stage_runs()
-    from seggen import tracking
 
     kinds: dict[str, list[float]] = defaultdict(list)
     for r in sorted(runs, key=lambda r: r.info.start_time):  # pipeline order
@@ -62,7 +70,7 @@ captions up to date), MLflow on (local SQLite). Target: <= 60 min on 2 CPU cores
 
 | measure | value |
 | --- | ---: |
-| wall time of `dvc repro bench/dvc.yaml` | {f'{wall / 60:.1f} min' if wall else 'not measured'} |
+| wall time of `dvc repro bench/dvc.yaml` | {f"{wall / 60:.1f} min" if wall else "not measured"} |
 | first stage start to last stage end (MLflow) | {span / 60:.1f} min |
 | inside the stage functions | {total / 60:.1f} min |
 

@@ -15,7 +15,9 @@ def inputs(ade_label: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndar
     pal = palette_for_ade20k()
     lab = np.asarray(Image.fromarray(ade_label).resize((512, 512), Image.NEAREST))
     clean = pal.encode(lab)
-    noisy = np.clip(clean.astype(np.int16) + rng.normal(0, 8, clean.shape).round().astype(np.int16), 0, 255).astype(np.uint8)
+    noisy = np.clip(clean.astype(np.int16) + rng.normal(0, 8, clean.shape).round().astype(np.int16), 0, 255).astype(
+        np.uint8
+    )
     uniform = rng.integers(0, 256, clean.shape, dtype=np.uint8)
     return {"clean colour map": clean, "noisy colour map (sigma 8)": noisy, "uniform random RGB": uniform}
 
@@ -29,8 +31,8 @@ def run(ade_label: np.ndarray) -> tuple[str, dict]:
     rows, figures = [], {"lut_build_s": build_s}
     for name, rgb in inputs(ade_label, np.random.default_rng(0)).items():
         mpx = rgb.shape[0] * rgb.shape[1] / 1e6
-        fast = timeit(lambda: pal.decode(rgb), repeat=20, warmup=3)
-        naive = timeit(lambda: decode_naive(rgb, pal.colors), repeat=3, warmup=1)
+        fast = timeit(lambda rgb=rgb: pal.decode(rgb), repeat=20, warmup=3)
+        naive = timeit(lambda rgb=rgb: decode_naive(rgb, pal.colors), repeat=3, warmup=1)
         assert (pal.decode(rgb) == decode_naive(rgb, pal.colors)).all()
         rows.append(f"| {name} | {mpx / fast:.1f} | {mpx / naive:.2f} | {naive / fast:.0f}x |")
         figures[name] = {"mpx_s": mpx / fast, "naive_mpx_s": mpx / naive}

@@ -21,7 +21,9 @@ def run(ade_labels: list[np.ndarray], n: int = 200) -> tuple[str, dict]:
         pairs = []
         for i in range(n):
             gt = np.asarray(Image.fromarray(ade_labels[i % len(ade_labels)]).resize((683, 512), Image.NEAREST))
-            pred = np.where(rng.random(gt.shape) < 0.1, rng.integers(0, 150, gt.shape), np.maximum(gt.astype(int) - 1, 0))
+            pred = np.where(
+                rng.random(gt.shape) < 0.1, rng.integers(0, 150, gt.shape), np.maximum(gt.astype(int) - 1, 0)
+            )
             pred = pred.astype(np.uint8)
             Image.fromarray(gt).save(gt_dir / f"{i:05d}.png")
             Image.fromarray(pred).save(pred_dir / f"{i:05d}.png")

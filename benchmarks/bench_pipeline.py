@@ -53,20 +53,37 @@ def main() -> None:
         prefect = None
         if "--skip-prefect" not in sys.argv:
             b = fresh_clone(tmp / "prefect")
-            code = ("from flows.pipeline import pipeline, PipelineRequest; "
-                    f"pipeline(PipelineRequest(project_dir={str(b)!r}))")
+            code = (
+                "from flows.pipeline import pipeline, PipelineRequest; "
+                f"pipeline(PipelineRequest(project_dir={str(b)!r}))"
+            )
             prefect, _ = timed([sys.executable, "-c", code], REPO)
             same = json.loads((b / "reports" / "summary.json").read_text()) == summary
         print(json.dumps({"dvc_repro_s": repro, "noop_s": noop, "prefect_s": prefect}, indent=2))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    rows = [f"| `dvc repro`, whole default pipeline from a fresh clone | {repro / 60:.1f} min | <= 15 min |",
-            f"| `dvc repro` again (no-op) | {noop:.1f} s | <= 10 s |"]
+    rows = [
+        f"| `dvc repro`, whole default pipeline from a fresh clone | {repro / 60:.1f} min | <= 15 min |",
+        f"| `dvc repro` again (no-op) | {noop:.1f} s | <= 10 s |",
+    ]
     if prefect is not None:
-        rows.append(f"| Prefect flow `seggen-pipeline`, same pipeline from a fresh clone | {prefect / 60:.1f} min "
-                     f"({prefect / repro:.2f}x `dvc repro`) | <= 1.15x |")
+        rows.append(
+            f"| Prefect flow `seggen-pipeline`, same pipeline from a fresh clone | {prefect / 60:.1f} min "
+            f"({prefect / repro:.2f}x `dvc repro`) | <= 1.15x |"
+        )
     arms = summary["arms"]
-    scores = "; ".join(f"{arm}: " + ", ".join(f"{s} mIoU {v['mIoU']:.1f}" for s, v in splits.items()) for arm, splits in arms.items())
+    scores = "; ".join(
+        f"{arm}: " + ", ".join(f"{s} mIoU {v['mIoU']:.1f}" for s, v in splits.items()) for arm, splits in arms.items()
+    )
+    prefect_note = (
+        ""
+        if prefect is None
+        else (
+            " The Prefect run produced the same scores."
+            if same
+            else " The Prefect run gave different scores (not expected: report it)."
+        )
+    )
     body = f"""## Pipeline (issue 6)
 
 Machine: {machine()}. Default `params.yaml`, MLflow tracking into the clone's `mlflow.db`
@@ -77,7 +94,7 @@ each task a `dvc repro --single-item STAGE`.
 | --- | ---: | ---: |
 {chr(10).join(rows)}
 
-Scores of that run ({scores}).{'' if prefect is None else (' The Prefect run produced the same scores.' if same else ' The Prefect run gave different scores (not expected: report it).')}
+Scores of that run ({scores}).{prefect_note}
 GPU: not measured (no GPU was lent to this session).
 """
     update_section("pipeline", body)

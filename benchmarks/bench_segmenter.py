@@ -18,17 +18,24 @@ from seggen.config import load_params
 
 
 def main() -> None:
+    # the tuned schedule of docs/segmenter.md (the pipeline's arms train a shorter one: params.yaml)
+    import shutil
+
     import torch
 
     from seggen.segmenter.baselines import evaluate_baselines, fit
     from seggen.segmenter.evaluate import evaluate
     from seggen.segmenter.train import train_segmenter
 
-    # the tuned schedule of docs/segmenter.md (the pipeline's arms train a shorter one: params.yaml)
     p = load_params(overrides={"segmenter.train.steps": 1500})
-    p = p.model_copy(update={"segmenter": p.segmenter.model_copy(update={"strategy": "real", "out": Path("outputs/bench_segmenter/baseline")})})
+    p = p.model_copy(
+        update={
+            "segmenter": p.segmenter.model_copy(
+                update={"strategy": "real", "out": Path("outputs/bench_segmenter/baseline")}
+            )
+        }
+    )
     cfg = p.segmenter
-    import shutil
 
     shutil.rmtree(cfg.out, ignore_errors=True)  # measure a whole training, not a resumed no-op
     t = time.perf_counter()
@@ -44,35 +51,51 @@ def main() -> None:
         rows[split].update(evaluate_baselines(p.data.root, split, majority, table))
     pan_rows = ""
     if "--panoptic" in sys.argv:
-        q = p.model_copy(update={"segmenter": cfg.model_copy(update={"task": "panoptic", "out": Path("outputs/bench_segmenter/baseline_panoptic")})})
+        q = p.model_copy(
+            update={
+                "segmenter": cfg.model_copy(
+                    update={"task": "panoptic", "out": Path("outputs/bench_segmenter/baseline_panoptic")}
+                )
+            }
+        )
         shutil.rmtree(q.segmenter.out, ignore_errors=True)
         pdir = train_segmenter(q)
         pinfo = json.loads((pdir / "seggen_segmenter.json").read_text())["train"]
-        pan = {s: evaluate(q, pdir, s, Path("outputs/bench_segmenter_panoptic") / s) for s in ("validation", "validation_shift")}
-        pan_rows = (f"\nPanoptic task (same model and schedule, {pinfo['seconds_this_run'] / 60:.1f} min of training): "
-                    + "; ".join(f"{s}: PQ {m['panoptic']['PQ']:.1f} (things {m['panoptic']['PQ_th']:.1f}, stuff {m['panoptic']['PQ_st']:.1f}), "
-                                f"mask AP {m['instance']['AP']:.1f}, mIoU {m['semantic']['mIoU']:.1f}" for s, m in pan.items()) + ".\n")
+        pan = {
+            s: evaluate(q, pdir, s, Path("outputs/bench_segmenter_panoptic") / s)
+            for s in ("validation", "validation_shift")
+        }
+        pan_rows = (
+            f"\nPanoptic task (same model and schedule, {pinfo['seconds_this_run'] / 60:.1f} min of training): "
+            + "; ".join(
+                f"{s}: PQ {m['panoptic']['PQ']:.1f} (things {m['panoptic']['PQ_th']:.1f}, stuff "
+                f"{m['panoptic']['PQ_st']:.1f}), "
+                f"mask AP {m['instance']['AP']:.1f}, mIoU {m['semantic']['mIoU']:.1f}"
+                for s, m in pan.items()
+            )
+            + ".\n"
+        )
     print(json.dumps(rows, indent=2))
     it_s = info["steps_this_run"] / info["seconds_this_run"] if info["steps_this_run"] else float("nan")
     m = cfg.model
     body = f"""## Mask2Former on CPU (issue 5)
 
-Machine: {machine()}; torch {torch.__version__}, {torch.get_num_threads()} threads. Default params.yaml: Swin embed
-{m.embed_dim}, depths {list(m.depths)}, window {m.window_size}; hidden {m.hidden_dim}, {m.num_queries} queries,
-{m.encoder_layers}/{m.decoder_layers} encoder/decoder layers, {m.train_num_points} points; {cfg.train.steps} steps at batch
-{cfg.train.batch_size}, {cfg.train.crop} px crops, AdamW {cfg.train.lr:g} with poly schedule; strategy `real` on the
-{p.data.benchmark.num_train} training images of the bundled benchmark.
+Machine: {machine()}; torch {torch.__version__}, {torch.get_num_threads()} threads. Default params.yaml: Swin
+embed {m.embed_dim}, depths {list(m.depths)}, window {m.window_size}; hidden {m.hidden_dim}, {m.num_queries} queries,
+{m.encoder_layers}/{m.decoder_layers} encoder/decoder layers, {m.train_num_points} points; {cfg.train.steps} steps at
+batch {cfg.train.batch_size}, {cfg.train.crop} px crops, AdamW {cfg.train.lr:g} with poly schedule; strategy `real` on
+the {p.data.benchmark.num_train} training images of the bundled benchmark.
 
 | measure | value | target |
 | --- | ---: | ---: |
-| training | {it_s:.2f} it/s, {info['seconds_this_run'] / 60:.1f} min ({wall / 60:.1f} min with start-up) | <= 8 min |
-| evaluation | {rows['validation']['eval_ips']:.0f} images/s (predict + write + score) | |
+| training | {it_s:.2f} it/s, {info["seconds_this_run"] / 60:.1f} min ({wall / 60:.1f} min with start-up) | <= 8 min |
+| evaluation | {rows["validation"]["eval_ips"]:.0f} images/s (predict + write + score) | |
 
 | mIoU | in-domain val | shifted-domain val |
 | --- | ---: | ---: |
-| Mask2Former baseline (real only) | **{rows['validation']['miou']:.1f}** | **{rows['validation_shift']['miou']:.1f}** |
-| majority class | {rows['validation']['majority_class']:.1f} | {rows['validation_shift']['majority_class']:.1f} |
-| colour-only pixel classifier | {rows['validation']['colour_only']:.1f} | {rows['validation_shift']['colour_only']:.1f} |
+| Mask2Former baseline (real only) | **{rows["validation"]["miou"]:.1f}** | **{rows["validation_shift"]["miou"]:.1f}** |
+| majority class | {rows["validation"]["majority_class"]:.1f} | {rows["validation_shift"]["majority_class"]:.1f} |
+| colour-only classifier | {rows["validation"]["colour_only"]:.1f} | {rows["validation_shift"]["colour_only"]:.1f} |
 
 {pan_rows}
 The colour-only classifier is strong in-domain because the benchmark's classes have characteristic

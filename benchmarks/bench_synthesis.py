@@ -34,8 +34,13 @@ N_OURS = 96  # samples per measurement of ours (6 batches of 16)
 
 def _stock_parts(model_dir: Path, controlnet: bool):
     import torch
-    from diffusers import (ControlNetModel, DPMSolverMultistepScheduler, StableDiffusionControlNetPipeline,
-                           StableDiffusionPipeline, UNet2DConditionModel)
+    from diffusers import (
+        ControlNetModel,
+        DPMSolverMultistepScheduler,
+        StableDiffusionControlNetPipeline,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
     from diffusers.image_processor import VaeImageProcessor
     from transformers import AutoTokenizer, CLIPTextModel
 
@@ -50,7 +55,9 @@ def _stock_parts(model_dir: Path, controlnet: bool):
         requires_safety_checker=False,
     )
     if controlnet:
-        pipe = StableDiffusionControlNetPipeline(controlnet=ControlNetModel.from_pretrained(model_dir / "controlnet"), **kw)
+        pipe = StableDiffusionControlNetPipeline(
+            controlnet=ControlNetModel.from_pretrained(model_dir / "controlnet"), **kw
+        )
         pipe.control_image_processor = VaeImageProcessor(vae_scale_factor=1, do_convert_rgb=True, do_normalize=False)
     else:
         pipe = StableDiffusionPipeline(**kw)
@@ -81,15 +88,30 @@ def stock_loop(p, strategy: str, prompts: list[str], masks: list[np.ndarray], dt
     def one(i: int) -> np.ndarray:
         g = torch.Generator().manual_seed(i)
         if strategy == "masksyn":
-            x = tp(prompts[i], height=r_t, width=r_t, num_inference_steps=cfg.steps, guidance_scale=cfg.text2mask_guidance,
-                   output_type="latent", generator=g).images
+            x = tp(
+                prompts[i],
+                height=r_t,
+                width=r_t,
+                num_inference_steps=cfg.steps,
+                guidance_scale=cfg.text2mask_guidance,
+                output_type="latent",
+                generator=g,
+            ).images
             rgb = ((x[0].float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
             lab = palette.decode(rgb)
         else:
             lab = masks[i]
         cmap = Image.fromarray(colors[np.asarray(Image.fromarray(lab.astype(np.uint8)).resize((r, r), Image.NEAREST))])
-        return cp(prompts[i], image=cmap, height=r, width=r, num_inference_steps=cfg.steps, guidance_scale=cfg.mask2img_guidance,
-                  output_type="latent", generator=g).images
+        return cp(
+            prompts[i],
+            image=cmap,
+            height=r,
+            width=r,
+            num_inference_steps=cfg.steps,
+            guidance_scale=cfg.mask2img_guidance,
+            output_type="latent",
+            generator=g,
+        ).images
 
     one(0)  # warm-up
     t = time.perf_counter()
@@ -99,24 +121,41 @@ def stock_loop(p, strategy: str, prompts: list[str], masks: list[np.ndarray], dt
 
 
 def ours(p, strategy: str, precision: str, workers: int = 1) -> tuple[float, float]:
-    """-> (images/s over generation, images/s over the whole call incl. starting workers and loading models)."""
-    from seggen.synthesis.synthesize import synthesize
+    """-> (images/s over generation, images/s over the whole call incl. starting workers and loading models):
+    `stages.synthesize`, what `seggen synthesize` and the pipeline's synthesize stages run (tracking off)."""
+    import os
+
+    from seggen import stages
 
     with tempfile.TemporaryDirectory() as tmp:
-        q = p.model_copy(update={"synthesize": p.synthesize.model_copy(update={
-            "out": Path(tmp), "max_sources": N_OURS, "masksyn_per_source": 1, "imgsyn_per_source": 1, "precision": precision,
-            "workers": workers, "threads": 0, "filter": p.synthesize.filter.model_copy(update={"sample": False, "pixel": False})})})
+        q = p.model_copy(
+            update={
+                "synthesize": p.synthesize.model_copy(
+                    update={
+                        "out": Path(tmp),
+                        "max_sources": N_OURS,
+                        "masksyn_per_source": 1,
+                        "imgsyn_per_source": 1,
+                        "precision": precision,
+                        "workers": workers,
+                        "threads": 0,
+                        "filter": p.synthesize.filter.model_copy(update={"sample": False, "pixel": False}),
+                    }
+                )
+            }
+        )
+        os.environ["SEGGEN_TRACKING"] = "off"
         t = time.perf_counter()
-        rate = synthesize(q, strategy, progress=False)["images_per_s"]
+        rate = stages.synthesize(q, strategy)["images_per_s"]
         return rate, N_OURS / (time.perf_counter() - t)
 
 
 def main() -> None:
     import torch
 
-    from seggen.data.ade20k import ADE20KDataset
     from seggen.captions import read_captions
-    from seggen.generators.common import autocast_dtype
+    from seggen.data.ade20k import ADE20KDataset
+    from seggen.training import autocast_dtype
 
     p = load_params()
     cfg = p.synthesize
@@ -131,7 +170,10 @@ def main() -> None:
     low = "bf16" if auto == torch.bfloat16 else None
     rows = {}
     for strategy in ("masksyn", "imgsyn"):
-        r = {"stock_fp32": stock_loop(p, strategy, prompts, masks, torch.float32), "ours_fp32": ours(p, strategy, "fp32")[0]}
+        r = {
+            "stock_fp32": stock_loop(p, strategy, prompts, masks, torch.float32),
+            "ours_fp32": ours(p, strategy, "fp32")[0],
+        }
         if low:
             r["stock_bf16"] = stock_loop(p, strategy, prompts, masks, torch.bfloat16)
             r["ours_bf16"] = ours(p, strategy, "bf16")[0]
@@ -144,23 +186,50 @@ def main() -> None:
 
     lines = []
     for strategy, r in rows.items():
-        same = f"{r['ours_fp32'] / r['stock_fp32']:.1f}x" + (f" / {r['ours_bf16'] / r['stock_bf16']:.1f}x" if low else "")
-        lines.append(f"| {strategy} | {fmt(r['stock_fp32'])} | {fmt(r.get('stock_bf16'))} | {fmt(r['ours_fp32'])} | {fmt(r.get('ours_bf16'))} "
-                     f"| {fmt(r['ours_default'])} ({fmt(r['ours_default_wall'])}) | **{r['ours_default'] / r['stock_fp32']:.1f}x** "
-                     f"({r['ours_default_wall'] / r['stock_fp32']:.1f}x) | {same} |")
-    verdict = "; ".join(f"{k} {'met' if r['ours_default'] / r['stock_fp32'] >= 3 else 'NOT met'} ({r['ours_default'] / r['stock_fp32']:.1f}x)"
-                        for k, r in rows.items())
+        same = f"{r['ours_fp32'] / r['stock_fp32']:.1f}x" + (
+            f" / {r['ours_bf16'] / r['stock_bf16']:.1f}x" if low else ""
+        )
+        lines.append(
+            f"| {strategy} | {fmt(r['stock_fp32'])} | {fmt(r.get('stock_bf16'))} | {fmt(r['ours_fp32'])} | "
+            f"{fmt(r.get('ours_bf16'))} "
+            f"| {fmt(r['ours_default'])} ({fmt(r['ours_default_wall'])}) | "
+            f"**{r['ours_default'] / r['stock_fp32']:.1f}x** "
+            f"({r['ours_default_wall'] / r['stock_fp32']:.1f}x) | {same} |"
+        )
+    verdict = "; ".join(
+        f"{k} {'met' if r['ours_default'] / r['stock_fp32'] >= 3 else 'NOT met'} "
+        f"({r['ours_default'] / r['stock_fp32']:.1f}x)"
+        for k, r in rows.items()
+    )
+    resolution = json.loads((Path(cfg.text2mask) / "seggen_model.json").read_text())["resolution"]
+    header = (
+        "| "
+        + " | ".join(
+            [
+                "strategy",
+                "stock loop fp32",
+                "stock loop bf16",
+                "ours fp32, 1 process",
+                "ours bf16, 1 process",
+                "ours default: `precision: auto`, `workers: 2`",
+                "default / stock fp32 (target >= 3x)",
+                "same set-up, 1 process: fp32 / bf16",
+            ]
+        )
+        + " |"
+    )
     body = f"""## Synthesis throughput (issue 4)
 
-Machine: {machine()}; torch {torch.__version__}, {torch.get_num_threads()} threads; CPU native bf16: {'yes' if low else 'no'}.
-Default generators of params.yaml (Text2Mask and Mask2Img at {json.loads((Path(cfg.text2mask) / 'seggen_model.json').read_text())['resolution']} px),
-DPM-Solver++ {cfg.steps} steps, guidance {cfg.text2mask_guidance} / {cfg.mask2img_guidance}. Stock: one diffusers pipeline call
-per image ({N_STOCK} images after a warm-up call, {torch.get_num_threads()} threads); ours: `seggen synthesize` at batch
+Machine: {machine()}; torch {torch.__version__}, {torch.get_num_threads()} threads; CPU native bf16:
+{"yes" if low else "no"}. Default generators of params.yaml (Text2Mask and Mask2Img at {resolution} px),
+DPM-Solver++ {cfg.steps} steps, guidance {cfg.text2mask_guidance} / {cfg.mask2img_guidance}. Stock: one diffusers
+pipeline call per image ({N_STOCK} images after a warm-up call, {torch.get_num_threads()} threads); ours: `seggen
+synthesize` at batch
 {cfg.batch_size} over {N_OURS} samples (decoding and writing images, labels and panoptic PNGs included), images/s over
 generation (model loading excluded, as for the stock loop); in brackets, over the whole call including starting the
 worker processes and loading the models. Higher is better.
 
-| strategy | stock loop fp32 | stock loop bf16 | ours fp32, 1 process | ours bf16, 1 process | ours default: `precision: auto`, `workers: 2` | default / stock fp32 (target >= 3x) | same set-up, 1 process: fp32 / bf16 |
+{header}
 | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
 {chr(10).join(lines)}
 

@@ -37,6 +37,8 @@ def timeit(fn, repeat: int = 5, warmup: int = 1) -> float:
 
 
 def machine() -> str:
+    import numpy
+
     cpu = platform.processor() or "unknown CPU"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -45,10 +47,10 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    import numpy
 
     return (
-        f"{cpu}, {os.cpu_count()} logical cores visible, Python {platform.python_version()}, numpy {numpy.__version__}; "
+        f"{cpu}, {os.cpu_count()} logical cores visible, Python {platform.python_version()}, numpy "
+        f"{numpy.__version__}; "
         f"measured {time.strftime('%Y-%m-%d')}"
     )
 

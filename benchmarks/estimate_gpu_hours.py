@@ -31,12 +31,26 @@ MFU = 0.35
 DOC = Path(__file__).resolve().parents[1] / "docs" / "real-data.md"
 
 # stabilityai/stable-diffusion-xl-base-1.0, unet/config.json
-SDXL_UNET = dict(act_fn="silu", addition_embed_type="text_time", addition_embed_type_num_heads=64, addition_time_embed_dim=256,
-                 attention_head_dim=[5, 10, 20], block_out_channels=[320, 640, 1280], cross_attention_dim=2048,
-                 down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"], in_channels=4,
-                 layers_per_block=2, mid_block_type="UNetMidBlock2DCrossAttn", norm_num_groups=32, out_channels=4,
-                 projection_class_embeddings_input_dim=2816, sample_size=128, transformer_layers_per_block=[1, 2, 10],
-                 up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"], use_linear_projection=True)
+SDXL_UNET = dict(
+    act_fn="silu",
+    addition_embed_type="text_time",
+    addition_embed_type_num_heads=64,
+    addition_time_embed_dim=256,
+    attention_head_dim=[5, 10, 20],
+    block_out_channels=[320, 640, 1280],
+    cross_attention_dim=2048,
+    down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    in_channels=4,
+    layers_per_block=2,
+    mid_block_type="UNetMidBlock2DCrossAttn",
+    norm_num_groups=32,
+    out_channels=4,
+    projection_class_embeddings_input_dim=2816,
+    sample_size=128,
+    transformer_layers_per_block=[1, 2, 10],
+    up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    use_linear_projection=True,
+)
 SDXL_PARAMS = 2.567e9
 
 
@@ -60,7 +74,11 @@ def diffusion_flops(resolution: int, conditioning_channels: tuple[int, ...]) -> 
     added = {"text_embeds": torch.empty(1, 1280, device="meta"), "time_ids": torch.empty(1, 6, device="meta")}
     cond = torch.empty(1, 3, resolution, resolution, device="meta")
     u = _flops(lambda: unet(x, t, ctx, added_cond_kwargs=added))
-    c = _flops(lambda: control(x, t, encoder_hidden_states=ctx, controlnet_cond=cond, added_cond_kwargs=added, return_dict=False))
+    c = _flops(
+        lambda: control(
+            x, t, encoder_hidden_states=ctx, controlnet_cond=cond, added_cond_kwargs=added, return_dict=False
+        )
+    )
     return u, c, float(n)
 
 
@@ -68,10 +86,20 @@ def mask2former_flops(crop: int, num_classes: int, queries: int, decoder_layers:
     """Forward FLOPs of Mask2Former with the Swin-L backbone (window 12, ImageNet-22k 384) at crop x crop."""
     from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, SwinConfig
 
-    swin = SwinConfig(image_size=384, embed_dim=192, depths=[2, 2, 18, 2], num_heads=[6, 12, 24, 48], window_size=12,
-                      out_features=["stage1", "stage2", "stage3", "stage4"])
-    cfg = Mask2FormerConfig(backbone_config=swin, num_labels=num_classes, num_queries=queries, decoder_layers=decoder_layers)
-    model = Mask2FormerForUniversalSegmentation(cfg).eval()  # on the CPU: its pixel decoder makes CPU tensors, which meta rejects
+    swin = SwinConfig(
+        image_size=384,
+        embed_dim=192,
+        depths=[2, 2, 18, 2],
+        num_heads=[6, 12, 24, 48],
+        window_size=12,
+        out_features=["stage1", "stage2", "stage3", "stage4"],
+    )
+    cfg = Mask2FormerConfig(
+        backbone_config=swin, num_labels=num_classes, num_queries=queries, decoder_layers=decoder_layers
+    )
+    model = Mask2FormerForUniversalSegmentation(
+        cfg
+    ).eval()  # on the CPU: its pixel decoder makes CPU tensors, which meta rejects
     x = torch.zeros(1, 3, crop, crop)
     with torch.no_grad():
         return _flops(lambda: model(pixel_values=x))
@@ -101,15 +129,37 @@ def estimate(profile: Path) -> tuple[list[tuple[str, str, float]], dict]:
     imgsyn = n_train * syn.imgsyn_per_source
     rows = [
         ("caption (BLIP-2)", f"{n_train} images", n_train * cap),
-        ("train Text2Mask (SDXL UNet fine-tuned)", f"{t2m.steps} steps x {t2m.batch_size}", 3 * unet * t2m.steps * t2m.batch_size),
-        ("train Mask2Img (SDXL ControlNet)", f"{m2i.steps} steps x {m2i.batch_size}", 3 * (unet + control) * m2i.steps * m2i.batch_size),
-        ("synthesize MaskSyn", f"{masksyn} pairs x {syn.steps} steps", masksyn * syn.steps * cfg_mult * (2 * unet + control)),
+        (
+            "train Text2Mask (SDXL UNet fine-tuned)",
+            f"{t2m.steps} steps x {t2m.batch_size}",
+            3 * unet * t2m.steps * t2m.batch_size,
+        ),
+        (
+            "train Mask2Img (SDXL ControlNet)",
+            f"{m2i.steps} steps x {m2i.batch_size}",
+            3 * (unet + control) * m2i.steps * m2i.batch_size,
+        ),
+        (
+            "synthesize MaskSyn",
+            f"{masksyn} pairs x {syn.steps} steps",
+            masksyn * syn.steps * cfg_mult * (2 * unet + control),
+        ),
         ("synthesize ImgSyn", f"{imgsyn} images x {syn.steps} steps", imgsyn * syn.steps * cfg_mult * (unet + control)),
-        ("train Mask2Former Swin-L (one arm)", f"{seg.train.steps} steps x {seg.train.batch_size}", 3 * m2f * seg.train.steps * seg.train.batch_size),
+        (
+            "train Mask2Former Swin-L (one arm)",
+            f"{seg.train.steps} steps x {seg.train.batch_size}",
+            3 * m2f * seg.train.steps * seg.train.batch_size,
+        ),
         ("evaluate (one arm, 2000 images)", "2000 images", 2000 * m2f * 1.5),  # larger test images than the crop
     ]
-    info = {"unet_tflops": unet / 1e12, "control_tflops": control / 1e12, "m2f_tflops": m2f / 1e12, "resolution": res,
-            "crop": seg.train.crop, "unet_params": n_params}
+    info = {
+        "unet_tflops": unet / 1e12,
+        "control_tflops": control / 1e12,
+        "m2f_tflops": m2f / 1e12,
+        "resolution": res,
+        "crop": seg.train.crop,
+        "unet_params": n_params,
+    }
     return rows, info
 
 
@@ -118,11 +168,16 @@ def main() -> None:
     rows, info = estimate(profile)
     assert abs(info["unet_params"] - SDXL_PARAMS) / SDXL_PARAMS < 0.01, info["unet_params"]
     eff = PEAK_BF16 * MFU
-    lines = [f"Estimated, not measured, for `{profile}` (FLOPs counted by `python -m benchmarks.estimate_gpu_hours`; "
-             f"H100 bf16 peak 989 TFLOP/s at {MFU:.0%} MFU). One forward pass: SDXL UNet {info['unet_tflops']:.2f} TFLOPs and its "
-             f"ControlNet {info['control_tflops']:.2f} TFLOPs at {info['resolution']} px; Mask2Former Swin-L "
-             f"{info['m2f_tflops']:.2f} TFLOPs at {info['crop']} px.", "",
-             "| stage | work | PFLOPs | H100-hours |", "|---|---|---:|---:|"]
+    lines = [
+        f"Estimated, not measured, for `{profile}` (FLOPs counted by `python -m benchmarks.estimate_gpu_hours`; "
+        f"H100 bf16 peak 989 TFLOP/s at {MFU:.0%} MFU). One forward pass: SDXL UNet {info['unet_tflops']:.2f} TFLOPs "
+        "and its "
+        f"ControlNet {info['control_tflops']:.2f} TFLOPs at {info['resolution']} px; Mask2Former Swin-L "
+        f"{info['m2f_tflops']:.2f} TFLOPs at {info['crop']} px.",
+        "",
+        "| stage | work | PFLOPs | H100-hours |",
+        "|---|---|---:|---:|",
+    ]
     total = 0.0
     for name, work, flops in rows:
         hours = flops / eff / 3600

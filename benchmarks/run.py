@@ -24,9 +24,16 @@ def main() -> None:
     where = f"Machine: {machine()}. One core (BLAS/OpenMP threads = 1). Reproduce with `make bench`."
     results = {}
     body, results["codec"] = bench_codec.run(labels[0])
-    update_section("codec", f"## Colour decode (issue 2)\n\n{where}\n\n{body}\n\nTargets: >= 50 Mpx/s on one core and >= 20x the naive baseline.")
+    update_section(
+        "codec",
+        f"## Colour decode (issue 2)\n\n{where}\n\n{body}\n\nTargets: >= 50 Mpx/s on one core and >= 20x the naive "
+        "baseline.",
+    )
     body, results["eval"] = bench_eval.run(labels)
-    update_section("eval", f"## Semantic evaluation (issue 2)\n\n{where}\n\n{body}\n\nTarget: >= 100 ADE-size images/s on one core.")
+    update_section(
+        "eval",
+        f"## Semantic evaluation (issue 2)\n\n{where}\n\n{body}\n\nTarget: >= 100 ADE-size images/s on one core.",
+    )
     json.dump(results, sys.stdout, indent=2)
     print()
 

@@ -24,9 +24,10 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-SYNTHESIS = ("check_models", "prepare", "check_data", "caption", "train_text2mask", "train_mask2img", "synthesize_masksyn",
-             "synthesize_imgsyn")
-TRAIN_EVALUATE = ("check_models", "train_segmenter", "evaluate", "report")
+# which dvc.yaml stages a flow runs: by the `meta: {group: ...}` each stage carries in dvc.yaml (the
+# stage list itself lives only there)
+SYNTHESIS = ("preflight", "data", "generators", "synthesis")
+TRAIN_EVALUATE = ("preflight", "segmentation")
 # `seggen` exits 2 on bad params or data, the shell 126/127 when a command is missing: retrying cannot help
 PERMANENT = (2, 126, 127)
 
@@ -39,10 +40,13 @@ class PipelineRequest(BaseModel):
     project_dir: str = Field(".", description="The seggen project (git + DVC checkout) to run in.")
     overrides: dict[str, Any] = Field(
         default_factory=dict,
-        description="params.yaml keys to set before running, e.g. {\"segmenter.train.steps\": 900}. "
-                    "Written to params.yaml (like `dvc exp run -S`) so dvc.lock records them.")
+        description='params.yaml keys to set before running, e.g. {"segmenter.train.steps": 900}. '
+        "Written to params.yaml (like `dvc exp run -S`) so dvc.lock records them.",
+    )
     profile: Literal["default", "bench"] = Field(
-        "default", description="default: dvc.yaml + params.yaml; bench: the ablation, bench/dvc.yaml + bench/params.yaml.")
+        "default",
+        description="default: dvc.yaml + params.yaml; bench: the ablation, bench/dvc.yaml + bench/params.yaml.",
+    )
     force: bool = Field(False, description="Re-run the selected stages even if dvc.lock says they are up to date.")
     track: bool = Field(True, description="Log to MLflow (MLFLOW_TRACKING_URI, else mlflow.db in the project).")
 
@@ -58,7 +62,9 @@ class PipelineRequest(BaseModel):
 class StageFailed(RuntimeError):
     def __init__(self, stage: str, code: int | None, tail: str):
         self.code = code
-        super().__init__(f"stage {stage} failed" + (f" (its command exited with {code})" if code is not None else "") + f":\n{tail}")
+        super().__init__(
+            f"stage {stage} failed" + (f" (its command exited with {code})" if code is not None else "") + f":\n{tail}"
+        )
 
 
 def _dvc() -> str:
@@ -93,10 +99,19 @@ def run_stage(project: str, stage: str, force: bool = False, env: dict[str, str]
     cmd = [_dvc(), "repro", "--single-item", stage] + (["--force"] if force else [])
     t0 = time.perf_counter()
     with open(output, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=project, stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, **(env or {}), "SEGGEN_PROGRESS_FILE": str(progress),
-                                     # the stage commands (seggen) from this environment
-                                     "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"})
+        proc = subprocess.Popen(
+            cmd,
+            cwd=project,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={
+                **os.environ,
+                **(env or {}),
+                "SEGGEN_PROGRESS_FILE": str(progress),
+                # the stage commands (seggen) from this environment
+                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            },
+        )
         shown = None
         while proc.poll() is None:
             time.sleep(1.0)
@@ -116,7 +131,9 @@ def run_stage(project: str, stage: str, force: bool = False, env: dict[str, str]
         raise StageFailed(stage, int(m.group(1)) if m else None, "\n".join(final[-15:]))
     ran = f"Running stage '{stage}'" in text
     seconds = time.perf_counter() - t0
-    update_progress_artifact(artifact, 100.0, f"{stage}: {'done' if ran else 'up to date (dvc.lock)'} in {seconds:.0f} s")
+    update_progress_artifact(
+        artifact, 100.0, f"{stage}: {'done' if ran else 'up to date (dvc.lock)'} in {seconds:.0f} s"
+    )
     for ln in final[-5:] if ran else []:
         log.info("%s", ln)
     log.info("%s: %s in %.1f s", stage, "ran" if ran else "up to date", seconds)
@@ -128,13 +145,25 @@ PROFILES = {"default": ("dvc.yaml", "params.yaml"), "bench": ("bench/dvc.yaml", 
 
 
 def stage_names(project: Path, groups: tuple[str, ...] | None, dvcfile: str = "dvc.yaml") -> list[str]:
-    """The stages of `dvcfile` in file order (foreach/matrix expanded), those of `groups` only if given.
-    Stages of another dvc.yaml are addressed FILE:NAME (`dvc stage list` prints them so)."""
+    """The stages of `dvcfile` in file order (foreach/matrix expanded), those whose `meta.group` is one
+    of `groups` only if given. Stages of another dvc.yaml are addressed FILE:NAME (as `dvc stage list`
+    prints them)."""
     r = subprocess.run([_dvc(), "stage", "list", dvcfile, "--name-only"], cwd=project, capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"{project}/{dvcfile}: {r.stderr.strip() or r.stdout.strip()}")
     names = r.stdout.split()
-    return [n for n in names if groups is None or n.rsplit(":", 1)[-1].split("@")[0] in groups]
+    if groups is None:
+        return names
+    group = stage_groups(project / dvcfile)
+    return [n for n in names if group.get(n.rsplit(":", 1)[-1].split("@")[0]) in groups]
+
+
+def stage_groups(dvcfile: Path) -> dict[str, str]:
+    """Stage name (before @) -> its `meta.group` in dvc.yaml."""
+    import yaml
+
+    stages = yaml.safe_load(dvcfile.read_text())["stages"]
+    return {name: ((st.get("do", st).get("meta") or st.get("meta") or {}).get("group")) for name, st in stages.items()}
 
 
 def apply_overrides(project: Path, overrides: dict[str, Any], params_file: str = "params.yaml"):
@@ -147,13 +176,20 @@ def apply_overrides(project: Path, overrides: dict[str, Any], params_file: str =
 def _mlflow_links(project: Path, execution: str) -> tuple[dict[tuple[str, str], str], str | None]:
     """The latest evaluate run of each (arm, split) and this execution's parent run, as UI links."""
     from seggen import tracking
-    from seggen.compare import latest_evaluations, search_evaluations
 
-    df, uri = search_evaluations(project)
+    df, uri = tracking.search_evaluations(project)
     exp_id = df["experiment_id"].iloc[0] if len(df) else None
-    runs = {k: tracking.run_url(uri, r["experiment_id"], r["run_id"]) for k, r in latest_evaluations(df).items()}
+    runs = {
+        k: tracking.run_url(uri, r["experiment_id"], r["run_id"]) for k, r in tracking.latest_evaluations(df).items()
+    }
     client, _ = tracking.open_client(project)
-    parent = client.search_runs([exp_id], f"tags.`{tracking.EXECUTION}` = '{execution}' and tags.`{tracking.KIND}` = 'pipeline'") if exp_id else []
+    parent = (
+        client.search_runs(
+            [exp_id], f"tags.`{tracking.EXECUTION}` = '{execution}' and tags.`{tracking.KIND}` = 'pipeline'"
+        )
+        if exp_id
+        else []
+    )
     return runs, tracking.run_url(uri, exp_id, parent[0].info.run_id) if parent else None
 
 
@@ -168,11 +204,19 @@ def _summary_markdown(project: Path, summary_path: Path, results: list[dict], ex
             lines += ["", f"(MLflow links unavailable: {e})"]
     if summary_path.exists():
         fmt = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731
-        lines += ["", "## Scores (latest evaluation of each arm)", "", "| arm | split | mIoU | PQ | AP | MLflow run |", "|---|---|---:|---:|---:|---|"]
+        lines += [
+            "",
+            "## Scores (latest evaluation of each arm)",
+            "",
+            "| arm | split | mIoU | PQ | AP | MLflow run |",
+            "|---|---|---:|---:|---:|---|",
+        ]
         for arm, splits in json.loads(summary_path.read_text())["arms"].items():
             for split, s in splits.items():
                 link = f"[run]({runs[(arm, split)]})" if (arm, split) in runs else "–"
-                lines.append(f"| {arm} | {split} | {fmt(s.get('mIoU'))} | {fmt(s.get('PQ'))} | {fmt(s.get('AP'))} | {link} |")
+                lines.append(
+                    f"| {arm} | {split} | {fmt(s.get('mIoU'))} | {fmt(s.get('PQ'))} | {fmt(s.get('AP'))} | {link} |"
+                )
     if parent_url:
         lines += ["", f"MLflow pipeline run (nested stage runs): [{parent_url}]({parent_url})"]
     elif track:
@@ -184,6 +228,7 @@ def run_pipeline(request: PipelineRequest, groups: tuple[str, ...] | None) -> di
     from prefect.runtime import flow_run
 
     from seggen import tracking
+    from seggen.preflight import require_models
 
     log = get_run_logger()
     project = Path(request.project_dir).resolve()
@@ -191,7 +236,6 @@ def run_pipeline(request: PipelineRequest, groups: tuple[str, ...] | None) -> di
     if not (project / dvcfile).exists():
         raise FileNotFoundError(f"{project}: no {dvcfile} (project_dir must be a seggen checkout)")
     params = apply_overrides(project, request.overrides, params_file)
-    from seggen.preflight import require_models
 
     require_models(params)  # an unreachable model fails the flow here, before its first task
     env = {tracking.EXECUTION_ENV: f"prefect:{flow_run.id or 'local'}"}
@@ -205,18 +249,30 @@ def run_pipeline(request: PipelineRequest, groups: tuple[str, ...] | None) -> di
     for i, stage in enumerate(stages):
         results.append(run_stage(str(project), stage, request.force, env))
         update_progress_artifact(overall, 100.0 * (i + 1) / len(stages), f"{i + 1}/{len(stages)} stages ({stage} done)")
-    md = _summary_markdown(project, project / params.report.out / "summary.json", results, env[tracking.EXECUTION_ENV], request.track)
+    md = _summary_markdown(
+        project, project / params.report.out / "summary.json", results, env[tracking.EXECUTION_ENV], request.track
+    )
     create_markdown_artifact(md, key="seggen-summary", description="Stages, scores and MLflow links of this run")
-    log.info("%d stages: %d ran, %d up to date", len(results), sum(r["ran"] for r in results), sum(not r["ran"] for r in results))
+    log.info(
+        "%d stages: %d ran, %d up to date",
+        len(results),
+        sum(r["ran"] for r in results),
+        sum(not r["ran"] for r in results),
+    )
     return {"stages": results}
 
 
-@flow(name="seggen-pipeline", description="The whole pipeline: data, captions, generators, synthesis, Mask2Former arms, evaluation, report.")
+@flow(
+    name="seggen-pipeline",
+    description="The whole pipeline: data, captions, generators, synthesis, Mask2Former arms, evaluation, report.",
+)
 def pipeline(request: PipelineRequest = PipelineRequest()) -> dict:
     return run_pipeline(request, None)
 
 
-@flow(name="seggen-synthesis", description="Data, captions, Text2Mask + Mask2Img training and MaskSyn/ImgSyn synthesis.")
+@flow(
+    name="seggen-synthesis", description="Data, captions, Text2Mask + Mask2Img training and MaskSyn/ImgSyn synthesis."
+)
 def synthesis(request: PipelineRequest = PipelineRequest()) -> dict:
     return run_pipeline(request, SYNTHESIS)
 
@@ -226,8 +282,11 @@ def train_evaluate(request: PipelineRequest = PipelineRequest()) -> dict:
     return run_pipeline(request, TRAIN_EVALUATE)
 
 
-@flow(name="seggen-bench", description="The ablation (bench/dvc.yaml): generators, MaskSyn/ImgSyn per data regime, "
-      "every arm x seed, both evaluation splits, docs/results.md.")
+@flow(
+    name="seggen-bench",
+    description="The ablation (bench/dvc.yaml): generators, MaskSyn/ImgSyn per data regime, "
+    "every arm x seed, both evaluation splits, docs/results.md.",
+)
 def bench(request: PipelineRequest = PipelineRequest(profile="bench")) -> dict:
     return run_pipeline(request.model_copy(update={"profile": "bench"}), None)
 

@@ -12,7 +12,12 @@ from pathlib import Path
 
 from flows.pipeline import FLOWS
 
-ENTRYPOINTS = {"full-pipeline": "pipeline", "synthesis-only": "synthesis", "train-evaluate": "train_evaluate", "bench": "bench"}
+ENTRYPOINTS = {
+    "full-pipeline": "pipeline",
+    "synthesis-only": "synthesis",
+    "train-evaluate": "train_evaluate",
+    "bench": "bench",
+}
 
 
 def _parameters(project: Path, name: str = "") -> dict:
@@ -24,7 +29,9 @@ def serve(project_dir: str | Path = ".", limit: int = 1) -> None:
     from prefect import serve as prefect_serve
 
     project = Path(project_dir).resolve()
-    deployments = [f.to_deployment(name=name, parameters=_parameters(project, name), tags=["seggen"]) for name, f in FLOWS.items()]
+    deployments = [
+        f.to_deployment(name=name, parameters=_parameters(project, name), tags=["seggen"]) for name, f in FLOWS.items()
+    ]
     prefect_serve(*deployments, limit=limit)
 
 
@@ -47,7 +54,9 @@ def deploy(pool: str, project_dir: str | Path = ".", source: str | Path | None =
         remote = prefect_flow.from_source(source=src, entrypoint=f"flows/pipeline.py:{fn}")
         # to_deployment + apply, not flow.deploy: deploy's check for online workers sends a request
         # that Prefect 3.8's own server rejects (limit=None -> 422)
-        dep = remote.to_deployment(name=name, work_pool_name=pool, parameters=_parameters(project, name), tags=["seggen"])
+        dep = remote.to_deployment(
+            name=name, work_pool_name=pool, parameters=_parameters(project, name), tags=["seggen"]
+        )
         ids.append(str(dep.apply()))
     return ids
 

@@ -18,23 +18,35 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
-from seggen.progress import tqdm
 
 from seggen.data.layout import open_split
 from seggen.data.meta import DatasetMeta
 from seggen.errors import DataError
 from seggen.io import write_text
+from seggen.progress import tqdm
 
 log = logging.getLogger(__name__)
 
 NUMBERS = ["no", "a", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
-PLURALS = {"person": "people", "grass": "grass", "sky": "sky", "water": "water", "glass": "glasses", "bus": "buses",
-           "sheep": "sheep", "skis": "skis", "scissors": "scissors", "knife": "knives", "mouse": "mice", "shelf": "shelves"}
+PLURALS = {
+    "person": "people",
+    "grass": "grass",
+    "sky": "sky",
+    "water": "water",
+    "glass": "glasses",
+    "bus": "buses",
+    "sheep": "sheep",
+    "skis": "skis",
+    "scissors": "scissors",
+    "knife": "knives",
+    "mouse": "mice",
+    "shelf": "shelves",
+}
 STUFF_PHRASES = {
     "sky": "under the sky",
     "mountain": "with mountains in the background",
@@ -67,7 +79,9 @@ def _position(cx: float) -> str:
     return "on the left" if cx < 0.36 else "on the right" if cx > 0.64 else "in the middle"
 
 
-def label_caption(labels: np.ndarray, meta: DatasetMeta, instance_counts: dict[int, int] | None = None) -> tuple[str, list[str]]:
+def label_caption(
+    labels: np.ndarray, meta: DatasetMeta, instance_counts: dict[int, int] | None = None
+) -> tuple[str, list[str]]:
     """Caption from a label map (values 1..N; 0 ignored) -> (caption, class names present)."""
     from scipy import ndimage
 
@@ -223,7 +237,7 @@ def caption_dataset(
         loaded = [ds[i] for i, _ in batch]
         if blip is not None:
             texts = blip([img for img, _ in loaded])
-        for k, ((i, digest), (img, lab)) in enumerate(zip(batch, loaded)):
+        for k, ((i, digest), (_, lab)) in enumerate(zip(batch, loaded)):
             sid = ds.samples[i].id
             cap, classes = label_caption(lab, ds.meta, _instance_counts(ds, i) if blip is None else None)
             if blip is not None:

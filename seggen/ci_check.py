@@ -1,5 +1,6 @@
-"""`seggen ci-check`: the regression gate. A small fixed-seed pipeline (ci/params.yaml) runs end to
-end through the stage functions; each arm's mIoU on each split must stay within `tolerance` of the
+"""`seggen ci-check`: the regression gate. The pipeline of dvc.yaml -- the same stages, in the same
+order, through `dvc repro` -- runs on a small fixed-seed profile (ci/params.yaml, a delta on
+params.yaml) in a scratch project; each arm's mIoU on each split must stay within `tolerance` of the
 committed ci/baseline.json. Scores above the band pass with a note to raise the baseline.
 """
 
@@ -9,7 +10,6 @@ import json
 import os
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 from seggen.config import load_params
@@ -23,43 +23,44 @@ class Regression(SeggenError):
     pass
 
 
-@contextmanager
-def _inside(directory: Path):
-    old = Path.cwd()
-    os.chdir(directory)
-    try:
-        yield
-    finally:
-        os.chdir(old)
+def run_small_pipeline(params_path: Path, workdir: Path, project: Path = Path(".")) -> dict[str, dict[str, float]]:
+    """`dvc repro` of `project`'s dvc.yaml in `workdir`, with the profile's params resolved into its
+    params.yaml and the code the stages depend on copied beside it; no MLflow tracking. Returns
+    {arm: {split: mIoU}} from the evaluations' scores.json."""
+    import shutil
+    import subprocess
+    import sys
 
+    import yaml
 
-def run_small_pipeline(params_path: Path, workdir: Path) -> dict[str, dict[str, float]]:
-    """Every stage, in order, in `workdir`; returns {arm: {split: mIoU}}. No MLflow tracking."""
-    from seggen import stages, tracking
-
-    params_path = params_path.resolve()
+    p = load_params(params_path)
+    project = project.resolve()
+    if not (project / "dvc.yaml").is_file():
+        raise ConfigError(not_found(project / "dvc.yaml", "file", "pipeline") + " (run ci-check in the project)")
     workdir.mkdir(parents=True, exist_ok=True)
-    saved = os.environ.get(tracking.TRACKING_ENV)
-    os.environ[tracking.TRACKING_ENV] = "off"
-    try:
-        with _inside(workdir):
-            p = load_params(params_path)
-            stages.prepare(p)
-            stages.caption(p)
-            stages.train_generator(p, "text2mask")
-            stages.train_generator(p, "mask2img")
-            for strategy in ("masksyn", "imgsyn"):
-                stages.synthesize(p, strategy)
-            scores: dict[str, dict[str, float]] = {}
-            for arm in p.arms:
-                stages.train_segmenter(p, arm)
-                for split in p.evaluate.splits:
-                    scores.setdefault(arm, {})[split] = round(stages.evaluate(p, split, arm)["semantic"]["mIoU"], 2)
-    finally:
-        if saved is None:
-            os.environ.pop(tracking.TRACKING_ENV, None)
-        else:
-            os.environ[tracking.TRACKING_ENV] = saved
+    shutil.copy(project / "dvc.yaml", workdir / "dvc.yaml")
+    for extra in (".dvcignore",):
+        if (project / extra).exists():
+            shutil.copy(project / extra, workdir / extra)
+    shutil.rmtree(workdir / "seggen", ignore_errors=True)
+    shutil.copytree(project / "seggen", workdir / "seggen", ignore=shutil.ignore_patterns("__pycache__"))
+    (workdir / "params.yaml").write_text(yaml.safe_dump(p.model_dump(mode="json"), sort_keys=False))
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "SEGGEN_TRACKING": "off"}
+    dvc = str(Path(bin_dir) / "dvc") if (Path(bin_dir) / "dvc").exists() else "dvc"
+    if not (workdir / ".dvc").is_dir():
+        subprocess.run([dvc, "init", "--no-scm", "-q"], cwd=workdir, env=env, check=True)
+    log = workdir / "repro.log"
+    with log.open("w") as out:
+        r = subprocess.run([dvc, "repro"], cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT)
+    if r.returncode != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+        raise SeggenError(f"the CI pipeline failed (dvc repro exit {r.returncode}; {log}):\n{tail}")
+    scores: dict[str, dict[str, float]] = {}
+    for arm in p.arms:
+        for split in p.evaluate.splits:
+            s = json.loads((workdir / p.evaluate.out / arm / split / "scores.json").read_text())
+            scores.setdefault(arm, {})[split] = round(s["mIoU"], 2)
     return scores
 
 
@@ -82,8 +83,13 @@ def compare(scores: dict, baseline: dict, tolerance: float) -> tuple[list[str], 
     return lines, bad
 
 
-def ci_check(baseline_path: Path, params_path: Path, tolerance: float | None = None, update: bool = False,
-             workdir: Path | None = None) -> str:
+def ci_check(
+    baseline_path: Path,
+    params_path: Path,
+    tolerance: float | None = None,
+    update: bool = False,
+    workdir: Path | None = None,
+) -> str:
     if not params_path.exists():
         raise ConfigError(not_found(params_path, "file", "CI params"))
     t0 = time.perf_counter()
@@ -96,8 +102,15 @@ def ci_check(baseline_path: Path, params_path: Path, tolerance: float | None = N
     if update:
         old = json.loads(baseline_path.read_text()) if baseline_path.exists() else {}
         tol = tolerance if tolerance is not None else old.get("tolerance", DEFAULT_TOLERANCE)
-        write_json(baseline_path, {"params": str(params_path), "tolerance": tol, "mIoU": scores,
-                                   "note": "written by `seggen ci-check --update`; commit it with the change that moved the scores"})
+        write_json(
+            baseline_path,
+            {
+                "params": str(params_path),
+                "tolerance": tol,
+                "mIoU": scores,
+                "note": "written by `seggen ci-check --update`; commit it with the change that moved the scores",
+            },
+        )
         return f"{baseline_path}: baseline updated ({seconds:.0f} s): " + json.dumps(scores)
     if not baseline_path.exists():
         raise ConfigError(f"{baseline_path}: no baseline; create it with `seggen ci-check --update` and commit it")

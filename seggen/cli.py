@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -28,6 +28,15 @@ data_app = typer.Typer(no_args_is_help=True, help="Inspect and validate datasets
 eval_app = typer.Typer(no_args_is_help=True, help="Reference-exact metrics (mmseg mIoU, COCO PQ, COCO mask AP).")
 app.add_typer(data_app, name="data")
 app.add_typer(eval_app, name="eval")
+
+
+def _plugins() -> None:
+    """Commands of packages layered on seggen (the Prefect flows' `serve` and `deploy`), registered
+    through the `seggen.cli` entry point group: seggen itself never imports them."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="seggen.cli"):
+        ep.load()(app)
 
 
 class _State:
@@ -47,10 +56,12 @@ state = _State()
 def _root(
     params: Annotated[Path, typer.Option("--params", "-p", help="Parameter file.")] = DEFAULT_PARAMS,
     set_: Annotated[
-        Optional[list[str]], typer.Option("--set", "-s", help="Override a parameter: KEY=VALUE (dotted key).")
+        list[str] | None, typer.Option("--set", "-s", help="Override a parameter: KEY=VALUE (dotted key).")
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
-    offline: Annotated[bool, typer.Option("--offline", help="No MLflow tracking for this command (same as SEGGEN_TRACKING=off).")] = False,
+    offline: Annotated[
+        bool, typer.Option("--offline", help="No MLflow tracking for this command (same as SEGGEN_TRACKING=off).")
+    ] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Print the traceback of an error.")] = False,
 ) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -73,7 +84,7 @@ def _positive(value: int, option: str) -> int:
     return value
 
 
-def _write_or_print(result: dict, out: Optional[Path]) -> None:
+def _write_or_print(result: dict, out: Path | None) -> None:
     from seggen.io import write_json
 
     text = json.dumps(result, indent=2)
@@ -90,7 +101,7 @@ def _write_or_print(result: dict, out: Optional[Path]) -> None:
 @app.command()
 def prepare(
     force: Annotated[bool, typer.Option(help="Regenerate even if the dataset is current.")] = False,
-    root: Annotated[Optional[Path], typer.Option(help="Override data.root.")] = None,
+    root: Annotated[Path | None, typer.Option(help="Override data.root.")] = None,
 ) -> None:
     """Generate the bundled benchmark (or check a real dataset root) at data.root."""
     from seggen import stages
@@ -100,13 +111,15 @@ def prepare(
     typer.echo(f"dataset ready at {out}")
 
 
-params_app = typer.Typer(no_args_is_help=True, help="Show the params a command sees, or apply a profile to params.yaml.")
+params_app = typer.Typer(
+    no_args_is_help=True, help="Show the params a command sees, or apply a profile to params.yaml."
+)
 app.add_typer(params_app, name="params")
 
 
 @params_app.command("show")
 def params_show(
-    key: Annotated[Optional[str], typer.Argument(help="A section or dotted key (default: everything).")] = None,
+    key: Annotated[str | None, typer.Argument(help="A section or dotted key (default: everything).")] = None,
 ) -> None:
     """The validated params (file, profile `extends`, --set overrides and code defaults resolved) as YAML."""
     import yaml
@@ -122,7 +135,9 @@ def params_show(
 
 @params_app.command("apply")
 def params_apply(
-    profile: Annotated[Path, typer.Argument(help="A profile: a params file with `extends:` (e.g. profiles/real-ade20k.yaml).")],
+    profile: Annotated[
+        Path, typer.Argument(help="A profile: a params file with `extends:` (e.g. profiles/real-ade20k.yaml).")
+    ],
     to: Annotated[Path, typer.Option(help="The params file to write the profile's keys into.")] = Path("params.yaml"),
 ) -> None:
     """Write a profile's keys into params.yaml (comments kept, validated first), so that `dvc repro` runs it."""
@@ -135,7 +150,9 @@ def params_apply(
 
 @app.command("check-models")
 def check_models_cmd(
-    out: Annotated[Optional[Path], typer.Option(help="Also write the per-model lines to this file (the DVC stage's output).")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Also write the per-model lines to this file (the DVC stage's output).")
+    ] = None,
 ) -> None:
     """Resolve every pretrained model the params name (ids and directories) in seconds: one line per model."""
     from seggen.io import write_text
@@ -155,13 +172,16 @@ def check_models_cmd(
     for ref, problem in bad:
         typer.echo(f"{ref.key}: {problem}", err=True)
     if bad:
-        raise ConfigError(f"{len(bad)} of {len(results)} configured models cannot be loaded ({', '.join(r.key for r, _ in bad)}; see above)")
+        raise ConfigError(
+            f"{len(bad)} of {len(results)} configured models cannot be loaded ({', '.join(r.key for r, _ in bad)}; "
+            "see above)"
+        )
 
 
 @data_app.command("check")
 def data_check(
-    root: Annotated[Optional[Path], typer.Option(help="Dataset root (default: data.root).")] = None,
-    split: Annotated[Optional[list[str]], typer.Option(help="Split(s) to check (default: all).")] = None,
+    root: Annotated[Path | None, typer.Option(help="Dataset root (default: data.root).")] = None,
+    split: Annotated[list[str] | None, typer.Option(help="Split(s) to check (default: all).")] = None,
 ) -> None:
     """Load every sample of a dataset (ADE20K layout, with its panoptic JSON where present, or a COCO
     root: images + annotations/*.json) and stop at the first problem, naming the file."""
@@ -177,9 +197,9 @@ def data_check(
 
 @app.command()
 def caption(
-    captioner: Annotated[Optional[str], typer.Option(help="label | blip (default: caption.captioner).")] = None,
-    model: Annotated[Optional[str], typer.Option(help="BLIP/BLIP-2 model id or directory (caption.model).")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="JSONL output (caption.out).")] = None,
+    captioner: Annotated[str | None, typer.Option(help="label | blip (default: caption.captioner).")] = None,
+    model: Annotated[str | None, typer.Option(help="BLIP/BLIP-2 model id or directory (caption.model).")] = None,
+    out: Annotated[Path | None, typer.Option(help="JSONL output (caption.out).")] = None,
 ) -> None:
     """Caption every training image (skips images already captioned by the same captioner)."""
     from seggen import stages
@@ -198,8 +218,8 @@ app.add_typer(sample_app, name="sample")
 
 @train_app.command("text2mask")
 def train_text2mask_cmd(
-    steps: Annotated[Optional[int], typer.Option(help="text2mask.train.steps")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="text2mask.out")] = None,
+    steps: Annotated[int | None, typer.Option(help="text2mask.train.steps")] = None,
+    out: Annotated[Path | None, typer.Option(help="text2mask.out")] = None,
 ) -> None:
     """Train Text2Mask (caption -> colour-map mask)."""
     from seggen import stages
@@ -210,8 +230,8 @@ def train_text2mask_cmd(
 
 @train_app.command("mask2img")
 def train_mask2img_cmd(
-    steps: Annotated[Optional[int], typer.Option(help="mask2img.train.steps")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="mask2img.out")] = None,
+    steps: Annotated[int | None, typer.Option(help="mask2img.train.steps")] = None,
+    out: Annotated[Path | None, typer.Option(help="mask2img.out")] = None,
 ) -> None:
     """Train Mask2Img (colour map + caption -> image, ControlNet on a base UNet)."""
     from seggen import stages
@@ -222,17 +242,23 @@ def train_mask2img_cmd(
 
 @train_app.command("segmenter")
 def train_segmenter_cmd(
-    strategy: Annotated[Optional[str], typer.Option(help="real | augment | pretrain_finetune | concat (segmenter.strategy)")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="segmenter.train.steps")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="segmenter.out")] = None,
-    arm: Annotated[Optional[str], typer.Option(help="A pipeline arm of params.yaml `arms` (its model: models/segmenter/ARM).")] = None,
+    strategy: Annotated[
+        str | None, typer.Option(help="real | augment | pretrain_finetune | concat (segmenter.strategy)")
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="segmenter.train.steps")] = None,
+    out: Annotated[Path | None, typer.Option(help="segmenter.out")] = None,
+    arm: Annotated[
+        str | None, typer.Option(help="A pipeline arm of params.yaml `arms` (its model: models/segmenter/ARM).")
+    ] = None,
 ) -> None:
     """Train Mask2Former on real (+ synthetic) data with the strategy of params.yaml (or of an arm)."""
     from seggen import stages
 
     if arm and (strategy or out):
         raise SeggenError("--arm sets the strategy and output; use `arms.ARM.*` keys (or --set) to change them")
-    p = state.params({"segmenter.strategy": strategy, "segmenter.train.steps": steps, "segmenter.out": str(out) if out else None})
+    p = state.params(
+        {"segmenter.strategy": strategy, "segmenter.train.steps": steps, "segmenter.out": str(out) if out else None}
+    )
     typer.echo(f"model written to {stages.train_segmenter(p, arm)}")
 
 
@@ -241,30 +267,33 @@ def sample_text2mask_cmd(
     prompt: Annotated[list[str], typer.Option(help="Caption(s) to generate masks for.")],
     out: Annotated[Path, typer.Option(help="Output directory.")],
     n: Annotated[int, typer.Option(help="Masks per prompt.")] = 8,
-    model: Annotated[Optional[Path], typer.Option(help="Model directory (default: text2mask.out/model).")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="text2mask.sample.steps")] = None,
-    guidance_scale: Annotated[Optional[float], typer.Option(help="text2mask.sample.guidance_scale")] = None,
+    model: Annotated[Path | None, typer.Option(help="Model directory (default: text2mask.out/model).")] = None,
+    steps: Annotated[int | None, typer.Option(help="text2mask.sample.steps")] = None,
+    guidance_scale: Annotated[float | None, typer.Option(help="text2mask.sample.guidance_scale")] = None,
 ) -> None:
     """Generate colour-map masks and their decoded label PNGs."""
     import numpy as np
 
-    from seggen.generators.common import save_grid
     from seggen.generators.text2mask import sample_text2mask
-    from seggen.io import staged_files, write_png
+    from seggen.io import save_grid, staged_files, write_png
     from seggen.outputs import check_dir
 
     _positive(n, "--n")
     check_dir(out, "--out")  # before sampling, not after
     p = state.params({"text2mask.sample.steps": steps, "text2mask.sample.guidance_scale": guidance_scale})
     s = p.text2mask.sample
-    res = sample_text2mask(model or Path(p.text2mask.out) / "model", prompt, n, p.seed, s.steps, s.guidance_scale, s.batch_size)
+    res = sample_text2mask(
+        model or Path(p.text2mask.out) / "model", prompt, n, p.seed, s.steps, s.guidance_scale, s.batch_size
+    )
     with staged_files(out, "sample text2mask", "--out") as tmp:  # all files or none
         for i, (rgb, lab) in enumerate(zip(res["rgb"], res["labels"])):
             write_png(tmp / f"mask_{i:04d}.png", rgb)
             write_png(tmp / f"label_{i:04d}.png", lab.astype("uint8"))
             if "instances" in res:  # instance ids as a 16-bit PNG (0 = stuff / no instance)
                 write_png(tmp / f"instances_{i:04d}.png", res["instances"][i].astype("uint16"))
-        save_grid([np.concatenate(list(res["rgb"][k : k + n]), 1) for k in range(0, len(res["rgb"]), n)], tmp / "grid.png")
+        save_grid(
+            [np.concatenate(list(res["rgb"][k : k + n]), 1) for k in range(0, len(res["rgb"]), n)], tmp / "grid.png"
+        )
     typer.echo(f"{len(res['rgb'])} masks written to {out}")
 
 
@@ -275,9 +304,9 @@ def sample_mask2img_cmd(
     out: Annotated[Path, typer.Option(help="Output directory.")],
     n: Annotated[int, typer.Option(help="Images to generate.")] = 4,
     labels: Annotated[bool, typer.Option(help="--mask is a label PNG (values 0..N), not a colour map.")] = False,
-    model: Annotated[Optional[Path], typer.Option(help="Model directory (default: mask2img.out/model).")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="mask2img.sample.steps")] = None,
-    guidance_scale: Annotated[Optional[float], typer.Option(help="mask2img.sample.guidance_scale")] = None,
+    model: Annotated[Path | None, typer.Option(help="Model directory (default: mask2img.out/model).")] = None,
+    steps: Annotated[int | None, typer.Option(help="mask2img.sample.steps")] = None,
+    guidance_scale: Annotated[float | None, typer.Option(help="mask2img.sample.guidance_scale")] = None,
 ) -> None:
     """Generate images for one mask."""
     from seggen.generators.mask2img import sample_mask2img_cli
@@ -287,7 +316,9 @@ def sample_mask2img_cmd(
     check_dir(out, "--out")  # before sampling, not after
     p = state.params({"mask2img.sample.steps": steps, "mask2img.sample.guidance_scale": guidance_scale})
     s = p.mask2img.sample
-    written = sample_mask2img_cli(model or Path(p.mask2img.out) / "model", mask, labels, prompt, n, out, p.seed, s.steps, s.guidance_scale)
+    written = sample_mask2img_cli(
+        model or Path(p.mask2img.out) / "model", mask, labels, prompt, n, out, p.seed, s.steps, s.guidance_scale
+    )
     typer.echo(f"{written} images written to {out}")
 
 
@@ -297,11 +328,16 @@ def sample_mask2img_cmd(
 @app.command()
 def synthesize(
     strategy: Annotated[str, typer.Option(help="masksyn (caption -> mask -> image) | imgsyn (real mask -> image).")],
-    shard: Annotated[Optional[int], typer.Option(help="Run only this shard (0-based); merged when all are done.")] = None,
+    shard: Annotated[int | None, typer.Option(help="Run only this shard (0-based); merged when all are done.")] = None,
     num_shards: Annotated[int, typer.Option(help="Number of shards the samples are split into.")] = 1,
-    dask: Annotated[bool, typer.Option(help="Run all shards in parallel as Prefect tasks on Dask (synthesize.dask).")] = False,
-    max_sources: Annotated[Optional[int], typer.Option(help="synthesize.max_sources")] = None,
-    regime: Annotated[Optional[str], typer.Option(help="A data regime of params `regimes` (its datasets: synthesize.out/REGIME/STRATEGY).")] = None,
+    dask: Annotated[
+        bool, typer.Option(help="Run all shards in parallel as Prefect tasks on Dask (synthesize.dask).")
+    ] = False,
+    max_sources: Annotated[int | None, typer.Option(help="synthesize.max_sources")] = None,
+    regime: Annotated[
+        str | None,
+        typer.Option(help="A data regime of params `regimes` (its datasets: synthesize.out/REGIME/STRATEGY)."),
+    ] = None,
 ) -> None:
     """Build a MaskSyn or ImgSyn dataset at synthesize.out/STRATEGY (resumes an interrupted run)."""
     from seggen import stages
@@ -311,7 +347,12 @@ def synthesize(
         p = p.regime(regime)
     res = stages.synthesize(p, strategy, shard, num_shards, dask, regime)
     rate = f", {res['images_per_s']:.2f} img/s" if res.get("images_per_s") else ""
-    done = f"; dataset complete: {res['kept']} kept of {res['samples']}" if "kept" in res else "; other shards still to run"
+    rate += f" with {res['workers']} worker processes" if res.get("workers") else ""
+    done = (
+        f"; dataset complete: {res['kept']} kept of {res['samples']}"
+        if "kept" in res
+        else "; other shards still to run"
+    )
     typer.echo(f"{strategy}: {res['generated']} generated{rate}{done} ({Path(p.synthesize.out) / strategy})")
 
 
@@ -320,13 +361,29 @@ def synthesize(
 
 @app.command()
 def evaluate(
-    out: Annotated[Optional[Path], typer.Option(help="Output directory (metrics.json, predictions, pictures); default evaluate.out/ARM/SPLIT.")] = None,
-    split: Annotated[Optional[list[str]], typer.Option(help="Split(s) of the dataset: validation, validation_shift, ... (repeat for several; default: evaluate.splits with --arm, else validation).")] = None,
-    arm: Annotated[Optional[str], typer.Option(help="Evaluate this pipeline arm's model (params.yaml `arms`).")] = None,
-    model: Annotated[Optional[Path], typer.Option(help="Model directory (default: segmenter.out/model); any Mask2Former checkpoint dir.")] = None,
-    root: Annotated[Optional[Path], typer.Option(help="Dataset root (default: data.root), e.g. a real ADEChallengeData2016.")] = None,
-    task: Annotated[Optional[str], typer.Option(help="semantic | panoptic (default: the model's task).")] = None,
-    size: Annotated[Optional[int], typer.Option(help="Resize images so the short side is this (default: native size).")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Output directory (metrics.json, predictions, pictures); default evaluate.out/ARM/SPLIT."),
+    ] = None,
+    split: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Split(s) of the dataset: validation, validation_shift, ... (repeat for several; "
+            "default: evaluate.splits with --arm, else validation)."
+        ),
+    ] = None,
+    arm: Annotated[str | None, typer.Option(help="Evaluate this pipeline arm's model (params.yaml `arms`).")] = None,
+    model: Annotated[
+        Path | None,
+        typer.Option(help="Model directory (default: segmenter.out/model); any Mask2Former checkpoint dir."),
+    ] = None,
+    root: Annotated[
+        Path | None, typer.Option(help="Dataset root (default: data.root), e.g. a real ADEChallengeData2016.")
+    ] = None,
+    task: Annotated[str | None, typer.Option(help="semantic | panoptic (default: the model's task).")] = None,
+    size: Annotated[
+        int | None, typer.Option(help="Resize images so the short side is this (default: native size).")
+    ] = None,
 ) -> None:
     """Run a Mask2Former on a split: mIoU/mAcc/aAcc/per-class IoU, and PQ + mask AP for panoptic."""
     from seggen import stages
@@ -357,46 +414,29 @@ def report() -> None:
 
 @app.command()
 def compare(
-    split: Annotated[Optional[list[str]], typer.Option(help="Split(s) to show (default: evaluate.splits).")] = None,
+    split: Annotated[list[str] | None, typer.Option(help="Split(s) to show (default: evaluate.splits).")] = None,
     runs: Annotated[int, typer.Option(help="Latest N evaluations per arm and split.")] = 1,
 ) -> None:
     """Baseline and SegGen arms side by side, from the MLflow runs (mlflow.search_runs)."""
-    from seggen.compare import compare_runs
+    from seggen.reporting.compare import compare_runs
 
     p = state.params()
     typer.echo(compare_runs(list(split or p.evaluate.splits), runs))
 
 
-@app.command()
-def serve(
-    project: Annotated[Path, typer.Option(help="The project the flow runs work in.")] = Path("."),
-    limit: Annotated[int, typer.Option(help="Flow runs at a time (stages of one project share its files).")] = 1,
-) -> None:
-    """Serve three Prefect deployments (full-pipeline, synthesis-only, train-evaluate) to the UI at PREFECT_API_URL."""
-    from flows.serve import serve as run
-
-    run(project, limit)
-
-
-@app.command()
-def deploy(
-    pool: Annotated[str, typer.Option(help="Process work pool (run it with `prefect worker start --pool NAME --type process`).")],
-    project: Annotated[Path, typer.Option(help="The project the flow runs work in (as the worker sees it).")] = Path("."),
-) -> None:
-    """Register the three deployments on a process work pool (for a `prefect worker`, e.g. docker compose)."""
-    from flows.serve import deploy as run
-
-    for dep_id in run(pool, project):
-        typer.echo(f"deployment {dep_id} on pool {pool}")
-
-
 @app.command("ci-check")
 def ci_check_cmd(
     baseline: Annotated[Path, typer.Option(help="Committed scores to compare with.")] = Path("ci/baseline.json"),
-    ci_params: Annotated[Path, typer.Option("--ci-params", help="Params of the small pipeline.")] = Path("ci/params.yaml"),
-    tolerance: Annotated[Optional[float], typer.Option(help="Allowed mIoU drop in points (default: the baseline's).")] = None,
-    update: Annotated[bool, typer.Option(help="Write the measured scores as the new baseline instead of comparing.")] = False,
-    workdir: Annotated[Optional[Path], typer.Option(help="Keep the run's files here (default: a temp dir).")] = None,
+    ci_params: Annotated[Path, typer.Option("--ci-params", help="Params of the small pipeline.")] = Path(
+        "ci/params.yaml"
+    ),
+    tolerance: Annotated[
+        float | None, typer.Option(help="Allowed mIoU drop in points (default: the baseline's).")
+    ] = None,
+    update: Annotated[
+        bool, typer.Option(help="Write the measured scores as the new baseline instead of comparing.")
+    ] = False,
+    workdir: Annotated[Path | None, typer.Option(help="Keep the run's files here (default: a temp dir).")] = None,
 ) -> None:
     """Run a small fixed-seed pipeline and gate its mIoU against ci/baseline.json (exit 1 on a regression)."""
     from seggen.ci_check import Regression, ci_check
@@ -405,7 +445,7 @@ def ci_check_cmd(
         typer.echo(ci_check(baseline, ci_params, tolerance, update, workdir))
     except Regression as e:
         typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
 
 
 export_app = typer.Typer(no_args_is_help=True, help="Export datasets for other tools.")
@@ -415,16 +455,21 @@ app.add_typer(export_app, name="export")
 @export_app.command("detectron2")
 def export_detectron2_cmd(
     out: Annotated[Path, typer.Option(help="Output directory for the dataset dicts.")] = Path("data/detectron2"),
-    split: Annotated[Optional[list[str]], typer.Option(help="Real split(s) (default: segmenter.split and the first of evaluate.splits).")] = None,
+    split: Annotated[
+        list[str] | None,
+        typer.Option(help="Real split(s) (default: segmenter.split and the first of evaluate.splits)."),
+    ] = None,
     synthetic: Annotated[bool, typer.Option(help="Include the synthetic datasets at synthesize.out.")] = True,
 ) -> None:
-    """Real + synthetic data as detectron2 standard dataset dicts (JSON) + a register.py for the official Mask2Former."""
+    """Real + synthetic data as detectron2 dataset dicts (JSON) + a register.py for the official Mask2Former."""
     from seggen.segmenter.detectron2_export import export_detectron2
 
     counts = export_detectron2(state.params(), out, split, synthetic)
     for name, n in counts.items():
         typer.echo(f"{name}: {n} records")
-    typer.echo(f"written to {out} (register with: import sys; sys.path.insert(0, '{out}'); from register import register_all)")
+    typer.echo(
+        f"written to {out} (register with: import sys; sys.path.insert(0, '{out}'); from register import register_all)"
+    )
 
 
 # -- eval ---------------------------------------------------------------------------------------
@@ -436,14 +481,17 @@ def eval_semantic(
     gt: Annotated[Path, typer.Option(help="Directory of ground-truth label PNGs (same file stems).")],
     num_classes: Annotated[int, typer.Option(help="Number of classes N (predictions are 0..N-1).")],
     reduce_zero_label: Annotated[
-        bool, typer.Option("--reduce-zero-label/--no-reduce-zero-label",
-                           help="GT 0 -> ignored, 1..N -> 0..N-1 (ADE20K's label PNGs). Off by default, as in mmsegmentation.")
+        bool,
+        typer.Option(
+            "--reduce-zero-label/--no-reduce-zero-label",
+            help="GT 0 -> ignored, 1..N -> 0..N-1 (ADE20K's label PNGs). Off by default, as in mmsegmentation.",
+        ),
     ] = False,
     ignore_index: Annotated[int, typer.Option(help="GT value to ignore (mmsegmentation's default 255).")] = 255,
     meta: Annotated[
-        Optional[Path], typer.Option(help="Dataset root or seggen_meta.json for class names (N=150: ADE20K names).")
+        Path | None, typer.Option(help="Dataset root or seggen_meta.json for class names (N=150: ADE20K names).")
     ] = None,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the metrics JSON here.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the metrics JSON here.")] = None,
 ) -> None:
     """mIoU / mAcc / aAcc / per-class IoU with mmsegmentation's IoUMetric semantics and defaults.
 
@@ -456,12 +504,19 @@ def eval_semantic(
     if json_out:
         check_file(json_out, "--json")
     names = _class_names(num_classes, meta)
-    result = evaluate_semantic_dirs(pred, gt, num_classes, ignore_index=ignore_index, reduce_zero_label=reduce_zero_label,
-                                    class_names=names, progress=True)
+    result = evaluate_semantic_dirs(
+        pred,
+        gt,
+        num_classes,
+        ignore_index=ignore_index,
+        reduce_zero_label=reduce_zero_label,
+        class_names=names,
+        progress=True,
+    )
     _write_or_print(result, json_out)
 
 
-def _class_names(n: int, meta: Optional[Path]) -> list[str] | None:
+def _class_names(n: int, meta: Path | None) -> list[str] | None:
     from seggen.data.meta import META_FILE, ade20k_meta, load_meta
     from seggen.errors import ConfigError
 
@@ -486,7 +541,7 @@ def eval_panoptic(
     gt_dir: Annotated[Path, typer.Option(help="Ground-truth panoptic PNG directory.")],
     pred_json: Annotated[Path, typer.Option(help="Predicted panoptic JSON.")],
     pred_dir: Annotated[Path, typer.Option(help="Predicted panoptic PNG directory.")],
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the metrics JSON here.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the metrics JSON here.")] = None,
 ) -> None:
     """PQ / SQ / RQ (all, things, stuff) with the COCO panoptic API's semantics (categories: the GT JSON's)."""
     from seggen.metrics.panoptic import evaluate_panoptic
@@ -501,7 +556,7 @@ def eval_panoptic(
 def eval_instance(
     gt_json: Annotated[Path, typer.Option(help="Ground-truth COCO instances JSON.")],
     dt_json: Annotated[Path, typer.Option(help="Detections in COCO results format (segm: RLE or polygons).")],
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the metrics JSON here.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the metrics JSON here.")] = None,
 ) -> None:
     """Mask AP / AP50 / AP75 / APs / APm / APl via pycocotools COCOeval (iouType segm)."""
     from seggen.metrics.instance import evaluate_instances
@@ -513,7 +568,20 @@ def eval_instance(
 
 
 # errno values of OS errors a user can fix (a full disk, permissions, a path that is not there)
-_USER_ERRNOS = {"ENOSPC", "EDQUOT", "EACCES", "EPERM", "EROFS", "ENOENT", "ENOTDIR", "EISDIR", "ENAMETOOLONG", "EFBIG", "EMFILE", "ELOOP"}
+_USER_ERRNOS = {
+    "ENOSPC",
+    "EDQUOT",
+    "EACCES",
+    "EPERM",
+    "EROFS",
+    "ENOENT",
+    "ENOTDIR",
+    "EISDIR",
+    "ENAMETOOLONG",
+    "EFBIG",
+    "EMFILE",
+    "ELOOP",
+}
 
 
 def _fail(message: str, code: int, debug: bool) -> None:
@@ -539,6 +607,8 @@ def main() -> None:
 
     from typer.exceptions import TyperException
 
+    _plugins()
+
     debug = "--debug" in sys.argv[1:]
     try:
         rc = typer.main.get_command(app).main(args=sys.argv[1:], prog_name="seggen", standalone_mode=False)
@@ -556,7 +626,9 @@ def main() -> None:
     except OSError as e:
         name = errno.errorcode.get(e.errno or 0, "")
         if name not in _USER_ERRNOS:
-            _fail(f"unexpected {type(e).__name__}: {e} (a bug in seggen? re-run with --debug for the traceback)", 1, debug)
+            _fail(
+                f"unexpected {type(e).__name__}: {e} (a bug in seggen? re-run with --debug for the traceback)", 1, debug
+            )
         where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f)
         _fail(f"{where + ': ' if where else ''}{e.strerror or e}", 2, debug)
     except KeyboardInterrupt:

@@ -17,8 +17,8 @@ each boundary pixel the class and instance of its nearest non-boundary pixel.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
@@ -163,7 +163,7 @@ class Palette:
         things: Sequence[int] = (),
         boundary: bool = False,
         boundary_color: Sequence[int] = (255, 255, 255),
-    ) -> "Palette":
+    ) -> Palette:
         """Palette for labels 0 = ignore and 1..N = classes (the ADE20K convention).
 
         Repeated colours are made distinct; `things` are label values (1..N) that have instances.
@@ -175,7 +175,9 @@ class Palette:
         names = tuple(names)
         if names and len(names) != len(class_colors):
             raise ValueError(f"{len(names)} names for {len(class_colors)} colours")
-        return cls(colors=colors, names=("ignore",) + names if names else (), things=frozenset(things), boundary=boundary)
+        return cls(
+            colors=colors, names=("ignore",) + names if names else (), things=frozenset(things), boundary=boundary
+        )
 
     @property
     def num_labels(self) -> int:

@@ -7,10 +7,9 @@ params.yaml fails fast with one line instead of silently running with a default.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
 from ruamel.yaml.error import YAMLError
 
 from seggen.errors import ConfigError, not_found
@@ -60,14 +59,16 @@ class EvalParams(_Section):
         # seggen's datasets store 0 = ignored, 1..N = classes, and predictions are 0..N-1: without the
         # reduction every class would be compared with its neighbour (a silently wrong mIoU)
         if not v:
-            raise ValueError("must be true for the pipeline (its label PNGs are 0 = ignored, 1..N = classes); "
-                             "`seggen eval semantic` scores other conventions")
+            raise ValueError(
+                "must be true for the pipeline (its label PNGs are 0 = ignored, 1..N = classes); "
+                "`seggen eval semantic` scores other conventions"
+            )
         return v
 
 
 class CaptionParams(_Section):
     captioner: Literal["label", "blip"] = "label"
-    model: Optional[str] = None  # BLIP / BLIP-2 model id or local directory, for captioner "blip"
+    model: str | None = None  # BLIP / BLIP-2 model id or local directory, for captioner "blip"
     split: str = "training"
     out: Path = Path("data/captions.jsonl")
     batch_size: int = Field(16, ge=1)
@@ -77,8 +78,8 @@ class CaptionParams(_Section):
 class TextEncoderParams(_Section):
     """Offline default: a small CLIP text model from scratch with a tokenizer trained on our captions."""
 
-    pretrained: Optional[str] = None  # CLIP text model id or directory (its tokenizer alongside); frozen
-    subfolder: Optional[str] = None  # e.g. "text_encoder" inside a Stable Diffusion repo
+    pretrained: str | None = None  # CLIP text model id or directory (its tokenizer alongside); frozen
+    subfolder: str | None = None  # e.g. "text_encoder" inside a Stable Diffusion repo
     vocab_size: int = Field(512, ge=32, le=65536)
     hidden_size: int = Field(64, ge=16)
     layers: int = Field(2, ge=1)
@@ -87,7 +88,7 @@ class TextEncoderParams(_Section):
     train: bool = True  # train jointly with the generator (from-scratch encoder only)
 
     @model_validator(mode="after")
-    def _heads_divide(self) -> "TextEncoderParams":
+    def _heads_divide(self) -> TextEncoderParams:
         if self.hidden_size % self.heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by heads {self.heads}")
         return self
@@ -124,22 +125,24 @@ class UNetParams(_Section):
     norm_num_groups: int = Field(8, ge=1)
 
     @model_validator(mode="after")
-    def _levels(self) -> "UNetParams":
+    def _levels(self) -> UNetParams:
         if len(self.attention_levels) != len(self.block_out_channels):
             raise ValueError("attention_levels needs one entry per block_out_channels entry")
         if any(c % self.norm_num_groups for c in self.block_out_channels):
-            raise ValueError(f"every block_out_channels entry must be divisible by norm_num_groups {self.norm_num_groups}")
+            raise ValueError(
+                f"every block_out_channels entry must be divisible by norm_num_groups {self.norm_num_groups}"
+            )
         return self
 
 
 class GeneratorParams(_Section):
     out: Path
     resolution: int = Field(32, ge=8, le=2048)
-    pretrained: Optional[str] = None  # SD / SDXL model id or directory: latent space through its VAE
+    pretrained: str | None = None  # SD / SDXL model id or directory: latent space through its VAE
     # what the UNet predicts. null: x0 ("sample") from scratch, the checkpoint's own (its scheduler's
     # prediction_type, epsilon or v_prediction for SD/SDXL) with `pretrained`; a value that contradicts
     # the checkpoint is an error (its frozen base could not follow another objective)
-    prediction_type: Optional[Literal["epsilon", "sample", "v_prediction"]] = None
+    prediction_type: Literal["epsilon", "sample", "v_prediction"] | None = None
     num_train_timesteps: int = Field(1000, ge=10)
     unet: UNetParams = UNetParams()
     train: TrainParams = TrainParams()
@@ -161,6 +164,11 @@ class ControlNetParams(_Section):
 
 class Mask2ImgParams(GeneratorParams):
     out: Path = Path("models/mask2img")
+    unet: UNetParams = UNetParams(
+        attention_levels=(False, False, True)
+    )  # the mask steers; the caption only at the bottom
+    train: TrainParams = TrainParams(steps=450)
+    sample: SampleParams = SampleParams(guidance_scale=2.0)
     controlnet: ControlNetParams = ControlNetParams()
     # from scratch: base UNet and ControlNet trained jointly; with `pretrained`: base frozen
     train_base: bool = True
@@ -181,7 +189,7 @@ class FilterParams(_Section):
 
 
 class DaskParams(_Section):
-    address: Optional[str] = None  # scheduler of an existing cluster, e.g. tcp://10.0.0.5:8786; null: local
+    address: str | None = None  # scheduler of an existing cluster, e.g. tcp://10.0.0.5:8786; null: local
     n_workers: int = Field(2, ge=1)  # local cluster only
     threads_per_worker: int = Field(1, ge=1)
 
@@ -189,10 +197,10 @@ class DaskParams(_Section):
 class SynthesizeParams(_Section):
     out: Path = Path("data/synthetic")  # datasets at out/masksyn and out/imgsyn
     split: str = "training"  # source split (captions from caption.out)
-    max_sources: Optional[int] = Field(None, ge=1)  # a seeded random subset of the source images
+    max_sources: int | None = Field(200, ge=1)  # a seeded random subset of the source images; null: all
     # low-data regime: only the images of the real subset the segmenter trains on with
     # segmenter.real_subset = this number (same seeded draw), so no other real mask is used
-    real_subset: Optional[int] = Field(None, ge=1)
+    real_subset: int | None = Field(None, ge=1)
     masksyn_per_source: int = Field(1, ge=1)  # the paper: 10 on ADE20K
     imgsyn_per_source: int = Field(1, ge=1)  # the paper: 50 on ADE20K
     steps: int = Field(20, ge=1, le=1000)
@@ -205,7 +213,7 @@ class SynthesizeParams(_Section):
     threads: int = Field(0, ge=0)  # torch CPU threads per process; 0 = cores / workers
     # local processes, each generating a share of the batches (shards); on CPUs two 1-thread
     # processes beat one 2-thread process. Use 1 on a single GPU.
-    workers: int = Field(1, ge=1, le=256)
+    workers: int = Field(2, ge=1, le=256)
     text2mask: Path = Path("models/text2mask/model")
     mask2img: Path = Path("models/mask2img/model")
     filter: FilterParams = FilterParams()
@@ -226,14 +234,14 @@ class Mask2FormerParams(_Section):
     train_num_points: int = Field(1024, ge=16)
 
     @model_validator(mode="after")
-    def _stages(self) -> "Mask2FormerParams":
+    def _stages(self) -> Mask2FormerParams:
         if len(self.depths) != len(self.num_heads):
             raise ValueError("depths and num_heads need one entry per Swin stage")
         return self
 
 
 class SegTrainParams(_Section):
-    steps: int = Field(1500, ge=1)
+    steps: int = Field(400, ge=1)
     batch_size: int = Field(16, ge=1)
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(0.05, ge=0)
@@ -250,7 +258,7 @@ class SegTrainParams(_Section):
     threads: int = Field(0, ge=0)
 
     @model_validator(mode="after")
-    def _scale(self) -> "SegTrainParams":
+    def _scale(self) -> SegTrainParams:
         if not 0 < self.scale[0] <= self.scale[1]:
             raise ValueError("scale must be (min, max) with 0 < min <= max")
         return self
@@ -260,20 +268,21 @@ class SegmenterParams(_Section):
     task: Literal["semantic", "panoptic"] = "semantic"
     out: Path = Path("models/segmenter/baseline")
     # real: baseline | augment: each real sample replaced by a synthetic one with probability p_aug |
-    # pretrain_finetune: synthetic for pretrain_steps, then real for train.steps | concat: real x concat_repeat + synthetic
+    # pretrain_finetune: synthetic for pretrain_steps, then real for train.steps |
+    # concat: real x concat_repeat + synthetic
     strategy: Literal["real", "augment", "pretrain_finetune", "concat"] = "real"
     synthetic: tuple[Literal["masksyn", "imgsyn"], ...] = ("masksyn", "imgsyn")
     synthetic_root: Path = Path("data/synthetic")
     p_aug: float = Field(0.6, ge=0, le=1)
     concat_repeat: int = Field(1, ge=1)
     pretrain_steps: int = Field(300, ge=0)
-    real_subset: Optional[int] = Field(None, ge=1)  # low-data regime: a seeded subset of the real training split
+    real_subset: int | None = Field(None, ge=1)  # low-data regime: a seeded subset of the real training split
     # training randomness (init, sampling, augmentation, loss points); null: the global `seed`. The
     # real subset is drawn with the global seed, so the seeds of an ablation see the same images.
-    seed: Optional[int] = Field(None, ge=0, lt=2**32)
+    seed: int | None = Field(None, ge=0, lt=2**32)
     split: str = "training"
-    pretrained: Optional[str] = None  # a Mask2Former checkpoint id or directory (e.g. an ADE20K or COCO one)
-    backbone: Optional[str] = None  # a Swin checkpoint id or directory for the backbone (ignored with `pretrained`)
+    pretrained: str | None = None  # a Mask2Former checkpoint id or directory (e.g. an ADE20K or COCO one)
+    backbone: str | None = None  # a Swin checkpoint id or directory for the backbone (ignored with `pretrained`)
     model: Mask2FormerParams = Mask2FormerParams()
     train: SegTrainParams = SegTrainParams()
 
@@ -283,7 +292,7 @@ class EvaluateParams(_Section):
 
     splits: tuple[str, ...] = ("validation", "validation_shift")  # in-domain and shifted domain
     panoptic: bool = True  # also PQ and mask AP where the split has panoptic ground truth
-    size: Optional[int] = Field(None, ge=16)  # resize the short side; null: native size
+    size: int | None = Field(None, ge=16)  # resize the short side; null: native size
     out: Path = Path("reports/eval")  # out/ARM/SPLIT: metrics.json, scores.json, pictures
 
 
@@ -291,12 +300,22 @@ class ReportParams(_Section):
     out: Path = Path("reports")  # report.md, summary.json, miou.png
     # the ablation page (bench/params.yaml: docs/results.md), built from the MLflow runs: mean ± std
     # over seeds (arms named GROUP-sSEED), bar chart and sample grids in results' folder img/results/
-    results: Optional[Path] = None
-    notes: Optional[Path] = None  # a hand-written markdown file inlined into the results page (tuning log)
+    results: Path | None = None
+    notes: Path | None = None  # a hand-written markdown file inlined into the results page (tuning log)
     reference: str = "baseline"  # the group each regime's arms are compared with: REGIME-REFERENCE
 
 
 _ARM_NAME = r"^[a-z0-9][a-z0-9_-]{0,39}$"
+
+
+DEFAULT_SEEDS = (0, 1, 2)
+
+
+class AblationParams(_Section):
+    """The arms of an ablation, generated (Params._ablation_arms): every regime x group x seed."""
+
+    groups: dict[str, dict[str, Any]]  # group name -> `segmenter` keys, e.g. both: {strategy: augment}
+    seeds: tuple[int, ...] = Field(DEFAULT_SEEDS, min_length=1)  # segmenter.seed of each copy
 
 
 class Params(_Section):
@@ -311,22 +330,56 @@ class Params(_Section):
     segmenter: SegmenterParams = SegmenterParams()
     # the segmenter runs of the pipeline (dvc.yaml: train_segmenter foreach, evaluate matrix): each
     # arm is a set of `segmenter` keys overriding that section; its model goes to models/segmenter/ARM
-    arms: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"baseline": {"strategy": "real"}})
+    arms: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: {
+            "baseline": {"strategy": "real"},
+            "seggen": {"strategy": "augment", "synthetic": ["masksyn", "imgsyn"]},
+        }
+    )
     # data regimes of an ablation (bench/params.yaml): each is a set of `synthesize` keys overriding
     # that section (e.g. real_subset for the low-data regime); its datasets go to synthesize.out/REGIME
     regimes: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # an ablation (bench/params.yaml): `arms` generated, one per regime x group x seed
+    ablation: AblationParams | None = None
     evaluate: EvaluateParams = EvaluateParams()
     report: ReportParams = ReportParams()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _ablation_arms(cls, data: Any) -> Any:
+        """With `ablation`, the arms are REGIME-GROUP-sSEED for every regime, group and seed: the group's
+        segmenter keys, the seed as segmenter.seed, the regime's synthetic data (synthesize.out/REGIME) and
+        its real subset. Hand-listed arms would contradict them: `arms` must then be {} (or absent)."""
+        if not isinstance(data, dict) or not data.get("ablation"):
+            return data
+        if data.get("arms"):
+            raise ValueError("arms: generated from `ablation` (regime x group x seed); set `arms: {}`")
+        ab = data["ablation"]
+        if not isinstance(ab, dict) or not isinstance(ab.get("groups"), dict):
+            return data  # the field validation below names what is wrong
+        regimes = data.get("regimes") or {"": {}}
+        root = Path((data.get("synthesize") or {}).get("out", SynthesizeParams().out))
+        arms = {}
+        for regime, over in regimes.items():
+            for group, keys in ab["groups"].items():
+                for seed in ab.get("seeds", DEFAULT_SEEDS):
+                    arm = dict(keys or {}, seed=seed)
+                    if regime:
+                        arm["synthetic_root"] = str(root / regime)
+                        if (over or {}).get("real_subset"):
+                            arm["real_subset"] = over["real_subset"]
+                    arms[f"{regime}-{group}-s{seed}" if regime else f"{group}-s{seed}"] = arm
+        return {**data, "arms": arms}
+
     @model_validator(mode="after")
-    def _arms_valid(self) -> "Params":
+    def _arms_valid(self) -> Params:
         import re
 
         for name in self.regimes:
             if not re.match(_ARM_NAME, name):
                 raise ValueError(f"regimes.{name}: regime names are lowercase letters, digits, - and _")
             self.regime(name)
-        for name, overrides in self.arms.items():
+        for name in self.arms:
             if not re.match(_ARM_NAME, name):
                 raise ValueError(f"arms.{name}: arm names are lowercase letters, digits, - and _")
             seg = self.arm(name).segmenter  # each arm must give a valid segmenter section
@@ -334,22 +387,28 @@ class Params(_Section):
             # low-data regime no real mask outside the subset may reach the segmenter
             for regime in self.regimes:
                 syn = self.regime(regime).synthesize
-                if seg.strategy != "real" and Path(seg.synthetic_root) == Path(syn.out) and seg.real_subset != syn.real_subset:
-                    raise ValueError(f"arms.{name}.real_subset: {seg.real_subset} but its synthetic data "
-                                     f"({seg.synthetic_root}) is regime {regime}'s, made from real_subset {syn.real_subset}")
+                if (
+                    seg.strategy != "real"
+                    and Path(seg.synthetic_root) == Path(syn.out)
+                    and seg.real_subset != syn.real_subset
+                ):
+                    raise ValueError(
+                        f"arms.{name}.real_subset: {seg.real_subset} but its synthetic data "
+                        f"({seg.synthetic_root}) is regime {regime}'s, made from real_subset {syn.real_subset}"
+                    )
         return self
 
-    def regime(self, name: str) -> "Params":
+    def regime(self, name: str) -> Params:
         """These params with `synthesize` set to what regime `name` synthesizes (out: synthesize.out/NAME)."""
         if "out" in self.regimes.get(name, {}):
             raise ConfigError(f"regimes.{name}.out: a regime's datasets go to synthesize.out/{name}")
         return self._overridden("regimes", name, "synthesize", Path(self.synthesize.out) / name)
 
-    def arm(self, name: str) -> "Params":
+    def arm(self, name: str) -> Params:
         """These params with `segmenter` set to what arm `name` trains."""
         return self._overridden("arms", name, "segmenter", Path(ARMS_ROOT) / name)
 
-    def _overridden(self, group: str, name: str, section: str, out: Path) -> "Params":
+    def _overridden(self, group: str, name: str, section: str, out: Path) -> Params:
         """`section` with the keys of `group`.`name` (an arm or a regime) set and `out` moved to `out`."""
         entries = getattr(self, group)
         if name not in entries:
@@ -362,14 +421,18 @@ class Params(_Section):
         try:
             new = type(current).model_validate(tree)
         except ValidationError as e:
-            raise ConfigError(_format_error(f"{group}.{name}", e).replace(f"{group}.{name}: ", f"{group}.{name}.", 1)) from None
+            raise ConfigError(
+                _format_error(f"{group}.{name}", e).replace(f"{group}.{name}: ", f"{group}.{name}.", 1)
+            ) from None
         return self.model_copy(update={section: new})
+
 
 ARMS_ROOT = "models/segmenter"
 
 
-def _format_error(source: str, err: ValidationError, overrides: dict[str, Any] | None = None,
-                  override_source: str = "--set") -> str:
+def _format_error(
+    source: str, err: ValidationError, overrides: dict[str, Any] | None = None, override_source: str = "--set"
+) -> str:
     """One line for all errors; each names its dotted key, and where the value came from when that was
     an override rather than the file."""
     parts = []
@@ -382,7 +445,7 @@ def _format_error(source: str, err: ValidationError, overrides: dict[str, Any] |
             msg = f"{msg} (got {e['input']!r})"
         origin = _override_origin(key if e["loc"] else "", overrides, override_source)
         if msg.startswith("Value error, "):
-            msg = msg[len("Value error, "):]
+            msg = msg[len("Value error, ") :]
             if not e["loc"]:  # a model validator's message names its key
                 parts.append(f"{origin}: {msg}" if origin else msg)
                 continue
@@ -463,12 +526,17 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     are replaced whole (a profile's arms are its arms, not added to the base's)."""
     out = dict(base)
     for k, v in over.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in ("arms", "regimes") else v
+        out[k] = (
+            deep_merge(out[k], v)
+            if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in ("arms", "regimes")
+            else v
+        )
     return out
 
 
-def load_params(path: str | Path = DEFAULT_PARAMS, overrides: dict[str, Any] | None = None,
-                override_source: str = "--set") -> Params:
+def load_params(
+    path: str | Path = DEFAULT_PARAMS, overrides: dict[str, Any] | None = None, override_source: str = "--set"
+) -> Params:
     """Read and validate params.yaml (or a profile that extends it); a missing params.yaml means all
     defaults. Errors name the file and key, or `override_source` and the key when the bad value came
     from `overrides`."""

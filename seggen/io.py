@@ -11,9 +11,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -128,6 +129,20 @@ def remove_stale(path: Path) -> None:
 
 
 @contextmanager
+def _built_beside(path: Path) -> Iterator[Path]:
+    """A temp directory beside `path` (its parents made, and removed again if the block fails); OS
+    errors in the block name `path`, not the temp name. The temp directory is gone afterwards."""
+    with created_parents(path):
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        try:
+            with _named_os_errors(tmp, path):
+                yield tmp
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
 def atomic_dir(path: str | Path, what: str, key: str = "output") -> Iterator[Path]:
     """Build a directory under a temp name and swap it in whole when the block succeeds. The new
     directory carries seggen's marker; an existing `path` is replaced only if seggen wrote it
@@ -135,25 +150,19 @@ def atomic_dir(path: str | Path, what: str, key: str = "output") -> Iterator[Pat
     from seggen.outputs import check_dir, mark
 
     path = Path(check_dir(path, key))
-    with created_parents(path):
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-        try:
-            with _named_os_errors(tmp, path):
-                yield tmp
-            mark(tmp, what)
-            default_modes(tmp)
-            if path.exists():
-                check_dir(path, key)  # still ours after the block ran
-                old = path.with_name(f".{path.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(path, old)
-                os.replace(tmp, path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+    with _built_beside(path) as tmp:
+        yield tmp
+        mark(tmp, what)
+        default_modes(tmp)
+        if path.exists():
+            check_dir(path, key)  # still ours after the block ran
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
 
 
 @contextmanager
@@ -165,24 +174,19 @@ def staged_files(path: str | Path, what: str, key: str = "output") -> Iterator[P
     from seggen.outputs import check_dir, claim
 
     path = Path(check_dir(path, key))
-    with created_parents(path):
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-        try:
-            with _named_os_errors(tmp, path):
-                yield tmp
-            claim(path, key, what)
-            for entry in sorted(tmp.iterdir()):
-                dest = path / entry.name
-                if dest.is_dir() and not dest.is_symlink():
-                    shutil.rmtree(dest)
-                default_modes(entry)
-                os.replace(entry, dest)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    with _built_beside(path) as tmp:
+        yield tmp
+        claim(path, key, what)
+        for entry in sorted(tmp.iterdir()):
+            dest = path / entry.name
+            if dest.is_dir() and not dest.is_symlink():
+                shutil.rmtree(dest)
+            default_modes(entry)
+            os.replace(entry, dest)
 
 
 def digest_tree(path: str | Path) -> str:
-    """"sha256:<hex>" over a directory's files (relative path + bytes, sorted), or over one file."""
+    """ "sha256:<hex>" over a directory's files (relative path + bytes, sorted), or over one file."""
     path = Path(path)
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     h = hashlib.sha256()
@@ -248,5 +252,19 @@ def unlisted_files(root: str | Path, listing: str | Path) -> list[Path]:
     if isinstance(recorded, str) or not root.is_dir():
         return []
     skip = {MARKER, listing.name}
-    return [f for f in sorted(p for p in root.rglob("*") if p.is_file() or p.is_symlink())
-            if f.relative_to(root).as_posix() not in recorded and f.relative_to(root).as_posix() not in skip]
+    return [
+        f
+        for f in sorted(p for p in root.rglob("*") if p.is_file() or p.is_symlink())
+        if f.relative_to(root).as_posix() not in recorded and f.relative_to(root).as_posix() not in skip
+    ]
+
+
+def save_grid(rows: list[np.ndarray], path: Path, scale: int = 4) -> Path:
+    """rows: list of HxWx3 uint8 images of one row each (already concatenated horizontally)."""
+    grid = np.concatenate(rows, 0)
+    im = Image.fromarray(grid)
+    im = im.resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path, suffix=".png") as tmp:
+        im.save(tmp, format="PNG")
+    return path

@@ -19,8 +19,13 @@ from seggen.errors import SeggenError
 
 MARKER = ".seggen"
 # files only seggen writes: outputs of versions before the marker are recognised by them
-LEGACY_SIGNS = ("seggen_meta.json", "seggen_model.json", "seggen_segmenter.json",
-                "model/seggen_model.json", "model/seggen_segmenter.json")
+LEGACY_SIGNS = (
+    "seggen_meta.json",
+    "seggen_model.json",
+    "seggen_segmenter.json",
+    "model/seggen_model.json",
+    "model/seggen_segmenter.json",
+)
 
 
 class OutputError(SeggenError):
@@ -62,8 +67,10 @@ def check_dir(path: str | Path, key: str) -> Path:
         raise OutputError(f"{key} {path}: is a file; seggen writes a directory there")
     if path.is_dir():
         if not is_owned(path):
-            raise OutputError(f"{key} {path}: the directory exists and was not written by seggen (no {MARKER} file in it); "
-                              f"seggen does not replace it -- choose another {key} or move it away")
+            raise OutputError(
+                f"{key} {path}: the directory exists and was not written by seggen (no {MARKER} file in it); "
+                f"seggen does not replace it -- choose another {key} or move it away"
+            )
         if not os.access(path, os.W_OK | os.X_OK):
             raise OutputError(f"{key} {path}: not writable")
         return path

@@ -57,8 +57,11 @@ def configured_models(params: Params, stages: tuple[str, ...] | None = None) -> 
             refs.append(ModelRef(f"{gen}.pretrained", cfg.pretrained, "stable-diffusion"))
     if "segmenter" in want:
         # the segmenter section, and each arm that names models of its own (the others inherit them)
-        sections = [("segmenter", params.segmenter)] + [(f"arms.{a}", params.arm(a).segmenter) for a, over in params.arms.items()
-                                                        if {"pretrained", "backbone"} & set(over)]
+        sections = [("segmenter", params.segmenter)] + [
+            (f"arms.{a}", params.arm(a).segmenter)
+            for a, over in params.arms.items()
+            if {"pretrained", "backbone"} & set(over)
+        ]
         for key, seg in sections:
             if seg.pretrained:
                 refs.append(ModelRef(f"{key}.pretrained", seg.pretrained, "mask2former"))
@@ -85,12 +88,17 @@ def _needs(ref: ModelRef, root: Path) -> list[str]:
     if ref.kind == "stable-diffusion":
         files = ["unet/config.json", "vae/config.json", "scheduler/scheduler_config.json"]
         unet = _json(root / "unet" / "config.json") or {}
-        encoders = ["text_encoder", "text_encoder_2"] if unet.get("addition_embed_type") == "text_time" else ["text_encoder"]
+        encoders = (
+            ["text_encoder", "text_encoder_2"] if unet.get("addition_embed_type") == "text_time" else ["text_encoder"]
+        )
         for e in encoders:
             files += [f"{e}/config.json", f"{e.replace('text_encoder', 'tokenizer')}"]
         return files
     if ref.kind == "clip-text":
-        return [f"{ref.subfolder}/config.json" if ref.subfolder else "config.json", "tokenizer" if ref.subfolder else "."]
+        return [
+            f"{ref.subfolder}/config.json" if ref.subfolder else "config.json",
+            "tokenizer" if ref.subfolder else ".",
+        ]
     return ["config.json"]
 
 
@@ -118,8 +126,10 @@ def _offline() -> bool:
 
 
 def _first_file(ref: ModelRef) -> str:
-    return {"stable-diffusion": "unet/config.json", "clip-text": f"{ref.subfolder}/config.json" if ref.subfolder else "config.json"}.get(
-        ref.kind, "config.json")
+    return {
+        "stable-diffusion": "unet/config.json",
+        "clip-text": f"{ref.subfolder}/config.json" if ref.subfolder else "config.json",
+    }.get(ref.kind, "config.json")
 
 
 def check_hub(ref: ModelRef) -> str | None:
@@ -130,12 +140,17 @@ def check_hub(ref: ModelRef) -> str | None:
     if isinstance(try_to_load_from_cache(ref.value, _first_file(ref)), str):
         return None  # in the local cache: from_pretrained loads it without the network
     if _offline():
-        return f"{ref.value}: not in the local Hugging Face cache, and HF_HUB_OFFLINE is set (download it, or name a local directory)"
+        return (
+            f"{ref.value}: not in the local Hugging Face cache, and HF_HUB_OFFLINE is set "
+            "(download it, or name a local directory)"
+        )
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
     url = f"{endpoint}/api/models/{ref.value}"
     headers = {"Authorization": f"Bearer {os.environ['HF_TOKEN']}"} if os.environ.get("HF_TOKEN") else {}
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers, method="GET"), timeout=HUB_TIMEOUT_S) as r:
+        with urllib.request.urlopen(
+            urllib.request.Request(url, headers=headers, method="GET"), timeout=HUB_TIMEOUT_S
+        ) as r:
             return None if r.status == 200 else f"{ref.value}: the hub answered HTTP {r.status}"
     except urllib.error.HTTPError as e:
         if e.code in (401, 403, 404):
@@ -156,7 +171,7 @@ def check_ref(ref: ModelRef) -> str | None:
 def check_models(params: Params, stages: tuple[str, ...] | None = None) -> list[tuple[ModelRef, str | None]]:
     """(model, problem or None) for every configured model; also checks that a generator's
     prediction_type agrees with its pretrained checkpoint."""
-    from seggen.generators.common import resolved_prediction_type
+    from seggen.generators.diffusion import resolved_prediction_type
 
     results, checked = [], {}
     for ref in configured_models(params, stages):
@@ -178,4 +193,6 @@ def require_models(params: Params, stages: tuple[str, ...] | None = None) -> Non
     """Raise one ConfigError naming every model that cannot be loaded (nothing is loaded here)."""
     bad = [(r, p) for r, p in check_models(params, stages) if p]
     if bad:
-        raise ConfigError("; ".join(f"{r.key} {p}" if p.startswith(r.value) else f"{r.key} {r.value}: {p}" for r, p in bad))
+        raise ConfigError(
+            "; ".join(f"{r.key} {p}" if p.startswith(r.value) else f"{r.key} {r.value}: {p}" for r, p in bad)
+        )

@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from seggen.progress import tqdm
-
 from seggen.config import Params
 from seggen.data import benchmark
 from seggen.data.ade20k import ADE20KDataset
@@ -14,6 +12,7 @@ from seggen.data.layout import ADE20K, COCO, detect_layout, open_split, splits_o
 from seggen.errors import DataError
 from seggen.io import remove_stale
 from seggen.outputs import check_dir
+from seggen.progress import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +39,21 @@ def prepare(params: Params, force: bool = False, progress: bool = True) -> Path:
         if found is not layout:
             where = layout.images(root, split) if layout is ADE20K else layout.panoptic_json(root, split)
             have = ", ".join(splits_of(root)) or "none"
-            raise DataError(f"{key}: split {split!r} is not in {root} (expected {where}; data.format {params.data.format}; "
-                            f"splits there: {have})")
+            raise DataError(
+                f"{key}: split {split!r} is not in {root} (expected {where}; data.format {params.data.format}; "
+                f"splits there: {have})"
+            )
         open_split(root, split)  # indexes and pairs files; raises naming the first problem
     return root
 
 
 def used_splits(params: Params) -> dict[str, str]:
     """The dataset splits the pipeline reads, by the key that names them."""
-    out = {"caption.split": params.caption.split, "synthesize.split": params.synthesize.split, "segmenter.split": params.segmenter.split}
+    out = {
+        "caption.split": params.caption.split,
+        "synthesize.split": params.synthesize.split,
+        "segmenter.split": params.segmenter.split,
+    }
     out.update({f"evaluate.splits[{i}]": s for i, s in enumerate(params.evaluate.splits)})
     return out
 
@@ -61,13 +66,19 @@ def check_dataset(root: str | Path, splits: list[str] | None = None, progress: b
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: {'is a file, not' if root.exists() else 'not found; expected'} a dataset directory")
-    if not (root / "images").is_dir() and (root / "annotations").is_dir() and list((root / "annotations").glob("*.json")):
+    if (
+        not (root / "images").is_dir()
+        and (root / "annotations").is_dir()
+        and list((root / "annotations").glob("*.json"))
+    ):
         return _check_coco_root(root, splits, progress)
     if splits is None:
         img_root = root / "images"
         if not img_root.is_dir():
-            raise DataError(f"{img_root}: directory not found (expected the ADEChallengeData2016 layout, "
-                            "or a COCO root with annotations/*.json)")
+            raise DataError(
+                f"{img_root}: directory not found (expected the ADEChallengeData2016 layout, "
+                "or a COCO root with annotations/*.json)"
+            )
         splits = sorted(p.name for p in img_root.iterdir() if p.is_dir())
     counts = {}
     for split in splits:
@@ -77,12 +88,15 @@ def check_dataset(root: str | Path, splits: list[str] | None = None, progress: b
         counts[f"{split}: samples"] = len(ds)
         pj = root / "panoptic" / f"panoptic_{split}.json"
         if pj.exists():
-            counts[f"{split}: panoptic annotations"] = _check_panoptic(pj, pj.with_suffix(""), root / "images" / split, progress,
-                                                                      {s.image_path.name for s in ds.samples})
+            counts[f"{split}: panoptic annotations"] = _check_panoptic(
+                pj, pj.with_suffix(""), root / "images" / split, progress, {s.image_path.name for s in ds.samples}
+            )
     return counts
 
 
-def _check_panoptic(json_path: Path, png_dir: Path, image_dir: Path, progress: bool, expected: set[str] | None = None) -> int:
+def _check_panoptic(
+    json_path: Path, png_dir: Path, image_dir: Path, progress: bool, expected: set[str] | None = None
+) -> int:
     """Every image of the JSON annotated exactly once (the JSON itself checked by CocoPanoptic), every
     PNG and image loaded. `expected`: the image files of the split, each of which needs an annotation."""
     from seggen.data.coco import CocoPanoptic
@@ -137,5 +151,8 @@ def _check_coco_root(root: Path, splits: list[str] | None, progress: bool) -> di
         else:
             counts[f"{split}: instance annotations"] = _check_instances(j, image_dir, progress)
     if not found:
-        raise DataError(f"{ann}: no panoptic_SPLIT.json or instances_SPLIT.json" + (f" for split(s) {', '.join(splits)}" if splits else ""))
+        raise DataError(
+            f"{ann}: no panoptic_SPLIT.json or instances_SPLIT.json"
+            + (f" for split(s) {', '.join(splits)}" if splits else "")
+        )
     return counts

@@ -40,8 +40,15 @@ class tqdm(_tqdm):  # noqa: N801 - drop-in for tqdm.tqdm
         d = self.format_dict
         rate = d.get("rate") or (d["n"] / d["elapsed"] if d.get("elapsed") else None)
         remaining = (d["total"] - d["n"]) / rate if rate and d.get("total") else None
-        state = {"desc": d.get("prefix") or "", "n": d["n"], "total": d.get("total"), "unit": d.get("unit", "it"),
-                 "rate": rate, "eta_s": remaining, "elapsed_s": d.get("elapsed")}
+        state = {
+            "desc": d.get("prefix") or "",
+            "n": d["n"],
+            "total": d.get("total"),
+            "unit": d.get("unit", "it"),
+            "rate": rate,
+            "eta_s": remaining,
+            "elapsed_s": d.get("elapsed"),
+        }
         path = Path(self._report_to)
         tmp = path.with_name(path.name + ".tmp")
         try:

@@ -12,7 +12,7 @@ from typing import Any
 
 from seggen import tracking
 from seggen.config import Params
-from seggen.errors import DataError
+from seggen.outputs import check_dir
 from seggen.preflight import require_models
 
 
@@ -68,26 +68,27 @@ def train_generator(params: Params, kind: str) -> Path:
     return model_dir
 
 
-def synthesize(params: Params, strategy: str, shard: int | None = None, num_shards: int = 1, dask: bool = False,
-               regime: str | None = None) -> dict:
+def synthesize(
+    params: Params,
+    strategy: str,
+    shard: int | None = None,
+    num_shards: int = 1,
+    dask: bool = False,
+    regime: str | None = None,
+) -> dict:
     """`params` already resolved for `regime` (Params.regime), which names the MLflow run."""
-    from seggen.synthesis.synthesize import model_digest, run_shard
+    from seggen.synthesis.synthesize import model_digest
+    from seggen.synthesis.synthesize import synthesize as run
 
-    if shard is None and num_shards != 1 and not dask:
-        raise DataError("--num-shards needs --shard (or --dask to run all shards)")
     cfg = params.synthesize
     out = Path(cfg.out) / strategy
-    with tracking.stage_run(f"synthesize_{strategy}" + (f"@{regime}" if regime else ""), _sections(params, "seed", "synthesize")) as mlrun:
+    logged = _sections(params, "seed", "synthesize")
+    with tracking.stage_run(f"synthesize_{strategy}" + (f"@{regime}" if regime else ""), logged) as mlrun:
         mlrun.log_dataset(params.data.root, "real", "source", cfg.split)
         mlrun.log_dataset(params.caption.out, "captions", "source")
         gens = [cfg.mask2img] + ([cfg.text2mask] if strategy == "masksyn" else [])
         mlrun.set_tags({f"generator.{Path(g).parent.name}": model_digest(Path(g)) for g in gens if Path(g).exists()})
-        if dask:
-            from flows.synthesis import synthesize_on_dask
-
-            res = synthesize_on_dask(params, strategy, num_shards if num_shards > 1 else None)
-        else:
-            res = run_shard(params, strategy, shard or 0, num_shards)
+        res = run(params, strategy, shard, num_shards, dask)
         mlrun.log_metrics({k: v for k, v in res.items() if isinstance(v, (int, float))}, prefix="synthesis/")
         if "kept" in res:  # the dataset is complete
             for name in ("manifest.jsonl", "summary.json", "grid.png"):
@@ -117,23 +118,20 @@ def train_segmenter(params: Params, arm: str | None = None) -> Path:
     return model_dir
 
 
-def scores(metrics: dict) -> dict:
-    """The headline numbers of a metrics.json (what `dvc metrics` and the CI gate compare)."""
-    out = {k: metrics["semantic"][k] for k in ("mIoU", "mAcc", "aAcc")}
-    if "panoptic" in metrics:
-        out.update({k: metrics["panoptic"][k] for k in ("PQ", "SQ", "RQ")})
-        out.update({k: metrics["instance"][k] for k in ("AP", "AP50", "AP75")})
-    return out
-
-
-def evaluate(params: Params, split: str, arm: str | None = None, model: Path | None = None, out: Path | None = None,
-             root: Path | None = None, task: str | None = None, size: int | None = None) -> dict:
+def evaluate(
+    params: Params,
+    split: str,
+    arm: str | None = None,
+    model: Path | None = None,
+    out: Path | None = None,
+    root: Path | None = None,
+    task: str | None = None,
+    size: int | None = None,
+) -> dict:
     """Predict and score one split. With an arm (the pipeline): that arm's model, written to
     evaluate.out/ARM/SPLIT, panoptic too where the split has panoptic ground truth."""
-    from seggen.io import staged_files, write_json
     from seggen.segmenter.evaluate import evaluate as run
-
-    from seggen.outputs import check_dir
+    from seggen.segmenter.evaluate import scores
 
     ev = params.evaluate
     p = params.arm(arm) if arm else params
@@ -147,22 +145,17 @@ def evaluate(params: Params, split: str, arm: str | None = None, model: Path | N
         layout = detect_layout(r, split)
         task = "panoptic" if layout is not None and layout.panoptic_json(r, split).is_file() else "semantic"
     name = f"evaluate@{arm}-{split}" if arm else f"evaluate-{split}"
-    with tracking.stage_run(name, {"split": split, "arm": arm, "model": str(model), "task": task, "eval": p.eval.model_dump(mode="json")}) as mlrun:
+    logged = {"split": split, "arm": arm, "model": str(model), "task": task, "eval": p.eval.model_dump(mode="json")}
+    with tracking.stage_run(name, logged) as mlrun:
         mlrun.log_dataset(root or p.data.root, "real", "evaluation", split)
-        (out / "metrics.json").unlink(missing_ok=True)  # present only for a complete evaluation
-        with staged_files(out, "evaluate", key) as tmp:  # a failed evaluation leaves the old files or none, never half-written ones
-            metrics = run(p, model, split, tmp, root, task, size if size is not None else ev.size)
-            (tmp / "metrics.json").unlink()
-            s = scores(metrics)
-            write_json(tmp / "scores.json", s)
-            write_json(tmp / "per_class_iou.json", {"per_class_iou": [
-                {"class": c, "iou": v} for c, v in metrics["semantic"]["per_class_iou"].items() if v is not None]}, indent=None)
-        write_json(out / "metrics.json", metrics)
-        mlrun.log_metrics(s, prefix=f"{split}/")
+        metrics = run(p, model, split, out, root, task, size if size is not None else ev.size, key=key)
+        mlrun.log_metrics(scores(metrics), prefix=f"{split}/")
         mlrun.log_metrics(metrics["semantic"]["per_class_iou"], prefix=f"{split}/iou/")
-        if "panoptic" in metrics:
-            mlrun.log_metrics({k: v for k, v in metrics["panoptic"].items() if k != "per_class"}, prefix=f"{split}/panoptic/")
-            mlrun.log_metrics({k: v for k, v in metrics["instance"].items() if k != "per_class"}, prefix=f"{split}/instance/")
+        for part in ("panoptic", "instance"):
+            if part in metrics:
+                mlrun.log_metrics(
+                    {k: v for k, v in metrics[part].items() if k != "per_class"}, prefix=f"{split}/{part}/"
+                )
         for f in ("metrics.json", "confusion.png", "per_class_iou.png", "predictions.png"):
             mlrun.log_artifact(out / f, f"eval/{split}")
         mlrun.set_tags({"model.source": str(model), "split": split, **({"arm": arm} if arm else {})})
@@ -170,7 +163,8 @@ def evaluate(params: Params, split: str, arm: str | None = None, model: Path | N
 
 
 def report(params: Params) -> dict:
-    from seggen.report import build_report
+    from seggen.reporting.report import build_report
+    from seggen.reporting.results import build_results
 
     with tracking.stage_run("report", _sections(params, "arms", "evaluate", "report")) as mlrun:
         summary = build_report(params)
@@ -180,14 +174,19 @@ def report(params: Params) -> dict:
                 mlrun.log_metrics(s, prefix=f"{arm}/{split}/")
         for f in ("report.md", "summary.json", "miou.png"):
             mlrun.log_artifact(out / f)
-        if params.report.results:  # the ablation page, from the MLflow runs
-            from seggen.results import build_results
-
+        if params.report.results:  # the ablation page
             res = build_results(params)
             mlrun.log_artifact(params.report.results)
             for name, g in res["groups"].items():
-                mlrun.log_metrics({f"{s}/mIoU_{k}": g[s][k] for s in params.evaluate.splits for k in ("mean", "std")
-                                   if g[s][k] is not None}, prefix=f"{name}/")
+                mlrun.log_metrics(
+                    {
+                        f"{s}/mIoU_{k}": g[s][k]
+                        for s in params.evaluate.splits
+                        for k in ("mean", "std")
+                        if g[s][k] is not None
+                    },
+                    prefix=f"{name}/",
+                )
         if mlrun.parent_id:  # the headline numbers on the pipeline run too
             parent = tracking.StageRun(mlrun.client, mlrun.parent_id, None, mlrun.project, mlrun.tags)
             for arm, splits in summary["arms"].items():

@@ -26,9 +26,10 @@ import time
 import urllib.error
 import urllib.request
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 
@@ -67,8 +68,10 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
             reason = f"HTTP {r.status}"
     except (urllib.error.URLError, OSError) as e:
         reason = str(getattr(e, "reason", e))
-    raise TrackingError(f"MLFLOW_TRACKING_URI={uri}: tracking server unreachable ({reason}); "
-                        f"start it, unset MLFLOW_TRACKING_URI for the local store, or run offline with {TRACKING_ENV}=off")
+    raise TrackingError(
+        f"MLFLOW_TRACKING_URI={uri}: tracking server unreachable ({reason}); "
+        f"start it, unset MLFLOW_TRACKING_URI for the local store, or run offline with {TRACKING_ENV}=off"
+    )
 
 
 # -- lineage facts ------------------------------------------------------------------------------
@@ -76,9 +79,16 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
 
 def git_commit(project: Path = Path(".")) -> str:
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=project, capture_output=True,
-                               text=True, timeout=10).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=project,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
@@ -172,8 +182,11 @@ class StageRun(NullRun):
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        flat = [Metric(metric_key(prefix + k), float(v), now, step or 0) for k, v in _flatten(metrics).items()
-                if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v]
+        flat = [
+            Metric(metric_key(prefix + k), float(v), now, step or 0)
+            for k, v in _flatten(metrics).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+        ]
         for i in range(0, len(flat), 1000):
             self.client.log_batch(self.run_id, metrics=flat[i : i + 1000])
 
@@ -219,12 +232,18 @@ class StageRun(NullRun):
         self.client.log_artifacts(self.run_id, str(model_dir), f"models/{name}")
         source = f"{self.client.get_run(self.run_id).info.artifact_uri.rstrip('/')}/models/{name}"
         try:
-            self.client.create_registered_model(registered_name, description=f"seggen {name} (from_pretrained directory)")
+            self.client.create_registered_model(
+                registered_name, description=f"seggen {name} (from_pretrained directory)"
+            )
         except MlflowException as e:
             if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code):
                 raise
-        tags = {"git_commit": self.tags["git_commit"], "dvc_lock": self.tags["dvc_lock"],
-                "digest": digest_tree(model_dir), "stage": self.tags[STAGE]}
+        tags = {
+            "git_commit": self.tags["git_commit"],
+            "dvc_lock": self.tags["dvc_lock"],
+            "digest": digest_tree(model_dir),
+            "stage": self.tags[STAGE],
+        }
         mv = self.client.create_model_version(registered_name, source, run_id=self.run_id, tags=tags)
         self.client.set_tag(self.run_id, f"model.{name}", f"{registered_name}/{mv.version}")
 
@@ -258,8 +277,11 @@ def _parent(client, exp_id: str, key: str, tags: dict[str, str]) -> str:
         client.update_run(run_id, status="RUNNING")
         return run_id
     name = "pipeline " + time.strftime("%Y-%m-%d %H:%M:%S")
-    run = client.create_run(exp_id, run_name=name, tags={**tags, KIND: "pipeline", EXECUTION: key,
-                                                           "mlflow.source.git.commit": tags["git_commit"]})
+    run = client.create_run(
+        exp_id,
+        run_name=name,
+        tags={**tags, KIND: "pipeline", EXECUTION: key, "mlflow.source.git.commit": tags["git_commit"]},
+    )
     return run.info.run_id
 
 
@@ -274,8 +296,10 @@ def open_client(project: Path = Path(".")):
         client.search_experiments(max_results=1)  # resolves the store: an unknown scheme or a bad database fails here
     except Exception as e:  # mlflow raises several unrelated types for a bad URI
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise TrackingError(f"MLFLOW_TRACKING_URI={uri}: not a usable tracking store ({first[:200]}); "
-                            f"unset it for the local store, or run offline with {TRACKING_ENV}=off") from None
+        raise TrackingError(
+            f"MLFLOW_TRACKING_URI={uri}: not a usable tracking store ({first[:200]}); "
+            f"unset it for the local store, or run offline with {TRACKING_ENV}=off"
+        ) from None
     return client, uri
 
 
@@ -283,10 +307,11 @@ def open_client(project: Path = Path(".")):
 def stage_run(stage: str, params: dict[str, Any] | None = None, project: Path = Path(".")) -> Iterator[NullRun]:
     """A nested MLflow run for one stage (FAILED if the stage raises); NullRun when tracking is off.
     Reachability is checked here, before the stage computes anything."""
+    import mlflow
+
     if not enabled():
         yield NullRun()
         return
-    import mlflow
 
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -316,3 +341,31 @@ def stage_run(stage: str, params: dict[str, Any] | None = None, project: Path = 
 def run_url(uri: str, experiment_id: str, run_id: str) -> str:
     base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
     return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+# -- queries ---------------------------------------------------------------------------------------
+
+
+def search_evaluations(project: Path = Path(".")):
+    """Finished evaluate runs of the experiment, newest first (a pandas DataFrame), and the tracking URI."""
+    import mlflow
+
+    _, uri = open_client(project)
+    mlflow.set_tracking_uri(uri)
+    name = experiment_name()
+    if mlflow.get_experiment_by_name(name) is None:
+        raise SeggenError(f"MLflow experiment {name!r} not found at {uri}: run the pipeline first")
+    return mlflow.search_runs(
+        experiment_names=[name],
+        filter_string=f"tags.`{KIND}` = 'stage' and tags.`{STAGE}` LIKE 'evaluate@%' "
+        "and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+    ), uri
+
+
+def latest_evaluations(df) -> dict[tuple[str, str], object]:
+    """(arm, split) -> the newest row of `search_evaluations`' DataFrame."""
+    latest: dict[tuple[str, str], object] = {}
+    for _, r in df.iterrows():  # newest first
+        latest.setdefault((r.get("tags.arm"), r.get("tags.split")), r)
+    return latest

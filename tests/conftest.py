@@ -89,7 +89,7 @@ def local_server(argv: list[str], health_url: str, home: Path, env: dict | None 
         wait_http(health_url, proc)
     except Exception:
         proc.kill()
-        raise RuntimeError((home / "server.log").read_text()[-2000:])
+        raise RuntimeError((home / "server.log").read_text()[-2000:]) from None
     try:
         yield proc
     finally:
@@ -109,9 +109,22 @@ def prefect_server(tmp_path_factory):
 
     home = tmp_path_factory.mktemp("prefect_home")
     port = free_port()
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false"}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "false",
+    }
     url = f"http://127.0.0.1:{port}/api"
-    argv = [str(Path(sys.executable).with_name("prefect")), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    argv = [
+        str(Path(sys.executable).with_name("prefect")),
+        "server",
+        "start",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     with local_server(argv, url + "/health", home, env):
         saved = {k: os.environ.get(k) for k in ("PREFECT_API_URL", "PREFECT_HOME")}
         os.environ["PREFECT_API_URL"] = url
@@ -134,8 +147,20 @@ def mlflow_server(tmp_path_factory):
     home = tmp_path_factory.mktemp("mlflow_server")
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
-    argv = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-            "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}", "--artifacts-destination", str(home / "artifacts")]
+    argv = [
+        str(Path(sys.executable).with_name("mlflow")),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{home / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(home / "artifacts"),
+    ]
     with local_server(argv, uri + "/health", home):
         yield uri
 
@@ -144,7 +169,6 @@ def mlflow_server(tmp_path_factory):
 def tiny_gens(small_benchmark, tmp_path_factory):
     """Tiny trained Text2Mask + Mask2Img on the small benchmark (params.yaml in the returned dir)."""
     from helpers import tiny_params
-
     from seggen.config import load_params
     from seggen.generators.mask2img import train_mask2img
     from seggen.generators.text2mask import train_text2mask
@@ -160,7 +184,6 @@ def tiny_gens(small_benchmark, tmp_path_factory):
 def tiny_synthetic(tiny_gens, tmp_path_factory) -> Path:
     """MaskSyn and ImgSyn datasets (24 samples each) from the tiny generators: ROOT/masksyn, ROOT/imgsyn."""
     from helpers import params_file
-
     from seggen.config import load_params
     from seggen.synthesis.synthesize import synthesize
 

@@ -8,14 +8,28 @@ from seggen.captions import caption_dataset
 
 SYN = {"steps": 3, "batch_size": 4, "threads": 1, "text2mask_guidance": 2.0, "mask2img_guidance": 2.0}
 
-TINY_UNET = {"block_out_channels": [8, 16], "layers_per_block": 1, "attention_levels": [False, True], "attention_head_dim": 4, "norm_num_groups": 4}
+TINY_UNET = {
+    "block_out_channels": [8, 16],
+    "layers_per_block": 1,
+    "attention_levels": [False, True],
+    "attention_head_dim": 4,
+    "norm_num_groups": 4,
+}
 
 
 def tiny_params(tmp_path: Path, data_root: Path, steps: int = 4, **extra) -> Path:
     gen = {
         "resolution": 16,
         "unet": TINY_UNET,
-        "train": {"steps": steps, "batch_size": 4, "lr": 1e-3, "checkpoint_every": 2, "keep_checkpoints": 2, "threads": 1, "warmup_steps": 2},
+        "train": {
+            "steps": steps,
+            "batch_size": 4,
+            "lr": 1e-3,
+            "checkpoint_every": 2,
+            "keep_checkpoints": 2,
+            "threads": 1,
+            "warmup_steps": 2,
+        },
         "sample": {"steps": 3, "guidance_scale": 2.0, "batch_size": 3},
     }
     doc = {
@@ -40,7 +54,13 @@ def tiny_params(tmp_path: Path, data_root: Path, steps: int = 4, **extra) -> Pat
 
 def params_file(gens: Path, out: Path, **syn) -> Path:
     doc = yaml.safe_load((gens / "params.yaml").read_text())
-    doc["synthesize"] = {**SYN, "out": str(out), "text2mask": str(gens / "t2m" / "model"), "mask2img": str(gens / "m2i" / "model"), **syn}
+    doc["synthesize"] = {
+        **SYN,
+        "out": str(out),
+        "text2mask": str(gens / "t2m" / "model"),
+        "mask2img": str(gens / "m2i" / "model"),
+        **syn,
+    }
     f = out.parent / f"params_{out.name}.yaml"
     f.parent.mkdir(parents=True, exist_ok=True)
     f.write_text(yaml.safe_dump(doc))
@@ -48,15 +68,27 @@ def params_file(gens: Path, out: Path, **syn) -> Path:
 
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_SEG_MODEL = {"embed_dim": 16, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2], "window_size": 4, "hidden_dim": 32,
-                  "num_queries": 8, "encoder_layers": 1, "decoder_layers": 1, "train_num_points": 256}
+TINY_SEG_MODEL = {
+    "embed_dim": 16,
+    "depths": [1, 1, 1, 1],
+    "num_heads": [1, 1, 2, 2],
+    "window_size": 4,
+    "hidden_dim": 32,
+    "num_queries": 8,
+    "encoder_layers": 1,
+    "decoder_layers": 1,
+    "train_num_points": 256,
+}
 
 
 def tiny_pipeline_params() -> dict:
     """params.yaml of a whole pipeline that runs in about a minute (relative paths, dvc.yaml's defaults)."""
-    gen = {"resolution": 16, "unet": TINY_UNET,
-           "train": {"steps": 4, "batch_size": 4, "checkpoint_every": 2, "threads": 1, "warmup_steps": 2},
-           "sample": {"steps": 3, "guidance_scale": 2.0, "batch_size": 4}}
+    gen = {
+        "resolution": 16,
+        "unet": TINY_UNET,
+        "train": {"steps": 4, "batch_size": 4, "checkpoint_every": 2, "threads": 1, "warmup_steps": 2},
+        "sample": {"steps": 3, "guidance_scale": 2.0, "batch_size": 4},
+    }
     return {
         "seed": 0,
         "data": {"benchmark": {"resolution": 32, "num_train": 16, "num_val": 4, "num_val_shift": 4}},
@@ -64,7 +96,10 @@ def tiny_pipeline_params() -> dict:
         "text2mask": gen,
         "mask2img": {**gen, "controlnet": {"conditioning_embedding_out_channels": [8]}},
         "synthesize": {**SYN, "max_sources": 4, "workers": 1},
-        "segmenter": {"model": TINY_SEG_MODEL, "train": {"steps": 4, "batch_size": 4, "crop": 32, "checkpoint_every": 2, "threads": 1}},
+        "segmenter": {
+            "model": TINY_SEG_MODEL,
+            "train": {"steps": 4, "batch_size": 4, "crop": 32, "checkpoint_every": 2, "threads": 1},
+        },
         "arms": {"baseline": {"strategy": "real"}, "seggen": {"strategy": "augment"}},
     }
 
@@ -87,8 +122,12 @@ def make_project(root: Path, params: dict | None = None) -> Path:
         shutil.copytree(REPO / d, root / d, ignore=ignore)
     for f in ("dvc.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(REPO / f, root / f)
-    (root / "params.yaml").write_text(yaml.safe_dump(merged(yaml.safe_load((REPO / "params.yaml").read_text()),
-                                                             params or tiny_pipeline_params()), sort_keys=False))
+    (root / "params.yaml").write_text(
+        yaml.safe_dump(
+            merged(yaml.safe_load((REPO / "params.yaml").read_text()), params or tiny_pipeline_params()),
+            sort_keys=False,
+        )
+    )
     run = lambda *a: subprocess.run(a, cwd=root, check=True, capture_output=True, text=True)  # noqa: E731
     run("git", "init", "-q")
     run("git", "config", "user.email", "t@example.com")
@@ -104,11 +143,27 @@ def tiny_mask2former(path: Path, names: list[str]) -> Path:
     """A random-init Mask2Former checkpoint directory with these label names (id2label), as HF saves one."""
     from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, SwinConfig
 
-    cfg = Mask2FormerConfig(backbone_config=SwinConfig(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], window_size=4,
-                                                       out_features=["stage1", "stage2", "stage3", "stage4"]),
-                            feature_size=32, mask_feature_size=32, hidden_dim=32, encoder_feedforward_dim=64, dim_feedforward=64,
-                            encoder_layers=1, decoder_layers=1, num_attention_heads=2, num_queries=8, num_labels=len(names),
-                            id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
+    cfg = Mask2FormerConfig(
+        backbone_config=SwinConfig(
+            embed_dim=16,
+            depths=[1, 1, 1, 1],
+            num_heads=[1, 1, 2, 2],
+            window_size=4,
+            out_features=["stage1", "stage2", "stage3", "stage4"],
+        ),
+        feature_size=32,
+        mask_feature_size=32,
+        hidden_dim=32,
+        encoder_feedforward_dim=64,
+        dim_feedforward=64,
+        encoder_layers=1,
+        decoder_layers=1,
+        num_attention_heads=2,
+        num_queries=8,
+        num_labels=len(names),
+        id2label=dict(enumerate(names)),
+        label2id={n: i for i, n in enumerate(names)},
+    )
     Mask2FormerForUniversalSegmentation(cfg).save_pretrained(path)
     return path
 
@@ -128,14 +183,42 @@ def tiny_stable_diffusion(d: Path, data_root: Path, prediction_type: str = "epsi
     tok = train_tokenizer([r.caption for r in read_captions(d / "caps.jsonl").values()], 128, 40)
     tok.save_pretrained(d / "tokenizer")
     torch.manual_seed(0)
-    CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                 num_attention_heads=2, max_position_embeddings=40, pad_token_id=0, bos_token_id=2,
-                                 eos_token_id=3)).save_pretrained(d / "text_encoder")
-    AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                  block_out_channels=(8, 16), latent_channels=4, norm_num_groups=4, sample_size=16).save_pretrained(d / "vae")
-    UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), block_out_channels=(8, 16), layers_per_block=1,
-                         cross_attention_dim=16, attention_head_dim=4, norm_num_groups=4).save_pretrained(d / "unet")
-    DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                  prediction_type=prediction_type).save_pretrained(d / "scheduler")
+    CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tok),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=40,
+            pad_token_id=0,
+            bos_token_id=2,
+            eos_token_id=3,
+        )
+    ).save_pretrained(d / "text_encoder")
+    AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(8, 16),
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=16,
+    ).save_pretrained(d / "vae")
+    UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        cross_attention_dim=16,
+        attention_head_dim=4,
+        norm_num_groups=4,
+    ).save_pretrained(d / "unet")
+    DDPMScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, prediction_type=prediction_type
+    ).save_pretrained(d / "scheduler")
     return d

@@ -12,17 +12,17 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
 import yaml
-from helpers import merged, tiny_pipeline_params
 from PIL import Image
 
 from conftest import REAL
+from helpers import merged, tiny_pipeline_params
 
 REPO = Path(__file__).resolve().parents[1]
 SEGGEN = [sys.executable, "-m", "seggen.cli"]
@@ -71,8 +71,11 @@ def ws(tmp_path_factory) -> Path:
     inst.mkdir()
     shutil.copy(REAL / "coco" / "annotations" / "instances_val2017.json", inst / "gt.json")
     gi = json.loads((inst / "gt.json").read_text())
-    dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "segmentation": a["segmentation"], "score": 0.9}
-            for a in gi["annotations"] if isinstance(a["segmentation"], dict) and isinstance(a["segmentation"]["counts"], str)]
+    dets = [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "segmentation": a["segmentation"], "score": 0.9}
+        for a in gi["annotations"]
+        if isinstance(a["segmentation"], dict) and isinstance(a["segmentation"]["counts"], str)
+    ]
     (inst / "dt.json").write_text(json.dumps(dets))
     shutil.copytree(REAL / "ade20k" / "ADEChallengeData2016", root / "real" / "ADEChallengeData2016")
     shutil.copytree(REAL / "coco", root / "real" / "coco")
@@ -93,7 +96,12 @@ def snapshot(root: Path) -> dict[str, tuple]:
             if p.is_symlink():
                 out[str(p.relative_to(root))] = ("link", os.readlink(p))
             else:
-                out[str(p.relative_to(root))] = ("file", p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest(), oct(p.stat().st_mode))
+                out[str(p.relative_to(root))] = (
+                    "file",
+                    p.stat().st_size,
+                    hashlib.sha256(p.read_bytes()).hexdigest(),
+                    oct(p.stat().st_mode),
+                )
     return out
 
 
@@ -131,27 +139,32 @@ def _json_edit(src: str, dst: str, edit: Callable[[dict], object]) -> Callable[[
         d = json.loads((ws / src).read_text())
         edit(d)
         (c / dst).write_text(json.dumps(d))
+
     return setup
 
 
 def _truncate(src: str, pattern: str, keep: float = 0.5) -> Callable[[Path, Path], None]:
     """Copy the model dir `src` to c/model and cut the first file matching `pattern` to `keep` of its size."""
+
     def setup(ws: Path, c: Path) -> None:
         shutil.copytree(ws / src, c / "model")
         f = sorted((c / "model").rglob(pattern))[0]
         data = f.read_bytes()
         f.write_bytes(data[: int(len(data) * keep)])
+
     return setup
 
 
 def _ade_with_panoptic(edit: Callable[[dict], object]) -> Callable[[Path, Path], None]:
     """A copy of the benchmark (ADE layout + panoptic JSON) with its validation panoptic JSON edited."""
+
     def setup(ws: Path, c: Path) -> None:
         shutil.copytree(ws / "data" / "benchmark", c / "ds")
         j = c / "ds" / "panoptic" / "panoptic_validation.json"
         d = json.loads(j.read_text())
         edit(d)
         j.write_text(json.dumps(d))
+
     return setup
 
 
@@ -162,6 +175,7 @@ def _coco_root(edit: Callable[[dict], object]) -> Callable[[Path, Path], None]:
         d = json.loads(j.read_text())
         edit(d)
         j.write_text(json.dumps(d))
+
     return setup
 
 
@@ -172,6 +186,7 @@ def _dup_first(key: str) -> Callable[[dict], object]:
 def _set_first_det(field_: str, value) -> Callable[[list], object]:
     def edit(d):
         d[0][field_] = value
+
     return edit
 
 
@@ -185,12 +200,14 @@ def _wrong_size_mask(d):
 def _drop_key_of_first_segment(key: str):
     def edit(d):
         del d["annotations"][0]["segments_info"][0][key]
+
     return edit
 
 
 def _write(name: str, text: str | bytes) -> Callable[[Path, Path], None]:
     def setup(ws: Path, c: Path) -> None:
         (c / name).write_bytes(text if isinstance(text, bytes) else text.encode())
+
     return setup
 
 
@@ -198,116 +215,396 @@ T2M, M2I, SEG = "models/text2mask/model", "models/mask2img/model", "models/segme
 SEM = ["eval", "semantic", "--pred", "sem/pred", "--gt", "sem/gt", "--num-classes", "10", "--reduce-zero-label"]
 PAN = ["eval", "panoptic", "--gt-json", "pan/gt.json", "--gt-dir", "pan/gt", "--pred-dir", "pan/pred"]
 INST = ["eval", "instance", "--gt-json", "inst/gt.json"]
-ENOSPC = ("import errno, sys, PIL.Image\n"
-          "def full(self, *a, **k): raise OSError(errno.ENOSPC, 'No space left on device')\n"
-          "PIL.Image.Image.save = full\n"
-          "from seggen.cli import main; sys.argv[0] = 'seggen'; main()\n")
+ENOSPC = (
+    "import errno, sys, PIL.Image\n"
+    "def full(self, *a, **k): raise OSError(errno.ENOSPC, 'No space left on device')\n"
+    "PIL.Image.Image.save = full\n"
+    "from seggen.cli import main; sys.argv[0] = 'seggen'; main()\n"
+)
 
 CASES = [
     # -- never replace what seggen did not write ----------------------------------------------------
-    Case("prepare-real-ade20k", ["prepare", "--root", "{c}/ADEChallengeData2016"], ["{c}/ADEChallengeData2016", "not written by seggen"], _real_ade_with_note),
-    Case("prepare-user-folder", ["--set", "data.root={c}/mine", "prepare"], ["{c}/mine", "data.root"], lambda ws, c: _user_dir(c / "mine")),
+    Case(
+        "prepare-real-ade20k",
+        ["prepare", "--root", "{c}/ADEChallengeData2016"],
+        ["{c}/ADEChallengeData2016", "not written by seggen"],
+        _real_ade_with_note,
+    ),
+    Case(
+        "prepare-user-folder",
+        ["--set", "data.root={c}/mine", "prepare"],
+        ["{c}/mine", "data.root"],
+        lambda ws, c: _user_dir(c / "mine"),
+    ),
     Case("prepare-root-is-file", ["prepare", "--root", "{c}/f"], ["{c}/f", "is a file"], _write("f", "x")),
-    Case("prepare-rerender-would-delete-user-file", ["--set", "data.root={c}/benchmark", "--set", "data.benchmark.num_val=5", "prepare"],
-         ["{c}/benchmark/notes.txt", "not written by seggen"], _copy_benchmark_with_note),
-    Case("train-text2mask-user-folder", ["train", "text2mask", "--out", "{c}/mine"], ["{c}/mine", "text2mask.out"], lambda ws, c: _user_dir(c / "mine")),
-    Case("train-mask2img-out-is-file", ["train", "mask2img", "--out", "{c}/f"], ["{c}/f", "is a file"], _write("f", "x")),
-    Case("train-segmenter-user-folder", ["--set", "segmenter.out={c}/mine", "train", "segmenter"], ["{c}/mine", "segmenter.out"],
-         lambda ws, c: _user_dir(c / "mine")),
-    Case("synthesize-user-folder", ["--set", "synthesize.out={c}/syn", "synthesize", "--strategy", "imgsyn"], ["{c}/syn/imgsyn", "synthesize.out"],
-         lambda ws, c: _user_dir(c / "syn" / "imgsyn")),
-    Case("evaluate-user-folder", ["evaluate", "--model", SEG, "--out", "{c}/mine"], ["{c}/mine", "--out"], lambda ws, c: _user_dir(c / "mine")),
-    Case("evaluate-out-is-file", ["evaluate", "--model", SEG, "--out", "{c}/f"], ["{c}/f", "is a file"], _write("f", "x")),
-    Case("export-user-folder", ["export", "detectron2", "--out", "{c}/mine"], ["{c}/mine", "--out"], lambda ws, c: _user_dir(c / "mine")),
-    Case("sample-text2mask-user-folder", ["sample", "text2mask", "--prompt", "a car", "--out", "{c}/mine"], ["{c}/mine", "--out"],
-         lambda ws, c: _user_dir(c / "mine")),
-    Case("sample-text2mask-out-is-file", ["sample", "text2mask", "--prompt", "a car", "--out", "{c}/f"], ["{c}/f", "is a file"], _write("f", "x")),
-    Case("sample-mask2img-out-is-file", ["sample", "mask2img", "--mask", "sem/gt/bench_validation_000000.png", "--labels", "--prompt", "a car",
-                                         "--out", "{c}/f"], ["{c}/f", "is a file"], _write("f", "x")),
+    Case(
+        "prepare-rerender-would-delete-user-file",
+        ["--set", "data.root={c}/benchmark", "--set", "data.benchmark.num_val=5", "prepare"],
+        ["{c}/benchmark/notes.txt", "not written by seggen"],
+        _copy_benchmark_with_note,
+    ),
+    Case(
+        "train-text2mask-user-folder",
+        ["train", "text2mask", "--out", "{c}/mine"],
+        ["{c}/mine", "text2mask.out"],
+        lambda ws, c: _user_dir(c / "mine"),
+    ),
+    Case(
+        "train-mask2img-out-is-file", ["train", "mask2img", "--out", "{c}/f"], ["{c}/f", "is a file"], _write("f", "x")
+    ),
+    Case(
+        "train-segmenter-user-folder",
+        ["--set", "segmenter.out={c}/mine", "train", "segmenter"],
+        ["{c}/mine", "segmenter.out"],
+        lambda ws, c: _user_dir(c / "mine"),
+    ),
+    Case(
+        "synthesize-user-folder",
+        ["--set", "synthesize.out={c}/syn", "synthesize", "--strategy", "imgsyn"],
+        ["{c}/syn/imgsyn", "synthesize.out"],
+        lambda ws, c: _user_dir(c / "syn" / "imgsyn"),
+    ),
+    Case(
+        "evaluate-user-folder",
+        ["evaluate", "--model", SEG, "--out", "{c}/mine"],
+        ["{c}/mine", "--out"],
+        lambda ws, c: _user_dir(c / "mine"),
+    ),
+    Case(
+        "evaluate-out-is-file", ["evaluate", "--model", SEG, "--out", "{c}/f"], ["{c}/f", "is a file"], _write("f", "x")
+    ),
+    Case(
+        "export-user-folder",
+        ["export", "detectron2", "--out", "{c}/mine"],
+        ["{c}/mine", "--out"],
+        lambda ws, c: _user_dir(c / "mine"),
+    ),
+    Case(
+        "sample-text2mask-user-folder",
+        ["sample", "text2mask", "--prompt", "a car", "--out", "{c}/mine"],
+        ["{c}/mine", "--out"],
+        lambda ws, c: _user_dir(c / "mine"),
+    ),
+    Case(
+        "sample-text2mask-out-is-file",
+        ["sample", "text2mask", "--prompt", "a car", "--out", "{c}/f"],
+        ["{c}/f", "is a file"],
+        _write("f", "x"),
+    ),
+    Case(
+        "sample-mask2img-out-is-file",
+        [
+            "sample",
+            "mask2img",
+            "--mask",
+            "sem/gt/bench_validation_000000.png",
+            "--labels",
+            "--prompt",
+            "a car",
+            "--out",
+            "{c}/f",
+        ],
+        ["{c}/f", "is a file"],
+        _write("f", "x"),
+    ),
     Case("caption-out-is-directory", ["--set", "caption.out={c}", "caption"], ["{c}", "is a directory"]),
-    Case("caption-out-is-not-captions", ["--set", "caption.out={c}/notes.jsonl", "caption"], ["{c}/notes.jsonl", "not a caption row"],
-         _write("notes.jsonl", '{"my": "data"}\n')),
+    Case(
+        "caption-out-is-not-captions",
+        ["--set", "caption.out={c}/notes.jsonl", "caption"],
+        ["{c}/notes.jsonl", "not a caption row"],
+        _write("notes.jsonl", '{"my": "data"}\n'),
+    ),
     # -- metrics CLIs --------------------------------------------------------------------------------
-    Case("semantic-num-classes-0", ["eval", "semantic", "--pred", "sem/pred", "--gt", "sem/gt", "--num-classes", "0"], ["--num-classes"]),
+    Case(
+        "semantic-num-classes-0",
+        ["eval", "semantic", "--pred", "sem/pred", "--gt", "sem/gt", "--num-classes", "0"],
+        ["--num-classes"],
+    ),
     Case("semantic-json-is-directory", SEM + ["--json", "{c}"], ["--json", "{c}", "is a directory"]),
-    Case("semantic-pred-is-file", ["eval", "semantic", "--pred", "{c}/f", "--gt", "sem/gt", "--num-classes", "10"], ["{c}/f", "is a file"], _write("f", "x")),
-    Case("semantic-label-out-of-range", ["eval", "semantic", "--pred", "sem/pred", "--gt", "sem/gt", "--num-classes", "5"], ["sem/gt/", "out of range"]),
-    Case("semantic-size-mismatch", ["eval", "semantic", "--pred", "{c}/pred", "--gt", "sem/gt", "--num-classes", "10", "--reduce-zero-label"],
-         ["{c}/pred/bench_validation_000002.png", "does not match"],
-         lambda ws, c: (shutil.copytree(ws / "sem" / "pred", c / "pred"),
-                        Image.fromarray(np.zeros((7, 9), np.uint8)).save(c / "pred" / "bench_validation_000002.png"))),
-    Case("semantic-flag-typo", ["eval", "semantic", "--pred", "sem/pred", "--gt", "sem/gt", "--num-clases", "10"], ["--num-clases"]),
-    Case("panoptic-segments-info-null", PAN + ["--pred-json", "{c}/p.json"], ["{c}/p.json", "segments_info"],
-         _json_edit("pan/pred.json", "p.json", lambda d: d["annotations"][0].update(segments_info=None))),
-    Case("panoptic-pred-segment-without-id", PAN + ["--pred-json", "{c}/p.json"], ["{c}/p.json", "'id'"],
-         _json_edit("pan/pred.json", "p.json", _drop_key_of_first_segment("id"))),
-    Case("panoptic-gt-category-without-id", ["eval", "panoptic", "--gt-json", "{c}/g.json", "--gt-dir", "pan/gt", "--pred-json", "pan/pred.json",
-                                             "--pred-dir", "pan/pred"], ["{c}/g.json", "category has no 'id'"],
-         _json_edit("pan/gt.json", "g.json", lambda d: d["categories"][0].pop("id"))),
-    Case("panoptic-gt-duplicate-category", ["eval", "panoptic", "--gt-json", "{c}/g.json", "--gt-dir", "pan/gt", "--pred-json", "pan/pred.json",
-                                            "--pred-dir", "pan/pred"], ["{c}/g.json", "category id 1 appears twice"],
-         _json_edit("pan/gt.json", "g.json", _dup_first("categories"))),
-    Case("panoptic-pred-image-twice", PAN + ["--pred-json", "{c}/p.json"], ["{c}/p.json", "annotated twice"],
-         _json_edit("pan/pred.json", "p.json", _dup_first("annotations"))),
-    Case("panoptic-gt-empty-annotations", ["eval", "panoptic", "--gt-json", "{c}/g.json", "--gt-dir", "pan/gt", "--pred-json", "pan/pred.json",
-                                           "--pred-dir", "pan/pred"], ["{c}/g.json", "'annotations' is empty"],
-         _json_edit("pan/gt.json", "g.json", lambda d: d.update(annotations=[]))),
+    Case(
+        "semantic-pred-is-file",
+        ["eval", "semantic", "--pred", "{c}/f", "--gt", "sem/gt", "--num-classes", "10"],
+        ["{c}/f", "is a file"],
+        _write("f", "x"),
+    ),
+    Case(
+        "semantic-label-out-of-range",
+        ["eval", "semantic", "--pred", "sem/pred", "--gt", "sem/gt", "--num-classes", "5"],
+        ["sem/gt/", "out of range"],
+    ),
+    Case(
+        "semantic-size-mismatch",
+        ["eval", "semantic", "--pred", "{c}/pred", "--gt", "sem/gt", "--num-classes", "10", "--reduce-zero-label"],
+        ["{c}/pred/bench_validation_000002.png", "does not match"],
+        lambda ws, c: (
+            shutil.copytree(ws / "sem" / "pred", c / "pred"),
+            Image.fromarray(np.zeros((7, 9), np.uint8)).save(c / "pred" / "bench_validation_000002.png"),
+        ),
+    ),
+    Case(
+        "semantic-flag-typo",
+        ["eval", "semantic", "--pred", "sem/pred", "--gt", "sem/gt", "--num-clases", "10"],
+        ["--num-clases"],
+    ),
+    Case(
+        "panoptic-segments-info-null",
+        PAN + ["--pred-json", "{c}/p.json"],
+        ["{c}/p.json", "segments_info"],
+        _json_edit("pan/pred.json", "p.json", lambda d: d["annotations"][0].update(segments_info=None)),
+    ),
+    Case(
+        "panoptic-pred-segment-without-id",
+        PAN + ["--pred-json", "{c}/p.json"],
+        ["{c}/p.json", "'id'"],
+        _json_edit("pan/pred.json", "p.json", _drop_key_of_first_segment("id")),
+    ),
+    Case(
+        "panoptic-gt-category-without-id",
+        [
+            "eval",
+            "panoptic",
+            "--gt-json",
+            "{c}/g.json",
+            "--gt-dir",
+            "pan/gt",
+            "--pred-json",
+            "pan/pred.json",
+            "--pred-dir",
+            "pan/pred",
+        ],
+        ["{c}/g.json", "category has no 'id'"],
+        _json_edit("pan/gt.json", "g.json", lambda d: d["categories"][0].pop("id")),
+    ),
+    Case(
+        "panoptic-gt-duplicate-category",
+        [
+            "eval",
+            "panoptic",
+            "--gt-json",
+            "{c}/g.json",
+            "--gt-dir",
+            "pan/gt",
+            "--pred-json",
+            "pan/pred.json",
+            "--pred-dir",
+            "pan/pred",
+        ],
+        ["{c}/g.json", "category id 1 appears twice"],
+        _json_edit("pan/gt.json", "g.json", _dup_first("categories")),
+    ),
+    Case(
+        "panoptic-pred-image-twice",
+        PAN + ["--pred-json", "{c}/p.json"],
+        ["{c}/p.json", "annotated twice"],
+        _json_edit("pan/pred.json", "p.json", _dup_first("annotations")),
+    ),
+    Case(
+        "panoptic-gt-empty-annotations",
+        [
+            "eval",
+            "panoptic",
+            "--gt-json",
+            "{c}/g.json",
+            "--gt-dir",
+            "pan/gt",
+            "--pred-json",
+            "pan/pred.json",
+            "--pred-dir",
+            "pan/pred",
+        ],
+        ["{c}/g.json", "'annotations' is empty"],
+        _json_edit("pan/gt.json", "g.json", lambda d: d.update(annotations=[])),
+    ),
     Case("panoptic-json-is-directory", PAN + ["--pred-json", "{c}"], ["{c}", "is a directory"]),
-    Case("instance-wrong-size-mask", INST + ["--dt-json", "{c}/d.json"], ["{c}/d.json", "detection 0", "10x10"],
-         _json_edit("inst/dt.json", "d.json", _wrong_size_mask)),
-    Case("instance-nan-score", INST + ["--dt-json", "{c}/d.json"], ["{c}/d.json", "detection 0", "finite"],
-         _write("d.json", "")),  # written below (JSON has no NaN literal in json.dumps' strict mode)
-    Case("instance-infinite-score", INST + ["--dt-json", "{c}/d.json"], ["{c}/d.json", "detection 0", "finite"], _write("d.json", "")),
-    Case("instance-string-score", INST + ["--dt-json", "{c}/d.json"], ["{c}/d.json", "detection 0", "must be a number"],
-         _json_edit("inst/dt.json", "d.json", _set_first_det("score", "0.9"))),
-    Case("instance-unknown-image", INST + ["--dt-json", "{c}/d.json"], ["{c}/d.json", "detection 0", "unknown image_id"],
-         _json_edit("inst/dt.json", "d.json", _set_first_det("image_id", 123456789))),
-    Case("instance-gt-duplicate-annotation-id", ["eval", "instance", "--gt-json", "{c}/g.json", "--dt-json", "inst/dt.json"],
-         ["{c}/g.json", "annotation id", "twice"], _json_edit("inst/gt.json", "g.json", _dup_first("annotations"))),
+    Case(
+        "instance-wrong-size-mask",
+        INST + ["--dt-json", "{c}/d.json"],
+        ["{c}/d.json", "detection 0", "10x10"],
+        _json_edit("inst/dt.json", "d.json", _wrong_size_mask),
+    ),
+    Case(
+        "instance-nan-score",
+        INST + ["--dt-json", "{c}/d.json"],
+        ["{c}/d.json", "detection 0", "finite"],
+        _write("d.json", ""),
+    ),  # written below (JSON has no NaN literal in json.dumps' strict mode)
+    Case(
+        "instance-infinite-score",
+        INST + ["--dt-json", "{c}/d.json"],
+        ["{c}/d.json", "detection 0", "finite"],
+        _write("d.json", ""),
+    ),
+    Case(
+        "instance-string-score",
+        INST + ["--dt-json", "{c}/d.json"],
+        ["{c}/d.json", "detection 0", "must be a number"],
+        _json_edit("inst/dt.json", "d.json", _set_first_det("score", "0.9")),
+    ),
+    Case(
+        "instance-unknown-image",
+        INST + ["--dt-json", "{c}/d.json"],
+        ["{c}/d.json", "detection 0", "unknown image_id"],
+        _json_edit("inst/dt.json", "d.json", _set_first_det("image_id", 123456789)),
+    ),
+    Case(
+        "instance-gt-duplicate-annotation-id",
+        ["eval", "instance", "--gt-json", "{c}/g.json", "--dt-json", "inst/dt.json"],
+        ["{c}/g.json", "annotation id", "twice"],
+        _json_edit("inst/gt.json", "g.json", _dup_first("annotations")),
+    ),
     Case("instance-dt-is-directory", INST + ["--dt-json", "{c}"], ["{c}", "is a directory"]),
     # -- data check -----------------------------------------------------------------------------------
-    Case("check-panoptic-empty-annotations", ["data", "check", "--root", "{c}/ds"], ["{c}/ds/panoptic/panoptic_validation.json", "empty"],
-         _ade_with_panoptic(lambda d: d.update(annotations=[]))),
-    Case("check-panoptic-duplicate-category", ["data", "check", "--root", "{c}/ds"], ["panoptic_validation.json", "category id 1 appears twice"],
-         _ade_with_panoptic(_dup_first("categories"))),
-    Case("check-panoptic-image-twice", ["data", "check", "--root", "{c}/ds"], ["panoptic_validation.json", "annotated twice"],
-         _ade_with_panoptic(lambda d: d["annotations"].append({**d["annotations"][0], "file_name": "other.png"}))),
-    Case("check-panoptic-duplicate-image-id", ["data", "check", "--root", "{c}/ds"], ["panoptic_validation.json", "image id 1 appears twice"],
-         _ade_with_panoptic(lambda d: d["images"].append({**d["images"][0], "file_name": "x.jpg"}))),
-    Case("check-panoptic-duplicate-segment-id", ["data", "check", "--root", "{c}/ds"], ["panoptic_validation.json", "appears twice in"],
-         _ade_with_panoptic(lambda d: d["annotations"][0]["segments_info"].append(dict(d["annotations"][0]["segments_info"][0])))),
-    Case("check-coco-unknown-category", ["data", "check", "--root", "{c}/coco"], ["{c}/coco/annotations/instances_val2017.json", "unknown category_id"],
-         _coco_root(lambda d: d["annotations"][0].update(category_id=999))),
-    Case("check-coco-empty-annotations", ["data", "check", "--root", "{c}/coco"], ["instances_val2017.json", "'annotations' is empty"],
-         _coco_root(lambda d: d.update(annotations=[]))),
+    Case(
+        "check-panoptic-empty-annotations",
+        ["data", "check", "--root", "{c}/ds"],
+        ["{c}/ds/panoptic/panoptic_validation.json", "empty"],
+        _ade_with_panoptic(lambda d: d.update(annotations=[])),
+    ),
+    Case(
+        "check-panoptic-duplicate-category",
+        ["data", "check", "--root", "{c}/ds"],
+        ["panoptic_validation.json", "category id 1 appears twice"],
+        _ade_with_panoptic(_dup_first("categories")),
+    ),
+    Case(
+        "check-panoptic-image-twice",
+        ["data", "check", "--root", "{c}/ds"],
+        ["panoptic_validation.json", "annotated twice"],
+        _ade_with_panoptic(lambda d: d["annotations"].append({**d["annotations"][0], "file_name": "other.png"})),
+    ),
+    Case(
+        "check-panoptic-duplicate-image-id",
+        ["data", "check", "--root", "{c}/ds"],
+        ["panoptic_validation.json", "image id 1 appears twice"],
+        _ade_with_panoptic(lambda d: d["images"].append({**d["images"][0], "file_name": "x.jpg"})),
+    ),
+    Case(
+        "check-panoptic-duplicate-segment-id",
+        ["data", "check", "--root", "{c}/ds"],
+        ["panoptic_validation.json", "appears twice in"],
+        _ade_with_panoptic(
+            lambda d: d["annotations"][0]["segments_info"].append(dict(d["annotations"][0]["segments_info"][0]))
+        ),
+    ),
+    Case(
+        "check-coco-unknown-category",
+        ["data", "check", "--root", "{c}/coco"],
+        ["{c}/coco/annotations/instances_val2017.json", "unknown category_id"],
+        _coco_root(lambda d: d["annotations"][0].update(category_id=999)),
+    ),
+    Case(
+        "check-coco-empty-annotations",
+        ["data", "check", "--root", "{c}/coco"],
+        ["instances_val2017.json", "'annotations' is empty"],
+        _coco_root(lambda d: d.update(annotations=[])),
+    ),
     Case("check-root-is-file", ["data", "check", "--root", "{c}/f"], ["{c}/f", "is a file"], _write("f", "x")),
     # -- params ---------------------------------------------------------------------------------------
     Case("params-is-directory", ["--params", "{c}", "prepare"], ["{c}", "is a directory"]),
-    Case("params-not-utf8", ["--params", "{c}/p.yaml", "prepare"], ["{c}/p.yaml", "UTF-8"], _write("p.yaml", b"seed: \xff\xfe\n")),
-    Case("params-bad-yaml", ["--params", "{c}/p.yaml", "prepare"], ["{c}/p.yaml", "line 2"], _write("p.yaml", "seed: 0\n  x: 1\n")),
+    Case(
+        "params-not-utf8",
+        ["--params", "{c}/p.yaml", "prepare"],
+        ["{c}/p.yaml", "UTF-8"],
+        _write("p.yaml", b"seed: \xff\xfe\n"),
+    ),
+    Case(
+        "params-bad-yaml",
+        ["--params", "{c}/p.yaml", "prepare"],
+        ["{c}/p.yaml", "line 2"],
+        _write("p.yaml", "seed: 0\n  x: 1\n"),
+    ),
     Case("set-bad-value", ["--set", "segmenter.train.steps=-5", "train", "segmenter"], ["--set segmenter.train.steps"]),
-    Case("set-unknown-key", ["--set", "segmenter.train.stepz=5", "prepare"], ["--set segmenter.train.stepz", "unknown key"]),
+    Case(
+        "set-unknown-key",
+        ["--set", "segmenter.train.stepz=5", "prepare"],
+        ["--set segmenter.train.stepz", "unknown key"],
+    ),
     # -- models ---------------------------------------------------------------------------------------
     Case("sample-n-0", ["sample", "text2mask", "--prompt", "a car", "--n", "0", "--out", "{c}/o"], ["--n"]),
-    Case("sample-mask2img-n-0", ["sample", "mask2img", "--mask", "sem/gt/bench_validation_000000.png", "--labels", "--prompt", "x", "--n", "0",
-                                 "--out", "{c}/o"], ["--n"]),
-    Case("sample-mask2img-mask-missing", ["sample", "mask2img", "--mask", "{c}/nope.png", "--prompt", "x", "--out", "{c}/o"], ["{c}/nope.png", "not found"]),
-    Case("sample-truncated-safetensors", ["sample", "text2mask", "--prompt", "a car", "--model", "{c}/model", "--out", "{c}/o"],
-         ["{c}/model/", ".safetensors", "truncated"], _truncate(T2M, "diffusion_pytorch_model.safetensors")),
-    Case("sample-truncated-model-meta", ["sample", "text2mask", "--prompt", "a car", "--model", "{c}/model", "--out", "{c}/o"],
-         ["{c}/model/seggen_model.json", "corrupt JSON"], _truncate(T2M, "seggen_model.json")),
-    Case("sample-model-is-file", ["sample", "mask2img", "--mask", "sem/gt/bench_validation_000000.png", "--labels", "--prompt", "x",
-                                  "--model", "{c}/f", "--out", "{c}/o"], ["{c}/f", "is a file"], _write("f", "x")),
-    Case("evaluate-truncated-weights", ["evaluate", "--model", "{c}/model", "--out", "{c}/o"], ["{c}/model/model.safetensors", "truncated"],
-         _truncate(SEG, "model.safetensors")),
+    Case(
+        "sample-mask2img-n-0",
+        [
+            "sample",
+            "mask2img",
+            "--mask",
+            "sem/gt/bench_validation_000000.png",
+            "--labels",
+            "--prompt",
+            "x",
+            "--n",
+            "0",
+            "--out",
+            "{c}/o",
+        ],
+        ["--n"],
+    ),
+    Case(
+        "sample-mask2img-mask-missing",
+        ["sample", "mask2img", "--mask", "{c}/nope.png", "--prompt", "x", "--out", "{c}/o"],
+        ["{c}/nope.png", "not found"],
+    ),
+    Case(
+        "sample-truncated-safetensors",
+        ["sample", "text2mask", "--prompt", "a car", "--model", "{c}/model", "--out", "{c}/o"],
+        ["{c}/model/", ".safetensors", "truncated"],
+        _truncate(T2M, "diffusion_pytorch_model.safetensors"),
+    ),
+    Case(
+        "sample-truncated-model-meta",
+        ["sample", "text2mask", "--prompt", "a car", "--model", "{c}/model", "--out", "{c}/o"],
+        ["{c}/model/seggen_model.json", "corrupt JSON"],
+        _truncate(T2M, "seggen_model.json"),
+    ),
+    Case(
+        "sample-model-is-file",
+        [
+            "sample",
+            "mask2img",
+            "--mask",
+            "sem/gt/bench_validation_000000.png",
+            "--labels",
+            "--prompt",
+            "x",
+            "--model",
+            "{c}/f",
+            "--out",
+            "{c}/o",
+        ],
+        ["{c}/f", "is a file"],
+        _write("f", "x"),
+    ),
+    Case(
+        "evaluate-truncated-weights",
+        ["evaluate", "--model", "{c}/model", "--out", "{c}/o"],
+        ["{c}/model/model.safetensors", "truncated"],
+        _truncate(SEG, "model.safetensors"),
+    ),
     Case("evaluate-unknown-split", ["evaluate", "--model", SEG, "--split", "nosuch", "--out", "{c}/o"], ["nosuch"]),
     # -- environment ----------------------------------------------------------------------------------
-    Case("tracking-uri-bad-scheme", ["prepare"], ["MLFLOW_TRACKING_URI=foo://bar"], env={"SEGGEN_TRACKING": "on", "MLFLOW_TRACKING_URI": "foo://bar"}),
-    Case("tracking-server-unreachable", ["prepare"], ["MLFLOW_TRACKING_URI=http://127.0.0.1:9", "unreachable"],
-         env={"SEGGEN_TRACKING": "on", "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}),
-    Case("disk-full-during-evaluate", ["evaluate", "--model", SEG, "--out", "{c}/o"], ["{c}/o", "No space left on device"], python=ENOSPC),
-    Case("disk-full-during-sample", ["sample", "text2mask", "--prompt", "a car", "--n", "2", "--out", "{c}/o"], ["{c}/o", "No space left on device"],
-         python=ENOSPC),
+    Case(
+        "tracking-uri-bad-scheme",
+        ["prepare"],
+        ["MLFLOW_TRACKING_URI=foo://bar"],
+        env={"SEGGEN_TRACKING": "on", "MLFLOW_TRACKING_URI": "foo://bar"},
+    ),
+    Case(
+        "tracking-server-unreachable",
+        ["prepare"],
+        ["MLFLOW_TRACKING_URI=http://127.0.0.1:9", "unreachable"],
+        env={"SEGGEN_TRACKING": "on", "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"},
+    ),
+    Case(
+        "disk-full-during-evaluate",
+        ["evaluate", "--model", SEG, "--out", "{c}/o"],
+        ["{c}/o", "No space left on device"],
+        python=ENOSPC,
+    ),
+    Case(
+        "disk-full-during-sample",
+        ["sample", "text2mask", "--prompt", "a car", "--n", "2", "--out", "{c}/o"],
+        ["{c}/o", "No space left on device"],
+        python=ENOSPC,
+    ),
 ]
 
 
@@ -348,6 +645,12 @@ def test_bad_input(ws: Path, case: Case):
 
 
 def test_debug_shows_the_traceback(ws: Path):
-    r = subprocess.run(SEGGEN + ["--debug", "eval", "semantic", "--pred", "sem/pred", "--gt", "nope", "--num-classes", "10"],
-                       cwd=ws, capture_output=True, text=True)
-    assert r.returncode == 2 and "Traceback" in r.stderr and r.stderr.rstrip().splitlines()[-1].startswith("error: nope")
+    r = subprocess.run(
+        SEGGEN + ["--debug", "eval", "semantic", "--pred", "sem/pred", "--gt", "nope", "--num-classes", "10"],
+        cwd=ws,
+        capture_output=True,
+        text=True,
+    )
+    assert (
+        r.returncode == 2 and "Traceback" in r.stderr and r.stderr.rstrip().splitlines()[-1].startswith("error: nope")
+    )

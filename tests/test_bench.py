@@ -9,27 +9,33 @@ import re
 import shutil
 import statistics
 
+import pytest
 import yaml
-
-from helpers import REPO, make_project, merged, tiny_pipeline_params
 from test_pipeline import _env, dvc, ran
 
-LOW = {"real_subset": 8, "synthetic_root": "data/bench/synthetic/low"}
-ARMS = {f"{name}-s{seed}": {**spec, "seed": seed}
-        for name, spec in (("full-baseline", {"strategy": "real"}), ("low-baseline", {"strategy": "real", **LOW}),
-                           ("low-both", {"strategy": "augment", "synthetic": ["masksyn", "imgsyn"], **LOW}))
-        for seed in (0, 1)}
+from helpers import REPO, make_project
+
+pytestmark = pytest.mark.slow  # the whole pipeline through dvc repro, MLflow and Prefect: make test-slow
+
+# the tiny ablation: 2 regimes x 2 groups x 2 seeds (+ the full regime's baseline-only group would
+# need its own regime: here both regimes run both groups)
+ABLATION = {
+    "groups": {"baseline": {"strategy": "real"}, "both": {"strategy": "augment", "synthetic": ["masksyn", "imgsyn"]}},
+    "seeds": [0, 1],
+}
 
 
-def test_bench_repro_builds_results_page_from_mlflow(tmp_path, mlflow_server):
+def test_bench_repro_builds_the_results_page(tmp_path, mlflow_server):
     root = make_project(tmp_path / "proj")
     (root / "bench").mkdir()
     shutil.copy(REPO / "bench" / "dvc.yaml", root / "bench" / "dvc.yaml")
     (root / "bench" / "tuning.md").write_text("## Tuning log\n\ntry 1: nothing yet\n")
-    tiny = tiny_pipeline_params()
-    bench = merged(yaml.safe_load((REPO / "bench" / "params.yaml").read_text()), {k: v for k, v in tiny.items() if k != "arms"})
+    # the repo's bench delta (bench-only paths, regimes, ablation) on the tiny project's params.yaml
+    bench = yaml.safe_load((REPO / "bench" / "params.yaml").read_text())
     bench["regimes"] = {"full": {}, "low": {"real_subset": 8, "max_sources": None, "imgsyn_per_source": 2}}
-    bench["arms"] = ARMS
+    bench["ablation"] = ABLATION
+    bench["mask2img"] = {"out": "models/bench/mask2img"}  # the tiny project's generator, at a bench path
+    bench["segmenter"] = {}
     (root / "bench" / "params.yaml").write_text(yaml.safe_dump(bench, sort_keys=False))
     # its own experiment: test_pipeline.py reads the shared server's `seggen` experiment
     env = {**_env(mlflow_server), "MLFLOW_EXPERIMENT_NAME": "seggen-bench-test"}
@@ -37,11 +43,20 @@ def test_bench_repro_builds_results_page_from_mlflow(tmp_path, mlflow_server):
     stages = ran(r)
     # the main pipeline's data stages first, then the bench's own (none of the main pipeline's models)
     assert stages[:3] == ["check_models", "prepare", "caption"] and "train_segmenter@baseline" not in stages
-    for s in ("train_text2mask", "train_mask2img", "synthesize@low-imgsyn", "train_segmenter@low-both-s1", "evaluate@full-baseline-s0", "report"):
+    for s in (
+        "train_text2mask",
+        "train_mask2img",
+        "synthesize@low-imgsyn",
+        "train_segmenter@low-both-1",
+        "evaluate@full-baseline-0",
+        "report",
+    ):
         assert f"bench/dvc.yaml:{s}" in stages
 
     # the low regime's synthetic data come from its 8 real images only
-    low = [json.loads(line) for line in (root / "data/bench/synthetic/low/imgsyn/manifest.jsonl").read_text().splitlines()]
+    low = [
+        json.loads(line) for line in (root / "data/bench/synthetic/low/imgsyn/manifest.jsonl").read_text().splitlines()
+    ]
     assert len({row["source_id"] for row in low}) == 8 and len(low) == 16
     info = json.loads((root / "models/segmenter/low-both-s0/model/seggen_segmenter.json").read_text())
     assert info["real_images"] == 8
@@ -49,21 +64,37 @@ def test_bench_repro_builds_results_page_from_mlflow(tmp_path, mlflow_server):
     # the page: mean ± std over the seeds, equal to what the evaluations wrote
     page = (root / "docs" / "results.md").read_text()
     for group in ("full-baseline", "low-baseline", "low-both"):
-        vals = {s: [json.loads((root / "reports/bench/eval" / f"{group}-s{k}" / s / "scores.json").read_text())["mIoU"] for k in (0, 1)]
-                for s in ("validation", "validation_shift")}
+        vals = {
+            s: [
+                json.loads((root / "reports/bench/eval" / f"{group}-s{k}" / s / "scores.json").read_text())["mIoU"]
+                for k in (0, 1)
+            ]
+            for s in ("validation", "validation_shift")
+        }
         row = next(line for line in page.splitlines() if line.startswith(f"| `{group}` | 2 |"))
         cells = [c.strip() for c in row.split("|")]
-        assert cells[3] == f"{statistics.fmean(vals['validation']):.1f} ± {statistics.stdev(vals['validation']):.1f}", row
-        assert cells[5] == f"{statistics.fmean(vals['validation_shift']):.1f} ± {statistics.stdev(vals['validation_shift']):.1f}", row
+        assert cells[3] == f"{statistics.fmean(vals['validation']):.1f} ± {statistics.stdev(vals['validation']):.1f}", (
+            row
+        )
+        assert (
+            cells[5]
+            == f"{statistics.fmean(vals['validation_shift']):.1f} ± {statistics.stdev(vals['validation_shift']):.1f}"
+        ), row
         if group.endswith("both"):
             base = group.replace("both", "baseline")
             d = statistics.fmean(vals["validation"]) - statistics.fmean(
-                [json.loads((root / "reports/bench/eval" / f"{base}-s{k}" / "validation" / "scores.json").read_text())["mIoU"] for k in (0, 1)])
+                [
+                    json.loads(
+                        (root / "reports/bench/eval" / f"{base}-s{k}" / "validation" / "scores.json").read_text()
+                    )["mIoU"]
+                    for k in (0, 1)
+                ]
+            )
             assert cells[4].startswith(f"{d:+.1f}"), row
     assert "try 1: nothing yet" in page  # the tuning log is inlined
     pictures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", page)
-    # the chart, 2 regimes x 2 synthetic grids, 3 (baseline or both) groups x 2 splits of predictions
-    assert "img/results/miou.png" in pictures and len(pictures) == 1 + 4 + 6
+    # the chart, 2 regimes x 2 synthetic grids, 4 (baseline or both) groups x 2 splits of predictions
+    assert "img/results/miou.png" in pictures and len(pictures) == 1 + 4 + 8
     for p in pictures:
         assert (root / "docs" / p).stat().st_size > 1000, p
     assert ran(dvc(root, "repro", "bench/dvc.yaml", env=env)) == ["check_models"]

@@ -41,15 +41,20 @@ def test_layouts_and_content(small_benchmark):
     meta = load_meta(small_benchmark)
     assert meta.num_classes == 10 and len(meta.thing_ids) == 5
     counts = check_dataset(small_benchmark, progress=False)
-    assert counts == {f"{s}: {k}": n for s, n in (("training", 24), ("validation", 8), ("validation_shift", 8))
-                      for k in ("samples", "panoptic annotations")}
+    assert counts == {
+        f"{s}: {k}": n
+        for s, n in (("training", 24), ("validation", 8), ("validation_shift", 8))
+        for k in ("samples", "panoptic annotations")
+    }
     ds = ADE20KDataset(small_benchmark, "training")
     seen = set()
     for img, lab in ds:
         assert img.shape == (64, 64, 3) and lab.shape == (64, 64)
         seen |= set(np.unique(lab).tolist())
     assert seen <= set(range(1, 11)) and len(seen) >= 8
-    pan = CocoPanoptic(small_benchmark / "panoptic/panoptic_training.json", image_dir=small_benchmark / "images/training")
+    pan = CocoPanoptic(
+        small_benchmark / "panoptic/panoptic_training.json", image_dir=small_benchmark / "images/training"
+    )
     things_per_image = []
     for i in range(len(pan)):
         s = pan[i]
@@ -84,9 +89,15 @@ def test_shifted_domain_differs_in_appearance(small_benchmark):
 def test_prepare_is_skipped_when_current_and_killed_run_leaves_nothing(tmp_path):
     root = tmp_path / "data" / "benchmark"
     params = tmp_path / "params.yaml"
-    params.write_text(f"data:\n  root: {root}\n  benchmark:\n    num_train: 4000\n    num_val: 4\n    num_val_shift: 4\n")
-    proc = subprocess.Popen([sys.executable, "-m", "seggen.cli", "--params", str(params), "prepare"], cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    params.write_text(
+        f"data:\n  root: {root}\n  benchmark:\n    num_train: 4000\n    num_val: 4\n    num_val_shift: 4\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "seggen.cli", "--params", str(params), "prepare"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 60
     while time.time() < deadline and not list((tmp_path / "data").glob(".benchmark.*.tmp/images/training/*.jpg")):
         time.sleep(0.05)
@@ -95,28 +106,42 @@ def test_prepare_is_skipped_when_current_and_killed_run_leaves_nothing(tmp_path)
     assert not root.exists()  # nothing half-written under the real name
     # re-run (smaller, to keep the test quick): completes, and cleans the stale temp dir
     params.write_text(f"data:\n  root: {root}\n  benchmark:\n    num_train: 8\n    num_val: 4\n    num_val_shift: 4\n")
-    r = subprocess.run([sys.executable, "-m", "seggen.cli", "--params", str(params), "prepare"], cwd=tmp_path,
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "seggen.cli", "--params", str(params), "prepare"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     assert not list((tmp_path / "data").glob(".benchmark.*"))
     before = digest_tree(root)
     p = BenchmarkParams(num_train=8, num_val=4, num_val_shift=4)
     assert stale_reason(root, p, 0) is None
-    r = subprocess.run([sys.executable, "-m", "seggen.cli", "--params", str(params), "prepare"], cwd=tmp_path,
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "seggen.cli", "--params", str(params), "prepare"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0 and digest_tree(root) == before
     assert stale_reason(root, p.model_copy(update={"resolution": 96}), 0) == "rendered with other params"
 
 
 def _prepare(tmp_path, *args):
-    return subprocess.run([sys.executable, "-m", "seggen.cli", "--params", "params.yaml", *args, "prepare"], cwd=tmp_path,
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "seggen.cli", "--params", "params.yaml", *args, "prepare"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
 
 
 def test_prepare_checks_every_file_before_up_to_date(tmp_path):
     """A deleted image or an emptied annotation is found (named), and the dataset rendered again;
     a file seggen did not write stops a re-render instead of being deleted."""
-    (tmp_path / "params.yaml").write_text("data:\n  benchmark:\n    num_train: 6\n    num_val: 3\n    num_val_shift: 3\n")
+    (tmp_path / "params.yaml").write_text(
+        "data:\n  benchmark:\n    num_train: 6\n    num_val: 3\n    num_val_shift: 3\n"
+    )
     assert _prepare(tmp_path).returncode == 0
     root = tmp_path / "data" / "benchmark"
     before = digest_tree(root)
@@ -151,6 +176,13 @@ def test_prepare_never_replaces_a_real_dataset(ade_root, tmp_path):
     shutil.copytree(ade_root, real)
     (real / "notes.txt").write_text("my notes")
     before = digest_tree(real)
-    r = subprocess.run([sys.executable, "-m", "seggen.cli", "prepare", "--root", str(real)], cwd=tmp_path, capture_output=True, text=True)
-    assert r.returncode == 2 and r.stderr.startswith(f"error: data.root {real}: the directory exists and was not written by seggen")
+    r = subprocess.run(
+        [sys.executable, "-m", "seggen.cli", "prepare", "--root", str(real)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2 and r.stderr.startswith(
+        f"error: data.root {real}: the directory exists and was not written by seggen"
+    )
     assert digest_tree(real) == before and sorted(p.name for p in tmp_path.iterdir()) == ["ADEChallengeData2016"]

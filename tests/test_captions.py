@@ -28,7 +28,14 @@ def test_label_caption_names_counts_and_positions(small_benchmark):
 
 def test_plural():
     assert [plural(w) for w in ["car", "person", "bus", "bookcase", "sky", "box", "baby"]] == [
-        "cars", "people", "buses", "bookcases", "sky", "boxes", "babies"]
+        "cars",
+        "people",
+        "buses",
+        "bookcases",
+        "sky",
+        "boxes",
+        "babies",
+    ]
 
 
 def test_cache_skips_and_recaptions_changed_images(small_benchmark, tmp_path):
@@ -77,9 +84,26 @@ def tiny_blip(tmp_path_factory):
     image_proc = BlipImageProcessorPil(size={"height": 32, "width": 32})
     processor = BlipProcessor(image_processor=image_proc, tokenizer=tok)
     cfg = BlipConfig(
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8),
-        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                         encoder_hidden_size=32, max_position_embeddings=40, bos_token_id=2, sep_token_id=3, pad_token_id=0),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
+        text_config=dict(
+            vocab_size=len(vocab),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            encoder_hidden_size=32,
+            max_position_embeddings=40,
+            bos_token_id=2,
+            sep_token_id=3,
+            pad_token_id=0,
+        ),
         projection_dim=32,
     )
     import torch
@@ -93,11 +117,24 @@ def tiny_blip(tmp_path_factory):
 
 def test_blip_captioner_batched_from_local_dir(small_benchmark, tiny_blip, tmp_path):
     out = tmp_path / "blip.jsonl"
-    stats = caption_dataset(small_benchmark, "training", out, captioner="blip", model=str(tiny_blip), batch_size=5,
-                            max_new_tokens=6, progress=False)
+    stats = caption_dataset(
+        small_benchmark,
+        "training",
+        out,
+        captioner="blip",
+        model=str(tiny_blip),
+        batch_size=5,
+        max_new_tokens=6,
+        progress=False,
+    )
     assert stats["captioned"] == 24
     rows = read_captions(out)
     assert all(r.captioner == f"blip:{tiny_blip}" and isinstance(r.caption, str) for r in rows.values())
     # switching captioner recaptions everything; the same captioner again skips everything
-    assert caption_dataset(small_benchmark, "training", out, captioner="blip", model=str(tiny_blip), progress=False)["skipped"] == 24
+    assert (
+        caption_dataset(small_benchmark, "training", out, captioner="blip", model=str(tiny_blip), progress=False)[
+            "skipped"
+        ]
+        == 24
+    )
     assert caption_dataset(small_benchmark, "training", out, progress=False)["captioned"] == 24

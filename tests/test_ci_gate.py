@@ -4,12 +4,15 @@ status 1, on a planted regression (the segmenter's learning rate forced to zero)
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
-from typer.testing import CliRunner
+import pytest
 
 from seggen.ci_check import compare
-from seggen.cli import app
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,13 +25,25 @@ def test_compare_bands():
     assert bad[0].startswith("baseline/validation: mIoU 47.90 < baseline 50.00") and "no score" in bad[1]
 
 
-def test_gate_fails_on_a_planted_regression(monkeypatch, tmp_path):
-    import seggen.segmenter.train as train
-
-    monkeypatch.setattr(train, "poly_lr", lambda *a, **k: 0.0)  # the planted bug: the segmenter never learns
-    r = CliRunner().invoke(app, ["ci-check", "--baseline", str(REPO / "ci" / "baseline.json"),
-                                 "--ci-params", str(REPO / "ci" / "params.yaml"), "--workdir", str(tmp_path / "run")])
-    assert r.exit_code == 1, r.output[-3000:]
-    assert "mIoU regression against" in r.output and "REGRESSION" in r.output
+@pytest.mark.slow
+def test_gate_fails_on_a_planted_regression(tmp_path):
+    """`seggen ci-check` runs dvc.yaml's pipeline through `dvc repro`; a copy of the package whose
+    segmenter never learns (learning rate forced to zero), first on PYTHONPATH, must fail the gate."""
+    planted = tmp_path / "planted"
+    shutil.copytree(REPO / "seggen", planted / "seggen", ignore=shutil.ignore_patterns("__pycache__"))
+    train = planted / "seggen" / "segmenter" / "train.py"
+    text = train.read_text()
+    assert "def poly_lr(" in text
+    train.write_text(text.replace("def poly_lr(", "def poly_lr(*a, **k):\n    return 0.0\n\n\ndef _real_poly_lr(", 1))
+    env = {**os.environ, "PYTHONPATH": str(planted)}
+    r = subprocess.run(
+        [sys.executable, "-m", "seggen.cli", "ci-check", "--workdir", str(tmp_path / "run")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert r.returncode == 1, (r.stdout + r.stderr)[-3000:]
+    assert "mIoU regression against" in r.stderr and "REGRESSION" in r.stderr
     baseline = json.loads((REPO / "ci" / "baseline.json").read_text())["mIoU"]["baseline"]["validation"]
-    assert f"< baseline {baseline:.2f}" in r.output
+    assert f"< baseline {baseline:.2f}" in r.stderr

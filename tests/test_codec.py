@@ -2,7 +2,14 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from seggen.codec import Palette, build_nearest_lut, decode_naive, instance_boundaries, make_distinct, palette_for_ade20k
+from seggen.codec import (
+    Palette,
+    build_nearest_lut,
+    decode_naive,
+    instance_boundaries,
+    make_distinct,
+    palette_for_ade20k,
+)
 from seggen.data.ade20k import ADE20KDataset
 from seggen.data.coco import CocoPanoptic
 from seggen.data.meta import load_meta
@@ -54,7 +61,9 @@ def test_noisy_decode_matches_naive_nearest(ade_root, ade_palette):
 def test_lut_matches_naive_on_random_colours_and_ties():
     rng = np.random.default_rng(1)
     # equidistant colours force ties: the lowest index must win, as in argmin
-    cols = np.array([[0, 0, 0], [10, 0, 0], [0, 10, 0], [5, 5, 0], [255, 255, 255], [128, 128, 128], [120, 136, 128]], np.uint8)
+    cols = np.array(
+        [[0, 0, 0], [10, 0, 0], [0, 10, 0], [5, 5, 0], [255, 255, 255], [128, 128, 128], [120, 136, 128]], np.uint8
+    )
     lut = build_nearest_lut(cols)
     keys = rng.integers(0, 2**24, 400_000)
     near = np.concatenate([keys, np.arange(0, 40 * 65536, 257)])  # dense region around the tied colours

@@ -3,10 +3,9 @@ import sys
 
 import pytest
 
+from conftest import REPO
 from seggen.config import Params, load_params, parse_overrides
 from seggen.errors import ConfigError
-
-from conftest import REPO
 
 
 def test_repo_params_yaml_is_valid():
@@ -31,7 +30,10 @@ def test_missing_explicit_file_is_error(tmp_path):
     [
         ("data:\n  benchmrk: {}\n", r"data\.benchmrk: unknown key"),
         ("sede: 1\n", r"sede: unknown key"),
-        ("data:\n  benchmark:\n    resolution: 8\n", r"data\.benchmark\.resolution: .*greater than or equal to 32 \(got 8\)"),
+        (
+            "data:\n  benchmark:\n    resolution: 8\n",
+            r"data\.benchmark\.resolution: .*greater than or equal to 32 \(got 8\)",
+        ),
         ("data:\n  format: cityscapes\n", r"data\.format: .*'benchmark', 'ade20k' or 'coco'"),
         ("eval:\n  reduce_zero_label: maybe\n", r"eval\.reduce_zero_label: .*boolean"),
         ("seed: -1\n", r"seed: .*greater than or equal to 0"),
@@ -49,7 +51,9 @@ def test_bad_params_name_the_key(tmp_path, yaml_text, message):
 
 
 def test_overrides():
-    p = load_params(REPO / "params.yaml", parse_overrides(["data.benchmark.resolution=96", "mask2img.train_base=false"]))
+    p = load_params(
+        REPO / "params.yaml", parse_overrides(["data.benchmark.resolution=96", "mask2img.train_base=false"])
+    )
     assert p.data.benchmark.resolution == 96 and p.mask2img.train_base is False
     # the pipeline's label PNGs are 0 = ignored: without the reduction every class would be scored against its neighbour
     with pytest.raises(ConfigError, match=r"^--set eval\.reduce_zero_label: must be true"):
@@ -64,7 +68,10 @@ def test_cli_reports_bad_params_in_one_line(tmp_path):
     f = tmp_path / "p.yaml"
     f.write_text("data:\n  benchmark:\n    num_train: zero\n")
     r = subprocess.run(
-        [sys.executable, "-m", "seggen.cli", "--params", str(f), "prepare"], capture_output=True, text=True, cwd=tmp_path
+        [sys.executable, "-m", "seggen.cli", "--params", str(f), "prepare"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
     )
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
@@ -87,7 +94,9 @@ def test_bench_profile_is_valid_and_complete():
             assert seg.real_subset == low.real_subset
         else:
             assert seg.real_subset is None
-    assert groups == {f"{r}-{a}": {0, 1, 2} for r in ("full", "low") for a in ("baseline", "imgsyn", "masksyn", "both", "pretrain")}
+    assert groups == {
+        f"{r}-{a}": {0, 1, 2} for r in ("full", "low") for a in ("baseline", "imgsyn", "masksyn", "both", "pretrain")
+    }
     # the data and captions are the main pipeline's (bench/dvc.yaml depends on them)
     main = load_params(REPO / "params.yaml")
     assert p.data == main.data and p.caption == main.caption
@@ -99,8 +108,14 @@ def test_bench_profile_is_valid_and_complete():
         ({"regimes": {"low": {"real_subsett": 5}}}, r"regimes\.low\.real_subsett: unknown key"),
         ({"regimes": {"low": {"out": "x"}}}, r"regimes\.low\.out: a regime's datasets go to synthesize\.out/low"),
         ({"regimes": {"Low": {}}}, r"regimes\.Low: regime names"),
-        ({"regimes": {"low": {"real_subset": 50}}, "arms": {"a": {"strategy": "augment", "real_subset": 40, "synthetic_root": "data/synthetic/low"}}},
-         r"arms\.a\.real_subset: 40 but its synthetic data \(data/synthetic/low\) is regime low's, made from real_subset 50"),
+        (
+            {
+                "regimes": {"low": {"real_subset": 50}},
+                "arms": {"a": {"strategy": "augment", "real_subset": 40, "synthetic_root": "data/synthetic/low"}},
+            },
+            r"arms\.a\.real_subset: 40 but its synthetic data \(data/synthetic/low\) is regime low's, made from "
+            r"real_subset 50",
+        ),
         ({"arms": {"a": {"seed": -1}}}, r"arms\.a\.seed: .*greater than or equal to 0"),
     ],
 )

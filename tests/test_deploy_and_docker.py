@@ -26,8 +26,12 @@ def _help(argv: list[str]) -> str:
         words.append(a)
     exe = BIN / words[0]
     assert exe.exists(), f"{words[0]} is not installed by the package"
-    r = subprocess.run([str(exe), *words[1:], "--help"], capture_output=True, text=True, env={"PATH": str(BIN), "HOME": "/tmp",
-                                                                                            "COLUMNS": "200", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
+    r = subprocess.run(
+        [str(exe), *words[1:], "--help"],
+        capture_output=True,
+        text=True,
+        env={"PATH": str(BIN), "HOME": "/tmp", "COLUMNS": "200", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"},
+    )
     assert r.returncode == 0, f"{' '.join(words)} --help: {r.stderr[-1000:]}"
     return r.stdout
 
@@ -38,7 +42,10 @@ def test_compose_parses_and_its_commands_exist():
     assert set(services) == {"mlflow", "prefect-server", "prefect-worker", "deploy"}
     assert set(doc["volumes"]) >= {"seggen-data", "mlflow", "prefect", "dvc-cache"}
     for name, svc in services.items():
-        assert svc["build"]["dockerfile"] == "docker/Dockerfile" and (REPO / "docker" / svc["build"]["context"]).resolve() == REPO
+        assert (
+            svc["build"]["dockerfile"] == "docker/Dockerfile"
+            and (REPO / "docker" / svc["build"]["context"]).resolve() == REPO
+        )
         for port in svc.get("ports", []):
             assert port.startswith("127.0.0.1:"), f"{name}: publish on the host's loopback only"
         for dep, cond in svc.get("depends_on", {}).items():
@@ -53,7 +60,11 @@ def test_compose_parses_and_its_commands_exist():
 
 
 def test_dockerfile_copies_what_exists():
-    lines = [ln.strip() for ln in (REPO / "docker" / "Dockerfile").read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    lines = [
+        ln.strip()
+        for ln in (REPO / "docker" / "Dockerfile").read_text().splitlines()
+        if ln.strip() and not ln.startswith("#")
+    ]
     assert lines[0].startswith("FROM ")
     for ln in lines:
         if ln.startswith("COPY "):
@@ -72,16 +83,28 @@ def test_example_workflow_runs_the_tests_and_the_gate():
 
 
 def test_deploy_registers_the_deployments_on_a_work_pool(prefect_server, tmp_path):
-    r = subprocess.run([str(BIN / "seggen"), "deploy", "--pool", "seggen-test", "--project", str(tmp_path)], cwd=REPO,
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [str(BIN / "seggen"), "deploy", "--pool", "seggen-test", "--project", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
-    req = urllib.request.Request(prefect_server + "/deployments/filter", data=b"{}", headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        prefect_server + "/deployments/filter", data=b"{}", headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(req, timeout=30) as resp:
         deps = [d for d in json.loads(resp.read()) if d.get("work_pool_name") == "seggen-test"]
     assert {d["name"] for d in deps} == {"full-pipeline", "synthesis-only", "train-evaluate", "bench"}
     assert all(d["parameters"]["request"]["project_dir"] == str(tmp_path) for d in deps)
     assert {d["name"]: d["parameters"]["request"].get("profile") for d in deps}["bench"] == "bench"
-    assert {d["entrypoint"] for d in deps} == {"flows/pipeline.py:pipeline", "flows/pipeline.py:synthesis", "flows/pipeline.py:train_evaluate",
-                                               "flows/pipeline.py:bench"}
+    assert {d["entrypoint"] for d in deps} == {
+        "flows/pipeline.py:pipeline",
+        "flows/pipeline.py:synthesis",
+        "flows/pipeline.py:train_evaluate",
+        "flows/pipeline.py:bench",
+    }
     for d in deps:  # the same names are served by test_pipeline.py against this server
-        urllib.request.urlopen(urllib.request.Request(f"{prefect_server}/deployments/{d['id']}", method="DELETE"), timeout=30)
+        urllib.request.urlopen(
+            urllib.request.Request(f"{prefect_server}/deployments/{d['id']}", method="DELETE"), timeout=30
+        )

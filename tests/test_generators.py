@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from seggen.captions import caption_dataset
+from helpers import TINY_UNET, tiny_params  # noqa: F401
 from seggen.config import load_params
 from seggen.errors import DataError
-from helpers import TINY_UNET, tiny_params  # noqa: F401
+
 
 def weights(model_dir: Path, sub: str) -> dict:
     from safetensors.torch import load_file
@@ -33,7 +33,12 @@ def trained(small_benchmark, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("gen")
     p = load_params(tiny_params(tmp, small_benchmark))
-    return {"tmp": tmp, "params": p, "t2m": train_text2mask(p, progress=False), "m2i": train_mask2img(p, progress=False)}
+    return {
+        "tmp": tmp,
+        "params": p,
+        "t2m": train_text2mask(p, progress=False),
+        "m2i": train_mask2img(p, progress=False),
+    }
 
 
 def test_models_load_with_plain_diffusers_and_transformers(trained):
@@ -77,13 +82,50 @@ def test_mask2img_sampling(trained, small_benchmark):
 
 def test_cli_sample_commands(trained, small_benchmark):
     tmp, params = trained["tmp"], trained["tmp"] / "params.yaml"
-    r = subprocess.run([sys.executable, "-m", "seggen.cli", "--params", str(params), "sample", "text2mask",
-                        "--prompt", "two cars on a road", "--n", "3", "--out", str(tmp / "s1")], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "seggen.cli",
+            "--params",
+            str(params),
+            "sample",
+            "text2mask",
+            "--prompt",
+            "two cars on a road",
+            "--n",
+            "3",
+            "--out",
+            str(tmp / "s1"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     assert len(list((tmp / "s1").glob("mask_*.png"))) == 3 and (tmp / "s1/grid.png").exists()
     label = sorted((small_benchmark / "annotations/training").iterdir())[0]
-    r = subprocess.run([sys.executable, "-m", "seggen.cli", "--params", str(params), "sample", "mask2img", "--mask", str(label),
-                        "--labels", "--prompt", "a house", "--n", "2", "--out", str(tmp / "s2")], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "seggen.cli",
+            "--params",
+            str(params),
+            "sample",
+            "mask2img",
+            "--mask",
+            str(label),
+            "--labels",
+            "--prompt",
+            "a house",
+            "--n",
+            "2",
+            "--out",
+            str(tmp / "s2"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     assert len(list((tmp / "s2").glob("image_*.png"))) == 2
 
@@ -103,7 +145,11 @@ def test_checkpoints_of_other_params_are_set_aside_and_more_steps_resume(small_b
     ck = tmp_path / "t2m" / "checkpoints"
     assert (ck / "step_0000004").exists()
     # more steps: resumes from step 4
-    more = p.model_copy(update={"text2mask": p.text2mask.model_copy(update={"train": p.text2mask.train.model_copy(update={"steps": 6})})})
+    more = p.model_copy(
+        update={
+            "text2mask": p.text2mask.model_copy(update={"train": p.text2mask.train.model_copy(update={"steps": 6})})
+        }
+    )
     with caplog.at_level("INFO"):
         train_text2mask(more, progress=False)
     assert "resuming text2mask" in caplog.text and (ck / "step_0000006").exists()
@@ -206,10 +252,18 @@ def test_pretrained_latent_path(tiny_sd, small_benchmark, tmp_path):
     from seggen.generators.mask2img import Mask2ImgSampler, train_mask2img
     from seggen.generators.text2mask import sample_text2mask, train_text2mask
 
-    p = load_params(tiny_params(tmp_path, small_benchmark, steps=2, **{
-        "text2mask.pretrained": str(tiny_sd), "mask2img.pretrained": str(tiny_sd),
-        "mask2img.controlnet": {"conditioning_embedding_out_channels": [8, 8]},  # 2x downsampling VAE
-    }))
+    p = load_params(
+        tiny_params(
+            tmp_path,
+            small_benchmark,
+            steps=2,
+            **{
+                "text2mask.pretrained": str(tiny_sd),
+                "mask2img.pretrained": str(tiny_sd),
+                "mask2img.controlnet": {"conditioning_embedding_out_channels": [8, 8]},  # 2x downsampling VAE
+            },
+        )
+    )
     t2m = train_text2mask(p, progress=False)
     assert (t2m / "vae").is_dir()
     res = sample_text2mask(t2m, ["a car"], n_per_prompt=2, steps=2, progress=False)
@@ -230,14 +284,18 @@ def test_instance_aware_text2mask_and_grad_accum(small_benchmark, tmp_path):
     grad_accum > 1 runs through accelerate's accumulation."""
     from seggen.generators.text2mask import Text2MaskSampler, sample_text2mask, train_text2mask
 
-    p = load_params(tiny_params(tmp_path, small_benchmark, steps=2, **{"text2mask.instances": True, "text2mask.train.grad_accum": 2}))
+    p = load_params(
+        tiny_params(
+            tmp_path, small_benchmark, steps=2, **{"text2mask.instances": True, "text2mask.train.grad_accum": 2}
+        )
+    )
     model = train_text2mask(p, progress=False)
     s = Text2MaskSampler(model)
     assert s.palette.boundary and len(s.palette.colors) == 12  # ignore + 10 classes + boundary
     res = sample_text2mask(model, ["two cars on a road"], n_per_prompt=2, steps=2, progress=False)
     assert res["instances"].shape == (2, 16, 16) and res["labels"].max() <= 10
     # the training maps really carried boundaries between touching same-class instances
-    from seggen.generators.common import load_generator_data
+    from seggen.generators.diffusion import load_generator_data
 
     data = load_generator_data(p, 16, instances=True)
     boundary = np.asarray(data.palette.colors[data.palette.boundary_index], np.float32) / 127.5 - 1
@@ -257,13 +315,35 @@ def tiny_sdxl(tiny_sd, tmp_path_factory):
         shutil.copytree(tiny_sd / sub, d / sub)
     shutil.copytree(tiny_sd / "tokenizer", d / "tokenizer_2")
     torch.manual_seed(1)
-    CLIPTextModelWithProjection(CLIPTextConfig(vocab_size=128, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                               num_attention_heads=2, max_position_embeddings=40, projection_dim=16, pad_token_id=0,
-                                               bos_token_id=2, eos_token_id=3)).save_pretrained(d / "text_encoder_2")
-    UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), block_out_channels=(8, 16), layers_per_block=1,
-                         cross_attention_dim=32, attention_head_dim=4, norm_num_groups=4, addition_embed_type="text_time",
-                         addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 16).save_pretrained(d / "unet")
+    CLIPTextModelWithProjection(
+        CLIPTextConfig(
+            vocab_size=128,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=40,
+            projection_dim=16,
+            pad_token_id=0,
+            bos_token_id=2,
+            eos_token_id=3,
+        )
+    ).save_pretrained(d / "text_encoder_2")
+    UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        cross_attention_dim=32,
+        attention_head_dim=4,
+        norm_num_groups=4,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + 16,
+    ).save_pretrained(d / "unet")
     return d
 
 
@@ -272,10 +352,18 @@ def test_pretrained_sdxl_path(tiny_sdxl, small_benchmark, tmp_path):
     from seggen.generators.mask2img import Mask2ImgSampler, train_mask2img
     from seggen.generators.text2mask import sample_text2mask, train_text2mask
 
-    p = load_params(tiny_params(tmp_path, small_benchmark, steps=2, **{
-        "text2mask.pretrained": str(tiny_sdxl), "mask2img.pretrained": str(tiny_sdxl),
-        "mask2img.controlnet": {"conditioning_embedding_out_channels": [8, 8]},
-    }))
+    p = load_params(
+        tiny_params(
+            tmp_path,
+            small_benchmark,
+            steps=2,
+            **{
+                "text2mask.pretrained": str(tiny_sdxl),
+                "mask2img.pretrained": str(tiny_sdxl),
+                "mask2img.controlnet": {"conditioning_embedding_out_channels": [8, 8]},
+            },
+        )
+    )
     t2m = train_text2mask(p, progress=False)
     assert (t2m / "text_encoder_2").is_dir() and (t2m / "tokenizer_2").is_dir()
     assert sample_text2mask(t2m, ["a car"], n_per_prompt=2, steps=2, progress=False)["rgb"].shape == (2, 16, 16, 3)
@@ -288,12 +376,32 @@ def test_ema_and_bf16_train_checkpoint_and_resume(small_benchmark, tmp_path, cap
     """EMA weights are checkpointed and restored on resume; bf16 autocast runs through accelerate."""
     from seggen.generators.text2mask import train_text2mask
 
-    p = load_params(tiny_params(tmp_path, small_benchmark, steps=2, **{
-        "text2mask.train.ema": True, "text2mask.train.ema_decay": 0.9, "text2mask.train.mixed_precision": "bf16"}))
+    p = load_params(
+        tiny_params(
+            tmp_path,
+            small_benchmark,
+            steps=2,
+            **{
+                "text2mask.train.ema": True,
+                "text2mask.train.ema_decay": 0.9,
+                "text2mask.train.mixed_precision": "bf16",
+            },
+        )
+    )
     train_text2mask(p, progress=False)
     assert (tmp_path / "t2m/checkpoints/step_0000002/unet_ema").is_dir()
-    longer = load_params(tiny_params(tmp_path, small_benchmark, steps=4, **{
-        "text2mask.train.ema": True, "text2mask.train.ema_decay": 0.9, "text2mask.train.mixed_precision": "bf16"}))
+    longer = load_params(
+        tiny_params(
+            tmp_path,
+            small_benchmark,
+            steps=4,
+            **{
+                "text2mask.train.ema": True,
+                "text2mask.train.ema_decay": 0.9,
+                "text2mask.train.mixed_precision": "bf16",
+            },
+        )
+    )
     with caplog.at_level("INFO"):
         model = train_text2mask(longer, progress=False)
     assert "resuming text2mask" in caplog.text

@@ -52,7 +52,14 @@ def detections(gt_json, rng, kind):
                 m[y : y + 40, x : x + 40] = 1
                 enc = mask_utils.encode(m)
                 enc["counts"] = enc["counts"].decode()
-                dets.append({"image_id": im["id"], "category_id": int(rng.choice(cat_ids)), "segmentation": enc, "score": float(rng.random())})
+                dets.append(
+                    {
+                        "image_id": im["id"],
+                        "category_id": int(rng.choice(cat_ids)),
+                        "segmentation": enc,
+                        "score": float(rng.random()),
+                    }
+                )
     return dets
 
 
@@ -112,8 +119,24 @@ def test_cli_instance_keys(gt_json, tmp_path):
     d = tmp_path / "dets.json"
     d.write_text(json.dumps(detections(gt_json, np.random.default_rng(0), "noisy")))
     out = tmp_path / "ap.json"
-    r = subprocess.run([sys.executable, "-m", "seggen.cli", "eval", "instance", "--gt-json", str(gt_json), "--dt-json", str(d),
-                        "--json", str(out)], capture_output=True, text=True, cwd=tmp_path)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "seggen.cli",
+            "eval",
+            "instance",
+            "--gt-json",
+            str(gt_json),
+            "--dt-json",
+            str(d),
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     assert {"AP", "AP50", "AP75", "APs", "APm", "APl"} <= set(json.loads(out.read_text()))
 
@@ -170,4 +193,8 @@ def test_no_detections_scores_zero_and_settings_are_recorded(gt_json, tmp_path):
     m = evaluate_instances(gt_json, d)
     assert m["AP"] == 0.0 and m["num_detections"] == 0
     s = m["settings"]
-    assert s["iou_type"] == "segm" and s["max_dets"] == [1, 10, 100] and len(s["categories"]) == len(json.loads(gt_json.read_text())["categories"])
+    assert (
+        s["iou_type"] == "segm"
+        and s["max_dets"] == [1, 10, 100]
+        and len(s["categories"]) == len(json.loads(gt_json.read_text())["categories"])
+    )

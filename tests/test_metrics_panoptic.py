@@ -175,12 +175,40 @@ def test_hand_checked_example(tmp_path):
     _png(tmp_path / "gt/a.png", gt)
     _png(tmp_path / "pr/a.png", pred)
     cats = [{"id": 1, "name": "car", "isthing": 1}, {"id": 2, "name": "sky", "isthing": 0}]
-    area = lambda i: int((gt == i).sum())
-    g = {"images": [{"id": 1, "file_name": "a.jpg"}], "categories": cats, "annotations": [{"image_id": 1, "file_name": "a.png", "segments_info": [
-        {"id": 1, "category_id": 2, "iscrowd": 0, "area": area(1)}, {"id": 2, "category_id": 1, "iscrowd": 0, "area": area(2)},
-        {"id": 3, "category_id": 1, "iscrowd": 0, "area": area(3)}, {"id": 4, "category_id": 1, "iscrowd": 1, "area": area(4)}]}]}
-    p = {"annotations": [{"image_id": 1, "file_name": "a.png", "segments_info": [
-        {"id": 5, "category_id": 2}, {"id": 7, "category_id": 1}, {"id": 8, "category_id": 1}, {"id": 9, "category_id": 1}]}]}
+
+    def area(i):
+        return int((gt == i).sum())
+
+    g = {
+        "images": [{"id": 1, "file_name": "a.jpg"}],
+        "categories": cats,
+        "annotations": [
+            {
+                "image_id": 1,
+                "file_name": "a.png",
+                "segments_info": [
+                    {"id": 1, "category_id": 2, "iscrowd": 0, "area": area(1)},
+                    {"id": 2, "category_id": 1, "iscrowd": 0, "area": area(2)},
+                    {"id": 3, "category_id": 1, "iscrowd": 0, "area": area(3)},
+                    {"id": 4, "category_id": 1, "iscrowd": 1, "area": area(4)},
+                ],
+            }
+        ],
+    }
+    p = {
+        "annotations": [
+            {
+                "image_id": 1,
+                "file_name": "a.png",
+                "segments_info": [
+                    {"id": 5, "category_id": 2},
+                    {"id": 7, "category_id": 1},
+                    {"id": 8, "category_id": 1},
+                    {"id": 9, "category_id": 1},
+                ],
+            }
+        ]
+    }
     (tmp_path / "g.json").write_text(json.dumps(g))
     (tmp_path / "p.json").write_text(json.dumps(p))
     m = evaluate_panoptic(tmp_path / "g.json", tmp_path / "gt", tmp_path / "p.json", tmp_path / "pr")
@@ -199,7 +227,9 @@ def test_bad_predictions_are_errors(coco, tmp_path):
     dropped = d["annotations"][0]["segments_info"].pop(0)
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(d))
-    with pytest.raises(DataError, match=f"predicted segment id {dropped['id']} is in the PNG but not in the prediction JSON"):
+    with pytest.raises(
+        DataError, match=f"predicted segment id {dropped['id']} is in the PNG but not in the prediction JSON"
+    ):
         evaluate_panoptic(coco[0], coco[1], bad, pd)
     d = json.loads(pj.read_text())
     d["annotations"] = d["annotations"][:1]
@@ -217,8 +247,26 @@ def test_cli_panoptic_keys(coco, tmp_path):
     pj, pd = make_prediction(coco, tmp_path, np.random.default_rng(0), "drop")
     out = tmp_path / "pq.json"
     r = subprocess.run(
-        [sys.executable, "-m", "seggen.cli", "eval", "panoptic", "--gt-json", str(coco[0]), "--gt-dir", str(coco[1]),
-         "--pred-json", str(pj), "--pred-dir", str(pd), "--json", str(out)], capture_output=True, text=True, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "seggen.cli",
+            "eval",
+            "panoptic",
+            "--gt-json",
+            str(coco[0]),
+            "--gt-dir",
+            str(coco[1]),
+            "--pred-json",
+            str(pj),
+            "--pred-dir",
+            str(pd),
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
     )
     assert r.returncode == 0, r.stderr
     m = json.loads(out.read_text())

@@ -30,18 +30,23 @@ def reference_iou(pairs, num_classes, ignore_index=255, reduce_zero_label=False)
         label = label.long()
         pred = torch.from_numpy(pred.astype(np.int64))
         mask = label != ignore_index
-        p, l = pred[mask], label[mask]
-        inter = p[p == l]
+        p, g = pred[mask], label[mask]
+        inter = p[p == g]
         ai = torch.histc(inter.float(), bins=num_classes, min=0, max=num_classes - 1).double()
         ap = torch.histc(p.float(), bins=num_classes, min=0, max=num_classes - 1).double()
-        al = torch.histc(l.float(), bins=num_classes, min=0, max=num_classes - 1).double()
+        al = torch.histc(g.float(), bins=num_classes, min=0, max=num_classes - 1).double()
         ti += ai
         tu += ap + al - ai
         tp += ap
         tl += al
     iou = (ti / tu).numpy()
     acc = (ti / tl).numpy()
-    return {"mIoU": np.nanmean(iou) * 100, "mAcc": np.nanmean(acc) * 100, "aAcc": float(ti.sum() / tl.sum()) * 100, "iou": iou * 100}
+    return {
+        "mIoU": np.nanmean(iou) * 100,
+        "mAcc": np.nanmean(acc) * 100,
+        "aAcc": float(ti.sum() / tl.sum()) * 100,
+        "iou": iou * 100,
+    }
 
 
 def assert_close(ours, ref, tol=1e-4):
@@ -131,10 +136,25 @@ def test_cli_semantic_json(ade_root, ade_labels, tmp_path):
     _write_dir(tmp_path / "pred", preds)
     out = tmp_path / "m.json"
     r = subprocess.run(
-        [sys.executable, "-m", "seggen.cli", "eval", "semantic", "--pred", str(tmp_path / "pred"),
-         "--gt", str(ade_root / "annotations/validation"), "--num-classes", "150", "--reduce-zero-label",
-         "--json", str(out)],
-        capture_output=True, text=True, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "seggen.cli",
+            "eval",
+            "semantic",
+            "--pred",
+            str(tmp_path / "pred"),
+            "--gt",
+            str(ade_root / "annotations/validation"),
+            "--num-classes",
+            "150",
+            "--reduce-zero-label",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
     )
     assert r.returncode == 0, r.stderr
     m = json.loads(out.read_text())
@@ -151,11 +171,25 @@ def test_cli_defaults_are_mmsegmentations_and_recorded(tmp_path):
     gt = {f"im{i}": rng.integers(0, 10, (24, 32)) for i in range(4)}  # 0-indexed labels: 0 is a class
     for g in gt.values():
         g[:3] = 255
-    pred = {k: np.where(rng.random(g.shape) < 0.6, np.minimum(g, 9), rng.integers(0, 10, g.shape)) for k, g in gt.items()}
+    pred = {
+        k: np.where(rng.random(g.shape) < 0.6, np.minimum(g, 9), rng.integers(0, 10, g.shape)) for k, g in gt.items()
+    }
     _write_dir(tmp_path / "gt", gt)
     _write_dir(tmp_path / "pred", pred)
     (tmp_path / "params.yaml").write_text("eval: {reduce_zero_label: true}\nnot_a_section: 1\n")
-    base = [sys.executable, "-m", "seggen.cli", "eval", "semantic", "--pred", "pred", "--gt", "gt", "--num-classes", "10"]
+    base = [
+        sys.executable,
+        "-m",
+        "seggen.cli",
+        "eval",
+        "semantic",
+        "--pred",
+        "pred",
+        "--gt",
+        "gt",
+        "--num-classes",
+        "10",
+    ]
     r = subprocess.run(base + ["--json", "m.json"], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     m = json.loads((tmp_path / "m.json").read_text())
@@ -165,7 +199,9 @@ def test_cli_defaults_are_mmsegmentations_and_recorded(tmp_path):
     r = subprocess.run(base + ["--reduce-zero-label", "--json", "z.json"], capture_output=True, text=True, cwd=tmp_path)
     z = json.loads((tmp_path / "z.json").read_text())
     assert z["settings"]["reduce_zero_label"] is True
-    assert z["mIoU"] == pytest.approx(reference_iou([(pred[k], gt[k]) for k in sorted(gt)], 10, reduce_zero_label=True)["mIoU"], abs=1e-4)
+    assert z["mIoU"] == pytest.approx(
+        reference_iou([(pred[k], gt[k]) for k in sorted(gt)], 10, reduce_zero_label=True)["mIoU"], abs=1e-4
+    )
     assert z["mIoU"] < m["mIoU"] - 20  # the trap the default avoids: every class scored against its neighbour
 
 
@@ -182,8 +218,22 @@ def test_mismatched_stems_and_sizes_are_errors(ade_root, ade_labels, tmp_path):
     with pytest.raises(DataError, match="ADE_val_00000002.png: size 683x512 does not match ground truth"):
         evaluate_semantic_dirs(tmp_path / "size", gt_dir, 150, reduce_zero_label=True)
     r = subprocess.run(
-        [sys.executable, "-m", "seggen.cli", "eval", "semantic", "--pred", str(tmp_path / "size"), "--gt", str(gt_dir),
-         "--num-classes", "150"], capture_output=True, text=True, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "seggen.cli",
+            "eval",
+            "semantic",
+            "--pred",
+            str(tmp_path / "size"),
+            "--gt",
+            str(gt_dir),
+            "--num-classes",
+            "150",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
     )
     last = r.stderr.strip().splitlines()[-1]  # earlier lines are the progress bar
     assert r.returncode == 2 and last.startswith("error: ") and "does not match" in last and "Traceback" not in r.stderr

@@ -164,7 +164,11 @@ def test_coco_panoptic_png_segment_absent_from_json(coco_copy):
     with pytest.raises(DataError) as e:
         pan.load_ids(0)
     msg = one_line(e)
-    assert "000000142238.png: segment id(s)" in msg and str(removed["id"]) in msg and "absent from panoptic_val2017.json" in msg
+    assert (
+        "000000142238.png: segment id(s)" in msg
+        and str(removed["id"]) in msg
+        and "absent from panoptic_val2017.json" in msg
+    )
 
 
 def test_coco_panoptic_size_mismatch(coco_copy):
@@ -217,10 +221,24 @@ def test_coco_instances_polygons(real, tmp_path):
         "images": [img],
         "categories": src["categories"][:2],
         "annotations": [
-            {"id": 1, "image_id": img["id"], "category_id": src["categories"][0]["id"], "iscrowd": 0,
-             "segmentation": [[10, 10, 110, 10, 110, 60, 10, 60]], "area": 5000, "bbox": [10, 10, 100, 50]},
-            {"id": 2, "image_id": img["id"], "category_id": src["categories"][1]["id"], "iscrowd": 0,
-             "segmentation": [[200, 200, 300, 200, 250, 300]], "area": 5000, "bbox": [200, 200, 100, 100]},
+            {
+                "id": 1,
+                "image_id": img["id"],
+                "category_id": src["categories"][0]["id"],
+                "iscrowd": 0,
+                "segmentation": [[10, 10, 110, 10, 110, 60, 10, 60]],
+                "area": 5000,
+                "bbox": [10, 10, 100, 50],
+            },
+            {
+                "id": 2,
+                "image_id": img["id"],
+                "category_id": src["categories"][1]["id"],
+                "iscrowd": 0,
+                "segmentation": [[200, 200, 300, 200, 250, 300]],
+                "area": 5000,
+                "bbox": [200, 200, 100, 100],
+            },
         ],
     }
     j = tmp_path / "poly.json"
@@ -260,18 +278,30 @@ def test_ade20k_meta_matches_official_csv(real):
     meta = ade20k_meta()
     # mmsegmentation's ADE20KDataset.METAINFO classes = Hugging Face's ADE20K id2label (which writes "bed ")
     expected = (
-        "wall, building, sky, floor, tree, ceiling, road, bed, windowpane, grass, cabinet, sidewalk, person, earth, door, "
-        "table, mountain, plant, curtain, chair, car, water, painting, sofa, shelf, house, sea, mirror, rug, field, armchair, "
-        "seat, fence, desk, rock, wardrobe, lamp, bathtub, railing, cushion, base, box, column, signboard, chest of drawers, "
-        "counter, sand, sink, skyscraper, fireplace, refrigerator, grandstand, path, stairs, runway, case, pool table, pillow, "
-        "screen door, stairway, river, bridge, bookcase, blind, coffee table, toilet, flower, book, hill, bench, countertop, "
-        "stove, palm, kitchen island, computer, swivel chair, boat, bar, arcade machine, hovel, bus, towel, light, truck, "
-        "tower, chandelier, awning, streetlight, booth, television receiver, airplane, dirt track, apparel, pole, land, "
-        "bannister, escalator, ottoman, bottle, buffet, poster, stage, van, ship, fountain, conveyer belt, canopy, washer, "
-        "plaything, swimming pool, stool, barrel, basket, waterfall, tent, bag, minibike, cradle, oven, ball, food, step, "
-        "tank, trade name, microwave, pot, animal, bicycle, lake, dishwasher, screen, blanket, sculpture, hood, sconce, vase, "
-        "traffic light, tray, ashcan, fan, pier, crt screen, plate, monitor, bulletin board, shower, radiator, glass, clock, "
-        "flag").split(", ")
+        "wall, building, sky, floor, tree, ceiling, road, bed, windowpane, grass, cabinet, sidewalk, person, earth, "
+        "door, "
+        "table, mountain, plant, curtain, chair, car, water, painting, sofa, shelf, house, sea, mirror, rug, field, "
+        "armchair, "
+        "seat, fence, desk, rock, wardrobe, lamp, bathtub, railing, cushion, base, box, column, signboard, chest of "
+        "drawers, "
+        "counter, sand, sink, skyscraper, fireplace, refrigerator, grandstand, path, stairs, runway, case, pool "
+        "table, pillow, "
+        "screen door, stairway, river, bridge, bookcase, blind, coffee table, toilet, flower, book, hill, bench, "
+        "countertop, "
+        "stove, palm, kitchen island, computer, swivel chair, boat, bar, arcade machine, hovel, bus, towel, light, "
+        "truck, "
+        "tower, chandelier, awning, streetlight, booth, television receiver, airplane, dirt track, apparel, pole, "
+        "land, "
+        "bannister, escalator, ottoman, bottle, buffet, poster, stage, van, ship, fountain, conveyer belt, canopy, "
+        "washer, "
+        "plaything, swimming pool, stool, barrel, basket, waterfall, tent, bag, minibike, cradle, oven, ball, food, "
+        "step, "
+        "tank, trade name, microwave, pot, animal, bicycle, lake, dishwasher, screen, blanket, sculpture, hood, "
+        "sconce, vase, "
+        "traffic light, tray, ashcan, fan, pier, crt screen, plate, monitor, bulletin board, shower, radiator, "
+        "glass, clock, "
+        "flag"
+    ).split(", ")
     assert [c.name for c in meta.classes] == expected and len(expected) == 150
     # objectInfo150 holds every word of each name (';' separates both synonyms and words there)
     assert all(set(n.split()) <= set(r[5].split(";")) for r, n in zip(rows, expected))
@@ -284,20 +314,30 @@ def test_data_check_reads_a_coco_root(real):
     from seggen.prepare import check_dataset
 
     counts = check_dataset(real / "coco", progress=False)
-    assert counts == {"val2017: instance annotations": 50, "panoptic_coco_categories.json: categories": 133,
-                      "val2017: panoptic annotations": 2}
-    r = subprocess.run([sys.executable, "-m", "seggen.cli", "data", "check", "--root", str(real / "coco")], capture_output=True, text=True)
+    assert counts == {
+        "val2017: instance annotations": 50,
+        "panoptic_coco_categories.json: categories": 133,
+        "val2017: panoptic annotations": 2,
+    }
+    r = subprocess.run(
+        [sys.executable, "-m", "seggen.cli", "data", "check", "--root", str(real / "coco")],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0 and "val2017: panoptic annotations: 2 ok" in r.stdout, r.stderr
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda d: d["annotations"].clear(), "'annotations' is empty"),
-    (lambda d: d["categories"].append(dict(d["categories"][0])), "category id 1 appears twice"),
-    (lambda d: d["annotations"].append({**d["annotations"][0], "file_name": "x.png"}), "annotated twice"),
-    (lambda d: d["annotations"][0].update(segments_info=None), "segments_info must be a list"),
-    (lambda d: d["annotations"][0]["segments_info"][0].update(id=0), "reserved for void"),
-    (lambda d: d["images"].append({**d["images"][0], "file_name": "other.jpg"}), "appears twice"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda d: d["annotations"].clear(), "'annotations' is empty"),
+        (lambda d: d["categories"].append(dict(d["categories"][0])), "category id 1 appears twice"),
+        (lambda d: d["annotations"].append({**d["annotations"][0], "file_name": "x.png"}), "annotated twice"),
+        (lambda d: d["annotations"][0].update(segments_info=None), "segments_info must be a list"),
+        (lambda d: d["annotations"][0]["segments_info"][0].update(id=0), "reserved for void"),
+        (lambda d: d["images"].append({**d["images"][0], "file_name": "other.jpg"}), "appears twice"),
+    ],
+)
 def test_panoptic_json_is_checked_fully(real, tmp_path, edit, message):
     d = json.loads((real / "coco/annotations/panoptic_val2017.json").read_text())
     edit(d)

@@ -16,8 +16,17 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import REPO, TINY_SEG_MODEL, make_project, merged, tiny_mask2former, tiny_params, tiny_pipeline_params, tiny_stable_diffusion
 
+from helpers import (
+    REPO,
+    TINY_SEG_MODEL,
+    make_project,
+    merged,
+    tiny_mask2former,
+    tiny_params,
+    tiny_pipeline_params,
+    tiny_stable_diffusion,
+)
 from seggen.config import load_params
 from seggen.errors import ConfigError
 
@@ -25,7 +34,9 @@ SEGGEN = [sys.executable, "-m", "seggen.cli"]
 
 
 def seggen(cwd: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(SEGGEN + list(args), cwd=cwd, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        SEGGEN + list(args), cwd=cwd, capture_output=True, text=True, env={**os.environ, **(env or {})}
+    )
 
 
 # -- 1. ADE20K class names -------------------------------------------------------------------------
@@ -41,14 +52,42 @@ def test_a_checkpoint_with_hugging_face_ade20k_labels_loads(ade_root, tmp_path):
     hf[44] = "Chest Of Drawers"
     ok = tiny_mask2former(tmp_path / "hf", hf)
     (tmp_path / "p.yaml").write_text("{}\n")
-    r = seggen(tmp_path, "-p", "p.yaml", "evaluate", "--model", str(ok), "--root", str(ade_root), "--split", "validation",
-               "--size", "64", "--out", "eval")
+    r = seggen(
+        tmp_path,
+        "-p",
+        "p.yaml",
+        "evaluate",
+        "--model",
+        str(ok),
+        "--root",
+        str(ade_root),
+        "--split",
+        "validation",
+        "--size",
+        "64",
+        "--out",
+        "eval",
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     wrong = names.copy()
     wrong[44] = "chest"  # what the old objectInfo150 parser produced
     bad = tiny_mask2former(tmp_path / "old", wrong)
-    r = seggen(tmp_path, "-p", "p.yaml", "evaluate", "--model", str(bad), "--root", str(ade_root), "--split", "validation",
-               "--size", "64", "--out", "eval2")
+    r = seggen(
+        tmp_path,
+        "-p",
+        "p.yaml",
+        "evaluate",
+        "--model",
+        str(bad),
+        "--root",
+        str(ade_root),
+        "--split",
+        "validation",
+        "--size",
+        "64",
+        "--out",
+        "eval2",
+    )
     assert r.returncode == 2 and "class id 44 is 'chest' in the model but 'chest of drawers' in the dataset" in r.stderr
 
 
@@ -76,19 +115,27 @@ def test_prediction_type_follows_the_checkpoint(small_benchmark, tmp_path, own):
     from seggen.generators.text2mask import train_text2mask
 
     sd = tiny_stable_diffusion(tmp_path / "sd", small_benchmark, own)
-    extra = {"text2mask.pretrained": str(sd), "mask2img.pretrained": str(sd),
-             "mask2img.controlnet": {"conditioning_embedding_out_channels": [8, 8]}}
+    extra = {
+        "text2mask.pretrained": str(sd),
+        "mask2img.pretrained": str(sd),
+        "mask2img.controlnet": {"conditioning_embedding_out_channels": [8, 8]},
+    }
     p = load_params(tiny_params(tmp_path, small_benchmark, steps=1, **extra))
     assert p.text2mask.prediction_type is None  # null: the checkpoint's
     for model in (train_text2mask(p, progress=False), train_mask2img(p, progress=False)):
         assert json.loads((model / "scheduler" / "scheduler_config.json").read_text())["prediction_type"] == own
-    wrong = load_params(tiny_params(tmp_path, small_benchmark, steps=1, **extra, **{"mask2img.prediction_type": "sample"}))
+    wrong = load_params(
+        tiny_params(tmp_path, small_benchmark, steps=1, **extra, **{"mask2img.prediction_type": "sample"})
+    )
     with pytest.raises(ConfigError, match=rf"mask2img\.prediction_type: sample, but .* was trained to predict {own}"):
         train_mask2img(wrong, progress=False)
     from seggen.preflight import check_models
 
     problems = {r.key: pr for r, pr in check_models(wrong)}
-    assert problems["text2mask.pretrained"] is None and "mask2img.prediction_type: sample" in problems["mask2img.pretrained"]
+    assert (
+        problems["text2mask.pretrained"] is None
+        and "mask2img.prediction_type: sample" in problems["mask2img.pretrained"]
+    )
 
 
 # -- 3. local directories wherever an id works -------------------------------------------------------
@@ -103,7 +150,9 @@ def test_segmenter_backbone_from_a_local_directory(tmp_path):
     from seggen.segmenter.model import build_model
 
     swin = tmp_path / "swin"
-    SwinModel(SwinConfig(image_size=64, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], window_size=4)).save_pretrained(swin)
+    SwinModel(
+        SwinConfig(image_size=64, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], window_size=4)
+    ).save_pretrained(swin)
     model = build_model(SegmenterParams(backbone=str(swin)), ade20k_meta())
     ref = SwinModel.from_pretrained(swin).state_dict()
     enc = {k.removeprefix("swin."): v for k, v in model.model.pixel_level_module.encoder.state_dict().items()}
@@ -115,12 +164,21 @@ def test_text_encoder_from_a_local_directory(small_benchmark, tmp_path):
     from seggen.generators.text2mask import train_text2mask
 
     sd = tiny_stable_diffusion(tmp_path / "sd", small_benchmark)
-    p = load_params(tiny_params(tmp_path, small_benchmark, steps=1, **{"text_encoder.pretrained": str(sd),
-                                                                       "text_encoder.subfolder": "text_encoder"}))
+    p = load_params(
+        tiny_params(
+            tmp_path,
+            small_benchmark,
+            steps=1,
+            **{"text_encoder.pretrained": str(sd), "text_encoder.subfolder": "text_encoder"},
+        )
+    )
     model = train_text2mask(p, progress=False)
     from transformers import CLIPTextModel
 
-    a, b = CLIPTextModel.from_pretrained(sd / "text_encoder").state_dict(), CLIPTextModel.from_pretrained(model / "text_encoder").state_dict()
+    a, b = (
+        CLIPTextModel.from_pretrained(sd / "text_encoder").state_dict(),
+        CLIPTextModel.from_pretrained(model / "text_encoder").state_dict(),
+    )
     assert all(torch.equal(a[k], b[k]) for k in a)  # used as it is, frozen
 
 
@@ -134,20 +192,33 @@ def test_check_models_names_each_model_in_seconds(small_benchmark, tmp_path):
     shutil.copytree(m2f, broken)
     weights = next(broken.glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes()[:500])
-    (tmp_path / "p.yaml").write_text(yaml.safe_dump({
-        "text2mask": {"pretrained": str(sd)}, "mask2img": {"pretrained": str(tmp_path / "nowhere")},
-        "segmenter": {"pretrained": str(m2f)},
-        "arms": {"baseline": {"strategy": "real"}, "other": {"strategy": "real", "pretrained": str(broken)},
-                 "hub": {"strategy": "real", "pretrained": "facebook/mask2former-swin-tiny-ade-semantic"}}}))
+    (tmp_path / "p.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "text2mask": {"pretrained": str(sd)},
+                "mask2img": {"pretrained": str(tmp_path / "nowhere")},
+                "segmenter": {"pretrained": str(m2f)},
+                "arms": {
+                    "baseline": {"strategy": "real"},
+                    "other": {"strategy": "real", "pretrained": str(broken)},
+                    "hub": {"strategy": "real", "pretrained": "facebook/mask2former-swin-tiny-ade-semantic"},
+                },
+            }
+        )
+    )
     t0 = time.perf_counter()
-    r = seggen(tmp_path, "-p", "p.yaml", "check-models", env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0"})
+    r = seggen(
+        tmp_path, "-p", "p.yaml", "check-models", env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0"}
+    )
     took = time.perf_counter() - t0
     assert r.returncode == 2 and took < 20, (took, r.stderr)
     assert f"text2mask.pretrained: {sd}: ok" in r.stdout and f"segmenter.pretrained: {m2f}: ok" in r.stdout
     err = r.stderr
     assert "mask2img.pretrained" in err and "no such directory" in err
     assert f"arms.other.pretrained: {weights}: truncated" in err
-    assert "arms.hub.pretrained: facebook/mask2former-swin-tiny-ade-semantic: http://127.0.0.1:9 cannot be reached" in err
+    assert (
+        "arms.hub.pretrained: facebook/mask2former-swin-tiny-ade-semantic: http://127.0.0.1:9 cannot be reached" in err
+    )
     assert err.rstrip().splitlines()[-1].startswith("error: 3 of 5 configured models cannot be loaded")
     r = seggen(tmp_path, "-p", "p.yaml", "check-models", env={"HF_HUB_OFFLINE": "1"})
     assert "not in the local Hugging Face cache, and HF_HUB_OFFLINE is set" in r.stderr
@@ -170,8 +241,16 @@ def test_real_data_profiles_are_deltas_that_validate(tmp_path):
 
     ade = load_params(REPO / "profiles" / "real-ade20k.yaml")
     assert ade.data.format == "ade20k" and list(ade.evaluate.splits) == ["validation"]
-    assert ade.segmenter.train.crop == 512 and ade.synthesize.masksyn_per_source == 10 and ade.synthesize.imgsyn_per_source == 50
-    assert ade.text2mask.pretrained and ade.text2mask.prediction_type is None and ade.caption.model.startswith("Salesforce/blip2")
+    assert (
+        ade.segmenter.train.crop == 512
+        and ade.synthesize.masksyn_per_source == 10
+        and ade.synthesize.imgsyn_per_source == 50
+    )
+    assert (
+        ade.text2mask.pretrained
+        and ade.text2mask.prediction_type is None
+        and ade.caption.model.startswith("Salesforce/blip2")
+    )
     base = load_params(REPO / "params.yaml")
     assert ade.segmenter.p_aug == base.segmenter.p_aug and ade.seed == base.seed  # inherited, not copied
     coco = load_params(REPO / "profiles" / "real-coco.yaml")
@@ -186,11 +265,22 @@ def test_real_data_profiles_are_deltas_that_validate(tmp_path):
 
 
 def test_a_split_the_params_use_but_the_dataset_lacks_fails_at_prepare(ade_root, tmp_path):
-    (tmp_path / "p.yaml").write_text(yaml.safe_dump({"data": {"format": "ade20k", "root": str(ade_root)},
-                                                     "caption": {"split": "validation"}, "synthesize": {"split": "validation"},
-                                                     "segmenter": {"split": "validation"}}))
+    (tmp_path / "p.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "data": {"format": "ade20k", "root": str(ade_root)},
+                "caption": {"split": "validation"},
+                "synthesize": {"split": "validation"},
+                "segmenter": {"split": "validation"},
+            }
+        )
+    )
     r = seggen(tmp_path, "-p", "p.yaml", "prepare")  # evaluate.splits keeps the benchmark's validation_shift
-    assert r.returncode == 2 and "evaluate.splits[1]: split 'validation_shift' is not in" in r.stderr and "splits there: validation" in r.stderr
+    assert (
+        r.returncode == 2
+        and "evaluate.splits[1]: split 'validation_shift' is not in" in r.stderr
+        and "splits there: validation" in r.stderr
+    )
 
 
 # -- 6. COCO panoptic as a data.format -----------------------------------------------------------------
@@ -208,8 +298,16 @@ def test_coco_format_end_to_end_on_the_real_sample(real, tmp_path):
     p["segmenter"]["task"] = "panoptic"
     p["evaluate"]["splits"] = ["val2017"]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
-    for cmd in (["prepare"], ["caption"], ["train", "text2mask"], ["train", "mask2img"], ["synthesize", "--strategy", "masksyn"],
-                ["synthesize", "--strategy", "imgsyn"], ["train", "segmenter", "--arm", "seggen"], ["evaluate", "--arm", "seggen"]):
+    for cmd in (
+        ["prepare"],
+        ["caption"],
+        ["train", "text2mask"],
+        ["train", "mask2img"],
+        ["synthesize", "--strategy", "masksyn"],
+        ["synthesize", "--strategy", "imgsyn"],
+        ["train", "segmenter", "--arm", "seggen"],
+        ["evaluate", "--arm", "seggen"],
+    ):
         r = seggen(tmp_path, *cmd)
         assert r.returncode == 0, (cmd, r.stderr[-3000:])
     caps = [json.loads(x) for x in (tmp_path / "data" / "captions.jsonl").read_text().splitlines()]
@@ -231,11 +329,14 @@ def test_coco_format_end_to_end_on_the_real_sample(real, tmp_path):
 
 
 def test_dvc_repro_on_a_real_ade20k_layout(ade_root, tmp_path):
-    params = merged(tiny_pipeline_params(), {
-        "data": {"format": "ade20k", "root": "data/ADEChallengeData2016"},
-        "evaluate": {"splits": ["validation"], "size": 64},
-        "segmenter": {"model": TINY_SEG_MODEL},
-    })
+    params = merged(
+        tiny_pipeline_params(),
+        {
+            "data": {"format": "ade20k", "root": "data/ADEChallengeData2016"},
+            "evaluate": {"splits": ["validation"], "size": 64},
+            "segmenter": {"model": TINY_SEG_MODEL},
+        },
+    )
     del params["data"]["benchmark"]
     proj = make_project(tmp_path / "proj", params)
     root = proj / "data" / "ADEChallengeData2016"
@@ -243,8 +344,14 @@ def test_dvc_repro_on_a_real_ade20k_layout(ade_root, tmp_path):
     shutil.copytree(root / "images" / "validation", root / "images" / "training")
     shutil.copytree(root / "annotations" / "validation", root / "annotations" / "training")
     before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "SEGGEN_TRACKING": "off"}
-    r = subprocess.run([str(Path(sys.executable).parent / "dvc"), "repro"], cwd=proj, capture_output=True, text=True, env=env)
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "SEGGEN_TRACKING": "off",
+    }
+    r = subprocess.run(
+        [str(Path(sys.executable).parent / "dvc"), "repro"], cwd=proj, capture_output=True, text=True, env=env
+    )
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     for arm in ("baseline", "seggen"):
         s = json.loads((proj / "reports" / "eval" / arm / "validation" / "scores.json").read_text())

@@ -17,7 +17,6 @@ import pytest
 import yaml
 
 from helpers import TINY_SEG_MODEL
-
 from seggen.config import load_params
 from seggen.errors import DataError
 
@@ -29,8 +28,10 @@ TINY_SEG = {
 
 
 def seg_params(tmp: Path, data_root: Path, synthetic: Path | None = None, **seg) -> Path:
-    doc = {"data": {"root": str(data_root)},
-           "segmenter": {**TINY_SEG, "out": str(tmp / "seg"), "synthetic_root": str(synthetic or tmp / "none"), **seg}}
+    doc = {
+        "data": {"root": str(data_root)},
+        "segmenter": {**TINY_SEG, "out": str(tmp / "seg"), "synthetic_root": str(synthetic or tmp / "none"), **seg},
+    }
     for k in ("model", "train"):
         doc["segmenter"][k] = {**TINY_SEG[k], **seg.get(k, {})}
     f = tmp / "params.yaml"
@@ -39,7 +40,9 @@ def seg_params(tmp: Path, data_root: Path, synthetic: Path | None = None, **seg)
 
 
 def cli(params: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "seggen.cli", "--params", str(params), *args], capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "seggen.cli", "--params", str(params), *args], capture_output=True, text=True
+    )
 
 
 @pytest.mark.parametrize("strategy", ["real", "augment", "pretrain_finetune", "concat"])
@@ -89,8 +92,11 @@ def test_kill_and_resume_equals_uninterrupted(small_benchmark, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     params = seg_params(run, small_benchmark, train={"steps": 8})
-    proc = subprocess.Popen([sys.executable, "-m", "seggen.cli", "--params", str(params), "train", "segmenter"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "seggen.cli", "--params", str(params), "train", "segmenter"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     ck = run / "seg" / "checkpoints"
     t0 = time.time()
     while proc.poll() is None and time.time() - t0 < 120:
@@ -149,11 +155,25 @@ def test_pretrained_checkpoint_directory_on_real_ade20k(ade_root, tmp_path):
 
     ckpt = _tiny_checkpoint(tmp_path / "mask2former-ade", ade20k_meta().names)
     params = seg_params(tmp_path, ade_root, pretrained=str(ckpt), split="validation", train={"steps": 2})
-    r = cli(params, "evaluate", "--model", str(ckpt), "--root", str(ade_root), "--split", "validation",
-            "--size", "64", "--out", str(tmp_path / "eval"))
+    r = cli(
+        params,
+        "evaluate",
+        "--model",
+        str(ckpt),
+        "--root",
+        str(ade_root),
+        "--split",
+        "validation",
+        "--size",
+        "64",
+        "--out",
+        str(tmp_path / "eval"),
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert m["semantic"]["num_classes"] == 150 and m["semantic"]["num_images"] == len(list((ade_root / "images" / "validation").iterdir()))
+    assert m["semantic"]["num_classes"] == 150 and m["semantic"]["num_images"] == len(
+        list((ade_root / "images" / "validation").iterdir())
+    )
     r = cli(params, "train", "segmenter")  # fine-tune the checkpoint on the real samples
     assert r.returncode == 0, r.stderr[-3000:]
 
@@ -168,11 +188,27 @@ def test_pretrained_checkpoint_on_real_coco_panoptic(real, tmp_path):
     """A COCO-panoptic Mask2Former checkpoint directory (tiny, random init, the 133 categories) on the
     real COCO val2017 samples in their own layout: semantic, PQ and mask AP computed end to end."""
     coco = real / "coco"
-    cats = sorted(json.loads((coco / "annotations" / "panoptic_val2017.json").read_text())["categories"], key=lambda c: c["id"])
+    cats = sorted(
+        json.loads((coco / "annotations" / "panoptic_val2017.json").read_text())["categories"], key=lambda c: c["id"]
+    )
     ckpt = _tiny_checkpoint(tmp_path / "m2f-coco", [c["name"] for c in cats])
     (tmp_path / "p.yaml").write_text("{}\n")
-    r = cli(tmp_path / "p.yaml", "evaluate", "--model", str(ckpt), "--root", str(coco), "--split", "val2017",
-            "--task", "panoptic", "--size", "64", "--out", str(tmp_path / "eval"))
+    r = cli(
+        tmp_path / "p.yaml",
+        "evaluate",
+        "--model",
+        str(ckpt),
+        "--root",
+        str(coco),
+        "--split",
+        "val2017",
+        "--task",
+        "panoptic",
+        "--size",
+        "64",
+        "--out",
+        str(tmp_path / "eval"),
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert m["semantic"]["num_classes"] == 133 and m["semantic"]["num_images"] == 2
@@ -202,10 +238,16 @@ def test_detectron2_dicts(small_benchmark, tiny_synthetic, tmp_path):
     assert set(pan) >= {"file_name", "image_id", "pan_seg_file_name", "sem_seg_file_name", "segments_info"}
     meta = json.loads((out / "metadata.json").read_text())
     for s in pan["segments_info"]:
-        assert set(s) == {"id", "category_id", "iscrowd", "isthing", "area", "bbox"} and 0 <= s["category_id"] < len(meta["stuff_classes"])
+        assert set(s) == {"id", "category_id", "iscrowd", "isthing", "area", "bbox"} and 0 <= s["category_id"] < len(
+            meta["stuff_classes"]
+        )
     inst = json.loads((out / "imgsyn_instance.json").read_text())
     ann = next(a for r in inst for a in r["annotations"])
-    assert ann["bbox_mode"] == 1 and set(ann["segmentation"]) == {"size", "counts"} and 0 <= ann["category_id"] < len(meta["thing_classes"])
+    assert (
+        ann["bbox_mode"] == 1
+        and set(ann["segmentation"]) == {"size", "counts"}
+        and 0 <= ann["category_id"] < len(meta["thing_classes"])
+    )
     reg = (out / "register.py").read_text()
     compile(reg, "register.py", "exec")
     ns: dict = {"__file__": str(out / "register.py")}

@@ -16,12 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import params_file
 from seggen.config import load_params
 from seggen.errors import DataError
-from seggen.generators.common import seed_for
 from seggen.synthesis.manifest import read_manifest
 from seggen.synthesis.synthesize import make_plan, run_shard, sample_seeds, synthesize
-from helpers import params_file
+from seggen.training import seed_for
+
 
 @pytest.fixture(scope="module")
 def gens(tiny_gens):
@@ -29,7 +30,11 @@ def gens(tiny_gens):
 
 
 def tree(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -47,16 +52,23 @@ def test_masksyn_dataset_reads_like_real_data(reference, small_benchmark):
     out = reference["out"]
     counts = check_dataset(out, ["training"])  # ADE20K layout and the panoptic layout, every sample loaded
     rows = read_manifest(out / "manifest.jsonl")
-    assert len(rows) == 48 and counts["training: samples"] == counts["training: panoptic annotations"] == sum(r.kept for r in rows)
+    assert len(rows) == 48 and counts["training: samples"] == counts["training: panoptic annotations"] == sum(
+        r.kept for r in rows
+    )
     assert reference["result"]["samples"] == 48
     pan = json.loads((out / "panoptic" / "panoptic_training.json").read_text())
     assert len(pan["annotations"]) == counts["training: samples"]
-    assert json.loads((out / "seggen_meta.json").read_text())["classes"] == json.loads((small_benchmark / "seggen_meta.json").read_text())["classes"]
+    assert (
+        json.loads((out / "seggen_meta.json").read_text())["classes"]
+        == json.loads((small_benchmark / "seggen_meta.json").read_text())["classes"]
+    )
     assert (out / "grid.png").stat().st_size > 0 and not (out / ".work").exists()
     # provenance: seeds derive from (global seed, strategy, source id, index); digests name the models
     r = rows[3]
     assert r.seed == seed_for(0, "masksyn", r.source_id, r.index) and r.id == f"masksyn_{r.source_id}_{r.index:03d}"
-    assert set(r.generators) == {"text2mask", "mask2img"} and all(v.startswith("sha256:") for v in r.generators.values())
+    assert set(r.generators) == {"text2mask", "mask2img"} and all(
+        v.startswith("sha256:") for v in r.generators.values()
+    )
     assert sample_seeds(r.seed)[0] != sample_seeds(r.seed)[1]
     from PIL import Image
 
@@ -97,8 +109,11 @@ def test_kill_and_resume_gives_the_uninterrupted_dataset(reference, gens, tmp_pa
         _run_cli_and_kill(params, out, after)
         done = len(list(rows.glob("*.json")))
         assert after <= done < 48 and not (out / "masksyn" / "manifest.jsonl").exists()
-    done = subprocess.run([sys.executable, "-m", "seggen.cli", "--params", str(params), "synthesize", "--strategy", "masksyn"],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "seggen.cli", "--params", str(params), "synthesize", "--strategy", "masksyn"],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert tree(out / "masksyn") == reference["tree"]
 
@@ -119,7 +134,7 @@ def test_shards_write_disjoint_samples_and_merge_to_the_single_run(reference, ge
 def test_dask_two_workers_equal_single_process(reference, gens, tmp_path, prefect_server):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.synthesis import synthesize_on_dask
+    from seggen.synthesis.dask import synthesize_on_dask
 
     out = tmp_path / "syn"
     p = load_params(params_file(gens, out, masksyn_per_source=2, dask={"n_workers": 2, "threads_per_worker": 1}))
@@ -134,13 +149,23 @@ def test_imgsyn_filters_mark_pixels_and_drop_samples(gens, tmp_path, small_bench
     from seggen.data.images import load_label_png
     from seggen.prepare import check_dataset
 
-    filt = {"sample": True, "min_miou": 0.0, "pixel": True, "margin": 1.0, "out": str(tmp_path / "filter"), "steps": 30, "resolution": 32}
+    filt = {
+        "sample": True,
+        "min_miou": 0.0,
+        "pixel": True,
+        "margin": 1.0,
+        "out": str(tmp_path / "filter"),
+        "steps": 30,
+        "resolution": 32,
+    }
     synthesize(load_params(params_file(gens, tmp_path / "all", filter=filt)), "imgsyn", progress=False)
     scores = {r.id: r.scores.sample_miou for r in read_manifest(tmp_path / "all" / "imgsyn" / "manifest.jsonl")}
     assert all(v is not None for v in scores.values())
     threshold = float(np.median(list(scores.values())))
     out = tmp_path / "syn"
-    res = synthesize(load_params(params_file(gens, out, filter={**filt, "min_miou": threshold})), "imgsyn", progress=False)
+    res = synthesize(
+        load_params(params_file(gens, out, filter={**filt, "min_miou": threshold})), "imgsyn", progress=False
+    )
     d = out / "imgsyn"
     rows = read_manifest(d / "manifest.jsonl")
     assert all(r.scores.ignored_fraction is not None for r in rows)
@@ -149,7 +174,9 @@ def test_imgsyn_filters_mark_pixels_and_drop_samples(gens, tmp_path, small_bench
     assert {r.id for r in dropped} == {k for k, v in scores.items() if v < threshold} and dropped and kept
     assert all(r.drop_reason == f"sample_miou below {threshold:g}" for r in dropped) and res["dropped"] == len(dropped)
     for r in dropped:
-        assert (d / "dropped" / "images" / f"{r.id}.png").exists() and not (d / "images" / "training" / f"{r.id}.png").exists()
+        assert (d / "dropped" / "images" / f"{r.id}.png").exists() and not (
+            d / "images" / "training" / f"{r.id}.png"
+        ).exists()
     # pixel filter: ignored pixels are 0 (other -> 255 under reduce_zero_label) where the real mask had a class
     src = ADE20KDataset(small_benchmark, "training")
     real = {s.id: load_label_png(s.label_path) for s in src.samples}
@@ -158,7 +185,9 @@ def test_imgsyn_filters_mark_pixels_and_drop_samples(gens, tmp_path, small_bench
     for r in marked:
         syn = load_label_png(d / "annotations" / "training" / f"{r.id}.png")
         changed = syn != real[r.source_id]
-        assert (syn[changed] == 0).all() and abs(changed[real[r.source_id] > 0].mean() - r.scores.ignored_fraction) < 1e-6
+        assert (syn[changed] == 0).all() and abs(
+            changed[real[r.source_id] > 0].mean() - r.scores.ignored_fraction
+        ) < 1e-6
     check_dataset(d, ["training"])  # panoptic segments were recomputed around the ignored pixels
 
 
@@ -202,11 +231,30 @@ def test_bad_input_fails_before_any_image(gens, tmp_path, small_benchmark):
 
 def test_cli_errors_are_one_line(gens, tmp_path):
     params = params_file(gens, tmp_path / "syn")
-    r = subprocess.run([sys.executable, "-m", "seggen.cli", "--params", str(params), "synthesize", "--strategy", "both"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "seggen.cli", "--params", str(params), "synthesize", "--strategy", "both"],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and r.stderr.strip() == "error: --strategy both: expected one of masksyn, imgsyn"
-    r = subprocess.run([sys.executable, "-m", "seggen.cli", "--params", str(params), "synthesize", "--strategy", "imgsyn",
-                        "--shard", "2", "--num-shards", "2"], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "seggen.cli",
+            "--params",
+            str(params),
+            "synthesize",
+            "--strategy",
+            "imgsyn",
+            "--shard",
+            "2",
+            "--num-shards",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and "--shard 2: must be in 0..1" in r.stderr
 
 
@@ -236,7 +284,9 @@ def test_low_data_regime_synthesizes_from_the_segmenters_subset_only(gens, tmp_p
     mix = Mixture(seg)
     assert sources == sorted(mix.real.ids[i] for i in mix.real_idx) and len(sources) == 5
     # the training seed does not move the subset
-    assert list(Mixture(load_params(params_file(gens, tmp_path / "syn"), {"segmenter.real_subset": 5})).real_idx) == list(mix.real_idx)
+    assert list(
+        Mixture(load_params(params_file(gens, tmp_path / "syn"), {"segmenter.real_subset": 5})).real_idx
+    ) == list(mix.real_idx)
 
 
 def test_filter_segmenter_of_the_low_data_regime_sees_the_subset_only(small_benchmark):
@@ -245,3 +295,31 @@ def test_filter_segmenter_of_the_low_data_regime_sees_the_subset_only(small_benc
     x_all, y_all = probe.load_resized(small_benchmark, "training", 16)
     _, x, y = probe.train_probe(small_benchmark, 16, 0, steps=1, batch=2, progress=False, subset=[0, 3])
     assert x.equal(x_all[[0, 3]]) and y.equal(y_all[[0, 3]])
+
+
+def test_the_cli_honours_workers(gens, tmp_path):
+    """`seggen synthesize` (what dvc.yaml runs) makes the dataset with synthesize.workers processes --
+    the same bytes as one process."""
+    import subprocess
+    import sys
+
+    from seggen.io import digest_tree
+
+    one = params_file(gens, tmp_path / "one", max_sources=8, workers=1)
+    two = params_file(gens, tmp_path / "two", max_sources=8, workers=2)
+    outs = []
+    for f in (one, two):
+        r = subprocess.run(
+            [sys.executable, "-m", "seggen.cli", "--offline", "-p", str(f), "synthesize", "--strategy", "imgsyn"],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+        )
+        assert r.returncode == 0, r.stderr[-2000:]
+        outs.append(r.stdout)
+    assert "with 2 worker processes" in outs[1] and "worker processes" not in outs[0]
+    a, b = tmp_path / "one" / "imgsyn", tmp_path / "two" / "imgsyn"
+    assert (
+        digest_tree(a / "images") == digest_tree(b / "images")
+        and (a / "manifest.jsonl").read_bytes() == (b / "manifest.jsonl").read_bytes()
+    )

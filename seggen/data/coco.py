@@ -344,6 +344,8 @@ class CocoSplit:
         from seggen.data.layout import COCO
         from seggen.data.meta import coco_meta
 
+        from seggen.data.ade20k import SemanticSample
+
         self.layout = COCO
         self.root, self.split = Path(root), split
         self.panoptic_json = COCO.panoptic_json(self.root, split)
@@ -353,7 +355,6 @@ class CocoSplit:
         self.pan = CocoPanoptic(self.panoptic_json, image_dir=self.image_dir)
         self.meta = coco_meta(list(self.pan.categories.values()), name=f"coco:{self.root.name}")
         self._class = self.meta.class_of_category()
-        from seggen.data.ade20k import SemanticSample
 
         order = sorted(range(len(self.pan.annotations)), key=lambda k: Path(self.pan.annotations[k]["file_name"]).stem)
         self._ann = order

@@ -24,11 +24,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from seggen.progress import tqdm
 
+from seggen import io as sio
+from seggen import training
 from seggen.config import Params
 from seggen.errors import DataError
-from seggen.generators import common
+from seggen.generators import diffusion
 from seggen.io import write_png
 from seggen.models import checkpoint as ckpt
 from seggen.models import text
@@ -45,21 +46,21 @@ def train_mask2img(params: Params, progress: bool = True) -> Path:
     out = check_dir(cfg.out, "mask2img.out")
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    noise_scheduler = common.build_noise_scheduler(cfg, KIND)  # a contradicting prediction_type fails here, first
-    accelerator = common.make_accelerator(cfg.train)
-    torch.manual_seed(common.seed_for(params.seed, KIND, "init"))
+    noise_scheduler = diffusion.build_noise_scheduler(cfg, KIND)  # a contradicting prediction_type fails here, first
+    accelerator = training.make_accelerator(cfg.train)
+    torch.manual_seed(training.seed_for(params.seed, KIND, "init"))
 
-    data = common.load_generator_data(params, cfg.resolution)
-    vae = common.load_vae(cfg.pretrained)
+    data = diffusion.load_generator_data(params, cfg.resolution)
+    vae = diffusion.load_vae(cfg.pretrained)
     if cfg.pretrained:
         unet = UNet2DConditionModel.from_pretrained(cfg.pretrained, subfolder="unet")
         sdxl = unet.config.addition_embed_type == "text_time"
         cond = text.TextConditioner.build(params.text_encoder, data.captions, cfg.pretrained, sdxl, cfg.resolution)
-        x0_all = common.encode_latents(vae.to(accelerator.device), data.images)
+        x0_all = diffusion.encode_latents(vae.to(accelerator.device), data.images)
         train_base = False
     else:
         cond = text.TextConditioner.build(params.text_encoder, data.captions)
-        unet = common.build_unet(cfg.unet, 3, cond.context_dim(), cfg.resolution)
+        unet = diffusion.build_unet(cfg.unet, 3, cond.context_dim(), cfg.resolution)
         x0_all = data.images
         train_base = cfg.train_base
     train_te = cond.trainable
@@ -77,9 +78,9 @@ def train_mask2img(params: Params, progress: bool = True) -> Path:
     optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
 
     start = 0
-    state = {"fingerprint": common.fingerprint_params(params, cfg, noise_scheduler.config.prediction_type)}
+    state = {"fingerprint": diffusion.fingerprint_params(params, cfg, noise_scheduler.config.prediction_type)}
     claim(out, "mask2img.out", "train mask2img")
-    last = common.resumable_checkpoint(out / "checkpoints", state["fingerprint"])
+    last = ckpt.resumable_checkpoint(out / "checkpoints", state["fingerprint"])
     if last is not None:
         saved = json.loads((last / "trainer_state.json").read_text())
         ckpt.load_weights(controlnet, last / "controlnet")
@@ -104,28 +105,42 @@ def train_mask2img(params: Params, progress: bool = True) -> Path:
     else:
         cond.to(accelerator.device)
     device = accelerator.device
-    world, rank = accelerator.num_processes, accelerator.process_index
     tc = cfg.train
     scale = cfg.controlnet.conditioning_scale
-    bar = tqdm(total=tc.steps, initial=start, desc="train mask2img", unit="step", disable=not progress or not accelerator.is_main_process, dynamic_ncols=True)
+    bar = training.step_bar(tc.steps, start, "train mask2img", accelerator, progress)
     t0, losses = time.perf_counter(), []
     for step in range(start, tc.steps):
         for g in optimizer.param_groups:
-            g["lr"] = common.lr_at(step, tc.lr, tc.warmup_steps)
-        for micro in range(tc.grad_accum):
-            m = step * tc.grad_accum + micro
-            b = common.draw_micro_batch(params.seed, KIND, m, x0_all, ids_all, empty_ids, tc.batch_size, tc.caption_dropout,
-                                        noise_scheduler.config.num_train_timesteps, device, rank, world)
+            g["lr"] = training.lr_at(step, tc.lr, tc.warmup_steps)
+        num_timesteps = noise_scheduler.config.num_train_timesteps
+        for b in diffusion.micro_batches(
+            params.seed, KIND, step, tc, x0_all, ids_all, empty_ids, num_timesteps, accelerator
+        ):
             cimg = cond_all[b.idx].to(device)
             with accelerator.accumulate(controlnet):
                 with accelerator.autocast():
                     ctx, added = cond(b.ids)
                     noisy = noise_scheduler.add_noise(b.x0, b.noise, b.t)
-                    down, mid = controlnet(noisy, b.t, encoder_hidden_states=ctx, controlnet_cond=cimg, conditioning_scale=scale,
-                                           added_cond_kwargs=added, return_dict=False)
-                    pred = unet(noisy, b.t, ctx, added_cond_kwargs=added, down_block_additional_residuals=down,
-                                mid_block_additional_residual=mid).sample
-                    loss = F.mse_loss(pred.float(), common.training_target(noise_scheduler, b.x0, b.noise, b.t).float())
+                    down, mid = controlnet(
+                        noisy,
+                        b.t,
+                        encoder_hidden_states=ctx,
+                        controlnet_cond=cimg,
+                        conditioning_scale=scale,
+                        added_cond_kwargs=added,
+                        return_dict=False,
+                    )
+                    pred = unet(
+                        noisy,
+                        b.t,
+                        ctx,
+                        added_cond_kwargs=added,
+                        down_block_additional_residuals=down,
+                        mid_block_additional_residual=mid,
+                    ).sample
+                    loss = F.mse_loss(
+                        pred.float(), diffusion.training_target(noise_scheduler, b.x0, b.noise, b.t).float()
+                    )
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(trainable, tc.max_grad_norm)
@@ -148,7 +163,7 @@ def train_mask2img(params: Params, progress: bool = True) -> Path:
     if not accelerator.is_main_process:
         return out / "model"
 
-    model_dir = common.save_model(
+    model_dir = diffusion.save_model(
         out / "model",
         {"unet": accelerator.unwrap_model(unet), "controlnet": accelerator.unwrap_model(controlnet)},
         cond.unwrapped(accelerator),
@@ -160,49 +175,82 @@ def train_mask2img(params: Params, progress: bool = True) -> Path:
             "palette": data.palette.colors.tolist(),
             "classes": data.meta.names,
             "conditioning_scale": scale,
-            "train": common.train_summary(tc.steps, start, elapsed, losses),
+            "train": training.train_summary(tc.steps, start, elapsed, losses),
             "fingerprint": state["fingerprint"],
         },
     )
     n = min(8, len(data))
     sampler = Mask2ImgSampler(model_dir)
-    seeds = [common.seed_for(params.seed, KIND, "grid", i) for i in range(n)]
-    gen = sampler(common.to_uint8(data.colour_maps[:n]), data.captions[:n], seeds, cfg.sample.steps, cfg.sample.guidance_scale)
-    rows = [np.concatenate([c, r, g], 1) for c, r, g in zip(common.to_uint8(data.colour_maps[:n]), common.to_uint8(data.images[:n]), gen)]
-    common.save_grid(rows, out / "samples.png")
+    seeds = [training.seed_for(params.seed, KIND, "grid", i) for i in range(n)]
+    gen = sampler(
+        training.to_uint8(data.colour_maps[:n]), data.captions[:n], seeds, cfg.sample.steps, cfg.sample.guidance_scale
+    )
+    rows = [
+        np.concatenate([c, r, g], 1)
+        for c, r, g in zip(training.to_uint8(data.colour_maps[:n]), training.to_uint8(data.images[:n]), gen)
+    ]
+    sio.save_grid(rows, out / "samples.png")
     return model_dir
 
 
-class Mask2ImgSampler(common.DiffusionSampler):
+class Mask2ImgSampler(diffusion.DiffusionSampler):
     kind = KIND
 
     def __init__(self, model_dir: str | Path, device: str | None = None, precision: str = "fp32"):
         from diffusers import ControlNetModel
 
         super().__init__(model_dir, device, precision)
-        self.controlnet = ControlNetModel.from_pretrained(self.dir / "controlnet").to(self.device, memory_format=torch.channels_last).eval()
+        self.controlnet = (
+            ControlNetModel.from_pretrained(self.dir / "controlnet")
+            .to(self.device, memory_format=torch.channels_last)
+            .eval()
+        )
         self.palette = np.asarray(self.info["palette"], np.uint8)
 
     def check_palette(self, palette: np.ndarray, source: str) -> None:
         if palette.shape != self.palette.shape or (palette != self.palette).any():
             raise DataError(f"{source}: dataset palette does not match the palette {self.dir} was trained on")
 
-    def __call__(self, colour_maps: np.ndarray, prompts: list[str], seeds: list[int], steps: int = 20, guidance_scale: float = 2.0) -> np.ndarray:
+    def __call__(
+        self,
+        colour_maps: np.ndarray,
+        prompts: list[str],
+        seeds: list[int],
+        steps: int = 20,
+        guidance_scale: float = 2.0,
+    ) -> np.ndarray:
         """colour_maps: B x R x R x 3 uint8 at the model's resolution -> B x R x R x 3 uint8 images."""
-        cond_img = torch.from_numpy(np.ascontiguousarray(colour_maps)).permute(0, 3, 1, 2).float().div(255).to(self.device)
+        cond_img = (
+            torch.from_numpy(np.ascontiguousarray(colour_maps)).permute(0, 3, 1, 2).float().div(255).to(self.device)
+        )
         scale = self.info.get("conditioning_scale", 1.0)
 
         def predict(x, t, ctx, added, doubled):
             img = torch.cat([cond_img, cond_img]) if doubled else cond_img
-            down, mid = self.controlnet(x, t, encoder_hidden_states=ctx, controlnet_cond=img, conditioning_scale=scale,
-                                        added_cond_kwargs=added, return_dict=False)
-            return self.unet(x, t, ctx, added_cond_kwargs=added, down_block_additional_residuals=down,
-                             mid_block_additional_residual=mid).sample
+            down, mid = self.controlnet(
+                x,
+                t,
+                encoder_hidden_states=ctx,
+                controlnet_cond=img,
+                conditioning_scale=scale,
+                added_cond_kwargs=added,
+                return_dict=False,
+            )
+            return self.unet(
+                x,
+                t,
+                ctx,
+                added_cond_kwargs=added,
+                down_block_additional_residuals=down,
+                mid_block_additional_residual=mid,
+            ).sample
 
         return self.run(prompts, seeds, steps, guidance_scale, predict)
 
 
-def sample_mask2img_cli(model_dir, mask: Path, is_labels: bool, prompt: str, n: int, out: Path, seed: int, steps: int, guidance_scale: float) -> int:
+def sample_mask2img_cli(
+    model_dir, mask: Path, is_labels: bool, prompt: str, n: int, out: Path, seed: int, steps: int, guidance_scale: float
+) -> int:
     from seggen.data.images import load_label_png, load_rgb
     from seggen.io import staged_files
     from seggen.outputs import check_dir
@@ -218,10 +266,10 @@ def sample_mask2img_cli(model_dir, mask: Path, is_labels: bool, prompt: str, n: 
     else:
         cmap = raw
     cmap = np.asarray(Image.fromarray(cmap).resize((r, r), Image.NEAREST))
-    seeds = [common.seed_for(seed, KIND, "cli", str(mask), prompt, i) for i in range(n)]
+    seeds = [training.seed_for(seed, KIND, "cli", str(mask), prompt, i) for i in range(n)]
     imgs = sampler(np.stack([cmap] * n), [prompt] * n, seeds, steps, guidance_scale)
     with staged_files(out, "sample mask2img", "--out") as tmp:  # all files or none
         for i, im in enumerate(imgs):
             write_png(tmp / f"image_{i:04d}.png", im)
-        common.save_grid([np.concatenate([cmap, *imgs], 1)], tmp / "grid.png")
+        sio.save_grid([np.concatenate([cmap, *imgs], 1)], tmp / "grid.png")
     return n

@@ -15,15 +15,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from seggen.progress import tqdm
 
+from seggen import training
 from seggen.captions import label_caption
 from seggen.config import Params
 from seggen.data.layout import open_split
-from seggen.generators import common
 from seggen.metrics.semantic import evaluate_semantic_arrays
 from seggen.models import probe
 from seggen.models.probe import ProbeSegmenter
+from seggen.progress import tqdm
 
 
 def held_out(params: Params, resolution: int, split: str = "validation", n: int = 64):
@@ -42,15 +42,17 @@ def held_out(params: Params, resolution: int, split: str = "validation", n: int 
     return caps, classes, np.stack(labs), np.stack(imgs), meta
 
 
-def train_probe(params: Params, resolution: int, steps: int = 400, batch: int = 32, progress: bool = True) -> ProbeSegmenter:
+def train_probe(
+    params: Params, resolution: int, steps: int = 400, batch: int = 32, progress: bool = True
+) -> ProbeSegmenter:
     return probe.train_probe(params.data.root, resolution, params.seed, steps, batch, progress=progress)[0]
 
 
 @torch.no_grad()
 def probe_miou(model: ProbeSegmenter, images: np.ndarray, labels: np.ndarray, names: list[str]) -> float:
-    x = torch.stack([common.to_tensor(i) for i in images])
+    x = torch.stack([training.to_tensor(i) for i in images])
     pred = probe.predict(model, x).numpy() - 1  # classes 1..N -> 0..N-1
-    pairs = [(p, l) for p, l in zip(pred, labels)]
+    pairs = list(zip(pred, labels))
     return evaluate_semantic_arrays(pairs, len(names), reduce_zero_label=True, class_names=names)["mIoU"]
 
 
@@ -60,14 +62,18 @@ def text2mask_quality(params: Params, model_dir: Path, n: int = 64, progress: bo
     cfg = params.text2mask
     caps, classes, labs, _, meta = held_out(params, cfg.resolution, n=n)
     t = time.perf_counter()
-    res = sample_text2mask(model_dir, caps, 1, params.seed, cfg.sample.steps, cfg.sample.guidance_scale, cfg.sample.batch_size, progress)
+    res = sample_text2mask(
+        model_dir, caps, 1, params.seed, cfg.sample.steps, cfg.sample.guidance_scale, cfg.sample.batch_size, progress
+    )
     elapsed = time.perf_counter() - t
     q = mask_quality(res["labels"], labs, classes, meta.names, cfg.min_class_pixels)
     q["sample_images_per_s"] = len(caps) / elapsed
     return q
 
 
-def mask2img_alignment(params: Params, model_dir: Path, n: int = 64, probe_steps: int = 400, progress: bool = True) -> dict:
+def mask2img_alignment(
+    params: Params, model_dir: Path, n: int = 64, probe_steps: int = 400, progress: bool = True
+) -> dict:
     from seggen.generators.mask2img import Mask2ImgSampler
 
     cfg = params.mask2img
@@ -81,8 +87,10 @@ def mask2img_alignment(params: Params, model_dir: Path, n: int = 64, probe_steps
     t = time.perf_counter()
     bs = cfg.sample.batch_size
     for b in tqdm(range(0, n, bs), desc="sample mask2img", disable=not progress, dynamic_ncols=True):
-        seeds = [common.seed_for(params.seed, "mask2img", "quality", i) for i in range(b, min(n, b + bs))]
-        gen.append(sampler(palette[labs[b : b + bs]], caps[b : b + bs], seeds, cfg.sample.steps, cfg.sample.guidance_scale))
+        seeds = [training.seed_for(params.seed, "mask2img", "quality", i) for i in range(b, min(n, b + bs))]
+        gen.append(
+            sampler(palette[labs[b : b + bs]], caps[b : b + bs], seeds, cfg.sample.steps, cfg.sample.guidance_scale)
+        )
     elapsed = time.perf_counter() - t
     gen_imgs = np.concatenate(gen)
     fake = probe_miou(probe, gen_imgs, labs, meta.names)

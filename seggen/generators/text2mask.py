@@ -22,14 +22,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from seggen.progress import tqdm
 
+from seggen import io as sio
+from seggen import training
 from seggen.config import Params
 from seggen.errors import DataError
-from seggen.generators import common
+from seggen.generators import diffusion
 from seggen.models import checkpoint as ckpt
 from seggen.models import text
 from seggen.outputs import check_dir, claim
+from seggen.progress import tqdm
 
 log = logging.getLogger(__name__)
 KIND = "text2mask"
@@ -41,22 +43,22 @@ def train_text2mask(params: Params, progress: bool = True) -> Path:
     out = check_dir(cfg.out, "text2mask.out")
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    noise_scheduler = common.build_noise_scheduler(cfg, KIND)  # a contradicting prediction_type fails here, first
-    accelerator = common.make_accelerator(cfg.train)
-    torch.manual_seed(common.seed_for(params.seed, KIND, "init"))
+    noise_scheduler = diffusion.build_noise_scheduler(cfg, KIND)  # a contradicting prediction_type fails here, first
+    accelerator = training.make_accelerator(cfg.train)
+    torch.manual_seed(training.seed_for(params.seed, KIND, "init"))
 
-    data = common.load_generator_data(params, cfg.resolution, instances=cfg.instances)
-    vae = common.load_vae(cfg.pretrained)
+    data = diffusion.load_generator_data(params, cfg.resolution, instances=cfg.instances)
+    vae = diffusion.load_vae(cfg.pretrained)
     if cfg.pretrained:
         from diffusers import UNet2DConditionModel
 
         unet = UNet2DConditionModel.from_pretrained(cfg.pretrained, subfolder="unet")
         sdxl = unet.config.addition_embed_type == "text_time"
         cond = text.TextConditioner.build(params.text_encoder, data.captions, cfg.pretrained, sdxl, cfg.resolution)
-        x0_all = common.encode_latents(vae.to(accelerator.device), data.colour_maps)
+        x0_all = diffusion.encode_latents(vae.to(accelerator.device), data.colour_maps)
     else:
         cond = text.TextConditioner.build(params.text_encoder, data.captions)
-        unet = common.build_unet(cfg.unet, 3, cond.context_dim(), cfg.resolution)
+        unet = diffusion.build_unet(cfg.unet, 3, cond.context_dim(), cfg.resolution)
         x0_all = data.colour_maps
     train_te = cond.trainable
     ids_all = cond.tokenize(data.captions)
@@ -71,9 +73,9 @@ def train_text2mask(params: Params, progress: bool = True) -> Path:
         ema = EMAModel(unet.parameters(), decay=cfg.train.ema_decay, model_cls=type(unet), model_config=unet.config)
 
     start = 0
-    state = {"fingerprint": common.fingerprint_params(params, cfg, noise_scheduler.config.prediction_type)}
+    state = {"fingerprint": diffusion.fingerprint_params(params, cfg, noise_scheduler.config.prediction_type)}
     claim(out, "text2mask.out", "train text2mask")
-    last = common.resumable_checkpoint(out / "checkpoints", state["fingerprint"])
+    last = ckpt.resumable_checkpoint(out / "checkpoints", state["fingerprint"])
     if last is not None:
         saved = json.loads((last / "trainer_state.json").read_text())
         ckpt.load_weights(unet, last / "unet")
@@ -91,24 +93,22 @@ def train_text2mask(params: Params, progress: bool = True) -> Path:
     else:  # frozen: not wrapped for distributed training, just placed
         unet, optimizer = accelerator.prepare(unet, optimizer)
         cond.to(accelerator.device)
-    device = accelerator.device
-    world, rank = accelerator.num_processes, accelerator.process_index
     tc = cfg.train
-    bar = tqdm(total=tc.steps, initial=start, desc="train text2mask", unit="step", disable=not progress or not accelerator.is_main_process, dynamic_ncols=True)
+    bar = training.step_bar(tc.steps, start, "train text2mask", accelerator, progress)
     t0, losses = time.perf_counter(), []
     for step in range(start, tc.steps):
         for g in optimizer.param_groups:
-            g["lr"] = common.lr_at(step, tc.lr, tc.warmup_steps)
-        for micro in range(tc.grad_accum):
-            m = step * tc.grad_accum + micro
-            b = common.draw_micro_batch(params.seed, KIND, m, x0_all, ids_all, empty_ids, tc.batch_size, tc.caption_dropout,
-                                        noise_scheduler.config.num_train_timesteps, device, rank, world)
+            g["lr"] = training.lr_at(step, tc.lr, tc.warmup_steps)
+        num_timesteps = noise_scheduler.config.num_train_timesteps
+        for b in diffusion.micro_batches(
+            params.seed, KIND, step, tc, x0_all, ids_all, empty_ids, num_timesteps, accelerator
+        ):
             with accelerator.accumulate(unet):
                 with accelerator.autocast():
                     ctx, added = cond(b.ids)
                     noisy = noise_scheduler.add_noise(b.x0, b.noise, b.t)
                     pred = unet(noisy, b.t, ctx, added_cond_kwargs=added).sample
-                    target = common.training_target(noise_scheduler, b.x0, b.noise, b.t)
+                    target = diffusion.training_target(noise_scheduler, b.x0, b.noise, b.t)
                     loss = F.mse_loss(pred.float(), target.float())
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
@@ -139,7 +139,7 @@ def train_text2mask(params: Params, progress: bool = True) -> Path:
     final_unet = accelerator.unwrap_model(unet)
     if ema is not None:
         ema.copy_to(final_unet.parameters())
-    model_dir = common.save_model(
+    model_dir = diffusion.save_model(
         out / "model",
         {"unet": final_unet},
         cond.unwrapped(accelerator),
@@ -153,20 +153,27 @@ def train_text2mask(params: Params, progress: bool = True) -> Path:
             "things": data.meta.thing_ids,
             "instances": cfg.instances,
             "min_class_pixels": cfg.min_class_pixels,
-            "train": common.train_summary(tc.steps, start, elapsed, losses),
+            "train": training.train_summary(tc.steps, start, elapsed, losses),
             "fingerprint": state["fingerprint"],
         },
     )
     # sample grid: real colour map | generated, for the first captions
     n = min(8, len(data))
-    gen = sample_text2mask(model_dir, data.captions[:n], seed=params.seed, steps=cfg.sample.steps,
-                           guidance_scale=cfg.sample.guidance_scale, batch_size=cfg.sample.batch_size, progress=False)
-    real = common.to_uint8(data.colour_maps[:n])
-    common.save_grid([np.concatenate([r, g], 1) for r, g in zip(real, gen["rgb"])], out / "samples.png")
+    gen = sample_text2mask(
+        model_dir,
+        data.captions[:n],
+        seed=params.seed,
+        steps=cfg.sample.steps,
+        guidance_scale=cfg.sample.guidance_scale,
+        batch_size=cfg.sample.batch_size,
+        progress=False,
+    )
+    real = training.to_uint8(data.colour_maps[:n])
+    sio.save_grid([np.concatenate([r, g], 1) for r, g in zip(real, gen["rgb"])], out / "samples.png")
     return model_dir
 
 
-class Text2MaskSampler(common.DiffusionSampler):
+class Text2MaskSampler(diffusion.DiffusionSampler):
     """Loads a trained model directory once; samples batches of colour maps for prompts."""
 
     kind = KIND
@@ -176,11 +183,24 @@ class Text2MaskSampler(common.DiffusionSampler):
 
         super().__init__(model_dir, device, precision)
         colors = np.asarray(self.info["palette"], np.uint8)
-        self.palette = Palette(colors=colors, names=("ignore", *self.info["classes"]), things=frozenset(self.info["things"]), boundary=self.info["instances"])
+        self.palette = Palette(
+            colors=colors,
+            names=("ignore", *self.info["classes"]),
+            things=frozenset(self.info["things"]),
+            boundary=self.info["instances"],
+        )
 
-    def __call__(self, prompts: list[str], seeds: list[int], steps: int = 20, guidance_scale: float = 3.0) -> np.ndarray:
+    def __call__(
+        self, prompts: list[str], seeds: list[int], steps: int = 20, guidance_scale: float = 3.0
+    ) -> np.ndarray:
         """One colour map per prompt (HxWx3 uint8), initial noise from each sample's own seed."""
-        return self.run(prompts, seeds, steps, guidance_scale, lambda x, t, ctx, added, _: self.unet(x, t, ctx, added_cond_kwargs=added).sample)
+        return self.run(
+            prompts,
+            seeds,
+            steps,
+            guidance_scale,
+            lambda x, t, ctx, added, _: self.unet(x, t, ctx, added_cond_kwargs=added).sample,
+        )
 
     def decode(self, rgb: np.ndarray) -> np.ndarray:
         """Labels; boundary pixels (instance-aware models) take the label of the nearest non-boundary pixel."""
@@ -211,12 +231,16 @@ def sample_text2mask(
     bar = tqdm(total=len(jobs), desc="sample text2mask", unit="img", disable=not progress, dynamic_ncols=True)
     for b in range(0, len(jobs), batch_size):
         chunk = jobs[b : b + batch_size]
-        seeds = [common.seed_for(seed, KIND, "sample", p, k) for p, k in chunk]
+        seeds = [training.seed_for(seed, KIND, "sample", p, k) for p, k in chunk]
         rgb.append(sampler([p for p, _ in chunk], seeds, steps, guidance_scale))
         bar.update(len(chunk))
     bar.close()
     rgb_all = np.concatenate(rgb) if rgb else np.zeros((0, 0, 0, 3), np.uint8)
-    out = {"prompts": [p for p, _ in jobs], "rgb": rgb_all, "labels": np.stack([sampler.decode(x) for x in rgb_all]) if len(rgb_all) else rgb_all}
+    out = {
+        "prompts": [p for p, _ in jobs],
+        "rgb": rgb_all,
+        "labels": np.stack([sampler.decode(x) for x in rgb_all]) if len(rgb_all) else rgb_all,
+    }
     if sampler.palette.boundary and len(rgb_all):
         out["instances"] = np.stack([sampler.decode_instances(x)[1] for x in rgb_all])
     return out
@@ -224,11 +248,13 @@ def sample_text2mask(
 
 def class_presence(labels: np.ndarray, num_classes: int, min_pixels: int) -> np.ndarray:
     """N x (num_classes + 1) bool: class c present in mask i with >= min_pixels pixels."""
-    counts = np.stack([np.bincount(l.ravel(), minlength=num_classes + 1)[: num_classes + 1] for l in labels])
+    counts = np.stack([np.bincount(lab.ravel(), minlength=num_classes + 1)[: num_classes + 1] for lab in labels])
     return counts >= min_pixels
 
 
-def mask_quality(generated: np.ndarray, real: np.ndarray, prompt_classes: list[list[str]], names: list[str], min_pixels: int) -> dict:
+def mask_quality(
+    generated: np.ndarray, real: np.ndarray, prompt_classes: list[list[str]], names: list[str], min_pixels: int
+) -> dict:
     """Valid-class rate (pixels decoded to a class, not to ignore; decoding only ever yields palette
     labels), TV distance of class frequencies vs real masks, prompt consistency (recall: classes the
     prompt names that appear; precision: classes that appear that the prompt names)."""

@@ -37,7 +37,9 @@ def _score(v, path: Path, i: int) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise DataError(f"{path}: detection {i} score must be a number, got {v!r}"[:300])
     if not math.isfinite(v):
-        raise DataError(f"{path}: detection {i} score is {v}: scores must be finite (NaN or infinite scores rank arbitrarily)")
+        raise DataError(
+            f"{path}: detection {i} score is {v}: scores must be finite (NaN or infinite scores rank arbitrarily)"
+        )
     return float(v)
 
 
@@ -62,8 +64,14 @@ def load_detections(dt_path: Path, gt) -> list[dict]:
             raise DataError(f"{dt_path}: detection {i} references unknown category_id {d['category_id']!r}")
         im = gt.imgs[d["image_id"]]
         rle = to_rle(d["segmentation"], im["height"], im["width"], dt_path, f"detection {i}")
-        out.append({"image_id": d["image_id"], "category_id": d["category_id"], "segmentation": rle,
-                    "score": _score(d["score"], dt_path, i)})
+        out.append(
+            {
+                "image_id": d["image_id"],
+                "category_id": d["category_id"],
+                "segmentation": rle,
+                "score": _score(d["score"], dt_path, i),
+            }
+        )
     return out
 
 
@@ -85,7 +93,11 @@ def _results(gt, dets: list[dict]):
     if dets:
         return gt.loadRes([dict(d) for d in dets])
     res = COCO()
-    res.dataset = {"images": list(gt.dataset["images"]), "categories": list(gt.dataset["categories"]), "annotations": []}
+    res.dataset = {
+        "images": list(gt.dataset["images"]),
+        "categories": list(gt.dataset["categories"]),
+        "annotations": [],
+    }
     res.createIndex()
     return res
 
@@ -114,8 +126,12 @@ def evaluate_instances(gt_json: str | Path, dt_json: str | Path) -> dict:
         per_class[gt.cats[cid]["name"]] = float(np.mean(p)) * 100 if p.size else None
     out["per_class"] = per_class
     out["num_detections"] = len(dets)
-    out["settings"] = {"iou_type": "segm", "categories": [{"id": c, "name": gt.cats[c]["name"]} for c in sorted(gt.cats)],
-                       "iou_thresholds": [0.5, 0.95, 0.05], "max_dets": list(ev.params.maxDets),
-                       "area_ranges": dict(zip(ev.params.areaRngLbl, ev.params.areaRng)),
-                       "gt_annotation_ids": "renumbered 1..N in file order (see seggen.metrics.instance)"}
+    out["settings"] = {
+        "iou_type": "segm",
+        "categories": [{"id": c, "name": gt.cats[c]["name"]} for c in sorted(gt.cats)],
+        "iou_thresholds": [0.5, 0.95, 0.05],
+        "max_dets": list(ev.params.maxDets),
+        "area_ranges": dict(zip(ev.params.areaRngLbl, ev.params.areaRng)),
+        "gt_annotation_ids": "renumbered 1..N in file order (see seggen.metrics.instance)",
+    }
     return out

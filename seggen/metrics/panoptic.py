@@ -15,11 +15,11 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from seggen.progress import tqdm
 
 from seggen.data.coco import read_json
 from seggen.data.images import load_panoptic_png
 from seggen.errors import DataError, not_found
+from seggen.progress import tqdm
 
 OFFSET = 256 * 256 * 256
 VOID = 0
@@ -46,9 +46,13 @@ def pq_image(gt_ids, gt_segs, pred_ids, pred_segs, categories, stats, where: str
         pred_segms[label]["area"] = cnt
         unseen.discard(label)
         if pred_segms[label]["category_id"] not in categories:
-            raise DataError(f"{where}: predicted segment {label} has unknown category_id {pred_segms[label]['category_id']}")
+            raise DataError(
+                f"{where}: predicted segment {label} has unknown category_id {pred_segms[label]['category_id']}"
+            )
     if unseen:
-        raise DataError(f"{where}: predicted segment id(s) {sorted(unseen)[:5]} are in the prediction JSON but not in the PNG")
+        raise DataError(
+            f"{where}: predicted segment id(s) {sorted(unseen)[:5]} are in the prediction JSON but not in the PNG"
+        )
 
     glabels, gcounts = np.unique(gt_ids, return_counts=True)
     for label, cnt in zip(glabels.tolist(), gcounts.tolist()):
@@ -151,7 +155,15 @@ def evaluate_panoptic(
                 f"{pred_dir / pa['file_name']}: size {pred_ids.shape[1]}x{pred_ids.shape[0]} does not match "
                 f"ground truth {ga['file_name']} {gt_ids.shape[1]}x{gt_ids.shape[0]}"
             )
-        pq_image(gt_ids, ga["segments_info"], pred_ids, pa["segments_info"], categories, stats, str(pred_dir / pa["file_name"]))
+        pq_image(
+            gt_ids,
+            ga["segments_info"],
+            pred_ids,
+            pa["segments_info"],
+            categories,
+            stats,
+            str(pred_dir / pa["file_name"]),
+        )
 
     out: dict = {}
     for suffix, isthing in (("", None), ("_th", True), ("_st", False)):
@@ -160,9 +172,13 @@ def evaluate_panoptic(
         out[f"n{suffix}"] = res["n"]
         if isthing is None:
             out["per_class"] = {
-                categories[cid]["name"]: (None if v is None else {"category_id": cid, **v}) for cid, v in per_class.items()
+                categories[cid]["name"]: (None if v is None else {"category_id": cid, **v})
+                for cid, v in per_class.items()
             }
     out["num_images"] = len(gt_anns)
-    out["settings"] = {"categories": [{"id": cid, "name": c["name"], "isthing": int(c["isthing"])} for cid, c in categories.items()],
-                       "match_iou": 0.5, "void_id": VOID}
+    out["settings"] = {
+        "categories": [{"id": cid, "name": c["name"], "isthing": int(c["isthing"])} for cid, c in categories.items()],
+        "match_iou": 0.5,
+        "void_id": VOID,
+    }
     return out

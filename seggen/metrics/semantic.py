@@ -14,15 +14,15 @@ segmentation stage also saves as a picture.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
-from seggen.progress import tqdm
 
 from seggen.data.images import load_label_png
 from seggen.errors import DataError, not_found
+from seggen.progress import tqdm
 
 
 def reduce_zero(gt: np.ndarray) -> np.ndarray:
@@ -57,7 +57,9 @@ class SemanticAccumulator:
         p = pred[keep].astype(np.int64)
         if g.size and (g.min() < 0 or g.max() >= n):
             bad = int(g.max() if g.max() >= n else g.min())
-            raise DataError(f"{name}: ground-truth label {bad} out of range for {n} classes (ignore index {self.ignore_index})")
+            raise DataError(
+                f"{name}: ground-truth label {bad} out of range for {n} classes (ignore index {self.ignore_index})"
+            )
         p = np.where((p < 0) | (p >= n), n, p)
         self.confusion += np.bincount(g * (n + 1) + p, minlength=n * (n + 1)).reshape(n, n + 1)
         self.num_images += 1
@@ -90,7 +92,11 @@ class SemanticAccumulator:
             "per_class_acc": {nm: pct(v) for nm, v in zip(names, acc)},
             "num_images": self.num_images,
             "num_classes": n,
-            "settings": {"num_classes": n, "ignore_index": self.ignore_index, "reduce_zero_label": self.reduce_zero_label},
+            "settings": {
+                "num_classes": n,
+                "ignore_index": self.ignore_index,
+                "reduce_zero_label": self.reduce_zero_label,
+            },
         }
 
 

@@ -8,6 +8,7 @@ state a resumed run needs is the weights, the optimizer moments and the step.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+log = logging.getLogger(__name__)
 STEP_DIR = re.compile(r"^step_(\d{7})$")
 STATE = "trainer_state.json"
 
@@ -167,3 +169,28 @@ class RawStateDict:
         directory.mkdir(parents=True, exist_ok=True)
         sd = {k: v.detach().contiguous().cpu() for k, v in self.module.state_dict().items()}
         save_file(sd, str(directory / "model.safetensors"))
+
+
+def resumable_checkpoint(root: Path, fingerprint: str) -> Path | None:
+    """The newest intact checkpoint made with the same params. A damaged one (a file missing,
+    truncated or changed) is moved aside to `step_XXXXXXX.corrupt` with a warning naming the file, and
+    the previous one is used. Checkpoints made with other params are moved aside (to
+    `checkpoints.stale/`) with a warning, and training starts over."""
+    while (last := latest_checkpoint(root)) is not None:
+        problem = checkpoint_problem(last)
+        if problem is None:
+            break
+        aside = last.with_name(last.name + ".corrupt")
+        shutil.rmtree(aside, ignore_errors=True)
+        last.rename(aside)
+        log.warning("checkpoint %s is damaged (%s): moved to %s; resuming from the one before", last, problem, aside.name)
+    if last is None:
+        return None
+    saved = json.loads((last / STATE).read_text())
+    if saved.get("fingerprint") == fingerprint:
+        return last
+    stale = root.with_name(root.name + ".stale")
+    shutil.rmtree(stale, ignore_errors=True)
+    root.rename(stale)
+    log.warning("%s was trained with other params: moved to %s, starting over", root, stale)
+    return None

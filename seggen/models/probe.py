@@ -18,7 +18,7 @@ from PIL import Image
 from seggen.progress import tqdm
 
 from seggen.data.layout import open_split
-from seggen.generators.common import to_tensor
+from seggen.training import to_tensor
 
 
 class ProbeSegmenter(nn.Module):
@@ -73,7 +73,7 @@ def train_probe(root: str | Path, resolution: int, seed: int, steps: int = 400, 
                 split: str = "training", progress: bool = True, subset=None) -> tuple[ProbeSegmenter, torch.Tensor, torch.Tensor]:
     """-> (model, images, labels); label 0 (other) is not a training target. `subset`: indices of the
     images to use (the low-data regime), default all."""
-    from seggen.generators.common import batch_indices, seed_for
+    from seggen.training import batch_indices, seed_for
 
     root = Path(root)
     meta = open_split(root, split).meta

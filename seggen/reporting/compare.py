@@ -2,40 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from seggen import tracking
 from seggen.errors import SeggenError
 
 SHOW = ("mIoU", "PQ", "AP")
 
 
-def search_evaluations(project: Path = Path(".")):
-    """Finished evaluate runs of the experiment, newest first (a pandas DataFrame), and the tracking URI."""
-    import mlflow
-
-    _, uri = tracking.open_client(project)
-    mlflow.set_tracking_uri(uri)
-    name = tracking.experiment_name()
-    if mlflow.get_experiment_by_name(name) is None:
-        raise SeggenError(f"MLflow experiment {name!r} not found at {uri}: run the pipeline first")
-    return mlflow.search_runs(
-        experiment_names=[name],
-        filter_string=f"tags.`{tracking.KIND}` = 'stage' and tags.`{tracking.STAGE}` LIKE 'evaluate@%' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"],
-    ), uri
-
-
-def latest_evaluations(df) -> dict[tuple[str, str], object]:
-    """(arm, split) -> the newest row of `search_evaluations`' DataFrame."""
-    latest: dict[tuple[str, str], object] = {}
-    for _, r in df.iterrows():  # newest first
-        latest.setdefault((r.get("tags.arm"), r.get("tags.split")), r)
-    return latest
-
-
 def compare_runs(splits: list[str], latest: int = 1) -> str:
-    df, uri = search_evaluations()
+    df, uri = tracking.search_evaluations()
     if df.empty:
         raise SeggenError(f"no finished evaluate runs at {uri}: run the pipeline (dvc repro) first")
     rows: dict[tuple[str, int], dict] = {}

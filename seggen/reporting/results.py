@@ -1,4 +1,7 @@
-"""The ablation page (`report.results`, docs/results.md with bench/params.yaml), built from MLflow.
+"""The ablation page (`report.results`, docs/results.md with bench/params.yaml), built from what the
+pipeline's stages wrote -- the evaluations' scores.json, the synthetic datasets' grid.png and the
+evaluations' predictions.png, all DVC outputs the report stage depends on -- with each evaluation's
+MLflow run id beside it where tracking has one.
 
 Arms named GROUP-sSEED are seeds of GROUP (e.g. `low-both-s1`); a group's first word is its data
 regime (`low-both` -> `low`). Each group is compared with its regime's reference group
@@ -11,14 +14,15 @@ from __future__ import annotations
 import re
 import shutil
 import statistics
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from seggen import tracking
 from seggen.config import Params
-from seggen.errors import DataError
+from seggen.errors import DataError, SeggenError
 from seggen.io import atomic_path, write_text
+from seggen.reporting.charts import grouped_bars
+from seggen.reporting.scores import collect
 
 SEED = re.compile(r"^(?P<group>.+)-s(?P<seed>\d+)$")
 METRICS = ("mIoU", "PQ", "AP")
@@ -29,9 +33,9 @@ class Group:
     name: str
     regime: str
     seeds: list[int] = field(default_factory=list)
+    arms: list[str] = field(default_factory=list)  # the arm of each seed
     # split -> metric -> one value per seed, in `seeds` order
     values: dict[str, dict[str, list[float]]] = field(default_factory=dict)
-    run_ids: dict[str, list[str]] = field(default_factory=dict)  # split -> MLflow run id per seed
 
     def mean(self, split: str, metric: str = "mIoU") -> float | None:
         v = self.values.get(split, {}).get(metric, [])
@@ -50,33 +54,32 @@ def group_of(arm: str, regimes: dict) -> tuple[str, str, int]:
     return name, first if first in regimes else "", seed
 
 
-def collect(params: Params, project: Path = Path(".")):
-    """-> ({group: Group}, tracking uri, experiment id): the latest finished evaluation of every arm and split."""
-    from seggen.compare import latest_evaluations, search_evaluations
-
-    if not tracking.enabled():
-        raise DataError(f"report.results ({params.report.results}) is built from MLflow runs: tracking is off "
-                        f"(unset {tracking.TRACKING_ENV} / drop --offline)")
-    df, uri = search_evaluations(project)
-    latest = latest_evaluations(df)
-    missing = [f"{a}/{s}" for a in params.arms for s in params.evaluate.splits if (a, s) not in latest]
-    if missing:
-        raise DataError(f"{uri}: no finished MLflow evaluation for {len(missing)} arm/split(s), e.g. {missing[0]}: "
-                        "run the evaluate stages first")
+def group(params: Params, scores: dict[str, dict[str, dict]]) -> dict[str, Group]:
+    """The arms' scores (seggen.reporting.scores.collect) as groups of seeds."""
     groups: dict[str, Group] = {}
     for arm in params.arms:
         name, regime, seed = group_of(arm, params.regimes)
         g = groups.setdefault(name, Group(name, regime))
         g.seeds.append(seed)
+        g.arms.append(arm)
         for split in params.evaluate.splits:
-            r = latest[(arm, split)]
-            g.run_ids.setdefault(split, []).append(r["run_id"])
             for m in METRICS:
-                v = r.get(f"metrics.{split}/{m}")
-                if v is not None and v == v:
+                v = scores[arm][split].get(m)
+                if v is not None:
                     g.values.setdefault(split, {}).setdefault(m, []).append(float(v))
-    exp_id = str(next(iter(latest.values()))["experiment_id"])
-    return groups, uri, exp_id
+    return groups
+
+
+def run_ids(project: Path = Path(".")) -> dict[tuple[str, str], str]:
+    """(arm, split) -> the MLflow run id of its latest finished evaluation, where tracking has one
+    (links only: every number on the page comes from the evaluations' own files)."""
+    if not tracking.enabled():
+        return {}
+    try:
+        df, _ = tracking.search_evaluations(project)
+    except SeggenError:
+        return {}
+    return {k: str(r["run_id"]) for k, r in tracking.latest_evaluations(df).items()}
 
 
 def reference(g: Group, groups: dict[str, Group], ref: str) -> Group | None:
@@ -112,21 +115,35 @@ def build_results(params: Params, project: Path = Path(".")) -> dict:
     cfg = params.report
     out = Path(cfg.results)
     img = out.parent / "img" / "results"
-    groups, uri, exp_id = collect(params, project)
+    groups = group(params, collect(params))
+    ids = run_ids(project)
     splits = list(params.evaluate.splits)
     in_domain, shifted = splits[0], splits[-1]
-    img_files = _pictures(params, groups, uri, img)
-    _chart(groups, splits, img / "miou.png")
+    img_files = _pictures(params, groups, img)
+    names = list(groups)
+    grouped_bars(
+        names,
+        {s: [groups[n].mean(s) for n in names] for s in splits},
+        img / "miou.png",
+        "mIoU (%), mean ± std over seeds",
+        errors={s: [groups[n].std(s) or 0 for n in names] for s in splits},
+        rotate=True,
+    )
 
     rel = lambda p: p.relative_to(out.parent).as_posix()  # noqa: E731
-    lines = ["# Ablation: baseline vs +ImgSyn vs +MaskSyn vs +both vs pretrain→finetune", "",
-             "Generated by `seggen report` from the MLflow runs of the `bench` profile "
-             "(`dvc repro bench/dvc.yaml`, params in `bench/params.yaml`); do not edit by hand"
-             + (f" (the tuning log at the end comes from `{cfg.notes}`)." if cfg.notes else "."), "",
-             f"mIoU (%) on the in-domain (`{in_domain}`) and shifted-domain (`{shifted}`) validation splits, "
-             "mean ± std over seeds. Δ: difference of the means against the regime's "
-             f"`{cfg.reference}`; 2σ = 2 x sqrt(std² + std_baseline²); ✓ = Δ beyond 2σ.", ""]
-    summary: dict = {"tracking_uri": uri, "experiment_id": exp_id, "groups": {}}
+    lines = [
+        "# Ablation: baseline vs +ImgSyn vs +MaskSyn vs +both vs pretrain→finetune",
+        "",
+        "Generated by `seggen report` from the evaluations of the `bench` profile "
+        "(`dvc repro bench/dvc.yaml`, params in `bench/params.yaml`); do not edit by hand"
+        + (f" (the tuning log at the end comes from `{cfg.notes}`)." if cfg.notes else "."),
+        "",
+        f"mIoU (%) on the in-domain (`{in_domain}`) and shifted-domain (`{shifted}`) validation splits, "
+        "mean ± std over seeds. Δ: difference of the means against the regime's "
+        f"`{cfg.reference}`; 2σ = 2 x sqrt(std² + std_baseline²); ✓ = Δ beyond 2σ.",
+        "",
+    ]
+    summary: dict = {"groups": {}}
     for regime in list(params.regimes) or [""]:
         rows = [g for g in groups.values() if g.regime == regime]
         if not rows:
@@ -135,29 +152,55 @@ def build_results(params: Params, project: Path = Path(".")) -> dict:
             syn = params.regime(regime).synthesize
             seg = params.arm(next(a for a in params.arms if group_of(a, params.regimes)[0] == rows[0].name)).segmenter
             real = f"{seg.real_subset} real training images" if seg.real_subset else "all real training images"
-            lines += [f"## Regime `{regime}`: {real}", "",
-                      f"Synthetic data: {syn.real_subset or 'all'} source images x "
-                      f"{syn.masksyn_per_source} MaskSyn / {syn.imgsyn_per_source} ImgSyn"
-                      + (f" (at most {syn.max_sources} sources)" if syn.max_sources else "")
-                      + f", filters: sample {'on' if syn.filter.sample else 'off'}, pixel {'on' if syn.filter.pixel else 'off'}.", ""]
-        lines += [f"| arm | seeds | {in_domain} | Δ | {shifted} | Δ | PQ ({in_domain}) |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
+            lines += [
+                f"## Regime `{regime}`: {real}",
+                "",
+                f"Synthetic data: {syn.real_subset or 'all'} source images x "
+                f"{syn.masksyn_per_source} MaskSyn / {syn.imgsyn_per_source} ImgSyn"
+                + (f" (at most {syn.max_sources} sources)" if syn.max_sources else "")
+                + f", filters: sample {'on' if syn.filter.sample else 'off'}, "
+                f"pixel {'on' if syn.filter.pixel else 'off'}.",
+                "",
+            ]
+        lines += [
+            f"| arm | seeds | {in_domain} | Δ | {shifted} | Δ | PQ ({in_domain}) |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
         for g in rows:
-            lines.append(f"| `{g.name}` | {len(g.seeds)} | {_pm(g, in_domain)} | {_delta_cell(g, groups, cfg.reference, in_domain)} | "
-                         f"{_pm(g, shifted)} | {_delta_cell(g, groups, cfg.reference, shifted)} | {_pm(g, in_domain, 'PQ')} |")
-            summary["groups"][g.name] = {"regime": g.regime, "seeds": g.seeds, **{
-                s: {"mean": g.mean(s), "std": g.std(s), "values": g.values.get(s, {}).get("mIoU", [])} for s in splits}}
+            lines.append(
+                f"| `{g.name}` | {len(g.seeds)} | {_pm(g, in_domain)} | "
+                f"{_delta_cell(g, groups, cfg.reference, in_domain)} | "
+                f"{_pm(g, shifted)} | {_delta_cell(g, groups, cfg.reference, shifted)} | {_pm(g, in_domain, 'PQ')} |"
+            )
+            summary["groups"][g.name] = {
+                "regime": g.regime,
+                "seeds": g.seeds,
+                **{
+                    s: {"mean": g.mean(s), "std": g.std(s), "values": g.values.get(s, {}).get("mIoU", [])}
+                    for s in splits
+                },
+            }
         lines.append("")
     exp_name = tracking.experiment_name()
-    lines += ["![mIoU per arm, mean ± std over seeds](" + rel(img / "miou.png") + ")", "",
-              "## Every run", "",
-              f"The latest finished `evaluate` run of every arm and split in MLflow experiment `{exp_name}` "
-              "(`mlflow ui`, or `seggen -p bench/params.yaml compare`); run ids in brackets.", "",
-              "| arm | seed | " + " | ".join(splits) + " |", "|---|---:|" + "---:|" * len(splits)]
+    lines += [
+        "![mIoU per arm, mean ± std over seeds](" + rel(img / "miou.png") + ")",
+        "",
+        "## Every run",
+        "",
+        f"mIoU of every arm and split (its `{params.evaluate.out}/ARM/SPLIT/scores.json`); in brackets the "
+        f"latest finished `evaluate` run in MLflow experiment `{exp_name}` (`mlflow ui`, or "
+        "`seggen -p bench/params.yaml compare`), where tracking recorded one.",
+        "",
+        "| arm | seed | " + " | ".join(splits) + " |",
+        "|---|---:|" + "---:|" * len(splits),
+    ]
     for g in groups.values():
-        for i, seed in enumerate(g.seeds):
-            lines.append(f"| `{g.name}` | {seed} | " + " | ".join(
-                f"{g.values[s]['mIoU'][i]:.1f} ({g.run_ids[s][i][:8]})" for s in splits) + " |")
+        for i, (seed, arm) in enumerate(zip(g.seeds, g.arms)):
+            cells = []
+            for s in splits:
+                rid = ids.get((arm, s))
+                cells.append(f"{g.values[s]['mIoU'][i]:.1f}" + (f" ({rid[:8]})" if rid else ""))
+            lines.append(f"| `{g.name}` | {seed} | " + " | ".join(cells) + " |")
     lines.append("")
     if img_files:
         lines += ["## Samples", ""]
@@ -172,57 +215,31 @@ def build_results(params: Params, project: Path = Path(".")) -> dict:
     return summary
 
 
-def _pictures(params: Params, groups: dict[str, Group], uri: str, img: Path) -> list[tuple[str, Path]]:
-    """Synthetic sample grids (the synthesize runs' grid.png) and prediction grids of the first seed of
-    the reference and the `both` arms (their evaluate runs, found by `collect`), downloaded from MLflow."""
-    import mlflow
-
-    mlflow.set_tracking_uri(uri)
-    found: list[tuple[str, str, str]] = []  # (caption, run id, artifact path)
+def _pictures(params: Params, groups: dict[str, Group], img: Path) -> list[tuple[str, Path]]:
+    """Synthetic sample grids (each regime's grid.png) and prediction grids of the first seed of the
+    reference and the `both` arms (their evaluations' predictions.png), copied next to the page."""
+    found: list[tuple[str, Path]] = []
     for regime in params.regimes:
         for strategy in ("masksyn", "imgsyn"):
-            df = mlflow.search_runs(experiment_names=[tracking.experiment_name()], max_results=1, order_by=["attributes.start_time DESC"],
-                                    filter_string=f"tags.`{tracking.STAGE}` = 'synthesize_{strategy}@{regime}' and attributes.status = 'FINISHED'")
-            if not df.empty:
-                found.append((f"{strategy} samples, regime {regime} (colour map | generated image)", df.iloc[0]["run_id"], "grid.png"))
+            grid = Path(params.regime(regime).synthesize.out) / strategy / "grid.png"
+            if grid.exists():
+                found.append((f"{strategy} samples, regime {regime} (colour map | generated image)", grid))
     for g in groups.values():
         if g.name.split("-", 1)[-1] in (params.report.reference, "both"):
-            arm = f"{g.name}-s{g.seeds[0]}" if f"{g.name}-s{g.seeds[0]}" in params.arms else g.name
             for split in params.evaluate.splits:
-                found.append((f"{arm} on {split} (image | ground truth | prediction)", g.run_ids[split][0], f"eval/{split}/predictions.png"))
+                found.append(
+                    (
+                        f"{g.arms[0]} on {split} (image | ground truth | prediction)",
+                        Path(params.evaluate.out) / g.arms[0] / split / "predictions.png",
+                    )
+                )
     files = []
     img.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        for caption, run_id, path in found:
-            local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=tmp))
-            dest = img / (re.sub(r"[^a-z0-9]+", "-", caption.split(" (")[0].lower()).strip("-") + ".png")
-            with atomic_path(dest) as t:
-                shutil.copyfile(local, t)
-            files.append((caption, dest))
+    for caption, src in found:
+        if not src.exists():
+            raise DataError(f"{src}: missing (a picture of the results page)")
+        dest = img / (re.sub(r"[^a-z0-9]+", "-", caption.split(" (")[0].lower()).strip("-") + ".png")
+        with atomic_path(dest) as t:
+            shutil.copyfile(src, t)
+        files.append((caption, dest))
     return files
-
-
-def _chart(groups: dict[str, Group], splits: list[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    names = list(groups)
-    x = np.arange(len(names))
-    w = 0.8 / len(splits)
-    fig, ax = plt.subplots(figsize=(2 + 0.9 * len(names), 3.6))
-    for i, s in enumerate(splits):
-        means = [groups[n].mean(s) or 0 for n in names]
-        stds = [groups[n].std(s) or 0 for n in names]
-        bars = ax.bar(x + (i - (len(splits) - 1) / 2) * w, means, w, yerr=stds, capsize=3, label=s)
-        ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
-    ax.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("mIoU (%), mean ± std over seeds")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)

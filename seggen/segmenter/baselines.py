@@ -30,8 +30,14 @@ def fit(root: str | Path, split: str = "training") -> tuple[int, np.ndarray]:
     return majority, table
 
 
-def evaluate_baselines(root: str | Path, split: str, majority: int, table: np.ndarray, ignore_index: int = 255,
-                       reduce_zero_label: bool = True) -> dict[str, float]:
+def evaluate_baselines(
+    root: str | Path,
+    split: str,
+    majority: int,
+    table: np.ndarray,
+    ignore_index: int = 255,
+    reduce_zero_label: bool = True,
+) -> dict[str, float]:
     ds = open_split(root, split)
     meta, n = ds.meta, ds.meta.num_classes
     acc_major = SemanticAccumulator(n, ignore_index, reduce_zero_label)
@@ -39,4 +45,7 @@ def evaluate_baselines(root: str | Path, split: str, majority: int, table: np.nd
     for img, lab in ds:
         acc_major.add(np.full(lab.shape, majority - 1), lab)
         acc_colour.add(table[_bins(img)] - 1, lab)
-    return {"majority_class": acc_major.metrics(meta.names)["mIoU"], "colour_only": acc_colour.metrics(meta.names)["mIoU"]}
+    return {
+        "majority_class": acc_major.metrics(meta.names)["mIoU"],
+        "colour_only": acc_colour.metrics(meta.names)["mIoU"],
+    }

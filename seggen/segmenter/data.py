@@ -22,7 +22,7 @@ from PIL import Image
 from seggen.data.layout import open_split
 from seggen.data.meta import DatasetMeta
 from seggen.errors import DataError
-from seggen.generators.common import seed_for
+from seggen.training import seed_for
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255  # ImageNet statistics (pretrained Swin)
 STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
@@ -47,8 +47,10 @@ class SegSource:
         self.panoptic = panoptic
         if panoptic:
             if not self.ds.has_panoptic:
-                raise DataError(f"{self.root}: the panoptic task needs a panoptic annotation of {split} "
-                                f"({self.ds.layout.panoptic_json(self.root, split)})")
+                raise DataError(
+                    f"{self.root}: the panoptic task needs a panoptic annotation of {split} "
+                    f"({self.ds.layout.panoptic_json(self.root, split)})"
+                )
             self.ds.segments(0)  # indexes the annotation: a missing one fails here, before training
 
     def __len__(self) -> int:
@@ -74,10 +76,11 @@ def real_subset(seed: int, total: int, n: int | None) -> np.ndarray:
 
 def synthetic_by_source(src: SegSource) -> dict[str, list[int]]:
     """Synthetic dataset: real source image id -> indices of its kept samples (from manifest.jsonl)."""
+    from seggen.synthesis.manifest import read_manifest
+
     man = src.root / "manifest.jsonl"
     if not man.exists():
         return {}
-    from seggen.synthesis.manifest import read_manifest
 
     rows = {r.id: r.source_id for r in read_manifest(man) if r.kept}
     out: dict[str, list[int]] = {}
@@ -94,7 +97,11 @@ def augment(item: Item, rng: np.random.Generator, crop: int, scale: tuple[float,
     nh, nw = max(1, round(h * s)), max(1, round(w * s))
     image = np.asarray(Image.fromarray(item.image).resize((nw, nh), Image.BILINEAR))
     labels = np.asarray(Image.fromarray(item.labels).resize((nw, nh), Image.NEAREST))
-    ids = np.asarray(Image.fromarray(item.ids.astype(np.int32)).resize((nw, nh), Image.NEAREST)) if item.ids is not None else None
+    ids = (
+        np.asarray(Image.fromarray(item.ids.astype(np.int32)).resize((nw, nh), Image.NEAREST))
+        if item.ids is not None
+        else None
+    )
     ph, pw = max(crop - nh, 0), max(crop - nw, 0)
     if ph or pw:  # pad: image with the mean colour, labels with ignore
         image = np.pad(image, ((0, ph), (0, pw), (0, 0)), constant_values=0)
@@ -111,8 +118,12 @@ def augment(item: Item, rng: np.random.Generator, crop: int, scale: tuple[float,
     if flip and rng.random() < 0.5:
         image, labels = image[:, ::-1], labels[:, ::-1]
         ids = ids[:, ::-1] if ids is not None else None
-    return Item(np.ascontiguousarray(image), np.ascontiguousarray(labels),
-                np.ascontiguousarray(ids) if ids is not None else None, item.segments)
+    return Item(
+        np.ascontiguousarray(image),
+        np.ascontiguousarray(labels),
+        np.ascontiguousarray(ids) if ids is not None else None,
+        item.segments,
+    )
 
 
 def pixel_values(images: list[np.ndarray]) -> torch.Tensor:

@@ -7,7 +7,8 @@ Written to OUT/:
     NAME_panoptic.json    [{file_name, height, width, image_id, pan_seg_file_name, sem_seg_file_name,
                             segments_info: [{id, category_id (contiguous, 0-based), iscrowd, isthing, area, bbox}]}]
     NAME_instance.json    [{file_name, height, width, image_id,
-                            annotations: [{bbox (XYWH abs), bbox_mode: 1, category_id (0-based thing index), segmentation (RLE), iscrowd}]}]
+                            annotations: [{bbox (XYWH abs), bbox_mode: 1, category_id (0-based thing index),
+                                           segmentation (RLE), iscrowd}]}]
     sem_seg/NAME/*.png    labels as detectron2's ADE20K loader expects them: 0 -> 255 (ignore), c -> c-1
                           (what Mask2Former's datasets/prepare_ade20k_sem_seg.py writes)
     metadata.json         classes, thing/stuff ids, colours, ignore label
@@ -20,19 +21,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from seggen.progress import tqdm
 
 from seggen.data.coco import rle_encode
 from seggen.data.layout import detect_layout, open_split
 from seggen.data.meta import label_mismatch
 from seggen.errors import DataError
 from seggen.io import write_json, write_png, write_text
+from seggen.progress import tqdm
 
 BOXMODE_XYWH_ABS = 1  # detectron2.structures.BoxMode.XYWH_ABS
 
 REGISTER = '''"""Register the datasets exported by `seggen export detectron2` with detectron2.
 
-    from register import register_all; register_all()     # then e.g. DATASETS.TRAIN ("real_training_sem_seg", "masksyn_sem_seg")
+    from register import register_all; register_all()
+    # then e.g. DATASETS.TRAIN ("real_training_sem_seg", "masksyn_sem_seg")
 """
 import json
 from pathlib import Path
@@ -55,23 +57,28 @@ def register_all(root=HERE):
         kind = name.rsplit("_", 1)[-1] if not name.endswith("sem_seg") else "sem_seg"
         DatasetCatalog.register(name, lambda p=path: json.loads(p.read_text()))
         md = MetadataCatalog.get(name)
-        md.set(stuff_classes=meta["stuff_classes"], stuff_colors=meta["stuff_colors"], ignore_label=meta["ignore_label"],
+        ids = {k: {int(c): v for c, v in meta[f"{k}_dataset_id_to_contiguous_id"].items()} for k in ("thing", "stuff")}
+        md.set(stuff_classes=meta["stuff_classes"], stuff_colors=meta["stuff_colors"],
+               ignore_label=meta["ignore_label"],
                thing_classes=meta["thing_classes"], thing_colors=meta["thing_colors"],
-               thing_dataset_id_to_contiguous_id={int(k): v for k, v in meta["thing_dataset_id_to_contiguous_id"].items()},
-               stuff_dataset_id_to_contiguous_id={int(k): v for k, v in meta["stuff_dataset_id_to_contiguous_id"].items()},
+               thing_dataset_id_to_contiguous_id=ids["thing"], stuff_dataset_id_to_contiguous_id=ids["stuff"],
                evaluator_type={"sem_seg": "sem_seg", "panoptic": "ade20k_panoptic_seg", "instance": "coco"}[kind])
         names.append(name)
     return names
 '''
 
 
-def export_dataset(root: Path, split: str, name: str, out: Path, meta, progress: bool = True, final: Path | None = None) -> dict[str, int]:
+def export_dataset(
+    root: Path, split: str, name: str, out: Path, meta, progress: bool = True, final: Path | None = None
+) -> dict[str, int]:
     """Writes under `out`; the JSON records paths under `final` (where `out` is moved when complete)."""
     final = Path(final or out)
     ds = open_split(root, split)
     thing_index = {cid: k for k, cid in enumerate(meta.thing_ids)}
     sem, panoptic, instance = [], [], []
-    for i, s in enumerate(tqdm(ds.samples, desc=f"export {name}", unit="img", disable=not progress, dynamic_ncols=True)):
+    for i, s in enumerate(
+        tqdm(ds.samples, desc=f"export {name}", unit="img", disable=not progress, dynamic_ncols=True)
+    ):
         lab = ds.load_label(i).astype(np.int64)
         h, w = lab.shape
         d2 = np.where(lab == 0, 255, lab - 1).astype(np.uint8)
@@ -91,13 +98,34 @@ def export_dataset(root: Path, split: str, name: str, out: Path, meta, progress:
             ys, xs = np.nonzero(m)
             bbox = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
             isthing = cat in thing_index
-            segments.append({"id": int(g["id"]), "category_id": cat - 1, "iscrowd": int(g.get("iscrowd", 0)),
-                             "isthing": isthing, "area": int(m.sum()), "bbox": bbox})
+            segments.append(
+                {
+                    "id": int(g["id"]),
+                    "category_id": cat - 1,
+                    "iscrowd": int(g.get("iscrowd", 0)),
+                    "isthing": isthing,
+                    "area": int(m.sum()),
+                    "bbox": bbox,
+                }
+            )
             if isthing:
-                anns.append({"bbox": [float(v) for v in bbox], "bbox_mode": BOXMODE_XYWH_ABS, "category_id": thing_index[cat],
-                             "segmentation": rle_encode(m), "iscrowd": int(g.get("iscrowd", 0))})
-        panoptic.append({**base, "pan_seg_file_name": str(ds.panoptic_png(i).resolve()),
-                         "sem_seg_file_name": str(sem_path), "segments_info": segments})
+                anns.append(
+                    {
+                        "bbox": [float(v) for v in bbox],
+                        "bbox_mode": BOXMODE_XYWH_ABS,
+                        "category_id": thing_index[cat],
+                        "segmentation": rle_encode(m),
+                        "iscrowd": int(g.get("iscrowd", 0)),
+                    }
+                )
+        panoptic.append(
+            {
+                **base,
+                "pan_seg_file_name": str(ds.panoptic_png(i).resolve()),
+                "sem_seg_file_name": str(sem_path),
+                "segments_info": segments,
+            }
+        )
         instance.append({**base, "annotations": anns})
     write_json(out / f"{name}_sem_seg.json", sem, indent=None)
     counts = {f"{name}_sem_seg": len(sem)}
@@ -108,7 +136,9 @@ def export_dataset(root: Path, split: str, name: str, out: Path, meta, progress:
     return counts
 
 
-def export_detectron2(params, out: str | Path, splits: list[str] | None = None, synthetic: bool = True, progress: bool = True) -> dict[str, int]:
+def export_detectron2(
+    params, out: str | Path, splits: list[str] | None = None, synthetic: bool = True, progress: bool = True
+) -> dict[str, int]:
     """The export is built under a temporary name and swapped in whole; an existing `out` is replaced
     only if seggen wrote it."""
     from seggen.io import atomic_dir
@@ -117,7 +147,9 @@ def export_detectron2(params, out: str | Path, splits: list[str] | None = None, 
         return _export(params, tmp, Path(out).resolve(), splits, synthetic, progress)
 
 
-def _export(params, out: Path, final: Path, splits: list[str] | None, synthetic: bool, progress: bool) -> dict[str, int]:
+def _export(
+    params, out: Path, final: Path, splits: list[str] | None, synthetic: bool, progress: bool
+) -> dict[str, int]:
     root = Path(params.data.root)
     splits = splits or list(dict.fromkeys([params.segmenter.split, *params.evaluate.splits[:1]]))
     meta = open_split(root, splits[0]).meta
@@ -133,14 +165,17 @@ def _export(params, out: Path, final: Path, splits: list[str] | None, synthetic:
                     raise DataError(f"{d}: its classes are not those of {root}: {differ}")
                 counts.update(export_dataset(d, params.synthesize.split, strategy, out, meta, progress, final))
     stuff_colors = [list(c.color) for c in meta.classes]
-    write_json(out / "metadata.json", {
-        "stuff_classes": meta.names,  # detectron2's semantic convention: every class is a "stuff" class
-        "stuff_colors": stuff_colors,
-        "thing_classes": [c.name for c in meta.classes if c.isthing],
-        "thing_colors": [list(c.color) for c in meta.classes if c.isthing],
-        "thing_dataset_id_to_contiguous_id": {str(c): k for k, c in enumerate(meta.thing_ids)},
-        "stuff_dataset_id_to_contiguous_id": {str(c.id): c.id - 1 for c in meta.classes},
-        "ignore_label": 255,
-    })
+    write_json(
+        out / "metadata.json",
+        {
+            "stuff_classes": meta.names,  # detectron2's semantic convention: every class is a "stuff" class
+            "stuff_colors": stuff_colors,
+            "thing_classes": [c.name for c in meta.classes if c.isthing],
+            "thing_colors": [list(c.color) for c in meta.classes if c.isthing],
+            "thing_dataset_id_to_contiguous_id": {str(c): k for k, c in enumerate(meta.thing_ids)},
+            "stuff_dataset_id_to_contiguous_id": {str(c.id): c.id - 1 for c in meta.classes},
+            "ignore_label": 255,
+        },
+    )
     write_text(out / "register.py", REGISTER)
     return counts

@@ -27,13 +27,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from seggen.progress import tqdm
 
-from seggen.data.layout import ADE20K, open_split
 from seggen.data.images import id2rgb, load_rgb
+from seggen.data.layout import ADE20K, open_split
 from seggen.data.meta import label_mismatch
 from seggen.errors import DataError
 from seggen.io import write_json, write_png
+from seggen.outputs import check_dir
+from seggen.progress import tqdm
 from seggen.segmenter.data import pixel_values
 from seggen.segmenter.model import load_model
 
@@ -71,11 +72,21 @@ def infer(model, images: list[np.ndarray], size: int | None, device) -> tuple[to
 
 def semantic_from(cls: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
     """One image: Q x (C+1) class probs, Q x H x W mask probs -> H x W class indices 0..C-1."""
-    return torch.einsum("qc,qhw->chw", cls[:, :-1], mask).argmax(0).numpy().astype(np.uint8 if cls.shape[1] <= 256 else np.uint16)
+    return (
+        torch.einsum("qc,qhw->chw", cls[:, :-1], mask)
+        .argmax(0)
+        .numpy()
+        .astype(np.uint8 if cls.shape[1] <= 256 else np.uint16)
+    )
 
 
-def panoptic_from(cls: torch.Tensor, mask: torch.Tensor, things: set[int], score_threshold: float = 0.5,
-                  overlap_threshold: float = 0.8) -> tuple[np.ndarray, list[dict]]:
+def panoptic_from(
+    cls: torch.Tensor,
+    mask: torch.Tensor,
+    things: set[int],
+    score_threshold: float = 0.5,
+    overlap_threshold: float = 0.8,
+) -> tuple[np.ndarray, list[dict]]:
     """One image -> (segment ids H x W, segments with id, category_id (1-based), isthing, score)."""
     scores, labels = cls[:, :-1].max(-1)
     keep = (labels != cls.shape[1] - 1) & (scores > score_threshold)
@@ -139,14 +150,72 @@ def eval_set(params, split: str, root: Path | None, out: Path, progress: bool = 
             write_png(gt_dir / f"{ds.samples[i].id}.png", ds.load_label(i))
             labels.append(gt_dir / f"{ds.samples[i].id}.png")
     pj = ds.panoptic_json if ds.has_panoptic else None
-    return EvalSet(root, split, ds.ids, [s.image_path for s in ds.samples], labels, meta.names, set(meta.thing_ids),
-                   meta.palette().colors, [c.category_id for c in meta.classes], pj, pj.with_suffix("") if pj else None)
+    return EvalSet(
+        root,
+        split,
+        ds.ids,
+        [s.image_path for s in ds.samples],
+        labels,
+        meta.names,
+        set(meta.thing_ids),
+        meta.palette().colors,
+        [c.category_id for c in meta.classes],
+        pj,
+        pj.with_suffix("") if pj else None,
+    )
 
 
-def evaluate(params, model_dir: str | Path, split: str, out: str | Path, root: str | Path | None = None,
-             task: str | None = None, size: int | None = None, batch_size: int = 16, progress: bool = True) -> dict:
-    """Predict every image of `root`/`split` (default: data.root; ADE20K or COCO layout) and write
-    metrics.json to `out`."""
+def scores(metrics: dict) -> dict:
+    """The headline numbers of a metrics.json (scores.json: what `dvc metrics`, the reports and the CI gate read)."""
+    out = {k: metrics["semantic"][k] for k in ("mIoU", "mAcc", "aAcc")}
+    if "panoptic" in metrics:
+        out.update({k: metrics["panoptic"][k] for k in ("PQ", "SQ", "RQ")})
+        out.update({k: metrics["instance"][k] for k in ("AP", "AP50", "AP75")})
+    return out
+
+
+def evaluate(
+    params,
+    model_dir: str | Path,
+    split: str,
+    out: str | Path,
+    root: str | Path | None = None,
+    task: str | None = None,
+    size: int | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+    key: str = "--out",
+) -> dict:
+    """Predict every image of `root`/`split` (default: data.root; ADE20K or COCO layout) and write the
+    whole evaluation into `out` (named `key` in messages): predictions/, scores.json, per_class_iou.json,
+    confusion.png, per_class_iou.png, predictions.png, and metrics.json last -- present only for a
+    complete evaluation. A failed one leaves the previous files or none (built under a temp name);
+    `out` is replaced only if seggen wrote it."""
+    from seggen.io import staged_files
+
+    out = check_dir(out, key)  # before any compute
+    (out / "metrics.json").unlink(missing_ok=True)
+    with staged_files(out, "evaluate", key) as tmp:
+        metrics = _predict_and_score(params, model_dir, split, tmp, root, task, size, batch_size, progress)
+        write_json(tmp / "scores.json", scores(metrics))
+        per_class = [{"class": c, "iou": v} for c, v in metrics["semantic"]["per_class_iou"].items() if v is not None]
+        write_json(tmp / "per_class_iou.json", {"per_class_iou": per_class}, indent=None)
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def _predict_and_score(
+    params,
+    model_dir: str | Path,
+    split: str,
+    out: Path,
+    root: str | Path | None,
+    task: str | None,
+    size: int | None,
+    batch_size: int,
+    progress: bool,
+) -> dict:
+    """Predictions, pictures and metrics of one split, written under `out`."""
     from seggen.metrics.semantic import evaluate_semantic_dirs
 
     out = Path(out)
@@ -181,29 +250,47 @@ def evaluate(params, model_dir: str | Path, split: str, out: str | Path, root: s
             if do_pan:
                 ids, segs = panoptic_from(cls[j], masks[j], es.things)
                 write_png(out / "predictions" / "panoptic" / f"{stem}.png", id2rgb(ids.astype(np.uint32)))
-                pan_annotations.append({"file_name": f"{stem}.png", "stem": stem, "segments_info": [
-                    {"id": s["id"], "category_id": es.cat_ids[s["category_id"] - 1]} for s in segs]})
+                pan_annotations.append(
+                    {
+                        "file_name": f"{stem}.png",
+                        "stem": stem,
+                        "segments_info": [
+                            {"id": s["id"], "category_id": es.cat_ids[s["category_id"] - 1]} for s in segs
+                        ],
+                    }
+                )
                 for s in segs:
                     if s["isthing"]:
-                        detections.append({"stem": stem, "category_id": es.cat_ids[s["category_id"] - 1], "score": s["score"],
-                                           "mask": ids == s["id"]})
+                        detections.append(
+                            {
+                                "stem": stem,
+                                "category_id": es.cat_ids[s["category_id"] - 1],
+                                "score": s["score"],
+                                "mask": ids == s["id"],
+                            }
+                        )
         bar.update(len(idx))
     bar.close()
     seconds = time.perf_counter() - t0
     metrics = {"split": split, "root": str(es.root), "task": task, "model": str(model_dir), "images_per_s": n / seconds}
     gt_dir = es.label_paths[0].parent
-    metrics["semantic"] = evaluate_semantic_dirs(pred_dir, gt_dir, len(es.names), params.eval.ignore_index,
-                                                 params.eval.reduce_zero_label, es.names)
+    metrics["semantic"] = evaluate_semantic_dirs(
+        pred_dir, gt_dir, len(es.names), params.eval.ignore_index, params.eval.reduce_zero_label, es.names
+    )
     if do_pan:
-        metrics["panoptic"], metrics["instance"] = _panoptic_and_instances(es.pan_json, es.pan_dir, pan_annotations, detections, out)
+        metrics["panoptic"], metrics["instance"] = _panoptic_and_instances(
+            es.pan_json, es.pan_dir, pan_annotations, detections, out
+        )
     _pictures(metrics["semantic"], pred_dir, es, grid, out, params)
-    write_json(out / "metrics.json", metrics)
     return metrics
 
 
-def _panoptic_and_instances(gt_json: Path, gt_dir: Path, annotations: list[dict], detections: list[dict], out: Path) -> tuple[dict, dict]:
+def _panoptic_and_instances(
+    gt_json: Path, gt_dir: Path, annotations: list[dict], detections: list[dict], out: Path
+) -> tuple[dict, dict]:
     from pycocotools import mask as mask_utils
 
+    from seggen.data.coco import CocoPanoptic, rle_encode
     from seggen.metrics.instance import evaluate_instances
     from seggen.metrics.panoptic import evaluate_panoptic
 
@@ -214,34 +301,62 @@ def _panoptic_and_instances(gt_json: Path, gt_dir: Path, annotations: list[dict]
         g = by_stem.get(a["stem"])
         if g is None:
             raise DataError(f"{gt_json}: no annotation for {a['stem']}")
-        pred["annotations"].append({"image_id": g["image_id"], "file_name": a["file_name"], "segments_info": a["segments_info"]})
+        pred["annotations"].append(
+            {"image_id": g["image_id"], "file_name": a["file_name"], "segments_info": a["segments_info"]}
+        )
     write_json(out / "predictions" / "panoptic.json", pred, indent=None)
     pq = evaluate_panoptic(gt_json, gt_dir, out / "predictions" / "panoptic.json", out / "predictions" / "panoptic")
 
     # instances: GT things from the panoptic annotation (crowd kept as iscrowd), detections as RLE
-    from seggen.data.coco import CocoPanoptic, rle_encode
 
     pan = CocoPanoptic(gt_json, gt_dir)
     cats = {c["id"]: c for c in gt["categories"]}
-    inst_gt = {"images": gt["images"], "categories": [c for c in gt["categories"] if c.get("isthing")], "annotations": []}
+    inst_gt = {
+        "images": gt["images"],
+        "categories": [c for c in gt["categories"] if c.get("isthing")],
+        "annotations": [],
+    }
     for i, a in enumerate(pan.annotations):
         ids, segs = pan.load_ids(i)
         for s in segs:
             if not cats[s["category_id"]].get("isthing"):
                 continue
             rle = rle_encode(ids == s["id"])
-            inst_gt["annotations"].append({"id": len(inst_gt["annotations"]) + 1, "image_id": a["image_id"], "category_id": s["category_id"],
-                                           "segmentation": rle, "area": float(mask_utils.area(rle)), "bbox": list(map(float, mask_utils.toBbox(rle))),
-                                           "iscrowd": int(s.get("iscrowd", 0))})
+            inst_gt["annotations"].append(
+                {
+                    "id": len(inst_gt["annotations"]) + 1,
+                    "image_id": a["image_id"],
+                    "category_id": s["category_id"],
+                    "segmentation": rle,
+                    "area": float(mask_utils.area(rle)),
+                    "bbox": list(map(float, mask_utils.toBbox(rle))),
+                    "iscrowd": int(s.get("iscrowd", 0)),
+                }
+            )
     dts = []
     for d in detections:
         rle = rle_encode(d["mask"])
-        dts.append({"image_id": by_stem[d["stem"]]["image_id"], "category_id": d["category_id"], "segmentation": rle, "score": d["score"]})
+        dts.append(
+            {
+                "image_id": by_stem[d["stem"]]["image_id"],
+                "category_id": d["category_id"],
+                "segmentation": rle,
+                "score": d["score"],
+            }
+        )
     write_json(out / "predictions" / "instances_gt.json", inst_gt, indent=None)
     write_json(out / "predictions" / "instances_dt.json", dts, indent=None)
     if not inst_gt["annotations"]:  # no thing in the ground truth: AP is undefined
-        ap = {"AP": None, "AP50": None, "AP75": None, "APs": None, "APm": None, "APl": None, "per_class": {},
-              "note": "no thing instances in the ground truth"}
+        ap = {
+            "AP": None,
+            "AP50": None,
+            "AP75": None,
+            "APs": None,
+            "APm": None,
+            "APl": None,
+            "per_class": {},
+            "note": "no thing instances in the ground truth",
+        }
     else:
         ap = evaluate_instances(out / "predictions" / "instances_gt.json", out / "predictions" / "instances_dt.json")
     return pq, ap
@@ -249,14 +364,10 @@ def _panoptic_and_instances(gt_json: Path, gt_dir: Path, annotations: list[dict]
 
 def _pictures(sem: dict, pred_dir: Path, es: EvalSet, grid, out: Path, params) -> None:
     """confusion.png (row-normalised), per_class_iou.png, predictions.png (image | GT | prediction)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
 
     from seggen.data.images import load_label_png
-    from seggen.generators.common import save_grid
-    from seggen.io import atomic_path
+    from seggen.io import atomic_path, save_grid
     from seggen.metrics.semantic import SemanticAccumulator
 
     n = len(es.names)
@@ -266,7 +377,8 @@ def _pictures(sem: dict, pred_dir: Path, es: EvalSet, grid, out: Path, params) -
     conf = acc.confusion[:, :n].astype(float)
     conf = conf / np.maximum(conf.sum(1, keepdims=True), 1)
     show = n <= 40  # ADE20K's 150 classes: a heat map without tick labels
-    fig, ax = plt.subplots(figsize=(6, 5) if show else (9, 8))
+    fig = Figure(figsize=(6, 5) if show else (9, 8))
+    ax = fig.subplots()
     im = ax.imshow(conf, cmap="viridis", vmin=0, vmax=1)
     if show:
         ax.set_xticks(range(n), es.names, rotation=90, fontsize=7)
@@ -277,9 +389,9 @@ def _pictures(sem: dict, pred_dir: Path, es: EvalSet, grid, out: Path, params) -
     fig.tight_layout()
     with atomic_path(out / "confusion.png") as tmp:
         fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
     ious = [(k, v) for k, v in sem["per_class_iou"].items() if v is not None]
-    fig, ax = plt.subplots(figsize=(max(5, 0.25 * len(ious)), 3.5))
+    fig = Figure(figsize=(max(5, 0.25 * len(ious)), 3.5))
+    ax = fig.subplots()
     ax.bar(range(len(ious)), [v for _, v in ious], color="tab:blue")
     ax.set_xticks(range(len(ious)), [k for k, _ in ious], rotation=90, fontsize=7)
     ax.set_ylabel("IoU (%)")
@@ -288,7 +400,6 @@ def _pictures(sem: dict, pred_dir: Path, es: EvalSet, grid, out: Path, params) -
     fig.tight_layout()
     with atomic_path(out / "per_class_iou.png") as tmp:
         fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
     colors = es.colors
     rows = []
     for image, pred, label_path in grid:
@@ -296,9 +407,11 @@ def _pictures(sem: dict, pred_dir: Path, es: EvalSet, grid, out: Path, params) -
         h, w = pred.shape
         r = 64 / max(h, w)
         size = (max(1, round(w * r)), max(1, round(h * r)))
-        tiles = [np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR)),
-                 np.asarray(Image.fromarray(colors[lab]).resize(size, Image.NEAREST)),
-                 np.asarray(Image.fromarray(colors[pred.astype(np.int64) + 1]).resize(size, Image.NEAREST))]
+        tiles = [
+            np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR)),
+            np.asarray(Image.fromarray(colors[lab]).resize(size, Image.NEAREST)),
+            np.asarray(Image.fromarray(colors[pred.astype(np.int64) + 1]).resize(size, Image.NEAREST)),
+        ]
         tile = np.concatenate(tiles, 1)
         rows.append(np.pad(tile, ((0, 64 - tile.shape[0]), (0, 192 - tile.shape[1]), (0, 0))))
     if rows:

@@ -14,8 +14,11 @@ SEG_META = "seggen_segmenter.json"
 
 
 def _labels(meta: DatasetMeta) -> dict:
-    return {"id2label": {i: n for i, n in enumerate(meta.names)}, "label2id": {n: i for i, n in enumerate(meta.names)},
-            "num_labels": meta.num_classes}
+    return {
+        "id2label": {i: n for i, n in enumerate(meta.names)},
+        "label2id": {n: i for i, n in enumerate(meta.names)},
+        "num_labels": meta.num_classes,
+    }
 
 
 def build_model(cfg: SegmenterParams, meta: DatasetMeta):
@@ -23,15 +26,24 @@ def build_model(cfg: SegmenterParams, meta: DatasetMeta):
 
     if cfg.pretrained:
         # a new classifier when the label set differs (e.g. an ADE20K checkpoint fine-tuned on the benchmark)
-        return Mask2FormerForUniversalSegmentation.from_pretrained(cfg.pretrained, ignore_mismatched_sizes=True, **_labels(meta))
+        return Mask2FormerForUniversalSegmentation.from_pretrained(
+            cfg.pretrained, ignore_mismatched_sizes=True, **_labels(meta)
+        )
     m = cfg.model
     stages = [f"stage{i + 1}" for i in range(len(m.depths))]
     if cfg.backbone:
         backbone = AutoConfig.from_pretrained(cfg.backbone)
         backbone.out_features = stages[: len(backbone.depths)]
     else:
-        backbone = SwinConfig(image_size=cfg.train.crop, patch_size=4, embed_dim=m.embed_dim, depths=list(m.depths),
-                              num_heads=list(m.num_heads), window_size=m.window_size, out_features=stages)
+        backbone = SwinConfig(
+            image_size=cfg.train.crop,
+            patch_size=4,
+            embed_dim=m.embed_dim,
+            depths=list(m.depths),
+            num_heads=list(m.num_heads),
+            window_size=m.window_size,
+            out_features=stages,
+        )
     config = Mask2FormerConfig(
         backbone_config=backbone,
         feature_size=m.hidden_dim,

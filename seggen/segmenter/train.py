@@ -23,18 +23,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from seggen.progress import tqdm
 
 from seggen.config import Params
 from seggen.data.layout import detect_layout
 from seggen.data.meta import label_mismatch
 from seggen.errors import DataError
-from seggen.generators.common import make_accelerator, resumable_checkpoint, seed_for, write_loss_log
 from seggen.io import atomic_dir
 from seggen.models import checkpoint as ckpt
+from seggen.models.checkpoint import resumable_checkpoint
 from seggen.outputs import check_dir, claim
 from seggen.segmenter.data import SegSource, augment, pixel_values, real_subset, synthetic_by_source, targets
 from seggen.segmenter.model import SEG_META, build_model
+from seggen.training import make_accelerator, seed_for, step_bar, write_loss_log
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,9 @@ class Mixture:
                 for real_id, items in synthetic_by_source(src).items():
                     self.by_source.setdefault(real_id, []).extend((k, i) for i in items)
                 summary = root / "summary.json"
-                self.syn_fingerprints[name] = json.loads(summary.read_text()).get("fingerprint", "") if summary.exists() else ""
+                self.syn_fingerprints[name] = (
+                    json.loads(summary.read_text()).get("fingerprint", "") if summary.exists() else ""
+                )
             if not self.syn_pool:
                 raise DataError(f"{cfg.synthetic_root}: the synthetic datasets {list(cfg.synthetic)} hold no samples")
 
@@ -83,8 +85,11 @@ class Mixture:
             pool = len(self.real_idx) * cfg.concat_repeat + len(self.syn_pool)
             out = []
             for j in rng.integers(0, pool, n):
-                out.append((-1, int(self.real_idx[j % len(self.real_idx)])) if j < len(self.real_idx) * cfg.concat_repeat
-                           else self.syn_pool[j - len(self.real_idx) * cfg.concat_repeat])
+                out.append(
+                    (-1, int(self.real_idx[j % len(self.real_idx)]))
+                    if j < len(self.real_idx) * cfg.concat_repeat
+                    else self.syn_pool[j - len(self.real_idx) * cfg.concat_repeat]
+                )
             return out
         picks = [(-1, int(i)) for i in rng.choice(self.real_idx, n)]
         if cfg.strategy != "augment":
@@ -132,7 +137,9 @@ def poly_lr(base: float, k: int, n: int, power: float, warmup: int) -> float:
 def make_batch(mix: Mixture, params: Params, phase: str, step: int, micro: int):
     tc = params.segmenter.train
     rng = np.random.default_rng(seed_for(training_seed(params), "segmenter", phase, step, micro))
-    items = [augment(mix.load(s, i), rng, tc.crop, tc.scale, tc.flip) for s, i in mix.draw(phase, step, tc.batch_size, rng)]
+    items = [
+        augment(mix.load(s, i), rng, tc.crop, tc.scale, tc.flip) for s, i in mix.draw(phase, step, tc.batch_size, rng)
+    ]
     tg = [targets(it, params.segmenter.task) for it in items]
     return pixel_values([it.image for it in items]), [t[0] for t in tg], [t[1] for t in tg]
 
@@ -161,8 +168,7 @@ def train_segmenter(params: Params, progress: bool = True) -> Path:
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
     device = accelerator.device
-    bar = tqdm(total=total, initial=start, desc=f"train segmenter ({cfg.strategy})", unit="step",
-               disable=not progress or not accelerator.is_main_process, dynamic_ncols=True)
+    bar = step_bar(total, start, f"train segmenter ({cfg.strategy})", accelerator, progress)
     t0 = time.perf_counter()
     for step in range(start, total):
         phase, k, n = phase_of(step, params)
@@ -172,11 +178,16 @@ def train_segmenter(params: Params, progress: bool = True) -> Path:
         # the loss samples points with the global RNG: seed it per step so a resumed run repeats
         torch.manual_seed(seed_for(training_seed(params), "segmenter", "step", step))
         for micro in range(tc.grad_accum):
-            x, masks, classes = make_batch(mix, params, phase, step, micro * accelerator.num_processes + accelerator.process_index)
+            x, masks, classes = make_batch(
+                mix, params, phase, step, micro * accelerator.num_processes + accelerator.process_index
+            )
             with accelerator.accumulate(model):
                 with accelerator.autocast():
-                    loss = model(pixel_values=x.to(device), mask_labels=[m.to(device) for m in masks],
-                                 class_labels=[c.to(device) for c in classes]).loss
+                    loss = model(
+                        pixel_values=x.to(device),
+                        mask_labels=[m.to(device) for m in masks],
+                        class_labels=[c.to(device) for c in classes],
+                    ).loss
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
@@ -188,8 +199,14 @@ def train_segmenter(params: Params, progress: bool = True) -> Path:
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", phase=phase)
         done = step + 1
         if accelerator.is_main_process and (done % tc.checkpoint_every == 0 or done == total):
-            ckpt.write_checkpoint(out / "checkpoints", done, {"model": ckpt.RawStateDict(accelerator.unwrap_model(model))}, optimizer,
-                                  {**state, "losses": losses}, tc.keep_checkpoints)
+            ckpt.write_checkpoint(
+                out / "checkpoints",
+                done,
+                {"model": ckpt.RawStateDict(accelerator.unwrap_model(model))},
+                optimizer,
+                {**state, "losses": losses},
+                tc.keep_checkpoints,
+            )
     bar.close()
     elapsed = time.perf_counter() - t0
     accelerator.wait_for_everyone()
@@ -206,8 +223,12 @@ def train_segmenter(params: Params, progress: bool = True) -> Path:
         "real_images": int(len(mix.real_idx)),
         "crop": tc.crop,
         "fingerprint": state["fingerprint"],
-        "train": {"steps": total, "steps_this_run": total - start, "seconds_this_run": elapsed,
-                  "final_loss": float(np.mean(losses[-20:])) if losses else None},
+        "train": {
+            "steps": total,
+            "steps_this_run": total - start,
+            "seconds_this_run": elapsed,
+            "final_loss": float(np.mean(losses[-20:])) if losses else None,
+        },
     }
     with atomic_dir(model_dir, "train segmenter", "segmenter.out") as tmp:
         accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)

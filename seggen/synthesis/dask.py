@@ -1,4 +1,5 @@
-"""Synthesis shards as Prefect tasks on a Dask cluster (prefect-dask's DaskTaskRunner).
+"""Synthesis shards as Prefect tasks on a Dask cluster (prefect-dask's DaskTaskRunner): the `--dask`
+way of seggen.synthesis.synthesize.synthesize.
 
 The flow plans once, submits one task per shard (each loads the generators once and writes its
 own disjoint batches), waits, and merges. `synthesize.dask.address` points at an existing Dask
@@ -22,7 +23,7 @@ def synthesize_shard(params: Params, strategy: str, shard: int, num_shards: int)
 
 @task(name="merge-synthetic-dataset")
 def merge(params: Params, strategy: str) -> dict:
-    from seggen.synthesis.synthesize import merge_once, make_plan
+    from seggen.synthesis.synthesize import make_plan, merge_once
 
     return merge_once(make_plan(params, strategy))
 
@@ -30,7 +31,7 @@ def merge(params: Params, strategy: str) -> dict:
 @flow(name="synthesize-dask")
 def synthesize_flow(params: Params, strategy: str, num_shards: int) -> dict:
     from seggen.synthesis.filters import load_filter
-    from seggen.synthesis.synthesize import prepare_output, make_plan
+    from seggen.synthesis.synthesize import make_plan, prepare_output
 
     log = get_run_logger()
     plan = make_plan(params, strategy)  # bad input fails here, before any worker starts
@@ -56,8 +57,14 @@ def synthesize_on_dask(params: Params, strategy: str, num_shards: int | None = N
     if d.address:
         runner = DaskTaskRunner(address=d.address)
     else:
-        runner = DaskTaskRunner(cluster_kwargs={"n_workers": d.n_workers, "threads_per_worker": d.threads_per_worker,
-                                                "processes": True, "dashboard_address": None})
+        runner = DaskTaskRunner(
+            cluster_kwargs={
+                "n_workers": d.n_workers,
+                "threads_per_worker": d.threads_per_worker,
+                "processes": True,
+                "dashboard_address": None,
+            }
+        )
     n = num_shards or d.n_workers
     t0 = time.perf_counter()
     res = synthesize_flow.with_options(task_runner=runner)(params, strategy, n)

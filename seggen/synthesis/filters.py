@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,16 +20,27 @@ from PIL import Image
 
 from seggen.config import Params
 from seggen.io import atomic_dir
-from seggen.outputs import check_dir
 from seggen.models import probe
+from seggen.outputs import check_dir
 
 log = logging.getLogger(__name__)
 
 
 def _fingerprint(params: Params) -> str:
     f = params.synthesize.filter
-    blob = json.dumps([params.seed, str(params.data.root), params.data.model_dump(mode="json"), params.synthesize.split,
-                       f.resolution, f.steps, f.batch_size, params.synthesize.real_subset], sort_keys=True)
+    blob = json.dumps(
+        [
+            params.seed,
+            str(params.data.root),
+            params.data.model_dump(mode="json"),
+            params.synthesize.split,
+            f.resolution,
+            f.steps,
+            f.batch_size,
+            params.synthesize.real_subset,
+        ],
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -49,7 +59,9 @@ class QualityFilter:
         r = self.resolution
         h, w = labels.shape
         x = probe.to_tensor(np.asarray(Image.fromarray(image).resize((r, r), Image.BOX)))[None]
-        y = torch.from_numpy(np.asarray(Image.fromarray(labels.astype(np.uint8)).resize((r, r), Image.NEAREST)).astype(np.int64))[None]
+        y = torch.from_numpy(
+            np.asarray(Image.fromarray(labels.astype(np.uint8)).resize((r, r), Image.NEAREST)).astype(np.int64)
+        )[None]
         miou = None
         if self.sample:
             pred = probe.predict(self.model, x)[0].numpy()
@@ -59,7 +71,9 @@ class QualityFilter:
             loss = probe.pixel_losses(self.model, x, y)[0]
             ref = torch.tensor([0.0] + [v if v is not None else float("inf") for v in self.class_loss])
             bad = (loss > self.margin * ref[y[0]]) & (y[0] > 0)
-            ignore = np.asarray(Image.fromarray(bad.numpy().astype(np.uint8)).resize((w, h), Image.NEAREST)).astype(bool)
+            ignore = np.asarray(Image.fromarray(bad.numpy().astype(np.uint8)).resize((w, h), Image.NEAREST)).astype(
+                bool
+            )
         return miou, ignore
 
 
@@ -95,9 +109,19 @@ def load_filter(params: Params, progress: bool = True) -> QualityFilter | None:
             from seggen.data.layout import open_split
             from seggen.segmenter.data import real_subset
 
-            subset = real_subset(params.seed, len(open_split(params.data.root, params.synthesize.split)), params.synthesize.real_subset)
-        model, x, y = probe.train_probe(params.data.root, f.resolution, params.seed, f.steps, f.batch_size,
-                                        split=params.synthesize.split, progress=progress, subset=subset)
+            subset = real_subset(
+                params.seed, len(open_split(params.data.root, params.synthesize.split)), params.synthesize.real_subset
+            )
+        model, x, y = probe.train_probe(
+            params.data.root,
+            f.resolution,
+            params.seed,
+            f.steps,
+            f.batch_size,
+            split=params.synthesize.split,
+            progress=progress,
+            subset=subset,
+        )
         losses = probe.class_mean_losses(model, x, y)
         with atomic_dir(out, "synthesize: filter segmenter", "synthesize.filter.out") as tmp:
             model.save(tmp, {"fingerprint": fp, "resolution": f.resolution, "class_mean_loss": losses})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -13,8 +13,8 @@ from seggen.errors import DataError, not_found
 
 class Scores(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    sample_miou: Optional[float] = None  # filter (a): segmenter on the image vs the mask, percent
-    ignored_fraction: Optional[float] = Field(None, ge=0, le=1)  # filter (b): share of labelled pixels set to ignore
+    sample_miou: float | None = None  # filter (a): segmenter on the image vs the mask, percent
+    ignored_fraction: float | None = Field(None, ge=0, le=1)  # filter (b): share of labelled pixels set to ignore
 
 
 class ManifestRow(BaseModel):
@@ -28,7 +28,7 @@ class ManifestRow(BaseModel):
     generators: dict[str, str]  # model kind -> sha256 of its model directory
     scores: Scores
     kept: bool
-    drop_reason: Optional[str] = None
+    drop_reason: str | None = None
     width: int = Field(ge=1)
     height: int = Field(ge=1)
 

@@ -31,19 +31,20 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from seggen.progress import tqdm
 
 from seggen.captions import read_captions
 from seggen.config import Params
-from seggen.data.layout import open_split
 from seggen.data.coco import segment_info
 from seggen.data.images import id2rgb
+from seggen.data.layout import open_split
 from seggen.data.meta import META_FILE, DatasetMeta
 from seggen.errors import DataError
-from seggen.generators.common import MODEL_META, read_model_meta, save_grid, seed_for
-from seggen.io import digest_tree, write_json, write_png
+from seggen.generators.diffusion import MODEL_META, read_model_meta
+from seggen.io import digest_tree, save_grid, write_json, write_png
 from seggen.outputs import MARKER, check_dir, claim
+from seggen.progress import tqdm
 from seggen.synthesis.manifest import ManifestRow, Scores, write_manifest
+from seggen.training import seed_for
 
 log = logging.getLogger(__name__)
 STRATEGIES = ("masksyn", "imgsyn")
@@ -98,8 +99,11 @@ class Plan:
         split = self.params.synthesize.split
         if not kept:
             return self.out / "dropped" / "images", self.out / "dropped" / "annotations", None
-        return (self.layout.images(self.out, split), self.layout.labels(self.out, split),
-                self.layout.panoptic_pngs(self.out, split) if self.panoptic else None)
+        return (
+            self.layout.images(self.out, split),
+            self.layout.labels(self.out, split),
+            self.layout.panoptic_pngs(self.out, split) if self.panoptic else None,
+        )
 
 
 def sample_seeds(seed: int) -> tuple[int, int]:
@@ -120,12 +124,19 @@ def _check_generator(directory: Path, kind: str, meta: DatasetMeta, root: Path, 
     want = meta.palette(boundary=bool(info.get("instances")) if boundary is None else boundary).colors
     got = np.asarray(info["palette"], np.uint8)
     if got.shape != want.shape or (got != want).any():
-        raise DataError(f"{directory}: palette of this {kind} model does not match the palette of {root} ({len(got)} vs {len(want)} colours or different colours)")
+        raise DataError(
+            f"{directory}: palette of this {kind} model does not match the palette of {root} ({len(got)} vs "
+            f"{len(want)} colours or different colours)"
+        )
     return info
 
 
 def make_plan(params: Params, strategy: str) -> Plan:
     """Every check that can fail on bad input, before any image is generated."""
+    import torch
+
+    from seggen.training import autocast_dtype
+
     if strategy not in STRATEGIES:
         raise DataError(f"--strategy {strategy}: expected one of {', '.join(STRATEGIES)}")
     cfg = params.synthesize
@@ -162,7 +173,9 @@ def make_plan(params: Params, strategy: str) -> Plan:
     jobs = []
     for s in ids:
         for k in range(per):
-            jobs.append(Job(len(jobs), s, k, caps[s].caption, f"{strategy}_{s}_{k:03d}", seed_for(params.seed, strategy, s, k)))
+            jobs.append(
+                Job(len(jobs), s, k, caps[s].caption, f"{strategy}_{s}_{k:03d}", seed_for(params.seed, strategy, s, k))
+            )
     batches = [jobs[i : i + cfg.batch_size] for i in range(0, len(jobs), cfg.batch_size)]
 
     if ds.has_panoptic and strategy == "imgsyn":
@@ -170,17 +183,34 @@ def make_plan(params: Params, strategy: str) -> Plan:
 
     identity = cfg.model_dump(mode="json", exclude={"out", "threads", "workers", "dask", "text2mask", "mask2img"})
     identity["filter"].pop("out")
-    import torch
-
-    from seggen.generators.common import autocast_dtype
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     identity["precision"] = str(autocast_dtype(cfg.precision, device))  # what `auto` resolves to here
-    blob = json.dumps([params.seed, strategy, str(root), params.data.model_dump(mode="json"), identity, generators,
-                       [(j.id, j.prompt, j.seed) for j in jobs]], sort_keys=True)
+    blob = json.dumps(
+        [
+            params.seed,
+            strategy,
+            str(root),
+            params.data.model_dump(mode="json"),
+            identity,
+            generators,
+            [(j.id, j.prompt, j.seed) for j in jobs],
+        ],
+        sort_keys=True,
+    )
     fingerprint = hashlib.sha256(blob.encode()).hexdigest()[:16]
-    return Plan(params, strategy, Path(cfg.out) / strategy, jobs, batches, meta, ds, generators, fingerprint,
-                {s.id: i for i, s in enumerate(ds.samples)})
+    return Plan(
+        params,
+        strategy,
+        Path(cfg.out) / strategy,
+        jobs,
+        batches,
+        meta,
+        ds,
+        generators,
+        fingerprint,
+        {s.id: i for i, s in enumerate(ds.samples)},
+    )
 
 
 def prepare_output(plan: Plan) -> bool:
@@ -218,7 +248,9 @@ def _resize(a: np.ndarray, size: tuple[int, int], resample) -> np.ndarray:
     return np.asarray(Image.fromarray(a).resize(size, resample))
 
 
-def panoptic_from_labels(labels: np.ndarray, instances: np.ndarray | None, meta: DatasetMeta) -> tuple[np.ndarray, list[dict]]:
+def panoptic_from_labels(
+    labels: np.ndarray, instances: np.ndarray | None, meta: DatasetMeta
+) -> tuple[np.ndarray, list[dict]]:
     """Panoptic ids + segments for a generated mask: one segment per stuff class; thing instances
     from the instance map of an instance-aware Text2Mask, else 8-connected components."""
     from scipy import ndimage
@@ -323,10 +355,17 @@ def _filter_and_write(plan: Plan, gens: Generators, job: Job, sample: dict) -> N
             if pan is not None:
                 ids, segs = pan[0].copy(), pan[1]
                 ids[ignore] = 0
-                segs = [segment_info(s["id"], s["category_id"], ids == s["id"], s.get("iscrowd", 0)) for s in segs if (ids == s["id"]).any()]
+                segs = [
+                    segment_info(s["id"], s["category_id"], ids == s["id"], s.get("iscrowd", 0))
+                    for s in segs
+                    if (ids == s["id"]).any()
+                ]
                 pan = (ids, segs)
         if gens.filter.sample and (miou is None or miou < gens.filter.min_miou):
-            kept, reason = False, f"sample_miou below {gens.filter.min_miou:g}" if miou is not None else "no labelled pixels"
+            kept, reason = (
+                False,
+                f"sample_miou below {gens.filter.min_miou:g}" if miou is not None else "no labelled pixels",
+            )
     if kept and not (labels > 0).any():
         kept, reason = False, "empty mask"
     h, w = labels.shape
@@ -336,8 +375,20 @@ def _filter_and_write(plan: Plan, gens: Generators, job: Job, sample: dict) -> N
         write_png(lab_dir / f"{job.id}.png", labels)
     if kept and pan is not None:
         write_png(pan_dir / f"{job.id}.png", id2rgb(pan[0]))
-    row = ManifestRow(id=job.id, strategy=plan.strategy, source_id=job.source, index=job.k, prompt=job.prompt, seed=job.seed,
-                      generators=plan.generators, scores=scores, kept=kept, drop_reason=reason, width=w, height=h)
+    row = ManifestRow(
+        id=job.id,
+        strategy=plan.strategy,
+        source_id=job.source,
+        index=job.k,
+        prompt=job.prompt,
+        seed=job.seed,
+        generators=plan.generators,
+        scores=scores,
+        kept=kept,
+        drop_reason=reason,
+        width=w,
+        height=h,
+    )
     record = {"row": row.model_dump(mode="json"), "segments": pan[1] if (kept and pan is not None) else None}
     write_json(plan.record(job), record, indent=None)
 
@@ -351,16 +402,24 @@ def _write_image(fmt: str):
 # -- entry points ------------------------------------------------------------------------------
 
 
-def run_shard(params: Params, strategy: str, shard: int = 0, num_shards: int = 1, progress: bool = True,
-              merge: bool = True, plan: Plan | None = None) -> dict:
+def run_shard(
+    params: Params,
+    strategy: str,
+    shard: int = 0,
+    num_shards: int = 1,
+    progress: bool = True,
+    merge: bool = True,
+    plan: Plan | None = None,
+) -> dict:
     """Generate the samples of one shard (all of them for 1 shard), then merge if every shard is done."""
+    import torch
+
     if not 0 <= shard < num_shards:
         raise DataError(f"--shard {shard}: must be in 0..{num_shards - 1} for --num-shards {num_shards}")
     plan = plan or make_plan(params, strategy)
     if prepare_output(plan):
         log.info("%s: complete for these params, nothing to do", plan.out)
         return {**json.loads((plan.out / "summary.json").read_text()), "generated": 0, "seconds": 0.0}
-    import torch
 
     if params.synthesize.threads:
         torch.set_num_threads(params.synthesize.threads)
@@ -379,8 +438,14 @@ def run_shard(params: Params, strategy: str, shard: int = 0, num_shards: int = 1
             bar.update(len(batch))
         bar.close()
     elapsed = time.perf_counter() - t0
-    result = {"strategy": strategy, "shard": shard, "num_shards": num_shards, "generated": n_todo, "seconds": elapsed,
-              "images_per_s": n_todo / elapsed if n_todo and elapsed else None}
+    result = {
+        "strategy": strategy,
+        "shard": shard,
+        "num_shards": num_shards,
+        "generated": n_todo,
+        "seconds": elapsed,
+        "images_per_s": n_todo / elapsed if n_todo and elapsed else None,
+    }
     if merge and all(plan.record(j).exists() for j in plan.jobs):
         result.update(merge_once(plan))
     return result
@@ -403,17 +468,38 @@ def merge_once(plan: Plan) -> dict:
             Path(lock.name).unlink(missing_ok=True)  # waiters re-check .work/ after acquiring
 
 
-def synthesize(params: Params, strategy: str, progress: bool = True) -> dict:
-    """The whole dataset on this machine (resuming whatever an earlier run left): in this process,
-    or with `synthesize.workers` > 1 as that many local processes, one shard each, then merged."""
-    cfg = params.synthesize
-    if cfg.workers == 1:
-        return run_shard(params, strategy, 0, 1, progress)
+def synthesize(
+    params: Params,
+    strategy: str,
+    shard: int | None = None,
+    num_shards: int = 1,
+    dask: bool = False,
+    progress: bool = True,
+) -> dict:
+    """The one way a MaskSyn / ImgSyn dataset is made (the CLI, dvc.yaml and the Prefect flows call it),
+    resuming whatever an earlier run left:
+
+    - `shard` given: only that shard of `num_shards` (any machine); merged when every shard is done;
+    - `dask`: every shard as a Prefect task on a Dask cluster (`synthesize.dask`), then merged;
+    - else `synthesize.workers` local processes, one shard each (one process: in this one), then merged.
+    """
     import multiprocessing
     import os
     from concurrent.futures import ProcessPoolExecutor
 
     from seggen.synthesis.filters import load_filter
+
+    if shard is not None:
+        return run_shard(params, strategy, shard, num_shards, progress)
+    if num_shards != 1 and not dask:
+        raise DataError("--num-shards needs --shard (or --dask to run all shards)")
+    if dask:
+        from seggen.synthesis.dask import synthesize_on_dask
+
+        return synthesize_on_dask(params, strategy, num_shards if num_shards > 1 else None)
+    cfg = params.synthesize
+    if cfg.workers == 1:
+        return run_shard(params, strategy, 0, 1, progress)
 
     plan = make_plan(params, strategy)
     if prepare_output(plan):
@@ -423,8 +509,14 @@ def synthesize(params: Params, strategy: str, progress: bool = True) -> dict:
     threads = cfg.threads or max(1, (os.cpu_count() or 1) // n)
     p = params.model_copy(update={"synthesize": cfg.model_copy(update={"threads": threads})})
     rows = plan.work / "rows"
-    bar = tqdm(total=len(plan.jobs), initial=len(list(rows.glob("*.json"))), desc=f"synthesize {strategy} [{n} workers]",
-               unit="img", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=len(plan.jobs),
+        initial=len(list(rows.glob("*.json"))),
+        desc=f"synthesize {strategy} [{n} workers]",
+        unit="img",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = [pool.submit(run_shard, p, strategy, i, n, False, False) for i in range(n)]
         while not all(f.done() for f in futures):
@@ -434,8 +526,13 @@ def synthesize(params: Params, strategy: str, progress: bool = True) -> dict:
     bar.close()
     generated = sum(r["generated"] for r in parts)
     seconds = max(r["seconds"] for r in parts)
-    result = {"strategy": strategy, "workers": n, "generated": generated, "seconds": seconds,
-              "images_per_s": generated / seconds if generated and seconds else None}
+    result = {
+        "strategy": strategy,
+        "workers": n,
+        "generated": generated,
+        "seconds": seconds,
+        "images_per_s": generated / seconds if generated and seconds else None,
+    }
     result.update(merge_once(plan))
     return result
 
@@ -466,7 +563,10 @@ def merge_dataset(plan: Plan) -> dict:
     for d, names in expected.items():
         present = {p.name for p in d.iterdir()} if d.is_dir() else set()
         if names - present:
-            raise DataError(f"{d}: {len(names - present)} file(s) missing, e.g. {sorted(names - present)[0]}; delete {plan.work} to regenerate")
+            raise DataError(
+                f"{d}: {len(names - present)} file(s) missing, e.g. {sorted(names - present)[0]}; delete {plan.work} "
+                "to regenerate"
+            )
         for stray in present - names:
             (d / stray).unlink()
     for tmp in plan.out.rglob("*.tmp"):
@@ -480,11 +580,23 @@ def merge_dataset(plan: Plan) -> dict:
             images.append({"id": n, "file_name": f"{r.id}.{fmt}", "height": r.height, "width": r.width})
             segments = [{**seg, "category_id": category[int(seg["category_id"])]} for seg in rec["segments"]]
             anns.append({"image_id": n, "file_name": f"{r.id}.png", "segments_info": segments})
-        write_json(plan.layout.panoptic_json(plan.out, split),
-                   {"info": {"description": f"seggen {plan.strategy}, {split}"}, "images": images, "annotations": anns,
-                    "categories": plan.meta.coco_categories()}, indent=None)
-    provenance = {"synthetic": plan.strategy, "source": str(plan.params.data.root), "split": split,
-                  "fingerprint": plan.fingerprint, "generators": plan.generators}
+        write_json(
+            plan.layout.panoptic_json(plan.out, split),
+            {
+                "info": {"description": f"seggen {plan.strategy}, {split}"},
+                "images": images,
+                "annotations": anns,
+                "categories": plan.meta.coco_categories(),
+            },
+            indent=None,
+        )
+    provenance = {
+        "synthetic": plan.strategy,
+        "source": str(plan.params.data.root),
+        "split": split,
+        "fingerprint": plan.fingerprint,
+        "generators": plan.generators,
+    }
     write_json(plan.out / META_FILE, plan.meta.model_copy(update={"generator": provenance}).model_dump(mode="json"))
     write_manifest(plan.out / "manifest.jsonl", rows)
     miou = [r.scores.sample_miou for r in rows if r.scores.sample_miou is not None]
@@ -493,10 +605,17 @@ def merge_dataset(plan: Plan) -> dict:
     for r in rows:
         if r.drop_reason:
             reasons[r.drop_reason] = reasons.get(r.drop_reason, 0) + 1
-    summary = {"strategy": plan.strategy, "fingerprint": plan.fingerprint, "samples": len(rows), "kept": len(kept),
-               "dropped": len(rows) - len(kept), "drop_reasons": reasons,
-               "mean_sample_miou": float(np.mean(miou)) if miou else None,
-               "mean_ignored_fraction": float(np.mean(ign)) if ign else None, "generators": plan.generators}
+    summary = {
+        "strategy": plan.strategy,
+        "fingerprint": plan.fingerprint,
+        "samples": len(rows),
+        "kept": len(kept),
+        "dropped": len(rows) - len(kept),
+        "drop_reasons": reasons,
+        "mean_sample_miou": float(np.mean(miou)) if miou else None,
+        "mean_ignored_fraction": float(np.mean(ign)) if ign else None,
+        "generators": plan.generators,
+    }
     _write_grid(plan, [r for r, _ in kept][:8])
     write_json(plan.out / "summary.json", summary)
     shutil.rmtree(plan.work)

@@ -1,9 +1,10 @@
-"""Pieces shared by the Text2Mask and Mask2Img training loops and samplers.
+"""What Text2Mask and Mask2Img share: their training data, micro-batches, UNet and noise scheduler,
+latents of a pretrained VAE, the model directory they save and load, and the sampler.
 
 Determinism: the batch indices, noise, timesteps and caption-dropout mask of every micro-step are
-drawn from generators seeded by (seed, micro-step), and the initial noise of every sample by
-(seed, sample index). A resumed run therefore repeats an uninterrupted one exactly, and sampled
-outputs do not depend on the batch size.
+drawn from generators seeded by (seed, micro-step) (seggen.training), and the initial noise of every
+sample by (seed, sample index). A resumed run therefore repeats an uninterrupted one exactly, and
+sampled outputs do not depend on the batch size.
 """
 
 from __future__ import annotations
@@ -24,28 +25,10 @@ from seggen.config import GeneratorParams, Params, UNetParams
 from seggen.data.layout import open_split
 from seggen.data.meta import DatasetMeta
 from seggen.errors import DataError
+from seggen.training import autocast_dtype, batch_indices, to_tensor, to_uint8, torch_gen, write_loss_log
 
 log = logging.getLogger(__name__)
 MODEL_META = "seggen_model.json"
-
-
-def seed_for(*parts: int | str) -> int:
-    h = hashlib.sha256("/".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(h[:8], "little") & (2**63 - 1)
-
-
-def torch_gen(*parts: int | str) -> torch.Generator:
-    return torch.Generator().manual_seed(seed_for(*parts))
-
-
-def to_tensor(rgb: np.ndarray) -> torch.Tensor:
-    """HxWx3 uint8 -> 3xHxW float in [-1, 1]."""
-    return torch.from_numpy(np.array(rgb, copy=True)).permute(2, 0, 1).float().div(127.5).sub(1.0)
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """Bx3xHxW in [-1, 1] -> BxHxWx3 uint8."""
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 @dataclass
@@ -78,9 +61,11 @@ def load_generator_data(params: Params, resolution: int, instances: bool = False
     if missing:
         raise DataError(f"{params.caption.out}: no caption for {len(missing)} image(s) of {split}, e.g. {missing[0]}")
     if instances and not ds.has_panoptic:
-        raise DataError(f"{root}: instance-aware colour maps (text2mask.instances) need a panoptic annotation of {split}")
+        raise DataError(
+            f"{root}: instance-aware colour maps (text2mask.instances) need a panoptic annotation of {split}"
+        )
     maps, imgs, labs = [], [], []
-    for i, s in enumerate(ds.samples):
+    for i in range(len(ds)):
         img, lab = ds[i]
         lab_r = np.asarray(Image.fromarray(lab).resize((resolution, resolution), Image.NEAREST))
         if instances:
@@ -105,12 +90,6 @@ def load_generator_data(params: Params, resolution: int, instances: bool = False
     )
 
 
-def batch_indices(seed: int, micro_step: int, n: int, batch_size: int, rank: int = 0, world: int = 1) -> np.ndarray:
-    rng = np.random.default_rng(seed_for(seed, "batch", micro_step))
-    idx = rng.choice(n, batch_size * world, replace=n < batch_size * world)
-    return idx[rank::world]
-
-
 @dataclass
 class MicroBatch:
     idx: torch.Tensor
@@ -120,9 +99,20 @@ class MicroBatch:
     ids: list[torch.Tensor]  # token ids per tokenizer, empty caption where dropped
 
 
-def draw_micro_batch(seed: int, kind: str, micro_step: int, x0_all: torch.Tensor, ids_all: list[torch.Tensor],
-                     empty_ids: list[torch.Tensor], batch_size: int, caption_dropout: float, num_timesteps: int,
-                     device, rank: int = 0, world: int = 1) -> MicroBatch:
+def draw_micro_batch(
+    seed: int,
+    kind: str,
+    micro_step: int,
+    x0_all: torch.Tensor,
+    ids_all: list[torch.Tensor],
+    empty_ids: list[torch.Tensor],
+    batch_size: int,
+    caption_dropout: float,
+    num_timesteps: int,
+    device,
+    rank: int = 0,
+    world: int = 1,
+) -> MicroBatch:
     """Everything random about one micro-step, from generators keyed on (seed, micro-step, rank)."""
     idx = torch.from_numpy(batch_indices(seed, micro_step, len(x0_all), batch_size, rank, world))
     gen = torch_gen(seed, kind, "noise", micro_step, rank)
@@ -132,6 +122,35 @@ def draw_micro_batch(seed: int, kind: str, micro_step: int, x0_all: torch.Tensor
     drop = torch.rand(len(idx), generator=gen) < caption_dropout
     ids = [torch.where(drop[:, None], e.expand(len(idx), -1), a[idx]).to(device) for a, e in zip(ids_all, empty_ids)]
     return MicroBatch(idx, x0, noise, t, ids)
+
+
+def micro_batches(
+    seed: int,
+    kind: str,
+    step: int,
+    train,
+    x0_all: torch.Tensor,
+    ids_all: list[torch.Tensor],
+    empty_ids: list[torch.Tensor],
+    num_timesteps: int,
+    accelerator,
+):
+    """The `train.grad_accum` micro-batches of one optimizer step (draw_micro_batch, this process's share)."""
+    for micro in range(train.grad_accum):
+        yield draw_micro_batch(
+            seed,
+            kind,
+            step * train.grad_accum + micro,
+            x0_all,
+            ids_all,
+            empty_ids,
+            train.batch_size,
+            train.caption_dropout,
+            num_timesteps,
+            accelerator.device,
+            accelerator.process_index,
+            accelerator.num_processes,
+        )
 
 
 def build_unet(cfg: UNetParams, channels: int, cross_attention_dim: int, sample_size: int):
@@ -170,8 +189,10 @@ def resolved_prediction_type(cfg: GeneratorParams, kind: str) -> str:
         return cfg.prediction_type or "sample"
     own = checkpoint_prediction_type(cfg.pretrained)
     if cfg.prediction_type and cfg.prediction_type != own:
-        raise ConfigError(f"{kind}.prediction_type: {cfg.prediction_type}, but {cfg.pretrained} was trained to predict {own} "
-                          f"(its scheduler's prediction_type); set it to {own} or null to follow the checkpoint")
+        raise ConfigError(
+            f"{kind}.prediction_type: {cfg.prediction_type}, but {cfg.pretrained} was trained to predict {own} "
+            f"(its scheduler's prediction_type); set it to {own} or null to follow the checkpoint"
+        )
     return own
 
 
@@ -180,7 +201,9 @@ def build_noise_scheduler(cfg: GeneratorParams, kind: str):
 
     prediction = resolved_prediction_type(cfg, kind)
     if cfg.pretrained:  # the checkpoint's noise schedule and objective
-        return DDPMScheduler.from_config(DDPMScheduler.load_config(cfg.pretrained, subfolder="scheduler"), prediction_type=prediction)
+        return DDPMScheduler.from_config(
+            DDPMScheduler.load_config(cfg.pretrained, subfolder="scheduler"), prediction_type=prediction
+        )
     # cosine schedule: better than linear for small pixel-space images
     return DDPMScheduler(
         num_train_timesteps=cfg.num_train_timesteps,
@@ -201,26 +224,12 @@ def training_target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.T
     raise ValueError(kind)
 
 
-def lr_at(step: int, base: float, warmup: int) -> float:
-    return base * min(1.0, (step + 1) / max(1, warmup))
-
-
-def make_accelerator(train_cfg):
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-
-    # AcceleratorState is a per-process singleton that pins the first run's mixed precision; a
-    # second training in the same process (a Prefect flow, the tests) may use another. The
-    # process-group state (PartialState) is kept, so `accelerate launch` runs are unaffected.
-    AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(mixed_precision=train_cfg.mixed_precision, gradient_accumulation_steps=train_cfg.grad_accum)
-
-
 def load_vae(pretrained: str | None):
     """The frozen AutoencoderKL of a pretrained Stable Diffusion / SDXL repo, or None (pixel space)."""
+    from diffusers import AutoencoderKL
+
     if not pretrained:
         return None
-    from diffusers import AutoencoderKL
 
     vae = AutoencoderKL.from_pretrained(pretrained, subfolder="vae")
     vae.requires_grad_(False)
@@ -246,7 +255,9 @@ def save_model(model_dir: Path, parts: dict, cond, noise_scheduler, vae, info: d
     info = dict(info)
     train = dict(info.pop("train", None) or {})
     if train:
-        write_loss_log(model_dir.parent / "train_log.json", train.pop("loss", []), train["steps"] - train["steps_this_run"])
+        write_loss_log(
+            model_dir.parent / "train_log.json", train.pop("loss", []), train["steps"] - train["steps_this_run"]
+        )
         write_json(model_dir.parent / "train_summary.json", train)
     with atomic_dir(model_dir, f"train {info['kind']}", f"{info['kind']}.out") as tmp:
         for name, module in parts.items():
@@ -259,26 +270,19 @@ def save_model(model_dir: Path, parts: dict, cond, noise_scheduler, vae, info: d
     return model_dir
 
 
-def train_summary(steps: int, start: int, elapsed: float, losses: list[float]) -> dict:
-    return {"steps": steps, "seconds_this_run": elapsed, "steps_this_run": steps - start,
-            "final_loss": float(np.mean(losses[-20:])) if losses else None, "loss": list(losses)}
-
-
-def write_loss_log(path: Path, losses: list[float], first_step: int = 0) -> None:
-    """train_log.json: {"loss": [{"step", "loss"}, ...]}, the shape `dvc plots` reads."""
-    from seggen.io import write_json
-
-    write_json(path, {"loss": [{"step": first_step + i + 1, "loss": float(v)} for i, v in enumerate(losses)]}, indent=None)
-
-
 def write_model_meta(directory: Path, info: dict) -> None:
     (directory / MODEL_META).write_text(json.dumps(info, indent=2))
 
 
 def read_model_meta(directory: str | Path, kind: str) -> dict:
+    from seggen.models.checkpoint import tree_problem
+
     path = Path(directory) / MODEL_META
     if not Path(directory).is_dir():
-        raise DataError(f"{directory}: {'is a file, not' if Path(directory).exists() else 'not found; expected'} a seggen {kind} model directory")
+        raise DataError(
+            f"{directory}: {'is a file, not' if Path(directory).exists() else 'not found; expected'} a seggen {kind} "
+            "model directory"
+        )
     if not path.exists():
         raise DataError(f"{directory}: not a seggen {kind} model directory (no {MODEL_META})")
     try:
@@ -286,26 +290,14 @@ def read_model_meta(directory: str | Path, kind: str) -> dict:
     except (ValueError, UnicodeDecodeError):
         raise DataError(f"{path}: truncated or corrupt JSON") from None
     if not isinstance(info, dict) or info.get("kind") != kind:
-        raise DataError(f"{directory}: is a {info.get('kind') if isinstance(info, dict) else 'unknown'} model, expected {kind}")
-    from seggen.models.checkpoint import tree_problem
+        raise DataError(
+            f"{directory}: is a {info.get('kind') if isinstance(info, dict) else 'unknown'} model, expected {kind}"
+        )
 
     problem = tree_problem(Path(directory))  # a truncated weight file fails here, named, not deep in from_pretrained
     if problem:
         raise DataError(problem)
     return info
-
-
-def save_grid(rows: list[np.ndarray], path: Path, scale: int = 4) -> Path:
-    """rows: list of HxWx3 uint8 images of one row each (already concatenated horizontally)."""
-    grid = np.concatenate(rows, 0)
-    im = Image.fromarray(grid)
-    im = im.resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    from seggen.io import atomic_path
-
-    with atomic_path(path, suffix=".png") as tmp:
-        im.save(tmp, format="PNG")
-    return path
 
 
 def fingerprint_params(params: Params, gen: GeneratorParams, prediction_type: str) -> str:
@@ -316,55 +308,17 @@ def fingerprint_params(params: Params, gen: GeneratorParams, prediction_type: st
     g["prediction_type"] = prediction_type
     for k in ("steps", "checkpoint_every", "keep_checkpoints", "threads"):
         g["train"].pop(k)
-    blob = json.dumps([params.seed, params.data.model_dump(mode="json"), params.caption.model_dump(mode="json"),
-                       params.text_encoder.model_dump(mode="json"), g], sort_keys=True)
+    blob = json.dumps(
+        [
+            params.seed,
+            params.data.model_dump(mode="json"),
+            params.caption.model_dump(mode="json"),
+            params.text_encoder.model_dump(mode="json"),
+            g,
+        ],
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def resumable_checkpoint(root: Path, fingerprint: str) -> Path | None:
-    """The newest intact checkpoint made with the same params. A damaged one (a file missing,
-    truncated or changed) is moved aside to `step_XXXXXXX.corrupt` with a warning naming the file, and
-    the previous one is used. Checkpoints made with other params are moved aside (to
-    `checkpoints.stale/`) with a warning, and training starts over."""
-    import shutil
-
-    from seggen.models.checkpoint import STATE, checkpoint_problem, latest_checkpoint
-
-    while (last := latest_checkpoint(root)) is not None:
-        problem = checkpoint_problem(last)
-        if problem is None:
-            break
-        aside = last.with_name(last.name + ".corrupt")
-        shutil.rmtree(aside, ignore_errors=True)
-        last.rename(aside)
-        log.warning("checkpoint %s is damaged (%s): moved to %s; resuming from the one before", last, problem, aside.name)
-    if last is None:
-        return None
-    saved = json.loads((last / STATE).read_text())
-    if saved.get("fingerprint") == fingerprint:
-        return last
-    stale = root.with_name(root.name + ".stale")
-    shutil.rmtree(stale, ignore_errors=True)
-    root.rename(stale)
-    log.warning("%s was trained with other params: moved to %s, starting over", root, stale)
-    return None
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """Sampling precision: `auto` is bf16 on CPUs with native bf16 (AVX512-BF16/AMX) and on CUDA
-    devices that support it, fp16 on other CUDA devices, else fp32 (None: no autocast)."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16":
-        return torch.float16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    try:
-        return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
-    except (AttributeError, RuntimeError):
-        return None
 
 
 class DiffusionSampler:
@@ -385,7 +339,11 @@ class DiffusionSampler:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype = autocast_dtype(precision, self.device)
         # channels_last: oneDNN's convolutions are markedly faster in NHWC on CPU (and on GPU tensor cores)
-        self.unet = UNet2DConditionModel.from_pretrained(self.dir / "unet").to(self.device, memory_format=torch.channels_last).eval()
+        self.unet = (
+            UNet2DConditionModel.from_pretrained(self.dir / "unet")
+            .to(self.device, memory_format=torch.channels_last)
+            .eval()
+        )
         self.text = text.TextConditioner.load(self.dir, int(self.info["resolution"])).to(self.device)
         sched = json.loads((self.dir / "scheduler" / "scheduler_config.json").read_text())
         self.scheduler_config = {k: v for k, v in sched.items() if not k.startswith("_")}
@@ -410,7 +368,6 @@ class DiffusionSampler:
     def run(self, prompts: list[str], seeds: list[int], steps: int, guidance_scale: float, predict) -> np.ndarray:
         """predict(x, t, context, added_cond_kwargs, doubled) -> model output; `doubled` when x is [uncond; cond]."""
         from diffusers import DPMSolverMultistepScheduler
-
 
         # a fresh scheduler per batch: the multistep solver keeps a step index
         scheduler = DPMSolverMultistepScheduler.from_config(self.scheduler_config, algorithm_type="dpmsolver++")

@@ -1,0 +1,105 @@
+"""The training toolkit every model's loop uses (Text2Mask, Mask2Img, Mask2Former, the probe):
+determinism, accelerate set-up, learning-rate warm-up, loss logs, precision.
+
+Determinism: batch indices, noise, timesteps and augmentation of every step are drawn from
+generators seeded by (seed, ..., step), never from a shared stream, so a resumed run repeats an
+uninterrupted one exactly and outputs do not depend on the batch size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def seed_for(*parts: int | str) -> int:
+    h = hashlib.sha256("/".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(h[:8], "little") & (2**63 - 1)
+
+
+def torch_gen(*parts: int | str) -> torch.Generator:
+    return torch.Generator().manual_seed(seed_for(*parts))
+
+
+def batch_indices(seed: int, micro_step: int, n: int, batch_size: int, rank: int = 0, world: int = 1) -> np.ndarray:
+    rng = np.random.default_rng(seed_for(seed, "batch", micro_step))
+    idx = rng.choice(n, batch_size * world, replace=n < batch_size * world)
+    return idx[rank::world]
+
+
+def to_tensor(rgb: np.ndarray) -> torch.Tensor:
+    """HxWx3 uint8 -> 3xHxW float in [-1, 1]."""
+    return torch.from_numpy(np.array(rgb, copy=True)).permute(2, 0, 1).float().div(127.5).sub(1.0)
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """Bx3xHxW in [-1, 1] -> BxHxWx3 uint8."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def make_accelerator(train_cfg):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    # AcceleratorState is a per-process singleton that pins the first run's mixed precision; a
+    # second training in the same process (a Prefect flow, the tests) may use another. The
+    # process-group state (PartialState) is kept, so `accelerate launch` runs are unaffected.
+    AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(mixed_precision=train_cfg.mixed_precision, gradient_accumulation_steps=train_cfg.grad_accum)
+
+
+def lr_at(step: int, base: float, warmup: int) -> float:
+    return base * min(1.0, (step + 1) / max(1, warmup))
+
+
+def train_summary(steps: int, start: int, elapsed: float, losses: list[float]) -> dict:
+    return {
+        "steps": steps,
+        "seconds_this_run": elapsed,
+        "steps_this_run": steps - start,
+        "final_loss": float(np.mean(losses[-20:])) if losses else None,
+        "loss": list(losses),
+    }
+
+
+def write_loss_log(path: Path, losses: list[float], first_step: int = 0) -> None:
+    """train_log.json: {"loss": [{"step", "loss"}, ...]}, the shape `dvc plots` reads."""
+    from seggen.io import write_json
+
+    write_json(
+        path, {"loss": [{"step": first_step + i + 1, "loss": float(v)} for i, v in enumerate(losses)]}, indent=None
+    )
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """Sampling precision: `auto` is bf16 on CPUs with native bf16 (AVX512-BF16/AMX) and on CUDA
+    devices that support it, fp16 on other CUDA devices, else fp32 (None: no autocast)."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    try:
+        return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def step_bar(total: int, start: int, desc: str, accelerator, progress: bool = True):
+    """The training loop's progress bar (rate and ETA), on the main process only."""
+    from seggen.progress import tqdm
+
+    return tqdm(
+        total=total,
+        initial=start,
+        desc=desc,
+        unit="step",
+        dynamic_ncols=True,
+        disable=not progress or not accelerator.is_main_process,
+    )

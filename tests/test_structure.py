@@ -1,0 +1,120 @@
+"""The shape of the code, checked: complete DVC code deps, layers that do not loop, one home for the
+defaults (params.yaml mirrors config.py; profiles are deltas), lazy imports at the top of functions."""
+
+from __future__ import annotations
+
+import ast
+import shutil
+
+import yaml
+
+from helpers import REPO
+from seggen import codedeps
+from seggen.config import EXTENDS, Params, _read_tree, flatten, load_params
+
+
+def test_dvc_code_deps_cover_every_module_a_stage_imports():
+    for dvcfile in (REPO / "dvc.yaml", REPO / "bench" / "dvc.yaml"):
+        assert codedeps.check(dvcfile) == {}, dvcfile
+        stages = yaml.safe_load(dvcfile.read_text())["stages"]
+        for name, st in stages.items():  # every stage has its entry points (a new stage must add them)
+            if not st.get("always_changed"):
+                assert codedeps.required_files(name), name
+
+
+def test_a_missing_code_dep_is_found(tmp_path):
+    """Drop one module a stage imports from its deps: the check names the stage and the file."""
+    text = (REPO / "dvc.yaml").read_text()
+    assert "      - seggen/segmenter/model.py\n" in text
+    dvcfile = tmp_path / "dvc.yaml"
+    dvcfile.write_text(text.replace("      - seggen/segmenter/model.py\n", "", 1))
+    missing = codedeps.check(dvcfile)
+    assert any("seggen/segmenter/model.py" in files for files in missing.values())
+    codedeps.write(dvcfile)  # the generator puts it back
+    assert codedeps.check(dvcfile) == {}
+
+
+def test_the_evaluate_stage_depends_on_the_model_and_data_readers():
+    """The gaps of the hand-written deps: evaluate missed segmenter/model.py and segmenter/data.py;
+    train_segmenter the training toolkit; most stages config.py, codec.py and the data readers."""
+    ev = codedeps.required_files("evaluate")
+    assert {
+        "seggen/segmenter/model.py",
+        "seggen/segmenter/data.py",
+        "seggen/config.py",
+        "seggen/codec.py",
+        "seggen/data/ade20k.py",
+    } <= set(ev)
+    assert "seggen/training.py" in codedeps.required_files("train_segmenter")
+    assert "seggen/tracking.py" not in ev and "seggen/generators/diffusion.py" not in ev
+
+
+def test_seggen_never_imports_flows():
+    for f in (REPO / "seggen").rglob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text())):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            assert not any(n == "flows" or n.startswith("flows.") for n in names), f
+
+
+def test_params_yaml_mirrors_the_code_defaults():
+    """config.py is the one home of the defaults: params.yaml states them all, equal."""
+    assert load_params(REPO / "params.yaml") == Params()
+    assert set(flatten(Params().model_dump(mode="json"))) == set(
+        flatten(load_params(REPO / "params.yaml").model_dump(mode="json"))
+    )
+
+
+def test_profiles_are_deltas():
+    """bench/, ci/ and profiles/ extend params.yaml and state only what differs from it."""
+    base = flatten(_read_tree(REPO / "params.yaml"))
+    for f in [REPO / "bench" / "params.yaml", REPO / "ci" / "params.yaml", *sorted((REPO / "profiles").glob("*.yaml"))]:
+        raw = yaml.safe_load(f.read_text())
+        assert raw.pop(EXTENDS) == "../params.yaml", f
+        for key, value in flatten(raw).items():
+            assert base.get(key, object()) != value or key in ("arms", "regimes"), (
+                f"{f.name}: {key} repeats params.yaml"
+            )
+        load_params(f)  # and validates
+
+
+def test_lazy_imports_sit_at_the_top_of_their_function():
+    """Imports inside a function (heavy libraries, loaded only when used) come before its other
+    statements; inside a block only where one branch needs an optional dependency (if / try)."""
+    bad = []
+    for f in sorted(
+        [*(REPO / "seggen").rglob("*.py"), *(REPO / "flows").glob("*.py"), *(REPO / "benchmarks").glob("*.py")]
+    ):
+        for fn in ast.walk(ast.parse(f.read_text())):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            started = False
+            for st in fn.body:
+                if isinstance(st, (ast.Import, ast.ImportFrom)):
+                    if started:
+                        bad.append(f"{f.relative_to(REPO)}:{st.lineno}")
+                elif not (isinstance(st, ast.Expr) and isinstance(getattr(st, "value", None), ast.Constant)):
+                    started = True
+                if isinstance(st, (ast.With, ast.For, ast.While)):
+                    bad += [
+                        f"{f.relative_to(REPO)}:{s.lineno}"
+                        for s in ast.walk(st)
+                        if isinstance(s, (ast.Import, ast.ImportFrom))
+                    ]
+    assert bad == []
+
+
+def test_the_flows_read_their_stages_from_dvc_yaml(tmp_path):
+    from flows.pipeline import SYNTHESIS, TRAIN_EVALUATE, stage_groups, stage_names
+
+    groups = stage_groups(REPO / "dvc.yaml")
+    assert all(groups.values()) and set(groups.values()) <= set(SYNTHESIS) | set(TRAIN_EVALUATE)
+    synthesis = stage_names(REPO, SYNTHESIS)
+    assert synthesis[0] == "check_models" and synthesis[-1] == "synthesize_imgsyn"
+    assert stage_names(REPO, TRAIN_EVALUATE)[-1] == "report"
+    shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
