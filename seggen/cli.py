@@ -42,11 +42,13 @@ def _plugins() -> None:
 class _State:
     params_path: Path = DEFAULT_PARAMS
     overrides: list[str] = []
+    variant: str | None = None
 
     def params(self, extra: dict | None = None) -> Params:
         ov = parse_overrides(self.overrides)
         ov.update({k: v for k, v in (extra or {}).items() if v is not None})
-        return load_params(self.params_path, ov)
+        p = load_params(self.params_path, ov)
+        return p.variant(self.variant) if self.variant else p
 
 
 state = _State()
@@ -63,6 +65,9 @@ def _root(
         bool, typer.Option("--offline", help="No MLflow tracking for this command (same as SEGGEN_TRACKING=off).")
     ] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Print the traceback of an error.")] = False,
+    variant: Annotated[
+        str | None, typer.Option("--variant", help="Run with the params of this variant (`variants` in the file).")
+    ] = None,
 ) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not verbose:  # per-request and per-worker chatter of the Prefect client and Dask
@@ -70,6 +75,7 @@ def _root(
             logging.getLogger(name).setLevel(logging.WARNING)
     state.params_path = params
     state.overrides = list(set_ or [])
+    state.variant = variant
     if offline:
         import os
 
@@ -214,6 +220,38 @@ train_app = typer.Typer(no_args_is_help=True, help="Train a model (resumes from 
 sample_app = typer.Typer(no_args_is_help=True, help="Sample from a trained generator.")
 app.add_typer(train_app, name="train")
 app.add_typer(sample_app, name="sample")
+
+
+@app.command("prepare-corpus")
+def prepare_corpus_cmd(
+    num_images: Annotated[int | None, typer.Option(help="prior.corpus.num_images")] = None,
+    out: Annotated[Path | None, typer.Option(help="prior.corpus.out")] = None,
+) -> None:
+    """Render the captioned, unlabelled "web" corpus the prior learns from (no masks)."""
+    from seggen import stages
+
+    p = state.params({"prior.corpus.num_images": num_images, "prior.corpus.out": str(out) if out else None})
+    s = stages.prepare_corpus(p)
+    if s.get("skipped"):
+        typer.echo(f"corpus not rendered: {s['skipped']}")
+    else:
+        d = s["distance_to_shift"]
+        typer.echo(
+            f"corpus ready at {p.prior.corpus.out}: {s['images']} images, distance to the shifted domain "
+            f"min {d['min']:.2f} (hold-out radius {s['holdout_radius']})"
+        )
+
+
+@train_app.command("prior")
+def train_prior_cmd(
+    steps: Annotated[int | None, typer.Option(help="prior.train.steps")] = None,
+    out: Annotated[Path | None, typer.Option(help="prior.out")] = None,
+) -> None:
+    """Pretrain the text-to-image prior on the corpus (the stand-in for SD/SDXL pretraining)."""
+    from seggen import stages
+
+    p = state.params({"prior.train.steps": steps, "prior.out": str(out) if out else None})
+    typer.echo(f"model written to {stages.pretrain(p)}")
 
 
 @train_app.command("text2mask")

@@ -28,6 +28,20 @@ def _yaml_load(text: str) -> Any:
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _partial_sections_keep_defaults(cls, data):
+        # a field whose default is a tuned instance (prior.unet, ...) given only some keys keeps the
+        # rest of that instance, not the section class's generic defaults
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for name, field in cls.model_fields.items():
+            if isinstance(field.default, BaseModel) and isinstance(out.get(name), dict):
+                # shallow: a sub-section given in part is completed the same way by its own class
+                out[name] = {**field.default.model_dump(), **out[name]}
+        return out
+
 
 class BenchmarkParams(_Section):
     resolution: int = Field(64, ge=32, le=1024)
@@ -84,7 +98,7 @@ class TextEncoderParams(_Section):
     hidden_size: int = Field(64, ge=16)
     layers: int = Field(2, ge=1)
     heads: int = Field(4, ge=1)
-    max_length: int = Field(48, ge=8, le=512)
+    max_length: int = Field(64, ge=8, le=512)  # the corpus captions (content + style) need up to ~60
     train: bool = True  # train jointly with the generator (from-scratch encoder only)
 
     @model_validator(mode="after")
@@ -123,6 +137,9 @@ class UNetParams(_Section):
     attention_levels: tuple[bool, ...] = (False, True, True)  # cross-attention to the caption per level
     attention_head_dim: int = Field(8, ge=1)
     norm_num_groups: int = Field(8, ge=1)
+    # the caption, attention-pooled, added to the time embedding (diffusers addition_embed_type "text"):
+    # a global condition every block sees -- what a style (lighting, palette, rendering) needs
+    pooled_text: bool = False
 
     @model_validator(mode="after")
     def _levels(self) -> UNetParams:
@@ -164,14 +181,53 @@ class ControlNetParams(_Section):
 
 class Mask2ImgParams(GeneratorParams):
     out: Path = Path("models/mask2img")
+    resolution: int = Field(64, ge=8, le=2048)  # 64 px draws the small things (people, cars) 32 px cannot
+    # from scratch only (the prior brings its own UNet); one more level than 32 px: the same cost per step
     unet: UNetParams = UNetParams(
-        attention_levels=(False, False, True)
+        block_out_channels=(16, 32, 64, 64), attention_levels=(False, False, False, True)
     )  # the mask steers; the caption only at the bottom
     train: TrainParams = TrainParams(steps=450)
     sample: SampleParams = SampleParams(guidance_scale=2.0)
     controlnet: ControlNetParams = ControlNetParams()
-    # from scratch: base UNet and ControlNet trained jointly; with `pretrained`: base frozen
-    train_base: bool = True
+    # the base UNet under the ControlNet. auto: trained with it from scratch, frozen over `pretrained`
+    # weights or the benchmark's prior (prior.enabled); finetune over those: trained too, and the broad
+    # base is kept beside it (unet_prior/) for synthesize.style_swap; frozen from scratch is an error
+    base: Literal["auto", "frozen", "finetune"] = "auto"
+    # with the prior and a fine-tuned base: this share of each batch (extra samples) from the corpus,
+    # ControlNet off for them, so that the base keeps its styles ("the prior mixed back in")
+    prior_mix: float = Field(0.5, ge=0, le=4)
+    # appended to the labelled captions in training ("two cars on a road, a photo"): what the
+    # labelled images look like, in the words of the prior's captions; null: captions as they are
+    caption_style: str | None = "a photo"
+
+
+class CorpusParams(_Section):
+    """The captioned, unlabelled "web" corpus the prior learns from (seggen.data.corpus)."""
+
+    out: Path = Path("data/corpus")
+    num_images: int = Field(6000, ge=16)
+    resolution: int = Field(64, ge=16, le=512)
+    max_things: int = Field(7, ge=2, le=30)
+    # looks closer than this to the shifted domain (seggen.data.corpus.look_distance) are redrawn; the
+    # labelled domain lies at 1.04 from it
+    holdout_radius: float = Field(0.5, ge=0)
+    include_shift: bool = False  # the leak reference: no held-out rule, a tenth in the shifted domain itself
+    workers: int = Field(1, ge=1, le=64)
+
+
+class PriorParams(GeneratorParams):
+    """The text-to-image prior, pretrained on the corpus (the benchmark's stand-in for SD/SDXL
+    pretraining); Mask2Img starts from it. Not used when mask2img.pretrained names real weights."""
+
+    enabled: bool = True
+    out: Path = Path("models/prior")
+    resolution: int = Field(64, ge=8, le=2048)
+    corpus: CorpusParams = CorpusParams()
+    unet: UNetParams = UNetParams(
+        block_out_channels=(16, 32, 64, 64), attention_levels=(False, False, False, True), pooled_text=True
+    )
+    train: TrainParams = TrainParams(steps=1500, batch_size=32)
+    sample: SampleParams = SampleParams(guidance_scale=2.0)
 
 
 class FilterParams(_Section):
@@ -194,6 +250,18 @@ class DaskParams(_Section):
     threads_per_worker: int = Field(1, ge=1)
 
 
+# the in-domain look ("a photo", what mask2img.caption_style names) 40 %, six looks the prior knows 10 % each
+DEFAULT_STYLES = {
+    "a photo": 4.0,
+    "a night photo": 1.0,
+    "a dusk photo": 1.0,
+    "a foggy photo": 1.0,
+    "an overcast photo": 1.0,
+    "a grainy photo": 1.0,
+    "a flat painting": 1.0,
+}
+
+
 class SynthesizeParams(_Section):
     out: Path = Path("data/synthetic")  # datasets at out/masksyn and out/imgsyn
     split: str = "training"  # source split (captions from caption.out)
@@ -205,7 +273,7 @@ class SynthesizeParams(_Section):
     imgsyn_per_source: int = Field(1, ge=1)  # the paper: 50 on ADE20K
     steps: int = Field(20, ge=1, le=1000)
     text2mask_guidance: float = Field(3.0, ge=0)
-    mask2img_guidance: float = Field(2.0, ge=0)
+    mask2img_guidance: float = Field(4.0, ge=0)  # the style phrase shows from about 4 (bench/tuning.md)
     batch_size: int = Field(16, ge=1)  # part of the output's identity: float results depend on it
     # network precision while sampling; auto: bf16 on CPUs with native bf16 and on CUDA, else fp32
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
@@ -216,8 +284,21 @@ class SynthesizeParams(_Section):
     workers: int = Field(2, ge=1, le=256)
     text2mask: Path = Path("models/text2mask/model")
     mask2img: Path = Path("models/mask2img/model")
+    # style prompts: each Mask2Img prompt is the caption plus a style phrase drawn (per sample, from its
+    # seed) with these weights, e.g. {"a photo": 1, "a foggy dusk photo": 1}; empty: captions alone
+    styles: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_STYLES))
+    # with a Mask2Img trained on the prior: run its ControlNet on the prior's base (DGInStyle's style
+    # swap) instead of the fine-tuned one
+    style_swap: bool = False
     filter: FilterParams = FilterParams()
     dask: DaskParams = DaskParams()
+
+    @field_validator("styles")
+    @classmethod
+    def _weights(cls, v: dict[str, float]) -> dict[str, float]:
+        if any(w < 0 for w in v.values()) or (v and sum(v.values()) <= 0):
+            raise ValueError("style weights must be >= 0 and not all 0")
+        return v
 
 
 class Mask2FormerParams(_Section):
@@ -316,6 +397,8 @@ class AblationParams(_Section):
 
     groups: dict[str, dict[str, Any]]  # group name -> `segmenter` keys, e.g. both: {strategy: augment}
     seeds: tuple[int, ...] = Field(DEFAULT_SEEDS, min_length=1)  # segmenter.seed of each copy
+    # the group whose segmenter keys the arms of every variant (Params.variants) use
+    variant_group: str = "both"
 
 
 class Params(_Section):
@@ -326,6 +409,7 @@ class Params(_Section):
     text_encoder: TextEncoderParams = TextEncoderParams()
     text2mask: Text2MaskParams = Text2MaskParams()
     mask2img: Mask2ImgParams = Mask2ImgParams()
+    prior: PriorParams = PriorParams()
     synthesize: SynthesizeParams = SynthesizeParams()
     segmenter: SegmenterParams = SegmenterParams()
     # the segmenter runs of the pipeline (dvc.yaml: train_segmenter foreach, evaluate matrix): each
@@ -339,7 +423,12 @@ class Params(_Section):
     # data regimes of an ablation (bench/params.yaml): each is a set of `synthesize` keys overriding
     # that section (e.g. real_subset for the low-data regime); its datasets go to synthesize.out/REGIME
     regimes: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    # an ablation (bench/params.yaml): `arms` generated, one per regime x group x seed
+    # other generator setups of an ablation (bench/params.yaml), each a set of dotted keys of `prior`,
+    # `mask2img` and `synthesize` over these params; their corpus, prior, Mask2Img and synthetic data
+    # go beside the main ones with -NAME appended (Params.variant), and their arms are
+    # REGIME-NAME-sSEED, trained like ablation.variant_group on that data
+    variants: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # an ablation (bench/params.yaml): `arms` generated, one per regime x group x seed (and variant)
     ablation: AblationParams | None = None
     evaluate: EvaluateParams = EvaluateParams()
     report: ReportParams = ReportParams()
@@ -359,17 +448,54 @@ class Params(_Section):
             return data  # the field validation below names what is wrong
         regimes = data.get("regimes") or {"": {}}
         root = Path((data.get("synthesize") or {}).get("out", SynthesizeParams().out))
+        variants = data.get("variants") or {}
+        vgroup = ab.get("variant_group", "both")
+        if variants and vgroup not in ab["groups"]:
+            raise ValueError(f"ablation.variant_group: {vgroup!r} is not a group (have: {', '.join(ab['groups'])})")
+        clash = sorted(set(variants) & set(ab["groups"]))
+        if clash:
+            raise ValueError(f"variants.{clash[0]}: also the name of a group; an arm name would be ambiguous")
         arms = {}
         for regime, over in regimes.items():
-            for group, keys in ab["groups"].items():
+            runs = [(g, k, root) for g, k in ab["groups"].items()]
+            runs += [(v, ab["groups"][vgroup], variant_path(root, v)) for v in variants]
+            for group, keys, syn_root in runs:
                 for seed in ab.get("seeds", DEFAULT_SEEDS):
                     arm = dict(keys or {}, seed=seed)
                     if regime:
-                        arm["synthetic_root"] = str(root / regime)
+                        arm["synthetic_root"] = str(syn_root / regime)
                         if (over or {}).get("real_subset"):
                             arm["real_subset"] = over["real_subset"]
+                    elif syn_root != root:
+                        arm["synthetic_root"] = str(syn_root)
                     arms[f"{regime}-{group}-s{seed}" if regime else f"{group}-s{seed}"] = arm
         return {**data, "arms": arms}
+
+    @model_validator(mode="after")
+    def _generators_valid(self) -> Params:
+        m = self.mask2img
+        broad = m.pretrained or self.prior.enabled
+        if m.base == "frozen" and not broad:
+            raise ValueError(
+                "mask2img.base: frozen needs a trained base (mask2img.pretrained or prior.enabled); "
+                "from scratch it is trained"
+            )
+        if self.synthesize.style_swap and not broad:
+            raise ValueError(
+                "synthesize.style_swap: needs a broad base to swap to (mask2img.pretrained or prior.enabled)"
+            )
+        if self.prior.enabled and not m.pretrained and self.data.format != "benchmark":
+            # the corpus renders the benchmark's own scenes: a prior for real data is SD/SDXL weights
+            raise ValueError(
+                f"prior.enabled: the bundled corpus is the benchmark's; with data.format {self.data.format} set "
+                "mask2img.pretrained (SD/SDXL weights) or prior.enabled: false (Mask2Img from scratch)"
+            )
+        if self.prior.enabled and not m.pretrained and self.prior.resolution != m.resolution:
+            raise ValueError(
+                f"prior.resolution: {self.prior.resolution}, but Mask2Img starts from the prior at mask2img.resolution "
+                f"{m.resolution}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _arms_valid(self) -> Params:
@@ -379,6 +505,10 @@ class Params(_Section):
             if not re.match(_ARM_NAME, name):
                 raise ValueError(f"regimes.{name}: regime names are lowercase letters, digits, - and _")
             self.regime(name)
+        for name in self.variants:
+            if not re.match(_ARM_NAME, name) or "-" in name:
+                raise ValueError(f"variants.{name}: variant names are lowercase letters, digits and _")
+            self.variant(name)
         for name in self.arms:
             if not re.match(_ARM_NAME, name):
                 raise ValueError(f"arms.{name}: arm names are lowercase letters, digits, - and _")
@@ -397,6 +527,25 @@ class Params(_Section):
                         f"({seg.synthetic_root}) is regime {regime}'s, made from real_subset {syn.real_subset}"
                     )
         return self
+
+    def variant(self, name: str) -> Params:
+        """These params with variant `name`'s keys set, its outputs moved beside the main ones (-NAME)."""
+        if name not in self.variants:
+            raise ConfigError(f"variants.{name}: no such variant (have: {', '.join(self.variants) or 'none'})")
+        tree = self.model_dump(mode="json")
+        for key, value in self.variants[name].items():
+            if key.split(".")[0] not in VARIANT_SECTIONS:
+                raise ConfigError(f"variants.{name}.{key}: a variant sets keys of {', '.join(VARIANT_SECTIONS)} only")
+            _set_dotted(tree, key, value, f"variants.{name}")
+        for section, key in (("prior", "out"), ("mask2img", "out"), ("synthesize", "out")):
+            tree[section][key] = str(variant_path(Path(tree[section][key]), name))
+        tree["prior"]["corpus"]["out"] = str(variant_path(Path(tree["prior"]["corpus"]["out"]), name))
+        tree["synthesize"]["mask2img"] = str(Path(tree["mask2img"]["out"]) / "model")
+        tree["arms"], tree["variants"] = {}, {}
+        try:
+            return Params.model_validate(tree)
+        except ValidationError as e:
+            raise ConfigError(_format_error(f"variants.{name}", e)) from None
 
     def regime(self, name: str) -> Params:
         """These params with `synthesize` set to what regime `name` synthesizes (out: synthesize.out/NAME)."""
@@ -428,6 +577,12 @@ class Params(_Section):
 
 
 ARMS_ROOT = "models/segmenter"
+VARIANT_SECTIONS = ("prior", "mask2img", "synthesize")
+
+
+def variant_path(path: Path, name: str) -> Path:
+    """Where variant `name` writes what the main setup writes at `path`: models/prior -> models/prior-NAME."""
+    return path.with_name(f"{path.name}-{name}")
 
 
 def _format_error(
@@ -519,16 +674,18 @@ def _read_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
 
 
 EXTENDS = "extends"
+# mappings a profile or an override replaces whole: a profile's arms are its arms, its styles its styles
+REPLACED_WHOLE = ("arms", "regimes", "variants", "styles")
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """`over` on `base`: mappings merged key by key, anything else replaced. `arms` and `regimes`
+    """`over` on `base`: mappings merged key by key, anything else replaced; REPLACED_WHOLE mappings
     are replaced whole (a profile's arms are its arms, not added to the base's)."""
     out = dict(base)
     for k, v in over.items():
         out[k] = (
             deep_merge(out[k], v)
-            if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in ("arms", "regimes")
+            if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in REPLACED_WHOLE
             else v
         )
     return out
@@ -582,11 +739,11 @@ def write_params(path: str | Path, changes: dict[str, Any], override_source: str
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a.b": 1}; `arms` and `regimes` entries stay whole (they are replaced whole)."""
+    """{"a": {"b": 1}} -> {"a.b": 1}; REPLACED_WHOLE mappings stay whole."""
     out: dict[str, Any] = {}
     for k, v in tree.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict) and v and k not in ("arms", "regimes"):
+        if isinstance(v, dict) and v and k not in REPLACED_WHOLE:
             out.update(flatten(v, key + "."))
         else:
             out[key] = v

@@ -47,6 +47,37 @@ def caption(params: Params) -> dict:
     return stats
 
 
+def prepare_corpus(params: Params) -> dict:
+    """The captioned, unlabelled corpus the prior learns from (seggen.data.corpus)."""
+    from seggen.data.corpus import prepare_corpus as run
+
+    with tracking.stage_run("prepare_corpus", _sections(params, "seed", "prior")) as mlrun:
+        summary = run(params)
+        mlrun.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        if "distance_to_shift" in summary:
+            mlrun.log_metrics(summary["distance_to_shift"], prefix="distance_to_shift/")
+            mlrun.log_artifact(Path(params.prior.corpus.out) / "preview.png")
+        mlrun.log_artifact(Path(params.prior.corpus.out) / "summary.json")
+    return summary
+
+
+def pretrain(params: Params) -> Path:
+    """Stage `pretrain`: the text-to-image prior on the corpus (skipped with real mask2img weights)."""
+    from seggen.generators.prior import train_prior
+
+    with tracking.stage_run("pretrain", _sections(params, "seed", "text_encoder", "prior")) as mlrun:
+        out = Path(params.prior.out)
+        mlrun.log_dataset(params.prior.corpus.out, "corpus", "training")
+        model_dir = train_prior(params)
+        if (out / "train_summary.json").exists() and (out / "samples.png").exists():
+            mlrun.log_losses(_losses(out / "train_log.json"))
+            summary = json.loads((out / "train_summary.json").read_text())
+            mlrun.log_metrics({k: v for k, v in summary.items() if k != "loss"}, prefix="train/")
+            mlrun.log_artifact(out / "samples.png")
+            mlrun.log_model(model_dir, "prior", "seggen-prior")
+    return model_dir
+
+
 def train_generator(params: Params, kind: str) -> Path:
     """kind: text2mask | mask2img."""
     if kind == "text2mask":
@@ -166,13 +197,13 @@ def report(params: Params) -> dict:
     from seggen.reporting.report import build_report
     from seggen.reporting.results import build_results
 
-    with tracking.stage_run("report", _sections(params, "arms", "evaluate", "report")) as mlrun:
+    with tracking.stage_run("report", _sections(params, "arms", "evaluate", "report", "synthesize")) as mlrun:
         summary = build_report(params)
         out = Path(params.report.out)
         for arm, splits in summary["arms"].items():
             for split, s in splits.items():
                 mlrun.log_metrics(s, prefix=f"{arm}/{split}/")
-        for f in ("report.md", "summary.json", "miou.png"):
+        for f in ("report.md", "summary.json", "miou.png", "styles.png", "synthetic_vs_shifted.png"):
             mlrun.log_artifact(out / f)
         if params.report.results:  # the ablation page
             res = build_results(params)

@@ -38,6 +38,7 @@ def tiny_params(tmp_path: Path, data_root: Path, steps: int = 4, **extra) -> Pat
         "text_encoder": {"vocab_size": 128, "hidden_size": 16, "layers": 1, "heads": 2, "max_length": 40},
         "text2mask": {**gen, "out": str(tmp_path / "t2m")},
         "mask2img": {**gen, "out": str(tmp_path / "m2i"), "controlnet": {"conditioning_embedding_out_channels": [8]}},
+        "prior": {"enabled": False},  # the tests that want it pass prior=... (test_prior.py)
     }
     for key, value in extra.items():
         node = doc
@@ -95,6 +96,11 @@ def tiny_pipeline_params() -> dict:
         "text_encoder": {"vocab_size": 128, "hidden_size": 16, "layers": 1, "heads": 2, "max_length": 40},
         "text2mask": gen,
         "mask2img": {**gen, "controlnet": {"conditioning_embedding_out_channels": [8]}},
+        "prior": {  # the default pipeline's prior, tiny
+            **gen,
+            "unet": {**TINY_UNET, "pooled_text": True},
+            "corpus": {"num_images": 24, "resolution": 16, "max_things": 3},
+        },
         "synthesize": {**SYN, "max_sources": 4, "workers": 1},
         "segmenter": {
             "model": TINY_SEG_MODEL,

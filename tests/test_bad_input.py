@@ -45,6 +45,8 @@ def ws(tmp_path_factory) -> Path:
         stages.prepare(p)
         stages.caption(p)
         stages.train_generator(p, "text2mask")
+        stages.prepare_corpus(p)  # the default Mask2Img is a ControlNet over the prior
+        stages.pretrain(p)
         stages.train_generator(p, "mask2img")
         stages.train_segmenter(p, "baseline")
     finally:

@@ -36,6 +36,7 @@ def test_bench_repro_builds_the_results_page(tmp_path, mlflow_server):
     bench["ablation"] = ABLATION
     bench["mask2img"] = {"out": "models/bench/mask2img"}  # the tiny project's generator, at a bench path
     bench["segmenter"] = {}
+    bench["variants"] = {"leak": bench["variants"]["leak"]}  # one variant: its corpus, prior, Mask2Img, arms
     (root / "bench" / "params.yaml").write_text(yaml.safe_dump(bench, sort_keys=False))
     # its own experiment: test_pipeline.py reads the shared server's `seggen` experiment
     env = {**_env(mlflow_server), "MLFLOW_EXPERIMENT_NAME": "seggen-bench-test"}
@@ -49,6 +50,11 @@ def test_bench_repro_builds_the_results_page(tmp_path, mlflow_server):
         "synthesize@low-imgsyn",
         "train_segmenter@low-both-1",
         "evaluate@full-baseline-0",
+        "prepare_corpus_variant@leak",
+        "pretrain_variant@leak",
+        "synthesize_variant@leak-low-imgsyn",
+        "train_segmenter_variant@low-leak-1",
+        "evaluate_variant@full-leak-0",
         "report",
     ):
         assert f"bench/dvc.yaml:{s}" in stages
@@ -93,8 +99,12 @@ def test_bench_repro_builds_the_results_page(tmp_path, mlflow_server):
             assert cells[4].startswith(f"{d:+.1f}"), row
     assert "try 1: nothing yet" in page  # the tuning log is inlined
     pictures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", page)
-    # the chart, 2 regimes x 2 synthetic grids, 4 (baseline or both) groups x 2 splits of predictions
-    assert "img/results/miou.png" in pictures and len(pictures) == 1 + 4 + 8
+    # the chart, 2 regimes x 2 synthetic grids, 4 (baseline or both) groups x 2 splits of predictions,
+    # the prior's corpus preview, one mask in the styles, synthetic next to real shifted images
+    assert "img/results/miou.png" in pictures and len(pictures) == 1 + 4 + 8 + 3
+    assert {"../data/corpus/preview.png", "img/results/styles.png", "img/results/synthetic_vs_shifted.png"} <= set(
+        pictures
+    )
     for p in pictures:
         assert (root / "docs" / p).stat().st_size > 1000, p
     assert ran(dvc(root, "repro", "bench/dvc.yaml", env=env)) == ["check_models"]

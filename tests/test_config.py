@@ -51,10 +51,12 @@ def test_bad_params_name_the_key(tmp_path, yaml_text, message):
 
 
 def test_overrides():
-    p = load_params(
-        REPO / "params.yaml", parse_overrides(["data.benchmark.resolution=96", "mask2img.train_base=false"])
-    )
-    assert p.data.benchmark.resolution == 96 and p.mask2img.train_base is False
+    p = load_params(REPO / "params.yaml", parse_overrides(["data.benchmark.resolution=96", "mask2img.base=finetune"]))
+    assert p.data.benchmark.resolution == 96 and p.mask2img.base == "finetune"
+    # a section given only some keys keeps the rest of its tuned default, not the class's generic one
+    p = load_params(REPO / "params.yaml", parse_overrides(["prior.unet.pooled_text=true"]))
+    assert p.prior.unet.pooled_text is True
+    assert p.prior.unet.block_out_channels == Params().prior.unet.block_out_channels
     # the pipeline's label PNGs are 0 = ignored: without the reduction every class would be scored against its neighbour
     with pytest.raises(ConfigError, match=r"^--set eval\.reduce_zero_label: must be true"):
         load_params(REPO / "params.yaml", parse_overrides(["eval.reduce_zero_label=false"]))
@@ -80,7 +82,8 @@ def test_cli_reports_bad_params_in_one_line(tmp_path):
 
 
 def test_bench_profile_is_valid_and_complete():
-    """bench/params.yaml: 5 arms x 3 seeds x 2 regimes; the low regime's arms train on its subset."""
+    """bench/params.yaml: (4 groups + 2 variants) x 3 seeds x 2 regimes; the low regime's arms train on
+    its subset; a variant's arms train like `both` on the variant's synthetic data."""
     p = load_params(REPO / "bench" / "params.yaml")
     assert set(p.regimes) == {"full", "low"}
     low = p.regime("low").synthesize
@@ -95,8 +98,17 @@ def test_bench_profile_is_valid_and_complete():
         else:
             assert seg.real_subset is None
     assert groups == {
-        f"{r}-{a}": {0, 1, 2} for r in ("full", "low") for a in ("baseline", "imgsyn", "masksyn", "both", "pretrain")
+        f"{r}-{a}": {0, 1, 2}
+        for r in ("full", "low")
+        for a in ("baseline", "imgsyn", "masksyn", "both", "noprior", "leak")
     }
+    leak, both = p.arm("full-leak-s1").segmenter, p.arm("full-both-s1").segmenter
+    assert (
+        str(leak.synthetic_root) == f"{p.synthesize.out}-leak/full"
+        and str(both.synthetic_root) == f"{p.synthesize.out}/full"
+    )
+    assert (leak.strategy, leak.synthetic, leak.seed) == (both.strategy, both.synthetic, 1)
+    assert p.variant("leak").prior.corpus.include_shift and not p.variant("noprior").prior.enabled
     # the data and captions are the main pipeline's (bench/dvc.yaml depends on them)
     main = load_params(REPO / "params.yaml")
     assert p.data == main.data and p.caption == main.caption

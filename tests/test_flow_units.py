@@ -59,11 +59,15 @@ def test_bench_profile_stages_and_overrides(tmp_path):
     p = load_params(REPO / "bench" / "params.yaml")
     assert names[:2] == ["bench/dvc.yaml:train_text2mask", "bench/dvc.yaml:train_mask2img"]
     assert sum(n.startswith("bench/dvc.yaml:synthesize@") for n in names) == 2 * len(p.regimes)
-    # REGIME-GROUP-sSEED arms, one stage each (DVC names matrix stages REGIME-GROUP-SEED)
+    # REGIME-GROUP-sSEED and REGIME-VARIANT-sSEED arms, one stage each (DVC names matrix stages
+    # REGIME-GROUP-SEED); the groups' arms in the order of p.arms
+    groups = [a for a in p.arms if a.split("-")[1] not in p.variants]
     assert [n for n in names if ":train_segmenter@" in n] == [
-        f"bench/dvc.yaml:train_segmenter@{a.replace('-s', '-')}" for a in p.arms
+        f"bench/dvc.yaml:train_segmenter@{a.replace('-s', '-')}" for a in groups
     ]
-    assert len(p.arms) == 30 and stage_names(REPO, ("segmentation",), "bench/dvc.yaml")[-1] == "bench/dvc.yaml:report"
+    trained = {n.split("@")[1] for n in names if ":train_segmenter" in n}
+    assert trained == {a.replace("-s", "-") for a in p.arms}
+    assert len(p.arms) == 36 and stage_names(REPO, ("segmentation",), "bench/dvc.yaml")[-1] == "bench/dvc.yaml:report"
     (tmp_path / "bench").mkdir()
     shutil.copy(REPO / "bench" / "params.yaml", tmp_path / "bench" / "params.yaml")
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")

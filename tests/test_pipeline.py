@@ -62,7 +62,7 @@ def test_repro_runs_every_stage_then_nothing(project):
     root = project["root"]
     first = ran(project["first"])
     # every stage, the pre-flight check first (check_models runs on every repro; nothing re-runs because of it)
-    assert sorted(first) == sorted(stage_list(root)) and first[0] == "check_models" and len(first) == 15
+    assert sorted(first) == sorted(stage_list(root)) and first[0] == "check_models" and len(first) == 17
     for arm in ("baseline", "seggen"):
         for split in ("validation", "validation_shift"):
             scores = json.loads((root / "reports" / "eval" / arm / split / "scores.json").read_text())

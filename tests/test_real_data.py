@@ -269,6 +269,7 @@ def test_a_split_the_params_use_but_the_dataset_lacks_fails_at_prepare(ade_root,
         yaml.safe_dump(
             {
                 "data": {"format": "ade20k", "root": str(ade_root)},
+                    "prior": {"enabled": False},
                 "caption": {"split": "validation"},
                 "synthesize": {"split": "validation"},
                 "segmenter": {"split": "validation"},
@@ -286,12 +287,14 @@ def test_a_split_the_params_use_but_the_dataset_lacks_fails_at_prepare(ade_root,
 # -- 6. COCO panoptic as a data.format -----------------------------------------------------------------
 
 
+@pytest.mark.slow  # an end-to-end pipeline (make test-slow)
 def test_coco_format_end_to_end_on_the_real_sample(real, tmp_path):
     """Captions with readable names, generators, MaskSyn/ImgSyn in the COCO layout (the source's own
     category ids), data check, a panoptic Mask2Former on real + synthetic, and evaluation (PQ, AP):
     on the real COCO val2017 sample as it is, with no conversion."""
     p = merged(yaml.safe_load((REPO / "params.yaml").read_text()), tiny_pipeline_params())
     p["data"] = {"format": "coco", "root": str(real / "coco")}
+    p["prior"]["enabled"] = False  # no SD weights offline: Mask2Img from scratch (the corpus is the benchmark's)
     for k in ("caption", "synthesize", "segmenter"):
         p[k]["split"] = "val2017"
     p["synthesize"]["max_sources"] = None
@@ -328,11 +331,13 @@ def test_coco_format_end_to_end_on_the_real_sample(real, tmp_path):
 # -- 7. a tiny pipeline on an ADE20K-layout root of real images ------------------------------------------
 
 
+@pytest.mark.slow  # an end-to-end pipeline (make test-slow)
 def test_dvc_repro_on_a_real_ade20k_layout(ade_root, tmp_path):
     params = merged(
         tiny_pipeline_params(),
         {
             "data": {"format": "ade20k", "root": "data/ADEChallengeData2016"},
+            "prior": {"enabled": False},  # Mask2Img from scratch: the bundled corpus is the benchmark's
             "evaluate": {"splits": ["validation"], "size": 64},
             "segmenter": {"model": TINY_SEG_MODEL},
         },

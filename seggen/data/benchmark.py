@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
-from seggen.progress import tqdm
 
 from seggen.config import BenchmarkParams
 from seggen.data.coco import segment_info
@@ -37,6 +36,7 @@ from seggen.data.images import id2rgb, load_panoptic_png
 from seggen.data.meta import META_FILE, ClassInfo, DatasetMeta
 from seggen.io import atomic_dir, file_digests, remove_stale, unlisted_files, verify_files, write_json, write_png
 from seggen.outputs import OutputError, check_dir
+from seggen.progress import tqdm
 
 SPLITS = {"training": 0, "validation": 1, "validation_shift": 2}
 SHIFTED = {"validation_shift"}
@@ -61,7 +61,12 @@ def benchmark_meta(params: BenchmarkParams, seed: int) -> DatasetMeta:
     return DatasetMeta(
         name="seggen-benchmark",
         classes=[ClassInfo(id=i + 1, name=n, isthing=t, color=c) for i, (n, t, c) in enumerate(CLASSES)],
-        generator={"kind": "seggen.data.benchmark", "version": 2, "seed": seed, **params.model_dump(exclude={"workers"})},
+        generator={
+            "kind": "seggen.data.benchmark",
+            "version": 2,
+            "seed": seed,
+            **params.model_dump(exclude={"workers"}),
+        },
     )
 
 
@@ -242,11 +247,17 @@ def _draw_thing(rng, c: Canvas, kind: int, fx: float, fy: float, s: float, dom: 
     if kind == HOUSE:
         w, h = rng.uniform(0.10, 0.18) * s, rng.uniform(0.08, 0.14) * s
         body = c.rect(fx - w / 2, fy - h, fx + w / 2, fy)
-        roof = c.poly([(fx - w / 2 - 0.01, fy - h), (fx + w / 2 + 0.01, fy - h), (fx, fy - h - rng.uniform(0.5, 0.9) * h)])
+        roof = c.poly(
+            [(fx - w / 2 - 0.01, fy - h), (fx + w / 2 + 0.01, fy - h), (fx, fy - h - rng.uniform(0.5, 0.9) * h)]
+        )
         roof_col = _hsv(rng, HOUSE, dom) * 0.55
         c.paint(body, HOUSE, _textured(rng, c, col, dom, 0.5), k)
         c.paint(roof, HOUSE, roof_col, k)
-        win = body & (np.sin(c.xx * 2 * np.pi / max(w / 3, 1e-3)) > 0.5) & (np.sin(c.yy * 2 * np.pi / max(h / 2, 1e-3)) > 0.6)
+        win = (
+            body
+            & (np.sin(c.xx * 2 * np.pi / max(w / 3, 1e-3)) > 0.5)
+            & (np.sin(c.yy * 2 * np.pi / max(h / 2, 1e-3)) > 0.6)
+        )
         c.rgb[win] = dark
     elif kind == TREE:
         h = rng.uniform(0.10, 0.20) * s
@@ -261,7 +272,9 @@ def _draw_thing(rng, c: Canvas, kind: int, fx: float, fy: float, s: float, dom: 
         w, h = rng.uniform(0.10, 0.15) * s, rng.uniform(0.04, 0.06) * s
         body = c.rect(fx - w / 2, fy - h, fx + w / 2, fy - 0.2 * h)
         cabin = c.rect(fx - w / 4, fy - 1.7 * h, fx + w / 4, fy - h + 1e-3)
-        wheels = c.ellipse(fx - w / 3, fy - 0.2 * h, 0.22 * h, 0.22 * h) | c.ellipse(fx + w / 3, fy - 0.2 * h, 0.22 * h, 0.22 * h)
+        wheels = c.ellipse(fx - w / 3, fy - 0.2 * h, 0.22 * h, 0.22 * h) | c.ellipse(
+            fx + w / 3, fy - 0.2 * h, 0.22 * h, 0.22 * h
+        )
         c.paint(body | cabin, CAR, col, k)
         c.rgb[cabin & ~body] = np.array([60, 70, 90], np.float32) * dom.brightness
         c.paint(wheels, CAR, np.array([20, 20, 20], np.float32), k)
@@ -361,7 +374,9 @@ def check_replaceable(root: Path) -> None:
     if root.is_dir() and (root / FILES).exists():
         extra = unlisted_files(root, root / FILES)
         if extra:
-            raise OutputError(f"data.root {root}: {extra[0]} was not written by seggen and re-rendering would delete it; move it away")
+            raise OutputError(
+                f"data.root {root}: {extra[0]} was not written by seggen and re-rendering would delete it; move it away"
+            )
 
 
 def generate(root: str | Path, params: BenchmarkParams, seed: int, progress: bool = True) -> Path:
@@ -375,7 +390,9 @@ def generate(root: str | Path, params: BenchmarkParams, seed: int, progress: boo
     meta = meta.model_copy(update={"generator": {**meta.generator, "fingerprint": fingerprint(params, seed)}})
     with atomic_dir(root, "prepare", "data.root") as tmp:
         for split, n in counts.items():
-            jobs = [(seed, split, i, params.resolution, params.max_things, params.jpeg_quality, str(tmp)) for i in range(n)]
+            jobs = [
+                (seed, split, i, params.resolution, params.max_things, params.jpeg_quality, str(tmp)) for i in range(n)
+            ]
             bar = tqdm(total=n, desc=f"prepare {split}", unit="img", disable=not progress, dynamic_ncols=True)
             results = []
             if params.workers > 1:
@@ -422,7 +439,10 @@ def write_preview(root: Path, meta: DatasetMeta, n: int = 6) -> Path:
     h = max(c.shape[0] for c in columns)
     padded = []
     for c in columns:  # splits may have fewer samples than n: pad with white
-        padded += [np.pad(c, ((0, h - c.shape[0]), (0, 0), (0, 0)), constant_values=255), np.full((h, 4, 3), 255, np.uint8)]
+        padded += [
+            np.pad(c, ((0, h - c.shape[0]), (0, 0), (0, 0)), constant_values=255),
+            np.full((h, 4, 3), 255, np.uint8),
+        ]
     grid = np.concatenate(padded[:-1], 1)
     scale = max(1, 384 // grid.shape[0])
     out = root / "preview.png"

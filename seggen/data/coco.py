@@ -85,15 +85,18 @@ def validate_images(data: dict, path: Path, sizes: bool) -> dict[int, dict]:
             raise DataError(f"{path}: image id {iid} appears twice")
         if im["file_name"] in names:
             raise DataError(f"{path}: image file {im['file_name']} is listed twice")
-        if sizes and (_int(im["height"], path, f"image {iid} height") < 1 or _int(im["width"], path, f"image {iid} width") < 1):
+        if sizes and (
+            _int(im["height"], path, f"image {iid} height") < 1 or _int(im["width"], path, f"image {iid} width") < 1
+        ):
             raise DataError(f"{path}: image {iid} has a size below 1x1")
         names.add(im["file_name"])
         out[iid] = im
     return out
 
 
-def validate_panoptic(data: Any, path: Path, categories: dict[int, dict] | None = None,
-                      images: bool = True) -> tuple[dict[int, dict], dict[int, dict], list[dict]]:
+def validate_panoptic(
+    data: Any, path: Path, categories: dict[int, dict] | None = None, images: bool = True
+) -> tuple[dict[int, dict], dict[int, dict], list[dict]]:
     """A COCO panoptic JSON, checked fully -> (categories, images, annotations). `categories`: those
     of the ground truth when `data` is a prediction (which need not list its own). Errors name the
     file, the annotation and the segment: an empty or malformed list, duplicate category, image or
@@ -118,7 +121,9 @@ def validate_panoptic(data: Any, path: Path, categories: dict[int, dict] | None 
         seen_images[iid] = name
         seen_files.add(name)
         if not isinstance(a["segments_info"], list):
-            raise DataError(f"{path}: annotation {name} segments_info must be a list, got {type(a['segments_info']).__name__}")
+            raise DataError(
+                f"{path}: annotation {name} segments_info must be a list, got {type(a['segments_info']).__name__}"
+            )
         seg_ids: set[int] = set()
         for s in a["segments_info"]:
             _require(s, ("id", "category_id"), path, f"segment of {name}")
@@ -137,9 +142,17 @@ def validate_panoptic(data: Any, path: Path, categories: dict[int, dict] | None 
 
 
 def _polygons_ok(seg: Any) -> bool:
-    return (isinstance(seg, list) and bool(seg) and all(
-        isinstance(poly, list) and len(poly) >= 6 and len(poly) % 2 == 0
-        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in poly) for poly in seg))
+    return (
+        isinstance(seg, list)
+        and bool(seg)
+        and all(
+            isinstance(poly, list)
+            and len(poly) >= 6
+            and len(poly) % 2 == 0
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in poly)
+            for poly in seg
+        )
+    )
 
 
 def to_rle(seg: Any, height: int, width: int, path: Path, what: str) -> dict:
@@ -159,7 +172,10 @@ def to_rle(seg: Any, height: int, width: int, path: Path, what: str) -> dict:
             if isinstance(seg["counts"], list):  # uncompressed RLE
                 return mask_utils.frPyObjects(seg, height, width)
             if isinstance(seg["counts"], (str, bytes)):
-                rle = {"size": size, "counts": seg["counts"].encode() if isinstance(seg["counts"], str) else seg["counts"]}
+                rle = {
+                    "size": size,
+                    "counts": seg["counts"].encode() if isinstance(seg["counts"], str) else seg["counts"],
+                }
                 mask_utils.area(rle)  # decodes the counts: malformed ones fail here
                 return rle
         except Exception as e:  # pycocotools raises bare TypeErrors / ValueErrors on malformed RLE
@@ -196,7 +212,9 @@ def validate_instances(data: Any, path: Path) -> tuple[dict[int, dict], dict[int
             raise DataError(f"{path}: annotation {aid} area must be a number >= 0, got {area!r}")
         seg = a["segmentation"]
         if isinstance(seg, list) and not _polygons_ok(seg):
-            raise DataError(f"{path}: annotation {aid} has a polygon with fewer than 3 points or non-numeric coordinates")
+            raise DataError(
+                f"{path}: annotation {aid} has a polygon with fewer than 3 points or non-numeric coordinates"
+            )
         to_rle(seg, imgs[iid]["height"], imgs[iid]["width"], path, f"annotation {aid}")
     return cats, imgs, data["annotations"]
 
@@ -251,7 +269,9 @@ class CocoPanoptic:
         known = {int(s["id"]) for s in a["segments_info"]}
         missing = [int(v) for v in present if v != 0 and int(v) not in known]
         if missing:
-            raise DataError(f"{png}: segment id(s) {missing[:5]} present in the PNG are absent from {self.json_path.name}")
+            raise DataError(
+                f"{png}: segment id(s) {missing[:5]} present in the PNG are absent from {self.json_path.name}"
+            )
         im = self.images[a["image_id"]]
         if "height" in im and "width" in im and ids.shape != (im["height"], im["width"]):
             raise DataError(
@@ -341,17 +361,18 @@ class CocoSplit:
     semantic labels come from the panoptic annotation (void -> 0, crowd regions keep their class)."""
 
     def __init__(self, root: str | Path, split: str):
+        from seggen.data.ade20k import SemanticSample
         from seggen.data.layout import COCO
         from seggen.data.meta import coco_meta
-
-        from seggen.data.ade20k import SemanticSample
 
         self.layout = COCO
         self.root, self.split = Path(root), split
         self.panoptic_json = COCO.panoptic_json(self.root, split)
         self.image_dir = COCO.images(self.root, split)
         if not self.image_dir.is_dir():
-            raise DataError(not_found(self.image_dir, "directory", "image") + f" (the images of {self.panoptic_json.name})")
+            raise DataError(
+                not_found(self.image_dir, "directory", "image") + f" (the images of {self.panoptic_json.name})"
+            )
         self.pan = CocoPanoptic(self.panoptic_json, image_dir=self.image_dir)
         self.meta = coco_meta(list(self.pan.categories.values()), name=f"coco:{self.root.name}")
         self._class = self.meta.class_of_category()
@@ -405,8 +426,10 @@ class CocoSplit:
         image = self.load_image(i)
         label = self.load_label(i)
         if image.shape[:2] != label.shape:
-            raise DataError(f"{self.panoptic_png(i)}: size {label.shape[1]}x{label.shape[0]} does not match image "
-                            f"{self.samples[i].image_path.name} {image.shape[1]}x{image.shape[0]}")
+            raise DataError(
+                f"{self.panoptic_png(i)}: size {label.shape[1]}x{label.shape[0]} does not match image "
+                f"{self.samples[i].image_path.name} {image.shape[1]}x{image.shape[0]}"
+            )
         return image, label
 
     def __iter__(self):

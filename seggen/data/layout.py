@@ -64,8 +64,10 @@ def open_split(root: str | Path, split: str, meta=None):
         return CocoSplit(root, split)
     if not root.is_dir():
         raise DataError(f"{root}: {'is a file, not' if root.exists() else 'not found; expected'} a dataset directory")
-    raise DataError(f"{root}: no split {split!r} in the ADE20K layout ({ADE20K.images(root, split)}) "
-                    f"or the COCO layout ({COCO.panoptic_json(root, split)})")
+    raise DataError(
+        f"{root}: no split {split!r} in the ADE20K layout ({ADE20K.images(root, split)}) "
+        f"or the COCO layout ({COCO.panoptic_json(root, split)})"
+    )
 
 
 def splits_of(root: str | Path) -> list[str]:
@@ -74,5 +76,12 @@ def splits_of(root: str | Path) -> list[str]:
     if (root / "images").is_dir():
         return sorted(p.name for p in (root / "images").iterdir() if p.is_dir())
     ann = root / "annotations"
-    return sorted(p.stem[len("panoptic_"):] for p in ann.glob("panoptic_*.json") if (root / p.stem[len("panoptic_"):]).is_dir()) \
-        if ann.is_dir() else []
+    return (
+        sorted(
+            p.stem[len("panoptic_") :]
+            for p in ann.glob("panoptic_*.json")
+            if (root / p.stem[len("panoptic_") :]).is_dir()
+        )
+        if ann.is_dir()
+        else []
+    )

@@ -61,7 +61,7 @@ class DatasetMeta(BaseModel):
     generator: dict = Field(default_factory=dict)  # params that produced it, for provenance
 
     @model_validator(mode="after")
-    def _contiguous(self) -> "DatasetMeta":
+    def _contiguous(self) -> DatasetMeta:
         ids = [c.id for c in self.classes]
         if ids != list(range(1, len(ids) + 1)):
             raise ValueError("class ids must be 1..N in order")
@@ -94,7 +94,13 @@ class DatasetMeta(BaseModel):
 
     def coco_categories(self) -> list[dict]:
         return [
-            {"id": c.category_id, "name": c.name, "isthing": int(c.isthing), "color": list(c.color), "supercategory": c.name}
+            {
+                "id": c.category_id,
+                "name": c.name,
+                "isthing": int(c.isthing),
+                "color": list(c.color),
+                "supercategory": c.name,
+            }
             for c in self.classes
         ]
 
@@ -133,16 +139,26 @@ def ade20k_meta() -> DatasetMeta:
 def coco_meta(categories: list[dict], name: str = "coco") -> DatasetMeta:
     """Classes 1..N of a COCO panoptic category list, in category-id order (COCO's 133: ids 1..200),
     with their own colours (distinct colours where the list gives none)."""
-    from seggen.codec import make_distinct
     import numpy as np
+
+    from seggen.codec import make_distinct
 
     cats = sorted(categories, key=lambda c: int(c["id"]))
     given = np.array([c.get("color") or (0, 0, 0) for c in cats], np.int64).reshape(-1, 3)
     colors = make_distinct(given, reserved=[(0, 0, 0), (255, 255, 255)]) if len(cats) else given
-    return DatasetMeta(name=name, classes=[
-        ClassInfo(id=k + 1, name=str(c["name"]), isthing=bool(c.get("isthing", 0)), color=tuple(int(v) for v in colors[k]),
-                  source_id=int(c["id"]) if int(c["id"]) != k + 1 else None)
-        for k, c in enumerate(cats)])
+    return DatasetMeta(
+        name=name,
+        classes=[
+            ClassInfo(
+                id=k + 1,
+                name=str(c["name"]),
+                isthing=bool(c.get("isthing", 0)),
+                color=tuple(int(v) for v in colors[k]),
+                source_id=int(c["id"]) if int(c["id"]) != k + 1 else None,
+            )
+            for k, c in enumerate(cats)
+        ],
+    )
 
 
 def load_meta(root: str | Path) -> DatasetMeta:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,6 +171,9 @@ def build_unet(cfg: UNetParams, channels: int, cross_attention_dim: int, sample_
         attention_head_dim=cfg.attention_head_dim,
         norm_num_groups=cfg.norm_num_groups,
         mid_block_type="UNetMidBlock2DCrossAttn",
+        addition_embed_type="text" if cfg.pooled_text else None,
+        # diffusers' default of 64 pooling heads must divide the text width (64 heads for widths of 64k)
+        addition_embed_type_num_heads=math.gcd(64, cross_attention_dim),
     )
 
 

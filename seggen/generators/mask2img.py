@@ -28,8 +28,9 @@ from PIL import Image
 from seggen import io as sio
 from seggen import training
 from seggen.config import Params
-from seggen.errors import DataError
+from seggen.errors import ConfigError, DataError
 from seggen.generators import diffusion
+from seggen.generators.prior import GRID_STYLES
 from seggen.io import write_png
 from seggen.models import checkpoint as ckpt
 from seggen.models import text
@@ -37,39 +38,70 @@ from seggen.outputs import check_dir, claim
 
 log = logging.getLogger(__name__)
 KIND = "mask2img"
+UNET_PRIOR = "unet_prior"  # the broad base a fine-tuned one started from (synthesize.style_swap)
+
+
+def prior_of(params: Params) -> Path | None:
+    """The prior Mask2Img starts from (prior.out/model), when the benchmark's prior is in use."""
+    if params.mask2img.pretrained or not params.prior.enabled:
+        return None
+    d = Path(params.prior.out) / "model"
+    info = diffusion.read_model_meta(d, "prior")
+    if info.get("skipped"):
+        raise DataError(f"{d}: the prior was not trained ({info['skipped']}); run the pretrain stage")
+    if int(info["resolution"]) != params.mask2img.resolution:
+        raise ConfigError(
+            f"mask2img.resolution: {params.mask2img.resolution}, but the prior at {d} is {info['resolution']} px"
+        )
+    return d
 
 
 def train_mask2img(params: Params, progress: bool = True) -> Path:
-    from diffusers import ControlNetModel, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
 
     cfg = params.mask2img
     out = check_dir(cfg.out, "mask2img.out")
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    noise_scheduler = diffusion.build_noise_scheduler(cfg, KIND)  # a contradicting prediction_type fails here, first
+    prior = prior_of(params)  # the benchmark's pretrained base, or None
+    if prior is not None:  # its noise schedule and objective
+        from diffusers import DDPMScheduler
+
+        noise_scheduler = DDPMScheduler.from_pretrained(prior / "scheduler")
+    else:
+        noise_scheduler = diffusion.build_noise_scheduler(cfg, KIND)  # a contradicting prediction_type fails here
     accelerator = training.make_accelerator(cfg.train)
     torch.manual_seed(training.seed_for(params.seed, KIND, "init"))
 
     data = diffusion.load_generator_data(params, cfg.resolution)
+    captions = [f"{c}, {cfg.caption_style}" for c in data.captions] if cfg.caption_style else data.captions
     vae = diffusion.load_vae(cfg.pretrained)
+    corpus = None
     if cfg.pretrained:
         unet = UNet2DConditionModel.from_pretrained(cfg.pretrained, subfolder="unet")
         sdxl = unet.config.addition_embed_type == "text_time"
-        cond = text.TextConditioner.build(params.text_encoder, data.captions, cfg.pretrained, sdxl, cfg.resolution)
+        cond = text.TextConditioner.build(params.text_encoder, captions, cfg.pretrained, sdxl, cfg.resolution)
         x0_all = diffusion.encode_latents(vae.to(accelerator.device), data.images)
-        train_base = False
+    elif prior is not None:  # the prior's UNet and (frozen) text encoder; the ControlNet learns the masks
+        unet = UNet2DConditionModel.from_pretrained(prior / "unet")
+        cond = text.TextConditioner.load(prior)
+        x0_all = data.images
+        if cfg.base == "finetune" and cfg.prior_mix > 0:
+            from seggen.generators.prior import load_corpus
+
+            cx, ccaps = load_corpus(params, cfg.resolution)
+            corpus = (cx, cond.tokenize(ccaps))
     else:
-        cond = text.TextConditioner.build(params.text_encoder, data.captions)
+        cond = text.TextConditioner.build(params.text_encoder, captions)
         unet = diffusion.build_unet(cfg.unet, 3, cond.context_dim(), cfg.resolution)
         x0_all = data.images
-        train_base = cfg.train_base
+    # a broad base (real weights, the prior) stays frozen unless asked; one from scratch must learn
+    train_base = cfg.base == "finetune" or (cfg.base == "auto" and not (cfg.pretrained or prior is not None))
     train_te = cond.trainable
     unet.requires_grad_(train_base)
-    controlnet = ControlNetModel.from_unet(
-        unet, conditioning_embedding_out_channels=tuple(cfg.controlnet.conditioning_embedding_out_channels)
-    )
+    controlnet = controlnet_from_unet(unet, tuple(cfg.controlnet.conditioning_embedding_out_channels))
     cond_all = (data.colour_maps + 1) / 2  # ControlNet conditioning images live in [0, 1]
-    ids_all = cond.tokenize(data.captions)
+    ids_all = cond.tokenize(captions)
     empty_ids = cond.tokenize([""])
 
     trainable = list(controlnet.parameters())
@@ -78,7 +110,11 @@ def train_mask2img(params: Params, progress: bool = True) -> Path:
     optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
 
     start = 0
-    state = {"fingerprint": diffusion.fingerprint_params(params, cfg, noise_scheduler.config.prediction_type)}
+    fingerprint = diffusion.fingerprint_params(params, cfg, noise_scheduler.config.prediction_type)
+    if prior is not None:  # trained on another prior: other checkpoints
+        fingerprint = training.seed_for(fingerprint, diffusion.read_model_meta(prior, "prior")["fingerprint"])
+        fingerprint = f"{fingerprint:016x}"[:16]
+    state = {"fingerprint": fingerprint}
     claim(out, "mask2img.out", "train mask2img")
     last = ckpt.resumable_checkpoint(out / "checkpoints", state["fingerprint"])
     if last is not None:
@@ -117,6 +153,30 @@ def train_mask2img(params: Params, progress: bool = True) -> Path:
             params.seed, KIND, step, tc, x0_all, ids_all, empty_ids, num_timesteps, accelerator
         ):
             cimg = cond_all[b.idx].to(device)
+            gate = None
+            if corpus is not None:  # the prior mixed back in: corpus samples, ControlNet off for them
+                n = max(1, round(cfg.prior_mix * len(b.idx)))
+                pb = diffusion.draw_micro_batch(
+                    params.seed,
+                    "mask2img-prior",
+                    step * tc.grad_accum,
+                    corpus[0],
+                    corpus[1],
+                    empty_ids,
+                    n,
+                    tc.caption_dropout,
+                    num_timesteps,
+                    device,
+                )
+                gate = torch.cat([torch.ones(len(b.idx)), torch.zeros(n)]).to(device)
+                b = diffusion.MicroBatch(
+                    b.idx,
+                    torch.cat([b.x0, pb.x0]),
+                    torch.cat([b.noise, pb.noise]),
+                    torch.cat([b.t, pb.t]),
+                    [torch.cat([x, y]) for x, y in zip(b.ids, pb.ids)],
+                )
+                cimg = torch.cat([cimg, torch.zeros((n, *cimg.shape[1:]), device=device)])
             with accelerator.accumulate(controlnet):
                 with accelerator.autocast():
                     ctx, added = cond(b.ids)
@@ -130,6 +190,9 @@ def train_mask2img(params: Params, progress: bool = True) -> Path:
                         added_cond_kwargs=added,
                         return_dict=False,
                     )
+                    if gate is not None:
+                        down = [d * gate.view(-1, 1, 1, 1) for d in down]
+                        mid = mid * gate.view(-1, 1, 1, 1)
                     pred = unet(
                         noisy,
                         b.t,
@@ -163,9 +226,16 @@ def train_mask2img(params: Params, progress: bool = True) -> Path:
     if not accelerator.is_main_process:
         return out / "model"
 
+    parts = {"unet": accelerator.unwrap_model(unet), "controlnet": accelerator.unwrap_model(controlnet)}
+    if train_base and (cfg.pretrained or prior is not None):  # the broad base beside it, for the style swap
+        parts[UNET_PRIOR] = (
+            UNet2DConditionModel.from_pretrained(cfg.pretrained, subfolder="unet")
+            if cfg.pretrained
+            else UNet2DConditionModel.from_pretrained(prior / "unet")
+        )
     model_dir = diffusion.save_model(
         out / "model",
-        {"unet": accelerator.unwrap_model(unet), "controlnet": accelerator.unwrap_model(controlnet)},
+        parts,
         cond.unwrapped(accelerator),
         noise_scheduler,
         vae,
@@ -175,6 +245,9 @@ def train_mask2img(params: Params, progress: bool = True) -> Path:
             "palette": data.palette.colors.tolist(),
             "classes": data.meta.names,
             "conditioning_scale": scale,
+            "caption_style": cfg.caption_style,
+            "base": "finetuned" if train_base else "frozen",
+            "prior": None if prior is None else diffusion.read_model_meta(prior, "prior")["fingerprint"],
             "train": training.train_summary(tc.steps, start, elapsed, losses),
             "fingerprint": state["fingerprint"],
         },
@@ -182,24 +255,80 @@ def train_mask2img(params: Params, progress: bool = True) -> Path:
     n = min(8, len(data))
     sampler = Mask2ImgSampler(model_dir)
     seeds = [training.seed_for(params.seed, KIND, "grid", i) for i in range(n)]
-    gen = sampler(
-        training.to_uint8(data.colour_maps[:n]), data.captions[:n], seeds, cfg.sample.steps, cfg.sample.guidance_scale
-    )
-    rows = [
-        np.concatenate([c, r, g], 1)
-        for c, r, g in zip(training.to_uint8(data.colour_maps[:n]), training.to_uint8(data.images[:n]), gen)
-    ]
+    maps = training.to_uint8(data.colour_maps[:n])
+    gen = sampler(maps, captions[:n], seeds, cfg.sample.steps, cfg.sample.guidance_scale)
+    rows = [np.concatenate([c, r, g], 1) for c, r, g in zip(maps, training.to_uint8(data.images[:n]), gen)]
     sio.save_grid(rows, out / "samples.png")
+    styles = list(params.synthesize.styles) or (list(GRID_STYLES) if prior is not None else [])
+    if styles:
+        sio.save_grid(
+            styles_grid(model_dir, maps[:2], data.captions[:2], styles[:8], params.seed, cfg.sample), out / "styles.png"
+        )
+    elif (out / "styles.png").exists():
+        (out / "styles.png").unlink()
     return model_dir
+
+
+def controlnet_from_unet(unet, conditioning_channels: tuple[int, ...]):
+    """ControlNetModel.from_unet, keeping the UNet's pooled-text heads (from_unet drops
+    addition_embed_type_num_heads and would build 64 heads whatever the text width)."""
+    import copy
+
+    from diffusers import ControlNetModel
+
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=conditioning_channels)
+    heads = unet.config.get("addition_embed_type_num_heads", 64)
+    if unet.config.get("addition_embed_type") == "text" and controlnet.config.addition_embed_type_num_heads != heads:
+        controlnet.add_embedding = copy.deepcopy(unet.add_embedding)
+        controlnet.register_to_config(addition_embed_type_num_heads=heads)
+    return controlnet
+
+
+def styles_grid(model_dir: Path, maps: np.ndarray, captions: list[str], styles: list[str], seed: int, sample) -> list:
+    """Per mask, a row: its colour map, then one image per style with the same noise (the style phrase
+    is all that differs); with a fine-tuned base, a second row with the ControlNet on the broad base
+    (the style swap)."""
+    rows = []
+    samplers = [Mask2ImgSampler(model_dir)]
+    if (Path(model_dir) / UNET_PRIOR).is_dir():
+        samplers.append(Mask2ImgSampler(model_dir, style_swap=True))
+    for i, (cmap, caption) in enumerate(zip(maps, captions)):
+        seeds = [training.seed_for(seed, KIND, "styles", i)] * len(styles)
+        for sampler in samplers:
+            imgs = sampler(
+                np.stack([cmap] * len(styles)),
+                [f"{caption}, {s}" for s in styles],
+                seeds,
+                sample.steps,
+                sample.guidance_scale,
+            )
+            rows.append(np.concatenate([cmap, *imgs], 1))
+    return rows
 
 
 class Mask2ImgSampler(diffusion.DiffusionSampler):
     kind = KIND
 
-    def __init__(self, model_dir: str | Path, device: str | None = None, precision: str = "fp32"):
-        from diffusers import ControlNetModel
+    def __init__(
+        self, model_dir: str | Path, device: str | None = None, precision: str = "fp32", style_swap: bool = False
+    ):
+        """style_swap: run the ControlNet on the broad base the fine-tuned one started from (unet_prior/,
+        DGInStyle's style swap); a frozen base is already the broad one."""
+        from diffusers import ControlNetModel, UNet2DConditionModel
 
         super().__init__(model_dir, device, precision)
+        self.style_swap = style_swap and (self.dir / UNET_PRIOR).is_dir()
+        if style_swap and not self.style_swap and self.info.get("base") != "frozen":
+            raise DataError(
+                f"{self.dir}: synthesize.style_swap needs a Mask2Img trained over a broad base (mask2img.pretrained "
+                "or prior.enabled); this one was trained from scratch"
+            )
+        if self.style_swap:
+            self.unet = (
+                UNet2DConditionModel.from_pretrained(self.dir / UNET_PRIOR)
+                .to(self.device, memory_format=torch.channels_last)
+                .eval()
+            )
         self.controlnet = (
             ControlNetModel.from_pretrained(self.dir / "controlnet")
             .to(self.device, memory_format=torch.channels_last)

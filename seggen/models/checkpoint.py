@@ -117,7 +117,9 @@ def checkpoint_problem(directory: Path) -> str | None:
     return None
 
 
-def write_checkpoint(root: Path, step: int, modules: dict, optimizer: torch.optim.Optimizer, state: dict, keep: int) -> Path:
+def write_checkpoint(
+    root: Path, step: int, modules: dict, optimizer: torch.optim.Optimizer, state: dict, keep: int
+) -> Path:
     """modules: name -> model with save_pretrained. Keeps the newest `keep` checkpoints. trainer_state.json
     records every file's size and sha256, so that a damaged checkpoint is recognised before resuming."""
     from seggen.io import default_modes, file_digests
@@ -155,7 +157,9 @@ def load_weights(module: torch.nn.Module, directory: Path) -> None:
         sd.update(load_file(str(f)))
     missing, unexpected = module.load_state_dict(sd, strict=False)
     if missing or unexpected:
-        raise RuntimeError(f"{directory}: weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise RuntimeError(
+            f"{directory}: weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
 
 
 class RawStateDict:
@@ -183,7 +187,9 @@ def resumable_checkpoint(root: Path, fingerprint: str) -> Path | None:
         aside = last.with_name(last.name + ".corrupt")
         shutil.rmtree(aside, ignore_errors=True)
         last.rename(aside)
-        log.warning("checkpoint %s is damaged (%s): moved to %s; resuming from the one before", last, problem, aside.name)
+        log.warning(
+            "checkpoint %s is damaged (%s): moved to %s; resuming from the one before", last, problem, aside.name
+        )
     if last is None:
         return None
     saved = json.loads((last / STATE).read_text())

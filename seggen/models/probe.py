@@ -15,9 +15,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
-from seggen.progress import tqdm
 
 from seggen.data.layout import open_split
+from seggen.progress import tqdm
 from seggen.training import to_tensor
 
 
@@ -42,10 +42,12 @@ class ProbeSegmenter(nn.Module):
 
         directory.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(directory / "model.safetensors"))
-        (directory / "probe.json").write_text(json.dumps({"num_classes": self.num_classes, "width": self.width, **extra}, indent=2))
+        (directory / "probe.json").write_text(
+            json.dumps({"num_classes": self.num_classes, "width": self.width, **extra}, indent=2)
+        )
 
     @classmethod
-    def load(cls, directory: Path) -> tuple["ProbeSegmenter", dict]:
+    def load(cls, directory: Path) -> tuple[ProbeSegmenter, dict]:
         from safetensors.torch import load_file
 
         from seggen.errors import DataError
@@ -65,12 +67,24 @@ def load_resized(root: Path, split: str, resolution: int) -> tuple[torch.Tensor,
     imgs, labs = [], []
     for img, lab in open_split(root, split):
         imgs.append(to_tensor(np.asarray(Image.fromarray(img).resize((resolution, resolution), Image.BOX))))
-        labs.append(torch.from_numpy(np.asarray(Image.fromarray(lab).resize((resolution, resolution), Image.NEAREST)).astype(np.int64)))
+        labs.append(
+            torch.from_numpy(
+                np.asarray(Image.fromarray(lab).resize((resolution, resolution), Image.NEAREST)).astype(np.int64)
+            )
+        )
     return torch.stack(imgs), torch.stack(labs)
 
 
-def train_probe(root: str | Path, resolution: int, seed: int, steps: int = 400, batch: int = 32,
-                split: str = "training", progress: bool = True, subset=None) -> tuple[ProbeSegmenter, torch.Tensor, torch.Tensor]:
+def train_probe(
+    root: str | Path,
+    resolution: int,
+    seed: int,
+    steps: int = 400,
+    batch: int = 32,
+    split: str = "training",
+    progress: bool = True,
+    subset=None,
+) -> tuple[ProbeSegmenter, torch.Tensor, torch.Tensor]:
     """-> (model, images, labels); label 0 (other) is not a training target. `subset`: indices of the
     images to use (the low-data regime), default all."""
     from seggen.training import batch_indices, seed_for

@@ -8,8 +8,8 @@ nothing else.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import torch
 
@@ -29,7 +29,8 @@ def train_tokenizer(captions: Iterable[str], vocab_size: int, max_length: int):
     trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, special_tokens=SPECIAL, min_frequency=1)
     tok.train_from_iterator(sorted(set(captions)), trainer)
     tok.post_processor = processors.TemplateProcessing(
-        single="[BOS] $A [EOS]", special_tokens=[("[BOS]", tok.token_to_id("[BOS]")), ("[EOS]", tok.token_to_id("[EOS]"))]
+        single="[BOS] $A [EOS]",
+        special_tokens=[("[BOS]", tok.token_to_id("[BOS]")), ("[EOS]", tok.token_to_id("[EOS]"))],
     )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
@@ -75,7 +76,9 @@ def load_text_encoder(model_dir: str | Path):
     from transformers import AutoTokenizer, CLIPTextModel
 
     model_dir = Path(model_dir)
-    return AutoTokenizer.from_pretrained(model_dir / "tokenizer"), CLIPTextModel.from_pretrained(model_dir / "text_encoder")
+    return AutoTokenizer.from_pretrained(model_dir / "tokenizer"), CLIPTextModel.from_pretrained(
+        model_dir / "text_encoder"
+    )
 
 
 def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
@@ -102,15 +105,24 @@ class TextConditioner:
         self.sdxl, self.resolution = sdxl, resolution
 
     @classmethod
-    def build(cls, cfg: TextEncoderParams, captions: list[str], pretrained: str | None = None, sdxl: bool = False, resolution: int = 0):
+    def build(
+        cls,
+        cfg: TextEncoderParams,
+        captions: list[str],
+        pretrained: str | None = None,
+        sdxl: bool = False,
+        resolution: int = 0,
+    ):
         """`pretrained`: a Stable Diffusion repo whose text encoder(s) to use when text_encoder.pretrained is unset."""
         if sdxl:
             from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
 
             repo = cfg.pretrained or pretrained
             toks = [AutoTokenizer.from_pretrained(repo, subfolder=s) for s in ("tokenizer", "tokenizer_2")]
-            encs = [CLIPTextModel.from_pretrained(repo, subfolder="text_encoder"),
-                    CLIPTextModelWithProjection.from_pretrained(repo, subfolder="text_encoder_2")]
+            encs = [
+                CLIPTextModel.from_pretrained(repo, subfolder="text_encoder"),
+                CLIPTextModelWithProjection.from_pretrained(repo, subfolder="text_encoder_2"),
+            ]
             for e in encs:
                 e.requires_grad_(False)
             return cls(toks, encs, False, True, resolution)
@@ -126,8 +138,10 @@ class TextConditioner:
         model_dir = Path(model_dir)
         if (model_dir / "text_encoder_2").is_dir():
             toks = [AutoTokenizer.from_pretrained(model_dir / s) for s in ("tokenizer", "tokenizer_2")]
-            encs = [CLIPTextModel.from_pretrained(model_dir / "text_encoder"),
-                    CLIPTextModelWithProjection.from_pretrained(model_dir / "text_encoder_2")]
+            encs = [
+                CLIPTextModel.from_pretrained(model_dir / "text_encoder"),
+                CLIPTextModelWithProjection.from_pretrained(model_dir / "text_encoder_2"),
+            ]
             return cls(toks, encs, False, True, resolution)
         tok, enc = load_text_encoder(model_dir)
         return cls([tok], [enc], False)
@@ -138,15 +152,20 @@ class TextConditioner:
             tok.save_pretrained(directory / f"tokenizer{sfx}")
             enc.save_pretrained(directory / f"text_encoder{sfx}")
 
-    def unwrapped(self, accelerator) -> "TextConditioner":
+    def unwrapped(self, accelerator) -> TextConditioner:
         """The same conditioner with encoders unwrapped from accelerate's distributed wrappers."""
-        return TextConditioner([*self.tokenizers], [accelerator.unwrap_model(e) for e in self.encoders],
-                               self.trainable, self.sdxl, self.resolution)
+        return TextConditioner(
+            [*self.tokenizers],
+            [accelerator.unwrap_model(e) for e in self.encoders],
+            self.trainable,
+            self.sdxl,
+            self.resolution,
+        )
 
     def tokenize(self, captions: list[str]) -> list[torch.Tensor]:
         return [tokenize(t, captions) for t in self.tokenizers]
 
-    def to(self, device) -> "TextConditioner":
+    def to(self, device) -> TextConditioner:
         self.encoders = [e.to(device) for e in self.encoders]
         if not self.trainable:
             for e in self.encoders:

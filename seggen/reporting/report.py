@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from seggen.config import Params
@@ -18,8 +19,9 @@ def _fmt(v) -> str:
 
 def build_report(params: Params) -> dict:
     from seggen.outputs import check_file
+    from seggen.reporting.pictures import prior_pictures
 
-    for name in ("report.md", "summary.json", "miou.png"):
+    for name in ("report.md", "summary.json", "miou.png", "styles.png", "synthetic_vs_shifted.png"):
         check_file(Path(params.report.out) / name, "report.out")
     arms = collect(params)  # every arm's scores.json on every split
     base = "baseline" if "baseline" in arms else next(iter(arms))
@@ -58,6 +60,10 @@ def build_report(params: Params) -> dict:
         for a, c in strategies.items()
     ]
     lines += ["", "![mIoU per arm and split](miou.png)", ""]
+    lines += ["## Synthetic data", ""]
+    for caption, path in prior_pictures(params, out):
+        rel = os.path.relpath(path, out)
+        lines += [f"**{caption}**", "", f"![{caption.split(' (')[0]}]({Path(rel).as_posix()})", ""]
     write_text(out / "report.md", "\n".join(lines))
     grouped_bars(splits, {a: [arms[a][s]["mIoU"] for s in splits] for a in arms}, out / "miou.png", "mIoU (%)")
     return summary

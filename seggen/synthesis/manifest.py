@@ -23,7 +23,9 @@ class ManifestRow(BaseModel):
     strategy: Literal["masksyn", "imgsyn"]
     source_id: str  # the real training image whose caption (and, for imgsyn, mask) was used
     index: int = Field(ge=0)  # copy number for this source
-    prompt: str
+    prompt: str  # the source's caption (Text2Mask's prompt)
+    style: str | None = None  # the style phrase (synthesize.styles), or None
+    image_prompt: str | None = None  # Mask2Img's prompt: caption + style
     seed: int = Field(ge=0)  # the Text2Mask and Mask2Img noise seeds derive from it (synthesis.sample_seeds)
     generators: dict[str, str]  # model kind -> sha256 of its model directory
     scores: Scores

@@ -56,9 +56,15 @@ class Job:
     index: int  # position in the plan
     source: str  # source sample id
     k: int  # copy number for this source
-    prompt: str
+    prompt: str  # the source's caption: Text2Mask's prompt
     id: str
     seed: int
+    style: str | None = None  # the style phrase drawn from synthesize.styles (or the model's caption style)
+
+    @property
+    def image_prompt(self) -> str:
+        """Mask2Img's prompt: the caption plus the style phrase."""
+        return f"{self.prompt}, {self.style}" if self.style else self.prompt
 
 
 @dataclass
@@ -104,6 +110,17 @@ class Plan:
             self.layout.labels(self.out, split),
             self.layout.panoptic_pngs(self.out, split) if self.panoptic else None,
         )
+
+
+def draw_style(styles: dict[str, float], seed: int) -> str | None:
+    """The style phrase of the sample with manifest seed `seed`: drawn with the weights of
+    synthesize.styles (in their order), from the seed alone, so that a plan never depends on batching."""
+    if not styles:
+        return None
+    names = list(styles)
+    w = np.asarray([styles[n] for n in names], np.float64)
+    u = np.random.default_rng(seed_for(seed, "style")).random()
+    return names[min(int(np.searchsorted(np.cumsum(w / w.sum()), u, side="right")), len(names) - 1)]
 
 
 def sample_seeds(seed: int) -> tuple[int, int]:
@@ -170,12 +187,13 @@ def make_plan(params: Params, strategy: str) -> Plan:
         raise DataError(f"{caps_path}: no caption for {len(missing)} source image(s) of {cfg.split}, e.g. {missing[0]}")
 
     per = cfg.masksyn_per_source if strategy == "masksyn" else cfg.imgsyn_per_source
+    m2i_info = read_model_meta(Path(cfg.mask2img), "mask2img")
     jobs = []
     for s in ids:
         for k in range(per):
-            jobs.append(
-                Job(len(jobs), s, k, caps[s].caption, f"{strategy}_{s}_{k:03d}", seed_for(params.seed, strategy, s, k))
-            )
+            seed = seed_for(params.seed, strategy, s, k)
+            style = draw_style(cfg.styles, seed) or m2i_info.get("caption_style")
+            jobs.append(Job(len(jobs), s, k, caps[s].caption, f"{strategy}_{s}_{k:03d}", seed, style))
     batches = [jobs[i : i + cfg.batch_size] for i in range(0, len(jobs), cfg.batch_size)]
 
     if ds.has_panoptic and strategy == "imgsyn":
@@ -194,7 +212,7 @@ def make_plan(params: Params, strategy: str) -> Plan:
             params.data.model_dump(mode="json"),
             identity,
             generators,
-            [(j.id, j.prompt, j.seed) for j in jobs],
+            [(j.id, j.prompt, j.seed, j.style) for j in jobs],
         ],
         sort_keys=True,
     )
@@ -299,7 +317,7 @@ class Generators:
             from seggen.generators.text2mask import Text2MaskSampler
 
             self.t2m = Text2MaskSampler(cfg.text2mask, precision=cfg.precision)
-        self.m2i = Mask2ImgSampler(cfg.mask2img, precision=cfg.precision)
+        self.m2i = Mask2ImgSampler(cfg.mask2img, precision=cfg.precision, style_swap=cfg.style_swap)
         self.filter = load_filter(plan.params, progress=False)
         self.plain = plan.meta.palette().colors
 
@@ -308,6 +326,7 @@ def _generate_batch(plan: Plan, gens: Generators, batch: list[Job]) -> list[dict
     """-> per job: image (HxWx3), labels (HxW), panoptic (ids, segments) or None, at the source size."""
     cfg = plan.params.synthesize
     prompts = [j.prompt for j in batch]
+    image_prompts = [j.image_prompt for j in batch]
     seeds = [sample_seeds(j.seed) for j in batch]
     r = gens.m2i.resolution
     sizes = [_source_size(plan, j.source) for j in batch]
@@ -323,7 +342,7 @@ def _generate_batch(plan: Plan, gens: Generators, batch: list[Job]) -> list[dict
             labels.append(lab.astype(np.uint8))
             insts.append(inst)
         cmaps = np.stack([gens.plain[_resize(lab, (r, r), Image.NEAREST)] for lab in labels])
-        imgs = gens.m2i(cmaps, prompts, [s[1] for s in seeds], cfg.steps, cfg.mask2img_guidance)
+        imgs = gens.m2i(cmaps, image_prompts, [s[1] for s in seeds], cfg.steps, cfg.mask2img_guidance)
         for img, lab, inst, size in zip(imgs, labels, insts, sizes):
             lab_o = _resize(lab, size, Image.NEAREST)
             inst_o = _resize(inst.astype(np.int32), size, Image.NEAREST) if inst is not None else None
@@ -332,7 +351,7 @@ def _generate_batch(plan: Plan, gens: Generators, batch: list[Job]) -> list[dict
     else:
         labels = [plan.dataset.load_label(plan.source_index[j.source]).astype(np.uint8) for j in batch]
         cmaps = np.stack([gens.plain[_resize(lab, (r, r), Image.NEAREST)] for lab in labels])
-        imgs = gens.m2i(cmaps, prompts, [s[1] for s in seeds], cfg.steps, cfg.mask2img_guidance)
+        imgs = gens.m2i(cmaps, image_prompts, [s[1] for s in seeds], cfg.steps, cfg.mask2img_guidance)
         for img, lab, size, j in zip(imgs, labels, sizes, batch):
             pan = _source_panoptic(plan, j.source) if plan.panoptic else None
             out.append({"image": _resize(img, size, Image.BICUBIC), "labels": lab, "panoptic": pan})
@@ -381,6 +400,8 @@ def _filter_and_write(plan: Plan, gens: Generators, job: Job, sample: dict) -> N
         source_id=job.source,
         index=job.k,
         prompt=job.prompt,
+        style=job.style,
+        image_prompt=job.image_prompt,
         seed=job.seed,
         generators=plan.generators,
         scores=scores,
@@ -616,10 +637,22 @@ def merge_dataset(plan: Plan) -> dict:
         "mean_ignored_fraction": float(np.mean(ign)) if ign else None,
         "generators": plan.generators,
     }
+    if plan.strategy == "imgsyn" and cfg.imgsyn_per_source >= 2:
+        from seggen.synthesis.diversity import imgsyn_diversity
+
+        summary["diversity"] = imgsyn_diversity(plan.out, plan.params.data.root, split)
+    summary["styles"] = _count([r.style for r in rows])
     _write_grid(plan, [r for r, _ in kept][:8])
     write_json(plan.out / "summary.json", summary)
     shutil.rmtree(plan.work)
     return summary
+
+
+def _count(values: list) -> dict:
+    out: dict = {}
+    for v in values:
+        out[str(v)] = out.get(str(v), 0) + 1
+    return out
 
 
 def _write_grid(plan: Plan, rows: list[ManifestRow]) -> None:

@@ -1,0 +1,204 @@
+"""Stage `pretrain`: the text-to-image prior -- the bundled benchmark's stand-in for SD/SDXL pretraining.
+
+A pixel-space text-conditioned UNet and a small CLIP text encoder (its tokenizer trained on the
+corpus captions) learn the captioned, unlabelled corpus (seggen.data.corpus: broad looks, styles
+named in the captions). Mask2Img then starts from it (seggen.generators.mask2img): its ControlNet
+learns the labelled masks over this base, and synthesis can ask for any style the prior knows.
+
+With `mask2img.pretrained` naming real weights (SD / SDXL), the prior is not needed: the stage writes
+a model directory that says so (`skipped`) and trains nothing.
+
+Output directory (`prior.out`):
+    checkpoints/step_XXXXXXX/   resumable training state
+    model/                      unet/ text_encoder/ tokenizer/ scheduler/ seggen_model.json
+    samples.png                 one prompt in every style of the corpus, a row per prompt
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from seggen import io as sio
+from seggen import training
+from seggen.config import Params
+from seggen.generators import diffusion
+from seggen.models import checkpoint as ckpt
+from seggen.models import text
+from seggen.outputs import check_dir, claim
+
+log = logging.getLogger(__name__)
+KIND = "prior"
+# the grid of samples.png: styles the corpus names, for two prompts
+GRID_STYLES = (
+    "a photo",
+    "a dusk photo",
+    "a night photo",
+    "a foggy photo",
+    "an overcast photo",
+    "a flat painting",
+    "a line drawing",
+    "a grainy photo",
+)
+GRID_PROMPTS = (
+    "two cars on a road, under the sky, on grass",
+    "a house on the left and two trees on the right, on grass, under the sky",
+)
+
+
+def load_corpus(params: Params, resolution: int) -> tuple[torch.Tensor, list[str]]:
+    """The corpus images at `resolution` (N x 3 x R x R in [-1, 1]) and their captions."""
+    from seggen.data.corpus import read_corpus
+
+    rows = read_corpus(params.prior.corpus.out)
+    imgs = []
+    for path, _ in rows:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if im.size != (resolution, resolution):
+                im = im.resize((resolution, resolution), Image.BOX)
+            imgs.append(training.to_tensor(np.asarray(im)))
+    return torch.stack(imgs), [c for _, c in rows]
+
+
+def skipped(params: Params) -> str | None:
+    """Why the prior is not trained, or None."""
+    if params.mask2img.pretrained:
+        return f"mask2img.pretrained names real weights ({params.mask2img.pretrained})"
+    if not params.prior.enabled:
+        return "prior.enabled is false"
+    return None
+
+
+def train_prior(params: Params, progress: bool = True) -> Path:
+    """Train the prior (resuming from the newest checkpoint in prior.out) and write prior.out/model."""
+    cfg = params.prior
+    out = check_dir(cfg.out, "prior.out")
+    reason = skipped(params)
+    if reason:
+        from seggen.io import atomic_dir
+
+        with atomic_dir(out / "model", "pretrain (skipped)", "prior.out") as tmp:
+            diffusion.write_model_meta(tmp, {"kind": KIND, "skipped": reason})
+        claim(out, "prior.out", "pretrain")
+        (out / "checkpoints").mkdir(exist_ok=True)  # a DVC output, empty
+        log.info("prior not trained: %s", reason)
+        return out / "model"
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    noise_scheduler = diffusion.build_noise_scheduler(cfg, KIND)
+    accelerator = training.make_accelerator(cfg.train)
+    torch.manual_seed(training.seed_for(params.seed, KIND, "init"))
+
+    x0_all, captions = load_corpus(params, cfg.resolution)
+    # the tokenizer learns the corpus's words (content and style); the labelled captions use the same
+    cond = text.TextConditioner.build(params.text_encoder, captions)
+    unet = diffusion.build_unet(cfg.unet, 3, cond.context_dim(), cfg.resolution)
+    train_te = cond.trainable
+    ids_all = cond.tokenize(captions)
+    empty_ids = cond.tokenize([""])
+    trainable = list(unet.parameters()) + (list(cond.encoders[0].parameters()) if train_te else [])
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+
+    start = 0
+    state = {"fingerprint": diffusion.fingerprint_params(params, cfg, noise_scheduler.config.prediction_type)}
+    claim(out, "prior.out", "pretrain")
+    last = ckpt.resumable_checkpoint(out / "checkpoints", state["fingerprint"])
+    if last is not None:
+        saved = json.loads((last / ckpt.STATE).read_text())
+        ckpt.load_weights(unet, last / "unet")
+        if train_te:
+            ckpt.load_weights(cond.encoders[0], last / "text_encoder")
+        ckpt.load_optimizer(optimizer, last)
+        start = saved["step"]
+        log.info("resuming the prior from %s (step %d)", last, start)
+    if train_te:
+        unet, cond.encoders[0], optimizer = accelerator.prepare(unet, cond.encoders[0], optimizer)
+    else:
+        unet, optimizer = accelerator.prepare(unet, optimizer)
+        cond.to(accelerator.device)
+    tc = cfg.train
+    bar = training.step_bar(tc.steps, start, "pretrain prior", accelerator, progress)
+    t0, losses = time.perf_counter(), []
+    num_timesteps = noise_scheduler.config.num_train_timesteps
+    for step in range(start, tc.steps):
+        for g in optimizer.param_groups:
+            g["lr"] = training.lr_at(step, tc.lr, tc.warmup_steps)
+        for b in diffusion.micro_batches(
+            params.seed, KIND, step, tc, x0_all, ids_all, empty_ids, num_timesteps, accelerator
+        ):
+            with accelerator.accumulate(unet):
+                with accelerator.autocast():
+                    ctx, added = cond(b.ids)
+                    noisy = noise_scheduler.add_noise(b.x0, b.noise, b.t)
+                    pred = unet(noisy, b.t, ctx, added_cond_kwargs=added).sample
+                    target = diffusion.training_target(noise_scheduler, b.x0, b.noise, b.t)
+                    loss = F.mse_loss(pred.float(), target.float())
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(trainable, tc.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        done = step + 1
+        bar.update()
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+        if accelerator.is_main_process and (done % tc.checkpoint_every == 0 or done == tc.steps):
+            mods = {"unet": accelerator.unwrap_model(unet)}
+            if train_te:
+                mods["text_encoder"] = accelerator.unwrap_model(cond.encoders[0])
+            ckpt.write_checkpoint(out / "checkpoints", done, mods, optimizer, state, tc.keep_checkpoints)
+    bar.close()
+    elapsed = time.perf_counter() - t0
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return out / "model"
+    model_dir = diffusion.save_model(
+        out / "model",
+        {"unet": accelerator.unwrap_model(unet)},
+        cond.unwrapped(accelerator),
+        noise_scheduler,
+        None,
+        {
+            "kind": KIND,
+            "resolution": cfg.resolution,
+            "images": len(captions),
+            "train": training.train_summary(tc.steps, start, elapsed, losses),
+            "fingerprint": state["fingerprint"],
+        },
+    )
+    sio.save_grid(sample_grid(model_dir, params.seed, cfg.sample.steps, cfg.sample.guidance_scale), out / "samples.png")
+    return model_dir
+
+
+class PriorSampler(diffusion.DiffusionSampler):
+    kind = KIND
+
+    def __call__(
+        self, prompts: list[str], seeds: list[int], steps: int = 20, guidance_scale: float = 2.0
+    ) -> np.ndarray:
+        return self.run(
+            prompts,
+            seeds,
+            steps,
+            guidance_scale,
+            lambda x, t, ctx, added, _: self.unet(x, t, ctx, added_cond_kwargs=added).sample,
+        )
+
+
+def sample_grid(model_dir: Path, seed: int, steps: int, guidance: float) -> list[np.ndarray]:
+    """Rows of GRID_PROMPTS x GRID_STYLES samples (one seed per column: the styles differ, not the noise)."""
+    sampler = PriorSampler(model_dir)
+    rows = []
+    for prompt in GRID_PROMPTS:
+        seeds = [training.seed_for(seed, KIND, "grid", prompt)] * len(GRID_STYLES)
+        imgs = sampler([f"{prompt}, {s}" for s in GRID_STYLES], seeds, steps, guidance)
+        rows.append(np.concatenate(list(imgs), 1))
+    return rows

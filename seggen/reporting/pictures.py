@@ -1,0 +1,109 @@
+"""Pictures of the generative prior for the reports: the corpus, one mask in eight styles, and
+synthetic images next to real in-domain and real shifted-domain ones (what the style prompts are for)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from seggen.config import Params
+from seggen.io import save_grid
+
+N_STYLES = 8
+
+
+def picture_styles(params: Params) -> list[str]:
+    """synthesize.styles, then the prior's grid styles, up to N_STYLES distinct phrases."""
+    from seggen.generators.prior import GRID_STYLES
+
+    out: list[str] = []
+    for s in [*params.synthesize.styles, *GRID_STYLES]:
+        if s not in out:
+            out.append(s)
+    return out[:N_STYLES]
+
+
+def _resize_labels(labels: np.ndarray, size: int) -> np.ndarray:
+    return np.asarray(Image.fromarray(labels.astype(np.uint8)).resize((size, size), Image.NEAREST))
+
+
+def _resize(img: np.ndarray, size: int) -> np.ndarray:
+    return np.asarray(Image.fromarray(img).resize((size, size), Image.BICUBIC))
+
+
+def styles_picture(params: Params, out: Path, n_masks: int = 2) -> Path:
+    """Rows: a training mask's colour map, then Mask2Img's image for it in each style, same noise, at the
+    synthesis guidance -- what synthesize draws from."""
+    from seggen.captions import read_captions
+    from seggen.data.layout import open_split
+    from seggen.generators.mask2img import Mask2ImgSampler
+    from seggen.training import seed_for
+
+    sampler = Mask2ImgSampler(params.synthesize.mask2img)
+    res = int(sampler.info["resolution"])
+    split = open_split(params.data.root, params.synthesize.split)
+    captions = read_captions(params.caption.out)
+    styles = picture_styles(params)
+    rows = []
+    for i in range(n_masks):
+        _, labels = split[i]
+        caption = captions[split.ids[i]].caption
+        cmap = sampler.palette[np.minimum(_resize_labels(labels, res), len(sampler.palette) - 1)]
+        seeds = [seed_for(params.seed, "styles-picture", i)] * len(styles)
+        imgs = sampler(
+            np.stack([cmap] * len(styles)),
+            [f"{caption}, {s}" for s in styles],
+            seeds,
+            params.synthesize.steps,
+            params.synthesize.mask2img_guidance,
+        )
+        rows.append(np.concatenate([cmap, *imgs], 1))
+    return save_grid(rows, out)
+
+
+def shift_picture(params: Params, out: Path, n: int = 10) -> Path:
+    """Three rows of n images: real in-domain training images, ImgSyn images (with the style prompts),
+    real shifted-domain validation images."""
+    from seggen.data.layout import open_split
+
+    imgsyn = open_split(Path(params.synthesize.out) / "imgsyn", params.synthesize.split)
+    real = open_split(params.data.root, params.synthesize.split)
+    shifted = open_split(params.data.root, params.evaluate.splits[-1])
+    res = imgsyn[0][0].shape[0]
+
+    def row(ds) -> np.ndarray:
+        pick = np.linspace(0, len(ds) - 1, min(n, len(ds))).round().astype(int)
+        imgs = [_resize(ds[int(i)][0], res) for i in pick]
+        imgs += [np.full((res, res, 3), 255, np.uint8)] * (n - len(imgs))  # a split with fewer: white
+        return np.concatenate(imgs, 1)
+
+    return save_grid([row(real), row(imgsyn), row(shifted)], out, scale=3)
+
+
+def prior_pictures(params: Params, out_dir: Path) -> list[tuple[str, Path]]:
+    """(caption, path) of the pictures: the corpus preview where the prior is used (the prepare_corpus
+    stage's own file), and the two written into out_dir (styles.png, synthetic_vs_shifted.png). With
+    regimes (the bench), the first regime's synthetic data."""
+    if params.regimes:
+        params = params.regime(next(iter(params.regimes)))
+    pics: list[tuple[str, Path]] = []
+    preview = Path(params.prior.corpus.out) / "preview.png"
+    if params.prior.enabled and not params.mask2img.pretrained and preview.exists():
+        pics.append(("The prior's corpus: captioned images of broad looks, never masks (a sample)", preview))
+    styles = picture_styles(params)
+    pics.append(
+        (
+            f"One mask in {len(styles)} styles (colour map, then: {'; '.join(styles)})",
+            styles_picture(params, out_dir / "styles.png"),
+        )
+    )
+    pics.append(
+        (
+            "Real in-domain training images (top), ImgSyn images with style prompts (middle), "
+            "real shifted-domain images (bottom)",
+            shift_picture(params, out_dir / "synthetic_vs_shifted.png"),
+        )
+    )
+    return pics

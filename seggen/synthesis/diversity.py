@@ -1,0 +1,92 @@
+"""ImgSyn diversity: do the images Mask2Img draws for one mask vary as much as real images do?
+
+For every class c: the mean colour (RGB, 0-255) of its pixels in an image. The spread of a set of
+images is the root-mean-square distance of those colours from their mean (over the images that
+show c), averaged over classes:
+
+- generated: per source mask, the spread over the images generated for that mask (ImgSyn with
+  imgsyn_per_source >= 2), averaged over masks;
+- real: the spread over the real training images (one colour per image per class).
+
+ratio = generated / real. Above 1, one mask's images differ more than the real images do (the
+style prompts widen the appearance); near 0, Mask2Img paints each mask the same way every time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+MIN_PIXELS = 16  # a class must cover this many pixels of an image to give it a colour
+
+
+def class_colours(image: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[int, np.ndarray]:
+    """class id (1..N; 0 = other, ignored) -> mean RGB of its pixels."""
+    out = {}
+    flat, img = labels.ravel(), image.reshape(-1, 3).astype(np.float64)
+    counts = np.bincount(flat, minlength=num_classes + 1)
+    for c in np.nonzero(counts >= MIN_PIXELS)[0]:
+        if c:
+            out[int(c)] = img[flat == c].mean(0)
+    return out
+
+
+def spread(colours: list[np.ndarray]) -> float | None:
+    """RMS distance of RGB colours from their mean; None for fewer than two."""
+    if len(colours) < 2:
+        return None
+    x = np.stack(colours)
+    return float(np.sqrt(((x - x.mean(0)) ** 2).sum(1).mean()))
+
+
+def _by_class(samples, num_classes: int) -> dict[int, list[np.ndarray]]:
+    per: dict[int, list[np.ndarray]] = {}
+    for img, lab in samples:
+        for c, col in class_colours(img, lab, num_classes).items():
+            per.setdefault(c, []).append(col)
+    return per
+
+
+def _mean_spread(per: dict[int, list[np.ndarray]]) -> dict[int, float]:
+    return {c: s for c, cols in per.items() if (s := spread(cols)) is not None}
+
+
+def imgsyn_diversity(synthetic: str | Path, real_root: str | Path, split: str, max_real: int = 500) -> dict | None:
+    """The measure above for an ImgSyn dataset; None when no source mask has two kept images."""
+    from seggen.data.layout import open_split
+    from seggen.synthesis.manifest import read_manifest
+
+    synthetic = Path(synthetic)
+    rows = [r for r in read_manifest(synthetic / "manifest.jsonl") if r.kept]
+    groups: dict[str, list[str]] = {}
+    for r in rows:
+        groups.setdefault(r.source_id, []).append(r.id)
+    groups = {s: ids for s, ids in groups.items() if len(ids) >= 2}
+    if not groups:
+        return None
+    syn = open_split(synthetic, split)
+    n = len(syn.meta.names)
+    index = {sid: i for i, sid in enumerate(syn.ids)}
+    gen_per_class: dict[int, list[float]] = {}
+    for ids in groups.values():
+        for c, s in _mean_spread(_by_class((syn[index[i]] for i in ids), n)).items():
+            gen_per_class.setdefault(c, []).append(s)
+    real = open_split(real_root, split)
+    pick = np.linspace(0, len(real) - 1, min(max_real, len(real))).round().astype(int)
+    real_per_class = _mean_spread(_by_class((real[int(i)] for i in pick), n))
+    classes = sorted(c for c in gen_per_class if c in real_per_class and real_per_class[c] > 0)
+    if not classes:
+        return None
+    gen = float(np.mean([np.mean(gen_per_class[c]) for c in classes]))
+    ref = float(np.mean([real_per_class[c] for c in classes]))
+    return {
+        "masks": len(groups),
+        "images_per_mask": float(np.mean([len(v) for v in groups.values()])),
+        "generated_spread": gen,
+        "real_spread": ref,
+        "ratio": gen / ref,
+        "per_class_ratio": {
+            syn.meta.names[c - 1]: float(np.mean(gen_per_class[c]) / real_per_class[c]) for c in classes
+        },
+    }
