@@ -269,7 +269,7 @@ def test_a_split_the_params_use_but_the_dataset_lacks_fails_at_prepare(ade_root,
         yaml.safe_dump(
             {
                 "data": {"format": "ade20k", "root": str(ade_root)},
-                    "prior": {"enabled": False},
+                "prior": {"enabled": False},
                 "caption": {"split": "validation"},
                 "synthesize": {"split": "validation"},
                 "segmenter": {"split": "validation"},
