@@ -228,6 +228,27 @@ def training_target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.T
     raise ValueError(kind)
 
 
+def text_to_image_step(accelerator, unet, cond, noise_scheduler, batches, optimizer, trainable, max_grad_norm: float):
+    """One optimizer step of a text-conditioned UNet over `batches` (micro_batches, gradients
+    accumulated): the denoising update Text2Mask and the prior share. Returns the last micro-batch's loss."""
+    import torch.nn.functional as F
+
+    for b in batches:
+        with accelerator.accumulate(unet):
+            with accelerator.autocast():
+                ctx, added = cond(b.ids)
+                noisy = noise_scheduler.add_noise(b.x0, b.noise, b.t)
+                pred = unet(noisy, b.t, ctx, added_cond_kwargs=added).sample
+                target = training_target(noise_scheduler, b.x0, b.noise, b.t)
+                loss = F.mse_loss(pred.float(), target.float())
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(trainable, max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    return loss
+
+
 def load_vae(pretrained: str | None):
     """The frozen AutoencoderKL of a pretrained Stable Diffusion / SDXL repo, or None (pixel space)."""
     from diffusers import AutoencoderKL

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from seggen import io as sio
@@ -131,21 +130,12 @@ def train_prior(params: Params, progress: bool = True) -> Path:
     for step in range(start, tc.steps):
         for g in optimizer.param_groups:
             g["lr"] = training.lr_at(step, tc.lr, tc.warmup_steps)
-        for b in diffusion.micro_batches(
+        batches = diffusion.micro_batches(
             params.seed, KIND, step, tc, x0_all, ids_all, empty_ids, num_timesteps, accelerator
-        ):
-            with accelerator.accumulate(unet):
-                with accelerator.autocast():
-                    ctx, added = cond(b.ids)
-                    noisy = noise_scheduler.add_noise(b.x0, b.noise, b.t)
-                    pred = unet(noisy, b.t, ctx, added_cond_kwargs=added).sample
-                    target = diffusion.training_target(noise_scheduler, b.x0, b.noise, b.t)
-                    loss = F.mse_loss(pred.float(), target.float())
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(trainable, tc.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+        )
+        loss = diffusion.text_to_image_step(
+            accelerator, unet, cond, noise_scheduler, batches, optimizer, trainable, tc.max_grad_norm
+        )
         losses.append(loss.item())
         done = step + 1
         bar.update()
