@@ -261,9 +261,15 @@ def train_mask2img(params: Params, progress: bool = True) -> Path:
     sio.save_grid(rows, out / "samples.png")
     styles = list(params.synthesize.styles) or (list(GRID_STYLES) if prior is not None else [])
     if styles:
-        sio.save_grid(
-            styles_grid(model_dir, maps[:2], data.captions[:2], styles[:8], params.seed, cfg.sample), out / "styles.png"
+        # with a fine-tuned base, a second row per mask: the ControlNet on the broad base (the style swap)
+        samplers = [Mask2ImgSampler(model_dir)]
+        if (model_dir / UNET_PRIOR).is_dir():
+            samplers.append(Mask2ImgSampler(model_dir, style_swap=True))
+        seeds = [training.seed_for(params.seed, KIND, "styles", i) for i in range(2)]
+        rows = styles_grid(
+            samplers, maps[:2], data.captions[:2], styles[:8], seeds, cfg.sample.steps, cfg.sample.guidance_scale
         )
+        sio.save_grid(rows, out / "styles.png")
     elif (out / "styles.png").exists():
         (out / "styles.png").unlink()
     return model_dir
@@ -284,23 +290,26 @@ def controlnet_from_unet(unet, conditioning_channels: tuple[int, ...]):
     return controlnet
 
 
-def styles_grid(model_dir: Path, maps: np.ndarray, captions: list[str], styles: list[str], seed: int, sample) -> list:
-    """Per mask, a row: its colour map, then one image per style with the same noise (the style phrase
-    is all that differs); with a fine-tuned base, a second row with the ControlNet on the broad base
-    (the style swap)."""
+def styles_grid(
+    samplers: list,
+    maps: np.ndarray,
+    captions: list[str],
+    styles: list[str],
+    row_seeds: list[int],
+    steps: int,
+    guidance: float,
+) -> list:
+    """Per mask and sampler, a row: its colour map, then one image per style with the same noise (the
+    style phrase is all that differs)."""
     rows = []
-    samplers = [Mask2ImgSampler(model_dir)]
-    if (Path(model_dir) / UNET_PRIOR).is_dir():
-        samplers.append(Mask2ImgSampler(model_dir, style_swap=True))
-    for i, (cmap, caption) in enumerate(zip(maps, captions)):
-        seeds = [training.seed_for(seed, KIND, "styles", i)] * len(styles)
+    for cmap, caption, seed in zip(maps, captions, row_seeds):
         for sampler in samplers:
             imgs = sampler(
                 np.stack([cmap] * len(styles)),
                 [f"{caption}, {s}" for s in styles],
-                seeds,
-                sample.steps,
-                sample.guidance_scale,
+                [seed] * len(styles),
+                steps,
+                guidance,
             )
             rows.append(np.concatenate([cmap, *imgs], 1))
     return rows

@@ -38,28 +38,21 @@ def styles_picture(params: Params, out: Path, n_masks: int = 2) -> Path:
     synthesis guidance -- what synthesize draws from."""
     from seggen.captions import read_captions
     from seggen.data.layout import open_split
-    from seggen.generators.mask2img import Mask2ImgSampler
+    from seggen.generators.mask2img import Mask2ImgSampler, styles_grid
     from seggen.training import seed_for
 
-    sampler = Mask2ImgSampler(params.synthesize.mask2img)
+    cfg = params.synthesize
+    sampler = Mask2ImgSampler(cfg.mask2img, style_swap=cfg.style_swap)  # as synthesize samples
     res = int(sampler.info["resolution"])
-    split = open_split(params.data.root, params.synthesize.split)
+    split = open_split(params.data.root, cfg.split)
     captions = read_captions(params.caption.out)
+    maps = [
+        sampler.palette[np.minimum(_resize_labels(split[i][1], res), len(sampler.palette) - 1)] for i in range(n_masks)
+    ]
+    caps = [captions[split.ids[i]].caption for i in range(n_masks)]
+    seeds = [seed_for(params.seed, "styles-picture", i) for i in range(n_masks)]
     styles = picture_styles(params)
-    rows = []
-    for i in range(n_masks):
-        _, labels = split[i]
-        caption = captions[split.ids[i]].caption
-        cmap = sampler.palette[np.minimum(_resize_labels(labels, res), len(sampler.palette) - 1)]
-        seeds = [seed_for(params.seed, "styles-picture", i)] * len(styles)
-        imgs = sampler(
-            np.stack([cmap] * len(styles)),
-            [f"{caption}, {s}" for s in styles],
-            seeds,
-            params.synthesize.steps,
-            params.synthesize.mask2img_guidance,
-        )
-        rows.append(np.concatenate([cmap, *imgs], 1))
+    rows = styles_grid([sampler], maps, caps, styles, seeds, cfg.steps, cfg.mask2img_guidance)
     return save_grid(rows, out)
 
 
