@@ -45,7 +45,15 @@ ENTRIES: dict[str, tuple[str, ...]] = {
     "report": ("seggen.stages:report",),
 }
 # they do not change what a stage writes
-NEUTRAL = {"seggen.tracking", "seggen.progress", "seggen.preflight", "seggen.cli", "seggen.errors", "seggen.codedeps"}
+NEUTRAL = {
+    "seggen.tracking",
+    "seggen.mlflow_models",
+    "seggen.progress",
+    "seggen.preflight",
+    "seggen.cli",
+    "seggen.errors",
+    "seggen.codedeps",
+}
 
 
 def module_file(name: str) -> Path | None:

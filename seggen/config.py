@@ -354,7 +354,7 @@ class SegmenterParams(_Section):
     strategy: Literal["real", "augment", "pretrain_finetune", "concat"] = "real"
     synthetic: tuple[Literal["masksyn", "imgsyn"], ...] = ("masksyn", "imgsyn")
     synthetic_root: Path = Path("data/synthetic")
-    p_aug: float = Field(0.6, ge=0, le=1)
+    p_aug: float = Field(0.15, ge=0, le=1)
     concat_repeat: int = Field(1, ge=1)
     pretrain_steps: int = Field(300, ge=0)
     real_subset: int | None = Field(None, ge=1)  # low-data regime: a seeded subset of the real training split
@@ -384,6 +384,15 @@ class ReportParams(_Section):
     results: Path | None = None
     notes: Path | None = None  # a hand-written markdown file inlined into the results page (tuning log)
     reference: str = "baseline"  # the group each regime's arms are compared with: REGIME-REFERENCE
+
+
+class TrackingParams(_Section):
+    """What the training stages send to MLflow while they run (not part of any output: DVC does not
+    re-run a stage when these change)."""
+
+    log_every: int = Field(10, ge=1)  # loss, learning rate and throughput every N steps, live
+    system_metrics: bool = True  # CPU, memory (and GPU where present) of the training stages
+    system_metrics_interval: float = Field(10.0, gt=0)  # seconds between system-metric samples
 
 
 _ARM_NAME = r"^[a-z0-9][a-z0-9_-]{0,39}$"
@@ -432,6 +441,7 @@ class Params(_Section):
     ablation: AblationParams | None = None
     evaluate: EvaluateParams = EvaluateParams()
     report: ReportParams = ReportParams()
+    tracking: TrackingParams = TrackingParams()
 
     @model_validator(mode="before")
     @classmethod

@@ -25,6 +25,12 @@ def _losses(path: Path) -> list[float]:
     return [r["loss"] for r in json.loads(path.read_text())["loss"]] if path.exists() else []
 
 
+def _system(params: Params) -> float | None:
+    """The system-metrics sampling interval of the training stages, or None (off)."""
+    t = params.tracking
+    return t.system_metrics_interval if t.system_metrics else None
+
+
 def prepare(params: Params, force: bool = False) -> Path:
     from seggen.prepare import prepare as run
 
@@ -65,7 +71,9 @@ def pretrain(params: Params) -> Path:
     """Stage `pretrain`: the text-to-image prior on the corpus (skipped with real mask2img weights)."""
     from seggen.generators.prior import train_prior
 
-    with tracking.stage_run("pretrain", _sections(params, "seed", "text_encoder", "prior")) as mlrun:
+    with tracking.stage_run(
+        "pretrain", _sections(params, "seed", "text_encoder", "prior"), system_metrics=_system(params)
+    ) as mlrun:
         out = Path(params.prior.out)
         mlrun.log_dataset(params.prior.corpus.out, "corpus", "training")
         model_dir = train_prior(params)
@@ -74,7 +82,7 @@ def pretrain(params: Params) -> Path:
             summary = json.loads((out / "train_summary.json").read_text())
             mlrun.log_metrics({k: v for k, v in summary.items() if k != "loss"}, prefix="train/")
             mlrun.log_artifact(out / "samples.png")
-            mlrun.log_model(model_dir, "prior", "seggen-prior")
+            mlrun.log_model(model_dir, "prior")
     return model_dir
 
 
@@ -86,7 +94,9 @@ def train_generator(params: Params, kind: str) -> Path:
         from seggen.generators.mask2img import train_mask2img as run
     cfg = getattr(params, kind)
     require_models(params, (kind,))
-    with tracking.stage_run(f"train_{kind}", _sections(params, "seed", "text_encoder", kind)) as mlrun:
+    with tracking.stage_run(
+        f"train_{kind}", _sections(params, "seed", "text_encoder", kind), system_metrics=_system(params)
+    ) as mlrun:
         mlrun.log_dataset(params.data.root, "real", "training", "training")
         mlrun.log_dataset(params.caption.out, "captions", "training")
         model_dir = run(params)
@@ -95,7 +105,8 @@ def train_generator(params: Params, kind: str) -> Path:
         summary = json.loads((out / "train_summary.json").read_text())
         mlrun.log_metrics({k: v for k, v in summary.items() if k != "loss"}, prefix="train/")
         mlrun.log_artifact(out / "samples.png")
-        mlrun.log_model(model_dir, kind, f"seggen-{kind}")
+        sample = {"num_inference_steps": cfg.sample.steps, "guidance_scale": cfg.sample.guidance_scale}
+        mlrun.log_model(model_dir, kind, sample={**sample, "seed": params.seed})
     return model_dir
 
 
@@ -127,6 +138,22 @@ def synthesize(
     return res
 
 
+def arm_tags(params: Params, arm: str | None) -> dict[str, Any]:
+    """What tells the registered segmenter versions apart: arm, regime, group, seed, strategy."""
+    cfg = params.segmenter
+    tags = {
+        "arm": arm or "segmenter",
+        "strategy": cfg.strategy,
+        "synthetic": ",".join(cfg.synthetic) if cfg.strategy != "real" else "",
+        "seed": cfg.seed if cfg.seed is not None else params.seed,
+        "real_subset": cfg.real_subset,
+    }
+    parts = (arm or "").split("-")
+    if len(parts) >= 3 and parts[0] in params.regimes and parts[-1].startswith("s"):  # REGIME-GROUP-sSEED
+        tags.update(regime=parts[0], group="-".join(parts[1:-1]))
+    return tags
+
+
 def train_segmenter(params: Params, arm: str | None = None) -> Path:
     from seggen.segmenter.train import train_segmenter as run
 
@@ -136,7 +163,8 @@ def train_segmenter(params: Params, arm: str | None = None) -> Path:
     logged = _sections(p, "seed", "segmenter")
     if arm:
         logged["arm"] = arm
-    with tracking.stage_run(f"train_segmenter@{arm}" if arm else "train_segmenter", logged) as mlrun:
+    name = f"train_segmenter@{arm}" if arm else "train_segmenter"
+    with tracking.stage_run(name, logged, system_metrics=_system(params)) as mlrun:
         mlrun.log_dataset(p.data.root, "real", "training", cfg.split)
         if cfg.strategy != "real":
             for name in cfg.synthetic:
@@ -145,7 +173,7 @@ def train_segmenter(params: Params, arm: str | None = None) -> Path:
         mlrun.log_losses(_losses(Path(cfg.out) / "train_log.json"))
         info = json.loads((model_dir / "seggen_segmenter.json").read_text())
         mlrun.log_metrics(info["train"], prefix="train/")
-        mlrun.log_model(model_dir, "mask2former", f"seggen-mask2former-{arm or 'segmenter'}")
+        mlrun.log_model(model_dir, "segmenter", arm_tags(p, arm))
     return model_dir
 
 
@@ -181,6 +209,7 @@ def evaluate(
         mlrun.log_dataset(root or p.data.root, "real", "evaluation", split)
         metrics = run(p, model, split, out, root, task, size if size is not None else ev.size, key=key)
         mlrun.log_metrics(scores(metrics), prefix=f"{split}/")
+        mlrun.log_model_metrics(model, scores(metrics), prefix=f"{split}/")
         mlrun.log_metrics(metrics["semantic"]["per_class_iou"], prefix=f"{split}/iou/")
         for part in ("panoptic", "instance"):
             if part in metrics:
@@ -205,6 +234,15 @@ def report(params: Params) -> dict:
                 mlrun.log_metrics(s, prefix=f"{arm}/{split}/")
         for f in ("report.md", "summary.json", "miou.png", "styles.png", "synthetic_vs_shifted.png"):
             mlrun.log_artifact(out / f)
+        split = params.evaluate.splits[0]  # in-domain
+        in_domain = {
+            a: s[split]["mIoU"] for a, s in summary["arms"].items() if s.get(split, {}).get("mIoU") is not None
+        }
+        baseline = summary["reference_arm"]
+        if mlrun.run_id:
+            dirs = {a: Path(params.arm(a).segmenter.out) / "model" for a in summary["arms"]}
+            aliases = tracking.set_aliases(mlrun.client, dirs, in_domain, baseline)
+            mlrun.set_tags({f"alias.{k}": f"{v['arm']} (version {v['version']})" for k, v in aliases.items()})
         if params.report.results:  # the ablation page
             res = build_results(params)
             mlrun.log_artifact(params.report.results)

@@ -164,6 +164,7 @@ class NullRun:
     def log_artifact(self, *a, **k): ...
     def log_dataset(self, *a, **k): ...
     def log_model(self, *a, **k): ...
+    def log_model_metrics(self, *a, **k): ...
     def set_tags(self, *a, **k): ...
 
 
@@ -223,33 +224,83 @@ class StageRun(NullRun):
             tags["split"] = split
         mlflow.log_input(ds, context=context, tags=tags)
 
-    def log_model(self, model_dir: str | Path, name: str, registered_name: str) -> None:
-        """The model directory as artifacts (safetensors + configs, loadable with from_pretrained)
-        and a registered version pointing at them, tagged with the lineage."""
-        from mlflow.exceptions import MlflowException
+    def log_model(
+        self, model_dir: str | Path, kind: str, tags: dict[str, Any] | None = None, sample: dict | None = None
+    ) -> str | None:
+        """The model directory as an MLflow Model of this run (pyfunc over the directory; a LoggedModel
+        with signature and input example), registered as a new version of the kind's one registered
+        model, tagged with the lineage and `tags` (arm, regime, seed). The prior (no pyfunc: it is
+        an intermediate base) is logged as artifacts only. -> the LoggedModel id."""
+        from seggen import mlflow_models as mm
 
         model_dir = Path(model_dir)
-        self.client.log_artifacts(self.run_id, str(model_dir), f"models/{name}")
-        source = f"{self.client.get_run(self.run_id).info.artifact_uri.rstrip('/')}/models/{name}"
-        try:
-            self.client.create_registered_model(
-                registered_name, description=f"seggen {name} (from_pretrained directory)"
-            )
-        except MlflowException as e:
-            if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code):
-                raise
-        tags = {
+        lineage = {
             "git_commit": self.tags["git_commit"],
             "dvc_lock": self.tags["dvc_lock"],
             "digest": digest_tree(model_dir),
             "stage": self.tags[STAGE],
+            **{k: str(v) for k, v in (tags or {}).items() if v is not None},
         }
-        mv = self.client.create_model_version(registered_name, source, run_id=self.run_id, tags=tags)
-        self.client.set_tag(self.run_id, f"model.{name}", f"{registered_name}/{mv.version}")
+        if kind not in mm.KINDS:
+            self.client.log_artifacts(self.run_id, str(model_dir), f"models/{kind}")
+            return None
+        name = mm.KINDS[kind]
+        info = mm.log_pyfunc(model_dir, kind, name, lineage, sample)
+        version = str(info.registered_model_version)
+        for k, v in lineage.items():
+            self.client.set_model_version_tag(name, version, k, v)
+        self.client.set_tag(self.run_id, f"model.{kind}", f"{name}/{version}")
+        self.client.set_tag(self.run_id, "seggen.model_id", info.model_id)
+        return info.model_id
+
+    def log_model_metrics(self, model_dir: str | Path, metrics: dict[str, Any], prefix: str = "") -> str | None:
+        """Scores of a registered segmenter also on its LoggedModel (the version whose digest is the
+        directory's), so the model's page lists what it scored. -> its model id, or None."""
+        import mlflow
+
+        from seggen import mlflow_models as mm
+
+        digest = digest_tree(Path(model_dir))
+        found = self.client.search_model_versions(f"name='{mm.KINDS['segmenter']}' and tags.digest='{digest}'")
+        if not found:
+            return None
+        source = max(found, key=lambda v: int(v.version)).source  # models:/m-<id>
+        model_id = source.rsplit("/", 1)[-1]
+        flat = {
+            metric_key(prefix + k): float(v)
+            for k, v in _flatten(metrics).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+        }
+        mlflow.log_metrics(flat, model_id=model_id)
+        self.client.set_tag(self.run_id, "seggen.model_id", model_id)
+        return model_id
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         for k, v in tags.items():
             self.client.set_tag(self.run_id, k, str(v))
+
+
+def set_aliases(client, arm_dirs: dict[str, Path], in_domain: dict[str, float], baseline: str | None) -> dict:
+    """The registry's aliases on the segmenter: `champion` -> the version of the arm with the best
+    in-domain mIoU, `baseline` -> the baseline arm's. A version is found by the digest of the arm's
+    model directory (its tag), so the alias names exactly the weights that were scored."""
+    from seggen import mlflow_models as mm
+
+    name = mm.KINDS["segmenter"]
+    set_to = {}
+    picks = {"champion": max(in_domain, key=in_domain.get) if in_domain else None, "baseline": baseline}
+    for alias, arm in picks.items():
+        if arm is None or arm not in arm_dirs or not (arm_dirs[arm] / "config.json").exists():
+            continue
+        digest = digest_tree(arm_dirs[arm])
+        found = client.search_model_versions(f"name='{name}' and tags.digest='{digest}'")
+        if not found:
+            log.warning("%s: no registered version with digest %s (trained with tracking off?)", arm, digest[:12])
+            continue
+        version = max(found, key=lambda v: int(v.version)).version
+        client.set_registered_model_alias(name, alias, version)
+        set_to[alias] = {"arm": arm, "version": str(version)}
+    return set_to
 
 
 def experiment_name() -> str:
@@ -304,9 +355,12 @@ def open_client(project: Path = Path(".")):
 
 
 @contextmanager
-def stage_run(stage: str, params: dict[str, Any] | None = None, project: Path = Path(".")) -> Iterator[NullRun]:
+def stage_run(
+    stage: str, params: dict[str, Any] | None = None, project: Path = Path("."), system_metrics: float | None = None
+) -> Iterator[NullRun]:
     """A nested MLflow run for one stage (FAILED if the stage raises); NullRun when tracking is off.
-    Reachability is checked here, before the stage computes anything."""
+    Reachability is checked here, before the stage computes anything. system_metrics: sample CPU,
+    memory (and GPU) every this many seconds into the run (MLflow system metrics)."""
     import mlflow
 
     if not enabled():
@@ -324,7 +378,15 @@ def stage_run(stage: str, params: dict[str, Any] | None = None, project: Path = 
     run_tags = {**tags, KIND: "stage", "mlflow.source.git.commit": tags["git_commit"]}
     if key:
         run_tags[EXECUTION] = key
-    active = mlflow.start_run(experiment_id=exp_id, run_name=stage, parent_run_id=parent, tags=run_tags)
+    if system_metrics:
+        mlflow.set_system_metrics_sampling_interval(system_metrics)
+    active = mlflow.start_run(
+        experiment_id=exp_id,
+        run_name=stage,
+        parent_run_id=parent,
+        tags=run_tags,
+        log_system_metrics=bool(system_metrics),
+    )
     run = StageRun(client, active.info.run_id, parent, project, tags)
     status = "FAILED"
     try:

@@ -9,6 +9,7 @@ uninterrupted one exactly and outputs do not depend on the batch size.
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +90,45 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
     except (AttributeError, RuntimeError):
         return None
+
+
+class LiveMetrics:
+    """Loss, learning rate and throughput sent to the active MLflow run (the stage's) every `every`
+    steps while a training runs, so a long training can be watched in MLflow; a no-op without one
+    (tracking off, or a training called outside a stage)."""
+
+    def __init__(self, every: int, samples_per_step: int, accelerator=None):
+        import mlflow
+
+        main = accelerator is None or accelerator.is_main_process
+        self.run = mlflow.active_run() if main else None
+        self.every, self.samples = every, samples_per_step
+        self.window: list[float] = []
+        self.t = time.perf_counter()
+        self.steps = 0
+
+    def step(self, done: int, loss: float, lr: float, total: int) -> None:
+        """After optimizer step `done` (1-based) of `total`."""
+        import mlflow
+
+        if self.run is None:
+            return
+        self.window.append(loss)
+        self.steps += 1
+        if done % self.every and done != total:
+            return
+        now = time.perf_counter()
+        rate = self.steps / max(now - self.t, 1e-9)
+        mlflow.log_metrics(
+            {
+                "live/loss": float(np.mean(self.window)),
+                "live/lr": float(lr),
+                "live/steps_per_s": rate,
+                "live/samples_per_s": rate * self.samples,
+            },
+            step=done,
+        )
+        self.window, self.steps, self.t = [], 0, now
 
 
 def step_bar(total: int, start: int, desc: str, accelerator, progress: bool = True):

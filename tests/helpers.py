@@ -107,6 +107,7 @@ def tiny_pipeline_params() -> dict:
             "train": {"steps": 4, "batch_size": 4, "crop": 32, "checkpoint_every": 2, "threads": 1},
         },
         "arms": {"baseline": {"strategy": "real"}, "seggen": {"strategy": "augment"}},
+        "tracking": {"log_every": 2, "system_metrics_interval": 1.0},
     }
 
 

@@ -277,6 +277,23 @@ def test_pretrained_latent_path(tiny_sd, small_benchmark, tmp_path):
     assert all(torch.equal(base[k], saved[k]) for k in base)
     out = Mask2ImgSampler(m2i)(np.zeros((1, 16, 16, 3), np.uint8), ["a car"], [0], steps=2)
     assert out.shape == (1, 16, 16, 3)
+    stock_pipelines_generate(t2m, m2i, "StableDiffusionPipeline", "StableDiffusionControlNetPipeline")
+
+
+def stock_pipelines_generate(t2m, m2i, t2m_class: str, m2i_class: str) -> None:
+    """Latent models are stock diffusers pipeline directories: DiffusionPipeline loads and samples them."""
+    from diffusers import DiffusionPipeline
+    from PIL import Image
+
+    pipe = DiffusionPipeline.from_pretrained(t2m)
+    assert type(pipe).__name__ == t2m_class
+    img = pipe(prompt="a car", num_inference_steps=2, height=16, width=16, output_type="np").images
+    assert img.shape == (1, 16, 16, 3) and np.isfinite(img).all()
+    pipe = DiffusionPipeline.from_pretrained(m2i)
+    assert type(pipe).__name__ == m2i_class
+    cmap = Image.fromarray(np.zeros((16, 16, 3), np.uint8))
+    img = pipe(prompt="a car", image=cmap, num_inference_steps=2, height=16, width=16, output_type="np").images
+    assert img.shape == (1, 16, 16, 3) and np.isfinite(img).all()
 
 
 def test_instance_aware_text2mask_and_grad_accum(small_benchmark, tmp_path):
@@ -370,6 +387,7 @@ def test_pretrained_sdxl_path(tiny_sdxl, small_benchmark, tmp_path):
     m2i = train_mask2img(p, progress=False)
     out = Mask2ImgSampler(m2i)(np.zeros((1, 16, 16, 3), np.uint8), ["a car"], [0], steps=2)
     assert out.shape == (1, 16, 16, 3)
+    stock_pipelines_generate(t2m, m2i, "StableDiffusionXLPipeline", "StableDiffusionXLControlNetPipeline")
 
 
 def test_ema_and_bf16_train_checkpoint_and_resume(small_benchmark, tmp_path, caplog):

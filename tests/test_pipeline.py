@@ -130,10 +130,13 @@ def test_mlflow_lineage(project):
     commit = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=project["root"], capture_output=True, text=True
     ).stdout.strip()
+    import mlflow
+
+    mlflow.set_tracking_uri(project["mlflow"])
     for name, stage in [
         ("seggen-text2mask", "train_text2mask"),
         ("seggen-mask2img", "train_mask2img"),
-        ("seggen-mask2former-seggen", "train_segmenter@seggen"),
+        ("seggen-segmenter", "train_segmenter@seggen"),
     ]:
         versions = [
             v for v in client.search_model_versions(f"name='{name}'") if v.run_id == children[stage].info.run_id
@@ -141,14 +144,23 @@ def test_mlflow_lineage(project):
         assert len(versions) == 1, name
         tags = versions[0].tags
         assert tags["git_commit"].startswith(commit) and len(tags["dvc_lock"]) == 16 and tags["stage"] == stage
-        files = {
-            a.path.rsplit("/", 1)[-1]
-            for a in client.list_artifacts(
-                children[stage].info.run_id,
-                versions[0].source.rsplit("/", 2)[-2] + "/" + versions[0].source.rsplit("/", 1)[-1],
-            )
-        }
-        assert "seggen_model.json" in files or "seggen_segmenter.json" in files
+        # an MLflow Model (pyfunc over the saved directory) with its signature, linked to the stage run
+        info = mlflow.models.get_model_info(f"models:/{name}/{versions[0].version}")
+        assert info.signature is not None and "python_function" in info.flavors
+        assert mlflow.get_logged_model(info.model_id).source_run_id == children[stage].info.run_id
+    assert client.search_model_versions("name='seggen-segmenter'")[0].tags.get("arm") in ("baseline", "seggen")
+    # the report stage's aliases: champion = best in-domain arm, baseline = the reference arm
+    summary = json.loads((project["root"] / "reports" / "summary.json").read_text())
+    best = max(summary["arms"], key=lambda a: summary["arms"][a]["validation"]["mIoU"])
+    assert client.get_model_version_by_alias("seggen-segmenter", "champion").tags["arm"] == best
+    assert client.get_model_version_by_alias("seggen-segmenter", "baseline").tags["arm"] == "baseline"
+    # the scores are on the segmenter's LoggedModel too
+    champion = client.get_model_version_by_alias("seggen-segmenter", "champion")
+    logged = mlflow.get_logged_model(champion.source.rsplit("/", 1)[-1])
+    assert {m.key for m in logged.metrics} >= {"validation/mIoU", "validation_shift/mIoU"}
+    # live training metrics (every tracking.log_every steps) and system metrics on the training stages
+    tr = children["train_segmenter@seggen"]
+    assert "live/loss" in tr.data.metrics and any(k.startswith("system/") for k in tr.data.metrics)
 
     report = children["report"]
     assert (

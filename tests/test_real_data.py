@@ -252,7 +252,8 @@ def test_real_data_profiles_are_deltas_that_validate(tmp_path):
         and ade.caption.model.startswith("Salesforce/blip2")
     )
     base = load_params(REPO / "params.yaml")
-    assert ade.segmenter.p_aug == base.segmenter.p_aug and ade.seed == base.seed  # inherited, not copied
+    assert ade.segmenter.p_aug == 0.6 != base.segmenter.p_aug  # the paper's, where the bundled default differs
+    assert ade.seed == base.seed and ade.segmenter.train.weight_decay == base.segmenter.train.weight_decay  # inherited
     coco = load_params(REPO / "profiles" / "real-coco.yaml")
     assert coco.data.format == "coco" and coco.arm("seggen").segmenter.strategy == "pretrain_finetune"
     # `seggen params apply` writes the delta into a params.yaml, comments kept

@@ -136,6 +136,42 @@ def test_evaluate_writes_foundation_keys_and_pictures(tiny_model, tmp_path):
             assert (tmp_path / split / pic).stat().st_size > 0
 
 
+def test_segmenter_loads_in_transformers_pipeline(tiny_model, small_benchmark, tmp_path):
+    """The saved directory carries its image-processor config: transformers' processor gives the
+    pixel values seggen feeds the model, and pipeline("image-segmentation", model=dir) agrees with
+    `seggen evaluate`'s labels (transformers resizes the mask logits to 384 px before the class
+    product, seggen to the image as Mask2Former's reference code does: boundary pixels may differ)."""
+    import torch
+    from PIL import Image
+    from transformers import AutoImageProcessor, pipeline
+
+    from seggen.segmenter.data import pixel_values
+    from seggen.segmenter.evaluate import evaluate
+
+    p, model_dir = tiny_model
+    files = sorted((small_benchmark / "images" / "validation").glob("*"))[:8]
+    proc = AutoImageProcessor.from_pretrained(model_dir)
+    for f in files[:2]:
+        im = np.asarray(Image.open(f).convert("RGB"))
+        ours = pixel_values([im])
+        theirs = proc(images=im, return_tensors="pt")["pixel_values"]
+        assert theirs.shape == ours.shape
+        torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-5)
+    seg = pipeline("image-segmentation", model=str(model_dir), device="cpu")
+    evaluate(p, model_dir, "validation", tmp_path / "ev", task="semantic", progress=False)
+    agree = total = 0
+    for f in files:
+        im = Image.open(f).convert("RGB")
+        labels = np.full(im.size[::-1], 255, np.int32)
+        for o in seg(im, subtask="semantic"):
+            labels[np.asarray(o["mask"]) > 0] = seg.model.config.label2id[o["label"]]
+        ref = np.asarray(Image.open(tmp_path / "ev" / "predictions" / "semantic" / f"{f.stem}.png"))
+        assert (labels != 255).all()
+        agree += int((labels == ref).sum())
+        total += labels.size
+    assert agree / total >= 0.99, agree / total
+
+
 def test_semantic_inference_matches_a_hand_computation():
     import torch
 

@@ -275,6 +275,7 @@ def save_model(model_dir: Path, parts: dict, cond, noise_scheduler, vae, info: d
     conditioner, the scheduler, the VAE for latent models, and seggen_model.json. The run's timing
     (`train` in info) goes beside it, to train_summary.json, so that the same params give a
     byte-identical model directory (its digest names the model in synthesis manifests)."""
+    from seggen.generators.pipelines import write_pipeline_index
     from seggen.io import atomic_dir, write_json
 
     info = dict(info)
@@ -292,6 +293,8 @@ def save_model(model_dir: Path, parts: dict, cond, noise_scheduler, vae, info: d
         if vae is not None:
             vae.save_pretrained(tmp / "vae")
         write_model_meta(tmp, {**info, "latent": vae is not None})
+        if info["kind"] in ("text2mask", "mask2img"):  # also a diffusers pipeline directory
+            write_pipeline_index(tmp, info["kind"], parts, cond, noise_scheduler, vae)
     return model_dir
 
 
@@ -354,29 +357,40 @@ class DiffusionSampler:
 
     kind = ""
 
-    def __init__(self, model_dir: str | Path, device: str | None = None, precision: str = "fp32"):
+    def __init__(
+        self, model_dir: str | Path, device: str | None = None, precision: str = "fp32", parts: dict | None = None
+    ):
+        """parts: modules already loaded from this directory (a diffusers pipeline's components: unet,
+        text, vae, ...), used instead of loading them again."""
         from diffusers import UNet2DConditionModel
 
         from seggen.models import text
 
         self.dir = Path(model_dir)
         self.info = read_model_meta(self.dir, self.kind)
+        self.parts = dict(parts or {})
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype = autocast_dtype(precision, self.device)
         # channels_last: oneDNN's convolutions are markedly faster in NHWC on CPU (and on GPU tensor cores)
-        self.unet = (
-            UNet2DConditionModel.from_pretrained(self.dir / "unet")
-            .to(self.device, memory_format=torch.channels_last)
-            .eval()
+        self.unet = self.part("unet", UNet2DConditionModel, channels_last=True)
+        self.text = (self.parts.get("text") or text.TextConditioner.load(self.dir, int(self.info["resolution"]))).to(
+            self.device
         )
-        self.text = text.TextConditioner.load(self.dir, int(self.info["resolution"])).to(self.device)
         sched = json.loads((self.dir / "scheduler" / "scheduler_config.json").read_text())
         self.scheduler_config = {k: v for k, v in sched.items() if not k.startswith("_")}
         self.vae = None
         if self.info["latent"]:
             from diffusers import AutoencoderKL
 
-            self.vae = AutoencoderKL.from_pretrained(self.dir / "vae").to(self.device).eval()
+            self.vae = self.part("vae", AutoencoderKL)
+
+    def part(self, name: str, cls, channels_last: bool = False):
+        """A network of the directory (given in `parts`, else loaded), on the device, in eval mode."""
+        module = self.parts.get(name)
+        if module is None:
+            module = cls.from_pretrained(self.dir / name)
+        fmt = {"memory_format": torch.channels_last} if channels_last else {}
+        return module.to(self.device, **fmt).eval()
 
     @property
     def resolution(self) -> int:

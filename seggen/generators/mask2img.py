@@ -15,6 +15,7 @@ Output directory (`mask2img.out`):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -144,6 +145,9 @@ def train_mask2img(params: Params, progress: bool = True) -> Path:
     tc = cfg.train
     scale = cfg.controlnet.conditioning_scale
     bar = training.step_bar(tc.steps, start, "train mask2img", accelerator, progress)
+    live = training.LiveMetrics(
+        params.tracking.log_every, tc.batch_size * tc.grad_accum * accelerator.num_processes, accelerator
+    )
     t0, losses = time.perf_counter(), []
     for step in range(start, tc.steps):
         for g in optimizer.param_groups:
@@ -213,6 +217,7 @@ def train_mask2img(params: Params, progress: bool = True) -> Path:
         done = step + 1
         bar.update()
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+        live.step(step + 1, losses[-1], optimizer.param_groups[0]["lr"], tc.steps)
         if accelerator.is_main_process and (done % tc.checkpoint_every == 0 or done == tc.steps):
             mods = {"controlnet": accelerator.unwrap_model(controlnet)}
             if train_base:
@@ -319,13 +324,18 @@ class Mask2ImgSampler(diffusion.DiffusionSampler):
     kind = KIND
 
     def __init__(
-        self, model_dir: str | Path, device: str | None = None, precision: str = "fp32", style_swap: bool = False
+        self,
+        model_dir: str | Path,
+        device: str | None = None,
+        precision: str = "fp32",
+        style_swap: bool = False,
+        parts: dict | None = None,
     ):
         """style_swap: run the ControlNet on the broad base the fine-tuned one started from (unet_prior/,
         DGInStyle's style swap); a frozen base is already the broad one."""
         from diffusers import ControlNetModel, UNet2DConditionModel
 
-        super().__init__(model_dir, device, precision)
+        super().__init__(model_dir, device, precision, parts)
         self.style_swap = style_swap and (self.dir / UNET_PRIOR).is_dir()
         if style_swap and not self.style_swap and self.info.get("base") != "frozen":
             raise DataError(
@@ -333,16 +343,8 @@ class Mask2ImgSampler(diffusion.DiffusionSampler):
                 "or prior.enabled); this one was trained from scratch"
             )
         if self.style_swap:
-            self.unet = (
-                UNet2DConditionModel.from_pretrained(self.dir / UNET_PRIOR)
-                .to(self.device, memory_format=torch.channels_last)
-                .eval()
-            )
-        self.controlnet = (
-            ControlNetModel.from_pretrained(self.dir / "controlnet")
-            .to(self.device, memory_format=torch.channels_last)
-            .eval()
-        )
+            self.unet = self.part(UNET_PRIOR, UNet2DConditionModel, channels_last=True)
+        self.controlnet = self.part("controlnet", ControlNetModel, channels_last=True)
         self.palette = np.asarray(self.info["palette"], np.uint8)
 
     def check_palette(self, palette: np.ndarray, source: str) -> None:
@@ -386,6 +388,36 @@ class Mask2ImgSampler(diffusion.DiffusionSampler):
         return self.run(prompts, seeds, steps, guidance_scale, predict)
 
 
+def model_input(colour_map: np.ndarray, resolution: int) -> np.ndarray:
+    """A colour map at the model's resolution (nearest neighbour: colours stay palette colours)."""
+    cmap = np.asarray(colour_map, np.uint8)[..., :3]
+    if cmap.shape[:2] == (resolution, resolution):
+        return np.ascontiguousarray(cmap)
+    return np.asarray(Image.fromarray(cmap).resize((resolution, resolution), Image.NEAREST))
+
+
+def sample_mask2img(
+    sampler: Mask2ImgSampler,
+    colour_map: np.ndarray,
+    prompt: str,
+    n: int = 4,
+    seed: int = 0,
+    steps: int = 20,
+    guidance_scale: float = 2.0,
+    batch_size: int = 16,
+) -> np.ndarray:
+    """n images for one colour map (at the model's resolution) and prompt: `seggen sample mask2img`,
+    the diffusers pipeline and the MLflow model all sample through here. Each image's noise comes from
+    the seed, the map's content and the prompt (not from where the map was read)."""
+    key = hashlib.sha256(np.ascontiguousarray(colour_map).tobytes()).hexdigest()[:16]
+    seeds = [training.seed_for(seed, KIND, "sample", key, prompt, i) for i in range(n)]
+    out = [
+        sampler(np.stack([colour_map] * len(chunk)), [prompt] * len(chunk), chunk, steps, guidance_scale)
+        for chunk in (seeds[b : b + batch_size] for b in range(0, n, batch_size))
+    ]
+    return np.concatenate(out) if out else np.zeros((0, *colour_map.shape), np.uint8)
+
+
 def sample_mask2img_cli(
     model_dir, mask: Path, is_labels: bool, prompt: str, n: int, out: Path, seed: int, steps: int, guidance_scale: float
 ) -> int:
@@ -403,9 +435,8 @@ def sample_mask2img_cli(
         cmap = sampler.palette[raw]
     else:
         cmap = raw
-    cmap = np.asarray(Image.fromarray(cmap).resize((r, r), Image.NEAREST))
-    seeds = [training.seed_for(seed, KIND, "cli", str(mask), prompt, i) for i in range(n)]
-    imgs = sampler(np.stack([cmap] * n), [prompt] * n, seeds, steps, guidance_scale)
+    cmap = model_input(cmap, r)
+    imgs = sample_mask2img(sampler, cmap, prompt, n, seed, steps, guidance_scale)
     with staged_files(out, "sample mask2img", "--out") as tmp:  # all files or none
         for i, im in enumerate(imgs):
             write_png(tmp / f"image_{i:04d}.png", im)

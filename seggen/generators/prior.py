@@ -125,6 +125,9 @@ def train_prior(params: Params, progress: bool = True) -> Path:
         cond.to(accelerator.device)
     tc = cfg.train
     bar = training.step_bar(tc.steps, start, "pretrain prior", accelerator, progress)
+    live = training.LiveMetrics(
+        params.tracking.log_every, tc.batch_size * tc.grad_accum * accelerator.num_processes, accelerator
+    )
     t0, losses = time.perf_counter(), []
     num_timesteps = noise_scheduler.config.num_train_timesteps
     for step in range(start, tc.steps):
@@ -140,6 +143,7 @@ def train_prior(params: Params, progress: bool = True) -> Path:
         done = step + 1
         bar.update()
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+        live.step(step + 1, losses[-1], optimizer.param_groups[0]["lr"], tc.steps)
         if accelerator.is_main_process and (done % tc.checkpoint_every == 0 or done == tc.steps):
             mods = {"unet": accelerator.unwrap_model(unet)}
             if train_te:

@@ -94,6 +94,9 @@ def train_text2mask(params: Params, progress: bool = True) -> Path:
         cond.to(accelerator.device)
     tc = cfg.train
     bar = training.step_bar(tc.steps, start, "train text2mask", accelerator, progress)
+    live = training.LiveMetrics(
+        params.tracking.log_every, tc.batch_size * tc.grad_accum * accelerator.num_processes, accelerator
+    )
     t0, losses = time.perf_counter(), []
     for step in range(start, tc.steps):
         for g in optimizer.param_groups:
@@ -111,6 +114,7 @@ def train_text2mask(params: Params, progress: bool = True) -> Path:
         done = step + 1
         bar.update()
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+        live.step(step + 1, losses[-1], optimizer.param_groups[0]["lr"], tc.steps)
         if accelerator.is_main_process and (done % tc.checkpoint_every == 0 or done == tc.steps):
             mods = {"unet": accelerator.unwrap_model(unet)}
             if train_te:
@@ -168,10 +172,12 @@ class Text2MaskSampler(diffusion.DiffusionSampler):
 
     kind = KIND
 
-    def __init__(self, model_dir: str | Path, device: str | None = None, precision: str = "fp32"):
+    def __init__(
+        self, model_dir: str | Path, device: str | None = None, precision: str = "fp32", parts: dict | None = None
+    ):
         from seggen.codec import Palette
 
-        super().__init__(model_dir, device, precision)
+        super().__init__(model_dir, device, precision, parts)
         colors = np.asarray(self.info["palette"], np.uint8)
         self.palette = Palette(
             colors=colors,
@@ -214,8 +220,9 @@ def sample_text2mask(
     batch_size: int = 16,
     progress: bool = True,
 ) -> dict:
-    """-> {"prompts": [...], "rgb": N x H x W x 3 uint8, "labels": N x H x W} (prompt-major order)."""
-    sampler = Text2MaskSampler(model_dir)
+    """-> {"prompts": [...], "rgb": N x H x W x 3 uint8, "labels": N x H x W} (prompt-major order).
+    model_dir: a model directory or a loaded Text2MaskSampler."""
+    sampler = model_dir if isinstance(model_dir, Text2MaskSampler) else Text2MaskSampler(model_dir)
     jobs = [(p, k) for p in prompts for k in range(n_per_prompt)]
     rgb = []
     bar = tqdm(total=len(jobs), desc="sample text2mask", unit="img", disable=not progress, dynamic_ncols=True)

@@ -117,6 +117,19 @@ def panoptic_from(
     return ids, segments
 
 
+def segment(model, images: list[np.ndarray], things: set[int], panoptic: bool, size: int | None, device) -> list[dict]:
+    """One batch of images -> per image {"labels"} (+ "panoptic" segment ids and "segments" when
+    `panoptic`): what `seggen evaluate` writes and the MLflow model returns."""
+    cls, masks = infer(model, images, size, device)
+    out = []
+    for j in range(len(images)):
+        r = {"labels": semantic_from(cls[j], masks[j])}
+        if panoptic:
+            r["panoptic"], r["segments"] = panoptic_from(cls[j], masks[j], things)
+        out.append(r)
+    return out
+
+
 @dataclass
 class EvalSet:
     """What evaluation needs of a split, whatever its layout."""
@@ -240,15 +253,14 @@ def _predict_and_score(
     for b in range(0, n, batch_size):
         idx = list(range(b, min(n, b + batch_size)))
         images = [load_rgb(es.image_paths[i]) for i in idx]
-        cls, masks = infer(model, images, size, device)
-        for j, i in enumerate(idx):
+        for j, (i, res) in enumerate(zip(idx, segment(model, images, es.things, do_pan, size, device))):
             stem = es.stems[i]
-            sem = semantic_from(cls[j], masks[j])
+            sem = res["labels"]
             write_png(pred_dir / f"{stem}.png", sem)
             if len(grid) < 8:
                 grid.append((images[j], sem, es.label_paths[i]))
             if do_pan:
-                ids, segs = panoptic_from(cls[j], masks[j], es.things)
+                ids, segs = res["panoptic"], res["segments"]
                 write_png(out / "predictions" / "panoptic" / f"{stem}.png", id2rgb(ids.astype(np.uint32)))
                 pan_annotations.append(
                     {

@@ -70,6 +70,27 @@ def build_model(cfg: SegmenterParams, meta: DatasetMeta):
     return model
 
 
+def save_image_processor(directory: Path, ignore_index: int = 255) -> None:
+    """The preprocessing of seggen's training and evaluation as a transformers image processor
+    (ImageNet mean/std on 0-1 pixels, no resize), so that `pipeline("image-segmentation", model=dir)`
+    loads the segmenter directory and sees its inputs as seggen does."""
+    from transformers import Mask2FormerImageProcessor
+
+    from seggen.segmenter.data import MEAN, STD
+
+    Mask2FormerImageProcessor(
+        do_resize=False,
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=[float(v) for v in MEAN / 255],
+        image_std=[float(v) for v in STD / 255],
+        ignore_index=ignore_index,
+        do_reduce_labels=False,
+        size_divisor=0,
+    ).save_pretrained(directory)
+
+
 def load_model(model_dir: str | Path):
     """A trained seggen segmenter directory, or any Mask2Former checkpoint directory / id."""
     from transformers import Mask2FormerForUniversalSegmentation

@@ -33,8 +33,8 @@ from seggen.models import checkpoint as ckpt
 from seggen.models.checkpoint import resumable_checkpoint
 from seggen.outputs import check_dir, claim
 from seggen.segmenter.data import SegSource, augment, pixel_values, real_subset, synthetic_by_source, targets
-from seggen.segmenter.model import SEG_META, build_model
-from seggen.training import make_accelerator, seed_for, step_bar, write_loss_log
+from seggen.segmenter.model import SEG_META, build_model, save_image_processor
+from seggen.training import LiveMetrics, make_accelerator, seed_for, step_bar, write_loss_log
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +169,9 @@ def train_segmenter(params: Params, progress: bool = True) -> Path:
     model.train()
     device = accelerator.device
     bar = step_bar(total, start, f"train segmenter ({cfg.strategy})", accelerator, progress)
+    live = LiveMetrics(
+        params.tracking.log_every, tc.batch_size * tc.grad_accum * accelerator.num_processes, accelerator
+    )
     t0 = time.perf_counter()
     for step in range(start, total):
         phase, k, n = phase_of(step, params)
@@ -197,6 +200,7 @@ def train_segmenter(params: Params, progress: bool = True) -> Path:
         losses.append(step_loss)
         bar.update()
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", phase=phase)
+        live.step(step + 1, step_loss, optimizer.param_groups[0]["lr"], total)
         done = step + 1
         if accelerator.is_main_process and (done % tc.checkpoint_every == 0 or done == total):
             ckpt.write_checkpoint(
@@ -233,5 +237,6 @@ def train_segmenter(params: Params, progress: bool = True) -> Path:
     with atomic_dir(model_dir, "train segmenter", "segmenter.out") as tmp:
         accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
         (tmp / SEG_META).write_text(json.dumps(info, indent=2))
+        save_image_processor(tmp, params.eval.ignore_index)
     write_loss_log(out / "train_log.json", losses)
     return model_dir
