@@ -146,10 +146,20 @@ class Mask2ImgModel:
         return {"images": np.concatenate(images)}
 
 
-SAMPLE_DEFAULTS = {
-    "text2mask": {"num_images_per_prompt": 1, "num_inference_steps": 20, "guidance_scale": 3.0, "seed": 0},
-    "mask2img": {"num_images_per_prompt": 1, "num_inference_steps": 20, "guidance_scale": 2.0, "seed": 0},
-}
+def _sample_defaults(kind: str) -> dict:
+    """Sampling params of an MLflow model without its stage's values: the config's defaults (one home)."""
+    from seggen.config import Params
+
+    sample = getattr(Params(), kind).sample
+    return {
+        "num_images_per_prompt": 1,
+        "num_inference_steps": sample.steps,
+        "guidance_scale": sample.guidance_scale,
+        "seed": 0,
+    }
+
+
+SAMPLE_DEFAULTS = {kind: _sample_defaults(kind) for kind in ("text2mask", "mask2img")}
 PYTHON_MODELS = {"segmenter": SegmenterModel, "text2mask": Text2MaskModel, "mask2img": Mask2ImgModel}
 
 
