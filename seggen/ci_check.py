@@ -2,6 +2,11 @@
 order, through `dvc repro` -- runs on a small fixed-seed profile (ci/params.yaml, a delta on
 params.yaml) in a scratch project; each arm's mIoU on each split must stay within `tolerance` of the
 committed ci/baseline.json. Scores above the band pass with a note to raise the baseline.
+
+`--against champion` (any registry alias) gates this project's own evaluations instead: the scores
+the pipeline wrote for the alias's arm (`evaluate.out/ARM/SPLIT/scores.json`, e.g. after `dvc repro`
+on a pull request) against what that registered segmenter version scored when its evaluate stage
+ran (the metrics on its MLflow LoggedModel), on every split both have.
 """
 
 from __future__ import annotations
@@ -81,6 +86,67 @@ def compare(scores: dict, baseline: dict, tolerance: float) -> tuple[list[str], 
                 verdict = "better (raise the baseline: seggen ci-check --update)"
             lines.append(f"{arm:>10} {split:<18} mIoU {got:6.2f}  baseline {ref:6.2f}  {got - ref:+6.2f}  {verdict}")
     return lines, bad
+
+
+def registry_scores(alias: str, project: Path = Path(".")) -> dict:
+    """{"arm", "version", "git_commit", "mIoU": {split: value}} of models:/seggen-segmenter@ALIAS: the
+    newest value of each SPLIT/mIoU logged on the version's LoggedModel."""
+    from mlflow.exceptions import MlflowException
+
+    from seggen import tracking
+    from seggen.mlflow_models import KINDS
+
+    client, uri = tracking.open_client(project)
+    name = KINDS["segmenter"]
+    try:
+        mv = client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        raise ConfigError(
+            f"models:/{name}@{alias}: no such alias in {uri} (the report stage sets champion/baseline)"
+        ) from None
+    model_id = getattr(mv, "model_id", None) or str(mv.source).rsplit("/", 1)[-1]
+    newest: dict[str, tuple[int, float]] = {}
+    for m in client.get_logged_model(model_id).metrics or []:
+        if m.key.endswith("/mIoU") and (m.key not in newest or m.timestamp >= newest[m.key][0]):
+            newest[m.key] = (m.timestamp, m.value)
+    if not newest:
+        raise ConfigError(
+            f"models:/{name}@{alias} (version {mv.version}): no SPLIT/mIoU on its model; evaluate it first"
+        )
+    return {
+        "arm": mv.tags.get("arm", "segmenter"),
+        "version": str(mv.version),
+        "git_commit": mv.tags.get("git_commit", "?"),
+        "mIoU": {k.rsplit("/", 1)[0]: round(v, 2) for k, (_, v) in sorted(newest.items())},
+    }
+
+
+def project_scores(params_path: Path, arm: str, splits: list[str]) -> dict[str, float]:
+    """{split: mIoU} of `arm` from this project's evaluation outputs (what `dvc repro` wrote)."""
+    p = load_params(params_path)
+    scores = {}
+    for split in splits:
+        f = Path(p.evaluate.out) / arm / split / "scores.json"
+        if not f.is_file():
+            raise ConfigError(not_found(f, "file", f"scores of arm {arm!r} on {split}") + " (run `dvc repro` first)")
+        scores[split] = round(float(json.loads(f.read_text())["mIoU"]), 2)
+    return scores
+
+
+def check_against_alias(alias: str, params_path: Path, tolerance: float | None = None, arm: str | None = None) -> str:
+    ref = registry_scores(alias)
+    arm = arm or ref["arm"]
+    got = project_scores(params_path, arm, list(ref["mIoU"]))
+    tol = DEFAULT_TOLERANCE if tolerance is None else tolerance
+    lines, bad = compare({arm: got}, {"mIoU": {arm: ref["mIoU"]}}, tol)
+    head = (
+        f"{arm} ({params_path}) against @{alias} = version {ref['version']} "
+        f"(arm {ref['arm']}, commit {ref['git_commit'][:12]})"
+    )
+    text = head + "\n" + "\n".join(lines) + f"\n(tolerance {tol:g} mIoU)"
+    if bad:
+        raise Regression(f"mIoU regression against @{alias}: " + "; ".join(bad) + "\n" + text)
+    return text
 
 
 def ci_check(

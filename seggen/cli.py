@@ -475,11 +475,25 @@ def ci_check_cmd(
         bool, typer.Option(help="Write the measured scores as the new baseline instead of comparing.")
     ] = False,
     workdir: Annotated[Path | None, typer.Option(help="Keep the run's files here (default: a temp dir).")] = None,
+    against: Annotated[
+        str | None,
+        typer.Option(
+            help="A registry alias (e.g. champion): gate this project's evaluations (after dvc repro) "
+            "against what models:/seggen-segmenter@ALIAS scored, instead of running the small pipeline."
+        ),
+    ] = None,
+    arm: Annotated[str | None, typer.Option(help="With --against: the arm to gate (default: the alias's arm).")] = None,
 ) -> None:
-    """Run a small fixed-seed pipeline and gate its mIoU against ci/baseline.json (exit 1 on a regression)."""
-    from seggen.ci_check import Regression, ci_check
+    """Run a small fixed-seed pipeline and gate its mIoU against ci/baseline.json, or gate this project's
+    evaluations against a registered model's alias (--against champion); exit 1 on a regression."""
+    from seggen.ci_check import Regression, check_against_alias, ci_check
 
     try:
+        if against:
+            if update:
+                raise typer.BadParameter("--update writes ci/baseline.json; aliases are set by the report stage")
+            typer.echo(check_against_alias(against, state.params_path, tolerance, arm))
+            return
         typer.echo(ci_check(baseline, ci_params, tolerance, update, workdir))
     except Regression as e:
         typer.echo(f"error: {e}", err=True)

@@ -169,6 +169,36 @@ def test_mlflow_lineage(project):
     )
 
 
+def test_ci_gate_against_champion(project):
+    """`seggen ci-check --against champion`: this project's evaluations against what the registry's
+    champion scored; a drop beyond the tolerance fails with exit 1, an unknown alias in one line."""
+    root, env = project["root"], project["env"]
+    seggen = str(BIN / "seggen")
+    r = subprocess.run([seggen, "ci-check", "--against", "champion"], cwd=root, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "against @champion = version" in r.stdout and r.stdout.count(" ok") == 2
+    from mlflow import MlflowClient
+
+    arm = MlflowClient(project["mlflow"]).get_model_version_by_alias("seggen-segmenter", "champion").tags["arm"]
+    f = root / "reports" / "eval" / arm / "validation_shift" / "scores.json"
+    original = f.read_text()
+    try:
+        f.write_text(json.dumps({**json.loads(original), "mIoU": json.loads(original)["mIoU"] - 5}))
+        r = subprocess.run(
+            [seggen, "ci-check", "--against", "champion", "--tolerance", "1"],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert r.returncode == 1 and f"{arm}/validation_shift: mIoU" in r.stderr and "REGRESSION" in r.stderr
+    finally:
+        f.write_text(original)
+    r = subprocess.run([seggen, "ci-check", "--against", "nope"], cwd=root, env=env, capture_output=True, text=True)
+    assert r.returncode == 2 and "models:/seggen-segmenter@nope: no such alias" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
 def test_compare_prints_arms_side_by_side(project):
     r = subprocess.run(
         [str(BIN / "seggen"), "compare"], cwd=project["root"], env=project["env"], capture_output=True, text=True
@@ -202,12 +232,36 @@ def test_unreachable_tracking_server_fails_before_compute(project, tmp_path):
 
 def test_param_change_reruns_only_segmentation_and_failures_resume(project):
     root, env = project["root"], project["env"]
+    # the pipeline's results as a commit: git tracks the training curves, summaries and synthesis
+    # metrics (the model directories stay DVC's), so an experiment compares with it
+    subprocess.run(["git", "add", "-A"], cwd=root, check=True)
+    subprocess.run(["git", "commit", "-qm", "first run"], cwd=root, check=True)
+    tracked = subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True, check=True).stdout.split()
+    assert {
+        "models/text2mask/train_log.json",
+        "models/mask2img/train_summary.json",
+        "models/segmenter/seggen/train_log.json",
+        "data/synthetic/imgsyn.metrics.json",
+        "reports/eval/seggen/validation/scores.json",
+    } <= set(tracked)
+    assert not any(f.startswith(("models/segmenter/seggen/model/", "data/synthetic/imgsyn/")) for f in tracked)
     r = dvc(root, "exp", "run", "-S", "segmenter.train.lr=0.001", env=env)
     assert set(ran(r)) == {
         s for s in stage_list(root) if s.split("@")[0] in ("check_models", "train_segmenter", "evaluate", "report")
     }
     shown = json.dumps(json.loads(dvc(root, "exp", "show", "--json", env=env).stdout))
     assert '"lr": 0.001' in shown and '"experiments": [' in shown
+    for f in ("data/synthetic/masksyn.metrics.json", "models/text2mask/train_summary.json"):
+        assert f in shown, f
+    exp = re.search(r"Ran experiment\(s\): (\S+)", r.stdout + r.stderr).group(1)
+    # the two runs' segmenter losses side by side: each revision's train_log.json from git
+    diff = json.loads(dvc(root, "plots", "diff", "HEAD", exp, "--json", env=env).stdout)
+    curves = diff["models/segmenter/seggen/train_log.json"][0]
+    assert {"HEAD", exp} <= set(curves["revisions"])
+    changed = json.loads(dvc(root, "metrics", "diff", "HEAD", exp, "--json", env=env).stdout)
+    assert "reports/eval/seggen/validation/scores.json" in changed
+    assert "data/synthetic/masksyn.metrics.json" not in changed  # synthesis did not re-run
+    subprocess.run(["git", "reset", "-q", "--soft", "HEAD~1"], cwd=root, check=True)  # as the fixture left it
 
     # a stage that fails leaves no output; the next repro resumes from the stages that completed
     from ruamel.yaml import YAML  # YAML 1.2, as DVC writes params.yaml

@@ -118,3 +118,40 @@ def test_the_flows_read_their_stages_from_dvc_yaml(tmp_path):
     assert synthesis[0] == "check_models" and synthesis[-1] == "synthesize_imgsyn"
     assert stage_names(REPO, TRAIN_EVALUATE)[-1] == "report"
     shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
+
+
+def test_git_tracks_every_metric_and_plot_and_no_cached_output():
+    """What `dvc exp` commits: every metric and plot (cache: false: the curves, summaries, scores,
+    pictures) is visible to git; every cached output (models, datasets, predictions) and every
+    persist'ed checkpoint directory under models/ is ignored. Resolved by DVC itself (foreach / matrix / vars)."""
+    import subprocess
+    from pathlib import Path
+
+    from dvc.repo import Repo
+
+    tracked, ignored = set(), set()
+    with Repo(str(REPO)) as repo:
+        for stage in repo.index.stages:
+            for out in stage.outs:
+                path = str(out.fs_path if hasattr(out, "fs_path") else out.def_path)
+                rel = str(Path(path).resolve().relative_to(REPO))
+                if out.use_cache or out.persist:
+                    ignored.add(rel)
+                elif out.metric or out.plot:
+                    tracked.add(rel)
+    assert "models/text2mask/train_summary.json" in tracked and "data/synthetic/masksyn.metrics.json" in tracked
+    assert "models/segmenter/seggen/model" in ignored and "models/prior/checkpoints" in ignored
+    paths = sorted(tracked | ignored)
+    r = subprocess.run(
+        ["git", "check-ignore", "--no-index", "--stdin"],
+        cwd=REPO,
+        input="\n".join(p + "/x" if p in ignored else p for p in paths),
+        capture_output=True,
+        text=True,
+    )
+    hit = {ln.removesuffix("/x") for ln in r.stdout.split()}
+    assert not tracked & hit, sorted(tracked & hit)  # a curve or score git would not commit
+    # a model or checkpoint git would commit (elsewhere DVC writes each output's .gitignore entry when
+    # the stage runs; under models/ the root .gitignore's exceptions for the curves decide)
+    models = {p for p in ignored if p.startswith("models/")}
+    assert models and models <= hit, sorted(models - hit)

@@ -63,6 +63,11 @@ def test_masksyn_dataset_reads_like_real_data(reference, small_benchmark):
         == json.loads((small_benchmark / "seggen_meta.json").read_text())["classes"]
     )
     assert (out / "grid.png").stat().st_size > 0 and not (out / ".work").exists()
+    # the DVC metrics file beside the dataset: the summary's numbers, no timings or digests
+    metrics = json.loads((out.parent / "masksyn.metrics.json").read_text())
+    assert metrics["samples"] == 48 and metrics["kept"] + metrics["dropped"] == 48
+    assert metrics["kept_fraction"] == round(metrics["kept"] / 48, 6) and "fingerprint" not in metrics
+    assert all(isinstance(v, (int, float, dict)) for v in metrics.values())
     # provenance: seeds derive from (global seed, strategy, source id, index); digests name the models
     r = rows[3]
     assert r.seed == seed_for(0, "masksyn", r.source_id, r.index) and r.id == f"masksyn_{r.source_id}_{r.index:03d}"
@@ -80,6 +85,8 @@ def test_same_params_give_byte_identical_dataset(reference, gens, tmp_path):
     out = tmp_path / "syn"
     synthesize(load_params(params_file(gens, out, masksyn_per_source=2)), "masksyn", progress=False)
     assert tree(out / "masksyn") == reference["tree"]
+    metrics = "masksyn.metrics.json"
+    assert (out / metrics).read_bytes() == (reference["out"].parent / metrics).read_bytes()
 
 
 def test_rerun_of_complete_dataset_is_a_no_op(reference, gens):

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from seggen.config import Params
-from seggen.io import save_grid
+from seggen.io import atomic_path, save_grid
 
 N_STYLES = 8
 
@@ -76,15 +76,27 @@ def shift_picture(params: Params, out: Path, n: int = 10) -> Path:
 
 
 def prior_pictures(params: Params, out_dir: Path) -> list[tuple[str, Path]]:
-    """(caption, path) of the pictures: the corpus preview where the prior is used (the prepare_corpus
-    stage's own file), and the two written into out_dir (styles.png, synthetic_vs_shifted.png). With
-    regimes (the bench), the first regime's synthetic data."""
+    """(caption, path) of the pictures, all written into out_dir: a copy of the corpus preview where the
+    prior is used (the prepare_corpus stage's file lies in data/, which git does not track, so a page
+    linking it would show a broken image on a fresh clone), styles.png and synthetic_vs_shifted.png.
+    With regimes (the bench), the first regime's synthetic data."""
     if params.regimes:
         params = params.regime(next(iter(params.regimes)))
     pics: list[tuple[str, Path]] = []
     preview = Path(params.prior.corpus.out) / "preview.png"
     if params.prior.enabled and not params.mask2img.pretrained and preview.exists():
-        pics.append(("The prior's corpus: captioned images of broad looks, never masks (a sample)", preview))
+        with atomic_path(out_dir / "corpus.png", suffix=".png") as tmp:
+            tmp.write_bytes(preview.read_bytes())
+        pics.append(
+            ("The prior's corpus: captioned images of broad looks, never masks (a sample)", out_dir / "corpus.png")
+        )
+    else:  # the stage's declared output, saying why there is no corpus (not linked from the page)
+        from PIL import ImageDraw
+
+        note = Image.new("RGB", (360, 40), "white")
+        ImageDraw.Draw(note).text((8, 14), "no prior corpus: prior disabled or real weights", fill="black")
+        with atomic_path(out_dir / "corpus.png", suffix=".png") as tmp:
+            note.save(tmp, format="PNG")
     styles = picture_styles(params)
     pics.append(
         (

@@ -21,7 +21,7 @@ def build_report(params: Params) -> dict:
     from seggen.outputs import check_file
     from seggen.reporting.pictures import prior_pictures
 
-    for name in ("report.md", "summary.json", "miou.png", "styles.png", "synthetic_vs_shifted.png"):
+    for name in ("report.md", "summary.json", "miou.png", "styles.png", "synthetic_vs_shifted.png", "corpus.png"):
         check_file(Path(params.report.out) / name, "report.out")
     arms = collect(params)  # every arm's scores.json on every split
     base = "baseline" if "baseline" in arms else next(iter(arms))

@@ -1,7 +1,7 @@
 """The ablation page (`report.results`, docs/results.md with bench/params.yaml), built from what the
 pipeline's stages wrote -- the evaluations' scores.json, the synthetic datasets' grid.png and the
-evaluations' predictions.png, all DVC outputs the report stage depends on -- with each evaluation's
-MLflow run id beside it where tracking has one.
+evaluations' predictions.png, all DVC outputs the report stage depends on (never MLflow's state, which
+DVC does not track).
 
 Arms named GROUP-sSEED are seeds of GROUP (e.g. `low-both-s1`); a group's first word is its data
 regime (`low-both` -> `low`). Each group is compared with its regime's reference group
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from seggen import tracking
 from seggen.config import Params
-from seggen.errors import DataError, SeggenError
+from seggen.errors import DataError
 from seggen.io import atomic_path, write_text
 from seggen.reporting.charts import grouped_bars
 from seggen.reporting.scores import collect
@@ -71,18 +71,6 @@ def group(params: Params, scores: dict[str, dict[str, dict]]) -> dict[str, Group
     return groups
 
 
-def run_ids(project: Path = Path(".")) -> dict[tuple[str, str], str]:
-    """(arm, split) -> the MLflow run id of its latest finished evaluation, where tracking has one
-    (links only: every number on the page comes from the evaluations' own files)."""
-    if not tracking.enabled():
-        return {}
-    try:
-        df, _ = tracking.search_evaluations(project)
-    except SeggenError:
-        return {}
-    return {k: str(r["run_id"]) for k, r in tracking.latest_evaluations(df).items()}
-
-
 def reference(g: Group, groups: dict[str, Group], ref: str) -> Group | None:
     name = f"{g.regime}-{ref}" if g.regime else ref
     return groups.get(name)
@@ -119,7 +107,6 @@ def build_results(params: Params, project: Path = Path(".")) -> dict:
     out = Path(cfg.results)
     img = out.parent / "img" / "results"
     groups = group(params, collect(params))
-    ids = run_ids(project)
     splits = list(params.evaluate.splits)
     in_domain, shifted = splits[0], splits[-1]
     img_files = _pictures(params, groups, img)
@@ -134,7 +121,7 @@ def build_results(params: Params, project: Path = Path(".")) -> dict:
         rotate=True,
     )
 
-    rel = lambda p: Path(os.path.relpath(p, out.parent)).as_posix()  # noqa: E731  (the corpus preview lies in data/)
+    rel = lambda p: Path(os.path.relpath(p, out.parent)).as_posix()  # noqa: E731
     lines = [
         "# Ablation: real only vs + synthetic data (ImgSyn, MaskSyn, both; generator variants)",
         "",
@@ -191,20 +178,18 @@ def build_results(params: Params, project: Path = Path(".")) -> dict:
         "",
         "## Every run",
         "",
-        f"mIoU of every arm and split (its `{params.evaluate.out}/ARM/SPLIT/scores.json`); in brackets the "
-        f"latest finished `evaluate` run in MLflow experiment `{exp_name}` (`mlflow ui`, or "
-        "`seggen -p bench/params.yaml compare`), where tracking recorded one.",
+        f"mIoU of every arm and split, from its `{params.evaluate.out}/ARM/SPLIT/scores.json` (DVC-tracked "
+        f"outputs of the `evaluate` stages: the page changes only when they do). Every evaluation is also an "
+        f"MLflow run in experiment `{exp_name}` tagged `arm` and `split` (`mlflow ui`, filter "
+        "`tags.arm = 'ARM'`, or `seggen -p bench/params.yaml compare`).",
         "",
         "| arm | seed | " + " | ".join(splits) + " |",
         "|---|---:|" + "---:|" * len(splits),
     ]
     for g in groups.values():
         for i, (seed, arm) in enumerate(zip(g.seeds, g.arms)):
-            cells = []
-            for s in splits:
-                rid = ids.get((arm, s))
-                cells.append(f"{g.values[s]['mIoU'][i]:.1f}" + (f" ({rid[:8]})" if rid else ""))
-            lines.append(f"| `{g.name}` | {seed} | " + " | ".join(cells) + " |")
+            cells = [f"{g.values[s]['mIoU'][i]:.1f}" for s in splits]
+            lines.append(f"| `{arm}` | {seed} | " + " | ".join(cells) + " |")
     lines.append("")
     if img_files:
         lines += ["## Samples", ""]

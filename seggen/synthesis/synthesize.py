@@ -9,6 +9,8 @@ Output (`synthesize.out`/STRATEGY), read like real data by every other stage:
     manifest.jsonl   one row per sample, kept or dropped (seggen.synthesis.manifest.ManifestRow)
     dropped/         images and masks the sample filter removed, for auditing
     summary.json, grid.png (colour map | image), seggen_meta.json
+Beside it, STRATEGY.metrics.json: the summary's numbers (kept/dropped, sample mIoU, diversity, styles),
+a git-tracked DVC metrics file, so `dvc exp show` / `dvc metrics diff` compare synthetic datasets.
 
 Reproducibility: the samples are planned up front in a fixed order; sample k of source s gets the
 seed (seed, strategy, s, k), and samples are generated in fixed batches of that order (float
@@ -440,7 +442,10 @@ def run_shard(
     plan = plan or make_plan(params, strategy)
     if prepare_output(plan):
         log.info("%s: complete for these params, nothing to do", plan.out)
-        return {**json.loads((plan.out / "summary.json").read_text()), "generated": 0, "seconds": 0.0}
+        summary = json.loads((plan.out / "summary.json").read_text())
+        if not metrics_path(plan.out).exists():  # a dataset made before the metrics file existed
+            write_metrics(plan.out, summary)
+        return {**summary, "generated": 0, "seconds": 0.0}
 
     if params.synthesize.threads:
         torch.set_num_threads(params.synthesize.threads)
@@ -644,8 +649,33 @@ def merge_dataset(plan: Plan) -> dict:
     summary["styles"] = _count([r.style for r in rows])
     _write_grid(plan, [r for r, _ in kept][:8])
     write_json(plan.out / "summary.json", summary)
+    write_metrics(plan.out, summary)
     shutil.rmtree(plan.work)
     return summary
+
+
+def metrics_path(out: Path) -> Path:
+    """The dataset's DVC metrics file: beside its directory (a cached DVC output), so git tracks it."""
+    return out.parent / f"{out.name}.metrics.json"
+
+
+def write_metrics(out: Path, summary: dict) -> None:
+    """The summary's numbers only (no timings, no digests): the same dataset gives the same file."""
+
+    def numbers(d: dict) -> dict:
+        res = {}
+        for k, v in d.items():
+            if isinstance(v, dict):
+                if sub := numbers(v):
+                    res[k] = sub
+            elif isinstance(v, (int, float)) and not isinstance(v, bool):
+                res[k] = round(v, 6) if isinstance(v, float) else v
+        return res
+
+    m = numbers({k: v for k, v in summary.items() if k not in ("fingerprint", "generators")})
+    if summary.get("samples"):
+        m["kept_fraction"] = round(summary["kept"] / summary["samples"], 6)
+    write_json(metrics_path(out), m)
 
 
 def _count(values: list) -> dict:
