@@ -28,12 +28,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 # stage list itself lives only there)
 SYNTHESIS = ("preflight", "data", "generators", "synthesis")
 TRAIN_EVALUATE = ("preflight", "segmentation")
+BENCH_UPSTREAM = ("preflight", "data", "generators")  # of dvc.yaml: the bench synthesizes with its models
 # `seggen` exits 2 on bad params or data, the shell 126/127 when a command is missing: retrying cannot help
 PERMANENT = (2, 126, 127)
 
 
 class PipelineRequest(BaseModel):
-    """What to run. The Prefect UI shows this as a validated form."""
+    """What to run: the project, params to change, whether to force re-runs and to log to MLflow."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -88,6 +89,25 @@ def _progress_text(p: dict) -> str:
     return f"{p.get('desc', '')}: {p['n']}/{p.get('total') or '?'}{rate}{eta}"
 
 
+MAX_LOG_LINES = 200
+# DVC's advice after a stage ("git add dvc.lock", "dvc push", auto-staging): not the stage's output
+_DVC_HINTS = re.compile(
+    r"^(To track the changes with git, run:|To enable auto staging, run:|\s*git add |\s*dvc config core\.autostage"
+    r"|Use `dvc push` to send your updates|Updating lock file )"
+)
+
+
+def stage_output(text: str) -> list[str]:
+    """The stage command's output, condensed: each progress bar's last state (its redraws dropped),
+    DVC's hints dropped, the stage's own lines kept."""
+    out = []
+    for line in text.split("\n"):  # not splitlines(): it splits at \r too
+        last = line.rsplit("\r", 1)[-1].rstrip()  # a bar redraws with \r: its final state
+        if last.strip() and not _DVC_HINTS.match(last):
+            out.append(last)
+    return out
+
+
 @task(retries=2, retry_delay_seconds=5, retry_condition_fn=_transient, task_run_name="{stage}")
 def run_stage(project: str, stage: str, force: bool = False, env: dict[str, str] | None = None) -> dict:
     """`dvc repro --single-item STAGE`; its progress bars feed a progress artifact."""
@@ -124,8 +144,7 @@ def run_stage(project: str, stage: str, force: bool = False, env: dict[str, str]
                 update_progress_artifact(artifact, min(100.0, 100.0 * p["n"] / p["total"]), _progress_text(p))
     text = output.read_text(errors="replace")
     shutil.rmtree(work, ignore_errors=True)
-    lines = [ln.rsplit("\r", 1)[-1] for ln in text.splitlines()]
-    final = [ln for ln in lines if ln.strip() and "it/s]" not in ln and "s/it]" not in ln]
+    final = stage_output(text)
     if proc.returncode != 0:
         m = re.search(r"exited with (-?\d+)", text)
         raise StageFailed(stage, int(m.group(1)) if m else None, "\n".join(final[-15:]))
@@ -134,7 +153,7 @@ def run_stage(project: str, stage: str, force: bool = False, env: dict[str, str]
     update_progress_artifact(
         artifact, 100.0, f"{stage}: {'done' if ran else 'up to date (dvc.lock)'} in {seconds:.0f} s"
     )
-    for ln in final[-5:] if ran else []:
+    for ln in final[-MAX_LOG_LINES:] if ran else []:
         log.info("%s", ln)
     log.info("%s: %s in %.1f s", stage, "ran" if ran else "up to date", seconds)
     return {"stage": stage, "ran": ran, "seconds": seconds}
@@ -173,54 +192,67 @@ def apply_overrides(project: Path, overrides: dict[str, Any], params_file: str =
     return write_params(project / params_file, overrides, override_source="overrides")
 
 
-def _mlflow_links(project: Path, execution: str) -> tuple[dict[tuple[str, str], str], str | None]:
-    """The latest evaluate run of each (arm, split) and this execution's parent run, as UI links."""
+def _mlflow_runs(project: Path, execution: str) -> tuple[str | None, dict[str, str]]:
+    """This execution's MLflow parent run and stage runs (stage name -> URL), found by its tag."""
     from seggen import tracking
 
-    df, uri = tracking.search_evaluations(project)
-    exp_id = df["experiment_id"].iloc[0] if len(df) else None
-    runs = {
-        k: tracking.run_url(uri, r["experiment_id"], r["run_id"]) for k, r in tracking.latest_evaluations(df).items()
-    }
-    client, _ = tracking.open_client(project)
-    parent = (
-        client.search_runs(
-            [exp_id], f"tags.`{tracking.EXECUTION}` = '{execution}' and tags.`{tracking.KIND}` = 'pipeline'"
-        )
-        if exp_id
-        else []
-    )
-    return runs, tracking.run_url(uri, exp_id, parent[0].info.run_id) if parent else None
+    client, uri = tracking.open_client(project)
+    exp = client.get_experiment_by_name(tracking.experiment_name())
+    if exp is None:
+        return None, {}
+    runs = client.search_runs([exp.experiment_id], f"tags.`{tracking.EXECUTION}` = '{execution}'", max_results=5000)
+    url = lambda r: tracking.run_url(uri, exp.experiment_id, r.info.run_id)  # noqa: E731
+    parent = next((url(r) for r in runs if r.data.tags.get(tracking.KIND) == "pipeline"), None)
+    return parent, {r.data.tags[tracking.STAGE]: url(r) for r in runs if tracking.STAGE in r.data.tags}
 
 
-def _summary_markdown(project: Path, summary_path: Path, results: list[dict], execution: str, track: bool) -> str:
-    lines = ["# seggen pipeline run", "", "| stage | result | seconds |", "|---|---|---:|"]
-    lines += [f"| {r['stage']} | {'ran' if r['ran'] else 'up to date'} | {r['seconds']:.0f} |" for r in results]
-    runs, parent_url = {}, None
+def produced_scores(eval_root: Path, since: float) -> dict[tuple[str, str], dict]:
+    """(arm, split) -> scores of the evaluations this run wrote (scores.json newer than its start)."""
+    found = {}
+    for f in sorted(eval_root.glob("*/*/scores.json")):
+        if f.stat().st_mtime >= since:
+            found[(f.parent.parent.name, f.parent.name)] = json.loads(f.read_text())
+    return found
+
+
+def _summary_markdown(
+    project: Path, eval_root: Path, results: list[dict], execution: str, track: bool, since: float
+) -> str:
+    parent, stage_urls, note = None, {}, None
     if track:
         try:
-            runs, parent_url = _mlflow_links(project, execution)
+            parent, stage_urls = _mlflow_runs(project, execution)
         except Exception as e:  # the summary must not fail a finished run
-            lines += ["", f"(MLflow links unavailable: {e})"]
-    if summary_path.exists():
+            note = f"(MLflow links unavailable: {e})"
+    ran = [r for r in results if r["ran"]]
+    lines = [
+        "# seggen pipeline run",
+        "",
+        f"{len(ran)} of {len(results)} stages ran; the others were up to date (dvc.lock).",
+        "",
+        "| stage | result | seconds | MLflow |",
+        "|---|---|---:|---|",
+    ]
+    for r in results:
+        name = r["stage"].rsplit(":", 1)[-1]
+        urls = [u for st, u in stage_urls.items() if st == name or st.startswith(name + "-")] if r["ran"] else []
+        links = ", ".join(f"[run]({u})" for u in urls) or "–"
+        lines.append(f"| {r['stage']} | {'ran' if r['ran'] else 'up to date'} | {r['seconds']:.0f} | {links} |")
+    scores = produced_scores(eval_root, since)
+    lines += ["", "## Scores this run produced", ""]
+    if scores:
         fmt = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731
-        lines += [
-            "",
-            "## Scores (latest evaluation of each arm)",
-            "",
-            "| arm | split | mIoU | PQ | AP | MLflow run |",
-            "|---|---|---:|---:|---:|---|",
-        ]
-        for arm, splits in json.loads(summary_path.read_text())["arms"].items():
-            for split, s in splits.items():
-                link = f"[run]({runs[(arm, split)]})" if (arm, split) in runs else "–"
-                lines.append(
-                    f"| {arm} | {split} | {fmt(s.get('mIoU'))} | {fmt(s.get('PQ'))} | {fmt(s.get('AP'))} | {link} |"
-                )
-    if parent_url:
-        lines += ["", f"MLflow pipeline run (nested stage runs): [{parent_url}]({parent_url})"]
-    elif track:
-        lines += ["", "Every stage was up to date: no new MLflow runs (the links above are the latest)."]
+        lines += ["| arm | split | mIoU | PQ | AP |", "|---|---|---:|---:|---:|"]
+        for (arm, split), s in scores.items():
+            lines.append(f"| {arm} | {split} | {fmt(s.get('mIoU'))} | {fmt(s.get('PQ'))} | {fmt(s.get('AP'))} |")
+    else:
+        lines.append("No evaluation ran in this run, so it produced no scores.")
+    if parent:
+        lines += ["", f"MLflow pipeline run (its nested stage runs): [{parent}]({parent})"]
+    elif track and not ran:
+        lines += ["", "No stage ran, so this run logged nothing to MLflow."]
+    if note:
+        lines += ["", note]
     return "\n".join(lines)
 
 
@@ -244,15 +276,20 @@ def run_pipeline(request: PipelineRequest, groups: tuple[str, ...] | None) -> di
     else:  # an unreachable tracking server fails here, before any stage computes
         tracking.check_reachable(tracking.tracking_uri(project))
     stages = stage_names(project, groups, dvcfile)
+    if request.profile == "bench":  # what the bench builds on: the main pipeline's data, prior, generators
+        stages = stage_names(project, BENCH_UPSTREAM) + stages
+    started = time.time()
     overall = create_progress_artifact(0.0, key="pipeline-progress", description=f"0/{len(stages)} stages")
     results = []
     for i, stage in enumerate(stages):
         results.append(run_stage(str(project), stage, request.force, env))
         update_progress_artifact(overall, 100.0 * (i + 1) / len(stages), f"{i + 1}/{len(stages)} stages ({stage} done)")
     md = _summary_markdown(
-        project, project / params.report.out / "summary.json", results, env[tracking.EXECUTION_ENV], request.track
+        project, project / params.evaluate.out, results, env[tracking.EXECUTION_ENV], request.track, started
     )
-    create_markdown_artifact(md, key="seggen-summary", description="Stages, scores and MLflow links of this run")
+    create_markdown_artifact(
+        md, key="seggen-summary", description="What this run executed, the scores it produced, its MLflow runs"
+    )
     log.info(
         "%d stages: %d ran, %d up to date",
         len(results),

@@ -57,7 +57,7 @@ def test_bench_profile_stages_and_overrides(tmp_path):
     overrides into bench/params.yaml, not params.yaml."""
     names = stage_names(REPO, None, "bench/dvc.yaml")
     p = load_params(REPO / "bench" / "params.yaml")
-    assert names[:2] == ["bench/dvc.yaml:train_text2mask", "bench/dvc.yaml:train_mask2img"]
+    assert names[:2] == ["bench/dvc.yaml:synthesize@full-masksyn", "bench/dvc.yaml:synthesize@full-imgsyn"]
     assert sum(n.startswith("bench/dvc.yaml:synthesize@") for n in names) == 2 * len(p.regimes)
     # REGIME-GROUP-sSEED and REGIME-VARIANT-sSEED arms, one stage each (DVC names matrix stages
     # REGIME-GROUP-SEED); the groups' arms in the order of p.arms
@@ -77,3 +77,51 @@ def test_bench_profile_stages_and_overrides(tmp_path):
     assert PipelineRequest(profile="bench").profile == "bench"
     with pytest.raises(ValidationError):
         PipelineRequest(profile="nope")
+
+
+def test_stage_output_keeps_the_stages_lines_without_dvc_hints():
+    from flows.pipeline import stage_output
+
+    text = (
+        "Running stage 'evaluate@seggen-validation':\n"
+        "> seggen evaluate --arm seggen --split validation\n"
+        "evaluate:   0%|          | 0/200 [00:00<?, ?img/s]\revaluate:  50%|#####     | 100/200\r"
+        "evaluate: 100%|##########| 200/200 [00:04<00:00, 48.1img/s]\n"
+        "mIoU 68.57\n"
+        "Updating lock file 'dvc.lock'\n\n"
+        "To track the changes with git, run:\n\n\tgit add dvc.lock\n\n"
+        "To enable auto staging, run:\n\n\tdvc config core.autostage true\n"
+        "Use `dvc push` to send your updates to remote storage.\n"
+    )
+    assert stage_output(text) == [
+        "Running stage 'evaluate@seggen-validation':",
+        "> seggen evaluate --arm seggen --split validation",
+        "evaluate: 100%|##########| 200/200 [00:04<00:00, 48.1img/s]",
+        "mIoU 68.57",
+    ]
+
+
+def test_summary_lists_what_ran_and_only_the_scores_this_run_wrote(tmp_path):
+    import json
+    import os
+    import time
+
+    from flows.pipeline import _summary_markdown
+
+    ev = tmp_path / "reports" / "eval"
+    started = time.time() - 1
+    for arm in ("baseline", "seggen"):
+        (ev / arm / "validation").mkdir(parents=True)
+        (ev / arm / "validation" / "scores.json").write_text(json.dumps({"mIoU": 50.0 if arm == "seggen" else 40.0}))
+    old = ev / "baseline" / "validation" / "scores.json"
+    os.utime(old, (started - 60, started - 60))  # written by an earlier run
+    results = [
+        {"stage": "train_segmenter@seggen", "ran": True, "seconds": 12.0},
+        {"stage": "train_segmenter@baseline", "ran": False, "seconds": 1.0},
+    ]
+    md = _summary_markdown(tmp_path, ev, results, "prefect:x", False, started)
+    assert "1 of 2 stages ran" in md and "| train_segmenter@baseline | up to date | 1 | – |" in md
+    assert "| seggen | validation | 50.00 |" in md and "| baseline |" not in md
+    os.utime(ev / "seggen" / "validation" / "scores.json", (started - 60, started - 60))
+    md = _summary_markdown(tmp_path, ev, results[1:], "prefect:x", False, started)
+    assert "No evaluation ran in this run, so it produced no scores." in md and "50.00" not in md

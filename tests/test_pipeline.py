@@ -345,4 +345,10 @@ def test_prefect_deployment_triggered_through_the_api(project, prefect_server):
     arts = _api(prefect_server, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run["id"]]}}})
     md = next(a["data"] for a in arts if a["key"] == "seggen-summary")
     assert "| seggen | validation_shift |" in md and "#/experiments/" in md
+    # only what this run did: its stages, its scores (both arms re-trained and re-evaluated)
+    assert f"{len(tasks)} of {len(tasks)} stages ran" in md and "| train_segmenter@seggen | ran |" in md
+    # each task's log has its stage's own output, not DVC's git advice
+    logs = _api(prefect_server, "/logs/filter", {"logs": {"flow_run_id": {"any_": [run["id"]]}}, "limit": 200})
+    messages = "\n".join(entry["message"] for entry in logs)
+    assert "> seggen train segmenter --arm seggen" in messages and "git add dvc.lock" not in messages
     assert any(a["type"] == "progress" and a["data"] == 100.0 for a in arts)
