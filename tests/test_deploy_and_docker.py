@@ -39,8 +39,30 @@ def _help(argv: list[str]) -> str:
 def test_compose_parses_and_its_commands_exist():
     doc = yaml.safe_load((REPO / "docker" / "compose.yaml").read_text())
     services = doc["services"]
-    assert set(services) == {"mlflow", "prefect-server", "prefect-worker", "deploy"}
-    assert set(doc["volumes"]) >= {"seggen-data", "mlflow", "prefect", "dvc-cache"}
+    assert set(services) == {"postgres", "mlflow", "prefect-server", "prefect-worker", "deploy"}
+    assert set(doc["volumes"]) >= {"postgres", "mlflow", "prefect", "dvc-cache"}
+    # Postgres behind both servers, created by the init script the postgres service mounts
+    pg = services.pop("postgres")
+    init = next(v.split(":")[0] for v in pg["volumes"] if "docker-entrypoint-initdb.d" in v)
+    sql = (REPO / "docker" / init).read_text()
+    assert "CREATE DATABASE mlflow;" in sql and "CREATE DATABASE prefect;" in sql
+    assert "postgresql://seggen:seggen@postgres:5432/mlflow" in services["mlflow"]["command"]
+    db = services["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
+    assert db == "postgresql+asyncpg://seggen:seggen@postgres:5432/prefect"
+    assert "psycopg2-binary" in (REPO / "docker" / "Dockerfile").read_text()
+    assert "ports" not in pg  # the database is reachable on the compose network only
+    # the worker runs the mounted checkout's code (what DVC hashes); no volume hides tracked files
+    worker = services["prefect-worker"]
+    assert worker["environment"]["PYTHONPATH"] == worker["working_dir"] == "/workspace"
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    for v in worker["volumes"]:
+        target = v.split(":")[1]
+        if target != "/workspace":
+            sub = target.removeprefix("/workspace/")
+            assert not any(f.startswith(sub + "/") for f in tracked), f"{v} hides tracked files"
+    for name in ("mlflow", "prefect-server"):
+        assert services[name]["depends_on"]["postgres"]["condition"] == "service_healthy"
+        services[name]["depends_on"].pop("postgres")
     for name, svc in services.items():
         assert (
             svc["build"]["dockerfile"] == "docker/Dockerfile"
