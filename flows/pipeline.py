@@ -41,8 +41,8 @@ class PipelineRequest(BaseModel):
     project_dir: str = Field(".", description="The seggen project (git + DVC checkout) to run in.")
     overrides: dict[str, Any] = Field(
         default_factory=dict,
-        description='params.yaml keys to set before running, e.g. {"segmenter.train.steps": 900}. '
-        "Written to params.yaml (like `dvc exp run -S`) so dvc.lock records them.",
+        description='params.yaml keys to set for this run, e.g. {"segmenter.train.steps": 900}. '
+        "The run is a DVC experiment with these values (like `dvc exp run -S`); the checkout is not changed.",
     )
     profile: Literal["default", "bench"] = Field(
         "default",
@@ -257,9 +257,13 @@ def _summary_markdown(
 
 
 def run_pipeline(request: PipelineRequest, groups: tuple[str, ...] | None) -> dict:
+    """The stages in a worktree of the project (flows/experiment.py), saved as a DVC experiment named
+    after the flow run: the project's params.yaml, dvc.lock and outputs are never changed."""
     from prefect.runtime import flow_run
 
+    from flows.experiment import experiment_name, experiment_workspace, save_experiment
     from seggen import tracking
+    from seggen.config import load_params
     from seggen.preflight import require_models
 
     log = get_run_logger()
@@ -267,36 +271,47 @@ def run_pipeline(request: PipelineRequest, groups: tuple[str, ...] | None) -> di
     dvcfile, params_file = PROFILES[request.profile]
     if not (project / dvcfile).exists():
         raise FileNotFoundError(f"{project}: no {dvcfile} (project_dir must be a seggen checkout)")
-    params = apply_overrides(project, request.overrides, params_file)
-
-    require_models(params)  # an unreachable model fails the flow here, before its first task
-    env = {tracking.EXECUTION_ENV: f"prefect:{flow_run.id or 'local'}"}
+    # the form's values, validated against the project's params before anything is created
+    require_models(load_params(project / params_file, request.overrides, override_source="overrides"))
+    name = experiment_name(flow_run.name, flow_run.id)
+    env = {tracking.EXECUTION_ENV: f"prefect:{flow_run.id or 'local'}", tracking.DVC_EXPERIMENT_ENV: name}
     if not request.track:
         env[tracking.TRACKING_ENV] = "off"
     else:  # an unreachable tracking server fails here, before any stage computes
-        tracking.check_reachable(tracking.tracking_uri(project))
-    stages = stage_names(project, groups, dvcfile)
-    if request.profile == "bench":  # what the bench builds on: the main pipeline's data, prior, generators
-        stages = stage_names(project, BENCH_UPSTREAM) + stages
-    started = time.time()
-    overall = create_progress_artifact(0.0, key="pipeline-progress", description=f"0/{len(stages)} stages")
-    results = []
-    for i, stage in enumerate(stages):
-        results.append(run_stage(str(project), stage, request.force, env))
-        update_progress_artifact(overall, 100.0 * (i + 1) / len(stages), f"{i + 1}/{len(stages)} stages ({stage} done)")
-    md = _summary_markdown(
-        project, project / params.evaluate.out, results, env[tracking.EXECUTION_ENV], request.track, started
+        env["MLFLOW_TRACKING_URI"] = tracking.tracking_uri(project)  # the project's store, not the worktree's
+        tracking.check_reachable(env["MLFLOW_TRACKING_URI"])
+    with experiment_workspace(project, _dvc()) as work:
+        params = apply_overrides(work, request.overrides, params_file)
+        stages = stage_names(work, groups, dvcfile)
+        if request.profile == "bench":  # what the bench builds on: the main pipeline's data, prior, generators
+            stages = stage_names(work, BENCH_UPSTREAM) + stages
+        started = time.time()
+        overall = create_progress_artifact(0.0, key="pipeline-progress", description=f"0/{len(stages)} stages")
+        results = []
+        for i, stage in enumerate(stages):
+            results.append(run_stage(str(work), stage, request.force, env))
+            update_progress_artifact(
+                overall, 100.0 * (i + 1) / len(stages), f"{i + 1}/{len(stages)} stages ({stage} done)"
+            )
+        save_experiment(work, name, _dvc())
+        md = _summary_markdown(
+            project, work / params.evaluate.out, results, env[tracking.EXECUTION_ENV], request.track, started
+        )
+    md += (
+        f"\n\nSaved as the DVC experiment `{name}` (the checkout is unchanged): `dvc exp show` lists it, "
+        f"`dvc exp apply {name}` promotes it into the checkout."
     )
     create_markdown_artifact(
         md, key="seggen-summary", description="What this run executed, the scores it produced, its MLflow runs"
     )
     log.info(
-        "%d stages: %d ran, %d up to date",
+        "%d stages: %d ran, %d up to date; DVC experiment %s",
         len(results),
         sum(r["ran"] for r in results),
         sum(not r["ran"] for r in results),
+        name,
     )
-    return {"stages": results}
+    return {"stages": results, "experiment": name}
 
 
 @flow(

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 TRACKING_ENV = "SEGGEN_TRACKING"  # off: no tracking
 EXECUTION_ENV = "SEGGEN_PIPELINE_RUN"  # an id shared by the stages of one pipeline execution
+DVC_EXPERIMENT_ENV = "SEGGEN_DVC_EXPERIMENT"  # the DVC experiment a flow run saves its results as
 EXPERIMENT_ENV = "MLFLOW_EXPERIMENT_NAME"
 DEFAULT_EXPERIMENT = "seggen"
 KIND, STAGE, EXECUTION = "seggen.kind", "seggen.stage", "seggen.execution"
@@ -313,8 +314,11 @@ def _experiment(client, project: Path) -> str:
     if exp is not None:
         return exp.experiment_id
     location = None
-    if not tracking_uri(project).startswith(("http://", "https://")):
-        location = (project / "mlartifacts").resolve().as_uri()  # beside mlflow.db, not ./mlruns
+    uri = tracking_uri(project)
+    if uri.startswith("sqlite:///"):  # beside mlflow.db (wherever the stage runs), not ./mlruns
+        location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
+    elif not uri.startswith(("http://", "https://")):
+        location = (project / "mlartifacts").resolve().as_uri()
     try:
         return client.create_experiment(name, artifact_location=location)
     except Exception:  # created meanwhile by a concurrent stage
@@ -373,6 +377,8 @@ def stage_run(
     mlflow.set_tracking_uri(uri)
     exp_id = _experiment(client, project)
     tags = {"git_commit": git_commit(project), "dvc_lock": dvc_lock_hash(project), STAGE: stage}
+    if os.environ.get(DVC_EXPERIMENT_ENV):
+        tags["dvc.experiment"] = os.environ[DVC_EXPERIMENT_ENV]
     key = execution_key()
     parent = _parent(client, exp_id, key, tags) if key else None
     run_tags = {**tags, KIND: "stage", "mlflow.source.git.commit": tags["git_commit"]}

@@ -125,3 +125,60 @@ def test_summary_lists_what_ran_and_only_the_scores_this_run_wrote(tmp_path):
     os.utime(ev / "seggen" / "validation" / "scores.json", (started - 60, started - 60))
     md = _summary_markdown(tmp_path, ev, results[1:], "prefect:x", False, started)
     assert "No evaluation ran in this run, so it produced no scores." in md and "50.00" not in md
+
+
+def test_a_run_is_a_dvc_experiment_and_leaves_the_checkout_alone(tmp_path):
+    """flows/experiment.py on a tiny git + DVC project: the run's params and outputs live in a worktree
+    sharing the cache, are saved as an experiment the checkout's `dvc exp show` lists and `dvc exp
+    apply` promotes; the checkout's files and git status are untouched; the worktree is gone."""
+    import json
+    import subprocess
+    import sys
+
+    from flows.experiment import experiment_name, experiment_workspace, save_experiment
+
+    dvc = str(Path(sys.executable).with_name("dvc"))
+    proj = tmp_path / "proj"
+    proj.mkdir()
+
+    def sh(*argv, cwd=proj):
+        return subprocess.run(list(argv), cwd=cwd, capture_output=True, text=True, check=True).stdout
+
+    sh("git", "init", "-q")
+    sh("git", "config", "user.email", "t@example.com")
+    sh("git", "config", "user.name", "t")
+    sh(dvc, "init", "-q")
+    (proj / "params.yaml").write_text("x: 1\n")
+    (proj / "make.py").write_text(
+        "import json, pathlib, yaml\n"
+        "x = yaml.safe_load(open('params.yaml'))['x']\n"
+        "pathlib.Path('out').mkdir(exist_ok=True)\n"
+        "pathlib.Path('out/value.txt').write_text(str(x))\n"
+        "pathlib.Path('score.json').write_text(json.dumps({'score': x * 10}))\n"
+    )
+    (proj / "dvc.yaml").write_text(
+        "stages:\n  make:\n    cmd: python make.py\n    deps: [make.py]\n    params: [x]\n"
+        "    outs: [out]\n    metrics:\n      - score.json: {cache: false}\n"
+    )
+    env_path = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"}
+    subprocess.run([dvc, "repro", "-q"], cwd=proj, check=True, env=env_path)
+    sh("git", "add", "-A")
+    sh("git", "commit", "-qm", "first")
+    (proj / "notes.txt").write_text("uncommitted, untracked: the run sees it too\n")
+    before = {f: (proj / f).read_bytes() for f in ("params.yaml", "dvc.lock", "score.json", "out/value.txt")}
+    status = sh("git", "status", "--porcelain")
+
+    name = experiment_name("amber okapi", "0123456789abcdef")
+    assert name == "amber-okapi-01234567"
+    with experiment_workspace(proj, dvc) as work:
+        assert (work / "notes.txt").exists() and (work / "out" / "value.txt").read_text() == "1"  # from the cache
+        (work / "params.yaml").write_text("x: 5\n")
+        subprocess.run([dvc, "repro", "-q"], cwd=work, check=True, env=env_path)
+        save_experiment(work, name, dvc)
+    assert not work.exists() and "seggen-exp" not in sh("git", "worktree", "list")
+    assert {f: (proj / f).read_bytes() for f in before} == before and sh("git", "status", "--porcelain") == status
+    shown = json.dumps(json.loads(sh(dvc, "exp", "show", "--json")))
+    assert name in shown and '"score": 50' in shown
+    sh(dvc, "exp", "apply", name)
+    assert (proj / "out" / "value.txt").read_text() == "5"
+    assert json.loads((proj / "score.json").read_text())["score"] == 50

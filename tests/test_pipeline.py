@@ -303,6 +303,8 @@ def test_prefect_deployment_triggered_through_the_api(project, prefect_server):
     serve = subprocess.Popen(
         [str(BIN / "seggen"), "serve", "--project", str(root)], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT
     )
+    checkout = {f: (root / f).read_bytes() for f in ("params.yaml", "dvc.lock", "reports/summary.json")}
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True).stdout
     try:
         dep = None
         for _ in range(120):
@@ -338,13 +340,30 @@ def test_prefect_deployment_triggered_through_the_api(project, prefect_server):
         s for s in stage_list(root) if s.split("@")[0] in ("check_models", "train_segmenter", "evaluate", "report")
     }
     assert all(t["state_type"] == "COMPLETED" for t in tasks)
-    # dvc.lock records what the flow ran; DVC sees nothing left to do
+    # the run left the checkout as it was: it is a DVC experiment named after the flow run
+    assert {f: (root / f).read_bytes() for f in checkout} == checkout
+    assert subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True).stdout == status
+    name = _api(prefect_server, f"/flow_runs/{run['id']}")["name"]
+    exps = json.loads(dvc(root, "exp", "show", "--json", env=env).stdout)
+    saved = [r for e in exps for x in e.get("experiments") or [] for r in x["revs"] if r["name"].startswith(name)]
+    assert len(saved) == 1
+    exp = saved[0]["name"]
+    assert saved[0]["data"]["params"]["params.yaml"]["data"]["segmenter"]["train"]["steps"] == 6
+    # its MLflow runs carry the experiment's name
+    from mlflow import MlflowClient
+
+    client = MlflowClient(project["mlflow"])
+    exp_id = client.get_experiment_by_name("seggen").experiment_id
+    tagged = client.search_runs([exp_id], f"tags.`dvc.experiment` = '{exp}'")
+    assert {r.data.tags.get("seggen.stage") for r in tagged} >= {"train_segmenter@seggen", "report"}
+    # promoted with dvc exp apply: its lock and outputs come into the checkout; nothing left to run
+    dvc(root, "exp", "apply", exp, env=env)
     lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
     assert lock["train_segmenter@seggen"]["params"]["params.yaml"]["segmenter"]["train"]["steps"] == 6
     assert ran(dvc(root, "repro", env=project["env"])) == ["check_models"]
     arts = _api(prefect_server, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run["id"]]}}})
     md = next(a["data"] for a in arts if a["key"] == "seggen-summary")
-    assert "| seggen | validation_shift |" in md and "#/experiments/" in md
+    assert "| seggen | validation_shift |" in md and "#/experiments/" in md and f"dvc exp apply {exp}" in md
     # only what this run did: its stages, its scores (both arms re-trained and re-evaluated)
     assert f"{len(tasks)} of {len(tasks)} stages ran" in md and "| train_segmenter@seggen | ran |" in md
     # each task's log has its stage's own output, not DVC's git advice

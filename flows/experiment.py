@@ -1,0 +1,85 @@
+"""A flow run as a DVC experiment, never touching the checkout it was asked to run in.
+
+The run works in a git worktree of the checkout's current state (HEAD plus its uncommitted changes
+to tracked files and its untracked, not ignored files: what `dvc exp run` would take), sharing the
+checkout's DVC cache, so the outputs the checkout already has are checked out, not recomputed. The
+form's params are written into the worktree's params file; the stages run there; the result is saved
+with `dvc exp save` under the flow run's name, so it appears in the checkout's `dvc exp show` and
+`dvc exp apply NAME` promotes it. The worktree is removed afterwards. Two runs have two worktrees.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+class ExperimentError(RuntimeError):
+    pass
+
+
+def _run(cwd: Path, *argv: str) -> str:
+    r = subprocess.run(list(argv), cwd=cwd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise ExperimentError(f"{cwd}: `{' '.join(argv)}` failed: {(r.stderr or r.stdout).strip()[-500:]}")
+    return r.stdout
+
+
+def _lines(text: str) -> list[str]:
+    return [ln for ln in text.split("\n") if ln]
+
+
+def experiment_name(flow_run_name: str | None, flow_run_id: str | None) -> str:
+    """The flow run's name as a valid experiment (git ref) name."""
+    name = re.sub(r"[^A-Za-z0-9_-]+", "-", flow_run_name or "").strip("-") or "seggen-run"
+    return name if flow_run_id is None else f"{name}-{str(flow_run_id)[:8]}"
+
+
+@contextmanager
+def experiment_workspace(project: Path, dvc: str) -> Iterator[Path]:
+    """A worktree of `project` as it is now, with `project`'s DVC cache; removed on exit."""
+    if _run(project, "git", "rev-parse", "--is-inside-work-tree").strip() != "true":
+        raise ExperimentError(f"{project}: not a git checkout (a flow run is a DVC experiment of one)")
+    top = Path(_run(project, "git", "rev-parse", "--show-toplevel").strip()).resolve()
+    if top != project.resolve():
+        raise ExperimentError(f"{project}: not the root of its git checkout ({top})")
+    cache = _lines(_run(project, dvc, "cache", "dir"))[-1].strip()
+    root = Path(tempfile.mkdtemp(prefix="seggen-exp-"))
+    work = root / "work"
+    _run(project, "git", "worktree", "add", "--detach", "--quiet", str(work), "HEAD")
+    try:
+        changed = _lines(_run(project, "git", "diff", "--name-only", "HEAD"))
+        changed += _lines(_run(project, "git", "ls-files", "--others", "--exclude-standard"))
+        for rel in changed:
+            src, dst = project / rel, work / rel
+            if src.is_file():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dst)
+            elif dst.is_file():  # deleted in the checkout
+                dst.unlink()
+        local = project / ".dvc" / "config.local"
+        if local.is_file():  # the checkout's own remotes and settings
+            shutil.copy2(local, work / ".dvc" / "config.local")
+        _run(work, dvc, "cache", "dir", "--local", cache)
+        # the outputs the checkout has (missing ones are simply rebuilt by their stages)
+        subprocess.run([dvc, "checkout", "--quiet"], cwd=work, capture_output=True)
+        yield work
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(work)], cwd=project, capture_output=True)
+        subprocess.run(["git", "worktree", "prune"], cwd=project, capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def save_experiment(work: Path, name: str, dvc: str) -> str:
+    """`dvc exp save` of the worktree's state (new metrics and plots included) as experiment `name`."""
+    untracked = _lines(_run(work, "git", "ls-files", "--others", "--exclude-standard"))
+    argv = [dvc, "exp", "save", "--name", name]
+    for rel in untracked:
+        argv += ["--include-untracked", rel]
+    _run(work, *argv)
+    return name
