@@ -69,22 +69,30 @@ def run_small_pipeline(params_path: Path, workdir: Path, project: Path = Path(".
     return scores
 
 
-def compare(scores: dict, baseline: dict, tolerance: float) -> tuple[list[str], list[str]]:
-    """(lines of the report, regressions)."""
+def compare(
+    scores: dict,
+    baseline: dict,
+    tolerance: float,
+    ref_name: str = "baseline",
+    better: str = "raise the baseline: seggen ci-check --update",
+) -> tuple[list[str], list[str]]:
+    """(lines of the report, regressions); `ref_name` names the reference in them."""
     lines, bad = [], []
     for arm, splits in baseline["mIoU"].items():
-        for split, ref in splits.items():
+        for split, want in splits.items():
             got = scores.get(arm, {}).get(split)
             if got is None:
                 bad.append(f"{arm}/{split}: no score (arm or split missing from the run)")
                 continue
             verdict = "ok"
-            if got < ref - tolerance:
+            if got < want - tolerance:
                 verdict = "REGRESSION"
-                bad.append(f"{arm}/{split}: mIoU {got:.2f} < baseline {ref:.2f} - tolerance {tolerance:g}")
-            elif got > ref + tolerance:
-                verdict = "better (raise the baseline: seggen ci-check --update)"
-            lines.append(f"{arm:>10} {split:<18} mIoU {got:6.2f}  baseline {ref:6.2f}  {got - ref:+6.2f}  {verdict}")
+                bad.append(f"{arm}/{split}: mIoU {got:.2f} < {ref_name} {want:.2f} - tolerance {tolerance:g}")
+            elif got > want + tolerance:
+                verdict = f"better ({better})"
+            lines.append(
+                f"{arm:>10} {split:<18} mIoU {got:6.2f}  {ref_name} {want:6.2f}  {got - want:+6.2f}  {verdict}"
+            )
     return lines, bad
 
 
@@ -138,7 +146,9 @@ def check_against_alias(alias: str, params_path: Path, tolerance: float | None =
     arm = arm or ref["arm"]
     got = project_scores(params_path, arm, list(ref["mIoU"]))
     tol = DEFAULT_TOLERANCE if tolerance is None else tolerance
-    lines, bad = compare({arm: got}, {"mIoU": {arm: ref["mIoU"]}}, tol)
+    lines, bad = compare(
+        {arm: got}, {"mIoU": {arm: ref["mIoU"]}}, tol, f"@{alias}", f"above @{alias} by more than the tolerance"
+    )
     head = (
         f"{arm} ({params_path}) against @{alias} = version {ref['version']} "
         f"(arm {ref['arm']}, commit {ref['git_commit'][:12]})"
