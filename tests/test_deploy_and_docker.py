@@ -46,7 +46,7 @@ def test_compose_parses_and_its_commands_exist():
     init = next(v.split(":")[0] for v in pg["volumes"] if "docker-entrypoint-initdb.d" in v)
     sql = (REPO / "docker" / init).read_text()
     assert "CREATE DATABASE mlflow;" in sql and "CREATE DATABASE prefect;" in sql
-    assert "postgresql://seggen:seggen@postgres:5432/mlflow" in services["mlflow"]["command"]
+    assert "postgresql+psycopg2://seggen:seggen@postgres:5432/mlflow" in services["mlflow"]["command"]
     db = services["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
     assert db == "postgresql+asyncpg://seggen:seggen@postgres:5432/prefect"
     assert "psycopg2-binary" in (REPO / "docker" / "Dockerfile").read_text()
