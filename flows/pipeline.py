@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
@@ -43,10 +43,6 @@ class PipelineRequest(BaseModel):
         default_factory=dict,
         description='params.yaml keys to set for this run, e.g. {"segmenter.train.steps": 900}. '
         "The run is a DVC experiment with these values (like `dvc exp run -S`); the checkout is not changed.",
-    )
-    profile: Literal["default", "bench"] = Field(
-        "default",
-        description="default: dvc.yaml + params.yaml; bench: the ablation, bench/dvc.yaml + bench/params.yaml.",
     )
     force: bool = Field(False, description="Re-run the selected stages even if dvc.lock says they are up to date.")
     track: bool = Field(True, description="Log to MLflow (MLFLOW_TRACKING_URI, else mlflow.db in the project).")
@@ -256,7 +252,7 @@ def _summary_markdown(
     return "\n".join(lines)
 
 
-def run_pipeline(request: PipelineRequest, groups: tuple[str, ...] | None) -> dict:
+def run_pipeline(request: PipelineRequest, groups: tuple[str, ...] | None, profile: str = "default") -> dict:
     """The stages in a worktree of the project (flows/experiment.py), saved as a DVC experiment named
     after the flow run: the project's params.yaml, dvc.lock and outputs are never changed."""
     from prefect.runtime import flow_run
@@ -268,7 +264,7 @@ def run_pipeline(request: PipelineRequest, groups: tuple[str, ...] | None) -> di
 
     log = get_run_logger()
     project = Path(request.project_dir).resolve()
-    dvcfile, params_file = PROFILES[request.profile]
+    dvcfile, params_file = PROFILES[profile]
     if not (project / dvcfile).exists():
         raise FileNotFoundError(f"{project}: no {dvcfile} (project_dir must be a seggen checkout)")
     # the form's values, validated against the project's params before anything is created
@@ -283,7 +279,7 @@ def run_pipeline(request: PipelineRequest, groups: tuple[str, ...] | None) -> di
     with experiment_workspace(project, _dvc()) as work:
         params = apply_overrides(work, request.overrides, params_file)
         stages = stage_names(work, groups, dvcfile)
-        if request.profile == "bench":  # what the bench builds on: the main pipeline's data, prior, generators
+        if profile == "bench":  # what the bench builds on: the main pipeline's data, prior, generators
             stages = stage_names(work, BENCH_UPSTREAM) + stages
         started = time.time()
         overall = create_progress_artifact(0.0, key="pipeline-progress", description=f"0/{len(stages)} stages")
@@ -339,8 +335,8 @@ def train_evaluate(request: PipelineRequest = PipelineRequest()) -> dict:
     description="The ablation (bench/dvc.yaml): generators, MaskSyn/ImgSyn per data regime, "
     "every arm x seed, both evaluation splits, docs/results.md.",
 )
-def bench(request: PipelineRequest = PipelineRequest(profile="bench")) -> dict:
-    return run_pipeline(request.model_copy(update={"profile": "bench"}), None)
+def bench(request: PipelineRequest = PipelineRequest()) -> dict:
+    return run_pipeline(request, None, "bench")
 
 
 FLOWS = {"full-pipeline": pipeline, "synthesis-only": synthesis, "train-evaluate": train_evaluate, "bench": bench}

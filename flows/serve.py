@@ -21,7 +21,7 @@ ENTRYPOINTS = {
 
 
 def _parameters(project: Path, name: str = "") -> dict:
-    return {"request": {"project_dir": str(project), **({"profile": "bench"} if name == "bench" else {})}}
+    return {"request": {"project_dir": str(project)}}
 
 
 def serve(project_dir: str | Path = ".", limit: int = 1) -> None:
