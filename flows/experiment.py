@@ -49,7 +49,11 @@ def experiment_workspace(project: Path, dvc: str) -> Iterator[Path]:
     if top != project.resolve():
         raise ExperimentError(f"{project}: not the root of its git checkout ({top})")
     cache = _lines(_run(project, dvc, "cache", "dir"))[-1].strip()
-    root = Path(tempfile.mkdtemp(prefix="seggen-exp-"))
+    # inside the project (git- and DVC-ignored .dvc/tmp): the same filesystem, so copies of the
+    # checkout's uncached outputs (checkpoints) are reflinks where the filesystem has them
+    runs = project / ".dvc" / "tmp" / "seggen-runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="seggen-exp-", dir=runs))
     work = root / "work"
     _run(project, "git", "worktree", "add", "--detach", "--quiet", str(work), "HEAD")
     try:
@@ -68,6 +72,14 @@ def experiment_workspace(project: Path, dvc: str) -> Iterator[Path]:
         _run(work, dvc, "cache", "dir", "--local", cache)
         # the outputs the checkout has (missing ones are simply rebuilt by their stages)
         subprocess.run([dvc, "checkout", "--quiet"], cwd=work, capture_output=True)
+        # and the uncached ones git does not carry (checkpoints, check notes): DVC re-runs a stage
+        # whose output is missing, and a training resumes from its checkpoints
+        for rel in uncached_outputs(work):
+            src, dst = project / rel, work / rel
+            if src.exists() and not dst.exists():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                # copies, never hard links: a stage writing a file in place would write the checkout's
+                subprocess.run(["cp", "-a", "--reflink=auto", str(src), str(dst)], check=True)
         yield work
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(work)], cwd=project, capture_output=True)
@@ -75,11 +87,25 @@ def experiment_workspace(project: Path, dvc: str) -> Iterator[Path]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def save_experiment(work: Path, name: str, dvc: str) -> str:
-    """`dvc exp save` of the worktree's state (new metrics and plots included) as experiment `name`."""
+def uncached_outputs(work: Path) -> list[str]:
+    """Every `cache: false` output of the project's pipelines (dvc.yaml and bench/dvc.yaml), relative."""
+    import os
+
+    from dvc.repo import Repo
+
+    with Repo(str(work)) as repo:
+        return sorted(
+            {os.path.relpath(o.fs_path, work) for st in repo.index.stages for o in st.outs if not o.use_cache}
+        )
+
+
+def save_experiment(work: Path, name: str, dvc: str, stages: list[str]) -> str:
+    """`dvc exp save` of the worktree's state (new metrics and plots included) as experiment `name`.
+    DVC caches the outputs of `stages` (the ones this run ran): the others' lock entries are the
+    checkout's, and their resumable state (checkpoints, never cached) is not in the worktree."""
     untracked = _lines(_run(work, "git", "ls-files", "--others", "--exclude-standard"))
     argv = [dvc, "exp", "save", "--name", name]
     for rel in untracked:
         argv += ["--include-untracked", rel]
-    _run(work, *argv)
+    _run(work, *argv, *stages)
     return name

@@ -289,7 +289,7 @@ def run_pipeline(request: PipelineRequest, groups: tuple[str, ...] | None, profi
             update_progress_artifact(
                 overall, 100.0 * (i + 1) / len(stages), f"{i + 1}/{len(stages)} stages ({stage} done)"
             )
-        save_experiment(work, name, _dvc())
+        save_experiment(work, name, _dvc(), [r["stage"] for r in results if r["ran"]])
         md = _summary_markdown(
             project, work / params.evaluate.out, results, env[tracking.EXECUTION_ENV], request.track, started
         )

@@ -154,11 +154,16 @@ def test_a_run_is_a_dvc_experiment_and_leaves_the_checkout_alone(tmp_path):
         "pathlib.Path('out').mkdir(exist_ok=True)\n"
         "pathlib.Path('out/value.txt').write_text(str(x))\n"
         "pathlib.Path('score.json').write_text(json.dumps({'score': x * 10}))\n"
+        "pathlib.Path('ckpt').mkdir(exist_ok=True)\n"
+        "pathlib.Path('ckpt/state.txt').write_text(str(x))\n"
     )
+    # ckpt: resumable state like the trainings' checkpoints (persist, never cached, git-ignored)
     (proj / "dvc.yaml").write_text(
         "stages:\n  make:\n    cmd: python make.py\n    deps: [make.py]\n    params: [x]\n"
-        "    outs: [out]\n    metrics:\n      - score.json: {cache: false}\n"
+        "    outs:\n      - out\n      - ckpt: {persist: true, cache: false}\n"
+        "    metrics:\n      - score.json: {cache: false}\n"
     )
+    (proj / ".gitignore").write_text("/ckpt\n")
     env_path = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"}
     subprocess.run([dvc, "repro", "-q"], cwd=proj, check=True, env=env_path)
     sh("git", "add", "-A")
@@ -171,13 +176,16 @@ def test_a_run_is_a_dvc_experiment_and_leaves_the_checkout_alone(tmp_path):
     assert name == "amber-okapi-01234567"
     with experiment_workspace(proj, dvc) as work:
         assert (work / "notes.txt").exists() and (work / "out" / "value.txt").read_text() == "1"  # from the cache
+        assert (work / "ckpt" / "state.txt").read_text() == "1"  # uncached state, copied in
+        assert "up to date" in sh(dvc, "status", cwd=work)  # so nothing re-runs for nothing
         (work / "params.yaml").write_text("x: 5\n")
         subprocess.run([dvc, "repro", "-q"], cwd=work, check=True, env=env_path)
-        save_experiment(work, name, dvc)
+        save_experiment(work, name, dvc, ["make"])
     assert not work.exists() and "seggen-exp" not in sh("git", "worktree", "list")
     assert {f: (proj / f).read_bytes() for f in before} == before and sh("git", "status", "--porcelain") == status
     shown = json.dumps(json.loads(sh(dvc, "exp", "show", "--json")))
     assert name in shown and '"score": 50' in shown
     sh(dvc, "exp", "apply", name)
-    assert (proj / "out" / "value.txt").read_text() == "5"
+    # the run's in-place write of its state went to its own copy, not the checkout's
+    assert (proj / "out" / "value.txt").read_text() == "5" and (proj / "ckpt" / "state.txt").read_text() == "1"
     assert json.loads((proj / "score.json").read_text())["score"] == 50

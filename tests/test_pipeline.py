@@ -256,7 +256,7 @@ def test_param_change_reruns_only_segmentation_and_failures_resume(project):
     exp = re.search(r"Ran experiment\(s\): (\S+)", r.stdout + r.stderr).group(1)
     # the two runs' segmenter losses side by side: each revision's train_log.json from git
     diff = json.loads(dvc(root, "plots", "diff", "HEAD", exp, "--json", env=env).stdout)
-    curves = diff["models/segmenter/seggen/train_log.json"][0]
+    curves = diff["data"]["models/segmenter/seggen/train_log.json"][0]
     assert {"HEAD", exp} <= set(curves["revisions"])
     changed = json.loads(dvc(root, "metrics", "diff", "HEAD", exp, "--json", env=env).stdout)
     assert "reports/eval/seggen/validation/scores.json" in changed
