@@ -155,3 +155,23 @@ def test_git_tracks_every_metric_and_plot_and_no_cached_output():
     # the stage runs; under models/ the root .gitignore's exceptions for the curves decide)
     models = {p for p in ignored if p.startswith("models/")}
     assert models and models <= hit, sorted(models - hit)
+
+
+def test_every_tracked_output_directory_carries_the_ownership_marker():
+    """A fresh clone has the directories of the git-tracked curves and scores (models/ARM/...,
+    reports/eval/...); seggen writes only into directories holding its `.seggen` marker, so each of
+    them must carry a tracked one, or the first `make run` of a clone refuses to train there."""
+    import subprocess
+    from pathlib import Path
+
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    files = set(tracked)
+    # directories of tracked outputs (a .gitignore alone, as DVC writes them, makes no such directory)
+    dirs = {
+        str(Path(f).parent)
+        for f in tracked
+        if f.startswith(("models/", "reports/eval/")) and not f.endswith((".gitignore", ".seggen"))
+    }
+    assert dirs, "no tracked output directories found"
+    missing = sorted(d for d in dirs if f"{d}/.seggen" not in files)
+    assert not missing, missing
