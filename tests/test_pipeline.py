@@ -314,17 +314,16 @@ def test_prefect_deployment_triggered_through_the_api(project, prefect_server):
     checkout = {f: (root / f).read_bytes() for f in ("params.yaml", "dvc.lock", "reports/summary.json")}
     status = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True).stdout
     try:
-        dep = None
+        # serve registers the deployments one after another: wait for all of them
+        expected, names = {"full-pipeline", "synthesis-only", "train-evaluate", "bench"}, set()
         for _ in range(120):
-            try:
-                dep = _api(prefect_server, "/deployments/name/seggen-train-evaluate/train-evaluate")
+            assert serve.poll() is None, (root.parent / "serve.log").read_text()[-3000:]
+            names = {d["name"] for d in _api(prefect_server, "/deployments/filter", {})}
+            if names >= expected:
                 break
-            except OSError:
-                assert serve.poll() is None, (root.parent / "serve.log").read_text()[-3000:]
-                time.sleep(1)
-        assert dep is not None
-        names = {d["name"] for d in _api(prefect_server, "/deployments/filter", {})}
-        assert names == {"full-pipeline", "synthesis-only", "train-evaluate", "bench"}
+            time.sleep(1)
+        assert names == expected
+        dep = _api(prefect_server, "/deployments/name/seggen-train-evaluate/train-evaluate")
         assert "request" in dep["parameter_openapi_schema"]["properties"]  # the UI's form comes from the pydantic model
         # as the UI does: create a flow run of the deployment with edited parameters
         run = _api(
