@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run lint test test-slow test-all bench bench-generators bench-synthesis bench-segmenter bench-pipeline bench-ablation ci-check clean-data
+.PHONY: install browser run lint test test-slow test-all bench bench-generators bench-synthesis bench-segmenter bench-pipeline bench-ablation ci-check clean-data
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,15 +23,28 @@ lint: install
 	$(VENV)/bin/ruff check seggen flows benchmarks tests
 	$(VENV)/bin/ruff format --check seggen flows benchmarks tests
 
-# the fast suite (<= 12 min on 2 cores); test-slow: the end-to-end pipelines (dvc repro, Prefect, the bench, the CI gate)
-test: install
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+# The suites run on PYTEST_WORKERS processes (pytest-xdist; 0: one process), each with one compute
+# thread (tests/conftest.py). test: the fast suite (~6 min on 2 cores); test-slow: the end-to-end
+# pipelines (dvc repro, Prefect and MLflow with their UIs in a real browser, the bench, the CI gate),
+# a test file per worker (its project fixture is built once).
+PYTEST_WORKERS ?= 2
 
-test-slow: install
-	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+test: install browser
+	$(PY) -m pytest -m "not slow" -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
-test-all: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+test-slow: install browser
+	$(PY) -m pytest -m slow -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+
+test-all: install browser
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+
+# The browser tests drive Debian's chromium (playwright cannot download browsers here): installed
+# with apt where it is missing and we may (root), else the tests that need it say so.
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		{ DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
+		{ apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }; }; } || \
+		echo "note: no chromium (apt-get install chromium): the browser test will fail"
 
 bench: install
 	$(PY) -m benchmarks.run
