@@ -58,7 +58,10 @@ state = _State()
 def _root(
     params: Annotated[Path, typer.Option("--params", "-p", help="Parameter file.")] = DEFAULT_PARAMS,
     set_: Annotated[
-        list[str] | None, typer.Option("--set", "-s", help="Override a parameter: KEY=VALUE (dotted key).")
+        list[str] | None,
+        typer.Option(
+            "--set", "-s", help="Override a parameter: KEY=VALUE (dotted key; `seggen params describe` lists the keys)."
+        ),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
     offline: Annotated[
@@ -121,6 +124,26 @@ params_app = typer.Typer(
     no_args_is_help=True, help="Show the params a command sees, or apply a profile to params.yaml."
 )
 app.add_typer(params_app, name="params")
+
+
+@params_app.command("describe")
+def params_describe(
+    key: Annotated[str | None, typer.Argument(help="A section or dotted key (default: everything).")] = None,
+    markdown: Annotated[
+        bool, typer.Option(help="The reference page with the code defaults (docs/params.md), as markdown.")
+    ] = False,
+) -> None:
+    """Every key with its type, bounds, value and description (the descriptions of seggen/config.py's
+    fields, which the Prefect form shows too)."""
+    from seggen import params_doc
+
+    if markdown:
+        typer.echo(params_doc.markdown(), nl=False)
+        return
+    text = params_doc.describe(state.params(), key)
+    if not text:
+        raise ConfigError(f"{key}: no such key (seggen params describe lists them)")
+    typer.echo(text)
 
 
 @params_app.command("show")

@@ -26,7 +26,9 @@ def _yaml_load(text: str) -> Any:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # a field's docstring (the string under it) is its description: the Prefect form, `seggen params
+    # describe` and docs/params.md show it
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     @model_validator(mode="before")
     @classmethod
@@ -45,27 +47,39 @@ class _Section(BaseModel):
 
 class BenchmarkParams(_Section):
     resolution: int = Field(64, ge=32, le=1024)
+    """Image side, pixels."""
     num_train: int = Field(1000, ge=1)
+    """Images in the training split."""
     num_val: int = Field(200, ge=1)
+    """Images in the in-domain validation split."""
     num_val_shift: int = Field(200, ge=1)
+    """Images in the shifted-domain validation split (validation_shift)."""
     max_things: int = Field(7, ge=2, le=30)
+    """Most foreground objects per scene."""
     jpeg_quality: int = Field(95, ge=50, le=100)
+    """JPEG quality of the rendered images."""
     workers: int = Field(1, ge=1, le=64)
+    """Processes rendering the images (the output does not depend on it)."""
 
 
 class DataParams(_Section):
-    # benchmark: rendered by `seggen prepare` | ade20k: an ADEChallengeData2016-layout root |
-    # coco: a COCO panoptic root (SPLIT/*.jpg, annotations/panoptic_SPLIT.json + PNGs), read as it is
     format: Literal["benchmark", "ade20k", "coco"] = "benchmark"
+    """benchmark: rendered by `seggen prepare` | ade20k: an ADEChallengeData2016-layout root | coco: a COCO panoptic
+    root (SPLIT/*.jpg, annotations/panoptic_SPLIT.json + PNGs), read as it is.
+    """
     root: Path = Path("data/benchmark")
+    """The dataset's root directory (rendered there for the benchmark)."""
     benchmark: BenchmarkParams = BenchmarkParams()
+    """The bundled benchmark's rendering (data.format benchmark only)."""
 
 
 class EvalParams(_Section):
     """How the pipeline's evaluate scores predictions (mmsegmentation's IoUMetric settings)."""
 
     ignore_index: int = Field(255, ge=0, le=255)
+    """Label value never scored."""
     reduce_zero_label: bool = True
+    """Label 0 means ignored, 1..N are classes 0..N-1 (ADE20K's convention; must be true)."""
 
     @field_validator("reduce_zero_label")
     @classmethod
@@ -82,24 +96,38 @@ class EvalParams(_Section):
 
 class CaptionParams(_Section):
     captioner: Literal["label", "blip"] = "label"
-    model: str | None = None  # BLIP / BLIP-2 model id or local directory, for captioner "blip"
+    """label: captions from the label map (offline, no weights); blip: a BLIP/BLIP-2 model."""
+    model: str | None = None
+    """BLIP / BLIP-2 model id or local directory, for captioner blip."""
     split: str = "training"
+    """The split whose images are captioned."""
     out: Path = Path("data/captions.jsonl")
+    """The captions file (JSON lines)."""
     batch_size: int = Field(16, ge=1)
+    """Images per captioner batch."""
     max_new_tokens: int = Field(30, ge=1, le=512)
+    """Longest caption the captioner generates, in tokens."""
 
 
 class TextEncoderParams(_Section):
     """Offline default: a small CLIP text model from scratch with a tokenizer trained on our captions."""
 
-    pretrained: str | None = None  # CLIP text model id or directory (its tokenizer alongside); frozen
-    subfolder: str | None = None  # e.g. "text_encoder" inside a Stable Diffusion repo
+    pretrained: str | None = None
+    """A CLIP text model id or directory (its tokenizer alongside), used frozen; null: a small one from scratch."""
+    subfolder: str | None = None
+    """Subfolder of `pretrained` holding the text model, e.g. text_encoder in a Stable Diffusion repo."""
     vocab_size: int = Field(512, ge=32, le=65536)
+    """Vocabulary of the tokenizer trained on our captions (from-scratch encoder)."""
     hidden_size: int = Field(64, ge=16)
+    """Width of the from-scratch text model."""
     layers: int = Field(2, ge=1)
+    """Transformer layers of the from-scratch text model."""
     heads: int = Field(4, ge=1)
-    max_length: int = Field(64, ge=8, le=512)  # the corpus captions (content + style) need up to ~60
-    train: bool = True  # train jointly with the generator (from-scratch encoder only)
+    """Attention heads of the from-scratch text model (must divide hidden_size)."""
+    max_length: int = Field(64, ge=8, le=512)
+    """Longest caption, in tokens (the corpus captions, content + style, need up to ~60)."""
+    train: bool = True
+    """Train jointly with the generator (from-scratch encoder only)."""
 
     @model_validator(mode="after")
     def _heads_divide(self) -> TextEncoderParams:
@@ -110,36 +138,59 @@ class TextEncoderParams(_Section):
 
 class TrainParams(_Section):
     steps: int = Field(600, ge=1)
+    """Optimizer steps."""
     batch_size: int = Field(16, ge=1)
+    """Samples per step."""
     lr: float = Field(1e-3, gt=0)
+    """Peak learning rate (AdamW)."""
     weight_decay: float = Field(0.0, ge=0)
+    """AdamW weight decay."""
     warmup_steps: int = Field(20, ge=0)
+    """Linear warm-up steps before the constant rate."""
     grad_accum: int = Field(1, ge=1)
+    """Batches accumulated per optimizer step."""
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    """accelerate's mixed precision: no, fp16 (CUDA) or bf16."""
     caption_dropout: float = Field(0.1, ge=0, le=1)
+    """Share of captions replaced by the empty prompt (what classifier-free guidance needs)."""
     ema: bool = False
+    """Keep an exponential moving average of the weights and save it."""
     ema_decay: float = Field(0.999, gt=0, lt=1)
+    """Decay of the moving average."""
     checkpoint_every: int = Field(200, ge=1)
+    """Steps between resumable checkpoints."""
     keep_checkpoints: int = Field(2, ge=1)
+    """Checkpoints kept (older ones are deleted)."""
     max_grad_norm: float = Field(1.0, gt=0)
-    threads: int = Field(0, ge=0)  # torch CPU threads; 0 = torch's default
+    """Gradient clipping norm."""
+    threads: int = Field(0, ge=0)
+    """Torch CPU threads; 0: torch's default."""
 
 
 class SampleParams(_Section):
     steps: int = Field(20, ge=1, le=1000)
+    """Denoising steps."""
     guidance_scale: float = Field(3.0, ge=0)
+    """Classifier-free guidance scale (1: none)."""
     batch_size: int = Field(16, ge=1)
+    """Samples per batch."""
 
 
 class UNetParams(_Section):
     block_out_channels: tuple[int, ...] = (32, 64, 64)
+    """Channels of each resolution level."""
     layers_per_block: int = Field(1, ge=1)
-    attention_levels: tuple[bool, ...] = (False, True, True)  # cross-attention to the caption per level
+    """ResNet layers per level."""
+    attention_levels: tuple[bool, ...] = (False, True, True)
+    """Cross-attention to the caption, per level."""
     attention_head_dim: int = Field(8, ge=1)
+    """Channels per attention head."""
     norm_num_groups: int = Field(8, ge=1)
-    # the caption, attention-pooled, added to the time embedding (diffusers addition_embed_type "text"):
-    # a global condition every block sees -- what a style (lighting, palette, rendering) needs
+    """Group-norm groups (must divide every block_out_channels entry)."""
     pooled_text: bool = False
+    """The caption, attention-pooled, added to the time embedding (diffusers addition_embed_type "text"): a global
+    condition every block sees -- what a style (lighting, palette, rendering) needs
+    """
 
     @model_validator(mode="after")
     def _levels(self) -> UNetParams:
@@ -154,65 +205,91 @@ class UNetParams(_Section):
 
 class GeneratorParams(_Section):
     out: Path
+    """Where the trained model, its checkpoints and curves go."""
     resolution: int = Field(32, ge=8, le=2048)
-    pretrained: str | None = None  # SD / SDXL model id or directory: latent space through its VAE
-    # what the UNet predicts. null: x0 ("sample") from scratch, the checkpoint's own (its scheduler's
-    # prediction_type, epsilon or v_prediction for SD/SDXL) with `pretrained`; a value that contradicts
-    # the checkpoint is an error (its frozen base could not follow another objective)
+    """Side of the generated images, pixels (pixel space; the VAE's input size with `pretrained`)."""
+    pretrained: str | None = None
+    """An SD / SDXL model id or directory: the model works in its VAE's latent space; null: pixel space."""
     prediction_type: Literal["epsilon", "sample", "v_prediction"] | None = None
+    """What the UNet predicts. null: x0 ("sample") from scratch, the checkpoint's own (its scheduler's prediction_type,
+    epsilon or v_prediction for SD/SDXL) with `pretrained`; a value that contradicts the checkpoint is an error (its
+    frozen base could not follow another objective)
+    """
     num_train_timesteps: int = Field(1000, ge=10)
+    """Diffusion timesteps of the noise schedule."""
     unet: UNetParams = UNetParams()
+    """The from-scratch UNet's shape."""
     train: TrainParams = TrainParams()
+    """The training loop."""
     sample: SampleParams = SampleParams()
+    """Sampling when the model is tried (`seggen sample`, sample grids)."""
 
 
 class Text2MaskParams(GeneratorParams):
     out: Path = Path("models/text2mask")
-    min_class_pixels: int = Field(4, ge=1)  # a decoded class counts as present from this many pixels
-    # instance-aware colour maps (boundary colour between touching instances of a thing class);
-    # needs the panoptic layout; samples then decode to labels and instances
+    """Where the trained Text2Mask, its checkpoints and curves go."""
+    min_class_pixels: int = Field(4, ge=1)
+    """A decoded class counts as present from this many pixels."""
     instances: bool = False
+    """Instance-aware colour maps (boundary colour between touching instances of a thing class); needs the panoptic
+    layout; samples then decode to labels and instances
+    """
 
 
 class ControlNetParams(_Section):
     conditioning_embedding_out_channels: tuple[int, ...] = (32,)
+    """Channels of the colour-map encoder's levels."""
     conditioning_scale: float = Field(1.0, ge=0)
+    """Strength of the ControlNet's residuals at sampling."""
 
 
 class Mask2ImgParams(GeneratorParams):
     out: Path = Path("models/mask2img")
-    resolution: int = Field(64, ge=8, le=2048)  # 64 px draws the small things (people, cars) 32 px cannot
-    # from scratch only (the prior brings its own UNet); one more level than 32 px: the same cost per step
-    unet: UNetParams = UNetParams(
-        block_out_channels=(16, 32, 64, 64), attention_levels=(False, False, False, True)
-    )  # the mask steers; the caption only at the bottom
+    """Where the trained Mask2Img, its checkpoints and curves go."""
+    resolution: int = Field(64, ge=8, le=2048)
+    """Side of the generated images, pixels (64 px draws the small things, people and cars, that 32 px cannot)."""
+    unet: UNetParams = UNetParams(block_out_channels=(16, 32, 64, 64), attention_levels=(False, False, False, True))
+    """The from-scratch UNet (the prior brings its own): the mask steers, the caption attends only at the bottom."""
     train: TrainParams = TrainParams(steps=450)
+    """The training loop."""
     sample: SampleParams = SampleParams(guidance_scale=2.0)
+    """Sampling when the model is tried (`seggen sample`, sample grids)."""
     controlnet: ControlNetParams = ControlNetParams()
-    # the base UNet under the ControlNet. auto: trained with it from scratch, frozen over `pretrained`
-    # weights or the benchmark's prior (prior.enabled); finetune over those: trained too, and the broad
-    # base is kept beside it (unet_prior/) for synthesize.style_swap; frozen from scratch is an error
+    """The ControlNet's shape and strength."""
     base: Literal["auto", "frozen", "finetune"] = "auto"
-    # with the prior and a fine-tuned base: this share of each batch (extra samples) from the corpus,
-    # ControlNet off for them, so that the base keeps its styles ("the prior mixed back in")
+    """The base UNet under the ControlNet. auto: trained with it from scratch, frozen over `pretrained` weights or the
+    benchmark's prior (prior.enabled); finetune over those: trained too, and the broad base is kept beside it
+    (unet_prior/) for synthesize.style_swap; frozen from scratch is an error
+    """
     prior_mix: float = Field(0.5, ge=0, le=4)
-    # appended to the labelled captions in training ("two cars on a road, a photo"): what the
-    # labelled images look like, in the words of the prior's captions; null: captions as they are
+    """With the prior and a fine-tuned base: this share of each batch (extra samples) from the corpus, ControlNet off
+    for them, so that the base keeps its styles ("the prior mixed back in")
+    """
     caption_style: str | None = "a photo"
+    """Appended to the labelled captions in training ("two cars on a road, a photo"): what the labelled images look
+    like, in the words of the prior's captions; null: captions as they are
+    """
 
 
 class CorpusParams(_Section):
     """The captioned, unlabelled "web" corpus the prior learns from (seggen.data.corpus)."""
 
     out: Path = Path("data/corpus")
+    """Where the corpus images and captions go."""
     num_images: int = Field(6000, ge=16)
+    """Images in the corpus."""
     resolution: int = Field(64, ge=16, le=512)
+    """Side of the corpus images, pixels."""
     max_things: int = Field(7, ge=2, le=30)
-    # looks closer than this to the shifted domain (seggen.data.corpus.look_distance) are redrawn; the
-    # labelled domain lies at 1.04 from it
+    """Most foreground objects per scene."""
     holdout_radius: float = Field(0.5, ge=0)
-    include_shift: bool = False  # the leak reference: no held-out rule, a tenth in the shifted domain itself
+    """Looks closer than this to the shifted domain (seggen.data.corpus.look_distance) are redrawn; the labelled domain
+    lies at 1.04 from it
+    """
+    include_shift: bool = False
+    """The leak reference: no held-out rule, a tenth of the corpus in the shifted domain itself."""
     workers: int = Field(1, ge=1, le=64)
+    """Processes rendering the corpus (the output does not depend on it)."""
 
 
 class PriorParams(GeneratorParams):
@@ -220,34 +297,52 @@ class PriorParams(GeneratorParams):
     pretraining); Mask2Img starts from it. Not used when mask2img.pretrained names real weights."""
 
     enabled: bool = True
+    """Pretrain the prior and start Mask2Img from it (the benchmark's stand-in for SD/SDXL weights)."""
     out: Path = Path("models/prior")
+    """Where the pretrained prior, its checkpoints and curves go."""
     resolution: int = Field(64, ge=8, le=2048)
+    """Side of the prior's images, pixels (must equal mask2img.resolution)."""
     corpus: CorpusParams = CorpusParams()
+    """The captioned, unlabelled corpus the prior learns from."""
     unet: UNetParams = UNetParams(
         block_out_channels=(16, 32, 64, 64), attention_levels=(False, False, False, True), pooled_text=True
     )
+    """The prior's UNet (Mask2Img's base when the prior is used)."""
     train: TrainParams = TrainParams(steps=1500, batch_size=32)
+    """The pretraining loop."""
     sample: SampleParams = SampleParams(guidance_scale=2.0)
+    """Sampling when the prior is tried (sample grids)."""
 
 
 class FilterParams(_Section):
     """Quality filters on synthetic pairs (SegGen has none; FreeMask reports gains from filtering).
     Both score every sample with a small segmenter trained on the real training split."""
 
-    sample: bool = False  # (a) drop samples whose mIoU (segmenter on the image vs its mask) is low
-    min_miou: float = Field(30.0, ge=0, le=100)  # percent
-    pixel: bool = False  # (b) pixels with loss > margin x the class's mean loss on real data -> ignored
+    sample: bool = False
+    """Drop samples whose mIoU (the scoring segmenter on the image vs its mask) is below min_miou."""
+    min_miou: float = Field(30.0, ge=0, le=100)
+    """The sample filter's threshold, mIoU in percent."""
+    pixel: bool = False
+    """Ignore pixels whose loss exceeds margin x the class's mean loss on real data."""
     margin: float = Field(2.0, gt=0)
-    out: Path = Path("models/filter_segmenter")  # trained once, reused while its params are unchanged
-    resolution: int = Field(64, ge=16, le=1024)  # images and masks are scored at this size
+    """The pixel filter's margin."""
+    out: Path = Path("models/filter_segmenter")
+    """Where the scoring segmenter goes (trained once, reused while its params are unchanged)."""
+    resolution: int = Field(64, ge=16, le=1024)
+    """Images and masks are scored at this size, pixels."""
     steps: int = Field(400, ge=1)
+    """Training steps of the scoring segmenter."""
     batch_size: int = Field(32, ge=1)
+    """Batch size of the scoring segmenter."""
 
 
 class DaskParams(_Section):
-    address: str | None = None  # scheduler of an existing cluster, e.g. tcp://10.0.0.5:8786; null: local
-    n_workers: int = Field(2, ge=1)  # local cluster only
+    address: str | None = None
+    """Scheduler of an existing cluster, e.g. tcp://10.0.0.5:8786; null: a local cluster."""
+    n_workers: int = Field(2, ge=1)
+    """Worker processes of the local cluster."""
     threads_per_worker: int = Field(1, ge=1)
+    """Threads of each worker process (local cluster)."""
 
 
 # the in-domain look ("a photo", what mask2img.caption_style names) 40 %, six looks the prior knows 10 % each
@@ -263,35 +358,54 @@ DEFAULT_STYLES = {
 
 
 class SynthesizeParams(_Section):
-    out: Path = Path("data/synthetic")  # datasets at out/masksyn and out/imgsyn
-    split: str = "training"  # source split (captions from caption.out)
-    max_sources: int | None = Field(200, ge=1)  # a seeded random subset of the source images; null: all
-    # low-data regime: only the images of the real subset the segmenter trains on with
-    # segmenter.real_subset = this number (same seeded draw), so no other real mask is used
+    out: Path = Path("data/synthetic")
+    """Where the datasets go: out/masksyn and out/imgsyn."""
+    split: str = "training"
+    """The real split whose captions and masks are the sources (captions from caption.out)."""
+    max_sources: int | None = Field(200, ge=1)
+    """A seeded random subset of the source images; null: all."""
     real_subset: int | None = Field(None, ge=1)
-    masksyn_per_source: int = Field(1, ge=1)  # the paper: 10 on ADE20K
-    imgsyn_per_source: int = Field(1, ge=1)  # the paper: 50 on ADE20K
+    """Low-data regime: only the images of the real subset the segmenter trains on with segmenter.real_subset = this
+    number (same seeded draw), so no other real mask is used
+    """
+    masksyn_per_source: int = Field(1, ge=1)
+    """MaskSyn samples per source caption (the paper: 10 on ADE20K)."""
+    imgsyn_per_source: int = Field(1, ge=1)
+    """ImgSyn samples per source mask (the paper: 50 on ADE20K)."""
     steps: int = Field(20, ge=1, le=1000)
+    """Denoising steps of both generators."""
     text2mask_guidance: float = Field(3.0, ge=0)
-    mask2img_guidance: float = Field(4.0, ge=0)  # the style phrase shows from about 4 (bench/tuning.md)
-    batch_size: int = Field(16, ge=1)  # part of the output's identity: float results depend on it
-    # network precision while sampling; auto: bf16 on CPUs with native bf16 and on CUDA, else fp32
+    """Classifier-free guidance of Text2Mask."""
+    mask2img_guidance: float = Field(4.0, ge=0)
+    """Classifier-free guidance of Mask2Img (the style phrase shows from about 4, bench/tuning.md)."""
+    batch_size: int = Field(16, ge=1)
+    """Samples per batch; part of the output's identity (float results depend on it)."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """Network precision while sampling; auto: bf16 on CPUs with native bf16 and on CUDA, else fp32."""
     image_format: Literal["png", "jpg"] = "png"
-    threads: int = Field(0, ge=0)  # torch CPU threads per process; 0 = cores / workers
-    # local processes, each generating a share of the batches (shards); on CPUs two 1-thread
-    # processes beat one 2-thread process. Use 1 on a single GPU.
+    """File format of the synthetic images."""
+    threads: int = Field(0, ge=0)
+    """Torch CPU threads per process; 0: cores / workers."""
     workers: int = Field(2, ge=1, le=256)
+    """Local processes, each generating a share of the batches (shards); on CPUs two 1-thread processes beat one
+    2-thread process. Use 1 on a single GPU.
+    """
     text2mask: Path = Path("models/text2mask/model")
+    """The trained Text2Mask model directory."""
     mask2img: Path = Path("models/mask2img/model")
-    # style prompts: each Mask2Img prompt is the caption plus a style phrase drawn (per sample, from its
-    # seed) with these weights, e.g. {"a photo": 1, "a foggy dusk photo": 1}; empty: captions alone
+    """The trained Mask2Img model directory."""
     styles: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_STYLES))
-    # with a Mask2Img trained on the prior: run its ControlNet on the prior's base (DGInStyle's style
-    # swap) instead of the fine-tuned one
+    """Style prompts: each Mask2Img prompt is the caption plus a style phrase drawn (per sample, from its seed) with
+    these weights, e.g. {"a photo": 1, "a foggy dusk photo": 1}; empty: captions alone
+    """
     style_swap: bool = False
+    """With a Mask2Img trained on the prior: run its ControlNet on the prior's base (DGInStyle's style swap) instead of
+    the fine-tuned one
+    """
     filter: FilterParams = FilterParams()
+    """Quality filters on the synthetic pairs."""
     dask: DaskParams = DaskParams()
+    """Where the synthesis shards run when dask is used."""
 
     @field_validator("styles")
     @classmethod
@@ -304,15 +418,24 @@ class SynthesizeParams(_Section):
 class Mask2FormerParams(_Section):
     """The tiny from-scratch default (shared/calibration: ~0.3 s/step at 64 px, batch 16 on 2 cores)."""
 
-    embed_dim: int = Field(32, ge=8)  # Swin backbone
+    embed_dim: int = Field(32, ge=8)
+    """Embedding width of the Swin backbone."""
     depths: tuple[int, ...] = (1, 1, 2, 1)
+    """Swin blocks per stage."""
     num_heads: tuple[int, ...] = (1, 2, 4, 8)
+    """Swin attention heads per stage."""
     window_size: int = Field(4, ge=1)
-    hidden_dim: int = Field(64, ge=8)  # pixel decoder and transformer decoder width
+    """Swin attention window, in patches."""
+    hidden_dim: int = Field(64, ge=8)
+    """Width of the pixel decoder and the transformer decoder."""
     num_queries: int = Field(16, ge=1)
+    """Mask queries of the transformer decoder."""
     encoder_layers: int = Field(2, ge=1)
+    """Deformable-attention layers of the pixel decoder."""
     decoder_layers: int = Field(3, ge=1)
+    """Layers of the transformer decoder."""
     train_num_points: int = Field(1024, ge=16)
+    """Points sampled per mask for the mask losses (Mask2Former's point sampling)."""
 
     @model_validator(mode="after")
     def _stages(self) -> Mask2FormerParams:
@@ -323,20 +446,35 @@ class Mask2FormerParams(_Section):
 
 class SegTrainParams(_Section):
     steps: int = Field(400, ge=1)
+    """Optimizer steps."""
     batch_size: int = Field(16, ge=1)
+    """Images per step."""
     lr: float = Field(2e-3, gt=0)
+    """Peak learning rate (AdamW)."""
     weight_decay: float = Field(0.05, ge=0)
+    """AdamW weight decay."""
     poly_power: float = Field(0.9, ge=0)
+    """Power of the polynomial learning-rate decay."""
     warmup_steps: int = Field(0, ge=0)
-    crop: int = Field(64, ge=16)  # square training crop, pixels
-    scale: tuple[float, float] = (0.75, 1.5)  # random resize range before the crop
+    """Linear warm-up steps."""
+    crop: int = Field(64, ge=16)
+    """Side of the square training crop, pixels."""
+    scale: tuple[float, float] = (0.75, 1.5)
+    """Random resize range (min, max) before the crop."""
     flip: bool = True
+    """Random horizontal flips."""
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    """accelerate's mixed precision: no, fp16 (CUDA) or bf16."""
     grad_accum: int = Field(1, ge=1)
-    max_grad_norm: float = Field(0.01, gt=0)  # Mask2Former's full-model gradient clipping
+    """Batches accumulated per optimizer step."""
+    max_grad_norm: float = Field(0.01, gt=0)
+    """Mask2Former's full-model gradient clipping norm."""
     checkpoint_every: int = Field(200, ge=1)
+    """Steps between resumable checkpoints."""
     keep_checkpoints: int = Field(2, ge=1)
+    """Checkpoints kept (older ones are deleted)."""
     threads: int = Field(0, ge=0)
+    """Torch CPU threads; 0: torch's default."""
 
     @model_validator(mode="after")
     def _scale(self) -> SegTrainParams:
@@ -347,52 +485,78 @@ class SegTrainParams(_Section):
 
 class SegmenterParams(_Section):
     task: Literal["semantic", "panoptic"] = "semantic"
+    """semantic (mIoU) or panoptic (PQ; needs panoptic annotations)."""
     out: Path = Path("models/segmenter/baseline")
-    # real: baseline | augment: each real sample replaced by a synthetic one with probability p_aug |
-    # pretrain_finetune: synthetic for pretrain_steps, then real for train.steps |
-    # concat: real x concat_repeat + synthetic
+    """Where the trained segmenter goes (models/segmenter/ARM for the pipeline's arms)."""
     strategy: Literal["real", "augment", "pretrain_finetune", "concat"] = "real"
+    """real: baseline | augment: each real sample replaced by a synthetic one with probability p_aug |
+    pretrain_finetune: synthetic for pretrain_steps, then real for train.steps | concat: real x concat_repeat +
+    synthetic.
+    """
     synthetic: tuple[Literal["masksyn", "imgsyn"], ...] = ("masksyn", "imgsyn")
+    """The synthetic datasets mixed in (any strategy but real)."""
     synthetic_root: Path = Path("data/synthetic")
+    """Directory holding the masksyn/ and imgsyn/ datasets."""
     p_aug: float = Field(0.15, ge=0, le=1)
+    """augment: probability that a real sample is replaced by a synthetic one (the paper: 0.6 on ADE20K)."""
     concat_repeat: int = Field(1, ge=1)
+    """concat: times the real set is repeated beside the synthetic one."""
     pretrain_steps: int = Field(300, ge=0)
-    real_subset: int | None = Field(None, ge=1)  # low-data regime: a seeded subset of the real training split
-    # training randomness (init, sampling, augmentation, loss points); null: the global `seed`. The
-    # real subset is drawn with the global seed, so the seeds of an ablation see the same images.
+    """pretrain_finetune: steps on synthetic data before train.steps on real data."""
+    real_subset: int | None = Field(None, ge=1)
+    """Low-data regime: a seeded subset of this many real training images; null: all."""
     seed: int | None = Field(None, ge=0, lt=2**32)
+    """Training randomness (init, sampling, augmentation, loss points); null: the global `seed`. The real subset is
+    drawn with the global seed, so the seeds of an ablation see the same images.
+    """
     split: str = "training"
-    pretrained: str | None = None  # a Mask2Former checkpoint id or directory (e.g. an ADE20K or COCO one)
-    backbone: str | None = None  # a Swin checkpoint id or directory for the backbone (ignored with `pretrained`)
+    """The real training split."""
+    pretrained: str | None = None
+    """A Mask2Former checkpoint id or directory (e.g. an ADE20K or COCO one); null: from scratch."""
+    backbone: str | None = None
+    """A Swin checkpoint id or directory for the backbone (ignored with `pretrained`)."""
     model: Mask2FormerParams = Mask2FormerParams()
+    """The from-scratch Mask2Former's shape (ignored with `pretrained`)."""
     train: SegTrainParams = SegTrainParams()
+    """The training loop."""
 
 
 class EvaluateParams(_Section):
     """The pipeline's evaluate stage: every arm on every split (dvc.yaml matrix)."""
 
-    splits: tuple[str, ...] = ("validation", "validation_shift")  # in-domain and shifted domain
-    panoptic: bool = True  # also PQ and mask AP where the split has panoptic ground truth
-    size: int | None = Field(None, ge=16)  # resize the short side; null: native size
-    out: Path = Path("reports/eval")  # out/ARM/SPLIT: metrics.json, scores.json, pictures
+    splits: tuple[str, ...] = ("validation", "validation_shift")
+    """The splits every arm is evaluated on: in-domain and shifted domain."""
+    panoptic: bool = True
+    """Also PQ and mask AP where the split has panoptic ground truth."""
+    size: int | None = Field(None, ge=16)
+    """Resize the short side to this many pixels; null: native size."""
+    out: Path = Path("reports/eval")
+    """Where evaluations go: out/ARM/SPLIT with metrics.json, scores.json and pictures."""
 
 
 class ReportParams(_Section):
-    out: Path = Path("reports")  # report.md, summary.json, miou.png
-    # the ablation page (bench/params.yaml: docs/results.md), built from the MLflow runs: mean ± std
-    # over seeds (arms named GROUP-sSEED), bar chart and sample grids in results' folder img/results/
+    out: Path = Path("reports")
+    """Where the report goes: report.md, summary.json, miou.png."""
     results: Path | None = None
-    notes: Path | None = None  # a hand-written markdown file inlined into the results page (tuning log)
-    reference: str = "baseline"  # the group each regime's arms are compared with: REGIME-REFERENCE
+    """The ablation page (bench/params.yaml: docs/results.md), built from the evaluations' scores.json: mean ± std
+    over seeds (arms named GROUP-sSEED), bar chart and sample grids in results' folder img/results/.
+    """
+    notes: Path | None = None
+    """A hand-written markdown file inlined into the results page (tuning log)."""
+    reference: str = "baseline"
+    """The group each regime's arms are compared with: REGIME-REFERENCE."""
 
 
 class TrackingParams(_Section):
     """What the training stages send to MLflow while they run (not part of any output: DVC does not
     re-run a stage when these change)."""
 
-    log_every: int = Field(10, ge=1)  # loss, learning rate and throughput every N steps, live
-    system_metrics: bool = True  # CPU, memory (and GPU where present) of the training stages
-    system_metrics_interval: float = Field(10.0, gt=0)  # seconds between system-metric samples
+    log_every: int = Field(10, ge=1)
+    """Log loss, learning rate and throughput every N steps, live."""
+    system_metrics: bool = True
+    """Log CPU, memory (and GPU where present) of the training stages."""
+    system_metrics_interval: float = Field(10.0, gt=0)
+    """Seconds between system-metric samples."""
 
 
 _ARM_NAME = r"^[a-z0-9][a-z0-9_-]{0,39}$"
@@ -404,44 +568,62 @@ DEFAULT_SEEDS = (0, 1, 2)
 class AblationParams(_Section):
     """The arms of an ablation, generated (Params._ablation_arms): every regime x group x seed."""
 
-    groups: dict[str, dict[str, Any]]  # group name -> `segmenter` keys, e.g. both: {strategy: augment}
-    seeds: tuple[int, ...] = Field(DEFAULT_SEEDS, min_length=1)  # segmenter.seed of each copy
-    # the group whose segmenter keys the arms of every variant (Params.variants) use
+    groups: dict[str, dict[str, Any]]
+    """Group name -> `segmenter` keys, e.g. both: {strategy: augment}."""
+    seeds: tuple[int, ...] = Field(DEFAULT_SEEDS, min_length=1)
+    """segmenter.seed of each copy of a group."""
     variant_group: str = "both"
+    """The group whose segmenter keys the arms of every variant (Params.variants) use."""
 
 
 class Params(_Section):
     seed: int = Field(0, ge=0, lt=2**32)
+    """The global seed: the benchmark's rendering, the real subset draws, and every stage whose own seed is not set."""
     data: DataParams = DataParams()
+    """The training and evaluation dataset."""
     eval: EvalParams = EvalParams()
+    """How predictions are scored (mmsegmentation's IoUMetric conventions)."""
     caption: CaptionParams = CaptionParams()
+    """The captioner that describes each real training image."""
     text_encoder: TextEncoderParams = TextEncoderParams()
+    """The text encoder the generators condition on (CLIP's text model)."""
     text2mask: Text2MaskParams = Text2MaskParams()
+    """Text2Mask: the caption-to-colour-map diffusion model."""
     mask2img: Mask2ImgParams = Mask2ImgParams()
+    """Mask2Img: the ControlNet that draws an image from a colour map and a caption."""
     prior: PriorParams = PriorParams()
+    """The benchmark's generative prior, pretrained on a captioned corpus (stand-in for SD/SDXL)."""
     synthesize: SynthesizeParams = SynthesizeParams()
+    """MaskSyn and ImgSyn: how many synthetic pairs, sampled how."""
     segmenter: SegmenterParams = SegmenterParams()
-    # the segmenter runs of the pipeline (dvc.yaml: train_segmenter foreach, evaluate matrix): each
-    # arm is a set of `segmenter` keys overriding that section; its model goes to models/segmenter/ARM
+    """Mask2Former and how it trains on real plus synthetic data."""
     arms: dict[str, dict[str, Any]] = Field(
         default_factory=lambda: {
             "baseline": {"strategy": "real"},
             "seggen": {"strategy": "augment", "synthetic": ["masksyn", "imgsyn"]},
         }
     )
-    # data regimes of an ablation (bench/params.yaml): each is a set of `synthesize` keys overriding
-    # that section (e.g. real_subset for the low-data regime); its datasets go to synthesize.out/REGIME
+    """The segmenter runs of the pipeline (dvc.yaml: train_segmenter foreach, evaluate matrix): each arm is a set of
+    `segmenter` keys overriding that section; its model goes to models/segmenter/ARM
+    """
     regimes: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    # other generator setups of an ablation (bench/params.yaml), each a set of dotted keys of `prior`,
-    # `mask2img` and `synthesize` over these params; their corpus, prior, Mask2Img and synthetic data
-    # go beside the main ones with -NAME appended (Params.variant), and their arms are
-    # REGIME-NAME-sSEED, trained like ablation.variant_group on that data
+    """Data regimes of an ablation (bench/params.yaml): each is a set of `synthesize` keys overriding that section
+    (e.g. real_subset for the low-data regime); its datasets go to synthesize.out/REGIME
+    """
     variants: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    # an ablation (bench/params.yaml): `arms` generated, one per regime x group x seed (and variant)
+    """Other generator setups of an ablation (bench/params.yaml), each a set of dotted keys of `prior`, `mask2img` and
+    `synthesize` over these params; their corpus, prior, Mask2Img and synthetic data go beside the main ones with
+    -NAME appended (Params.variant), and their arms are REGIME-NAME-sSEED, trained like ablation.variant_group on
+    that data
+    """
     ablation: AblationParams | None = None
+    """An ablation (bench/params.yaml): `arms` generated, one per regime x group x seed (and variant)"""
     evaluate: EvaluateParams = EvaluateParams()
+    """The evaluate stage: which splits, which metrics."""
     report: ReportParams = ReportParams()
+    """Where the report and the ablation page go."""
     tracking: TrackingParams = TrackingParams()
+    """What the training stages send to MLflow while they run."""
 
     @model_validator(mode="before")
     @classmethod

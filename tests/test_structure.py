@@ -175,3 +175,15 @@ def test_every_tracked_output_directory_carries_the_ownership_marker():
     assert dirs, "no tracked output directories found"
     missing = sorted(d for d in dirs if f"{d}/.seggen" not in files)
     assert not missing, missing
+
+
+def test_every_param_has_a_description_and_docs_params_md_is_current():
+    """Descriptions are written once, on config.py's fields: the Prefect form, `seggen params
+    describe` and docs/params.md all read them."""
+    from seggen import params_doc
+
+    missing = [r.key for r in params_doc.rows() if not r.description]
+    assert not missing, f"fields without a description (a docstring under the field): {missing}"
+    assert (REPO / "docs" / "params.md").read_text() == params_doc.markdown(), (
+        "docs/params.md is stale: seggen params describe --markdown > docs/params.md"
+    )
