@@ -13,9 +13,15 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def serve(
         project: Annotated[Path, typer.Option(help="The project the flow runs work in.")] = Path("."),
-        limit: Annotated[int, typer.Option(help="Flow runs at a time (stages of one project share its files).")] = 1,
+        limit: Annotated[
+            int,
+            typer.Option(
+                help="Flow runs at a time (each runs in its own worktree of the project, as a DVC experiment)."
+            ),
+        ] = 1,
     ) -> None:
-        """Serve the Prefect deployments (full-pipeline, synthesis-only, train-evaluate, bench) at PREFECT_API_URL."""
+        """Serve the Prefect deployments at PREFECT_API_URL: full-pipeline, synthesis-only, train-evaluate, and bench
+        where the project has bench/dvc.yaml."""
         from flows.serve import serve as run
 
         run(project, limit)

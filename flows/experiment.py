@@ -103,9 +103,17 @@ def save_experiment(work: Path, name: str, dvc: str, stages: list[str]) -> str:
     """`dvc exp save` of the worktree's state (new metrics and plots included) as experiment `name`.
     DVC caches the outputs of `stages` (the ones this run ran): the others' lock entries are the
     checkout's, and their resumable state (checkpoints, never cached) is not in the worktree."""
+    import fcntl
+
     untracked = _lines(_run(work, "git", "ls-files", "--others", "--exclude-standard"))
     argv = [dvc, "exp", "save", "--name", name]
     for rel in untracked:
         argv += ["--include-untracked", rel]
-    _run(work, *argv, *stages)
+    # one save at a time per repository: the worktrees share the checkout's git refs, and two
+    # concurrent `dvc exp save` fail on its experiment stash's lock (tests/test_flow_units.py)
+    common = Path(_run(work, "git", "rev-parse", "--git-common-dir").strip())
+    lock = (common if common.is_absolute() else work / common) / "seggen-exp-save.lock"
+    with open(lock, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        _run(work, *argv, *stages)
     return name

@@ -24,6 +24,8 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from seggen.config import Params
+
 # which dvc.yaml stages a flow runs: by the `meta: {group: ...}` each stage carries in dvc.yaml (the
 # stage list itself lives only there)
 SYNTHESIS = ("preflight", "data", "generators", "synthesis")
@@ -105,11 +107,17 @@ def stage_output(text: str) -> list[str]:
 
 
 @task(retries=2, retry_delay_seconds=5, retry_condition_fn=_transient, task_run_name="{stage}")
-def run_stage(project: str, stage: str, force: bool = False, env: dict[str, str] | None = None) -> dict:
-    """`dvc repro --single-item STAGE`; its progress bars feed a progress artifact."""
+def run_stage(
+    project: str, stage: str, force: bool = False, env: dict[str, str] | None = None, position: str = ""
+) -> dict:
+    """`dvc repro --single-item STAGE`; its progress bars feed a progress artifact. `position` ("3/12")
+    leads the artifact's key and text: Prefect's UI lists a run's artifacts by their random ids, so
+    each card says where its stage is in the run."""
     log = get_run_logger()
-    key = re.sub(r"[^a-z0-9-]", "-", f"progress-{stage}".lower())
-    artifact = create_progress_artifact(0.0, key=key, description=f"{stage}: starting")
+    index = position.split("/")[0].zfill(2) if position else ""
+    key = re.sub(r"[^a-z0-9-]+", "-", f"progress-{index}-{stage}".lower()).replace("--", "-")
+    label = f"{position} {stage}" if position else stage
+    artifact = create_progress_artifact(0.0, key=key, description=f"{label}: starting")
     work = Path(tempfile.mkdtemp(prefix="seggen-stage-"))
     progress, output = work / "progress.json", work / "output.log"
     cmd = [_dvc(), "repro", "--single-item", stage] + (["--force"] if force else [])
@@ -137,7 +145,8 @@ def run_stage(project: str, stage: str, force: bool = False, env: dict[str, str]
                 continue
             if p != shown and p.get("total"):
                 shown = p
-                update_progress_artifact(artifact, min(100.0, 100.0 * p["n"] / p["total"]), _progress_text(p))
+                text = f"{position} {_progress_text(p)}" if position else _progress_text(p)
+                update_progress_artifact(artifact, min(100.0, 100.0 * p["n"] / p["total"]), text)
     text = output.read_text(errors="replace")
     shutil.rmtree(work, ignore_errors=True)
     final = stage_output(text)
@@ -147,7 +156,7 @@ def run_stage(project: str, stage: str, force: bool = False, env: dict[str, str]
     ran = f"Running stage '{stage}'" in text
     seconds = time.perf_counter() - t0
     update_progress_artifact(
-        artifact, 100.0, f"{stage}: {'done' if ran else 'up to date (dvc.lock)'} in {seconds:.0f} s"
+        artifact, 100.0, f"{label}: {'done' if ran else 'up to date (dvc.lock)'} in {seconds:.0f} s"
     )
     for ln in final[-MAX_LOG_LINES:] if ran else []:
         log.info("%s", ln)
@@ -181,11 +190,80 @@ def stage_groups(dvcfile: Path) -> dict[str, str]:
     return {name: ((st.get("do", st).get("meta") or st.get("meta") or {}).get("group")) for name, st in stages.items()}
 
 
-def apply_overrides(project: Path, overrides: dict[str, Any], params_file: str = "params.yaml"):
+def apply_overrides(project: Path, overrides: dict[str, Any], params_file: str = "params.yaml", source="overrides"):
     """Validate, then write the keys into the params file (comments kept; atomic). Returns the params."""
     from seggen.config import write_params
 
-    return write_params(project / params_file, overrides, override_source="overrides")
+    return write_params(project / params_file, overrides, override_source=source)
+
+
+def form_defaults(project: Path, params_file: str) -> dict[str, Any]:
+    """A deployment's `params` default: the project's params file as validated (its values fill the form).
+    With an ablation, `arms` is left empty: it is generated from `ablation` again on validation."""
+    from seggen.config import load_params
+
+    p = load_params(project / params_file)
+    tree = p.model_dump(mode="json")
+    if p.ablation:
+        tree["arms"] = {}
+    return tree
+
+
+def form_changes(form: Params, current: Params) -> dict[str, Any]:
+    """The dotted keys where the form's params differ from the project's, with the form's values (what
+    `dvc exp run -S` would be given). A mapping the form shortened is set whole."""
+    from seggen.config import _get_dotted, flatten
+
+    tree = form.model_dump(mode="json")
+    new, old = flatten(tree), flatten(current.model_dump(mode="json"))
+    if form.ablation or current.ablation:  # generated from `ablation`: never set by hand
+        new = {k: v for k, v in new.items() if not k.startswith("arms")}
+        old = {k: v for k, v in old.items() if not k.startswith("arms")}
+    changes = {k: v for k, v in new.items() if k not in old or old[k] != v}
+    for k in old.keys() - new.keys():  # a key the form removed: its mapping, whole
+        parent = k.rsplit(".", 1)[0]
+        changes = {c: v for c, v in changes.items() if not c.startswith(parent + ".")}
+        changes[parent] = _get_dotted(tree, parent)
+    return changes
+
+
+PARAMS_HELP = (
+    "The project's params for this run; the form starts from its params file. Changed values run as a DVC "
+    "experiment named after the flow run: the checkout's params file is not changed."
+)
+REQUEST_HELP = "The project to run in, whether to force re-runs of up-to-date stages and to log to MLflow."
+
+
+def form_reference(project: Path, params_file: str) -> Params:
+    """What the form's params are compared with: the deployment's defaults (the params file as it was
+    when the deployment was served: what the form showed), else the params file now. So a value the
+    user did not touch never reverts a later edit of the params file."""
+    from prefect.runtime import deployment
+
+    from seggen.config import load_params
+
+    if deployment.id:
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            shown = (client.read_deployment(deployment.id).parameters or {}).get("params")
+        if shown:
+            return Params.model_validate(shown)
+    return load_params(project / params_file)
+
+
+def parameter_schema_for(flow_fn) -> Any:
+    """The flow's parameter schema with `params` as the params schema itself (not "params or null"),
+    required: the form shows every section and field with its type, bounds and description."""
+    from prefect.utilities.callables import parameter_schema
+
+    schema = parameter_schema(flow_fn)
+    prop = schema.properties["params"]
+    ref = next(o for o in prop.get("anyOf", [prop]) if o.get("type") != "null")
+    schema.properties["params"] = {**ref, "title": "params", "description": PARAMS_HELP, "position": prop["position"]}
+    schema.properties["request"]["description"] = REQUEST_HELP
+    schema.required = sorted({*(schema.required or []), "params"})
+    return schema
 
 
 def _mlflow_runs(project: Path, execution: str) -> tuple[str | None, dict[str, str]]:
@@ -252,7 +330,9 @@ def _summary_markdown(
     return "\n".join(lines)
 
 
-def run_pipeline(request: PipelineRequest, groups: tuple[str, ...] | None, profile: str = "default") -> dict:
+def run_pipeline(
+    request: PipelineRequest, params: Params | None, groups: tuple[str, ...] | None, profile: str = "default"
+) -> dict:
     """The stages in a worktree of the project (flows/experiment.py), saved as a DVC experiment named
     after the flow run: the project's params.yaml, dvc.lock and outputs are never changed."""
     from prefect.runtime import flow_run
@@ -267,8 +347,12 @@ def run_pipeline(request: PipelineRequest, groups: tuple[str, ...] | None, profi
     dvcfile, params_file = PROFILES[profile]
     if not (project / dvcfile).exists():
         raise FileNotFoundError(f"{project}: no {dvcfile} (project_dir must be a seggen checkout)")
-    # the form's values, validated against the project's params before anything is created
-    require_models(load_params(project / params_file, request.overrides, override_source="overrides"))
+    # the form's params (Prefect validated them against the schema) as changes -- what the user edited in
+    # the form -- on top of the project's params file as it is now; then the request's dotted
+    # overrides; all validated together before anything is created
+    changes = form_changes(params, form_reference(project, params_file)) if params is not None else {}
+    changes.update(request.overrides)
+    require_models(load_params(project / params_file, changes, override_source="the run's parameters"))
     name = experiment_name(flow_run.name, flow_run.id)
     env = {tracking.EXECUTION_ENV: f"prefect:{flow_run.id or 'local'}", tracking.DVC_EXPERIMENT_ENV: name}
     if not request.track:
@@ -277,7 +361,9 @@ def run_pipeline(request: PipelineRequest, groups: tuple[str, ...] | None, profi
         env["MLFLOW_TRACKING_URI"] = tracking.tracking_uri(project)  # the project's store, not the worktree's
         tracking.check_reachable(env["MLFLOW_TRACKING_URI"])
     with experiment_workspace(project, _dvc()) as work:
-        params = apply_overrides(work, request.overrides, params_file)
+        params = apply_overrides(work, changes, params_file, "the run's parameters")
+        if changes:
+            log.info("params changed for this run: %s", json.dumps(changes))
         stages = stage_names(work, groups, dvcfile)
         if profile == "bench":  # what the bench builds on: the main pipeline's data, prior, generators
             stages = stage_names(work, BENCH_UPSTREAM) + stages
@@ -285,7 +371,7 @@ def run_pipeline(request: PipelineRequest, groups: tuple[str, ...] | None, profi
         overall = create_progress_artifact(0.0, key="pipeline-progress", description=f"0/{len(stages)} stages")
         results = []
         for i, stage in enumerate(stages):
-            results.append(run_stage(str(work), stage, request.force, env))
+            results.append(run_stage(str(work), stage, request.force, env, f"{i + 1}/{len(stages)}"))
             update_progress_artifact(
                 overall, 100.0 * (i + 1) / len(stages), f"{i + 1}/{len(stages)} stages ({stage} done)"
             )
@@ -314,20 +400,20 @@ def run_pipeline(request: PipelineRequest, groups: tuple[str, ...] | None, profi
     name="seggen-pipeline",
     description="The whole pipeline: data, captions, generators, synthesis, Mask2Former arms, evaluation, report.",
 )
-def pipeline(request: PipelineRequest = PipelineRequest()) -> dict:
-    return run_pipeline(request, None)
+def pipeline(request: PipelineRequest = PipelineRequest(), params: Params | None = None) -> dict:
+    return run_pipeline(request, params, None)
 
 
 @flow(
     name="seggen-synthesis", description="Data, captions, Text2Mask + Mask2Img training and MaskSyn/ImgSyn synthesis."
 )
-def synthesis(request: PipelineRequest = PipelineRequest()) -> dict:
-    return run_pipeline(request, SYNTHESIS)
+def synthesis(request: PipelineRequest = PipelineRequest(), params: Params | None = None) -> dict:
+    return run_pipeline(request, params, SYNTHESIS)
 
 
 @flow(name="seggen-train-evaluate", description="Mask2Former arms on the existing data, evaluation and report.")
-def train_evaluate(request: PipelineRequest = PipelineRequest()) -> dict:
-    return run_pipeline(request, TRAIN_EVALUATE)
+def train_evaluate(request: PipelineRequest = PipelineRequest(), params: Params | None = None) -> dict:
+    return run_pipeline(request, params, TRAIN_EVALUATE)
 
 
 @flow(
@@ -335,8 +421,8 @@ def train_evaluate(request: PipelineRequest = PipelineRequest()) -> dict:
     description="The ablation (bench/dvc.yaml): generators, MaskSyn/ImgSyn per data regime, "
     "every arm x seed, both evaluation splits, docs/results.md.",
 )
-def bench(request: PipelineRequest = PipelineRequest()) -> dict:
-    return run_pipeline(request, None, "bench")
+def bench(request: PipelineRequest = PipelineRequest(), params: Params | None = None) -> dict:
+    return run_pipeline(request, params, None, "bench")
 
 
 FLOWS = {"full-pipeline": pipeline, "synthesis-only": synthesis, "train-evaluate": train_evaluate, "bench": bench}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from flows.pipeline import FLOWS
+from flows.pipeline import FLOWS, PROFILES, form_defaults, parameter_schema_for
 
 ENTRYPOINTS = {
     "full-pipeline": "pipeline",
@@ -20,17 +20,35 @@ ENTRYPOINTS = {
 }
 
 
-def _parameters(project: Path, name: str = "") -> dict:
-    return {"request": {"project_dir": str(project)}}
+def _parameters(project: Path, name: str) -> dict:
+    """A deployment's defaults: the project, and its params file's values (the form's starting point)."""
+    return {"request": {"project_dir": str(project)}, "params": form_defaults(project, _profile(name)[1])}
+
+
+def _available(project: Path) -> dict:
+    """The flows whose pipeline file the project has (a project without bench/ gets no bench deployment:
+    it could only fail)."""
+    return {n: f for n, f in FLOWS.items() if (project / _profile(n)[0]).is_file()}
+
+
+def _profile(name: str) -> tuple[str, str]:
+    return PROFILES["bench" if name == "bench" else "default"]
+
+
+def _typed(deployment, flow_fn):
+    """The deployment with the flow's typed params form (flows.pipeline.parameter_schema_for)."""
+    deployment._parameter_openapi_schema = parameter_schema_for(flow_fn)
+    return deployment
 
 
 def serve(project_dir: str | Path = ".", limit: int = 1) -> None:
-    """Serve the deployments until interrupted; `limit` flow runs at a time (stages share the project)."""
+    """Serve the deployments until interrupted; `limit` flow runs at a time (each in its own worktree)."""
     from prefect import serve as prefect_serve
 
     project = Path(project_dir).resolve()
     deployments = [
-        f.to_deployment(name=name, parameters=_parameters(project, name), tags=["seggen"]) for name, f in FLOWS.items()
+        _typed(f.to_deployment(name=name, parameters=_parameters(project, name), tags=["seggen"]), f)
+        for name, f in _available(project).items()
     ]
     prefect_serve(*deployments, limit=limit)
 
@@ -50,14 +68,15 @@ def deploy(pool: str, project_dir: str | Path = ".", source: str | Path | None =
     project = Path(project_dir).resolve()
     src = str(Path(source).resolve() if source else Path(__file__).resolve().parents[1])
     ids = []
-    for name, fn in ENTRYPOINTS.items():
+    for name in _available(project):
+        fn = ENTRYPOINTS[name]
         remote = prefect_flow.from_source(source=src, entrypoint=f"flows/pipeline.py:{fn}")
         # to_deployment + apply, not flow.deploy: deploy's check for online workers sends a request
         # that Prefect 3.8's own server rejects (limit=None -> 422)
         dep = remote.to_deployment(
             name=name, work_pool_name=pool, parameters=_parameters(project, name), tags=["seggen"]
         )
-        ids.append(str(dep.apply()))
+        ids.append(str(_typed(dep, FLOWS[name]).apply()))
     return ids
 
 

@@ -15,6 +15,10 @@ REAL = Path(os.environ.get("SEGGEN_REAL_SAMPLES", REPO.parent / "shared" / "real
 # CPU-only and quiet, whatever the machine has
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# under pytest-xdist (`-n 2`) each worker, and every process it starts, gets one compute thread:
+# two workers on two cores instead of each oversubscribing both
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
 # no MLflow tracking unless a test asks for it (tests/test_pipeline.py runs against a real server)
 os.environ["SEGGEN_TRACKING"] = "off"
 os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -103,7 +107,7 @@ def local_server(argv: list[str], health_url: str, home: Path, env: dict | None 
 
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory):
-    """A real `prefect server start` on loopback with its own SQLite home; yields the API URL and
+    """A real `prefect server start` (API and UI) on loopback with its own SQLite home; yields the API URL and
     points this process (and the processes it starts) at it."""
     import sys
 
@@ -113,9 +117,9 @@ def prefect_server(tmp_path_factory):
         **os.environ,
         "PREFECT_HOME": str(home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_ENABLED": "false",
     }
     url = f"http://127.0.0.1:{port}/api"
+    env["PREFECT_UI_API_URL"] = url  # the UI's calls (its default is port 4200)
     argv = [
         str(Path(sys.executable).with_name("prefect")),
         "server",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import urllib.request
@@ -105,6 +106,12 @@ def test_example_workflow_runs_the_tests_and_the_gate():
 
 
 def test_deploy_registers_the_deployments_on_a_work_pool(prefect_server, tmp_path):
+    for f in ("dvc.yaml", "params.yaml", "bench/dvc.yaml", "bench/params.yaml"):
+        (tmp_path / f).parent.mkdir(exist_ok=True)
+        shutil.copy(REPO / f, tmp_path / f)
+    from seggen.config import load_params, write_params
+
+    write_params(tmp_path / "params.yaml", {"segmenter.train.steps": 401})
     r = subprocess.run(
         [str(BIN / "seggen"), "deploy", "--pool", "seggen-test", "--project", str(tmp_path)],
         cwd=REPO,
@@ -120,6 +127,14 @@ def test_deploy_registers_the_deployments_on_a_work_pool(prefect_server, tmp_pat
     assert {d["name"] for d in deps} == {"full-pipeline", "synthesis-only", "train-evaluate", "bench"}
     assert all(d["parameters"]["request"]["project_dir"] == str(tmp_path) for d in deps)
     assert all("profile" not in d["parameters"]["request"] for d in deps)  # the bench flow is the bench
+    # the typed form: the params schema, its defaults the project's params files
+    by_name = {d["name"]: d for d in deps}
+    for name, d in by_name.items():
+        assert d["parameter_openapi_schema"]["properties"]["params"]["$ref"].endswith("/Params")
+        file = "bench/params.yaml" if name == "bench" else "params.yaml"
+        want = load_params(tmp_path / file).segmenter.train.steps
+        assert d["parameters"]["params"]["segmenter"]["train"]["steps"] == want
+    assert by_name["train-evaluate"]["parameters"]["params"]["segmenter"]["train"]["steps"] == 401
     assert {d["entrypoint"] for d in deps} == {
         "flows/pipeline.py:pipeline",
         "flows/pipeline.py:synthesis",

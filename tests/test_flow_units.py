@@ -126,15 +126,12 @@ def test_summary_lists_what_ran_and_only_the_scores_this_run_wrote(tmp_path):
     assert "No evaluation ran in this run, so it produced no scores." in md and "50.00" not in md
 
 
-def test_a_run_is_a_dvc_experiment_and_leaves_the_checkout_alone(tmp_path):
-    """flows/experiment.py on a tiny git + DVC project: the run's params and outputs live in a worktree
-    sharing the cache, are saved as an experiment the checkout's `dvc exp show` lists and `dvc exp
-    apply` promotes; the checkout's files and git status are untouched; the worktree is gone."""
-    import json
+def _tiny_dvc_project(tmp_path: Path):
+    """A git + DVC project with one stage: params x -> out/value.txt (cached), score.json (metric) and
+    ckpt/ (resumable state like the trainings' checkpoints: persist, never cached, git-ignored).
+    Returns (project, dvc, sh, env)."""
     import subprocess
     import sys
-
-    from flows.experiment import experiment_name, experiment_workspace, save_experiment
 
     dvc = str(Path(sys.executable).with_name("dvc"))
     proj = tmp_path / "proj"
@@ -157,7 +154,6 @@ def test_a_run_is_a_dvc_experiment_and_leaves_the_checkout_alone(tmp_path):
         "pathlib.Path('ckpt').mkdir(exist_ok=True)\n"
         "pathlib.Path('ckpt/state.txt').write_text(str(x))\n"
     )
-    # ckpt: resumable state like the trainings' checkpoints (persist, never cached, git-ignored)
     (proj / "dvc.yaml").write_text(
         "stages:\n  make:\n    cmd: python make.py\n    deps: [make.py]\n    params: [x]\n"
         "    outs:\n      - out\n      - ckpt: {persist: true, cache: false}\n"
@@ -168,6 +164,19 @@ def test_a_run_is_a_dvc_experiment_and_leaves_the_checkout_alone(tmp_path):
     subprocess.run([dvc, "repro", "-q"], cwd=proj, check=True, env=env_path)
     sh("git", "add", "-A")
     sh("git", "commit", "-qm", "first")
+    return proj, dvc, sh, env_path
+
+
+def test_a_run_is_a_dvc_experiment_and_leaves_the_checkout_alone(tmp_path):
+    """flows/experiment.py on a tiny git + DVC project: the run's params and outputs live in a worktree
+    sharing the cache, are saved as an experiment the checkout's `dvc exp show` lists and `dvc exp
+    apply` promotes; the checkout's files and git status are untouched; the worktree is gone."""
+    import json
+    import subprocess
+
+    from flows.experiment import experiment_name, experiment_workspace, save_experiment
+
+    proj, dvc, sh, env_path = _tiny_dvc_project(tmp_path)
     (proj / "notes.txt").write_text("uncommitted, untracked: the run sees it too\n")
     before = {f: (proj / f).read_bytes() for f in ("params.yaml", "dvc.lock", "score.json", "out/value.txt")}
     status = sh("git", "status", "--porcelain")
@@ -189,3 +198,99 @@ def test_a_run_is_a_dvc_experiment_and_leaves_the_checkout_alone(tmp_path):
     # the run's in-place write of its state went to its own copy, not the checkout's
     assert (proj / "out" / "value.txt").read_text() == "5" and (proj / "ckpt" / "state.txt").read_text() == "1"
     assert json.loads((proj / "score.json").read_text())["score"] == 50
+
+
+def test_two_runs_at_once_do_not_collide(tmp_path):
+    """Two flow runs at the same time (`seggen serve --limit 2`): two worktrees, stages running and
+    experiments saved concurrently; each experiment has its own params and results."""
+    import json
+    import subprocess
+    import threading
+
+    from flows.experiment import experiment_workspace, save_experiment
+
+    proj, dvc, sh, env_path = _tiny_dvc_project(tmp_path)
+    before = (proj / "params.yaml").read_bytes(), sh("git", "status", "--porcelain")
+    barrier, errors = threading.Barrier(2), []
+
+    def run(x: int) -> None:
+        try:
+            with experiment_workspace(proj, dvc) as work:
+                (work / "params.yaml").write_text(f"x: {x}\n")
+                barrier.wait(60)
+                subprocess.run([dvc, "repro", "-q"], cwd=work, check=True, env=env_path)
+                barrier.wait(60)
+                save_experiment(work, f"run-{x}", dvc, ["make"])
+        except Exception as e:  # reported below, with the thread's value
+            errors.append(f"x={x}: {e}")
+
+    threads = [threading.Thread(target=run, args=(x,)) for x in (2, 3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert not errors, errors
+    exps = json.loads(sh(dvc, "exp", "show", "--json"))
+    scores = {
+        r["name"]: r["data"]["metrics"]["score.json"]["data"]["score"]
+        for e in exps
+        for x in e.get("experiments") or []
+        for r in x["revs"]
+    }
+    assert scores == {"run-2": 20, "run-3": 30}
+    assert ((proj / "params.yaml").read_bytes(), sh("git", "status", "--porcelain")) == before
+    assert "seggen-exp" not in sh("git", "worktree", "list")
+
+
+def test_the_form_is_the_params_schema_with_the_projects_values():
+    """A deployment's `params` parameter: the params schema itself (required, not "or null"), with
+    config.py's descriptions and bounds; its defaults are the project's params file."""
+    import jsonschema
+
+    from flows.pipeline import FLOWS, form_defaults, parameter_schema_for
+
+    schema = parameter_schema_for(FLOWS["train-evaluate"]).model_dump()
+    assert "params" in schema["required"] and schema["properties"]["params"]["$ref"].endswith("/Params")
+    seg_train = schema["definitions"]["SegTrainParams"]["properties"]["steps"]
+    assert seg_train["minimum"] == 1 and seg_train["description"] == "Optimizer steps."
+    defaults = form_defaults(REPO, "params.yaml")
+    assert defaults["segmenter"]["train"]["steps"] == load_params(REPO / "params.yaml").segmenter.train.steps
+    # what the server checks before it creates a run (Prefect validates against this schema)
+    full = {"request": {"project_dir": "."}, "params": defaults}
+    jsonschema.validate(full, schema)
+    bad = {**defaults, "segmenter": {**defaults["segmenter"], "train": {**defaults["segmenter"]["train"], "steps": -5}}}
+    with pytest.raises(jsonschema.ValidationError, match="-5 is less than the minimum of 1"):
+        jsonschema.validate({**full, "params": bad}, schema)
+    # the bench deployment's defaults validate again (its arms are generated from `ablation`)
+    from seggen.config import Params
+
+    bench = Params.model_validate(form_defaults(REPO, "bench/params.yaml"))
+    assert bench.arms == load_params(REPO / "bench/params.yaml").arms
+
+
+def test_form_changes_are_what_the_user_edited():
+    from flows.pipeline import form_changes
+    from seggen.config import Params
+
+    shown = load_params(REPO / "params.yaml")
+    tree = shown.model_dump(mode="json")
+    assert form_changes(Params.model_validate(tree), shown) == {}
+    tree["segmenter"]["train"]["steps"] = 7
+    tree["synthesize"]["styles"] = {"a photo": 1.0}  # a mapping with keys removed: set whole
+    tree["arms"].pop("seggen")
+    changes = form_changes(Params.model_validate(tree), shown)
+    assert changes == {
+        "segmenter.train.steps": 7,
+        "synthesize.styles": {"a photo": 1.0},
+        "arms": {"baseline": tree["arms"]["baseline"]},
+    }
+    # applied on top of the params file as it is now: an untouched key keeps the file's value
+    now = load_params(REPO / "params.yaml", {"segmenter.train.lr": 0.01})
+    assert load_params(REPO / "params.yaml", {"segmenter.train.lr": 0.01, **changes}).segmenter.train.lr == 0.01
+    assert now.segmenter.train.lr == 0.01
+    # the bench: generated arms are never a change
+    bench = load_params(REPO / "bench/params.yaml")
+    btree = bench.model_dump(mode="json")
+    btree["arms"] = {}
+    btree["ablation"]["seeds"] = [0]
+    assert form_changes(Params.model_validate(btree), bench) == {"ablation.seeds": [0]}
