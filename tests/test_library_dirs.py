@@ -42,14 +42,16 @@ def test_text2mask_is_a_diffusers_pipeline(tiny_gens, tmp_path):
     pipe = DiffusionPipeline.from_pretrained(model, trust_remote_code=True)
     assert type(pipe).__name__ == "SegGenText2MaskPipeline"
     out = pipe(prompt="a car on a road", num_images_per_prompt=3, num_inference_steps=3, guidance_scale=2.0)
-    np.testing.assert_array_equal(out.images, pngs(tmp_path / "s", "mask"))
+    assert all(isinstance(im, Image.Image) for im in out.images)  # PIL images, as diffusers' pipelines return
+    np.testing.assert_array_equal(np.stack([np.asarray(im) for im in out.images]), pngs(tmp_path / "s", "mask"))
     np.testing.assert_array_equal(out.labels, pngs(tmp_path / "s", "label"))
-    # without remote code: the class from the package
+    # without remote code: the class from the package; output_type "np" as diffusers' (float in [0, 1])
     again = SegGenText2MaskPipeline.from_pretrained(model)
-    np.testing.assert_array_equal(
-        again(prompt=["a car on a road"], num_images_per_prompt=3, num_inference_steps=3, guidance_scale=2.0).images,
-        out.images,
-    )
+    arr = again(
+        prompt=["a car on a road"], num_images_per_prompt=3, num_inference_steps=3, guidance_scale=2.0, output_type="np"
+    ).images
+    assert arr.dtype == np.float32 and arr.max() <= 1.0
+    np.testing.assert_array_equal(np.round(arr * 255).astype(np.uint8), pngs(tmp_path / "s", "mask"))
 
 
 def test_mask2img_is_a_diffusers_pipeline(tiny_gens, small_benchmark, tmp_path):
@@ -63,12 +65,13 @@ def test_mask2img_is_a_diffusers_pipeline(tiny_gens, small_benchmark, tmp_path):
     palette = np.asarray(pipe._sampler().palette)
     cmap = palette[np.asarray(Image.open(mask))]
     out = pipe(image=Image.fromarray(cmap), prompt="a house", num_images_per_prompt=2, num_inference_steps=3)
-    np.testing.assert_array_equal(out.images, pngs(tmp_path / "s", "image"))
+    images = np.stack([np.asarray(im) for im in out.images])
+    np.testing.assert_array_equal(images, pngs(tmp_path / "s", "image"))
     # the noise follows the map's content, not the file it was read from
     moved = tmp_path / "elsewhere.png"
     moved.write_bytes(mask.read_bytes())
     cli(tiny_gens / "params.yaml", "sample", "mask2img", "--mask", str(moved), "--labels", *HOUSE, str(tmp_path / "t"))
-    np.testing.assert_array_equal(pngs(tmp_path / "t", "image"), out.images)
+    np.testing.assert_array_equal(pngs(tmp_path / "t", "image"), images)
 
 
 def test_model_index_names_loadable_parts(tiny_gens):

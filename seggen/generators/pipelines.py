@@ -3,7 +3,7 @@ diffusers pipeline directory (model_index.json names its parts), so that
 
     from diffusers import DiffusionPipeline
     pipe = DiffusionPipeline.from_pretrained("models/text2mask/model", trust_remote_code=True)
-    out = pipe(prompt=["a street with two cars"], num_images_per_prompt=4)   # out.images, out.labels
+    out = pipe(prompt=["a street with two cars"], num_images_per_prompt=4)   # out.images (PIL), out.labels
 
 loads and samples it. The pixel-space models (the offline default) have no stock pipeline, so their
 model_index.json names these classes through a one-line `seggen_pipeline.py` shim in the directory
@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
+from PIL import Image
 
 SHIM = "seggen_pipeline"  # seggen_pipeline.py in the model directory
 INDEX = "model_index.json"
@@ -32,17 +33,28 @@ INDEX = "model_index.json"
 
 @dataclass
 class Text2MaskPipelineOutput(BaseOutput):
-    """images: N x R x R x 3 uint8 colour maps; labels: N x R x R class indices (0 = ignore, 1..C)."""
+    """images: the N colour maps (output_type "pil": PIL images, as diffusers' pipelines return; "np":
+    N x R x R x 3 float32 in [0, 1]); labels: N x R x R class indices (0 = ignore, 1..C)."""
 
-    images: np.ndarray
+    images: list[Image.Image] | np.ndarray
     labels: np.ndarray
 
 
 @dataclass
 class Mask2ImgPipelineOutput(BaseOutput):
-    """images: N x R x R x 3 uint8 (per colour map, num_images_per_prompt images in a row)."""
+    """images: per colour map, num_images_per_prompt images in a row (output_type "pil": PIL images;
+    "np": N x R x R x 3 float32 in [0, 1])."""
 
-    images: np.ndarray
+    images: list[Image.Image] | np.ndarray
+
+
+def _as_output(images: np.ndarray, output_type: str):
+    """uint8 N x H x W x 3 -> what diffusers' pipelines return for `output_type`."""
+    if output_type == "pil":
+        return [Image.fromarray(im) for im in images]
+    if output_type == "np":
+        return images.astype(np.float32) / 255.0
+    raise ValueError(f"output_type {output_type!r}: expected 'pil' or 'np'")
 
 
 def _text(tokenizer, text_encoder, tokenizer_2=None, text_encoder_2=None):
@@ -135,6 +147,7 @@ class SegGenText2MaskPipeline(_SegGenPipeline):
         guidance_scale: float = 3.0,
         seed: int = 0,
         batch_size: int = 16,
+        output_type: str = "pil",
         return_dict: bool = True,
     ):
         """Masks in prompt-major order; the same as `seggen sample text2mask` with this seed (params `seed`)."""
@@ -151,9 +164,10 @@ class SegGenText2MaskPipeline(_SegGenPipeline):
             batch_size,
             progress=False,
         )
+        images = _as_output(res["rgb"], output_type)
         if not return_dict:
-            return res["rgb"], res["labels"]
-        return Text2MaskPipelineOutput(images=res["rgb"], labels=res["labels"])
+            return images, res["labels"]
+        return Text2MaskPipelineOutput(images=images, labels=res["labels"])
 
 
 class SegGenMask2ImgPipeline(_SegGenPipeline):
@@ -208,6 +222,7 @@ class SegGenMask2ImgPipeline(_SegGenPipeline):
         seed: int = 0,
         style_swap: bool = False,
         batch_size: int = 16,
+        output_type: str = "pil",
         return_dict: bool = True,
     ):
         """image: a colour map (PIL image or H x W x 3 uint8 array) or a list of them, one per prompt
@@ -235,7 +250,7 @@ class SegGenMask2ImgPipeline(_SegGenPipeline):
             )
             for m, p in zip(maps, prompts)
         ]
-        images = np.concatenate(out) if out else np.zeros((0, 0, 0, 3), np.uint8)
+        images = _as_output(np.concatenate(out) if out else np.zeros((0, 0, 0, 3), np.uint8), output_type)
         return Mask2ImgPipelineOutput(images=images) if return_dict else (images,)
 
 

@@ -100,7 +100,7 @@ def _delta_cell(g: Group, groups: dict[str, Group], ref: str, split: str) -> str
     return f"{d[0]:+.1f} (2σ {d[1]:.1f}){mark}"
 
 
-def build_results(params: Params, project: Path = Path(".")) -> dict:
+def build_results(params: Params) -> dict:
     from seggen.reporting.pictures import prior_pictures
 
     cfg = params.report
