@@ -302,7 +302,8 @@ def _summary_markdown(
     lines = [
         "# seggen pipeline run",
         "",
-        f"{len(ran)} of {len(results)} stages ran; the others were up to date (dvc.lock).",
+        f"{len(ran)} of {len(results)} stages ran"
+        + ("; the others were up to date (dvc.lock)." if len(ran) < len(results) else "."),
         "",
         "| stage | result | seconds | MLflow |",
         "|---|---|---:|---|",

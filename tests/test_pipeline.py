@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -314,8 +315,9 @@ def test_prefect_deployment_triggered_through_the_api(project, prefect_server):
     checkout = {f: (root / f).read_bytes() for f in ("params.yaml", "dvc.lock", "reports/summary.json")}
     status = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True).stdout
     try:
-        # serve registers the deployments one after another: wait for all of them
-        expected, names = {"full-pipeline", "synthesis-only", "train-evaluate", "bench"}, set()
+        # serve registers the deployments one after another: wait for all of them (no bench: this
+        # project has no bench/dvc.yaml; tests/test_deploy_and_docker.py registers all four)
+        expected, names = {"full-pipeline", "synthesis-only", "train-evaluate"}, set()
         for _ in range(120):
             assert serve.poll() is None, (root.parent / "serve.log").read_text()[-3000:]
             names = {d["name"] for d in _api(prefect_server, "/deployments/filter", {})}
@@ -380,3 +382,175 @@ def test_prefect_deployment_triggered_through_the_api(project, prefect_server):
     messages = "\n".join(entry["message"] for entry in logs)
     assert "> seggen train segmenter --arm seggen" in messages and "git add dvc.lock" not in messages
     assert any(a["type"] == "progress" and a["data"] == 100.0 for a in arts)
+
+
+# -- the Prefect UI and the MLflow UI in a real browser (Debian's chromium, driven by playwright) ------
+
+SCREENSHOTS = Path(os.environ.get("SEGGEN_SCREENSHOTS", Path(__file__).resolve().parents[1] / "test-output" / "ui"))
+
+
+def _chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not path:
+        pytest.fail("no chromium on PATH: `make test` installs Debian's chromium (make browser)")
+    return path
+
+
+def _form_field(page, *labels: str):
+    """The Prefect form's input of a nested property: _form_field(page, "Segmenter", "Train", "Steps")."""
+    node = page.locator("body")
+    for label in labels:
+        node = node.locator(
+            "xpath=.//div[contains(@class,'schema-form-property')][./div[contains(@class,'p-label__header')]"
+            f"//span[contains(@class,'schema-form-property__label') and normalize-space()='{label} (Optional)']]"
+        ).first
+    return node.locator(".p-label__body input").first
+
+
+def _flow_runs(api_url: str, deployment_id: str) -> list[dict]:
+    return _api(api_url, "/flow_runs/filter", {"deployments": {"id": {"any_": [deployment_id]}}})
+
+
+def _wait_run(api_url: str, run_id: str, log: Path) -> None:
+    state = None
+    for _ in range(600):
+        state = _api(api_url, f"/flow_runs/{run_id}")["state_type"]
+        if state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            break
+        time.sleep(1)
+    assert state == "COMPLETED", log.read_text()[-4000:]
+
+
+def _custom_run(page, ui: str, api_url: str, deployment: str, field: tuple[str, ...], value, log: Path) -> str:
+    """Deployments -> DEPLOYMENT -> Run -> Custom run: set one field of the typed form, Submit, wait for
+    the run to complete; returns its id."""
+    flow = {"full-pipeline": "pipeline", "synthesis-only": "synthesis", "train-evaluate": "train-evaluate"}
+    dep = _api(api_url, f"/deployments/name/seggen-{flow[deployment]}/{deployment}")
+    page.goto(f"{ui}/deployments/deployment/{dep['id']}/run", wait_until="networkidle")
+    box = _form_field(page, *field)
+    box.fill(str(value))
+    before = {r["id"] for r in _flow_runs(api_url, dep["id"])}
+    page.get_by_role("button", name="Submit").click()  # the UI then shows the deployment's runs
+    new = set()
+    for _ in range(60):
+        new = {r["id"] for r in _flow_runs(api_url, dep["id"])} - before
+        if new:
+            break
+        time.sleep(1)
+    assert len(new) == 1, "the form created no run"
+    run_id = new.pop()
+    _wait_run(api_url, run_id, log)
+    return run_id
+
+
+def _saved_params(root: Path, env: dict, run_name: str) -> dict:
+    exps = json.loads(dvc(root, "exp", "show", "--json", env=env).stdout)
+    saved = [r for e in exps for x in e.get("experiments") or [] for r in x["revs"] if r["name"].startswith(run_name)]
+    assert len(saved) == 1, [r["name"] for e in exps for x in e.get("experiments") or [] for r in x["revs"]]
+    return saved[0]["data"]["params"]["params.yaml"]["data"]
+
+
+def test_prefect_ui_typed_form_and_mlflow_comparison_in_a_browser(project, prefect_server):
+    """As a user, in headless Chromium: each deployment's Custom run form shows the params with the
+    project's values and config.py's descriptions; a bad value is refused by the server's validation
+    and no run exists; a typed edit runs as a DVC experiment and completes, with its summary; the
+    checkout never changes; MLflow's UI compares two arms' runs."""
+    from playwright.sync_api import sync_playwright
+
+    root = project["root"]
+    env = {**project["env"], "PREFECT_API_URL": prefect_server}
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True).stdout
+    params_before = (root / "params.yaml").read_bytes()
+    current = yaml.safe_load(params_before)
+    log_path = root.parent / "serve-ui.log"
+    log = open(log_path, "w")
+    started = time.time()
+    serve = subprocess.Popen(
+        [str(BIN / "seggen"), "serve", "--project", str(root)], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    ui = prefect_server.removesuffix("/api")
+    runs = {}
+    try:
+        # the earlier test registered the same deployments: wait until this serve has updated all three
+        fresh = set()
+        for _ in range(120):
+            assert serve.poll() is None, log_path.read_text()[-3000:]
+            fresh = {
+                d["name"]
+                for d in _api(prefect_server, "/deployments/filter", {})
+                if datetime.fromisoformat(d["updated"]).timestamp() >= started
+            }
+            if len(fresh) == 3:
+                break
+            time.sleep(1)
+        assert fresh == {"full-pipeline", "synthesis-only", "train-evaluate"}
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            te = _api(prefect_server, "/deployments/name/seggen-train-evaluate/train-evaluate")
+            page.goto(f"{ui}/deployments/deployment/{te['id']}/run", wait_until="networkidle")
+            steps = _form_field(page, "Segmenter", "Train", "Steps")
+            # the project's params.yaml, not the code default; descriptions from config.py
+            assert steps.input_value() == str(current["segmenter"]["train"]["steps"])
+            assert page.get_by_text("Optimizer steps.").count() > 0
+            page.screenshot(path=SCREENSHOTS / "prefect-form.png")
+            # a bad value: the server's validation refuses it, naming the key, and no run is created
+            earlier = {r["id"] for r in _flow_runs(prefect_server, te["id"])}  # the API test's run
+            steps.fill("-5")
+            page.get_by_role("button", name="Submit").click()
+            page.get_by_text("params.segmenter.train.steps").first.wait_for(timeout=30_000)
+            steps.scroll_into_view_if_needed()
+            page.screenshot(path=SCREENSHOTS / "prefect-form-invalid.png")  # while the error shows
+            assert "less than the minimum of 1" in page.inner_text("body")
+            assert {r["id"] for r in _flow_runs(prefect_server, te["id"])} == earlier
+            # a typed custom run of each deployment, from the form
+            new_steps = current["segmenter"]["train"]["steps"] - 1
+            new_syn = current["synthesize"]["steps"] + 1
+            runs["train-evaluate"] = _custom_run(
+                page, ui, prefect_server, "train-evaluate", ("Segmenter", "Train", "Steps"), new_steps, log_path
+            )
+            page.goto(f"{ui}/runs/flow-run/{runs['train-evaluate']}", wait_until="networkidle")
+            page.get_by_text("Completed").first.wait_for(timeout=30_000)
+            page.screenshot(path=SCREENSHOTS / "prefect-run.png", full_page=True)
+            arts = _api(
+                prefect_server, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [runs["train-evaluate"]]}}}
+            )
+            summary = next(a for a in arts if a["key"] == "seggen-summary")
+            assert "Scores this run produced" in summary["data"] and "| seggen | validation |" in summary["data"]
+            page.goto(f"{ui}/artifacts/artifact/{summary['id']}", wait_until="networkidle")
+            page.get_by_text("Scores this run produced").first.wait_for(timeout=30_000)
+            page.screenshot(path=SCREENSHOTS / "prefect-summary.png", full_page=True)
+            runs["synthesis-only"] = _custom_run(
+                page, ui, prefect_server, "synthesis-only", ("Synthesize", "Steps"), new_syn, log_path
+            )
+            runs["full-pipeline"] = _custom_run(
+                page, ui, prefect_server, "full-pipeline", ("Segmenter", "Train", "Steps"), new_steps + 2, log_path
+            )
+            # MLflow's UI: the run-comparison view of two arms' evaluations
+            from mlflow import MlflowClient
+
+            client = MlflowClient(project["mlflow"])
+            exp_id = client.get_experiment_by_name("seggen").experiment_id
+            compared = [
+                client.search_runs([exp_id], f"tags.arm = '{arm}' and tags.split = 'validation'", max_results=1)[0]
+                for arm in ("baseline", "seggen")
+            ]
+            ids = json.dumps([r.info.run_id for r in compared])
+            page.goto(f"{project['mlflow']}/#/compare-runs?runs={ids}&experiments={json.dumps([exp_id])}")
+            page.get_by_text("validation/mIoU").first.wait_for(timeout=60_000)
+            page.wait_for_load_state("networkidle")
+            page.wait_for_timeout(3000)  # the plots render after the data arrives
+            page.screenshot(path=SCREENSHOTS / "mlflow-compare.png", full_page=True)
+            browser.close()
+    finally:
+        serve.terminate()
+        serve.wait(30)
+        log.close()
+    # no run changed the checkout: each is a DVC experiment with the form's value
+    assert (root / "params.yaml").read_bytes() == params_before
+    assert subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True).stdout == status
+    names = {d: _api(prefect_server, f"/flow_runs/{r}")["name"] for d, r in runs.items()}
+    assert _saved_params(root, env, names["train-evaluate"])["segmenter"]["train"]["steps"] == new_steps
+    assert _saved_params(root, env, names["synthesis-only"])["synthesize"]["steps"] == new_syn
+    assert _saved_params(root, env, names["full-pipeline"])["segmenter"]["train"]["steps"] == new_steps + 2
