@@ -333,13 +333,7 @@ def test_prefect_deployment_triggered_through_the_api(project, prefect_server):
             f"/deployments/{dep['id']}/create_flow_run",
             {"parameters": {"request": {"project_dir": str(root), "overrides": {"segmenter.train.steps": 6}}}},
         )
-        state = None
-        for _ in range(600):
-            state = _api(prefect_server, f"/flow_runs/{run['id']}")["state_type"]
-            if state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
-                break
-            time.sleep(1)
-        assert state == "COMPLETED", (root.parent / "serve.log").read_text()[-4000:]
+        _wait_run(prefect_server, run["id"], root.parent / "serve.log")
     finally:
         serve.terminate()
         serve.wait(30)
