@@ -444,6 +444,7 @@ def _saved_params(root: Path, env: dict, run_name: str) -> dict:
     return saved[0]["data"]["params"]["params.yaml"]["data"]
 
 
+@pytest.mark.timeout(1800)  # three flow runs through worktrees: 744 s measured beside a training
 def test_prefect_ui_typed_form_and_mlflow_comparison_in_a_browser(project, prefect_server):
     """As a user, in headless Chromium: each deployment's Custom run form shows the params with the
     project's values and config.py's descriptions; a bad value is refused by the server's validation
