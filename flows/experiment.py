@@ -50,7 +50,7 @@ def experiment_workspace(project: Path, dvc: str) -> Iterator[Path]:
         raise ExperimentError(f"{project}: not the root of its git checkout ({top})")
     cache = _lines(_run(project, dvc, "cache", "dir"))[-1].strip()
     # inside the project (git- and DVC-ignored .dvc/tmp): the same filesystem, so copies of the
-    # checkout's uncached outputs (checkpoints) are reflinks where the filesystem has them
+    # checkout's uncached outputs (check notes) are reflinks where the filesystem has them
     runs = project / ".dvc" / "tmp" / "seggen-runs"
     runs.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="seggen-exp-", dir=runs))
@@ -72,8 +72,9 @@ def experiment_workspace(project: Path, dvc: str) -> Iterator[Path]:
         _run(work, dvc, "cache", "dir", "--local", cache)
         # the outputs the checkout has (missing ones are simply rebuilt by their stages)
         subprocess.run([dvc, "checkout", "--quiet"], cwd=work, capture_output=True)
-        # and the uncached ones git does not carry (checkpoints, check notes): DVC re-runs a stage
-        # whose output is missing, and a training resumes from its checkpoints
+        # and the uncached ones git does not carry (check notes): DVC re-runs a stage whose output is
+        # missing. Trainings' checkpoints (no DVC outputs) stay out: a training this run must do
+        # starts from its params alone, so the experiment is what `dvc repro` of a fresh clone gives.
         for rel in uncached_outputs(work):
             src, dst = project / rel, work / rel
             if src.exists() and not dst.exists():
@@ -102,7 +103,7 @@ def uncached_outputs(work: Path) -> list[str]:
 def save_experiment(work: Path, name: str, dvc: str, stages: list[str]) -> str:
     """`dvc exp save` of the worktree's state (new metrics and plots included) as experiment `name`.
     DVC caches the outputs of `stages` (the ones this run ran): the others' lock entries are the
-    checkout's, and their resumable state (checkpoints, never cached) is not in the worktree."""
+    checkout's."""
     import fcntl
 
     untracked = _lines(_run(work, "git", "ls-files", "--others", "--exclude-standard"))

@@ -128,7 +128,7 @@ def test_summary_lists_what_ran_and_only_the_scores_this_run_wrote(tmp_path):
 
 def _tiny_dvc_project(tmp_path: Path):
     """A git + DVC project with one stage: params x -> out/value.txt (cached), score.json (metric) and
-    ckpt/ (resumable state like the trainings' checkpoints: persist, never cached, git-ignored).
+    ckpt/ (resumable state like the trainings' checkpoints: no DVC output, git-ignored).
     Returns (project, dvc, sh, env)."""
     import subprocess
     import sys
@@ -156,7 +156,7 @@ def _tiny_dvc_project(tmp_path: Path):
     )
     (proj / "dvc.yaml").write_text(
         "stages:\n  make:\n    cmd: python make.py\n    deps: [make.py]\n    params: [x]\n"
-        "    outs:\n      - out\n      - ckpt: {persist: true, cache: false}\n"
+        "    outs:\n      - out\n"
         "    metrics:\n      - score.json: {cache: false}\n"
     )
     (proj / ".gitignore").write_text("/ckpt\n")
@@ -185,8 +185,8 @@ def test_a_run_is_a_dvc_experiment_and_leaves_the_checkout_alone(tmp_path):
     assert name == "amber-okapi-01234567"
     with experiment_workspace(proj, dvc) as work:
         assert (work / "notes.txt").exists() and (work / "out" / "value.txt").read_text() == "1"  # from the cache
-        assert (work / "ckpt" / "state.txt").read_text() == "1"  # uncached state, copied in
-        assert "up to date" in sh(dvc, "status", cwd=work)  # so nothing re-runs for nothing
+        assert not (work / "ckpt").exists()  # resumable state is not the run's to share
+        assert "up to date" in sh(dvc, "status", cwd=work)  # nothing re-runs for nothing
         (work / "params.yaml").write_text("x: 5\n")
         subprocess.run([dvc, "repro", "-q"], cwd=work, check=True, env=env_path)
         save_experiment(work, name, dvc, ["make"])
@@ -195,9 +195,10 @@ def test_a_run_is_a_dvc_experiment_and_leaves_the_checkout_alone(tmp_path):
     shown = json.dumps(json.loads(sh(dvc, "exp", "show", "--json")))
     assert name in shown and '"score": 50' in shown
     sh(dvc, "exp", "apply", name)
-    # the run's in-place write of its state went to its own copy, not the checkout's
+    # the run's write of its state went to its worktree, not the checkout
     assert (proj / "out" / "value.txt").read_text() == "5" and (proj / "ckpt" / "state.txt").read_text() == "1"
     assert json.loads((proj / "score.json").read_text())["score"] == 50
+    assert "up to date" in sh(dvc, "status")  # promoted: nothing to re-run
 
 
 def test_two_runs_at_once_do_not_collide(tmp_path):

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import make_project
+from helpers import REPO, make_project
 
 pytestmark = pytest.mark.slow  # the whole pipeline through dvc repro, MLflow and Prefect: make test-slow
 
@@ -305,6 +305,23 @@ def _api(url: str, path: str, body: dict | None = None):
             time.sleep(2)
 
 
+def _wait_served(api_url: str, serve: subprocess.Popen, log: Path, expected: set[str], since: float = 0.0) -> None:
+    """Wait until `seggen serve` has registered (or updated, after `since`) exactly these deployments:
+    it registers them one after another."""
+    names = set()
+    for _ in range(120):
+        assert serve.poll() is None, log.read_text()[-3000:]
+        names = {
+            d["name"]
+            for d in _api(api_url, "/deployments/filter", {})
+            if datetime.fromisoformat(d["updated"]).timestamp() >= since
+        }
+        if names >= expected:
+            break
+        time.sleep(1)
+    assert names == expected
+
+
 def test_prefect_deployment_triggered_through_the_api(project, prefect_server):
     root = project["root"]
     env = {**project["env"], "PREFECT_API_URL": prefect_server}
@@ -315,16 +332,10 @@ def test_prefect_deployment_triggered_through_the_api(project, prefect_server):
     checkout = {f: (root / f).read_bytes() for f in ("params.yaml", "dvc.lock", "reports/summary.json")}
     status = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True).stdout
     try:
-        # serve registers the deployments one after another: wait for all of them (no bench: this
-        # project has no bench/dvc.yaml; tests/test_deploy_and_docker.py registers all four)
-        expected, names = {"full-pipeline", "synthesis-only", "train-evaluate"}, set()
-        for _ in range(120):
-            assert serve.poll() is None, (root.parent / "serve.log").read_text()[-3000:]
-            names = {d["name"] for d in _api(prefect_server, "/deployments/filter", {})}
-            if names >= expected:
-                break
-            time.sleep(1)
-        assert names == expected
+        # no bench deployment: the project has no bench/dvc.yaml yet (the browser test adds one)
+        _wait_served(
+            prefect_server, serve, root.parent / "serve.log", {"full-pipeline", "synthesis-only", "train-evaluate"}
+        )
         dep = _api(prefect_server, "/deployments/name/seggen-train-evaluate/train-evaluate")
         assert "request" in dep["parameter_openapi_schema"]["properties"]  # the UI's form comes from the pydantic model
         # as the UI does: create a flow run of the deployment with edited parameters
@@ -359,13 +370,14 @@ def test_prefect_deployment_triggered_through_the_api(project, prefect_server):
     exp_id = client.get_experiment_by_name("seggen").experiment_id
     tagged = client.search_runs([exp_id], f"tags.`dvc.experiment` = '{exp}'")
     assert {r.data.tags.get("seggen.stage") for r in tagged} >= {"train_segmenter@seggen", "report"}
-    # promoted with dvc exp apply: its params, lock, scores and cached outputs come into the checkout
-    # (not its trainings' checkpoints: uncached state that stayed in its worktree, so DVC then sees
-    # those checkpoint directories as changed -- docs/pipeline.md#prefect)
+    # promoted with dvc exp apply: its params, lock, scores and cached outputs come into the checkout,
+    # which is then up to date (checkpoints are no DVC outputs, so none is "missing")
     dvc(root, "exp", "apply", exp, env=env)
     lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
     assert lock["train_segmenter@seggen"]["params"]["params.yaml"]["segmenter"]["train"]["steps"] == 6
     assert (root / "models/segmenter/seggen/model/model.safetensors").is_file()
+    stale = json.loads(dvc(root, "status", "--json", env=env).stdout)
+    assert set(stale) <= {"check_models"}, stale  # the pre-flight runs on every repro (always_changed)
     arts = _api(prefect_server, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run["id"]]}}})
     md = next(a["data"] for a in arts if a["key"] == "seggen-summary")
     assert "| seggen | validation_shift |" in md and "#/experiments/" in md and f"dvc exp apply {exp}" in md
@@ -415,11 +427,18 @@ def _wait_run(api_url: str, run_id: str, log: Path) -> None:
     assert state == "COMPLETED", log.read_text()[-4000:]
 
 
-def _custom_run(page, ui: str, api_url: str, deployment: str, field: tuple[str, ...], value, log: Path) -> str:
-    """Deployments -> DEPLOYMENT -> Run -> Custom run: set one field of the typed form, Submit, wait for
-    the run to complete; returns its id."""
-    flow = {"full-pipeline": "pipeline", "synthesis-only": "synthesis", "train-evaluate": "train-evaluate"}
-    dep = _api(api_url, f"/deployments/name/seggen-{flow[deployment]}/{deployment}")
+FLOW_OF = {
+    "full-pipeline": "pipeline",
+    "synthesis-only": "synthesis",
+    "train-evaluate": "train-evaluate",
+    "bench": "bench",
+}
+
+
+def _submit_form(page, ui: str, api_url: str, deployment: str, field: tuple[str, ...], value) -> str:
+    """Deployments -> DEPLOYMENT -> Run -> Custom run: set one field of the typed form and Submit;
+    returns the id of the flow run the form created."""
+    dep = _api(api_url, f"/deployments/name/seggen-{FLOW_OF[deployment]}/{deployment}")
     page.goto(f"{ui}/deployments/deployment/{dep['id']}/run", wait_until="networkidle")
     box = _form_field(page, *field)
     box.fill(str(value))
@@ -431,30 +450,48 @@ def _custom_run(page, ui: str, api_url: str, deployment: str, field: tuple[str, 
         if new:
             break
         time.sleep(1)
-    assert len(new) == 1, "the form created no run"
-    run_id = new.pop()
-    _wait_run(api_url, run_id, log)
-    return run_id
+    assert len(new) == 1, f"the {deployment} form created no run"
+    return new.pop()
 
 
-def _saved_params(root: Path, env: dict, run_name: str) -> dict:
+def _add_tiny_bench(root: Path) -> None:
+    """The project gets the repo's bench/dvc.yaml (so `seggen serve` offers the bench deployment) with
+    the smallest ablation: one regime, the baseline group, one seed, no generator variants."""
+    (root / "bench").mkdir(exist_ok=True)
+    shutil.copy(REPO / "bench" / "dvc.yaml", root / "bench" / "dvc.yaml")
+    (root / "bench" / "tuning.md").write_text("## Tuning log\n\nnothing yet\n")
+    bench = yaml.safe_load((REPO / "bench" / "params.yaml").read_text())
+    bench.update(
+        segmenter={},
+        regimes={"full": {}},
+        ablation={"groups": {"baseline": {"strategy": "real"}}, "seeds": [0]},
+        variants={},
+    )
+    (root / "bench" / "params.yaml").write_text(yaml.safe_dump(bench, sort_keys=False))
+    subprocess.run(["git", "add", "bench"], cwd=root, check=True)
+    subprocess.run(["git", "commit", "-qm", "a tiny bench"], cwd=root, check=True)
+
+
+def _saved_params(root: Path, env: dict, run_name: str, params_file: str = "params.yaml") -> dict:
     exps = json.loads(dvc(root, "exp", "show", "--json", env=env).stdout)
     saved = [r for e in exps for x in e.get("experiments") or [] for r in x["revs"] if r["name"].startswith(run_name)]
     assert len(saved) == 1, [r["name"] for e in exps for x in e.get("experiments") or [] for r in x["revs"]]
-    return saved[0]["data"]["params"]["params.yaml"]["data"]
+    return saved[0]["data"]["params"][params_file]["data"]
 
 
-@pytest.mark.timeout(1800)  # three flow runs through worktrees: 744 s measured beside a training
+@pytest.mark.timeout(1800)  # four flow runs through worktrees: 744 s measured for three beside a training
 def test_prefect_ui_typed_form_and_mlflow_comparison_in_a_browser(project, prefect_server):
-    """As a user, in headless Chromium: each deployment's Custom run form shows the params with the
-    project's values and config.py's descriptions; a bad value is refused by the server's validation
-    and no run exists; a typed edit runs as a DVC experiment and completes, with its summary; the
+    """As a user, in headless Chromium: the Custom run form shows the params with the project's values
+    and config.py's descriptions; a bad value is refused by the server's validation and no run exists;
+    a typed edit of each of the four deployments' forms runs as a DVC experiment and completes (the
+    train-evaluate one with its summary; the other three at once, `seggen serve --limit 2`); the
     checkout never changes; MLflow's UI compares two arms' runs."""
     from playwright.sync_api import sync_playwright
 
     root = project["root"]
     env = {**project["env"], "PREFECT_API_URL": prefect_server}
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    _add_tiny_bench(root)
     status = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True).stdout
     params_before = (root / "params.yaml").read_bytes()
     current = yaml.safe_load(params_before)
@@ -462,24 +499,17 @@ def test_prefect_ui_typed_form_and_mlflow_comparison_in_a_browser(project, prefe
     log = open(log_path, "w")
     started = time.time()
     serve = subprocess.Popen(
-        [str(BIN / "seggen"), "serve", "--project", str(root)], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT
+        [str(BIN / "seggen"), "serve", "--project", str(root), "--limit", "2"],
+        cwd=root,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     ui = prefect_server.removesuffix("/api")
     runs = {}
     try:
-        # the earlier test registered the same deployments: wait until this serve has updated all three
-        fresh = set()
-        for _ in range(120):
-            assert serve.poll() is None, log_path.read_text()[-3000:]
-            fresh = {
-                d["name"]
-                for d in _api(prefect_server, "/deployments/filter", {})
-                if datetime.fromisoformat(d["updated"]).timestamp() >= started
-            }
-            if len(fresh) == 3:
-                break
-            time.sleep(1)
-        assert fresh == {"full-pipeline", "synthesis-only", "train-evaluate"}
+        # the earlier test registered three of them: wait until this serve has updated all four
+        _wait_served(prefect_server, serve, log_path, set(FLOW_OF), since=started)
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -502,9 +532,9 @@ def test_prefect_ui_typed_form_and_mlflow_comparison_in_a_browser(project, prefe
             # a typed custom run of each deployment, from the form
             new_steps = current["segmenter"]["train"]["steps"] - 1
             new_syn = current["synthesize"]["steps"] + 1
-            runs["train-evaluate"] = _custom_run(
-                page, ui, prefect_server, "train-evaluate", ("Segmenter", "Train", "Steps"), new_steps, log_path
-            )
+            field = ("Segmenter", "Train", "Steps")
+            runs["train-evaluate"] = _submit_form(page, ui, prefect_server, "train-evaluate", field, new_steps)
+            _wait_run(prefect_server, runs["train-evaluate"], log_path)
             page.goto(f"{ui}/runs/flow-run/{runs['train-evaluate']}", wait_until="networkidle")
             page.get_by_text("Completed").first.wait_for(timeout=30_000)
             page.screenshot(path=SCREENSHOTS / "prefect-run.png", full_page=True)
@@ -516,12 +546,14 @@ def test_prefect_ui_typed_form_and_mlflow_comparison_in_a_browser(project, prefe
             page.goto(f"{ui}/artifacts/artifact/{summary['id']}", wait_until="networkidle")
             page.get_by_text("Scores this run produced").first.wait_for(timeout=30_000)
             page.screenshot(path=SCREENSHOTS / "prefect-summary.png", full_page=True)
-            runs["synthesis-only"] = _custom_run(
-                page, ui, prefect_server, "synthesis-only", ("Synthesize", "Steps"), new_syn, log_path
+            # the other three submitted one after the other; serve runs two at a time
+            runs["synthesis-only"] = _submit_form(
+                page, ui, prefect_server, "synthesis-only", ("Synthesize", "Steps"), new_syn
             )
-            runs["full-pipeline"] = _custom_run(
-                page, ui, prefect_server, "full-pipeline", ("Segmenter", "Train", "Steps"), new_steps + 2, log_path
-            )
+            runs["full-pipeline"] = _submit_form(page, ui, prefect_server, "full-pipeline", field, new_steps + 2)
+            runs["bench"] = _submit_form(page, ui, prefect_server, "bench", field, new_steps + 3)
+            for name in ("synthesis-only", "full-pipeline", "bench"):
+                _wait_run(prefect_server, runs[name], log_path)
             # MLflow's UI: the run-comparison view of two arms' evaluations
             from mlflow import MlflowClient
 
@@ -548,3 +580,7 @@ def test_prefect_ui_typed_form_and_mlflow_comparison_in_a_browser(project, prefe
     assert _saved_params(root, env, names["train-evaluate"])["segmenter"]["train"]["steps"] == new_steps
     assert _saved_params(root, env, names["synthesis-only"])["synthesize"]["steps"] == new_syn
     assert _saved_params(root, env, names["full-pipeline"])["segmenter"]["train"]["steps"] == new_steps + 2
+    bench = _saved_params(root, env, names["bench"], "bench/params.yaml")
+    assert bench["segmenter"]["train"]["steps"] == new_steps + 3
+    arts = _api(prefect_server, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [runs["bench"]]}}})
+    assert "| full-baseline-s0 |" in next(a["data"] for a in arts if a["key"] == "seggen-summary")

@@ -122,14 +122,15 @@ def test_the_flows_read_their_stages_from_dvc_yaml(tmp_path):
 
 def test_git_tracks_every_metric_and_plot_and_no_cached_output():
     """What `dvc exp` commits: every metric and plot (cache: false: the curves, summaries, scores,
-    pictures) is visible to git; every cached output (models, datasets, predictions) and every
-    persist'ed checkpoint directory under models/ is ignored. Resolved by DVC itself (foreach / matrix / vars)."""
+    pictures) is visible to git; every cached output (models, datasets, predictions) is ignored, and so
+    is every training's checkpoint directory, which is no DVC output at all (a missing one would make
+    DVC retrain after `dvc pull` or `dvc exp apply`). Resolved by DVC itself (foreach / matrix / vars)."""
     import subprocess
     from pathlib import Path
 
     from dvc.repo import Repo
 
-    tracked, ignored = set(), set()
+    tracked, ignored, checkpoints = set(), set(), set()
     with Repo(str(REPO)) as repo:
         for stage in repo.index.stages:
             for out in stage.outs:
@@ -139,8 +140,13 @@ def test_git_tracks_every_metric_and_plot_and_no_cached_output():
                     ignored.add(rel)
                 elif out.metric or out.plot:
                     tracked.add(rel)
+                if rel.endswith("/model"):  # the training writes its checkpoints beside its model
+                    checkpoints.add(rel.removesuffix("/model") + "/checkpoints")
     assert "models/text2mask/train_summary.json" in tracked and "data/synthetic/masksyn.metrics.json" in tracked
-    assert "models/segmenter/seggen/model" in ignored and "models/prior/checkpoints" in ignored
+    assert "models/segmenter/seggen/model" in ignored and "models/prior/checkpoints" in checkpoints
+    assert not checkpoints & (ignored | tracked), sorted(checkpoints & (ignored | tracked))
+    assert {"models/segmenter/full-both-s0/checkpoints", "models/mask2img-leak/checkpoints"} <= checkpoints
+    ignored |= checkpoints
     paths = sorted(tracked | ignored)
     r = subprocess.run(
         ["git", "check-ignore", "--no-index", "--stdin"],
