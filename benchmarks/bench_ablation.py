@@ -50,6 +50,7 @@ def main() -> None:
     from seggen import tracking
 
     wall = float(sys.argv[sys.argv.index("--wall-seconds") + 1]) if "--wall-seconds" in sys.argv else None
+    note = sys.argv[sys.argv.index("--note") + 1] if "--note" in sys.argv else ""
     if "--run" in sys.argv:
         t = time.perf_counter()
         subprocess.run([str(Path(sys.executable).parent / "dvc"), "repro", "bench/dvc.yaml"], check=True)
@@ -63,10 +64,12 @@ def main() -> None:
     span = (max(r.info.end_time for r in runs) - min(r.info.start_time for r in runs)) / 1000
     rows = "\n".join(f"| {k} | {len(v)} | {sum(v) / 60:.1f} | {sum(v) / len(v):.0f} |" for k, v in kinds.items())
     total = sum(sum(v) for v in kinds.values())
-    body = f"""## Ablation bench (issue 7)
+    stages = len({r.data.tags[tracking.STAGE] for r in runs})
+    body = f"""## Ablation bench (issues 7, 16)
 
-Machine: {machine()}. `dvc repro bench/dvc.yaml` from no bench outputs (the main pipeline's data and
-captions up to date), MLflow on (local SQLite). Target: <= 60 min on 2 CPU cores.
+Machine: {machine()}. `dvc repro bench/dvc.yaml` from no bench outputs (the main pipeline's data,
+captions and generators up to date), MLflow on (local SQLite). Target: <= 90 min on 2 CPU cores (issue 16).
+{note}
 
 | measure | value |
 | --- | ---: |
@@ -79,7 +82,7 @@ captions up to date), MLflow on (local SQLite). Target: <= 60 min on 2 CPU cores
 {rows}
 
 `evaluate` counts one run per arm and split (one process per arm scores both splits). The rest of
-the wall time is DVC (hashing, locking) and starting a `seggen` process per stage (67 stages).
+the wall time is DVC (hashing, locking) and starting a `seggen` process per stage ({stages} stage runs).
 GPU: not measured (no GPU was lent to this session).
 """
     print(body)
