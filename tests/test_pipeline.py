@@ -276,7 +276,10 @@ def test_param_change_reruns_only_segmentation_and_failures_resume(project):
     r = dvc(root, "repro", env=env, check=False)
     assert r.returncode != 0 and "train_segmenter@seggen" in ran(r)
     assert not (root / "models/segmenter/seggen/model").exists()
+    # fixed with a new value (the old params' model would simply come back from DVC's cache: the
+    # checkpoints are no DVC outputs, so every output of the stage is cached)
     params["arms"]["seggen"].pop("synthetic_root")
+    params["arms"]["seggen"]["p_aug"] = 0.5
     rt.dump(params, root / "params.yaml")
     r = dvc(root, "repro", env=env)
     assert set(ran(r)) == {
