@@ -325,6 +325,15 @@ def _wait_served(api_url: str, serve: subprocess.Popen, log: Path, expected: set
     assert names == expected
 
 
+def _saved_experiment(root: Path, env: dict, run_name: str) -> dict:
+    """The one DVC experiment a flow run saved (named after the run), as `dvc exp show --json` lists it."""
+    exps = json.loads(dvc(root, "exp", "show", "--json", env=env).stdout)
+    revs = [r for e in exps for x in e.get("experiments") or [] for r in x["revs"]]
+    saved = [r for r in revs if r["name"].startswith(run_name)]
+    assert len(saved) == 1, [r["name"] for r in revs]
+    return saved[0]
+
+
 def test_prefect_deployment_triggered_through_the_api(project, prefect_server):
     root = project["root"]
     env = {**project["env"], "PREFECT_API_URL": prefect_server}
@@ -361,11 +370,9 @@ def test_prefect_deployment_triggered_through_the_api(project, prefect_server):
     assert {f: (root / f).read_bytes() for f in checkout} == checkout
     assert subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True).stdout == status
     name = _api(prefect_server, f"/flow_runs/{run['id']}")["name"]
-    exps = json.loads(dvc(root, "exp", "show", "--json", env=env).stdout)
-    saved = [r for e in exps for x in e.get("experiments") or [] for r in x["revs"] if r["name"].startswith(name)]
-    assert len(saved) == 1
-    exp = saved[0]["name"]
-    assert saved[0]["data"]["params"]["params.yaml"]["data"]["segmenter"]["train"]["steps"] == 6
+    saved = _saved_experiment(root, env, name)
+    exp = saved["name"]
+    assert saved["data"]["params"]["params.yaml"]["data"]["segmenter"]["train"]["steps"] == 6
     # its MLflow runs carry the experiment's name
     from mlflow import MlflowClient
 
@@ -476,10 +483,7 @@ def _add_tiny_bench(root: Path) -> None:
 
 
 def _saved_params(root: Path, env: dict, run_name: str, params_file: str = "params.yaml") -> dict:
-    exps = json.loads(dvc(root, "exp", "show", "--json", env=env).stdout)
-    saved = [r for e in exps for x in e.get("experiments") or [] for r in x["revs"] if r["name"].startswith(run_name)]
-    assert len(saved) == 1, [r["name"] for e in exps for x in e.get("experiments") or [] for r in x["revs"]]
-    return saved[0]["data"]["params"][params_file]["data"]
+    return _saved_experiment(root, env, run_name)["data"]["params"][params_file]["data"]
 
 
 @pytest.mark.timeout(1800)  # four flow runs through worktrees: 744 s measured for three beside a training
