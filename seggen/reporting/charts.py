@@ -30,7 +30,10 @@ def grouped_bars(
         ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2 if err else 0)
     ax.set_xticks(x, categories, rotation=30 if rotate else 0, ha="right" if rotate else "center", fontsize=8)
     ax.set_ylabel(ylabel)
-    ax.legend(fontsize=8)
+    ax.set_xlim(-0.6, len(categories) - 0.4)  # matplotlib's 5 % margin is wide blank space with many groups
+    ax.set_ylim(top=ax.get_ylim()[1] * 1.08)  # room for the value labels over the tallest bars
+    # legend above the axes, in one row: inside, it covered the value labels of the tallest bars
+    ax.legend(fontsize=8, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncols=len(series), frameon=False)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:

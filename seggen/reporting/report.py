@@ -65,5 +65,15 @@ def build_report(params: Params) -> dict:
         rel = os.path.relpath(path, out)
         lines += [f"**{caption}**", "", f"![{caption.split(' (')[0]}]({Path(rel).as_posix()})", ""]
     write_text(out / "report.md", "\n".join(lines))
-    grouped_bars(splits, {a: [arms[a][s]["mIoU"] for s in splits] for a in arms}, out / "miou.png", "mIoU (%)")
+    miou = {a: [arms[a][s]["mIoU"] for s in splits] for a in arms}
+    if len(arms) <= 4:  # a few arms side by side within each split
+        grouped_bars(splits, miou, out / "miou.png", "mIoU (%)")
+    else:  # many (the bench's arms x seeds): one group per arm, else the bars and labels are unreadable
+        grouped_bars(
+            list(arms),
+            {s: [miou[a][i] for a in arms] for i, s in enumerate(splits)},
+            out / "miou.png",
+            "mIoU (%)",
+            rotate=True,
+        )
     return summary
