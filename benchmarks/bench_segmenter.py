@@ -41,7 +41,7 @@ def main() -> None:
     t = time.perf_counter()
     model_dir = train_segmenter(p)
     wall = time.perf_counter() - t
-    info = json.loads((model_dir / "seggen_segmenter.json").read_text())["train"]
+    info = json.loads((Path(cfg.out) / "train_summary.json").read_text())
     rows = {}
     for split in ("validation", "validation_shift"):
         m = evaluate(p, model_dir, split, Path("outputs/bench_segmenter") / split)
@@ -60,7 +60,7 @@ def main() -> None:
         )
         shutil.rmtree(q.segmenter.out, ignore_errors=True)
         pdir = train_segmenter(q)
-        pinfo = json.loads((pdir / "seggen_segmenter.json").read_text())["train"]
+        pinfo = json.loads((Path(q.segmenter.out) / "train_summary.json").read_text())
         pan = {
             s: evaluate(q, pdir, s, Path("outputs/bench_segmenter_panoptic") / s)
             for s in ("validation", "validation_shift")

@@ -85,13 +85,14 @@ def test_strategies_draw_what_they_say(small_benchmark, tiny_synthetic, tmp_path
 def test_kill_and_resume_equals_uninterrupted(small_benchmark, tmp_path):
     from safetensors.torch import load_file
 
-    ref = tmp_path / "ref"
-    ref.mkdir()
-    params = seg_params(ref, small_benchmark, train={"steps": 8})
-    assert cli(params, "train", "segmenter").returncode == 0
+    # the same params (output paths included) twice: uninterrupted, set aside, then killed and resumed
     run = tmp_path / "run"
     run.mkdir()
     params = seg_params(run, small_benchmark, train={"steps": 8})
+    assert cli(params, "train", "segmenter").returncode == 0
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    (run / "seg").rename(ref / "seg")
     proc = subprocess.Popen(
         [sys.executable, "-m", "seggen.cli", "--params", str(params), "train", "segmenter"],
         stdout=subprocess.DEVNULL,
@@ -111,6 +112,14 @@ def test_kill_and_resume_equals_uninterrupted(small_benchmark, tmp_path):
     a = load_file(str(ref / "seg" / "model" / "model.safetensors"))
     b = load_file(str(run / "seg" / "model" / "model.safetensors"))
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    # the whole model directory, byte for byte (its DVC hash): the run's own steps and seconds are in
+    # train_summary.json beside it, which differs
+    files = sorted(f.name for f in (ref / "seg" / "model").iterdir())
+    assert files == sorted(f.name for f in (run / "seg" / "model").iterdir())
+    assert all((ref / "seg" / "model" / f).read_bytes() == (run / "seg" / "model" / f).read_bytes() for f in files)
+    done = [json.loads((d / "seg" / "train_summary.json").read_text()) for d in (ref, run)]
+    assert done[0]["steps_this_run"] == 8 and 0 < done[1]["steps_this_run"] < 8
+    assert done[0]["steps"] == done[1]["steps"] == 8 and all(d["seconds_this_run"] > 0 for d in done)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ Strategies (`segmenter.strategy`):
     concat             uniform draws from real x concat_repeat + synthetic
 
 Output (`segmenter.out`): checkpoints/step_XXXXXXX/ (resumable), model/ (save_pretrained +
-seggen_segmenter.json), train_log.json (loss per step).
+seggen_segmenter.json), train_log.json (loss per step), train_summary.json (steps, final loss, and this
+run's steps and seconds: kept out of model/ so that the model's bytes depend on the params only).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from seggen.config import Params
 from seggen.data.layout import detect_layout
 from seggen.data.meta import label_mismatch
 from seggen.errors import DataError
-from seggen.io import atomic_dir
+from seggen.io import atomic_dir, write_json
 from seggen.models import checkpoint as ckpt
 from seggen.models.checkpoint import resumable_checkpoint
 from seggen.outputs import check_dir, claim
@@ -227,16 +228,19 @@ def train_segmenter(params: Params, progress: bool = True) -> Path:
         "real_images": int(len(mix.real_idx)),
         "crop": tc.crop,
         "fingerprint": state["fingerprint"],
-        "train": {
-            "steps": total,
-            "steps_this_run": total - start,
-            "seconds_this_run": elapsed,
-            "final_loss": float(np.mean(losses[-20:])) if losses else None,
-        },
+        # only what the weights depend on: same params, same bytes (a resumed or re-run training
+        # gives the same model directory, hence the same DVC hash); the run's own figures go below
+        "train": {"steps": total, "final_loss": float(np.mean(losses[-20:])) if losses else None},
     }
     with atomic_dir(model_dir, "train segmenter", "segmenter.out") as tmp:
         accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
         (tmp / SEG_META).write_text(json.dumps(info, indent=2))
         save_image_processor(tmp, params.eval.ignore_index)
     write_loss_log(out / "train_log.json", losses)
+    this_run = {"steps_this_run": total - start, "seconds_this_run": elapsed}
+    write_json(out / "train_summary.json", {**info["train"], **this_run}, indent=2)
+    if live.run is not None:
+        import mlflow
+
+        mlflow.log_metrics({f"train/{k}": float(v) for k, v in this_run.items()})
     return model_dir
