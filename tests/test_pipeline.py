@@ -163,6 +163,8 @@ def test_mlflow_lineage(project):
     # live training metrics (every tracking.log_every steps) and system metrics on the training stages
     tr = children["train_segmenter@seggen"]
     assert "live/loss" in tr.data.metrics and any(k.startswith("system/") for k in tr.data.metrics)
+    # the run's own figures (train_summary.json, kept out of the model directory) are on the stage run
+    assert {"train/steps", "train/final_loss", "train/steps_this_run", "train/seconds_this_run"} <= set(tr.data.metrics)
 
     report = children["report"]
     assert (
