@@ -35,7 +35,7 @@ from seggen.models.checkpoint import resumable_checkpoint
 from seggen.outputs import check_dir, claim
 from seggen.segmenter.data import SegSource, augment, pixel_values, real_subset, synthetic_by_source, targets
 from seggen.segmenter.model import SEG_META, build_model, save_image_processor
-from seggen.training import LiveMetrics, make_accelerator, seed_for, step_bar, write_loss_log
+from seggen.training import LiveMetrics, make_accelerator, seed_for, step_bar, train_summary, write_loss_log
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +218,8 @@ def train_segmenter(params: Params, progress: bool = True) -> Path:
     model_dir = out / "model"
     if not accelerator.is_main_process:
         return model_dir
+    summary = train_summary(total, start, elapsed, losses)  # the generators' train_summary.json shape
+    summary.pop("loss")  # in train_log.json
     info = {
         "task": cfg.task,
         "strategy": cfg.strategy,
@@ -230,17 +232,16 @@ def train_segmenter(params: Params, progress: bool = True) -> Path:
         "fingerprint": state["fingerprint"],
         # only what the weights depend on: same params, same bytes (a resumed or re-run training
         # gives the same model directory, hence the same DVC hash); the run's own figures go below
-        "train": {"steps": total, "final_loss": float(np.mean(losses[-20:])) if losses else None},
+        "train": {"steps": total, "final_loss": summary["final_loss"]},
     }
     with atomic_dir(model_dir, "train segmenter", "segmenter.out") as tmp:
         accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
         (tmp / SEG_META).write_text(json.dumps(info, indent=2))
         save_image_processor(tmp, params.eval.ignore_index)
     write_loss_log(out / "train_log.json", losses)
-    this_run = {"steps_this_run": total - start, "seconds_this_run": elapsed}
-    write_json(out / "train_summary.json", {**info["train"], **this_run}, indent=2)
+    write_json(out / "train_summary.json", summary)
     if live.run is not None:
         import mlflow
 
-        mlflow.log_metrics({f"train/{k}": float(v) for k, v in this_run.items()})
+        mlflow.log_metrics({f"train/{k}": float(summary[k]) for k in ("steps_this_run", "seconds_this_run")})
     return model_dir
