@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser run lint test test-slow test-all bench bench-generators bench-synthesis bench-segmenter bench-pipeline bench-ablation ci-check clean-data
+.PHONY: install browser run lint test test-slow test-all gpu-check gpu-wheels bench bench-generators bench-synthesis bench-segmenter bench-pipeline bench-ablation ci-check clean-data
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,27 @@ browser:
 		{ DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
 		{ apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }; }; } || \
 		echo "note: no chromium (apt-get install chromium): the browser test will fail"
+
+# The real-size path on one GPU: SD-1.5 / SDXL generators, ControlNet and Mask2Former at their published
+# sizes (random weights), run through the stages; figures to gpu-check/ (docs/benchmarks.md, about 6 min on
+# an H200). With .venv it runs there; on a GPU machine without .venv or a registry, from the wheels that
+# `make gpu-wheels` downloads into .whl/ (carry that folder there).
+GPU_ARGS ?=
+gpu-check:
+	@if [ -x $(PY) ]; then SEGGEN_TRACKING=off $(PY) -m benchmarks.gpu_check $(GPU_ARGS); \
+	else sh benchmarks/gpu_check.sh $(GPU_ARGS); fi
+
+# What a GPU machine with python3, torch, transformers and accelerate lacks for the check, at the
+# versions of requirements.lock: CPython 3.12 x86-64 wheels, about 23 MB.
+GPU_WHEELS := diffusers pydantic pydantic_core annotated-types typing-inspection typing_extensions ruamel.yaml \
+	pycocotools importlib_metadata transformers regex
+GPU_PLATFORMS := manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64
+gpu-wheels:
+	rm -rf .whl && mkdir -p .whl
+	python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		$(addprefix --platform ,$(GPU_PLATFORMS)) -d .whl \
+		$$(for n in $(GPU_WHEELS); do grep -i "^$$n==" requirements.lock || { echo "$$n not in requirements.lock" >&2; exit 2; }; done)
+	@du -sh .whl
 
 bench: install
 	$(PY) -m benchmarks.run

@@ -128,8 +128,11 @@ def synthesize(
     with tracking.stage_run(f"synthesize_{strategy}" + (f"@{regime}" if regime else ""), logged) as mlrun:
         mlrun.log_dataset(params.data.root, "real", "source", cfg.split)
         mlrun.log_dataset(params.caption.out, "captions", "source")
-        gens = [cfg.mask2img] + ([cfg.text2mask] if strategy == "masksyn" else [])
-        mlrun.set_tags({f"generator.{Path(g).parent.name}": model_digest(Path(g)) for g in gens if Path(g).exists()})
+        if mlrun.run_id:  # hashing real generators reads gigabytes: only for a run that records it
+            gens = [cfg.mask2img] + ([cfg.text2mask] if strategy == "masksyn" else [])
+            mlrun.set_tags(
+                {f"generator.{Path(g).parent.name}": model_digest(Path(g)) for g in gens if Path(g).exists()}
+            )
         res = run(params, strategy, shard, num_shards, dask)
         mlrun.log_metrics({k: v for k, v in res.items() if isinstance(v, (int, float))}, prefix="synthesis/")
         if "kept" in res:  # the dataset is complete

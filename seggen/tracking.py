@@ -365,11 +365,18 @@ def stage_run(
     """A nested MLflow run for one stage (FAILED if the stage raises); NullRun when tracking is off.
     Reachability is checked here, before the stage computes anything. system_metrics: sample CPU,
     memory (and GPU) every this many seconds into the run (MLflow system metrics)."""
-    import mlflow
-
-    if not enabled():
+    if not enabled():  # mlflow is not imported: tracking off needs no MLflow installed
         yield NullRun()
         return
+    with _mlflow_stage_run(stage, params, project, system_metrics) as run:
+        yield run
+
+
+@contextmanager
+def _mlflow_stage_run(
+    stage: str, params: dict[str, Any] | None, project: Path, system_metrics: float | None
+) -> Iterator[StageRun]:
+    import mlflow
 
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)

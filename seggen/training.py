@@ -9,7 +9,9 @@ uninterrupted one exactly and outputs do not depend on the batch size.
 from __future__ import annotations
 
 import hashlib
+import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -92,25 +94,41 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         return None
 
 
+_observers: list = []
+
+
+@contextmanager
+def observe_steps(observer):
+    """Call `observer.start()` when a training loop starts and `observer.step(done, total, loss)` after
+    each of its optimizer steps, in this process (benchmarks time steps and read peak memory so)."""
+    _observers.append(observer)
+    try:
+        yield observer
+    finally:
+        _observers.remove(observer)
+
+
 class LiveMetrics:
     """Loss, learning rate and throughput sent to the active MLflow run (the stage's) every `every`
     steps while a training runs, so a long training can be watched in MLflow; a no-op without one
-    (tracking off, or a training called outside a stage)."""
+    (tracking off, or a training called outside a stage). Created right before the first step."""
 
     def __init__(self, every: int, samples_per_step: int, accelerator=None):
-        import mlflow
-
+        # no run can be active where mlflow was never imported (tracking off): it need not be installed
+        self.mlflow = sys.modules.get("mlflow")
         main = accelerator is None or accelerator.is_main_process
-        self.run = mlflow.active_run() if main else None
+        self.run = self.mlflow.active_run() if main and self.mlflow is not None else None
         self.every, self.samples = every, samples_per_step
         self.window: list[float] = []
         self.t = time.perf_counter()
         self.steps = 0
+        for o in _observers:
+            o.start()
 
     def step(self, done: int, loss: float, lr: float, total: int) -> None:
         """After optimizer step `done` (1-based) of `total`."""
-        import mlflow
-
+        for o in _observers:
+            o.step(done, total, loss)
         if self.run is None:
             return
         self.window.append(loss)
@@ -119,7 +137,7 @@ class LiveMetrics:
             return
         now = time.perf_counter()
         rate = self.steps / max(now - self.t, 1e-9)
-        mlflow.log_metrics(
+        self.mlflow.log_metrics(
             {
                 "live/loss": float(np.mean(self.window)),
                 "live/lr": float(lr),

@@ -12,8 +12,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 REAL = Path(os.environ.get("SEGGEN_REAL_SAMPLES", REPO.parent / "shared" / "real-samples"))
 
-# CPU-only and quiet, whatever the machine has
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # under pytest-xdist (`-n 2`) each worker, and every process it starts, gets one compute thread:
 # two workers on two cores instead of each oversubscribing both
@@ -22,6 +20,19 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # no MLflow tracking unless a test asks for it (tests/test_pipeline.py runs against a real server)
 os.environ["SEGGEN_TRACKING"] = "off"
 os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests run where CUDA is, and say why they skip elsewhere."""
+    gpu = [item for item in items if "gpu" in item.keywords]
+    if not gpu:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False here)")
+        for item in gpu:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

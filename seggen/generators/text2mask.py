@@ -92,6 +92,8 @@ def train_text2mask(params: Params, progress: bool = True) -> Path:
     else:  # frozen: not wrapped for distributed training, just placed
         unet, optimizer = accelerator.prepare(unet, optimizer)
         cond.to(accelerator.device)
+    if ema is not None:  # the shadow weights live where the UNet now trains (built and restored on the CPU)
+        ema.to(accelerator.device)
     tc = cfg.train
     bar = training.step_bar(tc.steps, start, "train text2mask", accelerator, progress)
     live = training.LiveMetrics(

@@ -36,7 +36,7 @@ from PIL import Image
 
 from seggen.captions import read_captions
 from seggen.config import Params
-from seggen.data.coco import segment_info
+from seggen.data.coco import segments_info
 from seggen.data.images import id2rgb
 from seggen.data.layout import open_split
 from seggen.data.meta import META_FILE, DatasetMeta
@@ -272,28 +272,32 @@ def panoptic_from_labels(
     labels: np.ndarray, instances: np.ndarray | None, meta: DatasetMeta
 ) -> tuple[np.ndarray, list[dict]]:
     """Panoptic ids + segments for a generated mask: one segment per stuff class; thing instances
-    from the instance map of an instance-aware Text2Mask, else 8-connected components."""
+    from the instance map of an instance-aware Text2Mask, else 8-connected components. Ids count up
+    from 1 in class order, then instance value (or component) order. Linear in the pixels, whatever
+    the number of segments."""
     from scipy import ndimage
 
     ids = np.zeros(labels.shape, np.uint32)
-    segments: list[dict] = []
+    order: list[tuple[int, int, int]] = []
     things = set(meta.thing_ids)
     eight = np.ones((3, 3), bool)
     for cls in (int(c) for c in np.unique(labels) if c != 0):
         region = labels == cls
-        if cls in things:
-            if instances is not None:
-                comp = np.where(region, instances, 0)
-                parts = [comp == v for v in np.unique(comp) if v != 0]
-            else:
-                comp, n = ndimage.label(region, structure=eight)
-                parts = [comp == v for v in range(1, n + 1)]
+        if cls in things and instances is not None:
+            inst = instances[region]
+            values = np.unique(inst[inst != 0])
+            comp = np.zeros(labels.shape, np.int64)
+            comp[region] = np.where(inst != 0, np.searchsorted(values, inst) + 1, 0)
+            n = len(values)
+        elif cls in things:
+            comp, n = ndimage.label(region, structure=eight)
         else:
-            parts = [region]
-        for m in parts:
-            segments.append(segment_info(len(segments) + 1, cls, m))
-            ids[m] = len(segments)
-    return ids, segments
+            comp, n = region.astype(np.int64), 1
+        base = len(order)
+        inside = comp > 0
+        ids[inside] = comp[inside] + base
+        order += [(base + k + 1, cls, 0) for k in range(n)]
+    return ids, segments_info(ids, order)
 
 
 def _source_size(plan: Plan, source: str) -> tuple[int, int]:
@@ -374,14 +378,9 @@ def _filter_and_write(plan: Plan, gens: Generators, job: Job, sample: dict) -> N
             scores.ignored_fraction = float(ignore[labelled].mean()) if labelled.any() else 0.0
             labels[ignore] = 0
             if pan is not None:
-                ids, segs = pan[0].copy(), pan[1]
+                ids = pan[0].copy()
                 ids[ignore] = 0
-                segs = [
-                    segment_info(s["id"], s["category_id"], ids == s["id"], s.get("iscrowd", 0))
-                    for s in segs
-                    if (ids == s["id"]).any()
-                ]
-                pan = (ids, segs)
+                pan = (ids, segments_info(ids, [(s["id"], s["category_id"], s.get("iscrowd", 0)) for s in pan[1]]))
         if gens.filter.sample and (miou is None or miou < gens.filter.min_miou):
             kept, reason = (
                 False,
