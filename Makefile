@@ -61,10 +61,12 @@ GPU_WHEELS := diffusers pydantic pydantic_core annotated-types typing-inspection
 	pycocotools importlib_metadata transformers regex
 GPU_PLATFORMS := manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64
 gpu-wheels:
-	rm -rf .whl && mkdir -p .whl
+	@set -e; pins=""; for n in $(GPU_WHEELS); do \
+		pin=$$(grep -i "^$$n==" requirements.lock) || { echo "error: $$n is not in requirements.lock" >&2; exit 2; }; \
+		pins="$$pins $$pin"; done; \
+	rm -rf .whl && mkdir -p .whl; \
 	python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-		$(addprefix --platform ,$(GPU_PLATFORMS)) -d .whl \
-		$$(for n in $(GPU_WHEELS); do grep -i "^$$n==" requirements.lock || { echo "$$n not in requirements.lock" >&2; exit 2; }; done)
+		$(addprefix --platform ,$(GPU_PLATFORMS)) -d .whl $$pins
 	@du -sh .whl
 
 bench: install

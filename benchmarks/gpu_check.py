@@ -355,12 +355,12 @@ class StepClock:
 
     def figures(self, samples_per_step: int) -> dict:
         n = len(self.times) - 1
-        skip = 2 if n >= 5 else 1 if n >= 2 else 0  # the first steps warm kernels and allocator up
+        skip = 2 if n >= 5 else 1  # the first steps warm kernels and allocator up: never timed
         span = self.times[-1] - self.times[skip] if n > skip else float("nan")
         rate = (n - skip) / span if n > skip and span > 0 else None
         return {
             "steps": n,
-            "steps_timed": n - skip,
+            "steps_timed": max(0, n - skip),
             "step_per_s": rate,
             "samples_per_s": rate * samples_per_step if rate else None,
             "first_step_s": self.times[1] - self.times[0] if n else None,
@@ -371,6 +371,13 @@ class StepClock:
 
 
 def host_rss_gib() -> float:
+    """This process's peak resident memory: VmHWM (Linux; ru_maxrss would start at the parent's peak)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024 / GiB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GiB
 
 
@@ -402,14 +409,15 @@ def _train_generator(work: Path, tiny: bool, kind: str) -> dict:
         out["parameters"] = build_sd(work / "sd15", captions, False, tiny, _device())
         out["build_s"] = time.perf_counter() - t
     cfg = getattr(p, kind)
+    out.update(resolution=cfg.resolution, batch=cfg.train.batch_size, ema=cfg.train.ema)
+    out["mixed_precision"] = cfg.train.mixed_precision
+    finish(work, kind, {"ok": False, "error": "incomplete", **out})  # what a failed part still reports
     clock = StepClock()
     t = time.perf_counter()
     with observe_steps(clock):
         stages.train_generator(p, kind)
     out["stage_s"] = time.perf_counter() - t
     out.update(clock.figures(cfg.train.batch_size * cfg.train.grad_accum))
-    out.update(resolution=cfg.resolution, batch=cfg.train.batch_size, ema=cfg.train.ema)
-    out["mixed_precision"] = cfg.train.mixed_precision
     return out
 
 
@@ -549,6 +557,8 @@ def part_synthesis(work: Path, tiny: bool) -> dict:
 
 
 def part_sdxl(work: Path, tiny: bool) -> dict:
+    import torch
+
     from seggen import stages
     from seggen.captions import read_captions
     from seggen.training import observe_steps
@@ -563,6 +573,9 @@ def part_sdxl(work: Path, tiny: bool) -> dict:
     out.update(resolution=cfg.resolution, batch=cfg.train.batch_size, ema=cfg.train.ema)
     out["mixed_precision"] = cfg.train.mixed_precision
     out["memory_savers"] = savers(cfg.train)
+    finish(work, "sdxl", {"ok": False, "error": "incomplete", **out})  # what a failed part still reports
+    if torch.cuda.is_available():  # the peak before the step: loading and encoding, not building
+        torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
 
     def done(clock: StepClock) -> None:
@@ -600,14 +613,15 @@ def part_mask2former(work: Path, tiny: bool) -> dict:
     out["backbone_parameters"] = build_backbone(work / "swin-t", tiny)
     out["build_s"] = time.perf_counter() - t
     tc = p.segmenter.train
+    out.update(crop=tc.crop, batch=tc.batch_size, mixed_precision=tc.mixed_precision)
+    out["decoder_layers"] = p.segmenter.model.decoder_layers
+    finish(work, "mask2former", {"ok": False, "error": "incomplete", **out})  # what a failed part still reports
     clock = StepClock()
     t = time.perf_counter()
     with observe_steps(clock):
         model_dir = stages.train_segmenter(p)
     out["stage_s"] = time.perf_counter() - t
     out.update(clock.figures(tc.batch_size * tc.grad_accum))
-    out.update(crop=tc.crop, batch=tc.batch_size, mixed_precision=tc.mixed_precision)
-    out["decoder_layers"] = p.segmenter.model.decoder_layers
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -640,6 +654,8 @@ def one_line(e: BaseException) -> str:
 
 def run_part(part: str, work: Path, tiny: bool) -> None:
     """The child: one part, its figures (or its one-line error) in WORK/results/PART.json."""
+    import traceback
+
     for name in ABSENT:  # as on a GPU machine without them: import fails, find_spec finds nothing
         sys.modules.setdefault(name, None)
     os.environ["SEGGEN_TRACKING"] = "off"
@@ -648,8 +664,6 @@ def run_part(part: str, work: Path, tiny: bool) -> None:
     try:
         result = {"ok": True, **globals()[f"part_{part}"](work, tiny)}
     except BaseException as e:  # noqa: BLE001 -- every failure is a finding, reported in one line
-        import traceback
-
         traceback.print_exc()
         partial = work / "results" / f"{part}.json"  # what the part measured before it failed
         result = {**(json.loads(partial.read_text()) if partial.exists() else {}), "ok": False, "error": one_line(e)}
@@ -683,23 +697,25 @@ def spawn(part: str, work: Path, tiny: bool, limit: float, log) -> dict:
     tail: list[bytes] = []
     pump = threading.Thread(target=_pump, args=(proc.stdout, [sys.stdout.buffer, log], tail), daemon=True)
     pump.start()
+    rc, error = None, None
     try:
         rc = proc.wait(timeout=max(1.0, limit))
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)
-        proc.wait()
-        pump.join(5)
-        partial = json.loads(result_path.read_text()) if result_path.exists() else {}  # what it measured
-        return {**partial, "ok": False, "error": f"timed out after {limit:.0f} s", "seconds": time.perf_counter() - t}
+        error = f"timed out after {limit:.0f} s"
     finally:
-        if proc.poll() is None:  # this process was stopped: so is the part
+        try:  # the part and anything it started; also when this process is being stopped
             os.killpg(proc.pid, 9)
-    pump.join(5)
-    if result_path.exists():
-        return json.loads(result_path.read_text())
-    last = [ln for ln in b"".join(tail).decode(errors="replace").splitlines() if ln.strip()]
-    why = last[-1].strip()[:300] if last else "no output"
-    return {"ok": False, "error": f"exit code {rc}: {why}", "seconds": time.perf_counter() - t}
+        except ProcessLookupError:
+            pass
+        proc.wait()
+        pump.join()  # the pipe closes with the last process of the group
+    result = json.loads(result_path.read_text()) if result_path.exists() else {}
+    if error is None and result.get("error") != "incomplete" and result:
+        return result
+    if error is None:
+        last = [ln for ln in b"".join(tail).decode(errors="replace").splitlines() if ln.strip()]
+        error = f"exit code {rc}: {last[-1].strip()[:300] if last else 'no output'}"
+    return {**result, "ok": False, "error": error, "seconds": time.perf_counter() - t}
 
 
 def environment() -> dict:
@@ -826,6 +842,8 @@ def table(report: dict) -> str:
     def row(name: str, setting: str, res: dict, result: str | None = None) -> None:
         ok = res.get("ok")
         result = result or ("ok" if ok else f"**failed**: `{res.get('error', '?')}`")
+        if res.get("steps") and res.get("steps_timed", 0) >= res["steps"]:  # no step but warm-up ones: no rate
+            res = {k: v for k, v in res.items() if k not in ("step_per_s", "samples_per_s")}
         lines.append(
             f"| {name} | {setting} | {result} | {_f(res.get('step_per_s'))} | {_f(res.get('samples_per_s'), '{:.1f}')} "
             f"| {_f(res.get('peak_gpu_gib'), '{:.1f}')} | {_f(res.get('peak_host_rss_gib'), '{:.1f}')} "
@@ -851,7 +869,7 @@ def table(report: dict) -> str:
             result = (
                 f"ok: the step took {_f(r.get('first_step_s'))} s (the first: with warm-up); "
                 f"{_f(r.get('peak_gpu_gib_before_step'), '{:.1f}')} GiB peak before it "
-                "(loading, VAE-encoding the split)"
+                "(its set-up: the models, the split's VAE latents)"
             )
         row("SDXL Text2Mask, one step", gen(r) + f", EMA {r.get('ema')}; savers: {savers}", r, result)
     if "mask2former" in parts:
@@ -903,6 +921,8 @@ def fail(message: str) -> None:
 def main() -> None:
     import torch
 
+    from benchmarks.common import DOC, update_section
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--tiny", action="store_true", help="tiny configs (the CPU check of the same code paths)")
     ap.add_argument("--out", type=Path, default=REPO / "gpu-check", help="where gpu_check.json/.md/.log go")
@@ -917,14 +937,20 @@ def main() -> None:
         run_part(a.part, a.work, a.tiny)
         return
     if a.record:
-        from benchmarks.common import update_section
-
-        update_section("gpu", table(json.loads(a.record.read_text())))
+        try:
+            report = json.loads(a.record.read_text())
+            text = table(report)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            fail(f"--record {a.record}: not a gpu_check.json ({type(e).__name__}: {e})")
+        update_section("gpu", text)
+        print(f"wrote the GPU check section of {DOC}")
         return
     parts = tuple(x.strip() for x in a.parts.split(",") if x.strip())
     bad = [x for x in parts if x not in PARTS]
-    if bad:
-        fail(f"--parts: unknown part {bad[0]!r} (expected some of {', '.join(PARTS)})")
+    if bad or not parts:
+        fail(f"--parts {a.parts}: expected some of {', '.join(PARTS)}, comma-separated")
+    if a.budget <= 0:
+        fail(f"--budget {a.budget:g}: seconds, more than 0")
     if not a.tiny and not torch.cuda.is_available():
         fail("the real-size check needs a CUDA GPU (torch sees none); --tiny runs the same code on any device")
     report = check(a.out, a.tiny, parts, a.budget, a.work, a.keep)

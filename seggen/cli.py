@@ -48,7 +48,17 @@ class _State:
         ov = parse_overrides(self.overrides)
         ov.update({k: v for k, v in (extra or {}).items() if v is not None})
         p = load_params(self.params_path, ov)
-        return p.variant(self.variant) if self.variant else p
+        return p.variant(self.value(self.variant, "--variant")) if self.variant else p
+
+    def value(self, value: str | None, option: str) -> str | None:
+        """An option's value; a template such as '{item.arm}' (what dvc.yaml passes) filled from the DVC
+        stage this command runs as (seggen.dvcstage), so that no params value passes through a shell."""
+        from seggen import dvcstage
+
+        if not dvcstage.is_template(value):
+            return value
+        tree = load_params(self.params_path, parse_overrides(self.overrides)).model_dump(mode="json")
+        return dvcstage.expand(value, option, tree, self.params_path.parent / "dvc.yaml")
 
 
 state = _State()
@@ -315,6 +325,7 @@ def train_segmenter_cmd(
     """Train Mask2Former on real (+ synthetic) data with the strategy of params.yaml (or of an arm)."""
     from seggen import stages
 
+    arm = state.value(arm, "--arm")
     if arm and (strategy or out):
         raise SeggenError("--arm sets the strategy and output; use `arms.ARM.*` keys (or --set) to change them")
     p = state.params(
@@ -403,6 +414,7 @@ def synthesize(
     """Build a MaskSyn or ImgSyn dataset at synthesize.out/STRATEGY (resumes an interrupted run)."""
     from seggen import stages
 
+    strategy, regime = state.value(strategy, "--strategy"), state.value(regime, "--regime")
     p = state.params({"synthesize.max_sources": max_sources})
     if regime:
         p = p.regime(regime)
@@ -449,6 +461,8 @@ def evaluate(
     """Run a Mask2Former on a split: mIoU/mAcc/aAcc/per-class IoU, and PQ + mask AP for panoptic."""
     from seggen import stages
 
+    arm = state.value(arm, "--arm")
+    split = [state.value(s, "--split") for s in split] if split else None
     p = state.params()
     if arm and model:
         raise SeggenError("give --arm or --model, not both")

@@ -6,15 +6,52 @@ params.yaml fails fast with one line instead of silently running with a default.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 from ruamel.yaml.error import YAMLError
 
 from seggen.errors import ConfigError, not_found
 
 DEFAULT_PARAMS = Path("params.yaml")
+
+# Paths and split names go into dvc.yaml's deps and outs and onto the file system, never through a
+# shell (the stage commands take no `${...}`); still, nothing a shell or DVC's `${}` would read gets
+# in: they are refused here, naming the key, and the Prefect form checks the same patterns.
+SAFE_PATH = r"^[\w .,/+=@%~:-]+$"
+SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+def _safe_path(value: Path) -> Path:
+    text = str(value)
+    if not re.fullmatch(SAFE_PATH[1:-1], text):
+        bad = sorted({c for c in text if not re.fullmatch(r"[\w .,/+=@%~:-]", c)}) or ["(empty)"]
+        shown = " ".join(map(repr, bad))
+        raise ValueError(f"a path of letters, digits, spaces and _ . , / + = @ % ~ : - only, not {shown}")
+    return value
+
+
+def _safe_name(value: str) -> str:
+    if not re.fullmatch(SAFE_NAME[1:-1], value):
+        raise ValueError("a name of letters, digits, _ . - (starting with a letter or digit, at most 64)")
+    return value
+
+
+SafePath = Annotated[
+    Path, AfterValidator(_safe_path), WithJsonSchema({"type": "string", "format": "path", "pattern": SAFE_PATH})
+]
+SplitName = Annotated[str, AfterValidator(_safe_name), WithJsonSchema({"type": "string", "pattern": SAFE_NAME})]
 
 
 def _yaml_load(text: str) -> Any:
@@ -67,7 +104,7 @@ class DataParams(_Section):
     """benchmark: rendered by `seggen prepare` | ade20k: an ADEChallengeData2016-layout root | coco: a COCO panoptic
     root (SPLIT/*.jpg, annotations/panoptic_SPLIT.json + PNGs), read as it is.
     """
-    root: Path = Path("data/benchmark")
+    root: SafePath = Path("data/benchmark")
     """The dataset's root directory (rendered there for the benchmark)."""
     benchmark: BenchmarkParams = BenchmarkParams()
     """The bundled benchmark's rendering (data.format benchmark only)."""
@@ -99,9 +136,9 @@ class CaptionParams(_Section):
     """label: captions from the label map (offline, no weights); blip: a BLIP/BLIP-2 model."""
     model: str | None = None
     """BLIP / BLIP-2 model id or local directory, for captioner blip."""
-    split: str = "training"
+    split: SplitName = "training"
     """The split whose images are captioned."""
-    out: Path = Path("data/captions.jsonl")
+    out: SafePath = Path("data/captions.jsonl")
     """The captions file (JSON lines)."""
     batch_size: int = Field(16, ge=1)
     """Images per captioner batch."""
@@ -204,7 +241,7 @@ class UNetParams(_Section):
 
 
 class GeneratorParams(_Section):
-    out: Path
+    out: SafePath
     """Where the trained model, its checkpoints and curves go."""
     resolution: int = Field(32, ge=8, le=2048)
     """Side of the generated images, pixels (pixel space; the VAE's input size with `pretrained`)."""
@@ -226,7 +263,7 @@ class GeneratorParams(_Section):
 
 
 class Text2MaskParams(GeneratorParams):
-    out: Path = Path("models/text2mask")
+    out: SafePath = Path("models/text2mask")
     """Where the trained Text2Mask, its checkpoints and curves go."""
     min_class_pixels: int = Field(4, ge=1)
     """A decoded class counts as present from this many pixels."""
@@ -244,7 +281,7 @@ class ControlNetParams(_Section):
 
 
 class Mask2ImgParams(GeneratorParams):
-    out: Path = Path("models/mask2img")
+    out: SafePath = Path("models/mask2img")
     """Where the trained Mask2Img, its checkpoints and curves go."""
     resolution: int = Field(64, ge=8, le=2048)
     """Side of the generated images, pixels (64 px draws the small things, people and cars, that 32 px cannot)."""
@@ -274,7 +311,7 @@ class Mask2ImgParams(GeneratorParams):
 class CorpusParams(_Section):
     """The captioned, unlabelled "web" corpus the prior learns from (seggen.data.corpus)."""
 
-    out: Path = Path("data/corpus")
+    out: SafePath = Path("data/corpus")
     """Where the corpus images and captions go."""
     num_images: int = Field(6000, ge=16)
     """Images in the corpus."""
@@ -298,7 +335,7 @@ class PriorParams(GeneratorParams):
 
     enabled: bool = True
     """Pretrain the prior and start Mask2Img from it (the benchmark's stand-in for SD/SDXL weights)."""
-    out: Path = Path("models/prior")
+    out: SafePath = Path("models/prior")
     """Where the pretrained prior, its checkpoints and curves go."""
     resolution: int = Field(64, ge=8, le=2048)
     """Side of the prior's images, pixels (must equal mask2img.resolution)."""
@@ -326,7 +363,7 @@ class FilterParams(_Section):
     """Ignore pixels whose loss exceeds margin x the class's mean loss on real data."""
     margin: float = Field(2.0, gt=0)
     """The pixel filter's margin."""
-    out: Path = Path("models/filter_segmenter")
+    out: SafePath = Path("models/filter_segmenter")
     """Where the scoring segmenter goes (trained once, reused while its params are unchanged)."""
     resolution: int = Field(64, ge=16, le=1024)
     """Images and masks are scored at this size, pixels."""
@@ -358,9 +395,9 @@ DEFAULT_STYLES = {
 
 
 class SynthesizeParams(_Section):
-    out: Path = Path("data/synthetic")
+    out: SafePath = Path("data/synthetic")
     """Where the datasets go: out/masksyn and out/imgsyn."""
-    split: str = "training"
+    split: SplitName = "training"
     """The real split whose captions and masks are the sources (captions from caption.out)."""
     max_sources: int | None = Field(200, ge=1)
     """A seeded random subset of the source images; null: all."""
@@ -390,9 +427,9 @@ class SynthesizeParams(_Section):
     """Local processes, each generating a share of the batches (shards); on CPUs two 1-thread processes beat one
     2-thread process. Use 1 on a single GPU.
     """
-    text2mask: Path = Path("models/text2mask/model")
+    text2mask: SafePath = Path("models/text2mask/model")
     """The trained Text2Mask model directory."""
-    mask2img: Path = Path("models/mask2img/model")
+    mask2img: SafePath = Path("models/mask2img/model")
     """The trained Mask2Img model directory."""
     styles: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_STYLES))
     """Style prompts: each Mask2Img prompt is the caption plus a style phrase drawn (per sample, from its seed) with
@@ -486,7 +523,7 @@ class SegTrainParams(_Section):
 class SegmenterParams(_Section):
     task: Literal["semantic", "panoptic"] = "semantic"
     """semantic (mIoU) or panoptic (PQ; needs panoptic annotations)."""
-    out: Path = Path("models/segmenter/baseline")
+    out: SafePath = Path("models/segmenter/baseline")
     """Where the trained segmenter goes (models/segmenter/ARM for the pipeline's arms)."""
     strategy: Literal["real", "augment", "pretrain_finetune", "concat"] = "real"
     """real: baseline | augment: each real sample replaced by a synthetic one with probability p_aug |
@@ -495,7 +532,7 @@ class SegmenterParams(_Section):
     """
     synthetic: tuple[Literal["masksyn", "imgsyn"], ...] = ("masksyn", "imgsyn")
     """The synthetic datasets mixed in (any strategy but real)."""
-    synthetic_root: Path = Path("data/synthetic")
+    synthetic_root: SafePath = Path("data/synthetic")
     """Directory holding the masksyn/ and imgsyn/ datasets."""
     p_aug: float = Field(0.15, ge=0, le=1)
     """augment: probability that a real sample is replaced by a synthetic one (the paper: 0.6 on ADE20K)."""
@@ -509,7 +546,7 @@ class SegmenterParams(_Section):
     """Training randomness (init, sampling, augmentation, loss points); null: the global `seed`. The real subset is
     drawn with the global seed, so the seeds of an ablation see the same images.
     """
-    split: str = "training"
+    split: SplitName = "training"
     """The real training split."""
     pretrained: str | None = None
     """A Mask2Former checkpoint id or directory (e.g. an ADE20K or COCO one); null: from scratch."""
@@ -524,24 +561,24 @@ class SegmenterParams(_Section):
 class EvaluateParams(_Section):
     """The pipeline's evaluate stage: every arm on every split (dvc.yaml matrix)."""
 
-    splits: tuple[str, ...] = ("validation", "validation_shift")
+    splits: tuple[SplitName, ...] = ("validation", "validation_shift")
     """The splits every arm is evaluated on: in-domain and shifted domain."""
     panoptic: bool = True
     """Also PQ and mask AP where the split has panoptic ground truth."""
     size: int | None = Field(None, ge=16)
     """Resize the short side to this many pixels; null: native size."""
-    out: Path = Path("reports/eval")
+    out: SafePath = Path("reports/eval")
     """Where evaluations go: out/ARM/SPLIT with metrics.json, scores.json and pictures."""
 
 
 class ReportParams(_Section):
-    out: Path = Path("reports")
+    out: SafePath = Path("reports")
     """Where the report goes: report.md, summary.json, miou.png."""
-    results: Path | None = None
+    results: SafePath | None = None
     """The ablation page (bench/params.yaml: docs/results.md), built from the evaluations' scores.json: mean ± std
     over seeds (arms named GROUP-sSEED), bar chart and sample grids in results' folder img/results/.
     """
-    notes: Path | None = None
+    notes: SafePath | None = None
     """A hand-written markdown file inlined into the results page (tuning log)."""
     reference: str = "baseline"
     """The group each regime's arms are compared with: REGIME-REFERENCE."""
@@ -601,16 +638,21 @@ class Params(_Section):
         default_factory=lambda: {
             "baseline": {"strategy": "real"},
             "seggen": {"strategy": "augment", "synthetic": ["masksyn", "imgsyn"]},
-        }
+        },
+        json_schema_extra={"propertyNames": {"pattern": _ARM_NAME}},
     )
     """The segmenter runs of the pipeline (dvc.yaml: train_segmenter foreach, evaluate matrix): each arm is a set of
     `segmenter` keys overriding that section; its model goes to models/segmenter/ARM
     """
-    regimes: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    regimes: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, json_schema_extra={"propertyNames": {"pattern": _ARM_NAME}}
+    )
     """Data regimes of an ablation (bench/params.yaml): each is a set of `synthesize` keys overriding that section
     (e.g. real_subset for the low-data regime); its datasets go to synthesize.out/REGIME
     """
-    variants: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    variants: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, json_schema_extra={"propertyNames": {"pattern": r"^[a-z0-9][a-z0-9_]{0,39}$"}}
+    )
     """Other generator setups of an ablation (bench/params.yaml), each a set of dotted keys of `prior`, `mask2img` and
     `synthesize` over these params; their corpus, prior, Mask2Img and synthetic data go beside the main ones with
     -NAME appended (Params.variant), and their arms are REGIME-NAME-sSEED, trained like ablation.variant_group on

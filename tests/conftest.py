@@ -24,12 +24,10 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 def pytest_collection_modifyitems(config, items):
     """`gpu` tests run where CUDA is, and say why they skip elsewhere."""
-    gpu = [item for item in items if "gpu" in item.keywords]
-    if not gpu:
-        return
     import torch
 
-    if not torch.cuda.is_available():
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if gpu and not torch.cuda.is_available():
         skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False here)")
         for item in gpu:
             item.add_marker(skip)

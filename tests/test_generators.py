@@ -428,3 +428,9 @@ def test_ema_and_bf16_train_checkpoint_and_resume(small_benchmark, tmp_path, cap
     ema = weights(model, "unet")
     assert any(not torch.equal(raw[k], ema[k]) for k in raw)
     torch.testing.assert_close(ema, weights(tmp_path / "t2m/checkpoints/step_0000004", "unet_ema"))
+    # and the EMA of the resumed run is the uninterrupted run's (its decay schedule continues from step 2)
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    keys = {"text2mask.train.ema": True, "text2mask.train.ema_decay": 0.9, "text2mask.train.mixed_precision": "bf16"}
+    ref = train_text2mask(load_params(tiny_params(whole, small_benchmark, steps=4, **keys)), progress=False)
+    torch.testing.assert_close(ema, weights(ref, "unet"), rtol=1e-5, atol=1e-6)

@@ -4,7 +4,9 @@ defaults (params.yaml mirrors config.py; profiles are deltas), lazy imports at t
 from __future__ import annotations
 
 import ast
+import re
 import shutil
+from pathlib import Path
 
 import yaml
 
@@ -193,3 +195,54 @@ def test_every_param_has_a_description_and_docs_params_md_is_current():
     assert (REPO / "docs" / "params.md").read_text() == params_doc.markdown(), (
         "docs/params.md is stale: seggen params describe --markdown > docs/params.md"
     )
+
+
+def _commands(dvcfile) -> dict[str, str]:
+    out = {}
+    for name, st in yaml.safe_load(dvcfile.read_text())["stages"].items():
+        out[name] = (st.get("do") or st)["cmd"]
+    return out
+
+
+def test_no_params_value_reaches_a_stage_command_line():
+    """DVC interpolates `${...}` into the shell command line; the commands name their items as
+    seggen templates instead ('{item.arm}'), so a value such as `a$(id)` is never executed."""
+    for dvcfile in (REPO / "dvc.yaml", REPO / "bench" / "dvc.yaml"):
+        for name, cmd in _commands(dvcfile).items():
+            assert "$" not in cmd and "`" not in cmd, f"{dvcfile.name}: {name}: {cmd}"
+            for template in re.findall(r"\{[^}]*\}", cmd):  # every template is one single-quoted word
+                assert re.search(r"'[^'\s]*" + re.escape(template) + r"[^'\s]*'", cmd), (name, cmd)
+
+
+def test_stage_templates_fill_as_dvc_interpolates(tmp_path, monkeypatch):
+    """The reference: DVC's own interpolation of the same commands written with `${...}`, for every
+    stage DVC generates from both dvc.yaml files with the shipped params (DVC started in the project
+    root, and in bench/: DVC_STAGE's path part differs, the stage found does not)."""
+    from dvc.repo import Repo
+
+    from seggen import dvcstage
+
+    work = tmp_path / "project"
+    (work / "bench").mkdir(parents=True)
+    for rel in ("params.yaml", "dvc.yaml", "bench/params.yaml", "bench/dvc.yaml"):
+        text = (REPO / rel).read_text()
+        if rel.endswith("dvc.yaml"):  # the same commands in DVC's own syntax
+            text = re.sub(r"'([^'\n]*)'", lambda m: re.sub(r"\{((?:key|item)[\w.]*)\}", r"${\1}", m.group(1)), text)
+        (work / rel).write_text(text)
+    Repo.init(str(work), no_scm=True)
+    params = {"dvc.yaml": REPO / "params.yaml", "bench/dvc.yaml": REPO / "bench" / "params.yaml"}
+    trees = {f: load_params(p).model_dump(mode="json") for f, p in params.items()}
+    for start in (work, work / "bench"):
+        monkeypatch.chdir(start)  # DVC_STAGE is the addressing relative to where DVC runs
+        stages = [s for s in Repo(str(work)).index.stages if "@" in s.addressing]
+        assert len(stages) > 40  # arms x splits, regimes x strategies, the bench's arms
+        for st in stages:
+            rel = Path(st.path).relative_to(work).as_posix()
+            template = _commands(REPO / rel)[st.name.partition("@")[0]]
+            monkeypatch.setenv("DVC_STAGE", st.addressing)
+
+            def fill(m, rel=rel):
+                return dvcstage.expand(m.group(1), "--opt", trees[rel], REPO / rel)
+
+            got = re.sub(r"'([^'\s]*\{[^'\s]*)'", fill, template)
+            assert " ".join(got.split()) == " ".join(st.cmd.split()), st.addressing

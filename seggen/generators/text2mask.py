@@ -84,6 +84,8 @@ def train_text2mask(params: Params, progress: bool = True) -> Path:
         if ema is not None:
             ckpt.load_weights(ema_model := type(unet).from_config(unet.config), last / "unet_ema")
             ema.shadow_params = [p.clone().detach() for p in ema_model.parameters()]
+            # one EMA update per optimizer step: its decay schedule goes on from here, not from 0
+            ema.optimization_step = saved["step"]
         start = saved["step"]
         log.info("resuming text2mask from %s (step %d)", last, start)
 
