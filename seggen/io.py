@@ -119,22 +119,41 @@ def write_jpeg(path: str | Path, rgb: np.ndarray, quality: int = 95) -> None:
         Image.fromarray(np.ascontiguousarray(rgb)).save(tmp, format="JPEG", quality=quality, subsampling=0)
 
 
+def target(path: str | Path) -> Path:
+    """Where seggen writes for `path`: a symbolic link is followed (the link stays; its target is
+    written, on the disk the user chose), so that an output root can live elsewhere."""
+    path = Path(path)
+    return path.resolve() if path.is_symlink() else path
+
+
+def _stale(path: Path) -> list[Path]:
+    """What an interrupted atomic_dir / staged_files may have left beside `path`: its temp and old
+    names, only those that carry seggen's marker (anything else with such a name is the user's)."""
+    from seggen.outputs import MARKER
+
+    names = [*path.parent.glob(f".{path.name}.*.tmp"), *path.parent.glob(f".{path.name}.*.old")]
+    names.append(path.with_name(f".{path.name}.old"))  # the name earlier versions used
+    return [p for p in names if p.is_dir() and not p.is_symlink() and (p / MARKER).is_file()]
+
+
 def remove_stale(path: Path) -> None:
-    """Remove what an interrupted atomic_dir/staged_files left beside `path` (only seggen's own temp names)."""
-    for stale in [*path.parent.glob(f".{path.name}.*.tmp"), path.with_name(f".{path.name}.old")]:
-        if stale.is_dir() and not stale.is_symlink():
-            shutil.rmtree(stale, ignore_errors=True)
-        elif stale.exists():
-            stale.unlink()
+    """Remove what an interrupted atomic_dir/staged_files left beside `path`: seggen's temp and old
+    directories (marked); a folder of the user's with such a name is left alone."""
+    for stale in _stale(target(path)):
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 @contextmanager
 def _built_beside(path: Path) -> Iterator[Path]:
     """A temp directory beside `path` (its parents made, and removed again if the block fails); OS
-    errors in the block name `path`, not the temp name. The temp directory is gone afterwards."""
+    errors in the block name `path`, not the temp name. The temp directory carries the marker from
+    the start (so that a killed run's leftover is recognised as seggen's) and is gone afterwards."""
+    from seggen.outputs import mark
+
     with created_parents(path):
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
         try:
+            mark(tmp, "a temporary directory of seggen's")
             with _named_os_errors(tmp, path):
                 yield tmp
         finally:
@@ -146,19 +165,20 @@ def _built_beside(path: Path) -> Iterator[Path]:
 def atomic_dir(path: str | Path, what: str, key: str = "output") -> Iterator[Path]:
     """Build a directory under a temp name and swap it in whole when the block succeeds. The new
     directory carries seggen's marker; an existing `path` is replaced only if seggen wrote it
-    (checked before the block runs, so nothing is computed for an output that cannot be written)."""
+    (checked before the block runs, so nothing is computed for an output that cannot be written).
+    A symbolic link at `path` is followed: its target is replaced, the link kept."""
     from seggen.outputs import check_dir, mark
 
-    path = Path(check_dir(path, key))
+    path = target(check_dir(path, key))
     with _built_beside(path) as tmp:
         yield tmp
         mark(tmp, what)
         default_modes(tmp)
         if path.exists():
             check_dir(path, key)  # still ours after the block ran
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
+            # a fresh name for the old one (never a folder that is already there), removed once swapped
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old)  # onto the empty directory just made
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
         else:
@@ -171,13 +191,15 @@ def staged_files(path: str | Path, what: str, key: str = "output") -> Iterator[P
     other tools keep there (DVC's .gitignore) survive. `path` must be absent, empty or seggen's; it
     is created (with the marker) only when the block succeeds. Entries are moved in name order; the
     caller names the file that marks completion so it sorts last or writes it after."""
-    from seggen.outputs import check_dir, claim
+    from seggen.outputs import MARKER, check_dir, claim
 
-    path = Path(check_dir(path, key))
+    path = target(check_dir(path, key))
     with _built_beside(path) as tmp:
         yield tmp
         claim(path, key, what)
         for entry in sorted(tmp.iterdir()):
+            if entry.name == MARKER:  # the temp directory's own; `path` has its marker from claim
+                continue
             dest = path / entry.name
             if dest.is_dir() and not dest.is_symlink():
                 shutil.rmtree(dest)
@@ -207,12 +229,15 @@ def sha256_file(path: Path) -> str:
 
 
 def file_digests(root: str | Path, exclude: set[str] = frozenset()) -> dict[str, list]:
-    """Relative path -> [size, sha256] of every file under `root` (sorted), but those in `exclude`."""
+    """Relative path -> [size, sha256] of every file under `root` (sorted), but those in `exclude`
+    and seggen's ownership marker (not content: it is rewritten when the directory is swapped in)."""
+    from seggen.outputs import MARKER
+
     root = Path(root)
     out = {}
     for f in sorted(p for p in root.rglob("*") if p.is_file()):
         rel = f.relative_to(root).as_posix()
-        if rel not in exclude:
+        if rel not in exclude and rel != MARKER:
             out[rel] = [f.stat().st_size, sha256_file(f)]
     return out
 

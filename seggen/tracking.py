@@ -58,19 +58,87 @@ def tracking_uri(project: Path = Path(".")) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(project / 'mlflow.db').resolve()}"
 
 
+# -- credentials: a tracking URI may carry them (http://user:password@host); they never reach an output
+
+
+def split_credentials(uri: str) -> tuple[str, str | None, str | None]:
+    """-> (the URI without user:password@, user, password), percent-decoded."""
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri, None, None
+    host = parts.netloc.rpartition("@")[2]
+    user = unquote(parts.username) if parts.username is not None else None
+    password = unquote(parts.password) if parts.password is not None else None
+    return urlunsplit(parts._replace(netloc=host)), user, password
+
+
+def redact(uri: str) -> str:
+    """The URI as messages, links and tags show it: user:***@host (a lone user part, often a token: ***@host)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    bare, user, password = split_credentials(uri)
+    if user is None and password is None:
+        return uri
+    parts = urlsplit(bare)
+    shown = f"{user}:***" if password is not None and user else "***"
+    return urlunsplit(parts._replace(netloc=f"{shown}@{parts.netloc}"))
+
+
+def scrub(text: str, uri: str) -> str:
+    """`text` (an error from a library, say) with the URI's password and the URI itself redacted."""
+    _, user, password = split_credentials(uri)
+    text = text.replace(uri, redact(uri))
+    for secret in (password, None if password is not None else user):
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def _use_credentials(uri: str) -> str:
+    """MLflow gets the URI without credentials and them as MLFLOW_TRACKING_USERNAME / _PASSWORD (which
+    it sends as basic auth), so that nothing MLflow prints or stores -- its "View run at" links, run
+    tags -- holds them. -> the bare URI."""
+    bare, user, password = split_credentials(uri)
+    if user is not None:
+        os.environ.setdefault("MLFLOW_TRACKING_USERNAME", user)
+        if password is not None:
+            os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", password)
+    return bare
+
+
+def _auth_header() -> dict[str, str]:
+    """What MLflow would send: a bearer token, or basic auth from the username / password variables."""
+    import base64
+
+    if os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        return {"Authorization": f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}"}
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user is None:
+        return {}
+    token = base64.b64encode(f"{user}:{password or ''}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """Fail before any compute when a tracking server is named but does not answer."""
+    """Fail before any compute when a tracking server is named but does not answer. Credentials in
+    the URI are sent as basic auth (not read as part of the host name)."""
     if not uri.startswith(("http://", "https://")):
         return
+    bare = _use_credentials(uri)
+    request = urllib.request.Request(bare.rstrip("/") + "/health", headers=_auth_header())
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
+        with urllib.request.urlopen(request, timeout=timeout) as r:
             if r.status == 200:
                 return
             reason = f"HTTP {r.status}"
+    except urllib.error.HTTPError as e:  # it answered, but not OK: credentials refused (401/403), a proxy...
+        reason = f"/health answered HTTP {e.code} {e.reason}"
     except (urllib.error.URLError, OSError) as e:
         reason = str(getattr(e, "reason", e))
     raise TrackingError(
-        f"MLFLOW_TRACKING_URI={uri}: tracking server unreachable ({reason}); "
+        f"MLFLOW_TRACKING_URI={redact(uri)}: tracking server unreachable ({scrub(reason, uri)}); "
         f"start it, unset MLFLOW_TRACKING_URI for the local store, or run offline with {TRACKING_ENV}=off"
     )
 
@@ -344,15 +412,16 @@ def open_client(project: Path = Path(".")):
     """A client for the tracking store; an unusable MLFLOW_TRACKING_URI fails here, in one line."""
     from mlflow import MlflowClient
 
-    uri = tracking_uri(project)
-    check_reachable(uri)
+    given = tracking_uri(project)
+    check_reachable(given)
+    uri = _use_credentials(given)  # what MLflow is given: no credentials (they go as its auth variables)
     try:
         client = MlflowClient(uri)
         client.search_experiments(max_results=1)  # resolves the store: an unknown scheme or a bad database fails here
     except Exception as e:  # mlflow raises several unrelated types for a bad URI
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise TrackingError(
-            f"MLFLOW_TRACKING_URI={uri}: not a usable tracking store ({first[:200]}); "
+            f"MLFLOW_TRACKING_URI={redact(given)}: not a usable tracking store ({scrub(first, given)[:200]}); "
             f"unset it for the local store, or run offline with {TRACKING_ENV}=off"
         ) from None
     return client, uri
@@ -414,6 +483,8 @@ def _mlflow_stage_run(
 
 
 def run_url(uri: str, experiment_id: str, run_id: str) -> str:
+    """A run's page in the MLflow UI (no credentials in the link: the browser asks for them)."""
+    uri = split_credentials(uri)[0]
     base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
     return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
 

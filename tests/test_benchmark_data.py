@@ -156,10 +156,20 @@ def test_prepare_checks_every_file_before_up_to_date(tmp_path):
     assert r.returncode == 0 and f"{ann.relative_to(tmp_path)}: changed" in r.stderr and digest_tree(root) == before
     r = _prepare(tmp_path)
     assert r.returncode == 0 and "rendering" not in r.stderr  # intact: up to date
-    # a stale temp dir of a killed run goes even when nothing is to be done
+    # a stale temp dir of a killed run (marked from its start) goes even when nothing is to be done;
+    # folders of the user's with seggen's temp or old names stay, with everything in them
     stale = tmp_path / "data" / ".benchmark.abc123.tmp"
     (stale / "images").mkdir(parents=True)
+    (stale / ".seggen").write_text("Written by seggen (a temporary directory of seggen's).\n")
+    mine = [tmp_path / "data" / ".benchmark.old", tmp_path / "data" / ".benchmark.x1.tmp"]
+    for d in mine:
+        d.mkdir()
+        (d / "notes.txt").write_text("mine")
     assert _prepare(tmp_path).returncode == 0 and not stale.exists() and digest_tree(root) == before
+    assert _prepare(tmp_path, "--set", "data.benchmark.num_val=4").returncode == 0  # re-rendered: swapped
+    assert all((d / "notes.txt").read_text() == "mine" for d in mine)
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [".benchmark.old", ".benchmark.x1.tmp", "benchmark"]
+    assert _prepare(tmp_path, "--set", "data.benchmark.num_val=3").returncode == 0 and digest_tree(root) == before
     # someone else's file in the dataset: reported, never deleted
     (root / "notes.txt").write_text("mine")
     r = _prepare(tmp_path, "--set", "data.benchmark.num_val=4")
@@ -186,3 +196,21 @@ def test_prepare_never_replaces_a_real_dataset(ade_root, tmp_path):
         f"error: data.root {real}: the directory exists and was not written by seggen"
     )
     assert digest_tree(real) == before and sorted(p.name for p in tmp_path.iterdir()) == ["ADEChallengeData2016"]
+
+
+def test_a_symlinked_root_is_followed_and_kept(tmp_path):
+    """data.root as a link to another disk: the dataset is rendered and re-rendered at the link's
+    target; the link stays a link, and nothing is left beside it."""
+    elsewhere = tmp_path / "other_disk" / "bench"
+    elsewhere.mkdir(parents=True)
+    (tmp_path / "data").mkdir()
+    link = tmp_path / "data" / "benchmark"
+    link.symlink_to(elsewhere)
+    (tmp_path / "params.yaml").write_text("data:\n  benchmark:\n    num_train: 4\n    num_val: 2\n    num_val_shift: 2\n")
+    assert _prepare(tmp_path).returncode == 0
+    r = _prepare(tmp_path, "--set", "data.benchmark.num_val=3")
+    assert r.returncode == 0, r.stderr
+    assert link.is_symlink() and link.resolve() == elsewhere.resolve()
+    assert len(list((elsewhere / "images" / "validation").iterdir())) == 3
+    assert [p.name for p in (tmp_path / "data").iterdir()] == ["benchmark"]
+    assert sorted(p.name for p in elsewhere.parent.iterdir()) == ["bench"]  # no temp or old dirs left

@@ -345,3 +345,69 @@ def test_panoptic_json_is_checked_fully(real, tmp_path, edit, message):
     j.write_text(json.dumps(d))
     with pytest.raises(DataError, match=message):
         CocoPanoptic(j, real / "coco/annotations/panoptic_val2017")
+
+
+def _save(path, im, fmt, **kw):
+    im.save(path, format=fmt, **kw)
+    return path
+
+
+@pytest.mark.parametrize(
+    "mode, make, fmt, mean",
+    [
+        ("RGB", lambda: Image.new("RGB", (8, 6), (10, 20, 30)), "PNG", 20),
+        ("RGBA", lambda: Image.new("RGBA", (8, 6), (10, 20, 30, 0)), "PNG", 20),  # alpha dropped, not composited
+        ("L", lambda: Image.new("L", (8, 6), 100), "PNG", 100),
+        ("LA", lambda: Image.new("LA", (8, 6), (100, 7)), "PNG", 100),
+        ("1", lambda: Image.new("1", (8, 6), 1), "PNG", 255),
+        ("CMYK", lambda: Image.new("CMYK", (8, 6), (0, 255, 255, 0)), "TIFF", 85),  # pure red
+        ("I;16", lambda: Image.fromarray(np.full((6, 8), 32768, np.uint16)), "PNG", 128),  # 32768 * 255/65535
+        ("I;16 dark", lambda: Image.fromarray(np.full((6, 8), 257, np.uint16)), "PNG", 1),
+        ("I", lambda: Image.fromarray(np.full((6, 8), 65535, np.int32)), "TIFF", 255),
+    ],
+)
+def test_every_image_mode_decodes_as_the_file_means(tmp_path, mode, make, fmt, mean):
+    from seggen.data.images import load_rgb
+
+    rgb = load_rgb(_save(tmp_path / "x.img", make(), fmt))
+    assert rgb.shape == (6, 8, 3) and rgb.dtype == np.uint8
+    assert abs(float(rgb.mean()) - mean) < 0.5, (mode, rgb.mean())
+
+
+def test_palette_images_look_their_colours_up(tmp_path):
+    from seggen.data.images import load_rgb
+
+    im = Image.new("P", (8, 6), 1)
+    im.putpalette([0, 0, 0, 200, 100, 0] + [0] * 762)
+    assert load_rgb(_save(tmp_path / "p.png", im, "PNG"))[0, 0].tolist() == [200, 100, 0]
+    im.info["transparency"] = 1  # a palette with a transparent entry (PIL reads it as P, or PA in memory)
+    assert load_rgb(_save(tmp_path / "pt.png", im, "PNG", transparency=1))[0, 0].tolist() == [200, 100, 0]
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    """A phone photo stored sideways with orientation 6 ("rotate 90 clockwise to view") loads upright."""
+    from seggen.data.images import load_rgb
+
+    a = np.zeros((4, 8, 3), np.uint8)
+    a[:, :4] = 255  # left half white, stored 8 wide x 4 high
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rgb = load_rgb(_save(tmp_path / "o.jpg", Image.fromarray(a), "JPEG", exif=exif, quality=100))
+    assert rgb.shape == (8, 4, 3)  # upright: 4 wide x 8 high
+    assert rgb[:3].mean() > 200 and rgb[5:].mean() < 50  # the white half is now on top
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Image.fromarray(np.full((6, 8), 0.5, np.float32)),  # F: 0..1 or 0..255? no one meaning
+        lambda: Image.fromarray(np.full((6, 8), 70000, np.int32)),  # beyond 16 bits
+    ],
+    ids=["float", "int32-beyond-16-bit"],
+)
+def test_images_without_an_8_bit_meaning_are_refused_naming_the_file(tmp_path, make):
+    from seggen.data.images import load_rgb
+
+    path = _save(tmp_path / "x.tif", make(), "TIFF")
+    with pytest.raises(DataError, match=r"x\.tif: "):
+        load_rgb(path)

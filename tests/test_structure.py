@@ -246,3 +246,42 @@ def test_stage_templates_fill_as_dvc_interpolates(tmp_path, monkeypatch):
 
             got = re.sub(r"'([^'\s]*\{[^'\s]*)'", fill, template)
             assert " ".join(got.split()) == " ".join(st.cmd.split()), st.addressing
+
+
+def test_cached_outputs_stay_ignored_without_dvcs_gitignore_entries(tmp_path):
+    """A failed `dvc repro` deletes the entries DVC wrote into the .gitignore files beside its outputs:
+    the root .gitignore alone must still ignore every cached output of both pipelines (so `git add -A`
+    never adds a dataset), and must not ignore the git-tracked metrics and plots (cache: false)."""
+    import subprocess
+
+    from dvc.repo import Repo
+
+    cached, tracked = set(), set()
+    for st in Repo(str(REPO)).index.stages:
+        for out in st.outs:
+            rel = Path(out.fs_path).relative_to(REPO).as_posix()
+            (cached if out.use_cache else tracked).add(rel)
+    in_git = set(subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True).stdout.split())
+    tracked &= in_git  # cache: false outputs that git keeps (metrics, plots; not the pre-flight notes)
+    assert {"data/benchmark", "data/synthetic/masksyn", "models/segmenter/baseline/model"} <= cached
+    assert "data/synthetic/masksyn.metrics.json" in tracked
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    shutil.copy(REPO / ".gitignore", tmp_path / ".gitignore")  # and no other .gitignore
+    paths = sorted(cached | tracked)
+    for rel in paths:  # each output as a file inside a folder of its name (a directory output)
+        f = tmp_path / rel / "part.bin" if rel in cached else tmp_path / rel
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text("x")
+    probe = [f"{rel}/part.bin" if rel in cached else rel for rel in paths]
+    r = subprocess.run(
+        ["git", "check-ignore", "--stdin", "-n", "-v"],
+        cwd=tmp_path,
+        input="\n".join(probe),
+        capture_output=True,
+        text=True,
+    )
+    # -v -n: "SOURCE:LINE:PATTERN<TAB>PATH", "::<TAB>PATH" when no pattern matches; a "!" pattern re-includes
+    matches = [line.split("\t") for line in r.stdout.splitlines()]
+    ignored = {path for where, path in matches if where != "::" and not where.split(":", 2)[2].startswith("!")}
+    assert {f"{rel}/part.bin" for rel in cached} <= ignored, sorted({f"{r}/part.bin" for r in cached} - ignored)
+    assert not (tracked & ignored), sorted(tracked & ignored)

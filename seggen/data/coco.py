@@ -14,7 +14,7 @@ import io
 import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -41,6 +41,17 @@ def _require(d: Any, keys: tuple[str, ...], path: Path, what: str) -> None:
     for k in keys:
         if k not in d:
             raise DataError(f"{path}: {what} has no '{k}'")
+
+
+def _member(name: Any, path: Path, what: str) -> str:
+    """A file name from a dataset's JSON: relative, inside its folder (no absolute path, no `..`, no
+    drive or backslash), so that a JSON can never make seggen read outside the dataset."""
+    if not isinstance(name, str) or not name.strip():
+        raise DataError(f"{path}: {what} file_name must be a non-empty string, got {name!r}"[:300])
+    pure = PurePosixPath(name)
+    if pure.is_absolute() or ".." in pure.parts or "\\" in name or (len(name) > 1 and name[1] == ":") or "\0" in name:
+        raise DataError(f"{path}: {what} file_name {name!r} points outside the dataset (absolute, or with ..)"[:300])
+    return name
 
 
 def _int(v: Any, path: Path, what: str) -> int:
@@ -81,6 +92,7 @@ def validate_images(data: dict, path: Path, sizes: bool) -> dict[int, dict]:
     for im in _list(data, "images", path, "top level"):
         _require(im, ("id", "file_name") + (("height", "width") if sizes else ()), path, "image")
         iid = _int(im["id"], path, f"image {im.get('file_name')!r} id")
+        _member(im["file_name"], path, f"image {iid}")
         if iid in out:
             raise DataError(f"{path}: image id {iid} appears twice")
         if im["file_name"] in names:
@@ -110,7 +122,7 @@ def validate_panoptic(
     seen_files: set[str] = set()
     for a in anns:
         _require(a, ("image_id", "file_name", "segments_info"), path, "annotation")
-        name = a["file_name"]
+        name = _member(a["file_name"], path, "annotation")
         iid = _int(a["image_id"], path, f"annotation {name} image_id")
         if imgs and iid not in imgs:
             raise DataError(f"{path}: annotation {name} references unknown image_id {iid}")

@@ -25,12 +25,34 @@ def _open(path: Path) -> Image.Image:
     return im
 
 
+# modes whose meaning as an 8-bit RGB image is defined: PIL converts them (alpha dropped, as OpenCV's
+# IMREAD_COLOR, which mmsegmentation and detectron2-style loaders use, does; palettes looked up)
+_RGB_CONVERTIBLE = {"RGB", "RGBA", "RGBX", "RGBa", "L", "LA", "La", "P", "PA", "1", "CMYK", "YCbCr"}
+_SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+
+
 def load_rgb(path: str | Path) -> np.ndarray:
-    """HxWx3 uint8."""
-    im = _open(Path(path))
-    if im.mode != "RGB":
-        im = im.convert("RGB")
-    return np.asarray(im, dtype=np.uint8)
+    """HxWx3 uint8, as the file means it: the EXIF orientation applied (as OpenCV and detectron2 do),
+    alpha dropped, palettes looked up, 16-bit grey scaled to 8 bits (v * 255 / 65535, rounded: not
+    clipped, which would make most of a 16-bit image white). Modes without one meaning as an 8-bit
+    image (32-bit float, integers beyond 16 bits, LAB, HSV) are refused naming the file."""
+    from PIL import ImageOps
+
+    path = Path(path)
+    im = _open(path)
+    if (im.getexif() or {}).get(0x0112, 1) != 1:  # the orientation tag: rotate or flip as a viewer shows it
+        im = ImageOps.exif_transpose(im)
+    if im.mode == "RGB":
+        return np.asarray(im, dtype=np.uint8)
+    if im.mode in _SIXTEEN_BIT:
+        a = np.asarray(im).astype(np.int64)
+        if a.size and (a.min() < 0 or a.max() > 65535):
+            raise DataError(f"{path}: a {im.mode} image with values outside 0..65535: not an image seggen can read")
+        grey = np.rint(a * (255 / 65535)).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    if im.mode not in _RGB_CONVERTIBLE:
+        raise DataError(f"{path}: image mode {im.mode} has no defined 8-bit RGB meaning (save it as 8-bit RGB)")
+    return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
 def load_label_png(path: str | Path) -> np.ndarray:
