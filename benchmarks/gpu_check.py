@@ -234,7 +234,7 @@ def check_params(work: Path, tiny: bool, part: str | None = None):
     r = 64 if tiny else 512
     batch = 4 if tiny else 16
     steps = 3 if tiny else 20
-    never = 10**8  # no checkpoint but the final one
+    never = 10**7  # no checkpoint but the final one (checkpoint_every at its bound)
     train = {"steps": steps, "batch_size": batch, "checkpoint_every": never, "warmup_steps": 1}
     sets = {
         "data.format": "benchmark",

@@ -568,7 +568,14 @@ def export_detectron2_cmd(
 def eval_semantic(
     pred: Annotated[Path, typer.Option(help="Directory of predicted label PNGs.")],
     gt: Annotated[Path, typer.Option(help="Directory of ground-truth label PNGs (same file stems).")],
-    num_classes: Annotated[int, typer.Option(help="Number of classes N (predictions are 0..N-1).")],
+    num_classes: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=4096,
+            help="Number of classes N (predictions are 0..N-1; at most 4096: an N x N confusion matrix).",
+        ),
+    ],
     reduce_zero_label: Annotated[
         bool,
         typer.Option(
@@ -722,7 +729,13 @@ def main() -> None:
         _fail(f"{where + ': ' if where else ''}{e.strerror or e}", 2, debug)
     except KeyboardInterrupt:
         _fail("interrupted", 130, debug)
+    except MemoryError:
+        _fail("out of memory (host RAM): lower the batch size, resolution or class count, or free memory", 2, debug)
     except Exception as e:
+        text = str(e)
+        if "No space left on device" in text or "os error 28" in text.lower() or "code: 28" in text:
+            # a full disk raised as another library's error (safetensors' SafetensorError, ...)
+            _fail(f"the disk is full: No space left on device ({type(e).__name__} while writing)", 2, debug)
         _fail(f"unexpected {type(e).__name__}: {e} (a bug in seggen? re-run with --debug for the traceback)", 1, debug)
     sys.exit(rc if isinstance(rc, int) else 0)
 

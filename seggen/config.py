@@ -15,6 +15,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictInt,
     ValidationError,
     WithJsonSchema,
     field_validator,
@@ -25,6 +26,7 @@ from ruamel.yaml.error import YAMLError
 from seggen.errors import ConfigError, not_found
 
 DEFAULT_PARAMS = Path("params.yaml")
+MAX_STEPS = 10_000_000  # optimizer steps: 27x the paper's longest schedule (COCO, 368,750); a typo stops here
 
 # Paths and split names go into dvc.yaml's deps and outs and onto the file system, never through a
 # shell (the stage commands take no `${...}`); still, nothing a shell or DVC's `${}` would read gets
@@ -65,7 +67,8 @@ def _yaml_load(text: str) -> Any:
 class _Section(BaseModel):
     # a field's docstring (the string under it) is its description: the Prefect form, `seggen params
     # describe` and docs/params.md show it
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    # inf and nan are no learning rate, probability or scale: refused like any bad value
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -83,19 +86,19 @@ class _Section(BaseModel):
 
 
 class BenchmarkParams(_Section):
-    resolution: int = Field(64, ge=32, le=1024)
+    resolution: StrictInt = Field(64, ge=32, le=1024)
     """Image side, pixels."""
-    num_train: int = Field(1000, ge=1)
+    num_train: StrictInt = Field(1000, ge=1)
     """Images in the training split."""
-    num_val: int = Field(200, ge=1)
+    num_val: StrictInt = Field(200, ge=1)
     """Images in the in-domain validation split."""
-    num_val_shift: int = Field(200, ge=1)
+    num_val_shift: StrictInt = Field(200, ge=1)
     """Images in the shifted-domain validation split (validation_shift)."""
-    max_things: int = Field(7, ge=2, le=30)
+    max_things: StrictInt = Field(7, ge=2, le=30)
     """Most foreground objects per scene."""
-    jpeg_quality: int = Field(95, ge=50, le=100)
+    jpeg_quality: StrictInt = Field(95, ge=50, le=100)
     """JPEG quality of the rendered images."""
-    workers: int = Field(1, ge=1, le=64)
+    workers: StrictInt = Field(1, ge=1, le=64)
     """Processes rendering the images (the output does not depend on it)."""
 
 
@@ -113,7 +116,7 @@ class DataParams(_Section):
 class EvalParams(_Section):
     """How the pipeline's evaluate scores predictions (mmsegmentation's IoUMetric settings)."""
 
-    ignore_index: int = Field(255, ge=0, le=255)
+    ignore_index: StrictInt = Field(255, ge=0, le=255)
     """Label value never scored."""
     reduce_zero_label: bool = True
     """Label 0 means ignored, 1..N are classes 0..N-1 (ADE20K's convention; must be true)."""
@@ -140,9 +143,9 @@ class CaptionParams(_Section):
     """The split whose images are captioned."""
     out: SafePath = Path("data/captions.jsonl")
     """The captions file (JSON lines)."""
-    batch_size: int = Field(16, ge=1)
+    batch_size: StrictInt = Field(16, ge=1)
     """Images per captioner batch."""
-    max_new_tokens: int = Field(30, ge=1, le=512)
+    max_new_tokens: StrictInt = Field(30, ge=1, le=512)
     """Longest caption the captioner generates, in tokens."""
 
 
@@ -153,15 +156,15 @@ class TextEncoderParams(_Section):
     """A CLIP text model id or directory (its tokenizer alongside), used frozen; null: a small one from scratch."""
     subfolder: str | None = None
     """Subfolder of `pretrained` holding the text model, e.g. text_encoder in a Stable Diffusion repo."""
-    vocab_size: int = Field(512, ge=32, le=65536)
+    vocab_size: StrictInt = Field(512, ge=32, le=65536)
     """Vocabulary of the tokenizer trained on our captions (from-scratch encoder)."""
-    hidden_size: int = Field(64, ge=16)
+    hidden_size: StrictInt = Field(64, ge=16)
     """Width of the from-scratch text model."""
-    layers: int = Field(2, ge=1)
+    layers: StrictInt = Field(2, ge=1)
     """Transformer layers of the from-scratch text model."""
-    heads: int = Field(4, ge=1)
+    heads: StrictInt = Field(4, ge=1)
     """Attention heads of the from-scratch text model (must divide hidden_size)."""
-    max_length: int = Field(64, ge=8, le=512)
+    max_length: StrictInt = Field(64, ge=8, le=512)
     """Longest caption, in tokens (the corpus captions, content + style, need up to ~60)."""
     train: bool = True
     """Train jointly with the generator (from-scratch encoder only)."""
@@ -174,17 +177,17 @@ class TextEncoderParams(_Section):
 
 
 class TrainParams(_Section):
-    steps: int = Field(600, ge=1)
+    steps: StrictInt = Field(600, ge=1, le=MAX_STEPS)
     """Optimizer steps."""
-    batch_size: int = Field(16, ge=1)
+    batch_size: StrictInt = Field(16, ge=1)
     """Samples per step."""
     lr: float = Field(1e-3, gt=0)
     """Peak learning rate (AdamW)."""
     weight_decay: float = Field(0.0, ge=0)
     """AdamW weight decay."""
-    warmup_steps: int = Field(20, ge=0)
+    warmup_steps: StrictInt = Field(20, ge=0, le=MAX_STEPS)
     """Linear warm-up steps before the constant rate."""
-    grad_accum: int = Field(1, ge=1)
+    grad_accum: StrictInt = Field(1, ge=1)
     """Batches accumulated per optimizer step."""
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     """accelerate's mixed precision: no, fp16 (CUDA) or bf16."""
@@ -194,35 +197,35 @@ class TrainParams(_Section):
     """Keep an exponential moving average of the weights and save it."""
     ema_decay: float = Field(0.999, gt=0, lt=1)
     """Decay of the moving average."""
-    checkpoint_every: int = Field(200, ge=1)
+    checkpoint_every: StrictInt = Field(200, ge=1, le=MAX_STEPS)
     """Steps between resumable checkpoints."""
-    keep_checkpoints: int = Field(2, ge=1)
+    keep_checkpoints: StrictInt = Field(2, ge=1)
     """Checkpoints kept (older ones are deleted)."""
     max_grad_norm: float = Field(1.0, gt=0)
     """Gradient clipping norm."""
-    threads: int = Field(0, ge=0)
+    threads: StrictInt = Field(0, ge=0)
     """Torch CPU threads; 0: torch's default."""
 
 
 class SampleParams(_Section):
-    steps: int = Field(20, ge=1, le=1000)
+    steps: StrictInt = Field(20, ge=1, le=1000)
     """Denoising steps."""
     guidance_scale: float = Field(3.0, ge=0)
     """Classifier-free guidance scale (1: none)."""
-    batch_size: int = Field(16, ge=1)
+    batch_size: StrictInt = Field(16, ge=1)
     """Samples per batch."""
 
 
 class UNetParams(_Section):
-    block_out_channels: tuple[int, ...] = (32, 64, 64)
+    block_out_channels: tuple[StrictInt, ...] = (32, 64, 64)
     """Channels of each resolution level."""
-    layers_per_block: int = Field(1, ge=1)
+    layers_per_block: StrictInt = Field(1, ge=1)
     """ResNet layers per level."""
     attention_levels: tuple[bool, ...] = (False, True, True)
     """Cross-attention to the caption, per level."""
-    attention_head_dim: int = Field(8, ge=1)
+    attention_head_dim: StrictInt = Field(8, ge=1)
     """Channels per attention head."""
-    norm_num_groups: int = Field(8, ge=1)
+    norm_num_groups: StrictInt = Field(8, ge=1)
     """Group-norm groups (must divide every block_out_channels entry)."""
     pooled_text: bool = False
     """The caption, attention-pooled, added to the time embedding (diffusers addition_embed_type "text"): a global
@@ -243,7 +246,7 @@ class UNetParams(_Section):
 class GeneratorParams(_Section):
     out: SafePath
     """Where the trained model, its checkpoints and curves go."""
-    resolution: int = Field(32, ge=8, le=2048)
+    resolution: StrictInt = Field(32, ge=8, le=2048)
     """Side of the generated images, pixels (pixel space; the VAE's input size with `pretrained`)."""
     pretrained: str | None = None
     """An SD / SDXL model id or directory: the model works in its VAE's latent space; null: pixel space."""
@@ -252,7 +255,7 @@ class GeneratorParams(_Section):
     epsilon or v_prediction for SD/SDXL) with `pretrained`; a value that contradicts the checkpoint is an error (its
     frozen base could not follow another objective)
     """
-    num_train_timesteps: int = Field(1000, ge=10)
+    num_train_timesteps: StrictInt = Field(1000, ge=10)
     """Diffusion timesteps of the noise schedule."""
     unet: UNetParams = UNetParams()
     """The from-scratch UNet's shape."""
@@ -265,7 +268,7 @@ class GeneratorParams(_Section):
 class Text2MaskParams(GeneratorParams):
     out: SafePath = Path("models/text2mask")
     """Where the trained Text2Mask, its checkpoints and curves go."""
-    min_class_pixels: int = Field(4, ge=1)
+    min_class_pixels: StrictInt = Field(4, ge=1)
     """A decoded class counts as present from this many pixels."""
     instances: bool = False
     """Instance-aware colour maps (boundary colour between touching instances of a thing class); needs the panoptic
@@ -274,7 +277,7 @@ class Text2MaskParams(GeneratorParams):
 
 
 class ControlNetParams(_Section):
-    conditioning_embedding_out_channels: tuple[int, ...] = (32,)
+    conditioning_embedding_out_channels: tuple[StrictInt, ...] = (32,)
     """Channels of the colour-map encoder's levels."""
     conditioning_scale: float = Field(1.0, ge=0)
     """Strength of the ControlNet's residuals at sampling."""
@@ -283,7 +286,7 @@ class ControlNetParams(_Section):
 class Mask2ImgParams(GeneratorParams):
     out: SafePath = Path("models/mask2img")
     """Where the trained Mask2Img, its checkpoints and curves go."""
-    resolution: int = Field(64, ge=8, le=2048)
+    resolution: StrictInt = Field(64, ge=8, le=2048)
     """Side of the generated images, pixels (64 px draws the small things, people and cars, that 32 px cannot)."""
     unet: UNetParams = UNetParams(block_out_channels=(16, 32, 64, 64), attention_levels=(False, False, False, True))
     """The from-scratch UNet (the prior brings its own): the mask steers, the caption attends only at the bottom."""
@@ -313,11 +316,11 @@ class CorpusParams(_Section):
 
     out: SafePath = Path("data/corpus")
     """Where the corpus images and captions go."""
-    num_images: int = Field(6000, ge=16)
+    num_images: StrictInt = Field(6000, ge=16)
     """Images in the corpus."""
-    resolution: int = Field(64, ge=16, le=512)
+    resolution: StrictInt = Field(64, ge=16, le=512)
     """Side of the corpus images, pixels."""
-    max_things: int = Field(7, ge=2, le=30)
+    max_things: StrictInt = Field(7, ge=2, le=30)
     """Most foreground objects per scene."""
     holdout_radius: float = Field(0.5, ge=0)
     """Looks closer than this to the shifted domain (seggen.data.corpus.look_distance) are redrawn; the labelled domain
@@ -325,7 +328,7 @@ class CorpusParams(_Section):
     """
     include_shift: bool = False
     """The leak reference: no held-out rule, a tenth of the corpus in the shifted domain itself."""
-    workers: int = Field(1, ge=1, le=64)
+    workers: StrictInt = Field(1, ge=1, le=64)
     """Processes rendering the corpus (the output does not depend on it)."""
 
 
@@ -337,7 +340,7 @@ class PriorParams(GeneratorParams):
     """Pretrain the prior and start Mask2Img from it (the benchmark's stand-in for SD/SDXL weights)."""
     out: SafePath = Path("models/prior")
     """Where the pretrained prior, its checkpoints and curves go."""
-    resolution: int = Field(64, ge=8, le=2048)
+    resolution: StrictInt = Field(64, ge=8, le=2048)
     """Side of the prior's images, pixels (must equal mask2img.resolution)."""
     corpus: CorpusParams = CorpusParams()
     """The captioned, unlabelled corpus the prior learns from."""
@@ -365,20 +368,20 @@ class FilterParams(_Section):
     """The pixel filter's margin."""
     out: SafePath = Path("models/filter_segmenter")
     """Where the scoring segmenter goes (trained once, reused while its params are unchanged)."""
-    resolution: int = Field(64, ge=16, le=1024)
+    resolution: StrictInt = Field(64, ge=16, le=1024)
     """Images and masks are scored at this size, pixels."""
-    steps: int = Field(400, ge=1)
+    steps: StrictInt = Field(400, ge=1, le=MAX_STEPS)
     """Training steps of the scoring segmenter."""
-    batch_size: int = Field(32, ge=1)
+    batch_size: StrictInt = Field(32, ge=1)
     """Batch size of the scoring segmenter."""
 
 
 class DaskParams(_Section):
     address: str | None = None
     """Scheduler of an existing cluster, e.g. tcp://10.0.0.5:8786; null: a local cluster."""
-    n_workers: int = Field(2, ge=1)
+    n_workers: StrictInt = Field(2, ge=1)
     """Worker processes of the local cluster."""
-    threads_per_worker: int = Field(1, ge=1)
+    threads_per_worker: StrictInt = Field(1, ge=1)
     """Threads of each worker process (local cluster)."""
 
 
@@ -399,31 +402,31 @@ class SynthesizeParams(_Section):
     """Where the datasets go: out/masksyn and out/imgsyn."""
     split: SplitName = "training"
     """The real split whose captions and masks are the sources (captions from caption.out)."""
-    max_sources: int | None = Field(200, ge=1)
+    max_sources: StrictInt | None = Field(200, ge=1)
     """A seeded random subset of the source images; null: all."""
-    real_subset: int | None = Field(None, ge=1)
+    real_subset: StrictInt | None = Field(None, ge=1)
     """Low-data regime: only the images of the real subset the segmenter trains on with segmenter.real_subset = this
     number (same seeded draw), so no other real mask is used
     """
-    masksyn_per_source: int = Field(1, ge=1)
+    masksyn_per_source: StrictInt = Field(1, ge=1)
     """MaskSyn samples per source caption (the paper: 10 on ADE20K)."""
-    imgsyn_per_source: int = Field(1, ge=1)
+    imgsyn_per_source: StrictInt = Field(1, ge=1)
     """ImgSyn samples per source mask (the paper: 50 on ADE20K)."""
-    steps: int = Field(20, ge=1, le=1000)
+    steps: StrictInt = Field(20, ge=1, le=1000)
     """Denoising steps of both generators."""
     text2mask_guidance: float = Field(3.0, ge=0)
     """Classifier-free guidance of Text2Mask."""
     mask2img_guidance: float = Field(4.0, ge=0)
     """Classifier-free guidance of Mask2Img (the style phrase shows from about 4, bench/tuning.md)."""
-    batch_size: int = Field(16, ge=1)
+    batch_size: StrictInt = Field(16, ge=1)
     """Samples per batch; part of the output's identity (float results depend on it)."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """Network precision while sampling; auto: bf16 on CPUs with native bf16 and on CUDA, else fp32."""
     image_format: Literal["png", "jpg"] = "png"
     """File format of the synthetic images."""
-    threads: int = Field(0, ge=0)
+    threads: StrictInt = Field(0, ge=0)
     """Torch CPU threads per process; 0: cores / workers."""
-    workers: int = Field(2, ge=1, le=256)
+    workers: StrictInt = Field(2, ge=1, le=256)
     """Local processes, each generating a share of the batches (shards); on CPUs two 1-thread processes beat one
     2-thread process. Use 1 on a single GPU.
     """
@@ -455,23 +458,23 @@ class SynthesizeParams(_Section):
 class Mask2FormerParams(_Section):
     """The tiny from-scratch default (shared/calibration: ~0.3 s/step at 64 px, batch 16 on 2 cores)."""
 
-    embed_dim: int = Field(32, ge=8)
+    embed_dim: StrictInt = Field(32, ge=8)
     """Embedding width of the Swin backbone."""
-    depths: tuple[int, ...] = (1, 1, 2, 1)
+    depths: tuple[StrictInt, ...] = (1, 1, 2, 1)
     """Swin blocks per stage."""
-    num_heads: tuple[int, ...] = (1, 2, 4, 8)
+    num_heads: tuple[StrictInt, ...] = (1, 2, 4, 8)
     """Swin attention heads per stage."""
-    window_size: int = Field(4, ge=1)
+    window_size: StrictInt = Field(4, ge=1)
     """Swin attention window, in patches."""
-    hidden_dim: int = Field(64, ge=8)
+    hidden_dim: StrictInt = Field(64, ge=8)
     """Width of the pixel decoder and the transformer decoder."""
-    num_queries: int = Field(16, ge=1)
+    num_queries: StrictInt = Field(16, ge=1)
     """Mask queries of the transformer decoder."""
-    encoder_layers: int = Field(2, ge=1)
+    encoder_layers: StrictInt = Field(2, ge=1)
     """Deformable-attention layers of the pixel decoder."""
-    decoder_layers: int = Field(3, ge=1)
+    decoder_layers: StrictInt = Field(3, ge=1)
     """Layers of the transformer decoder."""
-    train_num_points: int = Field(1024, ge=16)
+    train_num_points: StrictInt = Field(1024, ge=16)
     """Points sampled per mask for the mask losses (Mask2Former's point sampling)."""
 
     @model_validator(mode="after")
@@ -482,9 +485,9 @@ class Mask2FormerParams(_Section):
 
 
 class SegTrainParams(_Section):
-    steps: int = Field(400, ge=1)
+    steps: StrictInt = Field(400, ge=1, le=MAX_STEPS)
     """Optimizer steps."""
-    batch_size: int = Field(16, ge=1)
+    batch_size: StrictInt = Field(16, ge=1)
     """Images per step."""
     lr: float = Field(2e-3, gt=0)
     """Peak learning rate (AdamW)."""
@@ -492,9 +495,9 @@ class SegTrainParams(_Section):
     """AdamW weight decay."""
     poly_power: float = Field(0.9, ge=0)
     """Power of the polynomial learning-rate decay."""
-    warmup_steps: int = Field(0, ge=0)
+    warmup_steps: StrictInt = Field(0, ge=0, le=MAX_STEPS)
     """Linear warm-up steps."""
-    crop: int = Field(64, ge=16)
+    crop: StrictInt = Field(64, ge=16)
     """Side of the square training crop, pixels."""
     scale: tuple[float, float] = (0.75, 1.5)
     """Random resize range (min, max) before the crop."""
@@ -502,15 +505,15 @@ class SegTrainParams(_Section):
     """Random horizontal flips."""
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     """accelerate's mixed precision: no, fp16 (CUDA) or bf16."""
-    grad_accum: int = Field(1, ge=1)
+    grad_accum: StrictInt = Field(1, ge=1)
     """Batches accumulated per optimizer step."""
     max_grad_norm: float = Field(0.01, gt=0)
     """Mask2Former's full-model gradient clipping norm."""
-    checkpoint_every: int = Field(200, ge=1)
+    checkpoint_every: StrictInt = Field(200, ge=1, le=MAX_STEPS)
     """Steps between resumable checkpoints."""
-    keep_checkpoints: int = Field(2, ge=1)
+    keep_checkpoints: StrictInt = Field(2, ge=1)
     """Checkpoints kept (older ones are deleted)."""
-    threads: int = Field(0, ge=0)
+    threads: StrictInt = Field(0, ge=0)
     """Torch CPU threads; 0: torch's default."""
 
     @model_validator(mode="after")
@@ -536,13 +539,13 @@ class SegmenterParams(_Section):
     """Directory holding the masksyn/ and imgsyn/ datasets."""
     p_aug: float = Field(0.15, ge=0, le=1)
     """augment: probability that a real sample is replaced by a synthetic one (the paper: 0.6 on ADE20K)."""
-    concat_repeat: int = Field(1, ge=1)
+    concat_repeat: StrictInt = Field(1, ge=1)
     """concat: times the real set is repeated beside the synthetic one."""
-    pretrain_steps: int = Field(300, ge=0)
+    pretrain_steps: StrictInt = Field(300, ge=0, le=MAX_STEPS)
     """pretrain_finetune: steps on synthetic data before train.steps on real data."""
-    real_subset: int | None = Field(None, ge=1)
+    real_subset: StrictInt | None = Field(None, ge=1)
     """Low-data regime: a seeded subset of this many real training images; null: all."""
-    seed: int | None = Field(None, ge=0, lt=2**32)
+    seed: StrictInt | None = Field(None, ge=0, lt=2**32)
     """Training randomness (init, sampling, augmentation, loss points); null: the global `seed`. The real subset is
     drawn with the global seed, so the seeds of an ablation see the same images.
     """
@@ -557,6 +560,21 @@ class SegmenterParams(_Section):
     train: SegTrainParams = SegTrainParams()
     """The training loop."""
 
+    @model_validator(mode="after")
+    def _group_norm_has_values(self) -> SegmenterParams:
+        # Mask2Former's pixel decoder normalises 32 groups of hidden_dim / 32 channels over the deepest
+        # feature map (stride 32): a group must hold more than one value per batch, or training stops
+        if self.pretrained:
+            return self
+        side, per_group = self.train.crop // 32, max(1, self.model.hidden_dim // 32)
+        if self.train.batch_size * per_group * side * side < 2:
+            raise ValueError(
+                f"segmenter.train.crop: {self.train.crop} px at batch_size {self.train.batch_size} leaves "
+                f"{per_group} value(s) per normalisation group of the {side}x{side} deepest feature map; "
+                "use crop >= 64, batch_size >= 2 or model.hidden_dim >= 64"
+            )
+        return self
+
 
 class EvaluateParams(_Section):
     """The pipeline's evaluate stage: every arm on every split (dvc.yaml matrix)."""
@@ -565,7 +583,7 @@ class EvaluateParams(_Section):
     """The splits every arm is evaluated on: in-domain and shifted domain."""
     panoptic: bool = True
     """Also PQ and mask AP where the split has panoptic ground truth."""
-    size: int | None = Field(None, ge=16)
+    size: StrictInt | None = Field(None, ge=16)
     """Resize the short side to this many pixels; null: native size."""
     out: SafePath = Path("reports/eval")
     """Where evaluations go: out/ARM/SPLIT with metrics.json, scores.json and pictures."""
@@ -588,7 +606,7 @@ class TrackingParams(_Section):
     """What the training stages send to MLflow while they run (not part of any output: DVC does not
     re-run a stage when these change)."""
 
-    log_every: int = Field(10, ge=1)
+    log_every: StrictInt = Field(10, ge=1)
     """Log loss, learning rate and throughput every N steps, live."""
     system_metrics: bool = True
     """Log CPU, memory (and GPU where present) of the training stages."""
@@ -607,14 +625,14 @@ class AblationParams(_Section):
 
     groups: dict[str, dict[str, Any]]
     """Group name -> `segmenter` keys, e.g. both: {strategy: augment}."""
-    seeds: tuple[int, ...] = Field(DEFAULT_SEEDS, min_length=1)
+    seeds: tuple[StrictInt, ...] = Field(DEFAULT_SEEDS, min_length=1)
     """segmenter.seed of each copy of a group."""
     variant_group: str = "both"
     """The group whose segmenter keys the arms of every variant (Params.variants) use."""
 
 
 class Params(_Section):
-    seed: int = Field(0, ge=0, lt=2**32)
+    seed: StrictInt = Field(0, ge=0, lt=2**32)
     """The global seed: the benchmark's rendering, the real subset draws, and every stage whose own seed is not set."""
     data: DataParams = DataParams()
     """The training and evaluation dataset."""
@@ -870,6 +888,8 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"--set {item}: expected KEY=VALUE, e.g. data.benchmark.resolution=96")
         key, raw = item.split("=", 1)
+        if not key.strip() or any(not part for part in key.strip().split(".")):
+            raise ConfigError(f"--set {item}: expected KEY=VALUE with a dotted key, e.g. data.benchmark.resolution=96")
         try:
             out[key.strip()] = _yaml_load(raw) if raw != "" else ""
         except YAMLError as e:

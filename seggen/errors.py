@@ -13,6 +13,10 @@ class DataError(SeggenError):
     """A dataset file is missing, malformed or inconsistent."""
 
 
+class TrainingError(SeggenError):
+    """A training that cannot go on as configured (a diverging loss): one line, nothing of it saved."""
+
+
 def not_found(path, kind: str = "file", what: str = "") -> str:
     """The message for a path that is missing -- or that exists as the wrong kind (a directory where a
     file should be, or the reverse), which "not found" would misreport."""

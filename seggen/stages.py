@@ -212,6 +212,7 @@ def evaluate(
         mlrun.log_dataset(root or p.data.root, "real", "evaluation", split)
         metrics = run(p, model, split, out, root, task, size if size is not None else ev.size, key=key)
         mlrun.log_metrics(scores(metrics), prefix=f"{split}/")
+        mlrun.log_metrics({"images_per_s": metrics["images_per_s"]}, prefix=f"{split}/run/")
         mlrun.log_model_metrics(model, scores(metrics), prefix=f"{split}/")
         mlrun.log_metrics(metrics["semantic"]["per_class_iou"], prefix=f"{split}/iou/")
         for part in ("panoptic", "instance"):

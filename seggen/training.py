@@ -9,6 +9,7 @@ uninterrupted one exactly and outputs do not depend on the batch size.
 from __future__ import annotations
 
 import hashlib
+import math
 import sys
 import time
 from contextlib import contextmanager
@@ -16,6 +17,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from seggen.errors import TrainingError
+
+
+def finite_loss(loss: float, step: int, lr: float, what: str) -> float:
+    """The loss of optimizer step `step` (1-based), or a TrainingError naming the step and the learning
+    rate: a NaN or infinite loss stops the training there, before anything of it is saved."""
+    if not math.isfinite(loss):
+        raise TrainingError(
+            f"{what}: the loss is {loss} at step {step} (lr {lr:g}); stopped there, nothing of this step saved "
+            "-- lower the learning rate or add warm-up steps, and run again"
+        )
+    return loss
 
 
 def seed_for(*parts: int | str) -> int:

@@ -119,6 +119,7 @@ class Case:
     env: dict[str, str] = field(default_factory=dict)
     code: int = 2
     python: str | None = None  # run this Python code (fault injection) before seggen's main instead
+    forbidden: list[str] = field(default_factory=list)  # what no output line may hold (a password)
 
 
 def _user_dir(path: Path) -> None:
@@ -223,6 +224,30 @@ ENOSPC = (
     "PIL.Image.Image.save = full\n"
     "from seggen.cli import main; sys.argv[0] = 'seggen'; main()\n"
 )
+
+
+def _float_image(ws: Path, c: Path) -> None:
+    """The benchmark with one training image replaced by a 32-bit float TIFF (same name and size)."""
+    shutil.copytree(ws / "data" / "benchmark", c / "ds")
+    img = sorted((c / "ds" / "images" / "training").glob("*.jpg"))[0]
+    w, h = Image.open(img).size
+    Image.fromarray(np.full((h, w), 0.5, np.float32)).save(img, format="TIFF")
+
+
+def _unknown_backbone(ws: Path, c: Path) -> None:
+    shutil.copytree(ws / SEG, c / "model")
+    cfg = json.loads((c / "model" / "config.json").read_text())
+    cfg["backbone_config"]["model_type"] = "nosuchbackbone"
+    (c / "model" / "config.json").write_text(json.dumps(cfg))
+
+
+def _checkpoints_file(ws: Path, c: Path) -> None:
+    from seggen.outputs import _marker_text
+
+    (c / "seg").mkdir()
+    (c / "seg" / ".seggen").write_text(_marker_text("train segmenter"))  # seggen's own output folder
+    (c / "seg" / "checkpoints").write_text("not a directory\n")
+
 
 CASES = [
     # -- never replace what seggen did not write ----------------------------------------------------
@@ -607,6 +632,76 @@ CASES = [
         ["{c}/o", "No space left on device"],
         python=ENOSPC,
     ),
+    # -- no params value runs, no value that is no value, no secret shown --------------------------------
+    Case("set-root-command-substitution", ["--set", "data.root=data/b$(touch PWNED)", "prepare"], ["--set data.root"]),
+    Case("set-split-shell-separator", ["--set", "caption.split=a;touch PWNED", "caption"], ["--set caption.split"]),
+    Case(
+        "set-arm-name-backticks",
+        ["--set", 'arms={"a`touch PWNED`": {strategy: real}}', "train", "segmenter"],
+        ["arms.a`touch PWNED`"],
+    ),
+    Case("set-seed-boolean", ["--set", "seed=true", "prepare"], ["--set seed", "valid integer"]),
+    Case("set-empty-key", ["--set", "=5", "prepare"], ["--set =5", "KEY=VALUE"]),
+    Case(
+        "set-lr-infinite", ["--set", "text2mask.train.lr=.inf", "train", "text2mask"], ["text2mask.train.lr", "finite"]
+    ),
+    Case(
+        "set-steps-beyond-bound",
+        ["--set", "segmenter.train.steps=100000000", "train", "segmenter"],
+        ["segmenter.train.steps", "10000000"],
+    ),
+    Case(
+        "set-crop-one-value-per-group",
+        [
+            "--set",
+            "segmenter.train.crop=32",
+            "--set",
+            "segmenter.train.batch_size=1",
+            "--set",
+            "segmenter.model.hidden_dim=32",
+            "train",
+            "segmenter",
+        ],
+        ["segmenter.train.crop", "batch_size 1"],
+    ),
+    Case("semantic-num-classes-huge", SEM[:-2] + ["100000", "--reduce-zero-label"], ["--num-classes", "4096"]),
+    Case(
+        "check-panoptic-file-name-escapes",
+        ["data", "check", "--root", "{c}/ds"],
+        ["panoptic_validation.json", "../../../x.png", "outside the dataset"],
+        _ade_with_panoptic(lambda d: d["annotations"][0].update(file_name="../../../x.png")),
+    ),
+    Case(
+        "check-panoptic-absolute-image-name",
+        ["data", "check", "--root", "{c}/ds"],
+        ["panoptic_validation.json", "/etc/hosts", "outside the dataset"],
+        _ade_with_panoptic(lambda d: d["images"][0].update(file_name="/etc/hosts")),
+    ),
+    Case(
+        "check-image-float-mode",
+        ["data", "check", "--root", "{c}/ds"],
+        ["{c}/ds/images/training/bench_training_000000.jpg", "mode F"],
+        _float_image,
+    ),
+    Case(
+        "evaluate-unknown-backbone",
+        ["evaluate", "--model", "{c}/model", "--out", "{c}/o"],
+        ["{c}/model", "cannot be loaded"],
+        _unknown_backbone,
+    ),
+    Case(
+        "train-checkpoints-is-a-file",
+        ["--set", "segmenter.out={c}/seg", "train", "segmenter"],
+        ["{c}/seg/checkpoints", "is a file"],
+        _checkpoints_file,
+    ),
+    Case(
+        "tracking-uri-with-password-unreachable",
+        ["prepare"],
+        ["MLFLOW_TRACKING_URI=http://alice:***@127.0.0.1:9", "unreachable"],
+        env={"MLFLOW_TRACKING_URI": "http://alice:S3cret@127.0.0.1:9", "SEGGEN_TRACKING": "on"},
+        forbidden=["S3cret"],
+    ),
 ]
 
 
@@ -616,7 +711,7 @@ def _nan_scores(ws: Path, c: Path, value: str) -> None:
 
 
 def test_enough_cases():
-    assert len(CASES) >= 40 and len({c.id for c in CASES}) == len(CASES)
+    assert len(CASES) >= 60 and len({c.id for c in CASES}) == len(CASES)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
@@ -643,7 +738,10 @@ def test_bad_input(ws: Path, case: Case):
     assert re.search(r"(^|\n)error: ", err), f"the error line must start a line of its own:\n{err[-2000:]}"
     for name in names:
         assert name in errors[0], f"{name!r} not named in: {errors[0]}"
+    for secret in case.forbidden:
+        assert secret not in r.stdout + err, f"{secret!r} in the output"
     assert snapshot(ws) == before, "the workspace changed"
+    assert not list(ws.rglob("PWNED")), "a params value ran as a command"
 
 
 def test_debug_shows_the_traceback(ws: Path):
@@ -656,3 +754,55 @@ def test_debug_shows_the_traceback(ws: Path):
     assert (
         r.returncode == 2 and "Traceback" in r.stderr and r.stderr.rstrip().splitlines()[-1].startswith("error: nope")
     )
+
+
+def _run_training(tmp_path: Path, ws: Path, python: str | None, *sets: str) -> subprocess.CompletedProcess:
+    argv = [a for kv in sets for a in ("--set", kv)] + [
+        "--set",
+        f"segmenter.out={tmp_path / 'seg'}",
+        "train",
+        "segmenter",
+    ]
+    cmd = ([sys.executable, "-c", python] if python else SEGGEN) + argv
+    return subprocess.run(cmd, cwd=ws, capture_output=True, text=True, timeout=300)
+
+
+def _one_error(r: subprocess.CompletedProcess) -> str:
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    errors = re.findall(r"(?:^|\n|\r)(error: [^\n]*)", r.stderr)
+    assert len(errors) == 1, r.stderr[-3000:]
+    return errors[0]
+
+
+def test_a_full_disk_while_saving_weights_is_one_line(ws: Path, tmp_path: Path):
+    """safetensors reports a full disk as its own SafetensorError: still one line and exit 2, no model."""
+    full = (
+        "import sys, safetensors, safetensors.torch\n"
+        "def full(*a, **k): raise safetensors.SafetensorError('Error while serializing: "
+        'IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })\')\n'
+        "safetensors.torch.save_file = full\n"
+        "from seggen.cli import main; sys.argv[0] = 'seggen'; main()\n"
+    )
+    line = _one_error(_run_training(tmp_path, ws, full, "segmenter.train.steps=2"))
+    assert "No space left on device" in line
+    assert not (tmp_path / "seg" / "model").exists() and not list((tmp_path / "seg").glob(".*.tmp"))
+
+
+def test_a_diverging_training_stops_at_the_step_naming_it_and_saves_nothing_of_it(ws: Path, tmp_path: Path):
+    r = _run_training(
+        tmp_path,
+        ws,
+        None,
+        "segmenter.train.lr=1.0e+12",
+        "segmenter.train.steps=6",
+        "segmenter.train.checkpoint_every=1",
+    )
+    line = _one_error(r)
+    # the poly schedule's rate at that step, named
+    named = re.search(r"the loss is (nan|inf) at step \d \(lr [0-9.]+e\+1[12]\)", line)
+    assert named or "hold NaN or inf" in line, line
+    assert not (tmp_path / "seg" / "model").exists()
+    from safetensors.torch import load_file
+
+    for f in (tmp_path / "seg" / "checkpoints").rglob("*.safetensors"):  # what was saved is finite
+        assert all(v.isfinite().all() for k, v in load_file(str(f)).items() if v.is_floating_point()), f

@@ -206,7 +206,8 @@ def test_a_symlinked_root_is_followed_and_kept(tmp_path):
     (tmp_path / "data").mkdir()
     link = tmp_path / "data" / "benchmark"
     link.symlink_to(elsewhere)
-    (tmp_path / "params.yaml").write_text("data:\n  benchmark:\n    num_train: 4\n    num_val: 2\n    num_val_shift: 2\n")
+    tiny = "data:\n  benchmark:\n    num_train: 4\n    num_val: 2\n    num_val_shift: 2\n"
+    (tmp_path / "params.yaml").write_text(tiny)
     assert _prepare(tmp_path).returncode == 0
     r = _prepare(tmp_path, "--set", "data.benchmark.num_val=3")
     assert r.returncode == 0, r.stderr

@@ -4,6 +4,7 @@ Tiny configs (16 px, two UNet levels, a few steps) keep this to seconds; quality
 `benchmarks/bench_generators.py` on the default configs, not here.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -237,6 +238,10 @@ def test_kill_and_resume_reaches_the_same_weights(small_benchmark, tmp_path, kin
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
     assert "resuming" in r.stderr  # it really did resume rather than start over
+    # the curve and its final loss are the whole run's, as an uninterrupted run writes them
+    assert (out.parent / out.name / "train_log.json").read_bytes() == (ref.parent / "train_log.json").read_bytes()
+    summary = [json.loads((d / "train_summary.json").read_text()) for d in (out, ref.parent)]
+    assert summary[0]["final_loss"] == summary[1]["final_loss"] and summary[0]["steps_this_run"] < steps
 
 
 @pytest.fixture(scope="module")

@@ -398,7 +398,7 @@ def test_prefect_deployment_triggered_through_the_api(project, prefect_server):
     # each task's log has its stage's own output, not DVC's git advice
     logs = _api(prefect_server, "/logs/filter", {"logs": {"flow_run_id": {"any_": [run["id"]]}}, "limit": 200})
     messages = "\n".join(entry["message"] for entry in logs)
-    assert "> seggen train segmenter --arm seggen" in messages and "git add dvc.lock" not in messages
+    assert "> seggen train segmenter --arm '{key}'" in messages and "git add dvc.lock" not in messages
     assert any(a["type"] == "progress" and a["data"] == 100.0 for a in arts)
 
 

@@ -143,6 +143,11 @@ def test_evaluate_writes_foundation_keys_and_pictures(tiny_model, tmp_path):
         assert json.loads((tmp_path / split / "metrics.json").read_text())["semantic"]["mIoU"] == m["semantic"]["mIoU"]
         for pic in ("confusion.png", "per_class_iou.png", "predictions.png"):
             assert (tmp_path / split / pic).stat().st_size > 0
+    # metrics.json is a cached DVC output: the same bytes from a second run (its speed is not in it)
+    first = (tmp_path / "validation" / "metrics.json").read_bytes()
+    m = evaluate(p, model_dir, "validation", tmp_path / "validation", progress=False)
+    assert m["images_per_s"] > 0 and (tmp_path / "validation" / "metrics.json").read_bytes() == first
+    assert "images_per_s" not in json.loads(first)
 
 
 def test_segmenter_loads_in_transformers_pipeline(tiny_model, small_benchmark, tmp_path):

@@ -281,9 +281,8 @@ def save_model(model_dir: Path, parts: dict, cond, noise_scheduler, vae, info: d
     info = dict(info)
     train = dict(info.pop("train", None) or {})
     if train:
-        write_loss_log(
-            model_dir.parent / "train_log.json", train.pop("loss", []), train["steps"] - train["steps_this_run"]
-        )
+        losses = train.pop("loss", [])  # the whole run's (restored on resume): its first step follows
+        write_loss_log(model_dir.parent / "train_log.json", losses, train["steps"] - len(losses))
         write_json(model_dir.parent / "train_summary.json", train)
     with atomic_dir(model_dir, f"train {info['kind']}", f"{info['kind']}.out") as tmp:
         for name, module in parts.items():

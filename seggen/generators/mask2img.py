@@ -110,7 +110,7 @@ def train_mask2img(params: Params, progress: bool = True) -> Path:
     trainable += list(cond.encoders[0].parameters()) if train_te else []
     optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
 
-    start = 0
+    start, losses = 0, []
     fingerprint = diffusion.fingerprint_params(params, cfg, noise_scheduler.config.prediction_type)
     if prior is not None:  # trained on another prior: other checkpoints
         fingerprint = training.seed_for(fingerprint, diffusion.read_model_meta(prior, "prior")["fingerprint"])
@@ -127,6 +127,7 @@ def train_mask2img(params: Params, progress: bool = True) -> Path:
             ckpt.load_weights(cond.encoders[0], last / "text_encoder")
         ckpt.load_optimizer(optimizer, last)
         start = saved["step"]
+        losses = list(saved.get("losses", []))  # the whole run's curve, not only the steps after here
         log.info("resuming mask2img from %s (step %d)", last, start)
 
     models = [controlnet] + ([unet] if train_base else []) + ([cond.encoders[0]] if train_te else [])
@@ -148,7 +149,7 @@ def train_mask2img(params: Params, progress: bool = True) -> Path:
     live = training.LiveMetrics(
         params.tracking.log_every, tc.batch_size * tc.grad_accum * accelerator.num_processes, accelerator
     )
-    t0, losses = time.perf_counter(), []
+    t0 = time.perf_counter()
     for step in range(start, tc.steps):
         for g in optimizer.param_groups:
             g["lr"] = training.lr_at(step, tc.lr, tc.warmup_steps)
@@ -213,7 +214,7 @@ def train_mask2img(params: Params, progress: bool = True) -> Path:
                     accelerator.clip_grad_norm_(trainable, tc.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
+        losses.append(training.finite_loss(loss.item(), step + 1, optimizer.param_groups[0]["lr"], "train mask2img"))
         done = step + 1
         bar.update()
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
@@ -224,7 +225,9 @@ def train_mask2img(params: Params, progress: bool = True) -> Path:
                 mods["unet"] = accelerator.unwrap_model(unet)
             if train_te:
                 mods["text_encoder"] = accelerator.unwrap_model(cond.encoders[0])
-            ckpt.write_checkpoint(out / "checkpoints", done, mods, optimizer, state, tc.keep_checkpoints)
+            ckpt.write_checkpoint(
+                out / "checkpoints", done, mods, optimizer, {**state, "losses": losses}, tc.keep_checkpoints
+            )
     bar.close()
     elapsed = time.perf_counter() - t0
     accelerator.wait_for_everyone()

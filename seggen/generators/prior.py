@@ -106,7 +106,7 @@ def train_prior(params: Params, progress: bool = True) -> Path:
     trainable = list(unet.parameters()) + (list(cond.encoders[0].parameters()) if train_te else [])
     optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
 
-    start = 0
+    start, losses = 0, []
     state = {"fingerprint": diffusion.fingerprint_params(params, cfg, noise_scheduler.config.prediction_type)}
     claim(out, "prior.out", "pretrain")
     last = ckpt.resumable_checkpoint(out / "checkpoints", state["fingerprint"])
@@ -117,6 +117,7 @@ def train_prior(params: Params, progress: bool = True) -> Path:
             ckpt.load_weights(cond.encoders[0], last / "text_encoder")
         ckpt.load_optimizer(optimizer, last)
         start = saved["step"]
+        losses = list(saved.get("losses", []))  # the whole run's curve, not only the steps after here
         log.info("resuming the prior from %s (step %d)", last, start)
     if train_te:
         unet, cond.encoders[0], optimizer = accelerator.prepare(unet, cond.encoders[0], optimizer)
@@ -128,7 +129,7 @@ def train_prior(params: Params, progress: bool = True) -> Path:
     live = training.LiveMetrics(
         params.tracking.log_every, tc.batch_size * tc.grad_accum * accelerator.num_processes, accelerator
     )
-    t0, losses = time.perf_counter(), []
+    t0 = time.perf_counter()
     num_timesteps = noise_scheduler.config.num_train_timesteps
     for step in range(start, tc.steps):
         for g in optimizer.param_groups:
@@ -139,7 +140,7 @@ def train_prior(params: Params, progress: bool = True) -> Path:
         loss = diffusion.text_to_image_step(
             accelerator, unet, cond, noise_scheduler, batches, optimizer, trainable, tc.max_grad_norm
         )
-        losses.append(loss.item())
+        losses.append(training.finite_loss(loss.item(), step + 1, optimizer.param_groups[0]["lr"], "pretrain"))
         done = step + 1
         bar.update()
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
@@ -148,7 +149,9 @@ def train_prior(params: Params, progress: bool = True) -> Path:
             mods = {"unet": accelerator.unwrap_model(unet)}
             if train_te:
                 mods["text_encoder"] = accelerator.unwrap_model(cond.encoders[0])
-            ckpt.write_checkpoint(out / "checkpoints", done, mods, optimizer, state, tc.keep_checkpoints)
+            ckpt.write_checkpoint(
+                out / "checkpoints", done, mods, optimizer, {**state, "losses": losses}, tc.keep_checkpoints
+            )
     bar.close()
     elapsed = time.perf_counter() - t0
     accelerator.wait_for_everyone()

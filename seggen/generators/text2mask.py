@@ -71,7 +71,7 @@ def train_text2mask(params: Params, progress: bool = True) -> Path:
 
         ema = EMAModel(unet.parameters(), decay=cfg.train.ema_decay, model_cls=type(unet), model_config=unet.config)
 
-    start = 0
+    start, losses = 0, []
     state = {"fingerprint": diffusion.fingerprint_params(params, cfg, noise_scheduler.config.prediction_type)}
     claim(out, "text2mask.out", "train text2mask")
     last = ckpt.resumable_checkpoint(out / "checkpoints", state["fingerprint"])
@@ -87,6 +87,7 @@ def train_text2mask(params: Params, progress: bool = True) -> Path:
             # one EMA update per optimizer step: its decay schedule goes on from here, not from 0
             ema.optimization_step = saved["step"]
         start = saved["step"]
+        losses = list(saved.get("losses", []))  # the whole run's curve, not only the steps after here
         log.info("resuming text2mask from %s (step %d)", last, start)
 
     if train_te:
@@ -101,7 +102,7 @@ def train_text2mask(params: Params, progress: bool = True) -> Path:
     live = training.LiveMetrics(
         params.tracking.log_every, tc.batch_size * tc.grad_accum * accelerator.num_processes, accelerator
     )
-    t0, losses = time.perf_counter(), []
+    t0 = time.perf_counter()
     for step in range(start, tc.steps):
         for g in optimizer.param_groups:
             g["lr"] = training.lr_at(step, tc.lr, tc.warmup_steps)
@@ -114,7 +115,7 @@ def train_text2mask(params: Params, progress: bool = True) -> Path:
         )
         if ema is not None:
             ema.step(accelerator.unwrap_model(unet).parameters())
-        losses.append(loss.item())
+        losses.append(training.finite_loss(loss.item(), step + 1, optimizer.param_groups[0]["lr"], "train text2mask"))
         done = step + 1
         bar.update()
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
@@ -127,7 +128,9 @@ def train_text2mask(params: Params, progress: bool = True) -> Path:
                 ema_model = type(mods["unet"]).from_config(mods["unet"].config)
                 ema.copy_to(ema_model.parameters())
                 mods["unet_ema"] = ema_model
-            ckpt.write_checkpoint(out / "checkpoints", done, mods, optimizer, state, tc.keep_checkpoints)
+            ckpt.write_checkpoint(
+                out / "checkpoints", done, mods, optimizer, {**state, "losses": losses}, tc.keep_checkpoints
+            )
     bar.close()
     elapsed = time.perf_counter() - t0
     accelerator.wait_for_everyone()

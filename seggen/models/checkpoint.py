@@ -122,8 +122,19 @@ def write_checkpoint(
 ) -> Path:
     """modules: name -> model with save_pretrained. Keeps the newest `keep` checkpoints. trainer_state.json
     records every file's size and sha256, so that a damaged checkpoint is recognised before resuming."""
+    from seggen.errors import TrainingError
     from seggen.io import default_modes, file_digests
 
+    for name, m in modules.items():  # a diverged step is never saved, not even as a checkpoint
+        module = m.module if isinstance(m, RawStateDict) else m
+        bad = next(
+            (k for k, v in module.state_dict().items() if v.is_floating_point() and not v.isfinite().all()), None
+        )
+        if bad is not None:
+            raise TrainingError(
+                f"{root.parent}: the weights hold NaN or inf after step {step} ({name}: {bad}); no checkpoint written "
+                "-- lower the learning rate or add warm-up steps, and run again"
+            )
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:07d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=root))
@@ -180,6 +191,10 @@ def resumable_checkpoint(root: Path, fingerprint: str) -> Path | None:
     truncated or changed) is moved aside to `step_XXXXXXX.corrupt` with a warning naming the file, and
     the previous one is used. Checkpoints made with other params are moved aside (to
     `checkpoints.stale/`) with a warning, and training starts over."""
+    from seggen.outputs import OutputError
+
+    if root.exists() and not root.is_dir():
+        raise OutputError(f"{root}: is a file; seggen keeps its checkpoints in a directory there -- move it away")
     while (last := latest_checkpoint(root)) is not None:
         problem = checkpoint_problem(last)
         if problem is None:

@@ -38,9 +38,14 @@ from seggen.progress import tqdm
 from seggen.segmenter.data import pixel_values
 from seggen.segmenter.model import load_model
 
+# the input is padded to at least this: Swin's deepest feature map (stride 32) is then 2x2 or more, which
+# Mask2Former's GroupNorm layers need for one image of a few dozen pixels (at 1x1 a group holds one value)
+MIN_SIDE = 64
+
 
 def _inputs(images: list[np.ndarray], size: int | None) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-    """Resize so the short side is `size` (None: as is); pad to a common size (bottom/right)."""
+    """Resize so the short side is `size` (None: as is); pad to a common size (bottom/right), at
+    least MIN_SIDE (predictions are cropped back to each image's own pixels)."""
     shapes, arrs = [], []
     for im in images:
         h, w = im.shape[:2]
@@ -49,8 +54,8 @@ def _inputs(images: list[np.ndarray], size: int | None) -> tuple[torch.Tensor, l
             s = size / min(h, w)
             im = np.asarray(Image.fromarray(im).resize((max(1, round(w * s)), max(1, round(h * s))), Image.BILINEAR))
         arrs.append(im)
-    H = max(a.shape[0] for a in arrs)
-    W = max(a.shape[1] for a in arrs)
+    H = max(MIN_SIDE, *(a.shape[0] for a in arrs))
+    W = max(MIN_SIDE, *(a.shape[1] for a in arrs))
     padded = [np.pad(a, ((0, H - a.shape[0]), (0, W - a.shape[1]), (0, 0))) for a in arrs]
     valid = [(a.shape[0], a.shape[1]) for a in arrs]
     return pixel_values(padded), list(zip(shapes, valid))
@@ -187,6 +192,9 @@ def scores(metrics: dict) -> dict:
     return out
 
 
+RUN_FIGURES = ("images_per_s",)  # measured by this run, not determined by model and data
+
+
 def evaluate(
     params,
     model_dir: str | Path,
@@ -213,7 +221,9 @@ def evaluate(
         write_json(tmp / "scores.json", scores(metrics))
         per_class = [{"class": c, "iou": v} for c, v in metrics["semantic"]["per_class_iou"].items() if v is not None]
         write_json(tmp / "per_class_iou.json", {"per_class_iou": per_class}, indent=None)
-    write_json(out / "metrics.json", metrics)
+    # metrics.json is a cached DVC output: only what the model and data determine (the run's speed
+    # goes to MLflow and the caller, not into a file whose hash would change on every run)
+    write_json(out / "metrics.json", {k: v for k, v in metrics.items() if k not in RUN_FIGURES})
     return metrics
 
 

@@ -32,7 +32,13 @@ def build_model(cfg: SegmenterParams, meta: DatasetMeta):
     m = cfg.model
     stages = [f"stage{i + 1}" for i in range(len(m.depths))]
     if cfg.backbone:
-        backbone = AutoConfig.from_pretrained(cfg.backbone)
+        try:
+            backbone = AutoConfig.from_pretrained(cfg.backbone)
+        except (ValueError, KeyError) as e:  # transformers: an unknown model_type in its config.json
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DataError(
+                f"segmenter.backbone {cfg.backbone}: not a backbone transformers knows ({first[:200]})"
+            ) from None
         backbone.out_features = stages[: len(backbone.depths)]
     else:
         backbone = SwinConfig(
@@ -112,4 +118,9 @@ def load_model(model_dir: str | Path):
         cfg = json.loads((model_dir / "config.json").read_text())
         if cfg.get("model_type") != "mask2former":
             raise DataError(f"{model_dir}: is a {cfg.get('model_type')} model, expected mask2former")
-    return Mask2FormerForUniversalSegmentation.from_pretrained(model_dir).eval(), info
+    try:
+        model = Mask2FormerForUniversalSegmentation.from_pretrained(model_dir)
+    except (ValueError, KeyError) as e:  # transformers: an unknown backbone type, a config that does not fit
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"{model_dir}: cannot be loaded as a Mask2Former ({first[:200]})") from None
+    return model.eval(), info

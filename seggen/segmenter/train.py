@@ -35,7 +35,15 @@ from seggen.models.checkpoint import resumable_checkpoint
 from seggen.outputs import check_dir, claim
 from seggen.segmenter.data import SegSource, augment, pixel_values, real_subset, synthetic_by_source, targets
 from seggen.segmenter.model import SEG_META, build_model, save_image_processor
-from seggen.training import LiveMetrics, make_accelerator, seed_for, step_bar, train_summary, write_loss_log
+from seggen.training import (
+    LiveMetrics,
+    finite_loss,
+    make_accelerator,
+    seed_for,
+    step_bar,
+    train_summary,
+    write_loss_log,
+)
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +206,7 @@ def train_segmenter(params: Params, progress: bool = True) -> Path:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             step_loss += loss.item() / tc.grad_accum
-        losses.append(step_loss)
+        losses.append(finite_loss(step_loss, step + 1, optimizer.param_groups[0]["lr"], "train segmenter"))
         bar.update()
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", phase=phase)
         live.step(step + 1, step_loss, optimizer.param_groups[0]["lr"], total)
