@@ -745,11 +745,13 @@ def check(out: Path, tiny: bool, parts: tuple[str, ...], budget: float, work: Pa
     out/gpu_check.json and .md after each part (a run stopped from outside keeps what it measured)."""
     import signal
 
+    from seggen.outputs import claim
+
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     own_work = work is None
     work = Path(tempfile.mkdtemp(prefix="seggen-gpu-check-")) if own_work else work
-    work.mkdir(parents=True, exist_ok=True)
+    claim(work, "--work", "gpu check")  # a folder of the user's is refused: the check replaces what it names
     report: dict = {"tiny": tiny, "parts": {}}
     os.environ["SEGGEN_TRACKING"] = "off"
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout`: clean up and write what was measured
@@ -922,6 +924,7 @@ def main() -> None:
     import torch
 
     from benchmarks.common import DOC, update_section
+    from seggen.errors import SeggenError
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--tiny", action="store_true", help="tiny configs (the CPU check of the same code paths)")
@@ -953,7 +956,10 @@ def main() -> None:
         fail(f"--budget {a.budget:g}: seconds, more than 0")
     if not a.tiny and not torch.cuda.is_available():
         fail("the real-size check needs a CUDA GPU (torch sees none); --tiny runs the same code on any device")
-    report = check(a.out, a.tiny, parts, a.budget, a.work, a.keep)
+    try:
+        report = check(a.out, a.tiny, parts, a.budget, a.work, a.keep)
+    except SeggenError as e:  # a --work or --out that is someone else's
+        fail(str(e))
     print(table(report))
     failed = [k for k, v in report["parts"].items() if not v.get("ok")]
     print(f"wrote {a.out}/gpu_check.json, gpu_check.md, gpu_check.log; {len(failed)} part(s) failed", flush=True)

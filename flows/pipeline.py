@@ -277,7 +277,9 @@ def _mlflow_runs(project: Path, execution: str) -> tuple[str | None, dict[str, s
     runs = client.search_runs([exp.experiment_id], f"tags.`{tracking.EXECUTION}` = '{execution}'", max_results=5000)
     url = lambda r: tracking.run_url(uri, exp.experiment_id, r.info.run_id)  # noqa: E731
     parent = next((url(r) for r in runs if r.data.tags.get(tracking.KIND) == "pipeline"), None)
-    return parent, {r.data.tags[tracking.STAGE]: url(r) for r in runs if tracking.STAGE in r.data.tags}
+    # the parent carries the tags of the stage that opened it, its STAGE too: link stages to stage runs only
+    stages = [r for r in runs if r.data.tags.get(tracking.KIND) == "stage" and tracking.STAGE in r.data.tags]
+    return parent, {r.data.tags[tracking.STAGE]: url(r) for r in stages}
 
 
 def produced_scores(eval_root: Path, since: float) -> dict[tuple[str, str], dict]:

@@ -42,15 +42,38 @@ def _typed(deployment, flow_fn):
 
 
 def serve(project_dir: str | Path = ".", limit: int = 1) -> None:
-    """Serve the deployments until interrupted; `limit` flow runs at a time (each in its own worktree)."""
-    from prefect import serve as prefect_serve
+    """Serve the deployments until interrupted; `limit` flow runs at a time (each in its own worktree).
+    Refuses without a server to serve to: Prefect would otherwise start a temporary one on a random
+    port, which no UI or teammate can find, and which goes with this process."""
+    import signal
+    import warnings
 
+    from prefect import serve as prefect_serve
+    from prefect.settings import PREFECT_API_URL
+
+    from seggen.errors import ConfigError
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        raise ConfigError(
+            "seggen serve: PREFECT_API_URL is not set (no Prefect server to serve to); start one with "
+            "`prefect server start` and export PREFECT_API_URL=http://127.0.0.1:4200/api"
+        )
     project = Path(project_dir).resolve()
     deployments = [
         _typed(f.to_deployment(name=name, parameters=_parameters(project, name), tags=["seggen"]), f)
         for name, f in _available(project).items()
     ]
-    prefect_serve(*deployments, limit=limit)
+    print(f"serving {', '.join(d.name for d in deployments)} of {project} to {url} (Ctrl-C stops)", flush=True)
+    # Ctrl-C stops it even where it was started in the background (where a shell ignores SIGINT); a
+    # SIGTERM takes Prefect's own graceful shutdown, whose never-awaited coroutine warning is noise
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    warnings.filterwarnings("ignore", message=r"coroutine 'Runner\.astop' was never awaited")
+    try:
+        prefect_serve(*deployments, limit=limit)
+    except KeyboardInterrupt:
+        pass
+    print("stopped serving", flush=True)
 
 
 def deploy(pool: str, project_dir: str | Path = ".", source: str | Path | None = None) -> list[str]:

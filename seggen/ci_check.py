@@ -20,6 +20,7 @@ from pathlib import Path
 from seggen.config import load_params
 from seggen.errors import ConfigError, SeggenError, not_found
 from seggen.io import write_json
+from seggen.outputs import claim
 
 DEFAULT_TOLERANCE = 3.0  # mIoU points: float differences between CPUs move a 200-step run by ~1
 
@@ -42,7 +43,7 @@ def run_small_pipeline(params_path: Path, workdir: Path, project: Path = Path(".
     project = project.resolve()
     if not (project / "dvc.yaml").is_file():
         raise ConfigError(not_found(project / "dvc.yaml", "file", "pipeline") + " (run ci-check in the project)")
-    workdir.mkdir(parents=True, exist_ok=True)
+    claim(workdir, "--workdir", "ci-check")  # a folder of the user's is refused, never overwritten
     shutil.copy(project / "dvc.yaml", workdir / "dvc.yaml")
     for extra in (".dvcignore",):
         if (project / extra).exists():
@@ -56,11 +57,20 @@ def run_small_pipeline(params_path: Path, workdir: Path, project: Path = Path(".
     if not (workdir / ".dvc").is_dir():
         subprocess.run([dvc, "init", "--no-scm", "-q"], cwd=workdir, env=env, check=True)
     log = workdir / "repro.log"
-    with log.open("w") as out:
-        r = subprocess.run([dvc, "repro"], cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT)
-    if r.returncode != 0:
+    t0 = time.perf_counter()
+    with log.open("w") as out:  # everything to the log; each stage's start, with the time so far, to stderr
+        proc = subprocess.Popen(
+            [dvc, "repro"], cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for line in proc.stdout:
+            out.write(line)
+            if line.startswith(("Running stage ", "Stage '")):
+                m, sec = divmod(int(time.perf_counter() - t0), 60)
+                print(f"ci-check [{m:02d}:{sec:02d}] {line.strip()}", file=sys.stderr, flush=True)
+        code = proc.wait()
+    if code != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
-        raise SeggenError(f"the CI pipeline failed (dvc repro exit {r.returncode}; {log}):\n{tail}")
+        raise SeggenError(f"the CI pipeline failed (dvc repro exit {code}; {log}):\n{tail}")
     scores: dict[str, dict[str, float]] = {}
     for arm in p.arms:
         for split in p.evaluate.splits:
@@ -110,7 +120,7 @@ def registry_scores(alias: str, project: Path = Path(".")) -> dict:
         mv = client.get_model_version_by_alias(name, alias)
     except MlflowException:
         raise ConfigError(
-            f"models:/{name}@{alias}: no such alias in {uri} (the report stage sets champion/baseline)"
+            f"models:/{name}@{alias}: no such alias in {uri} (`seggen promote` sets champion and baseline)"
         ) from None
     model_id = getattr(mv, "model_id", None) or str(mv.source).rsplit("/", 1)[-1]
     newest: dict[str, tuple[int, float]] = {}

@@ -499,6 +499,21 @@ def compare(
     typer.echo(compare_runs(list(split or p.evaluate.splits), runs))
 
 
+@app.command()
+def promote(
+    arm: Annotated[
+        str | None, typer.Option(help="The arm to make champion (default: the best in-domain arm of the report).")
+    ] = None,
+) -> None:
+    """Move the registry's aliases: champion -> the best (or --arm) arm's registered segmenter of the
+    latest report, baseline -> the reference arm's. Nothing else moves them: run it on the main branch."""
+    from seggen import tracking
+
+    for alias, v in tracking.promote(state.params(), arm).items():
+        was = f"was version {v['previous']}" if v["previous"] else "new"
+        typer.echo(f"@{alias}: {v['arm']} (version {v['version']}; {was})")
+
+
 @app.command("ci-check")
 def ci_check_cmd(
     baseline: Annotated[Path, typer.Option(help="Committed scores to compare with.")] = Path("ci/baseline.json"),
@@ -528,7 +543,7 @@ def ci_check_cmd(
     try:
         if against:
             if update:
-                raise typer.BadParameter("--update writes ci/baseline.json; aliases are set by the report stage")
+                raise typer.BadParameter("--update writes ci/baseline.json; aliases move with `seggen promote`")
             typer.echo(check_against_alias(against, state.params_path, tolerance, arm))
             return
         typer.echo(ci_check(baseline, ci_params, tolerance, update, workdir))

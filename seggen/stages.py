@@ -242,11 +242,8 @@ def report(params: Params) -> dict:
         in_domain = {
             a: s[split]["mIoU"] for a, s in summary["arms"].items() if s.get(split, {}).get("mIoU") is not None
         }
-        baseline = summary["reference_arm"]
-        if mlrun.run_id:
-            dirs = {a: Path(params.arm(a).segmenter.out) / "model" for a in summary["arms"]}
-            aliases = tracking.set_aliases(mlrun.client, dirs, in_domain, baseline)
-            mlrun.set_tags({f"alias.{k}": f"{v['arm']} (version {v['version']})" for k, v in aliases.items()})
+        if in_domain:  # which arm `seggen promote` would make champion; the report moves no alias itself
+            mlrun.set_tags({"candidate.champion": max(in_domain, key=in_domain.get)})
         if params.report.results:  # the ablation page
             res = build_results(params)
             mlrun.log_artifact(params.report.results)

@@ -372,6 +372,50 @@ def set_aliases(client, arm_dirs: dict[str, Path], in_domain: dict[str, float], 
     return set_to
 
 
+def promote(params, champion: str | None = None, project: Path = Path(".")) -> dict[str, dict]:
+    """`seggen promote`: move the registry's aliases -- the only way they move (no run, experiment or
+    flow does). `champion` -> the registered version of the arm with the best in-domain mIoU in the
+    report (reports/summary.json), or of `champion` if given; `baseline` -> the report's reference arm.
+    -> {alias: {"arm", "version", "previous"}}. Run by the main branch's CI, or by a user, after the
+    pipeline has run with tracking on (every arm's model registered)."""
+    import json
+
+    from mlflow.exceptions import MlflowException
+
+    from seggen import mlflow_models as mm
+
+    if not enabled():
+        raise TrackingError(f"seggen promote moves MLflow registry aliases: tracking is off ({TRACKING_ENV})")
+    summary_path = Path(params.report.out) / "summary.json"
+    if not summary_path.is_file():
+        raise TrackingError(f"{summary_path}: no report to promote from (run the pipeline: dvc repro)")
+    summary = json.loads(summary_path.read_text())
+    split = params.evaluate.splits[0]  # in-domain
+    scores = {a: s.get(split, {}).get("mIoU") for a, s in summary["arms"].items()}
+    scores = {a: v for a, v in scores.items() if v is not None}
+    if champion is not None and champion not in scores:
+        raise TrackingError(f"--arm {champion}: not an arm of {summary_path} (have: {', '.join(scores) or 'none'})")
+    pick = champion or (max(scores, key=scores.get) if scores else None)
+    if pick is None:
+        raise TrackingError(f"{summary_path}: no arm has an in-domain ({split}) mIoU")
+    client, uri = open_client(project)
+    name = mm.KINDS["segmenter"]
+    previous = {}
+    for alias in ("champion", "baseline"):
+        try:
+            previous[alias] = str(client.get_model_version_by_alias(name, alias).version)
+        except MlflowException:
+            previous[alias] = None
+    dirs = {a: Path(params.arm(a).segmenter.out) / "model" for a in summary["arms"]}
+    moved = set_aliases(client, dirs, {pick: scores[pick]}, summary.get("reference_arm"))
+    if "champion" not in moved:
+        raise TrackingError(
+            f"arm {pick}: its model {dirs[pick]} has no registered version in {uri} (trained with tracking off, "
+            "or not yet: run the pipeline with tracking on)"
+        )
+    return {k: {**v, "previous": previous[k]} for k, v in moved.items()}
+
+
 def experiment_name() -> str:
     return os.environ.get(EXPERIMENT_ENV, DEFAULT_EXPERIMENT)
 
@@ -449,6 +493,9 @@ def _mlflow_stage_run(
 
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # a server that stops answering is noticed in seconds, not after MLflow's default retries (minutes)
+    for var, value in HTTP_RETRIES.items():
+        os.environ.setdefault(var, value)
     client, uri = open_client(project)
     mlflow.set_tracking_uri(uri)
     exp_id = _experiment(client, project)
@@ -470,16 +517,55 @@ def _mlflow_stage_run(
         log_system_metrics=bool(system_metrics),
     )
     run = StageRun(client, active.info.run_id, parent, project, tags)
-    status = "FAILED"
+    status, lost = "FAILED", None
     try:
         if params:
             run.log_params(params)
         yield run
         status = "FINISHED"
+    except Exception as e:
+        if not server_lost(e):
+            raise
+        lost = e
     finally:
-        mlflow.end_run(status)
-        if parent:  # finished after every stage; the next stage of the execution re-opens it
-            client.set_terminated(parent, status)
+        try:
+            mlflow.end_run(status)
+            if parent:  # finished after every stage; the next stage of the execution re-opens it
+                client.set_terminated(parent, status)
+        except Exception as e:
+            if not server_lost(e):
+                raise
+            lost = lost or e
+    if lost is not None:
+        raise TrackingError(
+            f"the MLflow tracking server {redact(uri)} stopped answering ({scrub(_first_line(lost), uri)}); "
+            "what the stage computed is written, its MLflow run is incomplete -- start the server and run the stage "
+            f"again (a training resumes from its last checkpoint), or run offline with {TRACKING_ENV}=off"
+        ) from None
+
+
+HTTP_RETRIES = {  # MLflow's defaults retry 7 times with a doubling back-off: minutes per call to a dead server
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+}
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:200]
+
+
+def server_lost(e: BaseException) -> bool:
+    """True when `e` (or what caused it) says the tracking server cannot be reached any more."""
+    seen = 0
+    while e is not None and seen < 8:
+        name, text = type(e).__name__, str(e)
+        if name in ("ConnectionError", "ConnectTimeout", "ReadTimeout", "MaxRetryError", "NewConnectionError"):
+            return True
+        if "Max retries exceeded" in text or "Connection refused" in text or "Failed to establish" in text:
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
 
 
 def run_url(uri: str, experiment_id: str, run_id: str) -> str:

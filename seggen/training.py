@@ -9,6 +9,7 @@ uninterrupted one exactly and outputs do not depend on the batch size.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import sys
 import time
@@ -19,6 +20,8 @@ import numpy as np
 import torch
 
 from seggen.errors import TrainingError
+
+log = logging.getLogger(__name__)
 
 
 def finite_loss(loss: float, step: int, lr: float, what: str) -> float:
@@ -151,15 +154,24 @@ class LiveMetrics:
             return
         now = time.perf_counter()
         rate = self.steps / max(now - self.t, 1e-9)
-        self.mlflow.log_metrics(
-            {
-                "live/loss": float(np.mean(self.window)),
-                "live/lr": float(lr),
-                "live/steps_per_s": rate,
-                "live/samples_per_s": rate * self.samples,
-            },
-            step=done,
-        )
+        try:
+            self.mlflow.log_metrics(
+                {
+                    "live/loss": float(np.mean(self.window)),
+                    "live/lr": float(lr),
+                    "live/steps_per_s": rate,
+                    "live/samples_per_s": rate * self.samples,
+                },
+                step=done,
+            )
+        except Exception as e:
+            from seggen.tracking import server_lost
+
+            if not server_lost(e):
+                raise
+            # the training goes on; the stage says at its end that its MLflow run is incomplete
+            log.warning("MLflow tracking lost at step %d: the training goes on without live metrics", done)
+            self.run = None
         self.window, self.steps, self.t = [], 0, now
 
 

@@ -295,3 +295,39 @@ def test_form_changes_are_what_the_user_edited():
     btree["arms"] = {}
     btree["ablation"]["seeds"] = [0]
     assert form_changes(Params.model_validate(btree), bench) == {"ablation.seeds": [0]}
+
+
+def test_the_summary_links_each_stage_to_its_own_run(tmp_path, monkeypatch):
+    """The pipeline's parent run carries the tags of the stage that opened it (its stage name too):
+    the summary's link for that stage is the stage's run, never the parent."""
+    from flows.pipeline import _mlflow_runs
+    from seggen import tracking
+
+    monkeypatch.delenv("SEGGEN_TRACKING", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv(tracking.EXECUTION_ENV, "exec-1")
+    monkeypatch.setenv(tracking.EXPERIMENT_ENV, "links")
+    monkeypatch.chdir(tmp_path)
+    ids = {}
+    for stage in ("train_segmenter@seggen", "report"):
+        with tracking.stage_run(stage, project=tmp_path) as run:
+            ids[stage] = run.run_id
+            parent = run.parent_id
+    parent_url, links = _mlflow_runs(tmp_path, "exec-1")
+    assert parent_url.endswith(f"/runs/{parent}")
+    assert {s: u.rsplit("/", 1)[-1] for s, u in links.items()} == ids
+
+
+def test_serve_without_a_server_refuses_in_one_line(tmp_path):
+    """No PREFECT_API_URL: Prefect would start a temporary server on a random port that nothing finds."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")  # no profile that names a server
+    r = subprocess.run(
+        [sys.executable, "-m", "seggen.cli", "serve", "--project", str(REPO)], env=env, capture_output=True, text=True
+    )
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()]
+    assert r.stderr.startswith("error: seggen serve: PREFECT_API_URL is not set")

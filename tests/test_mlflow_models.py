@@ -3,6 +3,7 @@ equal seggen's own commands, one registered model per kind with tagged versions 
 served `@champion` answering a real POST, and training metrics readable while the training runs."""
 
 import base64
+import io
 import json
 import os
 import subprocess
@@ -156,6 +157,11 @@ def test_segmenter_pyfunc_registry_and_aliases(store, tiny_seg, small_benchmark,
     model = mlflow.pyfunc.load_model("models:/seggen-segmenter@champion")
     out = model.predict({"image": [f.read_bytes() for f in files]})
     np.testing.assert_array_equal(out["labels"], ref)
+    # one small image alone (its deepest feature map would be 1x1 unpadded): labels at its own size
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(Image.open(files[0]))[:20, :24]).save(buf, format="PNG")
+    small = model.predict({"image": [buf.getvalue()]})["labels"]
+    assert np.asarray(small).shape == (1, 20, 24)
 
 
 @pytest.mark.slow  # starts `mlflow models serve` (its own process and uvicorn)

@@ -121,3 +121,54 @@ def test_a_tracked_stage_with_a_password_in_the_uri_writes_it_nowhere(mlflow_ser
         stored = " ".join([*run.data.tags.values(), *run.data.params.values()])
         assert "S3cret" not in stored and "p@ss" not in stored
     assert Path(tmp_path / "seg" / "model").is_dir()
+
+
+@pytest.mark.slow
+def test_a_tracking_server_that_dies_mid_training_is_noticed_in_seconds(small_benchmark, tmp_path):
+    """The MLflow server is killed while a tracked training runs: the training finishes (its model is
+    written), and the stage ends at once with one line saying the server stopped answering, exit 2 --
+    not minutes of MLflow's retries and a traceback."""
+    import time
+
+    from conftest import local_server
+
+    home = tmp_path / "server"
+    home.mkdir()
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    mlflow_bin = str(Path(sys.executable).with_name("mlflow"))
+    argv = [mlflow_bin, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    argv += ["--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}", "--artifacts-destination", str(home / "a")]
+    doc = {
+        "data": {"root": str(small_benchmark)},
+        "segmenter": {
+            "out": str(tmp_path / "seg"),
+            "model": TINY_SEG_MODEL,
+            "train": {"steps": 40, "batch_size": 2, "crop": 32, "checkpoint_every": 100, "threads": 1},
+        },
+        "tracking": {"log_every": 1, "system_metrics": False},
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(doc))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    env.pop("SEGGEN_TRACKING", None)
+    err = tmp_path / "stderr.txt"
+    with local_server(argv, uri + "/health", home) as server, err.open("w") as e:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "seggen.cli", "train", "segmenter"], cwd=tmp_path, env=env, stderr=e
+        )
+        deadline = time.time() + 120
+        while "train segmenter (real):" not in err.read_text() or "1/40" not in err.read_text():
+            assert proc.poll() is None and time.time() < deadline, err.read_text()[-2000:]
+            time.sleep(0.2)
+        import psutil
+
+        for child in [*psutil.Process(server.pid).children(recursive=True), psutil.Process(server.pid)]:
+            child.kill()  # the server and its uvicorn workers, mid-training
+        killed = time.perf_counter()
+        rc = proc.wait(timeout=600)
+        after = time.perf_counter() - killed
+    text = err.read_text()
+    errors = [ln for ln in text.splitlines() if ln.startswith("error: ")]
+    assert rc == 2 and len(errors) == 1 and "stopped answering" in errors[0], text[-3000:]
+    assert "Traceback" not in text and (tmp_path / "seg" / "model" / "config.json").is_file()
+    assert after < 60, f"{after:.0f} s from the server's death to the stage's end"  # the rest of 40 steps + ~3 s
