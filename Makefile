@@ -91,7 +91,7 @@ bench-segmenter: install
 bench-pipeline: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m benchmarks.bench_pipeline
 
-# The ablation (issue 7): bench/dvc.yaml with bench/params.yaml -> docs/results.md (from MLflow).
+# The ablation: bench/dvc.yaml with bench/params.yaml -> docs/results.md (from MLflow).
 bench-ablation: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro bench/dvc.yaml
 
@@ -99,5 +99,8 @@ bench-ablation: install
 ci-check: install
 	$(VENV)/bin/seggen ci-check $(CI_ARGS)
 
+# seggen's generated data: only folders that carry its marker (.seggen), never a dataset of yours
 clean-data:
-	rm -rf data/benchmark data/check.txt data/synthetic
+	@for d in data/benchmark data/synthetic/masksyn data/synthetic/imgsyn data/corpus; do \
+		if [ -f "$$d/.seggen" ]; then rm -rf "$$d" && echo "removed $$d"; elif [ -e "$$d" ]; then echo "kept $$d (no .seggen: not seggen's)"; fi; done
+	rm -f data/check.txt

@@ -108,7 +108,8 @@ def compare(
 
 def registry_scores(alias: str, project: Path = Path(".")) -> dict:
     """{"arm", "version", "git_commit", "mIoU": {split: value}} of models:/seggen-segmenter@ALIAS: the
-    newest value of each SPLIT/mIoU logged on the version's LoggedModel."""
+    scores `seggen promote` recorded on the version (its tags `reference.SPLIT.mIoU`), which no later
+    evaluation of the same weights -- a branch's, say -- can change."""
     from mlflow.exceptions import MlflowException
 
     from seggen import tracking
@@ -122,20 +123,20 @@ def registry_scores(alias: str, project: Path = Path(".")) -> dict:
         raise ConfigError(
             f"models:/{name}@{alias}: no such alias in {uri} (`seggen promote` sets champion and baseline)"
         ) from None
-    model_id = getattr(mv, "model_id", None) or str(mv.source).rsplit("/", 1)[-1]
-    newest: dict[str, tuple[int, float]] = {}
-    for m in client.get_logged_model(model_id).metrics or []:
-        if m.key.endswith("/mIoU") and (m.key not in newest or m.timestamp >= newest[m.key][0]):
-            newest[m.key] = (m.timestamp, m.value)
-    if not newest:
+    ref = {
+        k.removeprefix("reference.").removesuffix(".mIoU"): round(float(v), 2)
+        for k, v in mv.tags.items()
+        if k.startswith("reference.") and k.endswith(".mIoU")
+    }
+    if not ref:
         raise ConfigError(
-            f"models:/{name}@{alias} (version {mv.version}): no SPLIT/mIoU on its model; evaluate it first"
+            f"models:/{name}@{alias} (version {mv.version}): no scores recorded at its promotion; run `seggen promote`"
         )
     return {
         "arm": mv.tags.get("arm", "segmenter"),
         "version": str(mv.version),
-        "git_commit": mv.tags.get("git_commit", "?"),
-        "mIoU": {k.rsplit("/", 1)[0]: round(v, 2) for k, (_, v) in sorted(newest.items())},
+        "git_commit": mv.tags.get("reference.commit", mv.tags.get("git_commit", "?")),
+        "mIoU": dict(sorted(ref.items())),
     }
 
 

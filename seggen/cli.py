@@ -748,7 +748,7 @@ def main() -> None:
         _fail("out of memory (host RAM): lower the batch size, resolution or class count, or free memory", 2, debug)
     except Exception as e:
         text = str(e)
-        if "No space left on device" in text or "os error 28" in text.lower() or "code: 28" in text:
+        if "No space left on device" in text or "StorageFull" in text:
             # a full disk raised as another library's error (safetensors' SafetensorError, ...)
             _fail(f"the disk is full: No space left on device ({type(e).__name__} while writing)", 2, debug)
         _fail(f"unexpected {type(e).__name__}: {e} (a bug in seggen? re-run with --debug for the traceback)", 1, debug)

@@ -31,21 +31,23 @@ MAX_STEPS = 10_000_000  # optimizer steps: 27x the paper's longest schedule (COC
 # Paths and split names go into dvc.yaml's deps and outs and onto the file system, never through a
 # shell (the stage commands take no `${...}`); still, nothing a shell or DVC's `${}` would read gets
 # in: they are refused here, naming the key, and the Prefect form checks the same patterns.
-SAFE_PATH = r"^[\w .,/+=@%~:-]+$"
-SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+# (?!\n) before $: a JSON-schema validator's $ (and Python's re.search) also matches before a final newline
+_PATH_CHARS, _NAME_BODY = r"[\w .,/+=@%~:-]", r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
+SAFE_PATH = rf"^{_PATH_CHARS}+(?!\n)$"
+SAFE_NAME = rf"^{_NAME_BODY}(?!\n)$"
 
 
 def _safe_path(value: Path) -> Path:
     text = str(value)
-    if not re.fullmatch(SAFE_PATH[1:-1], text):
-        bad = sorted({c for c in text if not re.fullmatch(r"[\w .,/+=@%~:-]", c)}) or ["(empty)"]
+    if not re.fullmatch(f"{_PATH_CHARS}+", text):
+        bad = sorted({c for c in text if not re.fullmatch(_PATH_CHARS, c)}) or ["(empty)"]
         shown = " ".join(map(repr, bad))
         raise ValueError(f"a path of letters, digits, spaces and _ . , / + = @ % ~ : - only, not {shown}")
     return value
 
 
 def _safe_name(value: str) -> str:
-    if not re.fullmatch(SAFE_NAME[1:-1], value):
+    if not re.fullmatch(_NAME_BODY, value):
         raise ValueError("a name of letters, digits, _ . - (starting with a letter or digit, at most 64)")
     return value
 
@@ -614,7 +616,9 @@ class TrackingParams(_Section):
     """Seconds between system-metric samples."""
 
 
-_ARM_NAME = r"^[a-z0-9][a-z0-9_-]{0,39}$"
+_ARM_BODY, _VARIANT_BODY = r"[a-z0-9][a-z0-9_-]{0,39}", r"[a-z0-9][a-z0-9_]{0,39}"
+_ARM_NAME = rf"^{_ARM_BODY}(?!\n)$"  # arms, regimes, ablation groups (the form's pattern)
+_VARIANT_NAME = rf"^{_VARIANT_BODY}(?!\n)$"
 
 
 DEFAULT_SEEDS = (0, 1, 2)
@@ -623,7 +627,7 @@ DEFAULT_SEEDS = (0, 1, 2)
 class AblationParams(_Section):
     """The arms of an ablation, generated (Params._ablation_arms): every regime x group x seed."""
 
-    groups: dict[str, dict[str, Any]]
+    groups: dict[str, dict[str, Any]] = Field(json_schema_extra={"propertyNames": {"pattern": _ARM_NAME}})
     """Group name -> `segmenter` keys, e.g. both: {strategy: augment}."""
     seeds: tuple[StrictInt, ...] = Field(DEFAULT_SEEDS, min_length=1)
     """segmenter.seed of each copy of a group."""
@@ -669,7 +673,7 @@ class Params(_Section):
     (e.g. real_subset for the low-data regime); its datasets go to synthesize.out/REGIME
     """
     variants: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, json_schema_extra={"propertyNames": {"pattern": r"^[a-z0-9][a-z0-9_]{0,39}$"}}
+        default_factory=dict, json_schema_extra={"propertyNames": {"pattern": _VARIANT_NAME}}
     )
     """Other generator setups of an ablation (bench/params.yaml), each a set of dotted keys of `prior`, `mask2img` and
     `synthesize` over these params; their corpus, prior, Mask2Img and synthetic data go beside the main ones with
@@ -698,6 +702,9 @@ class Params(_Section):
         ab = data["ablation"]
         if not isinstance(ab, dict) or not isinstance(ab.get("groups"), dict):
             return data  # the field validation below names what is wrong
+        for group in ab["groups"]:
+            if not isinstance(group, str) or not re.fullmatch(_ARM_BODY, group):
+                raise ValueError(f"ablation.groups.{group}: group names are lowercase letters, digits, - and _")
         regimes = data.get("regimes") or {"": {}}
         root = Path((data.get("synthesize") or {}).get("out", SynthesizeParams().out))
         variants = data.get("variants") or {}
@@ -754,15 +761,15 @@ class Params(_Section):
         import re
 
         for name in self.regimes:
-            if not re.match(_ARM_NAME, name):
+            if not re.fullmatch(_ARM_BODY, name):
                 raise ValueError(f"regimes.{name}: regime names are lowercase letters, digits, - and _")
             self.regime(name)
         for name in self.variants:
-            if not re.match(_ARM_NAME, name) or "-" in name:
+            if not re.fullmatch(_VARIANT_BODY, name):
                 raise ValueError(f"variants.{name}: variant names are lowercase letters, digits and _")
             self.variant(name)
         for name in self.arms:
-            if not re.match(_ARM_NAME, name):
+            if not re.fullmatch(_ARM_BODY, name):
                 raise ValueError(f"arms.{name}: arm names are lowercase letters, digits, - and _")
             seg = self.arm(name).segmenter  # each arm must give a valid segmenter section
             # an arm on a regime's synthetic data must train on that regime's real images: in the

@@ -27,13 +27,14 @@ KINDS = {"segmenter": "seggen-segmenter", "text2mask": "seggen-text2mask", "mask
 
 
 def _decode(blob) -> np.ndarray:
-    from PIL import Image
+    """A request's image, decoded as `seggen evaluate` reads files (seggen.data.images.load_rgb)."""
+    import base64
+
+    from seggen.data.images import decode_rgb
 
     if isinstance(blob, str):  # base64 text where a client skipped the schema
-        import base64
-
         blob = base64.b64decode(blob)
-    return np.asarray(Image.open(io.BytesIO(bytes(blob))).convert("RGB"))
+    return decode_rgb(bytes(blob), "the request's image")
 
 
 def encode_png(array: np.ndarray) -> bytes:

@@ -44,6 +44,10 @@ DVC_EXPERIMENT_ENV = "SEGGEN_DVC_EXPERIMENT"  # the DVC experiment a flow run sa
 EXPERIMENT_ENV = "MLFLOW_EXPERIMENT_NAME"
 DEFAULT_EXPERIMENT = "seggen"
 KIND, STAGE, EXECUTION = "seggen.kind", "seggen.stage", "seggen.execution"
+# MLflow's usage telemetry calls out from every process that imports it, and its session bookkeeping
+# has failed a stage that ran right after a tracking server restarted (KeyError
+# '_MLFLOW_TELEMETRY_SESSION_ID'): off in seggen's processes unless the variable says otherwise
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 class TrackingError(SeggenError):
@@ -96,15 +100,24 @@ def scrub(text: str, uri: str) -> str:
     return text
 
 
+_FROM_URI: set[str] = set()  # the auth variables this process set from a URI's credentials
+
+
 def _use_credentials(uri: str) -> str:
     """MLflow gets the URI without credentials and them as MLFLOW_TRACKING_USERNAME / _PASSWORD (which
     it sends as basic auth), so that nothing MLflow prints or stores -- its "View run at" links, run
-    tags -- holds them. -> the bare URI."""
+    tags -- holds them. A URI's own credentials win over the variables; those taken from an earlier
+    URI go when the next URI has none (a long-lived process must not send them to another server).
+    -> the bare URI."""
     bare, user, password = split_credentials(uri)
-    if user is not None:
-        os.environ.setdefault("MLFLOW_TRACKING_USERNAME", user)
-        if password is not None:
-            os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", password)
+    given = {"MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": password}
+    for var, value in given.items():
+        if value is not None:
+            os.environ[var] = value
+            _FROM_URI.add(var)
+        elif var in _FROM_URI:
+            os.environ.pop(var, None)
+            _FROM_URI.discard(var)
     return bare
 
 
@@ -349,26 +362,36 @@ class StageRun(NullRun):
             self.client.set_tag(self.run_id, k, str(v))
 
 
+def _registered(client, arm_dirs: dict[str, Path], picks: dict[str, str | None]) -> dict[str, tuple[str, str | None]]:
+    """{alias: (arm, the registered segmenter version whose digest tag is the arm's model directory's,
+    or None)} for each alias with an arm."""
+    from seggen import mlflow_models as mm
+
+    name = mm.KINDS["segmenter"]
+    out = {}
+    for alias, arm in picks.items():
+        if arm is None or arm not in arm_dirs or not (arm_dirs[arm] / "config.json").exists():
+            continue
+        digest = digest_tree(arm_dirs[arm])
+        found = client.search_model_versions(f"name='{name}' and tags.digest='{digest}'")
+        out[alias] = (arm, str(max(found, key=lambda v: int(v.version)).version) if found else None)
+    return out
+
+
 def set_aliases(client, arm_dirs: dict[str, Path], in_domain: dict[str, float], baseline: str | None) -> dict:
     """The registry's aliases on the segmenter: `champion` -> the version of the arm with the best
     in-domain mIoU, `baseline` -> the baseline arm's. A version is found by the digest of the arm's
     model directory (its tag), so the alias names exactly the weights that were scored."""
     from seggen import mlflow_models as mm
 
-    name = mm.KINDS["segmenter"]
-    set_to = {}
     picks = {"champion": max(in_domain, key=in_domain.get) if in_domain else None, "baseline": baseline}
-    for alias, arm in picks.items():
-        if arm is None or arm not in arm_dirs or not (arm_dirs[arm] / "config.json").exists():
+    set_to = {}
+    for alias, (arm, version) in _registered(client, arm_dirs, picks).items():
+        if version is None:
+            log.warning("%s: no registered version of its model directory (trained with tracking off?)", arm)
             continue
-        digest = digest_tree(arm_dirs[arm])
-        found = client.search_model_versions(f"name='{name}' and tags.digest='{digest}'")
-        if not found:
-            log.warning("%s: no registered version with digest %s (trained with tracking off?)", arm, digest[:12])
-            continue
-        version = max(found, key=lambda v: int(v.version)).version
-        client.set_registered_model_alias(name, alias, version)
-        set_to[alias] = {"arm": arm, "version": str(version)}
+        client.set_registered_model_alias(mm.KINDS["segmenter"], alias, version)
+        set_to[alias] = {"arm": arm, "version": version}
     return set_to
 
 
@@ -376,8 +399,9 @@ def promote(params, champion: str | None = None, project: Path = Path(".")) -> d
     """`seggen promote`: move the registry's aliases -- the only way they move (no run, experiment or
     flow does). `champion` -> the registered version of the arm with the best in-domain mIoU in the
     report (reports/summary.json), or of `champion` if given; `baseline` -> the report's reference arm.
-    -> {alias: {"arm", "version", "previous"}}. Run by the main branch's CI, or by a user, after the
-    pipeline has run with tracking on (every arm's model registered)."""
+    Each promoted version is tagged with the report's scores of its arm (`reference.SPLIT.mIoU`): what
+    `ci-check --against ALIAS` compares with, which no later evaluation of the same weights changes.
+    Every alias is resolved before any moves. -> {alias: {"arm", "version", "previous"}}."""
     import json
 
     from mlflow.exceptions import MlflowException
@@ -400,20 +424,28 @@ def promote(params, champion: str | None = None, project: Path = Path(".")) -> d
         raise TrackingError(f"{summary_path}: no arm has an in-domain ({split}) mIoU")
     client, uri = open_client(project)
     name = mm.KINDS["segmenter"]
-    previous = {}
-    for alias in ("champion", "baseline"):
-        try:
-            previous[alias] = str(client.get_model_version_by_alias(name, alias).version)
-        except MlflowException:
-            previous[alias] = None
     dirs = {a: Path(params.arm(a).segmenter.out) / "model" for a in summary["arms"]}
-    moved = set_aliases(client, dirs, {pick: scores[pick]}, summary.get("reference_arm"))
-    if "champion" not in moved:
+    picks = {"champion": pick, "baseline": summary.get("reference_arm")}
+    resolved = _registered(client, dirs, picks)
+    missing = [f"{alias} -> {arm}" for alias, (arm, version) in resolved.items() if version is None]
+    if "champion" not in resolved or missing:
         raise TrackingError(
-            f"arm {pick}: its model {dirs[pick]} has no registered version in {uri} (trained with tracking off, "
-            "or not yet: run the pipeline with tracking on)"
+            f"{'; '.join(missing) or 'champion -> ' + pick}: no registered version of {dirs[pick].parent.name}'s model "
+            f"in {uri} (trained with tracking off? run the pipeline with tracking on); no alias moved"
         )
-    return {k: {**v, "previous": previous[k]} for k, v in moved.items()}
+    moved = {}
+    for alias, (arm, version) in resolved.items():
+        try:
+            previous = str(client.get_model_version_by_alias(name, alias).version)
+        except MlflowException:
+            previous = None
+        for s_name, s in summary["arms"][arm].items():
+            if s.get("mIoU") is not None:
+                client.set_model_version_tag(name, version, f"reference.{s_name}.mIoU", f"{s['mIoU']:.4f}")
+        client.set_model_version_tag(name, version, "reference.commit", git_commit(project))
+        client.set_registered_model_alias(name, alias, version)
+        moved[alias] = {"arm": arm, "version": version, "previous": previous}
+    return moved
 
 
 def experiment_name() -> str:
@@ -544,9 +576,12 @@ def _mlflow_stage_run(
         ) from None
 
 
-HTTP_RETRIES = {  # MLflow's defaults retry 7 times with a doubling back-off: minutes per call to a dead server
+# MLflow's defaults -- 7 retries, a doubling back-off, 120 s per request -- spend minutes on each call to
+# a server that died or hangs. These: at most 3 attempts of 8 s with 1 + 2 s between, 27 s per call
+HTTP_RETRIES = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "8",
 }
 
 

@@ -439,3 +439,16 @@ def test_ema_and_bf16_train_checkpoint_and_resume(small_benchmark, tmp_path, cap
     keys = {"text2mask.train.ema": True, "text2mask.train.ema_decay": 0.9, "text2mask.train.mixed_precision": "bf16"}
     ref = train_text2mask(load_params(tiny_params(whole, small_benchmark, steps=4, **keys)), progress=False)
     torch.testing.assert_close(ema, weights(ref, "unet"), rtol=1e-5, atol=1e-6)
+
+
+def test_a_checkpoint_with_non_finite_weights_is_never_written(tmp_path):
+    from seggen.errors import TrainingError
+    from seggen.models.checkpoint import RawStateDict, write_checkpoint
+
+    m = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        m.weight[0, 0] = float("nan")
+    opt = torch.optim.AdamW(m.parameters())
+    with pytest.raises(TrainingError, match=r"weights hold NaN or inf after step 3 \(model: weight\)"):
+        write_checkpoint(tmp_path / "checkpoints", 3, {"model": RawStateDict(m)}, opt, {}, 2)
+    assert not (tmp_path / "checkpoints").exists()

@@ -63,6 +63,9 @@ def test_read_corpus_names_the_file(tmp_path):
     (tmp_path / "captions.jsonl").write_text('{"id": "x"}\n')
     with pytest.raises(DataError, match=r"captions.jsonl:1: not a corpus row"):
         read_corpus(tmp_path)
+    (tmp_path / "captions.jsonl").write_text('{"id": "../../x", "caption": "a road"}\n')
+    with pytest.raises(DataError, match=r"captions.jsonl:1: image id '../../x' points outside the corpus"):
+        read_corpus(tmp_path)
 
 
 def test_style_draw_follows_the_weights_and_depends_on_the_seed_only():

@@ -411,3 +411,20 @@ def test_images_without_an_8_bit_meaning_are_refused_naming_the_file(tmp_path, m
     path = _save(tmp_path / "x.tif", make(), "TIFF")
     with pytest.raises(DataError, match=r"x\.tif: "):
         load_rgb(path)
+
+
+def test_request_bytes_and_source_sizes_follow_the_file_rules(tmp_path):
+    """What a served model receives decodes as files do; a source's size is the oriented one."""
+    import io
+
+    from seggen.data.images import decode_rgb, oriented_size
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((6, 8), 32768, np.uint16)).save(buf, format="PNG")
+    assert abs(float(decode_rgb(buf.getvalue()).mean()) - 128) < 0.5  # 16-bit scaled, not white
+    with pytest.raises(DataError, match="the request: not a readable image"):
+        decode_rgb(b"not an image", "the request")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = _save(tmp_path / "o.jpg", Image.new("RGB", (8, 4)), "JPEG", exif=exif)
+    assert oriented_size(path) == (4, 8)

@@ -204,6 +204,11 @@ def test_changed_params_start_over(gens, tmp_path):
     first = set(tree(out / "imgsyn"))
     res = synthesize(load_params(params_file(gens, out, max_sources=4, steps=2)), "imgsyn", progress=False)
     assert res["generated"] == 4 and set(tree(out / "imgsyn")) == first  # same files, regenerated
+    # a file of the user's put into the dataset: starting over would delete it, so it refuses
+    (out / "imgsyn" / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match=r"imgsyn/notes\.txt: not written by seggen"):
+        synthesize(load_params(params_file(gens, out, max_sources=4, steps=3)), "imgsyn", progress=False)
+    assert (out / "imgsyn" / "notes.txt").read_text() == "mine" and set(tree(out / "imgsyn")) == first | {"notes.txt"}
 
 
 def _no_images(out: Path) -> bool:

@@ -265,9 +265,12 @@ def read_corpus(root: str | Path) -> list[tuple[Path, str]]:
     for n, line in enumerate(f.read_text().splitlines(), 1):
         try:
             row = json.loads(line)
-            out.append((root / "images" / f"{row['id']}.jpg", str(row["caption"])))
+            rid, caption = str(row["id"]), str(row["caption"])
         except (ValueError, KeyError, TypeError):
             raise DataError(f"{f}:{n}: not a corpus row") from None
+        if not rid or "/" in rid or "\\" in rid or rid.startswith(".") or "\0" in rid:
+            raise DataError(f"{f}:{n}: image id {rid!r} points outside the corpus (a path, not an id)")
+        out.append((root / "images" / f"{rid}.jpg", caption))
     return out
 
 

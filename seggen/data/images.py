@@ -36,10 +36,33 @@ def load_rgb(path: str | Path) -> np.ndarray:
     alpha dropped, palettes looked up, 16-bit grey scaled to 8 bits (v * 255 / 65535, rounded: not
     clipped, which would make most of a 16-bit image white). Modes without one meaning as an 8-bit
     image (32-bit float, integers beyond 16 bits, LAB, HSV) are refused naming the file."""
+    path = Path(path)
+    return rgb_of(_open(path), path)
+
+
+def decode_rgb(data: bytes, name: str = "the image") -> np.ndarray:
+    """load_rgb for encoded bytes (a request's image); errors name `name`."""
+    import io
+
+    try:
+        im = Image.open(io.BytesIO(data))
+        im.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{name}: not a readable image ({type(e).__name__})") from None
+    return rgb_of(im, name)
+
+
+def oriented_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) as load_rgb returns the image (EXIF orientations 5-8 swap them), from the header."""
+    with Image.open(path) as im:
+        w, h = im.size
+        return (h, w) if (im.getexif() or {}).get(0x0112, 1) in (5, 6, 7, 8) else (w, h)
+
+
+def rgb_of(im: Image.Image, path) -> np.ndarray:
+    """An opened image as HxWx3 uint8 (load_rgb's rules); `path` names it in errors."""
     from PIL import ImageOps
 
-    path = Path(path)
-    im = _open(path)
     if (im.getexif() or {}).get(0x0112, 1) != 1:  # the orientation tag: rotate or flip as a viewer shows it
         im = ImageOps.exif_transpose(im)
     if im.mode == "RGB":

@@ -248,6 +248,14 @@ def prepare_output(plan: Plan) -> bool:
     if current == plan.fingerprint:
         return not work.exists()
     claim(out, "synthesize.out", f"synthesize {plan.strategy}")  # raises unless seggen wrote it
+    split = plan.params.synthesize.split
+    ours = {MARKER, WORK, ".merge.lock", "manifest.jsonl", "summary.json", "grid.png", META_FILE, "dropped"}
+    ours |= {"images", "annotations", "panoptic", split}  # the ADE20K and COCO layouts' folders
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in ours)
+    if foreign:  # starting over removes the folder's content: never a file of someone else's
+        raise DataError(
+            f"{out / foreign[0]}: not written by seggen, and starting this dataset over would delete it; move it away"
+        )
     if any(p.name != MARKER for p in out.iterdir()):
         log.warning("%s holds a dataset made with other params or generators: starting over", out)
         for p in out.iterdir():
@@ -301,8 +309,10 @@ def panoptic_from_labels(
 
 
 def _source_size(plan: Plan, source: str) -> tuple[int, int]:
-    with Image.open(plan.dataset.samples[plan.source_index[source]].image_path) as im:
-        return im.size
+    """(width, height) of the source image as the readers load it (EXIF orientation applied)."""
+    from seggen.data.images import oriented_size
+
+    return oriented_size(plan.dataset.samples[plan.source_index[source]].image_path)
 
 
 def _source_panoptic(plan: Plan, source: str) -> tuple[np.ndarray, list[dict]]:
