@@ -32,12 +32,15 @@ class Regression(SeggenError):
 def run_small_pipeline(params_path: Path, workdir: Path, project: Path = Path(".")) -> dict[str, dict[str, float]]:
     """`dvc repro` of `project`'s dvc.yaml in `workdir`, with the profile's params resolved into its
     params.yaml and the code the stages depend on copied beside it; no MLflow tracking. Returns
-    {arm: {split: mIoU}} from the evaluations' scores.json."""
+    {arm: {split: mIoU}} from the evaluations' scores.json (and SPLIT.domain_mean: the mean over a
+    split's drawn domains)."""
     import shutil
     import subprocess
     import sys
 
     import yaml
+
+    from seggen.reporting.scores import gate_scores
 
     p = load_params(params_path)
     project = project.resolve()
@@ -75,7 +78,7 @@ def run_small_pipeline(params_path: Path, workdir: Path, project: Path = Path(".
     for arm in p.arms:
         for split in p.evaluate.splits:
             s = json.loads((workdir / p.evaluate.out / arm / split / "scores.json").read_text())
-            scores.setdefault(arm, {})[split] = round(s["mIoU"], 2)
+            scores.setdefault(arm, {}).update(gate_scores(s, split))
     return scores
 
 
@@ -141,14 +144,20 @@ def registry_scores(alias: str, project: Path = Path(".")) -> dict:
 
 
 def project_scores(params_path: Path, arm: str, splits: list[str]) -> dict[str, float]:
-    """{split: mIoU} of `arm` from this project's evaluation outputs (what `dvc repro` wrote)."""
+    """{key: mIoU} of `arm` from this project's evaluation outputs (what `dvc repro` wrote); a key is a
+    split, or SPLIT.domain_mean (the mean over its drawn domains)."""
+    from seggen.reporting.scores import gate_scores
+
     p = load_params(params_path)
     scores = {}
-    for split in splits:
+    for key in splits:
+        split = key.removesuffix(".domain_mean")
         f = Path(p.evaluate.out) / arm / split / "scores.json"
         if not f.is_file():
             raise ConfigError(not_found(f, "file", f"scores of arm {arm!r} on {split}") + " (run `dvc repro` first)")
-        scores[split] = round(float(json.loads(f.read_text())["mIoU"]), 2)
+        got = gate_scores(json.loads(f.read_text()), split)
+        if key in got:  # a key the project lacks (a split without domains now) is reported missing by compare
+            scores[key] = got[key]
     return scores
 
 

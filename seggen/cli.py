@@ -268,10 +268,10 @@ def prepare_corpus_cmd(
     if s.get("skipped"):
         typer.echo(f"corpus not rendered: {s['skipped']}")
     else:
-        d = s["distance_to_shift"]
+        d = s["distance_to_labelled"]
         typer.echo(
-            f"corpus ready at {p.prior.corpus.out}: {s['images']} images, distance to the shifted domain "
-            f"min {d['min']:.2f} (hold-out radius {s['holdout_radius']})"
+            f"corpus ready at {p.prior.corpus.out}: {s['images']} images, distance to the labelled domain "
+            f"min {d['min']:.2f}, median {d['median']:.2f}"
         )
 
 

@@ -87,6 +87,22 @@ class _Section(BaseModel):
         return out
 
 
+class DomainsParams(_Section):
+    """The domains of the shifted splits, drawn from the documented look distribution (seggen.data.domains)."""
+
+    seed: StrictInt = Field(1, ge=0)
+    """Draws the domains (their own seed: the scenes keep the global one)."""
+    unseen: StrictInt = Field(8, ge=1, le=64)
+    """K: domains in `validation_shift`, the unseen domains every score is reported on."""
+    tuning: StrictInt = Field(4, ge=1, le=64)
+    """K_t: other domains in `tuning_shift`, the ones choices may read."""
+    images: StrictInt = Field(50, ge=1)
+    """Images per domain."""
+    min_distance: float = Field(0.8, ge=0, le=2.0)
+    """Every drawn domain is at least this far from the labelled one (seggen.data.domains.domain_distance; a
+    random draw's median is 1.2)."""
+
+
 class BenchmarkParams(_Section):
     resolution: StrictInt = Field(64, ge=32, le=1024)
     """Image side, pixels."""
@@ -94,8 +110,10 @@ class BenchmarkParams(_Section):
     """Images in the training split."""
     num_val: StrictInt = Field(200, ge=1)
     """Images in the in-domain validation split."""
-    num_val_shift: StrictInt = Field(200, ge=1)
-    """Images in the shifted-domain validation split (validation_shift)."""
+    num_tuning: StrictInt = Field(200, ge=1)
+    """Images in the in-domain tuning split (`tuning`: what choices are made on, never `validation`)."""
+    domains: DomainsParams = DomainsParams()
+    """The shifted splits: domains drawn from the look distribution (seggen.data.domains)."""
     max_things: StrictInt = Field(7, ge=2, le=30)
     """Most foreground objects per scene."""
     jpeg_quality: StrictInt = Field(95, ge=50, le=100)
@@ -324,12 +342,8 @@ class CorpusParams(_Section):
     """Side of the corpus images, pixels."""
     max_things: StrictInt = Field(7, ge=2, le=30)
     """Most foreground objects per scene."""
-    holdout_radius: float = Field(0.5, ge=0)
-    """Looks closer than this to the shifted domain (seggen.data.corpus.look_distance) are redrawn; the labelled domain
-    lies at 1.04 from it
-    """
-    include_shift: bool = False
-    """The leak reference: no held-out rule, a tenth of the corpus in the shifted domain itself."""
+    include_unseen: bool = False
+    """The leak reference: a tenth of the corpus rendered in the unseen evaluation domains themselves."""
     workers: StrictInt = Field(1, ge=1, le=64)
     """Processes rendering the corpus (the output does not depend on it)."""
 
@@ -388,14 +402,17 @@ class DaskParams(_Section):
 
 
 # the in-domain look ("a photo", what mask2img.caption_style names) 40 %, six looks the prior knows 10 % each
+# the in-domain look, then one phrase per word of the corpus's generic vocabulary (seggen.data.corpus)
 DEFAULT_STYLES = {
     "a photo": 4.0,
     "a night photo": 1.0,
     "a dusk photo": 1.0,
-    "a foggy photo": 1.0,
     "an overcast photo": 1.0,
+    "a hazy photo": 1.0,
+    "a foggy photo": 1.0,
     "a grainy photo": 1.0,
     "a flat painting": 1.0,
+    "a line drawing": 1.0,
 }
 
 
@@ -581,8 +598,9 @@ class SegmenterParams(_Section):
 class EvaluateParams(_Section):
     """The pipeline's evaluate stage: every arm on every split (dvc.yaml matrix)."""
 
-    splits: tuple[SplitName, ...] = ("validation", "validation_shift")
-    """The splits every arm is evaluated on: in-domain and shifted domain."""
+    splits: tuple[SplitName, ...] = ("tuning", "tuning_shift", "validation", "validation_shift")
+    """The splits every arm is evaluated on: the tuning splits (in-domain, K_t drawn domains) that choices read, and
+    the reported ones (in-domain, the K unseen domains)."""
     panoptic: bool = True
     """Also PQ and mask AP where the split has panoptic ground truth."""
     size: StrictInt | None = Field(None, ge=16)

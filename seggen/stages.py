@@ -60,8 +60,8 @@ def prepare_corpus(params: Params) -> dict:
     with tracking.stage_run("prepare_corpus", _sections(params, "seed", "prior")) as mlrun:
         summary = run(params)
         mlrun.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
-        if "distance_to_shift" in summary:
-            mlrun.log_metrics(summary["distance_to_shift"], prefix="distance_to_shift/")
+        if "distance_to_labelled" in summary:
+            mlrun.log_metrics(summary["distance_to_labelled"], prefix="distance_to_labelled/")
             mlrun.log_artifact(Path(params.prior.corpus.out) / "preview.png")
         mlrun.log_artifact(Path(params.prior.corpus.out) / "summary.json")
     return summary
@@ -229,6 +229,7 @@ def evaluate(
 def report(params: Params) -> dict:
     from seggen.reporting.report import build_report
     from seggen.reporting.results import build_results
+    from seggen.reporting.scores import decision_split
 
     with tracking.stage_run("report", _sections(params, "arms", "evaluate", "report", "synthesize")) as mlrun:
         summary = build_report(params)
@@ -236,9 +237,9 @@ def report(params: Params) -> dict:
         for arm, splits in summary["arms"].items():
             for split, s in splits.items():
                 mlrun.log_metrics(s, prefix=f"{arm}/{split}/")
-        for f in ("report.md", "summary.json", "miou.png", "styles.png", "synthetic_vs_shifted.png"):
+        for f in ("report.md", "summary.json", "miou.png", "domains.png", "styles.png", "synthetic_vs_shifted.png"):
             mlrun.log_artifact(out / f)
-        split = params.evaluate.splits[0]  # in-domain
+        split = decision_split(params)  # in-domain: the tuning split where there is one
         in_domain = {
             a: s[split]["mIoU"] for a, s in summary["arms"].items() if s.get(split, {}).get("mIoU") is not None
         }

@@ -407,6 +407,7 @@ def promote(params, champion: str | None = None, project: Path = Path(".")) -> d
     from mlflow.exceptions import MlflowException
 
     from seggen import mlflow_models as mm
+    from seggen.reporting.scores import decision_split, gate_scores
 
     if not enabled():
         raise TrackingError(f"seggen promote moves MLflow registry aliases: tracking is off ({TRACKING_ENV})")
@@ -414,7 +415,7 @@ def promote(params, champion: str | None = None, project: Path = Path(".")) -> d
     if not summary_path.is_file():
         raise TrackingError(f"{summary_path}: no report to promote from (run the pipeline: dvc repro)")
     summary = json.loads(summary_path.read_text())
-    split = params.evaluate.splits[0]  # in-domain
+    split = decision_split(params)  # in-domain, the tuning split where there is one
     scores = {a: s.get(split, {}).get("mIoU") for a, s in summary["arms"].items()}
     scores = {a: v for a, v in scores.items() if v is not None}
     if champion is not None and champion not in scores:
@@ -440,8 +441,8 @@ def promote(params, champion: str | None = None, project: Path = Path(".")) -> d
         except MlflowException:
             previous = None
         for s_name, s in summary["arms"][arm].items():
-            if s.get("mIoU") is not None:
-                client.set_model_version_tag(name, version, f"reference.{s_name}.mIoU", f"{s['mIoU']:.4f}")
+            for key, v in gate_scores(s, s_name).items() if s.get("mIoU") is not None else ():
+                client.set_model_version_tag(name, version, f"reference.{key}.mIoU", f"{v:.4f}")
         client.set_model_version_tag(name, version, "reference.commit", git_commit(project))
         client.set_registered_model_alias(name, alias, version)
         moved[alias] = {"arm": arm, "version": version, "previous": previous}

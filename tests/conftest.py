@@ -62,7 +62,14 @@ def small_benchmark(tmp_path_factory) -> Path:
     from seggen.data.benchmark import generate
 
     root = tmp_path_factory.mktemp("bench") / "benchmark"
-    generate(root, BenchmarkParams(resolution=64, num_train=24, num_val=8, num_val_shift=8), seed=0, progress=False)
+    generate(
+        root,
+        BenchmarkParams(
+            resolution=64, num_train=24, num_val=8, num_tuning=4, domains={"unseen": 2, "tuning": 1, "images": 4}
+        ),
+        seed=0,
+        progress=False,
+    )
     return root
 
 

@@ -92,7 +92,15 @@ def tiny_pipeline_params() -> dict:
     }
     return {
         "seed": 0,
-        "data": {"benchmark": {"resolution": 32, "num_train": 16, "num_val": 4, "num_val_shift": 4}},
+        "data": {
+            "benchmark": {
+                "resolution": 32,
+                "num_train": 16,
+                "num_val": 4,
+                "num_tuning": 4,
+                "domains": {"unseen": 2, "tuning": 1, "images": 2},
+            }
+        },
         "text_encoder": {"vocab_size": 128, "hidden_size": 16, "layers": 1, "heads": 2, "max_length": 40},
         "text2mask": gen,
         "mask2img": {**gen, "controlnet": {"conditioning_embedding_out_channels": [8]}},

@@ -16,7 +16,15 @@ from seggen.data.coco import CocoPanoptic
 from seggen.data.meta import load_meta
 from seggen.prepare import check_dataset
 
-SMALL = BenchmarkParams(resolution=64, num_train=12, num_val=4, num_val_shift=4)
+
+def few(n: int) -> str:
+    """params.yaml lines: a tuning split of n images and one domain of n images per shifted split."""
+    return f"    num_tuning: {n}\n    domains: {{unseen: 1, tuning: 1, images: {n}}}\n"
+
+
+SMALL = BenchmarkParams(
+    resolution=64, num_train=12, num_val=4, num_tuning=2, domains={"unseen": 2, "tuning": 1, "images": 2}
+)
 
 
 def digest_tree(root):
@@ -43,7 +51,7 @@ def test_layouts_and_content(small_benchmark):
     counts = check_dataset(small_benchmark, progress=False)
     assert counts == {
         f"{s}: {k}": n
-        for s, n in (("training", 24), ("validation", 8), ("validation_shift", 8))
+        for s, n in (("training", 24), ("validation", 8), ("validation_shift", 8), ("tuning", 4), ("tuning_shift", 4))
         for k in ("samples", "panoptic annotations")
     }
     ds = ADE20KDataset(small_benchmark, "training")
@@ -86,12 +94,34 @@ def test_shifted_domain_differs_in_appearance(small_benchmark):
         assert np.abs(mean_colour("validation", cls) - mean_colour("validation_shift", cls)).max() > 15
 
 
+def test_shifted_splits_hold_drawn_domains_far_from_the_labelled_one(small_benchmark, tmp_path):
+    from seggen.data.benchmark import read_domains
+    from seggen.data.domains import LABELLED, Domain, domain_distance
+
+    doms = read_domains(small_benchmark, "validation_shift")
+    assert [d["name"] for d in doms] == ["unseen-1", "unseen-2"] and [len(d["images"]) for d in doms] == [4, 4]
+    assert [d["name"] for d in read_domains(small_benchmark, "tuning_shift")] == ["tuning-1"]
+    assert read_domains(small_benchmark, "validation") is None  # one domain: the labelled one
+    looks = [Domain.from_record(d["look"]) for d in doms + read_domains(small_benchmark, "tuning_shift")]
+    assert len(set(looks)) == 3 and all(domain_distance(lk, LABELLED) >= 0.8 for lk in looks)
+    # the domains have their own seed: other domains, the same labelled splits
+    other = generate(
+        tmp_path / "o",
+        SMALL.model_copy(update={"domains": SMALL.domains.model_copy(update={"seed": 9})}),
+        0,
+        progress=False,
+    )
+    same = generate(tmp_path / "s", SMALL, 0, progress=False)
+    assert read_domains(other, "validation_shift")[0]["look"] != read_domains(same, "validation_shift")[0]["look"]
+    for split in ("training", "validation", "tuning"):
+        assert digest_tree(other / "images" / split) == digest_tree(same / "images" / split)
+    assert digest_tree(other / "images" / "validation_shift") != digest_tree(same / "images" / "validation_shift")
+
+
 def test_prepare_is_skipped_when_current_and_killed_run_leaves_nothing(tmp_path):
     root = tmp_path / "data" / "benchmark"
     params = tmp_path / "params.yaml"
-    params.write_text(
-        f"data:\n  root: {root}\n  benchmark:\n    num_train: 4000\n    num_val: 4\n    num_val_shift: 4\n"
-    )
+    params.write_text(f"data:\n  root: {root}\n  benchmark:\n    num_train: 4000\n    num_val: 4\n" + few(4))
     proc = subprocess.Popen(
         [sys.executable, "-m", "seggen.cli", "--params", str(params), "prepare"],
         cwd=tmp_path,
@@ -105,7 +135,7 @@ def test_prepare_is_skipped_when_current_and_killed_run_leaves_nothing(tmp_path)
     proc.wait()
     assert not root.exists()  # nothing half-written under the real name
     # re-run (smaller, to keep the test quick): completes, and cleans the stale temp dir
-    params.write_text(f"data:\n  root: {root}\n  benchmark:\n    num_train: 8\n    num_val: 4\n    num_val_shift: 4\n")
+    params.write_text(f"data:\n  root: {root}\n  benchmark:\n    num_train: 8\n    num_val: 4\n" + few(4))
     r = subprocess.run(
         [sys.executable, "-m", "seggen.cli", "--params", str(params), "prepare"],
         cwd=tmp_path,
@@ -115,7 +145,7 @@ def test_prepare_is_skipped_when_current_and_killed_run_leaves_nothing(tmp_path)
     assert r.returncode == 0, r.stderr
     assert not list((tmp_path / "data").glob(".benchmark.*"))
     before = digest_tree(root)
-    p = BenchmarkParams(num_train=8, num_val=4, num_val_shift=4)
+    p = BenchmarkParams(num_train=8, num_val=4, num_tuning=4, domains={"unseen": 1, "tuning": 1, "images": 4})
     assert stale_reason(root, p, 0) is None
     r = subprocess.run(
         [sys.executable, "-m", "seggen.cli", "--params", str(params), "prepare"],
@@ -139,9 +169,7 @@ def _prepare(tmp_path, *args):
 def test_prepare_checks_every_file_before_up_to_date(tmp_path):
     """A deleted image or an emptied annotation is found (named), and the dataset rendered again;
     a file seggen did not write stops a re-render instead of being deleted."""
-    (tmp_path / "params.yaml").write_text(
-        "data:\n  benchmark:\n    num_train: 6\n    num_val: 3\n    num_val_shift: 3\n"
-    )
+    (tmp_path / "params.yaml").write_text("data:\n  benchmark:\n    num_train: 6\n    num_val: 3\n" + few(3))
     assert _prepare(tmp_path).returncode == 0
     root = tmp_path / "data" / "benchmark"
     before = digest_tree(root)
@@ -206,7 +234,7 @@ def test_a_symlinked_root_is_followed_and_kept(tmp_path):
     (tmp_path / "data").mkdir()
     link = tmp_path / "data" / "benchmark"
     link.symlink_to(elsewhere)
-    tiny = "data:\n  benchmark:\n    num_train: 4\n    num_val: 2\n    num_val_shift: 2\n"
+    tiny = "data:\n  benchmark:\n    num_train: 4\n    num_val: 2\n" + few(2)
     (tmp_path / "params.yaml").write_text(tiny)
     assert _prepare(tmp_path).returncode == 0
     r = _prepare(tmp_path, "--set", "data.benchmark.num_val=3")

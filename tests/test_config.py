@@ -108,7 +108,7 @@ def test_bench_profile_is_valid_and_complete():
         and str(both.synthetic_root) == f"{p.synthesize.out}/full"
     )
     assert (leak.strategy, leak.synthetic, leak.seed) == (both.strategy, both.synthetic, 1)
-    assert p.variant("leak").prior.corpus.include_shift and not p.variant("noprior").prior.enabled
+    assert p.variant("leak").prior.corpus.include_unseen and not p.variant("noprior").prior.enabled
     # the data and captions are the main pipeline's (bench/dvc.yaml depends on them)
     main = load_params(REPO / "params.yaml")
     assert p.data == main.data and p.caption == main.caption

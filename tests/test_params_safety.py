@@ -134,7 +134,12 @@ def test_under_dvc_repro_no_value_executes_and_paths_with_spaces_work(tmp_path):
     """Each interpolated key of both dvc.yaml files with a command substitution in it: DVC runs the
     stage, seggen refuses the value, nothing is executed. Then a data.root with a space reproduces."""
     proj = _project(tmp_path)
-    tiny = {"data.benchmark.num_train": 4, "data.benchmark.num_val": 2, "data.benchmark.num_val_shift": 2}
+    tiny = {
+        "data.benchmark.num_train": 4,
+        "data.benchmark.num_val": 2,
+        "data.benchmark.num_tuning": 2,
+        "data.benchmark.domains": {"unseen": 1, "tuning": 1, "images": 2},
+    }
     evil = "x$(touch PWNED)"
     cases = [
         ("params.yaml", {"data.root": f"data/{evil}"}, "check_data"),

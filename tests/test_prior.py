@@ -11,14 +11,17 @@ import yaml
 from helpers import TINY_UNET, tiny_params
 from seggen.config import Params, load_params, parse_overrides
 from seggen.data.corpus import (
-    DOMAIN_B,
-    Look,
+    VOCABULARY,
     draw_look,
     generate_corpus,
     in_domain_look,
     look_distance,
     read_corpus,
+    read_looks,
+    sample_look,
+    vocabulary_phrases,
 )
+from seggen.data.domains import LABELLED, draw_domains
 from seggen.errors import ConfigError, DataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,33 +31,50 @@ def tree_bytes(root: Path) -> dict:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_corpus_is_deterministic_holds_out_the_shifted_domain_and_writes_no_masks(tmp_path):
-    a = generate_corpus(tmp_path / "a", 40, 32, 5, seed=3, holdout_radius=0.5, include_shift=False, progress=False)
-    generate_corpus(
-        tmp_path / "b", 40, 32, 5, seed=3, holdout_radius=0.5, include_shift=False, workers=2, progress=False
-    )
+def test_corpus_is_deterministic_records_its_looks_and_writes_no_masks(tmp_path):
+    a = generate_corpus(tmp_path / "a", 40, 32, 5, seed=3, progress=False)
+    generate_corpus(tmp_path / "b", 40, 32, 5, seed=3, workers=2, progress=False)
     assert tree_bytes(tmp_path / "a") == tree_bytes(tmp_path / "b")  # whatever the worker count
-    assert a["distance_to_shift"]["min"] >= 0.5
-    assert a["distance_of_the_labelled_domain"] > 0.5  # the labelled domain itself would pass the rule
+    assert a["leak_domains"] == 0 and 0 < a["distance_to_labelled"]["min"] <= a["distance_to_labelled"]["median"]
     files = {p.name for p in (tmp_path / "a").iterdir()} - {".seggen"}  # the ownership marker
     assert files == {"images", "captions.jsonl", "summary.json", "preview.png"}
     assert all(p.suffix == ".jpg" for p in (tmp_path / "a" / "images").iterdir())  # images only, no masks
     rows = read_corpus(tmp_path / "a")
     assert len(rows) == 40 and all(p.exists() for p, _ in rows)
-    # every caption names the content and the look
-    assert all(("photo" in c or "painting" in c or "drawing" in c) and ", " in c for _, c in rows)
+    # every caption names the content and the look, in the vocabulary's words
+    assert all(c.rsplit(", ", 1)[1] in vocabulary_phrases() for _, c in rows)
     assert sum(a["styles"].values()) == 40
+    looks = read_looks(tmp_path / "a")  # recorded: the report measures the corpus's distance to each domain
+    assert len(looks) == 40 and [lk.phrase() for lk in looks] == [c.rsplit(", ", 1)[1] for _, c in rows]
 
 
-def test_the_held_out_rule_and_the_leak_reference():
+def test_corpus_looks_read_no_evaluation_domain_and_the_leak_reference():
+    # the corpus's looks depend on its own stream alone: other evaluation domains, the same looks
     rng = np.random.default_rng(0)
-    held = [draw_look(rng, 0.5, include_shift=False) for _ in range(300)]
-    assert min(look_distance(lk) for lk in held) >= 0.5
+    plain = [draw_look(rng) for _ in range(300)]
+    assert plain == [sample_look(r) for r in [np.random.default_rng(0)] for _ in range(300)]
+    unseen = draw_domains(1, 2, 8, 0.8)
+    assert min(look_distance(lk, d) for lk in plain for d in unseen) > 0  # no corpus look is an unseen domain
     rng = np.random.default_rng(0)
-    leak = [draw_look(rng, 0.5, include_shift=True) for _ in range(300)]
-    assert sum(look_distance(lk) == 0 for lk in leak) > 10  # the shifted domain itself is in
-    assert look_distance(Look(DOMAIN_B, "photo", 0.0, 95)) == 0
-    assert in_domain_look().phrase() == "a photo"
+    leak = [draw_look(rng, unseen) for _ in range(300)]
+    assert sum(look_distance(lk, d) == 0 for lk in leak for d in unseen) > 10  # the unseen domains themselves
+    assert look_distance(in_domain_look(), LABELLED) == 0 and in_domain_look().phrase() == "a photo"
+
+
+def test_style_prompts_are_phrases_of_the_generic_vocabulary():
+    """The synthesis styles come from the fixed vocabulary (time of day, weather, camera, medium), not from any
+    evaluation domain: every default style is a phrase the corpus captioner writes, the vocabulary holds words
+    only (no number, no domain name), and the drawn domains' records name no vocabulary word."""
+    p = load_params(REPO / "params.yaml")
+    assert set(p.synthesize.styles) <= vocabulary_phrases()
+    words = [w for group in VOCABULARY.values() for w in group]
+    assert all(w.replace(" ", "").isalpha() for w in words)
+    assert set(VOCABULARY) == {"time of day", "weather", "camera", "medium"}
+    for phrase in p.synthesize.styles:  # each default style says one thing of the vocabulary at most
+        said = [w for w in words if w in phrase and w != "photo"]
+        assert len(said) <= 1, phrase
+    record = json.dumps([d.record() for d in draw_domains(1, 2, 8, 0.8)])
+    assert not any(w in record for w in words if w not in ("photo",))
 
 
 def test_read_corpus_names_the_file(tmp_path):

@@ -277,10 +277,10 @@ def test_a_split_the_params_use_but_the_dataset_lacks_fails_at_prepare(ade_root,
             }
         )
     )
-    r = seggen(tmp_path, "-p", "p.yaml", "prepare")  # evaluate.splits keeps the benchmark's validation_shift
+    r = seggen(tmp_path, "-p", "p.yaml", "prepare")  # evaluate.splits keeps the benchmark's tuning splits
     assert (
         r.returncode == 2
-        and "evaluate.splits[1]: split 'validation_shift' is not in" in r.stderr
+        and "evaluate.splits[0]: split 'tuning' is not in" in r.stderr
         and "splits there: validation" in r.stderr
     )
 

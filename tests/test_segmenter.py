@@ -150,6 +150,39 @@ def test_evaluate_writes_foundation_keys_and_pictures(tiny_model, tmp_path):
     assert "images_per_s" not in json.loads(first)
 
 
+def test_a_split_of_drawn_domains_is_scored_per_domain(tiny_model, tmp_path):
+    """validation_shift: each domain's mIoU on its own images (checked against scoring that domain's
+    images alone), their mean, population std and worst; in scores.json for DVC, the report and the gate."""
+    import numpy as np
+
+    from seggen.data.benchmark import read_domains
+    from seggen.data.images import load_label_png
+    from seggen.metrics.semantic import SemanticAccumulator
+    from seggen.reporting.scores import gate_scores
+    from seggen.segmenter.evaluate import evaluate, scores
+
+    p, model_dir = tiny_model
+    m = evaluate(p, model_dir, "validation_shift", tmp_path / "ev", task="semantic", progress=False)
+    doms = read_domains(p.data.root, "validation_shift")
+    d = m["domains"]
+    assert list(d["per_domain"]) == [x["name"] for x in doms] and len(doms) == 2
+    for dom in doms:  # by hand: only that domain's predictions and labels
+        acc = SemanticAccumulator(10, 255, True)
+        for stem in dom["images"]:
+            pred = load_label_png(tmp_path / "ev" / "predictions" / "semantic" / f"{stem}.png")
+            acc.add(pred, load_label_png(Path(p.data.root) / "annotations" / "validation_shift" / f"{stem}.png"))
+        assert d["per_domain"][dom["name"]]["mIoU"] == pytest.approx(acc.metrics()["mIoU"])
+    v = [x["mIoU"] for x in d["per_domain"].values()]
+    assert d["mean"] == pytest.approx(np.mean(v)) and d["std"] == pytest.approx(np.std(v))
+    assert d["worst"] == min(v) and d["per_domain"][d["worst_domain"]]["mIoU"] == min(v)
+    sc = json.loads((tmp_path / "ev" / "scores.json").read_text())
+    assert sc == json.loads(json.dumps(scores(m))) and sc["mIoU_domain_mean"] == pytest.approx(d["mean"])
+    assert set(gate_scores(sc, "validation_shift")) == {"validation_shift", "validation_shift.domain_mean"}
+    # an in-domain split has no domains
+    m = evaluate(p, model_dir, "validation", tmp_path / "in", task="semantic", progress=False)
+    assert "domains" not in m and set(gate_scores(scores(m), "validation")) == {"validation"}
+
+
 def test_segmenter_loads_in_transformers_pipeline(tiny_model, small_benchmark, tmp_path):
     """The saved directory carries its image-processor config: transformers' processor gives the
     pixel values seggen feeds the model, and pipeline("image-segmentation", model=dir) agrees with

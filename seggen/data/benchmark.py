@@ -24,7 +24,6 @@ import colorsys
 import hashlib
 import json
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,14 +31,17 @@ from PIL import Image, ImageDraw
 
 from seggen.config import BenchmarkParams
 from seggen.data.coco import segment_info
+from seggen.data.domains import LABELLED, Domain, domain_distance, draw_domains
 from seggen.data.images import id2rgb, load_panoptic_png
 from seggen.data.meta import META_FILE, ClassInfo, DatasetMeta
 from seggen.io import atomic_dir, file_digests, remove_stale, unlisted_files, verify_files, write_json, write_png
 from seggen.outputs import OutputError, check_dir
 from seggen.progress import tqdm
 
-SPLITS = {"training": 0, "validation": 1, "validation_shift": 2}
-SHIFTED = {"validation_shift"}
+SPLITS = {"training": 0, "validation": 1, "validation_shift": 2, "tuning": 3, "tuning_shift": 4}
+# the splits of drawn domains -> the prefix of their domains' names (unseen-1 .. unseen-K)
+SHIFTED = {"validation_shift": "unseen", "tuning_shift": "tuning"}
+DOMAINS_FILE = "seggen_domains.json"  # every drawn domain: its look, its distance, its images
 
 # (name, isthing, colour-map colour). Colour-map colours are far apart for the generators' sake.
 CLASSES = [
@@ -63,7 +65,7 @@ def benchmark_meta(params: BenchmarkParams, seed: int) -> DatasetMeta:
         classes=[ClassInfo(id=i + 1, name=n, isthing=t, color=c) for i, (n, t, c) in enumerate(CLASSES)],
         generator={
             "kind": "seggen.data.benchmark",
-            "version": 2,
+            "version": 3,
             "seed": seed,
             **params.model_dump(exclude={"workers"}),
         },
@@ -74,21 +76,8 @@ def benchmark_meta(params: BenchmarkParams, seed: int) -> DatasetMeta:
 # appearance
 
 
-@dataclass(frozen=True)
-class Domain:
-    hue_shift: float  # added to every class hue (turns)
-    sat_scale: float
-    brightness: float
-    cast: tuple[float, float, float]  # multiplicative colour cast
-    haze: float  # blend towards the haze colour with distance
-    noise_sigma: float
-    texture_scale: float  # value-noise cell size, as a fraction of the image
-    texture_amp: float
-    stripes: bool  # striped (ploughed/tiled) textures on stuff instead of blotches
-
-
-DOMAIN_A = Domain(0.0, 1.0, 1.0, (1.0, 1.0, 1.0), 0.10, 5.0, 0.12, 0.10, False)
-DOMAIN_B = Domain(0.07, 0.75, 0.78, (1.12, 0.92, 0.85), 0.30, 9.0, 0.05, 0.16, True)
+# the labelled data's look; the others are drawn from seggen.data.domains.sample_domain
+DOMAIN_A = LABELLED
 
 # base appearance per class: (hue, sat, value) ranges as (lo, hi)
 _APPEAR = {
@@ -157,10 +146,12 @@ def _textured(rng, canvas: Canvas, base: np.ndarray, dom: Domain, amp_scale: flo
     n = value_noise(rng, s, s, dom.texture_scale * s)
     fine = value_noise(rng, s, s, 1.5)
     tex = 0.7 * n + 0.3 * fine
-    if stripes:
+    if stripes:  # ploughed / tiled
         phase = rng.uniform(0, 2 * np.pi)
         freq = rng.uniform(10, 18)
         tex = 0.5 * tex + 0.5 * np.sin(canvas.yy * freq * 2 * np.pi + canvas.xx * 3 + phase)
+    elif dom.texture == "speckle":  # fine grain over faint blotches (the same draws, another mix)
+        tex = 0.25 * n + 1.2 * fine
     return base[None, None, :] * (1.0 + dom.texture_amp * amp_scale * tex[..., None])
 
 
@@ -174,7 +165,7 @@ def render_scene(rng: np.random.Generator, size: int, max_things: int, dom: Doma
     sky_rgb = np.clip(sky[None, None] * grad, 0, 255) + 6 * value_noise(rng, size, size, size * 0.3)[..., None]
     c.paint(c.yy < horizon, SKY, sky_rgb)
     # ground: grass everywhere below the horizon
-    c.paint(c.yy >= horizon, GRASS, _textured(rng, c, _hsv(rng, GRASS, dom), dom, 1.5, dom.stripes))
+    c.paint(c.yy >= horizon, GRASS, _textured(rng, c, _hsv(rng, GRASS, dom), dom, 1.5, dom.texture == "stripes"))
     # mountains: a ridge line above the horizon
     if rng.random() < 0.6:
         xs = np.linspace(0, 1, 9)
@@ -230,7 +221,7 @@ def render_scene(rng: np.random.Generator, size: int, max_things: int, dom: Doma
         instances.append((k, kind))
     # lighting, haze, sensor noise
     img = c.rgb
-    direction = rng.uniform(-1, 1)
+    direction = rng.uniform(-1, 1) + dom.light_direction
     light = dom.brightness * (1.0 + 0.15 * direction * (c.xx - 0.5) * 2)
     img = img * light[..., None] * np.asarray(dom.cast, np.float32)
     depth = np.clip(1.0 - (c.yy - horizon) / (1 - horizon), 0, 1) * (c.yy >= horizon) + (c.yy < horizon)
@@ -308,10 +299,9 @@ def segment_id(cls: int, inst: int) -> int:
     return cls * 1000 + inst
 
 
-def _render_one(args: tuple[int, str, int, int, int, int, str]) -> dict:
-    seed, split, index, size, max_things, quality, root = args
+def _render_one(args: tuple[int, str, int, int, int, int, str, Domain]) -> dict:
+    seed, split, index, size, max_things, quality, root, dom = args
     rng = np.random.default_rng([seed, SPLITS[split], index])
-    dom = DOMAIN_B if split in SHIFTED else DOMAIN_A
     rgb, labels, inst, instances = render_scene(rng, size, max_things, dom)
     name = sample_name(split, index)
     rootp = Path(root)
@@ -379,20 +369,69 @@ def check_replaceable(root: Path) -> None:
             )
 
 
+def split_domains(params: BenchmarkParams) -> dict[str, list[Domain]]:
+    """Every split's images, as the domain each is rendered in: the labelled domain for `training`,
+    `validation` and `tuning`; `images` consecutive images per drawn domain for the shifted splits."""
+    d = params.domains
+    out = {
+        "training": [LABELLED] * params.num_train,
+        "validation": [LABELLED] * params.num_val,
+        "validation_shift": [],
+        "tuning": [LABELLED] * params.num_tuning,
+        "tuning_shift": [],
+    }
+    for split, k in (("validation_shift", d.unseen), ("tuning_shift", d.tuning)):
+        for dom in draw_domains(d.seed, SPLITS[split], k, d.min_distance):
+            out[split] += [dom] * d.images
+    return out
+
+
+def _domain_records(split: str, doms: list[Domain]) -> list[dict]:
+    out: list[dict] = []
+    for i, dom in enumerate(doms):
+        if not out or out[-1]["look"] != dom.record():
+            name = f"{SHIFTED[split]}-{len(out) + 1}"
+            out.append(
+                {
+                    "name": name,
+                    "look": dom.record(),
+                    "distance_to_labelled": round(domain_distance(dom, LABELLED), 4),
+                    "images": [],
+                }
+            )
+        out[-1]["images"].append(sample_name(split, i))
+    return out
+
+
+def read_domains(root: str | Path, split: str) -> list[dict] | None:
+    """The drawn domains of `split` of a benchmark root ({"name", "look", "distance_to_labelled",
+    "images"}), or None: a split of one domain (in-domain splits, real datasets)."""
+    f = Path(root) / DOMAINS_FILE
+    if not f.is_file():
+        return None
+    return json.loads(f.read_text()).get("splits", {}).get(split)
+
+
 def generate(root: str | Path, params: BenchmarkParams, seed: int, progress: bool = True) -> Path:
     """Render the benchmark into `root` (built under a temporary name, swapped in when complete).
     An existing `root` is replaced only if seggen wrote it."""
     root = Path(check_dir(root, "data.root"))
     check_replaceable(root)
     remove_stale(root)
-    counts = {"training": params.num_train, "validation": params.num_val, "validation_shift": params.num_val_shift}
+    looks = split_domains(params)
     meta = benchmark_meta(params, seed)
     meta = meta.model_copy(update={"generator": {**meta.generator, "fingerprint": fingerprint(params, seed)}})
     with atomic_dir(root, "prepare", "data.root") as tmp:
-        for split, n in counts.items():
+        record = {"distribution": "seggen.data.domains.sample_domain", **params.domains.model_dump(), "splits": {}}
+        record["labelled"] = LABELLED.record()
+        for split, doms in looks.items():
+            n = len(doms)
             jobs = [
-                (seed, split, i, params.resolution, params.max_things, params.jpeg_quality, str(tmp)) for i in range(n)
+                (seed, split, i, params.resolution, params.max_things, params.jpeg_quality, str(tmp), d)
+                for i, d in enumerate(doms)
             ]
+            if split in SHIFTED:
+                record["splits"][split] = _domain_records(split, doms)
             bar = tqdm(total=n, desc=f"prepare {split}", unit="img", disable=not progress, dynamic_ncols=True)
             results = []
             if params.workers > 1:
@@ -413,13 +452,15 @@ def generate(root: str | Path, params: BenchmarkParams, seed: int, progress: boo
             }
             write_json(tmp / "panoptic" / f"panoptic_{split}.json", pan, indent=None)
         write_json(tmp / META_FILE, meta.model_dump(mode="json"))
+        write_json(tmp / DOMAINS_FILE, record)
         write_preview(tmp, meta)
         write_json(tmp / FILES, {"files": file_digests(tmp, exclude={FILES})}, indent=None)
     return root
 
 
 def write_preview(root: Path, meta: DatasetMeta, n: int = 6) -> Path:
-    """preview.png: per split, rows of image | colour map | panoptic segments (random colours)."""
+    """preview.png: per split, rows of image | colour map | panoptic segments (random colours); for a
+    split of drawn domains, one row per domain."""
     from seggen.data.ade20k import ADE20KDataset
 
     pal = meta.palette()
@@ -428,7 +469,9 @@ def write_preview(root: Path, meta: DatasetMeta, n: int = 6) -> Path:
         ds = ADE20KDataset(root, split, meta)
         pan_dir = root / "panoptic" / f"panoptic_{split}"
         rows = []
-        for i in range(min(n, len(ds))):
+        doms = read_domains(root, split)  # a split of drawn domains: the first image of each
+        ids = {stem: i for i, stem in enumerate(ds.ids)}
+        for i in [ids[d["images"][0]] for d in doms] if doms else range(min(n, len(ds))):
             img, lab = ds[i]
             ids = load_panoptic_png(pan_dir / (ds.samples[i].id + ".png"))
             uniq, inv = np.unique(ids, return_inverse=True)

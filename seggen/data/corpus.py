@@ -7,13 +7,13 @@ dusk, night, colour casts), haze and fog, sensor noise, blur and JPEG, and rende
 flat painting, line drawing) -- and writes only images and captions that name content and style
 ("two cars on a road, under the sky, a foggy dusk photo"). No mask is ever written.
 
-Held-out rule: the `validation_shift` domain (seggen.data.benchmark.DOMAIN_B) must stay unseen, or a
-gain on it would be a leak. Every look is a point in a normalised space (`look_distance`: hue shift
-on the circle, saturation, brightness, colour cast, haze, noise, texture, stripes); looks closer
-than `holdout_radius` to the shifted domain are redrawn. The corpus records the distance of every
-image, and its summary the minimum (the measured margin). `include_shift: true` drops the rule and
-renders a tenth of the images in the shifted domain itself: the upper reference (a leak on purpose),
-against which a gain can be told apart from one.
+Looks are drawn from the benchmark's documented look distribution (seggen.data.domains.sample_domain,
+its own random stream), with a rendering style, blur and JPEG quality on top: nothing about any
+evaluation domain is read to draw them, no region of the look space is cut out. Every image's look
+is recorded (captions.jsonl), so the report can measure how near the corpus came to each evaluation
+domain (`look_distance`) -- measured and shown, never used to filter. `include_unseen: true` renders
+a tenth of the images in the unseen evaluation domains themselves: the upper reference (a leak on
+purpose), against which a gain can be told apart from one.
 """
 
 from __future__ import annotations
@@ -22,13 +22,14 @@ import io
 import json
 import math
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter
 
-from seggen.data.benchmark import CLASSES, DOMAIN_A, DOMAIN_B, Domain, benchmark_meta, render_scene
+from seggen.data.benchmark import CLASSES, benchmark_meta, render_scene
+from seggen.data.domains import LABELLED, Domain, domain_distance, sample_domain
 from seggen.io import atomic_dir, write_json, write_text
 from seggen.progress import tqdm
 
@@ -67,68 +68,53 @@ class Look:
         return ("an " if words[0] in "aeiou" else "a ") + words
 
 
-def domain_vector(d: Domain) -> np.ndarray:
-    """A domain as a point in a space where each axis spans about 1 over the corpus's range."""
-    return np.array(
-        [
-            d.sat_scale / 0.9,
-            d.brightness / 0.85,
-            *(np.asarray(d.cast) / 0.4),
-            d.haze / 0.6,
-            d.noise_sigma / 15,
-            d.texture_scale / 0.17,
-            d.texture_amp / 0.27,
-            0.5 * float(d.stripes),
-        ],
-        np.float64,
-    )
+# The words captions use for a look: a fixed, generic vocabulary (what web alt-text says of a picture),
+# written down with the look distribution and never adjusted to an evaluation domain. The synthesis
+# style prompts (synthesize.styles) are phrases of it.
+VOCABULARY = {
+    "time of day": ("day", "dusk", "night", "overcast"),
+    "weather": ("hazy", "foggy"),
+    "camera": ("grainy",),
+    "medium": ("photo", "flat painting", "line drawing"),
+}
 
 
-def look_distance(look: Look, ref: Domain = DOMAIN_B) -> float:
-    """Normalised distance between a look's domain and `ref` (hue shift on the circle, /0.5)."""
-    dh = abs(look.domain.hue_shift - ref.hue_shift) % 1.0
-    dh = min(dh, 1.0 - dh) / 0.5
-    return float(math.sqrt(dh**2 + float(np.sum((domain_vector(look.domain) - domain_vector(ref)) ** 2))))
+def vocabulary_phrases() -> set[str]:
+    """Every phrase `Look.phrase` can write."""
+    out = {"a line drawing"}
+    for when in ("", "night ", "dusk ", "overcast "):
+        for weather in ("", "foggy ", "hazy "):
+            for grain in ("", "grainy "):
+                words = f"{weather}{grain}{when}photo"
+                out.add(("an " if words[0] in "aeiou" else "a ") + words)
+    out |= {"a flat painting" + w for w in ("", " at night", " at dusk", " on an overcast day")}
+    return out
+
+
+def look_distance(look: Look, ref: Domain) -> float:
+    """How far a corpus look is from a domain's photos: seggen.data.domains.domain_distance, and 0.5
+    more (in quadrature) for another rendering style."""
+    other_style = 0.0 if look.style == "photo" else 0.5
+    return float(math.sqrt(domain_distance(look.domain, ref) ** 2 + other_style**2))
 
 
 def in_domain_look() -> Look:
-    """The labelled split's own look (DOMAIN_A, a photo): what its captions name."""
-    return Look(DOMAIN_A, "photo", 0.0, 95)
+    """The labelled split's own look (a photo): what its captions name."""
+    return Look(LABELLED, "photo", 0.0, 95)
 
 
 def sample_look(rng: np.random.Generator) -> Look:
-    """A broad random look (the corpus distribution, before the held-out rule)."""
+    """A corpus look: a draw of the look distribution, a style (photo 70 %, flat painting 20 %, line
+    drawing 10 %), a blur (40 % of images) and a JPEG quality."""
     style = str(rng.choice(STYLES, p=[0.7, 0.2, 0.1]))
-    night = rng.random() < 0.15
-    dusk = not night and rng.random() < 0.2
-    brightness = rng.uniform(0.3, 0.55) if night else rng.uniform(0.55, 1.15)
-    if night:
-        cast = (rng.uniform(0.7, 0.9), rng.uniform(0.8, 1.0), rng.uniform(1.0, 1.25))
-    elif dusk:
-        cast = (rng.uniform(1.05, 1.25), rng.uniform(0.85, 1.0), rng.uniform(0.7, 0.9))
-    else:
-        cast = tuple(rng.uniform(0.88, 1.12, 3))
-    domain = Domain(
-        hue_shift=float(rng.uniform(-0.5, 0.5)) if rng.random() < 0.6 else float(rng.normal(0, 0.04)),
-        sat_scale=float(rng.uniform(0.3, 1.25)),
-        brightness=float(brightness),
-        cast=tuple(float(c) for c in cast),
-        haze=float(rng.uniform(0.0, 0.6)),
-        noise_sigma=float(rng.uniform(0.0, 15.0)),
-        texture_scale=float(rng.uniform(0.03, 0.2)),
-        texture_amp=float(rng.uniform(0.03, 0.3)),
-        stripes=bool(rng.random() < 0.3),
-    )
+    domain = sample_domain(rng)
     return Look(domain, style, float(rng.uniform(0.0, 1.2)) if rng.random() < 0.4 else 0.0, int(rng.integers(30, 96)))
 
 
-def draw_look(rng: np.random.Generator, holdout_radius: float, include_shift: bool) -> Look:
-    if include_shift and rng.random() < 0.1:  # the leak reference: the shifted domain itself
-        return Look(DOMAIN_B, "photo", 0.0, 95)
-    while True:
-        look = sample_look(rng)
-        if include_shift or look_distance(look) >= holdout_radius:
-            return look
+def draw_look(rng: np.random.Generator, leak: list[Domain] | None = None) -> Look:
+    if leak and rng.random() < 0.1:  # the leak reference: one of the unseen domains itself
+        return Look(leak[int(rng.integers(len(leak)))], "photo", 0.0, 95)
+    return sample_look(rng)
 
 
 def stylise(rgb: np.ndarray, labels: np.ndarray, inst: np.ndarray, look: Look, rng: np.random.Generator) -> np.ndarray:
@@ -159,12 +145,12 @@ def stylise(rgb: np.ndarray, labels: np.ndarray, inst: np.ndarray, look: Look, r
     return np.asarray(Image.open(buf).convert("RGB"))
 
 
-def _render(args: tuple[int, int, int, int, float, bool]) -> dict:
+def _render(args: tuple[int, int, int, int, list[Domain] | None]) -> dict:
     from seggen.captions import label_caption
 
-    seed, index, size, max_things, radius, include_shift = args
+    seed, index, size, max_things, leak = args
     rng = np.random.default_rng([seed, 7, index])  # 7: not a benchmark split's stream
-    look = draw_look(rng, radius, include_shift)
+    look = draw_look(rng, leak)
     rgb, labels, inst, instances = render_scene(rng, size, max_things, look.domain)
     img = stylise(rgb, labels, inst, look, rng)
     meta = benchmark_meta_cached()
@@ -172,7 +158,7 @@ def _render(args: tuple[int, int, int, int, float, bool]) -> dict:
     for _, cls in instances:
         counts[cls] = counts.get(cls, 0) + 1
     content, _ = label_caption(labels, meta, counts)
-    return {"image": img, "caption": f"{content}, {look.phrase()}", "look": look, "distance": look_distance(look)}
+    return {"image": img, "caption": f"{content}, {look.phrase()}", "look": look}
 
 
 _META = None
@@ -197,15 +183,15 @@ def generate_corpus(
     resolution: int,
     max_things: int,
     seed: int,
-    holdout_radius: float,
-    include_shift: bool,
+    leak: list[Domain] | None = None,
     workers: int = 1,
     progress: bool = True,
 ) -> dict:
-    """Render the corpus into `out` (images/*.jpg, captions.jsonl, summary.json, preview.png), built
-    under a temporary name and swapped in whole. Byte-identical for the same arguments, whatever `workers`."""
+    """Render the corpus into `out` (images/*.jpg, captions.jsonl with each image's look, summary.json,
+    preview.png), built under a temporary name and swapped in whole. `leak`: domains a tenth of the
+    images are rendered in (the leak reference). Byte-identical for the same arguments, whatever `workers`."""
     out = Path(out)
-    jobs = [(seed, i, resolution, max_things, holdout_radius, include_shift) for i in range(num_images)]
+    jobs = [(seed, i, resolution, max_things, leak) for i in range(num_images)]
     with atomic_dir(out, "prepare corpus", "prior.corpus.out") as tmp:
         (tmp / "images").mkdir()
         rows, looks, dists = [], [], []
@@ -216,9 +202,9 @@ def generate_corpus(
         for i, r in enumerate(results):
             name = image_name(i)
             Image.fromarray(r["image"]).save(tmp / "images" / f"{name}.jpg", format="JPEG", quality=95)
-            rows.append(json.dumps({"id": name, "caption": r["caption"], "distance_to_shift": round(r["distance"], 4)}))
+            rows.append(json.dumps({"id": name, "caption": r["caption"], "look": look_record(r["look"])}))
             looks.append(r["look"])
-            dists.append(r["distance"])
+            dists.append(look_distance(r["look"], LABELLED))
             if len(previews) < 48:
                 previews.append(r["image"])
             bar.update()
@@ -231,14 +217,13 @@ def generate_corpus(
             "images": num_images,
             "resolution": resolution,
             "seed": seed,
-            "holdout_radius": holdout_radius,
-            "include_shift": include_shift,
-            "distance_to_shift": {
+            "look_distribution": "seggen.data.domains.sample_domain",
+            "leak_domains": len(leak or []),
+            "distance_to_labelled": {
                 "min": float(d.min()),
                 "p05": float(np.percentile(d, 5)),
                 "median": float(np.median(d)),
             },
-            "distance_of_the_labelled_domain": look_distance(in_domain_look()),
             "styles": {s: sum(lk.style == s for lk in looks) for s in STYLES},
             "classes": [c[0] for c in CLASSES],
         }
@@ -275,7 +260,21 @@ def read_corpus(root: str | Path) -> list[tuple[Path, str]]:
 
 
 def look_record(look: Look) -> dict:
-    return {**asdict(look), "phrase": look.phrase()}
+    return {"style": look.style, "blur": look.blur, "jpeg": look.jpeg, "domain": look.domain.record()}
+
+
+def read_looks(root: str | Path) -> list[Look]:
+    """The look of every corpus image (captions.jsonl)."""
+    out = []
+    for line in (Path(root) / CAPTIONS).read_text().splitlines():
+        r = json.loads(line)["look"]
+        out.append(Look(Domain.from_record(r["domain"]), r["style"], r["blur"], r["jpeg"]))
+    return out
+
+
+def nearest_look(looks: list[Look], domain: Domain) -> float:
+    """The distance from `domain` to the nearest corpus look (`look_distance`)."""
+    return min(look_distance(lk, domain) for lk in looks)
 
 
 def prepare_corpus(params, progress: bool = True) -> dict:
@@ -295,8 +294,17 @@ def prepare_corpus(params, progress: bool = True) -> dict:
         c.resolution,
         c.max_things,
         params.seed,
-        c.holdout_radius,
-        c.include_shift,
+        _unseen_domains(params) if c.include_unseen else None,
         c.workers,
         progress,
     )
+
+
+def _unseen_domains(params) -> list[Domain]:
+    """The leak reference's domains: the unseen evaluation domains of the benchmark params describe."""
+    from seggen.data.benchmark import split_domains
+    from seggen.errors import ConfigError
+
+    if params.data.format != "benchmark":
+        raise ConfigError("prior.corpus.include_unseen: needs data.format benchmark (its unseen domains)")
+    return list(dict.fromkeys(split_domains(params.data.benchmark)["validation_shift"]))

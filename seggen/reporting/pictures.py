@@ -63,7 +63,8 @@ def shift_picture(params: Params, out: Path, n: int = 10) -> Path:
 
     imgsyn = open_split(Path(params.synthesize.out) / "imgsyn", params.synthesize.split)
     real = open_split(params.data.root, params.synthesize.split)
-    shifted = open_split(params.data.root, params.evaluate.splits[-1])
+    splits = params.evaluate.splits
+    shifted = open_split(params.data.root, "validation_shift" if "validation_shift" in splits else splits[-1])
     res = imgsyn[0][0].shape[0]
 
     def row(ds) -> np.ndarray:

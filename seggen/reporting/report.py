@@ -8,7 +8,7 @@ from pathlib import Path
 from seggen.config import Params
 from seggen.io import write_json, write_text
 from seggen.reporting.charts import grouped_bars
-from seggen.reporting.scores import collect
+from seggen.reporting.scores import DOMAIN_KEYS, collect
 
 COLUMNS = ("mIoU", "mAcc", "PQ", "AP")
 
@@ -17,28 +17,136 @@ def _fmt(v) -> str:
     return "–" if v is None else f"{v:.1f}"
 
 
+def _head(split: str, scores: dict) -> str:
+    if scores.get("mIoU_domain") is None:
+        return f"{split} mIoU"
+    return f"{split}: {len(scores['mIoU_domain'])} domains, mean ± std (worst)"
+
+
+def _distances(params: Params, split: str) -> dict[str, float]:
+    from seggen.data.benchmark import read_domains
+
+    return {d["name"]: d["distance_to_labelled"] for d in read_domains(params.data.root, split) or []}
+
+
+def corpus_nearest(params: Params, splits: list[str]) -> dict[str, dict[str, float]]:
+    """{split: {domain: distance to the nearest corpus image}} where the prior's corpus records its looks."""
+    from seggen.data.benchmark import read_domains
+    from seggen.data.corpus import CAPTIONS, nearest_look, read_looks
+    from seggen.data.domains import Domain
+
+    f = Path(params.prior.corpus.out) / CAPTIONS
+    if not params.prior.enabled or params.mask2img.pretrained or not f.is_file():
+        return {}
+    looks = read_looks(f.parent)
+    return {
+        s: {
+            d["name"]: round(nearest_look(looks, Domain.from_record(d["look"])), 4)
+            for d in read_domains(params.data.root, s) or []
+        }
+        for s in splits
+    }
+
+
+def _domains_chart(arms: dict, domain_splits: list[str], path: Path) -> None:
+    """domains.png: every drawn domain's mIoU, one bar per arm (a note where no split has domains)."""
+    from PIL import Image, ImageDraw
+
+    from seggen.io import atomic_path
+
+    doms = [(s, d) for s in domain_splits for d in next(iter(arms.values()))[s]["mIoU_domain"]]
+    if doms and len(arms) <= 4:
+        series = {a: [arms[a][s]["mIoU_domain"][d] for s, d in doms] for a in arms}
+        grouped_bars([d for _, d in doms], series, path, "mIoU (%)", rotate=len(doms) > 10)
+        return
+    note = Image.new("RGB", (360, 40), "white")
+    text = "no split of drawn domains" if not doms else f"{len(arms)} arms: see the results page"
+    ImageDraw.Draw(note).text((8, 14), text, fill="black")
+    with atomic_path(path, suffix=".png") as tmp:
+        note.save(tmp, format="PNG")
+
+
 def build_report(params: Params) -> dict:
     from seggen.outputs import check_file
     from seggen.reporting.pictures import prior_pictures
 
-    for name in ("report.md", "summary.json", "miou.png", "styles.png", "synthetic_vs_shifted.png", "corpus.png"):
+    for name in (
+        "report.md",
+        "summary.json",
+        "miou.png",
+        "domains.png",
+        "styles.png",
+        "synthetic_vs_shifted.png",
+        "corpus.png",
+    ):
         check_file(Path(params.report.out) / name, "report.out")
     arms = collect(params)  # every arm's scores.json on every split
     base = "baseline" if "baseline" in arms else next(iter(arms))
     splits = list(params.evaluate.splits)
     delta = {arm: {s: arms[arm][s]["mIoU"] - arms[base][s]["mIoU"] for s in splits} for arm in arms if arm != base}
-    headline = {
-        a: {s: {k: v for k, v in arms[a][s].items() if k in ("mIoU", "PQ", "AP")} for s in splits} for a in arms
+    domain_splits = [s for s in splits if arms[base][s].get("mIoU_domain") is not None]
+    keep = ("mIoU", "PQ", "AP", *DOMAIN_KEYS)
+    headline = {a: {s: {k: v for k, v in arms[a][s].items() if k in keep} for s in splits} for a in arms}
+    delta_dom = {
+        arm: {
+            s: {
+                k.removeprefix("mIoU_domain_"): arms[arm][s][k] - arms[base][s][k]
+                for k in ("mIoU_domain_mean", "mIoU_domain_worst")
+            }
+            for s in domain_splits
+        }
+        for arm in arms
+        if arm != base
     }
-    summary = {"reference_arm": base, "arms": headline, "delta_mIoU": delta}
+    nearest = corpus_nearest(params, domain_splits)
+    summary = {
+        "reference_arm": base,
+        "arms": headline,
+        "delta_mIoU": delta,
+        "delta_mIoU_domains": delta_dom,
+        "domains": {
+            s: {
+                d: {"corpus_nearest": nearest.get(s, {}).get(d), **{a: arms[a][s]["mIoU_domain"][d] for a in arms}}
+                for d in arms[base][s]["mIoU_domain"]
+            }
+            for s in domain_splits
+        },
+    }
     out = Path(params.report.out)
     write_json(out / "summary.json", summary)
 
+    lines = ["# seggen pipeline report", ""]
+    in_dom = [s for s in splits if s not in domain_splits]
+    if domain_splits:
+        lines += [
+            "Headline: mIoU in-domain, and over the drawn domains of each shifted split their mean ± std,",
+            "each domain weighed once, and the worst one. Δ: minus the `" + base + "` arm. "
+            "`tuning` / `tuning_shift` are the splits choices read; `validation` / `validation_shift` are only "
+            "reported.",
+            "",
+            "| arm | " + " | ".join(_head(s, arms[base][s]) for s in splits) + " |",
+            "|---|" + "---:|" * len(splits),
+        ]
+        for arm in arms:
+            cells = []
+            for s in splits:
+                sc = arms[arm][s]
+                if s in domain_splits:
+                    mean, std, worst = (sc[k] for k in DOMAIN_KEYS)
+                    cell = f"{mean:.1f} ± {std:.1f} (worst {worst:.1f})"
+                    if arm != base:
+                        dd = delta_dom[arm][s]
+                        cell += f" Δ {dd['mean']:+.1f} (worst {dd['worst']:+.1f})"
+                else:
+                    cell = f"{sc['mIoU']:.1f}" + (f" Δ {delta[arm][s]:+.1f}" if arm != base else "")
+                cells.append(cell)
+            lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+        lines += [""]
     cols = [c for c in COLUMNS if any(c in arms[a][s] for a in arms for s in splits)]
-    lines = [
-        "# seggen pipeline report",
-        "",
-        f"Mask2Former arms on the evaluation splits ({', '.join(splits)}); Δ = mIoU minus the `{base}` arm.",
+    lines += [
+        f"Every arm on every split ({', '.join(splits)}), pooled over the split's images"
+        + (f" (in-domain: {', '.join(in_dom)})" if domain_splits else "")
+        + f"; Δ = mIoU minus the `{base}` arm.",
         "",
         "| arm | split | " + " | ".join(cols) + " | Δ mIoU |",
         "|---|---|" + "---:|" * (len(cols) + 1),
@@ -51,6 +159,39 @@ def build_report(params: Params) -> dict:
                 + " | ".join(_fmt(arms[arm][s].get(c)) for c in cols)
                 + f" | {'' if d is None else f'{d:+.1f}'} |"
             )
+    for s in domain_splits if len(arms) <= 4 else []:  # many arms (the bench): its results page
+        doms = list(arms[base][s]["mIoU_domain"])
+        lines += [
+            "",
+            f"### {s}: each domain",
+            "",
+            "Distance: seggen.data.domains.domain_distance to the labelled domain, and to the nearest image of "
+            "the prior's corpus (measured, never used to draw or filter anything).",
+            "",
+            "| domain | to labelled | to corpus | "
+            + " | ".join(arms)
+            + " | "
+            + " | ".join(f"Δ {a}" for a in arms if a != base)
+            + " |",
+            "|---|---:|---:|" + "---:|" * (2 * len(arms) - 1),
+        ]
+        dist = _distances(params, s)
+        for d in doms:
+            near = nearest.get(s, {}).get(d)
+            lines.append(
+                f"| {d} | {dist.get(d, float('nan')):.2f} | {'–' if near is None else f'{near:.2f}'} | "
+                + " | ".join(f"{arms[a][s]['mIoU_domain'][d]:.1f}" for a in arms)
+                + " | "
+                + " | ".join(
+                    f"{arms[a][s]['mIoU_domain'][d] - arms[base][s]['mIoU_domain'][d]:+.1f}" for a in arms if a != base
+                )
+                + " |"
+            )
+        lines += ["", f"![mIoU per {s} domain](domains_{s}.png)"]
+        grouped_bars(
+            doms, {a: [arms[a][s]["mIoU_domain"][d] for d in doms] for a in arms}, out / f"domains_{s}.png", "mIoU (%)"
+        )
+    lines += [""]
     strategies = {a: params.arm(a).segmenter for a in arms}
     lines += ["", "Arms (see `arms` in params.yaml):", ""]
     lines += [
@@ -65,9 +206,11 @@ def build_report(params: Params) -> dict:
         rel = os.path.relpath(path, out)
         lines += [f"**{caption}**", "", f"![{caption.split(' (')[0]}]({Path(rel).as_posix()})", ""]
     write_text(out / "report.md", "\n".join(lines))
-    miou = {a: [arms[a][s]["mIoU"] for s in splits] for a in arms}
+    # a split of drawn domains shows its headline, the mean over domains (error bar: their std)
+    miou = {a: [arms[a][s].get("mIoU_domain_mean", arms[a][s]["mIoU"]) for s in splits] for a in arms}
+    std = {a: [arms[a][s].get("mIoU_domain_std") or 0.0 for s in splits] for a in arms}
     if len(arms) <= 4:  # a few arms side by side within each split
-        grouped_bars(splits, miou, out / "miou.png", "mIoU (%)")
+        grouped_bars(splits, miou, out / "miou.png", "mIoU (%)", errors=std if domain_splits else None)
     else:  # many (the bench's arms x seeds): one group per arm, else the bars and labels are unreadable
         grouped_bars(
             list(arms),

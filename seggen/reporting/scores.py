@@ -20,3 +20,22 @@ def collect(params: Params) -> dict[str, dict[str, dict]]:
                 raise DataError(f"{path}: missing; run the evaluate stage for arm {arm}, split {split} first")
             out.setdefault(arm, {})[split] = json.loads(path.read_text())
     return out
+
+
+DOMAIN_KEYS = ("mIoU_domain_mean", "mIoU_domain_std", "mIoU_domain_worst")
+
+
+def gate_scores(scores: dict, split: str) -> dict[str, float]:
+    """What the CI gate and the registry's references compare, from one scores.json: {split: mIoU}, and
+    for a split of drawn domains also {split.domain_mean: the mean mIoU over its domains}."""
+    out = {split: round(float(scores["mIoU"]), 2)}
+    if scores.get("mIoU_domain_mean") is not None:
+        out[f"{split}.domain_mean"] = round(float(scores["mIoU_domain_mean"]), 2)
+    return out
+
+
+def decision_split(params: Params) -> str:
+    """The in-domain split that choices read (which arm is champion): `tuning` where it is evaluated,
+    never a reported split when there is another."""
+    splits = list(params.evaluate.splits)
+    return "tuning" if "tuning" in splits else splits[0]

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from seggen.data.benchmark import read_domains
 from seggen.data.images import id2rgb, load_rgb
 from seggen.data.layout import ADE20K, open_split
 from seggen.data.meta import label_mismatch
@@ -186,6 +187,10 @@ def eval_set(params, split: str, root: Path | None, out: Path, progress: bool = 
 def scores(metrics: dict) -> dict:
     """The headline numbers of a metrics.json (scores.json: what `dvc metrics`, the reports and the CI gate read)."""
     out = {k: metrics["semantic"][k] for k in ("mIoU", "mAcc", "aAcc")}
+    if "domains" in metrics:  # a split of drawn domains: the spread over them, and each one
+        d = metrics["domains"]
+        out.update({f"mIoU_domain_{k}": d[k] for k in ("mean", "std", "worst")})
+        out["mIoU_domain"] = {name: v["mIoU"] for name, v in d["per_domain"].items()}
     if "panoptic" in metrics:
         out.update({k: metrics["panoptic"][k] for k in ("PQ", "SQ", "RQ")})
         out.update({k: metrics["instance"][k] for k in ("AP", "AP50", "AP75")})
@@ -299,12 +304,49 @@ def _predict_and_score(
     metrics["semantic"] = evaluate_semantic_dirs(
         pred_dir, gt_dir, len(es.names), params.eval.ignore_index, params.eval.reduce_zero_label, es.names
     )
+    doms = read_domains(es.root, split)
+    if doms:
+        metrics["domains"] = domain_scores(doms, pred_dir, es, params)
     if do_pan:
         metrics["panoptic"], metrics["instance"] = _panoptic_and_instances(
             es.pan_json, es.pan_dir, pan_annotations, detections, out
         )
     _pictures(metrics["semantic"], pred_dir, es, grid, out, params)
     return metrics
+
+
+def domain_scores(domains: list[dict], pred_dir: Path, es: EvalSet, params) -> dict:
+    """mIoU of every drawn domain of the split on its own images, and over the K domains their mean,
+    standard deviation (population, ddof 0) and the worst one. The split's pooled mIoU (metrics
+    "semantic") weighs the domains by their pixels; this weighs each domain once."""
+    from seggen.data.images import load_label_png
+    from seggen.metrics.semantic import SemanticAccumulator
+
+    label_of = dict(zip(es.stems, es.label_paths))
+    per = {}
+    for d in domains:
+        acc = SemanticAccumulator(len(es.names), params.eval.ignore_index, params.eval.reduce_zero_label)
+        for stem in d["images"]:
+            if stem not in label_of:
+                raise DataError(f"{es.root}: domain {d['name']} lists {stem}, which split {es.split} lacks")
+            acc.add(load_label_png(pred_dir / f"{stem}.png"), load_label_png(label_of[stem]), stem)
+        m = acc.metrics(es.names)
+        per[d["name"]] = {
+            "mIoU": m["mIoU"],
+            "mAcc": m["mAcc"],
+            "aAcc": m["aAcc"],
+            "images": len(d["images"]),
+            "distance_to_labelled": d["distance_to_labelled"],
+        }
+    v = np.asarray([x["mIoU"] for x in per.values()], np.float64)
+    worst = min(per, key=lambda k: per[k]["mIoU"])
+    return {
+        "mean": float(v.mean()),
+        "std": float(v.std()),
+        "worst": per[worst]["mIoU"],
+        "worst_domain": worst,
+        "per_domain": per,
+    }
 
 
 def _panoptic_and_instances(
