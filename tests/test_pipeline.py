@@ -64,12 +64,18 @@ def test_repro_runs_every_stage_then_nothing(project):
     root = project["root"]
     first = ran(project["first"])
     # every stage, the pre-flight check first (check_models runs on every repro; nothing re-runs because of it)
-    assert sorted(first) == sorted(stage_list(root)) and first[0] == "check_models" and len(first) == 17
+    # 13 stages + evaluate@ARM-SPLIT for 2 arms x 4 splits (tuning, tuning_shift, validation, validation_shift)
+    assert sorted(first) == sorted(stage_list(root)) and first[0] == "check_models" and len(first) == 21
     for arm in ("baseline", "seggen"):
         for split in ("validation", "validation_shift"):
             scores = json.loads((root / "reports" / "eval" / arm / split / "scores.json").read_text())
             assert 0 <= scores["mIoU"] <= 100 and "PQ" in scores and "AP" in scores
-    assert "| seggen | validation_shift |" in (root / "reports" / "report.md").read_text()
+    report = (root / "reports" / "report.md").read_text()
+    assert "| seggen | validation_shift |" in report and "### validation_shift: each domain" in report
+    summary = json.loads((root / "reports" / "summary.json").read_text())
+    assert list(summary["domains"]["validation_shift"]) == ["unseen-1", "unseen-2"]  # the project's 2 domains
+    assert set(summary["delta_mIoU_domains"]["seggen"]["validation_shift"]) == {"mean", "worst"}
+    assert (root / "reports" / "domains.png").stat().st_size > 5000  # a chart, not the no-domain note
     again = dvc(root, "repro", env=project["env"])
     assert ran(again) == ["check_models"] and "Stage 'prepare' didn't change, skipping" in again.stdout
 
@@ -157,7 +163,7 @@ def test_mlflow_lineage(project):
     with pytest.raises(MlflowException):
         client.get_model_version_by_alias("seggen-segmenter", "champion")
     summary = json.loads((project["root"] / "reports" / "summary.json").read_text())
-    best = max(summary["arms"], key=lambda a: summary["arms"][a]["validation"]["mIoU"])
+    best = max(summary["arms"], key=lambda a: summary["arms"][a]["tuning"]["mIoU"])  # a choice: the tuning split
     assert children["report"].data.tags["candidate.champion"] == best
     r = subprocess.run(
         [str(BIN / "seggen"), "promote"], cwd=project["root"], env=project["env"], capture_output=True, text=True
@@ -168,7 +174,7 @@ def test_mlflow_lineage(project):
     # the scores are on the segmenter's LoggedModel too
     champion = client.get_model_version_by_alias("seggen-segmenter", "champion")
     logged = mlflow.get_logged_model(champion.source.rsplit("/", 1)[-1])
-    assert {m.key for m in logged.metrics} >= {"validation/mIoU", "validation_shift/mIoU"}
+    assert {m.key for m in logged.metrics} >= {"validation/mIoU", "validation_shift/mIoU_domain_mean"}
     # live training metrics (every tracking.log_every steps) and system metrics on the training stages
     tr = children["train_segmenter@seggen"]
     assert "live/loss" in tr.data.metrics and any(k.startswith("system/") for k in tr.data.metrics)
@@ -191,7 +197,8 @@ def test_ci_gate_against_champion(project):
     assert r.returncode == 0, r.stderr[-2000:]
     r = subprocess.run([seggen, "ci-check", "--against", "champion"], cwd=root, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "against @champion = version" in r.stdout and r.stdout.count(" ok") == 2
+    # per split: tuning, tuning_shift (+ its domain mean), validation, validation_shift (+ its domain mean)
+    assert "against @champion = version" in r.stdout and r.stdout.count(" ok") == 6, r.stdout
     from mlflow import MlflowClient
 
     arm = MlflowClient(project["mlflow"]).get_model_version_by_alias("seggen-segmenter", "champion").tags["arm"]
@@ -268,7 +275,7 @@ def test_compare_prints_arms_side_by_side(project):
     )
     assert r.returncode == 0, r.stderr[-2000:]
     lines = r.stdout.splitlines()
-    assert lines[0].split()[:2] == ["arm", "validation"] and any(ln.startswith("baseline") for ln in lines)
+    assert lines[0].split()[:2] == ["arm", "tuning"] and any(ln.startswith("baseline") for ln in lines)
     assert any(ln.startswith("seggen") for ln in lines) and "ΔmIoU" in lines[0]
 
 
@@ -346,8 +353,7 @@ def test_param_change_reruns_only_segmentation_and_failures_resume(project):
     assert set(ran(r)) == {
         "check_models",
         "train_segmenter@seggen",
-        "evaluate@seggen-validation",
-        "evaluate@seggen-validation_shift",
+        *(f"evaluate@seggen-{s}" for s in ("tuning", "tuning_shift", "validation", "validation_shift")),
         "report",
     }
 

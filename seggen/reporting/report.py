@@ -187,10 +187,9 @@ def build_report(params: Params) -> dict:
                 )
                 + " |"
             )
-        lines += ["", f"![mIoU per {s} domain](domains_{s}.png)"]
-        grouped_bars(
-            doms, {a: [arms[a][s]["mIoU_domain"][d] for d in doms] for a in arms}, out / f"domains_{s}.png", "mIoU (%)"
-        )
+    if domain_splits and len(arms) <= 4:
+        lines += ["", "![mIoU per drawn domain](domains.png)"]
+    _domains_chart(arms, domain_splits, out / "domains.png")
     lines += [""]
     strategies = {a: params.arm(a).segmenter for a in arms}
     lines += ["", "Arms (see `arms` in params.yaml):", ""]
