@@ -81,9 +81,9 @@ captions and generators up to date), MLflow on (local SQLite). Target: <= 90 min
 | --- | ---: | ---: | ---: |
 {rows}
 
-`evaluate` counts one run per arm and split (one process per arm scores both splits). The rest of
+`evaluate` counts one run per arm and split (one process per arm scores all its splits). The rest of
 the wall time is DVC (hashing, locking) and starting a `seggen` process per stage ({stages} stage runs).
-GPU: not measured (no GPU was lent to this session).
+GPU: not measured here (no GPU on this machine).
 """
     print(body)
     update_section("ablation", body)

@@ -95,7 +95,7 @@ each task a `dvc repro --single-item STAGE`.
 {chr(10).join(rows)}
 
 Scores of that run ({scores}).{prefect_note}
-GPU: not measured (no GPU was lent to this session).
+GPU: not measured here (no GPU on this machine).
 """
     update_section("pipeline", body)
 

@@ -100,7 +100,7 @@ the {p.data.benchmark.num_train} training images of the bundled benchmark.
 {pan_rows}
 The colour-only classifier is strong in-domain because the benchmark's classes have characteristic
 colours; it collapses on the shifted domain (other hues), where shape and texture matter.
-GPU: not measured (no GPU was lent to this session).
+GPU: not measured here (no GPU on this machine).
 """
     update_section("segmenter", body)
 

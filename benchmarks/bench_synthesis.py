@@ -244,7 +244,7 @@ two-threaded process. On a 2-core CPU the networks themselves dominate (attentio
 8 is ~45% of the time), so batching alone cannot give large factors here; on a GPU, where batch 1 leaves
 the device idle, it does. Outputs are byte-identical for any `workers`/`threads` on a given machine
 (tested), and at either precision reproducible on that machine.
-GPU: not measured (no GPU was lent to this session).
+GPU: not measured here (no GPU on this machine).
 """
     update_section("synthesis", body)
 

@@ -139,8 +139,22 @@ def registry_scores(alias: str, project: Path = Path(".")) -> dict:
         "arm": mv.tags.get("arm", "segmenter"),
         "version": str(mv.version),
         "git_commit": mv.tags.get("reference.commit", mv.tags.get("git_commit", "?")),
+        "data": mv.tags.get("reference.data"),
         "mIoU": dict(sorted(ref.items())),
     }
+
+
+def data_fingerprint(params) -> str:
+    """What the evaluation data is: the benchmark's fingerprint (its params, domains included), or the
+    dataset root of real data. Scores on other data are not comparable, whatever the split names say."""
+    from seggen.data.meta import META_FILE
+
+    meta = Path(params.data.root) / META_FILE
+    try:
+        fp = json.loads(meta.read_text()).get("generator", {}).get("fingerprint")
+    except (OSError, ValueError, AttributeError):
+        fp = None
+    return f"benchmark:{fp}" if fp else f"root:{Path(params.data.root).resolve()}"
 
 
 def project_scores(params_path: Path, arm: str, splits: list[str]) -> dict[str, float]:
@@ -163,6 +177,12 @@ def project_scores(params_path: Path, arm: str, splits: list[str]) -> dict[str, 
 
 def check_against_alias(alias: str, params_path: Path, tolerance: float | None = None, arm: str | None = None) -> str:
     ref = registry_scores(alias)
+    here = data_fingerprint(load_params(params_path))
+    if ref["data"] and ref["data"] != here:
+        raise ConfigError(
+            f"@{alias} (version {ref['version']}) was scored on other data ({ref['data']}; this project: {here}): "
+            "its reference does not compare; promote a version scored on this data (`seggen promote`)"
+        )
     arm = arm or ref["arm"]
     got = project_scores(params_path, arm, list(ref["mIoU"]))
     tol = DEFAULT_TOLERANCE if tolerance is None else tolerance

@@ -401,7 +401,6 @@ class DaskParams(_Section):
     """Threads of each worker process (local cluster)."""
 
 
-# the in-domain look ("a photo", what mask2img.caption_style names) 40 %, six looks the prior knows 10 % each
 # the in-domain look, then one phrase per word of the corpus's generic vocabulary (seggen.data.corpus)
 DEFAULT_STYLES = {
     "a photo": 4.0,
@@ -556,7 +555,7 @@ class SegmenterParams(_Section):
     """The synthetic datasets mixed in (any strategy but real)."""
     synthetic_root: SafePath = Path("data/synthetic")
     """Directory holding the masksyn/ and imgsyn/ datasets."""
-    p_aug: float = Field(0.15, ge=0, le=1)
+    p_aug: float = Field(0.3, ge=0, le=1)
     """augment: probability that a real sample is replaced by a synthetic one (the paper: 0.6 on ADE20K)."""
     concat_repeat: StrictInt = Field(1, ge=1)
     """concat: times the real set is repeated beside the synthetic one."""

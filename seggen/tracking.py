@@ -407,6 +407,7 @@ def promote(params, champion: str | None = None, project: Path = Path(".")) -> d
     from mlflow.exceptions import MlflowException
 
     from seggen import mlflow_models as mm
+    from seggen.ci_check import data_fingerprint
     from seggen.reporting.scores import decision_split, gate_scores
 
     if not enabled():
@@ -444,6 +445,7 @@ def promote(params, champion: str | None = None, project: Path = Path(".")) -> d
             for key, v in gate_scores(s, s_name).items() if s.get("mIoU") is not None else ():
                 client.set_model_version_tag(name, version, f"reference.{key}.mIoU", f"{v:.4f}")
         client.set_model_version_tag(name, version, "reference.commit", git_commit(project))
+        client.set_model_version_tag(name, version, "reference.data", data_fingerprint(params))
         client.set_registered_model_alias(name, alias, version)
         moved[alias] = {"arm": arm, "version": version, "previous": previous}
     return moved

@@ -25,6 +25,30 @@ def test_compare_bands():
     assert bad[0].startswith("baseline/validation: mIoU 47.90 < baseline 50.00") and "no score" in bad[1]
 
 
+def test_scores_on_other_data_do_not_compare(tmp_path):
+    """The registry's reference records what data it was scored on: the benchmark's fingerprint (its
+    domains included), or a real dataset's root. Other data, even under the same split names, is refused."""
+    from seggen.ci_check import data_fingerprint
+    from seggen.config import BenchmarkParams, load_params
+    from seggen.data.benchmark import fingerprint
+    from seggen.reporting.scores import gate_scores
+
+    def params_at(tmp: Path, name: str):
+        (tmp / f"{name}.yaml").write_text(f"data: {{root: {tmp / name / 'data'}}}\n")
+        return load_params(tmp / f"{name}.yaml")
+
+    a, b = params_at(tmp_path, "a"), params_at(tmp_path, "b")
+    for root, seed in ((a, 1), (b, 2)):
+        bp = BenchmarkParams(domains={"seed": seed})
+        meta = {"generator": {"fingerprint": fingerprint(bp, 0)}}
+        Path(root.data.root).mkdir(parents=True)
+        (Path(root.data.root) / "seggen_meta.json").write_text(json.dumps(meta))
+    assert data_fingerprint(a).startswith("benchmark:") and data_fingerprint(a) != data_fingerprint(b)
+    assert data_fingerprint(params_at(tmp_path, "none")).startswith("root:")  # no benchmark there
+    sc = {"mIoU": 20.0, "mIoU_domain_mean": 25.0}
+    assert gate_scores(sc, "validation_shift") == {"validation_shift": 20.0, "validation_shift.domain_mean": 25.0}
+
+
 @pytest.mark.slow
 def test_gate_fails_on_a_planted_regression(tmp_path):
     """`seggen ci-check` runs dvc.yaml's pipeline through `dvc repro`; a copy of the package whose

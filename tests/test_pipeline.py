@@ -216,6 +216,17 @@ def test_ci_gate_against_champion(project):
         assert r.returncode == 1 and f"{arm}/validation_shift: mIoU" in r.stderr and "REGRESSION" in r.stderr
     finally:
         f.write_text(original)
+    # a reference scored on other data (another benchmark, other domains) does not compare: refused
+    client = MlflowClient(project["mlflow"])
+    mv = client.get_model_version_by_alias("seggen-segmenter", "champion")
+    client.set_model_version_tag("seggen-segmenter", mv.version, "reference.data", "benchmark:0123456789abcdef")
+    try:
+        r = subprocess.run(
+            [seggen, "ci-check", "--against", "champion"], cwd=root, env=env, capture_output=True, text=True
+        )
+        assert r.returncode == 2 and "was scored on other data (benchmark:0123456789abcdef" in r.stderr, r.stderr
+    finally:
+        client.set_model_version_tag("seggen-segmenter", mv.version, "reference.data", mv.tags["reference.data"])
     r = subprocess.run([seggen, "ci-check", "--against", "nope"], cwd=root, env=env, capture_output=True, text=True)
     assert r.returncode == 2 and "models:/seggen-segmenter@nope: no such alias" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1

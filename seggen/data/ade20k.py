@@ -4,7 +4,7 @@
     ROOT/annotations/{split}/NAME.png    8-bit labels: 0 = other (ignored), 1..N = classes
 
 Splits are directory names (`training`, `validation`; the bundled benchmark adds
-`validation_shift`). Listing checks that every image has its annotation and vice versa;
+`tuning`, `validation_shift` and `tuning_shift`). Listing checks that every image has its annotation and vice versa;
 loading checks decodability, matching sizes and label range.
 """
 

@@ -5,9 +5,11 @@
 (value noise), per-instance colour variation, directional lighting, sensor noise and JPEG
 compression, so segmentation is not a colour lookup.
 
-Splits (ADE20K directory names): `training`, `validation`, and `validation_shift`, the same
-scene distribution rendered in another domain (other class hues and textures, dusk lighting with
-a colour cast, haze, more noise) to measure generalisation to an unseen domain.
+Splits (ADE20K directory names): `training`, `validation` and `tuning` in the labelled domain;
+`validation_shift` (K unseen domains) and `tuning_shift` (K_t others), the same scene distribution
+rendered in looks drawn from seggen.data.domains' distribution, to measure generalisation to domains
+no choice read. ROOT/seggen_domains.json lists every drawn domain: its look, its distance to the
+labelled domain and its images.
 
 Written in both layouts:
     ROOT/images/{split}/*.jpg, ROOT/annotations/{split}/*.png       (ADE20K, semantic)

@@ -38,7 +38,10 @@ def corpus_nearest(params: Params, splits: list[str]) -> dict[str, dict[str, flo
     f = Path(params.prior.corpus.out) / CAPTIONS
     if not params.prior.enabled or params.mask2img.pretrained or not f.is_file():
         return {}
-    looks = read_looks(f.parent)
+    try:
+        looks = read_looks(f.parent)
+    except (KeyError, ValueError):  # a corpus written before looks were recorded: no distances to show
+        return {}
     return {
         s: {
             d["name"]: round(nearest_look(looks, Domain.from_record(d["look"])), 4)
@@ -136,7 +139,7 @@ def build_report(params: Params) -> dict:
                     cell = f"{mean:.1f} ± {std:.1f} (worst {worst:.1f})"
                     if arm != base:
                         dd = delta_dom[arm][s]
-                        cell += f" Δ {dd['mean']:+.1f} (worst {dd['worst']:+.1f})"
+                        cell += f" Δ {dd['mean']:+.1f} (worst - worst {dd['worst']:+.1f})"
                 else:
                     cell = f"{sc['mIoU']:.1f}" + (f" Δ {delta[arm][s]:+.1f}" if arm != base else "")
                 cells.append(cell)

@@ -187,7 +187,7 @@ def build_results(params: Params) -> dict:
                         "std": g.std(s),
                         "values": g.values.get(s, {}).get("mIoU", []),
                         **(
-                            {"domain_mean": g.mean(s, sm), "domain_std": g.std(s, sm)}
+                            {"domain_mean": g.mean(s, sm), "domain_mean_std_over_seeds": g.std(s, sm)}
                             if g.mean(s, "mIoU_domain_mean") is not None
                             else {}
                         ),

@@ -262,6 +262,8 @@ def _predict_and_score(
         raise DataError(f"{es.root}: panoptic evaluation needs the COCO panoptic layout (panoptic_{split}.json)")
     pan_annotations, detections = [], []
     grid = []
+    doms = read_domains(es.root, split)  # a split of drawn domains: the picture shows each domain's first image
+    shown = {d["images"][0] for d in doms[:8]} if doms else set(es.stems[:8])
     t0 = time.perf_counter()
     n = len(es.stems)
     bar = tqdm(total=n, desc=f"evaluate {split}", unit="img", disable=not progress, dynamic_ncols=True)
@@ -272,7 +274,7 @@ def _predict_and_score(
             stem = es.stems[i]
             sem = res["labels"]
             write_png(pred_dir / f"{stem}.png", sem)
-            if len(grid) < 8:
+            if stem in shown:
                 grid.append((images[j], sem, es.label_paths[i]))
             if do_pan:
                 ids, segs = res["panoptic"], res["segments"]
@@ -304,7 +306,6 @@ def _predict_and_score(
     metrics["semantic"] = evaluate_semantic_dirs(
         pred_dir, gt_dir, len(es.names), params.eval.ignore_index, params.eval.reduce_zero_label, es.names
     )
-    doms = read_domains(es.root, split)
     if doms:
         metrics["domains"] = domain_scores(doms, pred_dir, es, params)
     if do_pan:
