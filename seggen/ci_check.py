@@ -91,6 +91,7 @@ def compare(
 ) -> tuple[list[str], list[str]]:
     """(lines of the report, regressions); `ref_name` names the reference in them."""
     lines, bad = [], []
+    width = max([18] + [len(k) for splits in baseline["mIoU"].values() for k in splits])
     for arm, splits in baseline["mIoU"].items():
         for split, want in splits.items():
             got = scores.get(arm, {}).get(split)
@@ -104,7 +105,7 @@ def compare(
             elif got > want + tolerance:
                 verdict = f"better ({better})"
             lines.append(
-                f"{arm:>10} {split:<18} mIoU {got:6.2f}  {ref_name} {want:6.2f}  {got - want:+6.2f}  {verdict}"
+                f"{arm:>10} {split:<{width}} mIoU {got:6.2f}  {ref_name} {want:6.2f}  {got - want:+6.2f}  {verdict}"
             )
     return lines, bad
 
