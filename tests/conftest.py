@@ -36,7 +36,10 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def real() -> Path:
     if not (REAL / "ade20k").is_dir():
-        pytest.fail(f"real samples not found at {REAL} (set SEGGEN_REAL_SAMPLES)")
+        why = f"real ADE20K/COCO samples not found at {REAL} (set SEGGEN_REAL_SAMPLES)"
+        if os.environ.get("CI"):  # CI has them: their absence there is a failure, not a skip
+            pytest.fail(why)
+        pytest.skip(why)
     return REAL
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from seggen import tracking
 from seggen.errors import SeggenError
 
-SHOW = ("mIoU", "PQ", "AP")
+SHOW = ("mIoU", "mIoU_domain_mean", "PQ", "AP")  # mIoU_domain_mean: a split of drawn domains
 
 
 def compare_runs(splits: list[str], latest: int = 1) -> str:
