@@ -44,7 +44,7 @@ DVC_EXPERIMENT_ENV = "SEGGEN_DVC_EXPERIMENT"  # the DVC experiment a flow run sa
 EXPERIMENT_ENV = "MLFLOW_EXPERIMENT_NAME"
 DEFAULT_EXPERIMENT = "seggen"
 KIND, STAGE, EXECUTION = "seggen.kind", "seggen.stage", "seggen.execution"
-# MLflow's usage telemetry calls out from every process that imports it, and its session bookkeeping
+# MLflow's usage telemetry calls out from every process that imports it, and its telemetry bookkeeping
 # has failed a stage that ran right after a tracking server restarted (KeyError
 # '_MLFLOW_TELEMETRY_SESSION_ID'): off in seggen's processes unless the variable says otherwise
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
