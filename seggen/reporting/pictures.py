@@ -92,12 +92,9 @@ def prior_pictures(params: Params, out_dir: Path) -> list[tuple[str, Path]]:
             ("The prior's corpus: captioned images of broad looks, never masks (a sample)", out_dir / "corpus.png")
         )
     else:  # the stage's declared output, saying why there is no corpus (not linked from the page)
-        from PIL import ImageDraw
+        from seggen.reporting.charts import note_picture
 
-        note = Image.new("RGB", (360, 40), "white")
-        ImageDraw.Draw(note).text((8, 14), "no prior corpus: prior disabled or real weights", fill="black")
-        with atomic_path(out_dir / "corpus.png", suffix=".png") as tmp:
-            note.save(tmp, format="PNG")
+        note_picture(out_dir / "corpus.png", "no prior corpus: prior disabled or real weights")
     styles = picture_styles(params)
     pics.append(
         (

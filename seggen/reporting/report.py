@@ -53,20 +53,14 @@ def corpus_nearest(params: Params, splits: list[str]) -> dict[str, dict[str, flo
 
 def _domains_chart(arms: dict, domain_splits: list[str], path: Path) -> None:
     """domains.png: every drawn domain's mIoU, one bar per arm (a note where no split has domains)."""
-    from PIL import Image, ImageDraw
-
-    from seggen.io import atomic_path
+    from seggen.reporting.charts import note_picture
 
     doms = [(s, d) for s in domain_splits for d in next(iter(arms.values()))[s]["mIoU_domain"]]
     if doms and len(arms) <= 4:
         series = {a: [arms[a][s]["mIoU_domain"][d] for s, d in doms] for a in arms}
         grouped_bars([d for _, d in doms], series, path, "mIoU (%)", rotate=len(doms) > 10)
         return
-    note = Image.new("RGB", (360, 40), "white")
-    text = "no split of drawn domains" if not doms else f"{len(arms)} arms: see the results page"
-    ImageDraw.Draw(note).text((8, 14), text, fill="black")
-    with atomic_path(path, suffix=".png") as tmp:
-        note.save(tmp, format="PNG")
+    note_picture(path, "no split of drawn domains" if not doms else f"{len(arms)} arms: see the results page")
 
 
 def build_report(params: Params) -> dict:
