@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser run lint test test-slow test-all gpu-check gpu-wheels bench bench-generators bench-synthesis bench-segmenter bench-pipeline bench-ablation ci-check clean-data
+.PHONY: install browser run lint test test-slow test-all gpu-check gpu-wheels bench bench-generators bench-synthesis bench-segmenter bench-pipeline bench-ablation ci-check clean-data plots-template exps
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -95,6 +95,14 @@ bench-pipeline: install
 bench-ablation: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro bench/dvc.yaml
 
+# `dvc exp show` cut to what fits a terminal: the report's headline (`headline.*` of reports/summary.json)
+# and the params an experiment changed; code, data and per-arm columns dropped. EXPS_ARGS adds options
+# (e.g. "--sort-by headline.unseen_mean --hide-workspace").
+EXPS_DROP := Created$$|(models|data|reports|seggen)/|bench/|arms\.[^.]+\.(tuning|validation)|delta_mIoU|domains\.|headline\.arm$$
+EXPS_KEEP := Experiment$$|headline\.(in_domain|unseen_mean|unseen_worst_domain|domains_worse_by_2)$$
+exps: install
+	$(VENV)/bin/dvc exp show --only-changed --drop '$(EXPS_DROP)' --keep '$(EXPS_KEEP)' $(EXPS_ARGS)
+
 # The CI mIoU gate (docs/pipeline.md#ci-gate); `make ci-check CI_ARGS=--update` rewrites the baseline.
 ci-check: install
 	$(VENV)/bin/seggen ci-check $(CI_ARGS)
@@ -104,3 +112,12 @@ clean-data:
 	@for d in data/benchmark data/synthetic/masksyn data/synthetic/imgsyn data/corpus; do \
 		if [ -f "$$d/.seggen" ]; then rm -rf "$$d" && echo "removed $$d"; elif [ -e "$$d" ]; then echo "kept $$d (no .seggen: not seggen's)"; fi; done
 	rm -f data/check.txt
+
+# .dvc/plots.html: the page of `dvc plots show/diff` with vega inlined, so the charts render offline
+# (dvc-render's pinned versions; needs npm and its registry).
+VEGA := vega@5.20.2 vega-lite@5.2.0 vega-embed@6.18.2
+plots-template:
+	@d=$$(mktemp -d) && cd $$d && npm pack -q $(VEGA) >/dev/null && for f in *.tgz; do tar xzf $$f && cp package/build/$${f%-*.tgz}.min.js . && rm -rf package; done && \
+	  cd $(CURDIR) && $(PYTHON) -c 'import sys; from pathlib import Path; p = Path(".dvc/plots.html"); t = p.read_text(); \
+	  js = "\n".join("<script type=\"text/javascript\">\n" + Path(sys.argv[1], n + ".min.js").read_text() + "\n</script>" for n in ("vega", "vega-lite", "vega-embed")); \
+	  p.write_text(t[: t.index("<script")] + js + t[t.rindex("</script>") + 9 :])' $$d && rm -rf $$d

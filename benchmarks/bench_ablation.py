@@ -18,7 +18,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from benchmarks.common import machine, update_section
+from benchmarks.common import measured_row, update_section
 
 
 def stage_runs(project: Path = Path(".")) -> list:
@@ -65,10 +65,10 @@ def main() -> None:
     rows = "\n".join(f"| {k} | {len(v)} | {sum(v) / 60:.1f} | {sum(v) / len(v):.0f} |" for k, v in kinds.items())
     total = sum(sum(v) for v in kinds.values())
     stages = len({r.data.tags[tracking.STAGE] for r in runs})
-    body = f"""## Ablation bench (issues 7, 16)
+    body = f"""## Ablation bench
 
-Machine: {machine()}. `dvc repro bench/dvc.yaml` from no bench outputs (the main pipeline's data,
-captions and generators up to date), MLflow on (local SQLite). Target: <= 90 min on 2 CPU cores (issue 16).
+`dvc repro bench/dvc.yaml` from no bench outputs (the main pipeline's data,
+captions and generators up to date), MLflow on (local SQLite). Target: <= 90 min on 2 CPU cores.
 {note}
 
 | measure | value |
@@ -76,6 +76,7 @@ captions and generators up to date), MLflow on (local SQLite). Target: <= 90 min
 | wall time of `dvc repro bench/dvc.yaml` | {f"{wall / 60:.1f} min" if wall else "not measured"} |
 | first stage start to last stage end (MLflow) | {span / 60:.1f} min |
 | inside the stage functions | {total / 60:.1f} min |
+{measured_row("make bench-ablation")}
 
 | stage | runs | minutes | seconds each |
 | --- | ---: | ---: | ---: |
@@ -83,7 +84,6 @@ captions and generators up to date), MLflow on (local SQLite). Target: <= 90 min
 
 `evaluate` counts one run per arm and split (one process per arm scores all its splits). The rest of
 the wall time is DVC (hashing, locking) and starting a `seggen` process per stage ({stages} stage runs).
-GPU: not measured here (no GPU on this machine).
 """
     print(body)
     update_section("ablation", body)

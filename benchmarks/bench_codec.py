@@ -7,7 +7,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from benchmarks.common import timeit
+from benchmarks.common import measured_row, timeit
 from seggen.codec import build_nearest_lut, decode_naive, palette_for_ade20k
 
 
@@ -41,6 +41,7 @@ def run(ade_label: np.ndarray) -> tuple[str, dict]:
             "| input (512x512, 151 colours incl. ignore) | seggen decode, Mpx/s | naive broadcast, Mpx/s | speed-up |",
             "| --- | ---: | ---: | ---: |",
             *rows,
+            measured_row("make bench", 4, ", one core"),
         ]
     )
     body += f"\n\nOne-off lookup-table build for the palette: {build_s:.2f} s (cached per palette in the process)."

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from benchmarks.common import timeit
+from benchmarks.common import measured_row, timeit
 from seggen.metrics.semantic import SemanticAccumulator, evaluate_semantic_dirs
 
 
@@ -45,6 +45,7 @@ def run(ade_labels: list[np.ndarray], n: int = 200) -> tuple[str, dict]:
             "| --- | ---: |",
             f"| `seggen eval semantic` path (PNG decode of prediction and GT + metrics) | {n / files:.0f} |",
             f"| metrics only (arrays in memory) | {n / arrays:.0f} |",
+            measured_row("make bench", 2, ", one core"),
         ]
     )
     return body, {"files_img_s": n / files, "arrays_img_s": n / arrays}

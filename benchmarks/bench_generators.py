@@ -1,6 +1,6 @@
 """Generator quality and throughput on the bundled benchmark, for the models of params.yaml.
 
-Run after `seggen caption && seggen train text2mask && seggen train mask2img` (the DVC stages):
+Run after `seggen caption && seggen train_text2mask && seggen train_mask2img` (the DVC stages):
     python -m benchmarks.bench_generators
 Writes the `generators` section of docs/benchmarks.md and docs/img/generators_*.png.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import machine, update_section
+from benchmarks.common import measured_row, update_section
 from seggen import io as sio
 from seggen.config import load_params
 from seggen.generators.quality import mask2img_alignment, text2mask_quality
@@ -44,9 +44,9 @@ def main() -> None:
     t2m_rate, t2m_s = train_rate(t2m_dir)
     m2i_rate, m2i_s = train_rate(m2i_dir)
     tc, mc = p.text2mask, p.mask2img
-    body = f"""## Generators on CPU (issue 3)
+    body = f"""## Generators
 
-Machine: {machine()}; torch {torch.__version__}, {torch.get_num_threads()} threads. Default params.yaml:
+Default params.yaml:
 Text2Mask {tc.resolution} px, UNet {list(tc.unet.block_out_channels)}, {tc.train.steps} steps at batch
 {tc.train.batch_size}; Mask2Img {mc.resolution} px, ControlNet on UNet {list(mc.unet.block_out_channels)},
 {mc.train.steps} steps at batch {mc.train.batch_size}; sampling DPM-Solver++ {tc.sample.steps} steps, guidance
@@ -67,6 +67,7 @@ Held-out prompts and masks: the first 64 of the `validation` split.
 | probe segmenter mIoU on real val images | {m2i["probe_miou_real_val"]:.1f} | |
 | probe segmenter mIoU on Mask2Img images vs their masks | {m2i["probe_miou_generated"]:.1f} | |
 | Mask2Img alignment ratio | {m2i["alignment_ratio"]:.2f} | >= 0.70 |
+{measured_row("make bench-generators", 3, f"; torch {torch.__version__}, {torch.get_num_threads()} threads")}
 
 Samples: [Text2Mask](img/generators_text2mask.png) (real colour map | generated, same caption),
 [Mask2Img](img/generators_mask2img.png) (colour map | real image | generated).

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import machine, update_section
+from benchmarks.common import measured_row, update_section
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -84,18 +84,18 @@ def main() -> None:
             else " The Prefect run gave different scores (not expected: report it)."
         )
     )
-    body = f"""## Pipeline (issue 6)
+    body = f"""## Pipeline
 
-Machine: {machine()}. Default `params.yaml`, MLflow tracking into the clone's `mlflow.db`
+Default `params.yaml`, MLflow tracking into the clone's `mlflow.db`
 (`make run` = `dvc repro`); the Prefect flow runs in-process against Prefect's temporary local server,
 each task a `dvc repro --single-item STAGE`.
 
 | measure | value | target |
 | --- | ---: | ---: |
 {chr(10).join(rows)}
+{measured_row("make bench-pipeline", 3)}
 
 Scores of that run ({scores}).{prefect_note}
-GPU: not measured here (no GPU on this machine).
 """
     update_section("pipeline", body)
 

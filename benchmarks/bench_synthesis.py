@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import machine, update_section
+from benchmarks.common import measured_row, update_section
 from seggen.config import load_params
 
 N_STOCK = 16  # images per stock measurement (per-image calls; ~1 s each on 2 cores)
@@ -218,10 +218,12 @@ def main() -> None:
         )
         + " |"
     )
-    body = f"""## Synthesis throughput (issue 4)
+    bf16 = "yes" if low else "no"
+    torch_note = f"; torch {torch.__version__}, {torch.get_num_threads()} threads; native bf16: {bf16}"
+    measured = measured_row("make bench-synthesis", 8, torch_note)
+    body = f"""## Synthesis throughput
 
-Machine: {machine()}; torch {torch.__version__}, {torch.get_num_threads()} threads; CPU native bf16:
-{"yes" if low else "no"}. Default generators of params.yaml (Text2Mask and Mask2Img at {resolution} px),
+Default generators of params.yaml (Text2Mask and Mask2Img at {resolution} px),
 DPM-Solver++ {cfg.steps} steps, guidance {cfg.text2mask_guidance} / {cfg.mask2img_guidance}. Stock: one diffusers
 pipeline call per image ({N_STOCK} images after a warm-up call, {torch.get_num_threads()} threads); ours: `seggen
 synthesize` at batch
@@ -232,6 +234,7 @@ worker processes and loading the models. Higher is better.
 {header}
 | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
 {chr(10).join(lines)}
+{measured}
 
 Target (>= 3x the stock loop at batch 16, default set-up, generation rate): {verdict}.
 
@@ -244,7 +247,6 @@ two-threaded process. On a 2-core CPU the networks themselves dominate (attentio
 8 is ~45% of the time), so batching alone cannot give large factors here; on a GPU, where batch 1 leaves
 the device idle, it does. Outputs are byte-identical for any `workers`/`threads` on a given machine
 (tested), and at either precision reproducible on that machine.
-GPU: not measured here (no GPU on this machine).
 """
     update_section("synthesis", body)
 

@@ -37,6 +37,7 @@ def timeit(fn, repeat: int = 5, warmup: int = 1) -> float:
 
 
 def machine() -> str:
+    """The CPU, its visible cores and the Python/numpy versions a figure was measured with."""
     import numpy
 
     cpu = platform.processor() or "unknown CPU"
@@ -47,12 +48,13 @@ def machine() -> str:
                 break
     except OSError:
         pass
+    return f"{cpu}, {os.cpu_count()} logical cores, Python {platform.python_version()}, numpy {numpy.__version__}"
 
-    return (
-        f"{cpu}, {os.cpu_count()} logical cores visible, Python {platform.python_version()}, numpy "
-        f"{numpy.__version__}; "
-        f"measured {time.strftime('%Y-%m-%d')}"
-    )
+
+def measured_row(command: str, columns: int = 2, extra: str = "") -> str:
+    """The last row of a benchmark's table: machine, date and the command that measured it."""
+    cell = f"{machine()}{extra}; {time.strftime('%Y-%m-%d')}; `{command}`"
+    return "| measured on | " + cell + " |" + " |" * (columns - 2)
 
 
 def update_section(name: str, body: str) -> None:

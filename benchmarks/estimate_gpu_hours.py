@@ -7,7 +7,7 @@ conditioning channels), Mask2Former with a Swin-L backbone and BLIP-2's ViT-g (i
 counted as 2 FLOPs per parameter and token). A training step costs 3x its forward (forward + backward);
 ControlNet training runs the frozen base forward and back-propagates through it to the ControlNet's
 residuals (counted as 3x both). Hours assume an H100's dense bf16 peak (989 TFLOP/s) at MFU (model FLOPs
-utilisation) of 35% -- what tuned diffusion and segmentation training typically reach; issue 19
+utilisation) of 35% -- what tuned diffusion and segmentation training typically reach; `make gpu-check`
 measures the real figure on a GPU. FlopCounterMode counts a multiply-add as 2 FLOPs (papers that quote
 detectron2's counter count it as 1) and skips grid_sample, a small share of Mask2Former's deformable
 attention.

@@ -416,7 +416,7 @@ def _train_generator(work: Path, tiny: bool, kind: str) -> dict:
     clock = StepClock()
     t = time.perf_counter()
     with observe_steps(clock):
-        stages.train_generator(p, kind)
+        getattr(stages, f"train_{kind}")(p)
     out["stage_s"] = time.perf_counter() - t
     out.update(clock.figures(cfg.train.batch_size * cfg.train.grad_accum))
     return out
@@ -588,7 +588,7 @@ def part_sdxl(work: Path, tiny: bool) -> dict:
         os._exit(0)  # the step is what this part measures, not saving 41 GB of checkpoint
 
     with observe_steps(StepClock(on_last=done)):
-        stages.train_generator(p, "text2mask")
+        stages.train_text2mask(p)
     raise RuntimeError("the training ended without a step")
 
 
@@ -887,6 +887,7 @@ def table(report: dict) -> str:
                 f"| Mask2Former Swin-T evaluate | {r.get('eval_images')} images, short side {r.get('eval_size')}, fp32 "
                 f"| {_f(r.get('eval_images_per_s'))} images/s | | | {_f(r.get('eval_peak_gpu_gib'), '{:.1f}')} | | |"
             )
+    lines.append(f"| measured on | {where}; {env['date']}; `make gpu-check` |" + " |" * 6)
     if "synthesis" in parts:
         r = parts["synthesis"]
         st = report.get("settings", {}).get("synthesis", {})

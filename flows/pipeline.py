@@ -319,9 +319,14 @@ def _summary_markdown(
     lines += ["", "## Scores this run produced", ""]
     if scores:
         fmt = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731
-        lines += ["| arm | split | mIoU | PQ | AP |", "|---|---|---:|---:|---:|"]
+        # a split of drawn domains: the mean over its domains (each weighed once) and the worst one too
+        lines += [
+            "| arm | split | mIoU | mIoU, mean over domains | worst domain | PQ | AP |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
         for (arm, split), s in scores.items():
-            lines.append(f"| {arm} | {split} | {fmt(s.get('mIoU'))} | {fmt(s.get('PQ'))} | {fmt(s.get('AP'))} |")
+            cells = [s.get(k) for k in ("mIoU", "mIoU_domain_mean", "mIoU_domain_worst", "PQ", "AP")]
+            lines.append(f"| {arm} | {split} | " + " | ".join(fmt(v) for v in cells) + " |")
     else:
         lines.append("No evaluation ran in this run, so it produced no scores.")
     if parent:

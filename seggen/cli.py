@@ -24,9 +24,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="SegGen pipeline: data, generators (Text2Mask, Mask2Img), synthesis, Mask2Former, evaluation.",
 )
-data_app = typer.Typer(no_args_is_help=True, help="Inspect and validate datasets.")
 eval_app = typer.Typer(no_args_is_help=True, help="Reference-exact metrics (mmseg mIoU, COCO PQ, COCO mask AP).")
-app.add_typer(data_app, name="data")
 app.add_typer(eval_app, name="eval")
 
 
@@ -187,27 +185,18 @@ def params_apply(
     typer.echo(f"{to}: {len(changes)} keys set from {profile}")
 
 
-@app.command("check-models")
+@app.command("check_models")
 def check_models_cmd(
     out: Annotated[
         Path | None, typer.Option(help="Also write the per-model lines to this file (the DVC stage's output).")
     ] = None,
 ) -> None:
     """Resolve every pretrained model the params name (ids and directories) in seconds: one line per model."""
-    from seggen.io import write_text
-    from seggen.outputs import check_file
-    from seggen.preflight import check_models
+    from seggen import stages
 
-    p = state.params()
-    if out:
-        check_file(out, "--out")
-    results = check_models(p)
-    lines = [f"{ref.key}: {ref.value}: {'ok' if problem is None else 'FAILED'}" for ref, problem in results]
-    lines = lines or ["no pretrained models configured (everything trains from scratch)"]
+    results, lines = stages.check_models(state.params(), out)
     typer.echo("\n".join(lines))
     bad = [(r, pr) for r, pr in results if pr]
-    if out and not bad:
-        write_text(out, "\n".join(lines) + "\n")
     for ref, problem in bad:
         typer.echo(f"{ref.key}: {problem}", err=True)
     if bad:
@@ -217,18 +206,17 @@ def check_models_cmd(
         )
 
 
-@data_app.command("check")
-def data_check(
+@app.command("check_data")
+def check_data_cmd(
     root: Annotated[Path | None, typer.Option(help="Dataset root (default: data.root).")] = None,
     split: Annotated[list[str] | None, typer.Option(help="Split(s) to check (default: all).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Also write the per-split lines to this file.")] = None,
 ) -> None:
     """Load every sample of a dataset (ADE20K layout, with its panoptic JSON where present, or a COCO
     root: images + annotations/*.json) and stop at the first problem, naming the file."""
-    from seggen.prepare import check_dataset
+    from seggen import stages
 
-    counts = check_dataset(root or state.params().data.root, split)
-    for s, n in counts.items():
-        typer.echo(f"{s}: {n} ok")
+    typer.echo("\n".join(stages.check_data(state.params(), root, split, out)))
 
 
 # -- captions and generators ------------------------------------------------------------------
@@ -249,13 +237,11 @@ def caption(
     typer.echo(f"{c.out}: {stats['captioned']} captioned, {stats['skipped']} already there")
 
 
-train_app = typer.Typer(no_args_is_help=True, help="Train a model (resumes from the newest checkpoint).")
 sample_app = typer.Typer(no_args_is_help=True, help="Sample from a trained generator.")
-app.add_typer(train_app, name="train")
 app.add_typer(sample_app, name="sample")
 
 
-@app.command("prepare-corpus")
+@app.command("prepare_corpus")
 def prepare_corpus_cmd(
     num_images: Annotated[int | None, typer.Option(help="prior.corpus.num_images")] = None,
     out: Annotated[Path | None, typer.Option(help="prior.corpus.out")] = None,
@@ -275,43 +261,43 @@ def prepare_corpus_cmd(
         )
 
 
-@train_app.command("prior")
+@app.command("train_prior")
 def train_prior_cmd(
     steps: Annotated[int | None, typer.Option(help="prior.train.steps")] = None,
     out: Annotated[Path | None, typer.Option(help="prior.out")] = None,
 ) -> None:
-    """Pretrain the text-to-image prior on the corpus (the stand-in for SD/SDXL pretraining)."""
+    """Pretrain the text-to-image prior on the corpus (the stand-in for SD/SDXL pretraining); resumes."""
     from seggen import stages
 
     p = state.params({"prior.train.steps": steps, "prior.out": str(out) if out else None})
-    typer.echo(f"model written to {stages.pretrain(p)}")
+    typer.echo(f"model written to {stages.train_prior(p)}")
 
 
-@train_app.command("text2mask")
+@app.command("train_text2mask")
 def train_text2mask_cmd(
     steps: Annotated[int | None, typer.Option(help="text2mask.train.steps")] = None,
     out: Annotated[Path | None, typer.Option(help="text2mask.out")] = None,
 ) -> None:
-    """Train Text2Mask (caption -> colour-map mask)."""
+    """Train Text2Mask (caption -> colour-map mask); resumes from the newest checkpoint."""
     from seggen import stages
 
     p = state.params({"text2mask.train.steps": steps, "text2mask.out": str(out) if out else None})
-    typer.echo(f"model written to {stages.train_generator(p, 'text2mask')}")
+    typer.echo(f"model written to {stages.train_text2mask(p)}")
 
 
-@train_app.command("mask2img")
+@app.command("train_mask2img")
 def train_mask2img_cmd(
     steps: Annotated[int | None, typer.Option(help="mask2img.train.steps")] = None,
     out: Annotated[Path | None, typer.Option(help="mask2img.out")] = None,
 ) -> None:
-    """Train Mask2Img (colour map + caption -> image, ControlNet on a base UNet)."""
+    """Train Mask2Img (colour map + caption -> image, ControlNet on a base UNet); resumes."""
     from seggen import stages
 
     p = state.params({"mask2img.train.steps": steps, "mask2img.out": str(out) if out else None})
-    typer.echo(f"model written to {stages.train_generator(p, 'mask2img')}")
+    typer.echo(f"model written to {stages.train_mask2img(p)}")
 
 
-@train_app.command("segmenter")
+@app.command("train_segmenter")
 def train_segmenter_cmd(
     strategy: Annotated[
         str | None, typer.Option(help="real | augment | pretrain_finetune | concat (segmenter.strategy)")

@@ -23,26 +23,25 @@ ROOT = PACKAGE.parent
 # or MODULE:FUNCTION for the function of seggen/stages.py that runs it (stages.py itself imports every
 # stage's implementation, each inside its own function)
 ENTRIES: dict[str, tuple[str, ...]] = {
-    "check_models": ("seggen.preflight",),
+    "check_models": ("seggen.stages:check_models",),
     "prepare": ("seggen.stages:prepare",),
-    "check_data": ("seggen.prepare",),
+    "check_data": ("seggen.stages:check_data",),
     "caption": ("seggen.stages:caption",),
-    "train_text2mask": ("seggen.stages:train_generator", "seggen.generators.text2mask"),
-    "train_mask2img": ("seggen.stages:train_generator", "seggen.generators.mask2img"),
+    "train_text2mask": ("seggen.stages:train_text2mask",),
     "prepare_corpus": ("seggen.stages:prepare_corpus",),
-    "pretrain": ("seggen.stages:pretrain",),
-    "prepare_corpus_variant": ("seggen.stages:prepare_corpus",),
-    "pretrain_variant": ("seggen.stages:pretrain",),
-    "train_mask2img_variant": ("seggen.stages:train_generator", "seggen.generators.mask2img"),
-    "synthesize_variant": ("seggen.stages:synthesize",),
-    "train_segmenter_variant": ("seggen.stages:train_segmenter",),
-    "evaluate_variant": ("seggen.stages:evaluate",),
+    "train_prior": ("seggen.stages:train_prior",),
+    "train_mask2img": ("seggen.stages:train_mask2img",),
     "synthesize": ("seggen.stages:synthesize",),
-    "synthesize_masksyn": ("seggen.stages:synthesize",),
-    "synthesize_imgsyn": ("seggen.stages:synthesize",),
     "train_segmenter": ("seggen.stages:train_segmenter",),
     "evaluate": ("seggen.stages:evaluate",),
     "report": ("seggen.stages:report",),
+    # the ablation's generator variants (bench/dvc.yaml): the same stages
+    "prepare_corpus_variant": ("seggen.stages:prepare_corpus",),
+    "train_prior_variant": ("seggen.stages:train_prior",),
+    "train_mask2img_variant": ("seggen.stages:train_mask2img",),
+    "synthesize_variant": ("seggen.stages:synthesize",),
+    "train_segmenter_variant": ("seggen.stages:train_segmenter",),
+    "evaluate_variant": ("seggen.stages:evaluate",),
 }
 # they do not change what a stage writes
 NEUTRAL = {

@@ -474,7 +474,7 @@ class SynthesizeParams(_Section):
 
 
 class Mask2FormerParams(_Section):
-    """The tiny from-scratch default (shared/calibration: ~0.3 s/step at 64 px, batch 16 on 2 cores)."""
+    """The tiny from-scratch default: about 0.3 s per step at 64 px, batch 16, on 2 CPU cores."""
 
     embed_dim: StrictInt = Field(32, ge=8)
     """Embedding width of the Swin backbone."""
@@ -619,6 +619,9 @@ class ReportParams(_Section):
     """A hand-written markdown file inlined into the results page (tuning log)."""
     reference: str = "baseline"
     """The group each regime's arms are compared with: REGIME-REFERENCE."""
+    readme: SafePath | None = Path("README.md")
+    """A markdown file whose block between `<!-- report:headline -->` markers the
+    report rewrites with the headline table; a missing file is left alone."""
 
 
 class TrackingParams(_Section):

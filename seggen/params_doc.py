@@ -115,9 +115,22 @@ def markdown() -> str:
     lines = [
         "# params.yaml reference",
         "",
-        "Generated from the pydantic fields of `seggen/config.py` (`seggen params describe --markdown`); the",
+        "`params.yaml` is the one source of parameters for the CLI, `dvc.yaml` and the Prefect flows. The",
+        "pydantic models of `seggen/config.py` validate it: an unknown key or a bad value stops the command with",
+        "one line naming the key, before anything is written:",
+        "",
+        "```",
+        "$ seggen --set data.benchmark.resolution=8 prepare",
+        "error: --set data.benchmark.resolution: Input should be greater than or equal to 32 (got 8)",
+        "```",
+        "",
+        "Override values for one run with `--set KEY=VALUE` (repeatable), or use another file with `--params",
+        "FILE` (a profile: `extends:` a base file and states only what differs). With DVC: `dvc exp run -S",
+        "data.benchmark.num_train=2000`. `seggen params describe [KEY]` shows the values a command sees.",
+        "",
+        "This page is generated from the fields of `seggen/config.py` (`seggen params describe --markdown`); the",
         "Prefect deployments' forms show the same descriptions. Defaults are the code's; the project's",
-        "`params.yaml` sets some differently (`seggen params describe` shows the values a command sees).",
+        "`params.yaml` sets some differently.",
     ]
     for sec in sections:
         own = [r for r in all_rows if not r.section and parent(r.key) == sec.key]

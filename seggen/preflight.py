@@ -8,7 +8,7 @@ otherwise, with HF_HUB_OFFLINE set it is an error, and without it the hub is ask
 timeout and no retries (a hub that cannot be reached is reported at once, not after minutes of
 retries deep inside from_pretrained).
 
-`seggen check-models` runs it; so do the first DVC stage (`check_models`), each Prefect flow before
+`seggen check_models` runs it; so do the first DVC stage (`check_models`), each Prefect flow before
 its first stage, and every stage for the models it is about to load.
 """
 

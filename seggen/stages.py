@@ -31,6 +31,39 @@ def _system(params: Params) -> float | None:
     return t.system_metrics_interval if t.system_metrics else None
 
 
+def check_models(params: Params, out: Path | None = None) -> tuple[list, list[str]]:
+    """Resolve every pretrained model the params name, in seconds: ([(ref, problem or None)], lines).
+    `out` gets the lines only when every model resolves (the DVC stage's output)."""
+    from seggen.io import write_text
+    from seggen.outputs import check_file
+    from seggen.preflight import check_models as run
+
+    if out:
+        check_file(out, "--out")
+    results = run(params)
+    lines = [f"{ref.key}: {ref.value}: {'ok' if problem is None else 'FAILED'}" for ref, problem in results]
+    lines = lines or ["no pretrained models configured (everything trains from scratch)"]
+    if out and not any(problem for _, problem in results):
+        write_text(out, "\n".join(lines) + "\n")
+    return results, lines
+
+
+def check_data(
+    params: Params, root: Path | None = None, splits: list[str] | None = None, out: Path | None = None
+) -> list[str]:
+    """Load every sample of a dataset root (default data.root); stops at the first problem, naming the file."""
+    from seggen.io import write_text
+    from seggen.outputs import check_file
+    from seggen.prepare import check_dataset
+
+    if out:
+        check_file(out, "--out")
+    lines = [f"{s}: {n} ok" for s, n in check_dataset(root or params.data.root, splits).items()]
+    if out:
+        write_text(out, "\n".join(lines) + "\n")
+    return lines
+
+
 def prepare(params: Params, force: bool = False) -> Path:
     from seggen.prepare import prepare as run
 
@@ -67,12 +100,12 @@ def prepare_corpus(params: Params) -> dict:
     return summary
 
 
-def pretrain(params: Params) -> Path:
-    """Stage `pretrain`: the text-to-image prior on the corpus (skipped with real mask2img weights)."""
+def train_prior(params: Params) -> Path:
+    """The text-to-image prior pretrained on the corpus (skipped with real mask2img weights)."""
     from seggen.generators.prior import train_prior
 
     with tracking.stage_run(
-        "pretrain", _sections(params, "seed", "text_encoder", "prior"), system_metrics=_system(params)
+        "train_prior", _sections(params, "seed", "text_encoder", "prior"), system_metrics=_system(params)
     ) as mlrun:
         out = Path(params.prior.out)
         mlrun.log_dataset(params.prior.corpus.out, "corpus", "training")
@@ -86,12 +119,21 @@ def pretrain(params: Params) -> Path:
     return model_dir
 
 
-def train_generator(params: Params, kind: str) -> Path:
-    """kind: text2mask | mask2img."""
-    if kind == "text2mask":
-        from seggen.generators.text2mask import train_text2mask as run
-    else:
-        from seggen.generators.mask2img import train_mask2img as run
+def train_text2mask(params: Params) -> Path:
+    """Text2Mask: caption -> colour-map mask."""
+    from seggen.generators.text2mask import train_text2mask as run
+
+    return _train_generator(params, "text2mask", run)
+
+
+def train_mask2img(params: Params) -> Path:
+    """Mask2Img: colour map + caption -> image (a ControlNet over the prior or a pretrained base)."""
+    from seggen.generators.mask2img import train_mask2img as run
+
+    return _train_generator(params, "mask2img", run)
+
+
+def _train_generator(params: Params, kind: str, run) -> Path:
     cfg = getattr(params, kind)
     require_models(params, (kind,))
     with tracking.stage_run(
@@ -125,7 +167,8 @@ def synthesize(
     cfg = params.synthesize
     out = Path(cfg.out) / strategy
     logged = _sections(params, "seed", "synthesize")
-    with tracking.stage_run(f"synthesize_{strategy}" + (f"@{regime}" if regime else ""), logged) as mlrun:
+    name = f"synthesize@{regime}-{strategy}" if regime else f"synthesize@{strategy}"  # the DVC stage's name
+    with tracking.stage_run(name, logged) as mlrun:
         mlrun.log_dataset(params.data.root, "real", "source", cfg.split)
         mlrun.log_dataset(params.caption.out, "captions", "source")
         if mlrun.run_id:  # hashing real generators reads gigabytes: only for a run that records it

@@ -44,10 +44,10 @@ def ws(tmp_path_factory) -> Path:
         p = load_params("params.yaml")
         stages.prepare(p)
         stages.caption(p)
-        stages.train_generator(p, "text2mask")
+        stages.train_text2mask(p)
         stages.prepare_corpus(p)  # the default Mask2Img is a ControlNet over the prior
-        stages.pretrain(p)
-        stages.train_generator(p, "mask2img")
+        stages.train_prior(p)
+        stages.train_mask2img(p)
         stages.train_segmenter(p, "baseline")
     finally:
         os.chdir(old)
@@ -247,7 +247,7 @@ def _checkpoints_file(ws: Path, c: Path) -> None:
     from seggen.outputs import _marker_text
 
     (c / "seg").mkdir()
-    (c / "seg" / ".seggen").write_text(_marker_text("train segmenter"))  # seggen's own output folder
+    (c / "seg" / ".seggen").write_text(_marker_text("train_segmenter"))  # seggen's own output folder
     (c / "seg" / "checkpoints").write_text("not a directory\n")
 
 
@@ -274,16 +274,14 @@ CASES = [
     ),
     Case(
         "train-text2mask-user-folder",
-        ["train", "text2mask", "--out", "{c}/mine"],
+        ["train_text2mask", "--out", "{c}/mine"],
         ["{c}/mine", "text2mask.out"],
         lambda ws, c: _user_dir(c / "mine"),
     ),
-    Case(
-        "train-mask2img-out-is-file", ["train", "mask2img", "--out", "{c}/f"], ["{c}/f", "is a file"], _write("f", "x")
-    ),
+    Case("train-mask2img-out-is-file", ["train_mask2img", "--out", "{c}/f"], ["{c}/f", "is a file"], _write("f", "x")),
     Case(
         "train-segmenter-user-folder",
-        ["--set", "segmenter.out={c}/mine", "train", "segmenter"],
+        ["--set", "segmenter.out={c}/mine", "train_segmenter"],
         ["{c}/mine", "segmenter.out"],
         lambda ws, c: _user_dir(c / "mine"),
     ),
@@ -485,31 +483,31 @@ CASES = [
     # -- data check -----------------------------------------------------------------------------------
     Case(
         "check-panoptic-empty-annotations",
-        ["data", "check", "--root", "{c}/ds"],
+        ["check_data", "--root", "{c}/ds"],
         ["{c}/ds/panoptic/panoptic_validation.json", "empty"],
         _ade_with_panoptic(lambda d: d.update(annotations=[])),
     ),
     Case(
         "check-panoptic-duplicate-category",
-        ["data", "check", "--root", "{c}/ds"],
+        ["check_data", "--root", "{c}/ds"],
         ["panoptic_validation.json", "category id 1 appears twice"],
         _ade_with_panoptic(_dup_first("categories")),
     ),
     Case(
         "check-panoptic-image-twice",
-        ["data", "check", "--root", "{c}/ds"],
+        ["check_data", "--root", "{c}/ds"],
         ["panoptic_validation.json", "annotated twice"],
         _ade_with_panoptic(lambda d: d["annotations"].append({**d["annotations"][0], "file_name": "other.png"})),
     ),
     Case(
         "check-panoptic-duplicate-image-id",
-        ["data", "check", "--root", "{c}/ds"],
+        ["check_data", "--root", "{c}/ds"],
         ["panoptic_validation.json", "image id 1 appears twice"],
         _ade_with_panoptic(lambda d: d["images"].append({**d["images"][0], "file_name": "x.jpg"})),
     ),
     Case(
         "check-panoptic-duplicate-segment-id",
-        ["data", "check", "--root", "{c}/ds"],
+        ["check_data", "--root", "{c}/ds"],
         ["panoptic_validation.json", "appears twice in"],
         _ade_with_panoptic(
             lambda d: d["annotations"][0]["segments_info"].append(dict(d["annotations"][0]["segments_info"][0]))
@@ -517,17 +515,17 @@ CASES = [
     ),
     Case(
         "check-coco-unknown-category",
-        ["data", "check", "--root", "{c}/coco"],
+        ["check_data", "--root", "{c}/coco"],
         ["{c}/coco/annotations/instances_val2017.json", "unknown category_id"],
         _coco_root(lambda d: d["annotations"][0].update(category_id=999)),
     ),
     Case(
         "check-coco-empty-annotations",
-        ["data", "check", "--root", "{c}/coco"],
+        ["check_data", "--root", "{c}/coco"],
         ["instances_val2017.json", "'annotations' is empty"],
         _coco_root(lambda d: d.update(annotations=[])),
     ),
-    Case("check-root-is-file", ["data", "check", "--root", "{c}/f"], ["{c}/f", "is a file"], _write("f", "x")),
+    Case("check-root-is-file", ["check_data", "--root", "{c}/f"], ["{c}/f", "is a file"], _write("f", "x")),
     # -- params ---------------------------------------------------------------------------------------
     Case("params-is-directory", ["--params", "{c}", "prepare"], ["{c}", "is a directory"]),
     Case(
@@ -542,7 +540,7 @@ CASES = [
         ["{c}/p.yaml", "line 2"],
         _write("p.yaml", "seed: 0\n  x: 1\n"),
     ),
-    Case("set-bad-value", ["--set", "segmenter.train.steps=-5", "train", "segmenter"], ["--set segmenter.train.steps"]),
+    Case("set-bad-value", ["--set", "segmenter.train.steps=-5", "train_segmenter"], ["--set segmenter.train.steps"]),
     Case(
         "set-unknown-key",
         ["--set", "segmenter.train.stepz=5", "prepare"],
@@ -639,17 +637,15 @@ CASES = [
     Case("set-split-shell-separator", ["--set", "caption.split=a;touch PWNED", "caption"], ["--set caption.split"]),
     Case(
         "set-arm-name-backticks",
-        ["--set", 'arms={"a`touch PWNED`": {strategy: real}}', "train", "segmenter"],
+        ["--set", 'arms={"a`touch PWNED`": {strategy: real}}', "train_segmenter"],
         ["arms.a`touch PWNED`"],
     ),
     Case("set-seed-boolean", ["--set", "seed=true", "prepare"], ["--set seed", "valid integer"]),
     Case("set-empty-key", ["--set", "=5", "prepare"], ["--set =5", "KEY=VALUE"]),
-    Case(
-        "set-lr-infinite", ["--set", "text2mask.train.lr=.inf", "train", "text2mask"], ["text2mask.train.lr", "finite"]
-    ),
+    Case("set-lr-infinite", ["--set", "text2mask.train.lr=.inf", "train_text2mask"], ["text2mask.train.lr", "finite"]),
     Case(
         "set-steps-beyond-bound",
-        ["--set", "segmenter.train.steps=100000000", "train", "segmenter"],
+        ["--set", "segmenter.train.steps=100000000", "train_segmenter"],
         ["segmenter.train.steps", "10000000"],
     ),
     Case(
@@ -661,27 +657,26 @@ CASES = [
             "segmenter.train.batch_size=1",
             "--set",
             "segmenter.model.hidden_dim=32",
-            "train",
-            "segmenter",
+            "train_segmenter",
         ],
         ["segmenter.train.crop", "batch_size 1"],
     ),
     Case("semantic-num-classes-huge", SEM[:-2] + ["100000", "--reduce-zero-label"], ["--num-classes", "4096"]),
     Case(
         "check-panoptic-file-name-escapes",
-        ["data", "check", "--root", "{c}/ds"],
+        ["check_data", "--root", "{c}/ds"],
         ["panoptic_validation.json", "../../../x.png", "outside the dataset"],
         _ade_with_panoptic(lambda d: d["annotations"][0].update(file_name="../../../x.png")),
     ),
     Case(
         "check-panoptic-absolute-image-name",
-        ["data", "check", "--root", "{c}/ds"],
+        ["check_data", "--root", "{c}/ds"],
         ["panoptic_validation.json", "/etc/hosts", "outside the dataset"],
         _ade_with_panoptic(lambda d: d["images"][0].update(file_name="/etc/hosts")),
     ),
     Case(
         "check-image-float-mode",
-        ["data", "check", "--root", "{c}/ds"],
+        ["check_data", "--root", "{c}/ds"],
         ["{c}/ds/images/training/bench_training_000000.jpg", "mode F"],
         _float_image,
     ),
@@ -693,7 +688,7 @@ CASES = [
     ),
     Case(
         "train-checkpoints-is-a-file",
-        ["--set", "segmenter.out={c}/seg", "train", "segmenter"],
+        ["--set", "segmenter.out={c}/seg", "train_segmenter"],
         ["{c}/seg/checkpoints", "is a file"],
         _checkpoints_file,
     ),
@@ -775,8 +770,7 @@ def _run_training(tmp_path: Path, ws: Path, python: str | None, *sets: str) -> s
     argv = [a for kv in sets for a in ("--set", kv)] + [
         "--set",
         f"segmenter.out={tmp_path / 'seg'}",
-        "train",
-        "segmenter",
+        "train_segmenter",
     ]
     cmd = ([sys.executable, "-c", python] if python else SEGGEN) + argv
     return subprocess.run(cmd, cwd=ws, capture_output=True, text=True, timeout=300)
@@ -807,7 +801,7 @@ def test_a_diverging_training_stops_at_the_step_naming_it_and_saves_nothing_of_i
     r = _run_training(tmp_path, ws, None, "segmenter.train.lr=1.0e+12", "segmenter.train.steps=6")
     line = _one_error(r)
     # the step, and the poly schedule's rate at that step, named
-    assert re.search(r"train segmenter: the loss is (nan|inf) at step \d \(lr [0-9.]+e\+1[12]\)", line), line
+    assert re.search(r"train_segmenter: the loss is (nan|inf) at step \d \(lr [0-9.]+e\+1[12]\)", line), line
     assert not (tmp_path / "seg" / "model").exists()
     from safetensors.torch import load_file
 

@@ -207,7 +207,7 @@ def test_prepare_checks_every_file_before_up_to_date(tmp_path):
 
 
 def test_prepare_never_replaces_a_real_dataset(ade_root, tmp_path):
-    """The critical case of issue 13: `prepare --root` on a real ADE20K copy with a user's notes."""
+    """The critical case: `prepare --root` on a real ADE20K copy with a user's notes."""
     import shutil
 
     real = tmp_path / "ADEChallengeData2016"

@@ -112,6 +112,9 @@ def test_summary_lists_what_ran_and_only_the_scores_this_run_wrote(tmp_path):
     for arm in ("baseline", "seggen"):
         (ev / arm / "validation").mkdir(parents=True)
         (ev / arm / "validation" / "scores.json").write_text(json.dumps({"mIoU": 50.0 if arm == "seggen" else 40.0}))
+    (ev / "seggen" / "validation_shift").mkdir(parents=True)
+    domains = {"mIoU": 30.0, "mIoU_domain_mean": 28.5, "mIoU_domain_worst": 4.25}
+    (ev / "seggen" / "validation_shift" / "scores.json").write_text(json.dumps(domains))
     old = ev / "baseline" / "validation" / "scores.json"
     os.utime(old, (started - 60, started - 60))  # written by an earlier run
     results = [
@@ -120,8 +123,10 @@ def test_summary_lists_what_ran_and_only_the_scores_this_run_wrote(tmp_path):
     ]
     md = _summary_markdown(tmp_path, ev, results, "prefect:x", False, started)
     assert "1 of 2 stages ran" in md and "| train_segmenter@baseline | up to date | 1 | – |" in md
-    assert "| seggen | validation | 50.00 |" in md and "| baseline |" not in md
-    os.utime(ev / "seggen" / "validation" / "scores.json", (started - 60, started - 60))
+    assert "| seggen | validation | 50.00 | – | – |" in md and "| baseline |" not in md
+    assert "| seggen | validation_shift | 30.00 | 28.50 | 4.25 |" in md  # the drawn domains' mean and worst
+    for f in ("validation", "validation_shift"):
+        os.utime(ev / "seggen" / f / "scores.json", (started - 60, started - 60))
     md = _summary_markdown(tmp_path, ev, results[1:], "prefect:x", False, started)
     assert "No evaluation ran in this run, so it produced no scores." in md and "50.00" not in md
 

@@ -221,7 +221,7 @@ def test_kill_and_resume_reaches_the_same_weights(small_benchmark, tmp_path, kin
     run_dir.mkdir()
     params = tiny_params(run_dir, small_benchmark, steps=steps, **{f"{kind}.train.checkpoint_every": every})
     out = run_dir / ("t2m" if kind == "text2mask" else "m2i")
-    cmd = [sys.executable, "-m", "seggen.cli", "--params", str(params), "train", kind]
+    cmd = [sys.executable, "-m", "seggen.cli", "--params", str(params), f"train_{kind}"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and not (out / "checkpoints/step_0000010").exists():

@@ -41,7 +41,7 @@ def _weights(directory) -> dict:
 def test_text2mask_trains_on_cuda_in_bf16_with_ema(work):
     p = gpu_check.check_params(work, tiny=True)
     assert p.text2mask.train.ema and p.text2mask.train.mixed_precision == "bf16"
-    _train(lambda: stages.train_generator(p, "text2mask"))
+    _train(lambda: stages.train_text2mask(p))
     out = p.text2mask.out
     last = sorted((out / "checkpoints").glob("step_*"))[-1]
     raw, ema = _weights(last / "unet"), _weights(last / "unet_ema")
@@ -55,7 +55,7 @@ def test_text2mask_trains_on_cuda_in_bf16_with_ema(work):
 
 def test_mask2img_trains_on_cuda_in_bf16(work):
     p = gpu_check.check_params(work, tiny=True)
-    _train(lambda: stages.train_generator(p, "mask2img"))
+    _train(lambda: stages.train_mask2img(p))
     assert (p.mask2img.out / "model" / "controlnet").is_dir()
 
 

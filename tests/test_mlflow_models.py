@@ -207,13 +207,13 @@ def test_serve_champion(store, tiny_seg, small_benchmark, tmp_path):
 
 @pytest.mark.slow  # a 400-step training in its own process, polled while it runs
 def test_training_metrics_are_live(store, small_benchmark, tmp_path):
-    """While `seggen train segmenter` runs, its MLflow run already holds loss, learning rate and
+    """While `seggen train_segmenter` runs, its MLflow run already holds loss, learning rate and
     throughput at steps 5, 10, ... (not one batch at the end), and system metrics."""
     from seggen import tracking
 
     params = seg_params(tmp_path, small_benchmark, steps=400)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "seggen.cli", "-p", str(params), "train", "segmenter"],
+        [sys.executable, "-m", "seggen.cli", "-p", str(params), "train_segmenter"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     seen = []

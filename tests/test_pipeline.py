@@ -131,7 +131,7 @@ def test_mlflow_lineage(project):
     assert inputs["masksyn"] == md5["data/synthetic/masksyn"][:36] and inputs["real"] == md5["data/benchmark"][:36]
     assert tr.data.params["arm"] == "seggen" and tr.data.params["segmenter.strategy"] == "augment"
     assert len(client.get_metric_history(tr.info.run_id, "loss")) == 4
-    syn = children["synthesize_masksyn"]
+    syn = children["synthesize@masksyn"]
     assert "manifest.jsonl" in {a.path for a in client.list_artifacts(syn.info.run_id)}
     assert {"generator.text2mask", "generator.mask2img"} <= set(syn.data.tags)
 
@@ -290,6 +290,23 @@ def test_compare_prints_arms_side_by_side(project):
     assert any(ln.startswith("seggen") for ln in lines) and "ΔmIoU" in lines[0]
 
 
+def test_doc_python_snippets_run_verbatim(project, tmp_path):
+    """Every ```python block of the README and docs/*.md, as written, in the project after `seggen promote`
+    (MLFLOW_TRACKING_URI names this test's server, the snippets' documented alternative to ./mlflow.db)."""
+    from test_docs import blocks
+
+    root, env = project["root"], project["env"]
+    r = subprocess.run([str(BIN / "seggen"), "promote"], cwd=root, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    snippets = blocks("python")
+    assert len(snippets) >= 2
+    for i, (page, code) in enumerate(snippets):
+        f = tmp_path / f"snippet_{i}.py"
+        f.write_text(code)
+        r = subprocess.run([sys.executable, str(f)], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, f"{page.name} snippet {i}:\n{code}\n{r.stderr[-3000:]}"
+
+
 def test_unreachable_tracking_server_fails_before_compute(project, tmp_path):
     from conftest import free_port
 
@@ -298,7 +315,7 @@ def test_unreachable_tracking_server_fails_before_compute(project, tmp_path):
     before = (root / "models/segmenter/baseline/model/model.safetensors").stat().st_mtime_ns
     t0 = time.time()
     r = subprocess.run(
-        [str(BIN / "seggen"), "train", "segmenter", "--arm", "baseline"],
+        [str(BIN / "seggen"), "train_segmenter", "--arm", "baseline"],
         cwd=root,
         env=env,
         capture_output=True,
@@ -476,7 +493,7 @@ def test_prefect_deployment_triggered_through_the_api(project, prefect_server):
     # each task's log has its stage's own output, not DVC's git advice
     logs = _api(prefect_server, "/logs/filter", {"logs": {"flow_run_id": {"any_": [run["id"]]}}, "limit": 200})
     messages = "\n".join(entry["message"] for entry in logs)
-    assert "> seggen train segmenter --arm '{key}'" in messages and "git add dvc.lock" not in messages
+    assert "> seggen train_segmenter --arm '{key}'" in messages and "git add dvc.lock" not in messages
     assert any(a["type"] == "progress" and a["data"] == 100.0 for a in arts)
 
 

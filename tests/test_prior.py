@@ -1,4 +1,4 @@
-"""The generative prior (issue 16): corpus, pretrain stage, Mask2Img over the prior, style prompts,
+"""The generative prior: corpus, train_prior stage, Mask2Img over the prior, style prompts,
 variants and the ImgSyn diversity measure. Tiny configs: seconds on CPU."""
 
 import json

@@ -320,7 +320,7 @@ def test_data_check_reads_a_coco_root(real):
         "val2017: panoptic annotations": 2,
     }
     r = subprocess.run(
-        [sys.executable, "-m", "seggen.cli", "data", "check", "--root", str(real / "coco")],
+        [sys.executable, "-m", "seggen.cli", "check_data", "--root", str(real / "coco")],
         capture_output=True,
         text=True,
     )

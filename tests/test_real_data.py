@@ -1,7 +1,7 @@
 """The path users with real data and weights take: exact ADE20K names, a pretrained checkpoint's own
 objective, local directories for every model option, the pre-flight model check, COCO panoptic as a
 data.format, the real-data profiles, and a tiny `dvc repro` on an ADE20K-layout root built from the
-real samples. Real samples are read from ../shared/real-samples; models are tiny and random-init."""
+real samples. Real samples are read from SEGGEN_REAL_SAMPLES; models are tiny and random-init."""
 
 from __future__ import annotations
 
@@ -208,7 +208,7 @@ def test_check_models_names_each_model_in_seconds(small_benchmark, tmp_path):
     )
     t0 = time.perf_counter()
     r = seggen(
-        tmp_path, "-p", "p.yaml", "check-models", env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0"}
+        tmp_path, "-p", "p.yaml", "check_models", env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0"}
     )
     took = time.perf_counter() - t0
     assert r.returncode == 2 and took < 20, (took, r.stderr)
@@ -220,10 +220,10 @@ def test_check_models_names_each_model_in_seconds(small_benchmark, tmp_path):
         "arms.hub.pretrained: facebook/mask2former-swin-tiny-ade-semantic: http://127.0.0.1:9 cannot be reached" in err
     )
     assert err.rstrip().splitlines()[-1].startswith("error: 3 of 5 configured models cannot be loaded")
-    r = seggen(tmp_path, "-p", "p.yaml", "check-models", env={"HF_HUB_OFFLINE": "1"})
+    r = seggen(tmp_path, "-p", "p.yaml", "check_models", env={"HF_HUB_OFFLINE": "1"})
     assert "not in the local Hugging Face cache, and HF_HUB_OFFLINE is set" in r.stderr
     # a stage fails on its own models before computing anything
-    r = seggen(tmp_path, "-p", "p.yaml", "--set", f"data.root={small_benchmark}", "train", "mask2img")
+    r = seggen(tmp_path, "-p", "p.yaml", "--set", f"data.root={small_benchmark}", "train_mask2img")
     assert r.returncode == 2 and "mask2img.pretrained" in r.stderr and not (tmp_path / "models").exists()
 
 
@@ -305,11 +305,11 @@ def test_coco_format_end_to_end_on_the_real_sample(real, tmp_path):
     for cmd in (
         ["prepare"],
         ["caption"],
-        ["train", "text2mask"],
-        ["train", "mask2img"],
+        ["train_text2mask"],
+        ["train_mask2img"],
         ["synthesize", "--strategy", "masksyn"],
         ["synthesize", "--strategy", "imgsyn"],
-        ["train", "segmenter", "--arm", "seggen"],
+        ["train_segmenter", "--arm", "seggen"],
         ["evaluate", "--arm", "seggen"],
     ):
         r = seggen(tmp_path, *cmd)
@@ -323,7 +323,7 @@ def test_coco_format_end_to_end_on_the_real_sample(real, tmp_path):
         pj = json.loads((d / "annotations" / "panoptic_val2017.json").read_text())
         assert {c["id"] for c in pj["categories"]} == cats and len(list((d / "val2017").iterdir())) == 2
         assert all(s["category_id"] in cats for a in pj["annotations"] for s in a["segments_info"])
-        r = seggen(tmp_path, "data", "check", "--root", str(d))
+        r = seggen(tmp_path, "check_data", "--root", str(d))
         assert r.returncode == 0 and "val2017: panoptic annotations: 2 ok" in r.stdout
     m = json.loads((tmp_path / "reports" / "eval" / "seggen" / "val2017" / "metrics.json").read_text())
     assert m["semantic"]["num_classes"] == 133 and m["panoptic"]["PQ"] is not None and "AP" in m["instance"]

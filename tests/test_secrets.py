@@ -102,7 +102,7 @@ def test_a_tracked_stage_with_a_password_in_the_uri_writes_it_nowhere(mlflow_ser
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"http://alice:{SECRET}@{host}", "MLFLOW_EXPERIMENT_NAME": experiment}
     env.pop("SEGGEN_TRACKING", None)
     r = subprocess.run(
-        [sys.executable, "-m", "seggen.cli", "train", "segmenter"],
+        [sys.executable, "-m", "seggen.cli", "train_segmenter"],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -154,10 +154,10 @@ def test_a_tracking_server_that_dies_mid_training_is_noticed_in_seconds(small_be
     err = tmp_path / "stderr.txt"
     with local_server(argv, uri + "/health", home) as server, err.open("w") as e:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "seggen.cli", "train", "segmenter"], cwd=tmp_path, env=env, stderr=e
+            [sys.executable, "-m", "seggen.cli", "train_segmenter"], cwd=tmp_path, env=env, stderr=e
         )
         deadline = time.time() + 120
-        while "train segmenter (real):" not in err.read_text() or "1/40" not in err.read_text():
+        while "train_segmenter (real):" not in err.read_text() or "1/40" not in err.read_text():
             assert proc.poll() is None and time.time() < deadline, err.read_text()[-2000:]
             time.sleep(0.2)
         import psutil

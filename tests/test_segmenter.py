@@ -48,7 +48,7 @@ def cli(params: Path, *args: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("strategy", ["real", "augment", "pretrain_finetune", "concat"])
 def test_every_strategy_trains_from_the_cli(strategy, small_benchmark, tiny_synthetic, tmp_path):
     params = seg_params(tmp_path, small_benchmark, tiny_synthetic)
-    r = cli(params, "train", "segmenter", "--strategy", strategy)
+    r = cli(params, "train_segmenter", "--strategy", strategy)
     assert r.returncode == 0, r.stderr[-3000:]
     info = json.loads((tmp_path / "seg" / "model" / "seggen_segmenter.json").read_text())
     assert info["strategy"] == strategy and info["train"]["steps"] == (9 if strategy == "pretrain_finetune" else 6)
@@ -89,12 +89,12 @@ def test_kill_and_resume_equals_uninterrupted(small_benchmark, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     params = seg_params(run, small_benchmark, train={"steps": 8})
-    assert cli(params, "train", "segmenter").returncode == 0
+    assert cli(params, "train_segmenter").returncode == 0
     ref = tmp_path / "ref"
     ref.mkdir()
     (run / "seg").rename(ref / "seg")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "seggen.cli", "--params", str(params), "train", "segmenter"],
+        [sys.executable, "-m", "seggen.cli", "--params", str(params), "train_segmenter"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -107,7 +107,7 @@ def test_kill_and_resume_equals_uninterrupted(small_benchmark, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (run / "seg" / "model").exists()  # killed before the end
-    r = cli(params, "train", "segmenter")
+    r = cli(params, "train_segmenter")
     assert r.returncode == 0, r.stderr[-2000:]
     a = load_file(str(ref / "seg" / "model" / "model.safetensors"))
     b = load_file(str(run / "seg" / "model" / "model.safetensors"))
@@ -257,7 +257,7 @@ def test_pretrained_checkpoint_directory_on_real_ade20k(ade_root, tmp_path):
     assert m["semantic"]["num_classes"] == 150 and m["semantic"]["num_images"] == len(
         list((ade_root / "images" / "validation").iterdir())
     )
-    r = cli(params, "train", "segmenter")  # fine-tune the checkpoint on the real samples
+    r = cli(params, "train_segmenter")  # fine-tune the checkpoint on the real samples
     assert r.returncode == 0, r.stderr[-3000:]
 
 
@@ -351,7 +351,7 @@ def test_bad_input(small_benchmark, tmp_path, tiny_gens):
         train_segmenter(p, progress=False)
     with pytest.raises(DataError, match=r"not a Mask2Former model directory"):
         evaluate(p, tiny_gens / "t2m" / "model", "validation", tmp_path / "ev", progress=False)
-    r = cli(seg_params(tmp_path, small_benchmark), "train", "segmenter", "--strategy", "mixup")
+    r = cli(seg_params(tmp_path, small_benchmark), "train_segmenter", "--strategy", "mixup")
     assert r.returncode == 2 and "segmenter.strategy" in r.stderr
 
 

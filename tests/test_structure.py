@@ -117,7 +117,7 @@ def test_the_flows_read_their_stages_from_dvc_yaml(tmp_path):
     groups = stage_groups(REPO / "dvc.yaml")
     assert all(groups.values()) and set(groups.values()) <= set(SYNTHESIS) | set(TRAIN_EVALUATE)
     synthesis = stage_names(REPO, SYNTHESIS)
-    assert synthesis[0] == "check_models" and synthesis[-1] == "synthesize_imgsyn"
+    assert synthesis[0] == "check_models" and synthesis[-1] == "synthesize@imgsyn"
     assert stage_names(REPO, TRAIN_EVALUATE)[-1] == "report"
     shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
 

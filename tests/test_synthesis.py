@@ -236,7 +236,7 @@ def test_bad_input_fails_before_any_image(gens, tmp_path, small_benchmark):
         synthesize(p, "imgsyn", progress=False)
     # a model directory that does not exist
     p = load_params(params_file(gens, out, text2mask=str(tmp_path / "nope")))
-    with pytest.raises(DataError, match=r"nope: run `seggen train text2mask` first"):
+    with pytest.raises(DataError, match=r"nope: run `seggen train_text2mask` first"):
         synthesize(p, "masksyn", progress=False)
     assert _no_images(tmp_path)
 

@@ -192,7 +192,7 @@ def generate_corpus(
     images are rendered in (the leak reference). Byte-identical for the same arguments, whatever `workers`."""
     out = Path(out)
     jobs = [(seed, i, resolution, max_things, leak) for i in range(num_images)]
-    with atomic_dir(out, "prepare corpus", "prior.corpus.out") as tmp:
+    with atomic_dir(out, "prepare_corpus", "prior.corpus.out") as tmp:
         (tmp / "images").mkdir()
         rows, looks, dists = [], [], []
         bar = tqdm(total=num_images, desc="render corpus", unit="img", disable=not progress, dynamic_ncols=True)

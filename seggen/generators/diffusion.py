@@ -284,7 +284,7 @@ def save_model(model_dir: Path, parts: dict, cond, noise_scheduler, vae, info: d
         losses = train.pop("loss", [])  # the whole run's (restored on resume): its first step follows
         write_loss_log(model_dir.parent / "train_log.json", losses, train["steps"] - len(losses))
         write_json(model_dir.parent / "train_summary.json", train)
-    with atomic_dir(model_dir, f"train {info['kind']}", f"{info['kind']}.out") as tmp:
+    with atomic_dir(model_dir, f"train_{info['kind']}", f"{info['kind']}.out") as tmp:
         for name, module in parts.items():
             module.save_pretrained(tmp / name)
         cond.save(tmp)

@@ -49,7 +49,7 @@ def prior_of(params: Params) -> Path | None:
     d = Path(params.prior.out) / "model"
     info = diffusion.read_model_meta(d, "prior")
     if info.get("skipped"):
-        raise DataError(f"{d}: the prior was not trained ({info['skipped']}); run the pretrain stage")
+        raise DataError(f"{d}: the prior was not trained ({info['skipped']}); run the train_prior stage")
     if int(info["resolution"]) != params.mask2img.resolution:
         raise ConfigError(
             f"mask2img.resolution: {params.mask2img.resolution}, but the prior at {d} is {info['resolution']} px"
@@ -116,7 +116,7 @@ def train_mask2img(params: Params, progress: bool = True) -> Path:
         fingerprint = training.seed_for(fingerprint, diffusion.read_model_meta(prior, "prior")["fingerprint"])
         fingerprint = f"{fingerprint:016x}"[:16]
     state = {"fingerprint": fingerprint}
-    claim(out, "mask2img.out", "train mask2img")
+    claim(out, "mask2img.out", "train_mask2img")
     last = ckpt.resumable_checkpoint(out / "checkpoints", state["fingerprint"])
     if last is not None:
         saved = json.loads((last / "trainer_state.json").read_text())
@@ -145,7 +145,7 @@ def train_mask2img(params: Params, progress: bool = True) -> Path:
     device = accelerator.device
     tc = cfg.train
     scale = cfg.controlnet.conditioning_scale
-    bar = training.step_bar(tc.steps, start, "train mask2img", accelerator, progress)
+    bar = training.step_bar(tc.steps, start, "train_mask2img", accelerator, progress)
     live = training.LiveMetrics(
         params.tracking.log_every, tc.batch_size * tc.grad_accum * accelerator.num_processes, accelerator
     )
@@ -214,7 +214,7 @@ def train_mask2img(params: Params, progress: bool = True) -> Path:
                     accelerator.clip_grad_norm_(trainable, tc.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-        losses.append(training.finite_loss(loss.item(), step + 1, optimizer.param_groups[0]["lr"], "train mask2img"))
+        losses.append(training.finite_loss(loss.item(), step + 1, optimizer.param_groups[0]["lr"], "train_mask2img"))
         done = step + 1
         bar.update()
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")

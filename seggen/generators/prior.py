@@ -1,4 +1,4 @@
-"""Stage `pretrain`: the text-to-image prior -- the bundled benchmark's stand-in for SD/SDXL pretraining.
+"""Stage `train_prior`: the text-to-image prior -- the bundled benchmark's stand-in for SD/SDXL pretraining.
 
 A pixel-space text-conditioned UNet and a small CLIP text encoder (its tokenizer trained on the
 corpus captions) learn the captioned, unlabelled corpus (seggen.data.corpus: broad looks, styles
@@ -84,9 +84,9 @@ def train_prior(params: Params, progress: bool = True) -> Path:
     if reason:
         from seggen.io import atomic_dir
 
-        with atomic_dir(out / "model", "pretrain (skipped)", "prior.out") as tmp:
+        with atomic_dir(out / "model", "train_prior (skipped)", "prior.out") as tmp:
             diffusion.write_model_meta(tmp, {"kind": KIND, "skipped": reason})
-        claim(out, "prior.out", "pretrain")
+        claim(out, "prior.out", "train_prior")
         (out / "checkpoints").mkdir(exist_ok=True)  # a DVC output, empty
         log.info("prior not trained: %s", reason)
         return out / "model"
@@ -108,7 +108,7 @@ def train_prior(params: Params, progress: bool = True) -> Path:
 
     start, losses = 0, []
     state = {"fingerprint": diffusion.fingerprint_params(params, cfg, noise_scheduler.config.prediction_type)}
-    claim(out, "prior.out", "pretrain")
+    claim(out, "prior.out", "train_prior")
     last = ckpt.resumable_checkpoint(out / "checkpoints", state["fingerprint"])
     if last is not None:
         saved = json.loads((last / ckpt.STATE).read_text())
@@ -125,7 +125,7 @@ def train_prior(params: Params, progress: bool = True) -> Path:
         unet, optimizer = accelerator.prepare(unet, optimizer)
         cond.to(accelerator.device)
     tc = cfg.train
-    bar = training.step_bar(tc.steps, start, "pretrain prior", accelerator, progress)
+    bar = training.step_bar(tc.steps, start, "train_prior", accelerator, progress)
     live = training.LiveMetrics(
         params.tracking.log_every, tc.batch_size * tc.grad_accum * accelerator.num_processes, accelerator
     )
@@ -140,7 +140,7 @@ def train_prior(params: Params, progress: bool = True) -> Path:
         loss = diffusion.text_to_image_step(
             accelerator, unet, cond, noise_scheduler, batches, optimizer, trainable, tc.max_grad_norm
         )
-        losses.append(training.finite_loss(loss.item(), step + 1, optimizer.param_groups[0]["lr"], "pretrain"))
+        losses.append(training.finite_loss(loss.item(), step + 1, optimizer.param_groups[0]["lr"], "train_prior"))
         done = step + 1
         bar.update()
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")

@@ -73,7 +73,7 @@ def train_text2mask(params: Params, progress: bool = True) -> Path:
 
     start, losses = 0, []
     state = {"fingerprint": diffusion.fingerprint_params(params, cfg, noise_scheduler.config.prediction_type)}
-    claim(out, "text2mask.out", "train text2mask")
+    claim(out, "text2mask.out", "train_text2mask")
     last = ckpt.resumable_checkpoint(out / "checkpoints", state["fingerprint"])
     if last is not None:
         saved = json.loads((last / "trainer_state.json").read_text())
@@ -98,7 +98,7 @@ def train_text2mask(params: Params, progress: bool = True) -> Path:
     if ema is not None:  # the shadow weights live where the UNet now trains (built and restored on the CPU)
         ema.to(accelerator.device)
     tc = cfg.train
-    bar = training.step_bar(tc.steps, start, "train text2mask", accelerator, progress)
+    bar = training.step_bar(tc.steps, start, "train_text2mask", accelerator, progress)
     live = training.LiveMetrics(
         params.tracking.log_every, tc.batch_size * tc.grad_accum * accelerator.num_processes, accelerator
     )
@@ -115,7 +115,7 @@ def train_text2mask(params: Params, progress: bool = True) -> Path:
         )
         if ema is not None:
             ema.step(accelerator.unwrap_model(unet).parameters())
-        losses.append(training.finite_loss(loss.item(), step + 1, optimizer.param_groups[0]["lr"], "train text2mask"))
+        losses.append(training.finite_loss(loss.item(), step + 1, optimizer.param_groups[0]["lr"], "train_text2mask"))
         done = step + 1
         bar.update()
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")

@@ -63,6 +63,77 @@ def _domains_chart(arms: dict, domain_splits: list[str], path: Path) -> None:
     note_picture(path, "no split of drawn domains" if not doms else f"{len(arms)} arms: see the results page")
 
 
+README_START, README_END = "<!-- report:headline -->", "<!-- /report:headline -->"
+REPORTED, REPORTED_SHIFT = "validation", "validation_shift"  # the splits no choice reads
+
+
+def headline(summary: dict) -> dict:
+    """The few numbers a run is judged by (`dvc exp show` columns `headline.*`): the method arm against
+    the reference on the reported splits -- in-domain, the mean over the unseen domains, the worst
+    domain's Δ and how many domains lose more than 2 mIoU. Empty without those two splits."""
+    arms, base = summary["arms"], summary["reference_arm"]
+    others = [a for a in arms if a != base]
+    if not others or any(s not in arms[base] for s in (REPORTED, REPORTED_SHIFT)):
+        return {}
+    if arms[base][REPORTED_SHIFT].get("mIoU_domain_mean") is None:
+        return {}
+    arm = "seggen" if "seggen" in others else others[0]
+    per = {d: r[arm] - r[base] for d, r in summary["domains"][REPORTED_SHIFT].items()}
+    return {
+        "arm": arm,
+        "in_domain": arms[arm][REPORTED]["mIoU"] - arms[base][REPORTED]["mIoU"],
+        "unseen_mean": arms[arm][REPORTED_SHIFT]["mIoU_domain_mean"] - arms[base][REPORTED_SHIFT]["mIoU_domain_mean"],
+        "unseen_worst_domain": min(per.values()),
+        "domains_worse_by_2": sum(v < -2 for v in per.values()),
+    }
+
+
+def readme_block(summary: dict) -> str:
+    """The README's "what you get" table, from summary.json (the report stage writes it; a test checks
+    that the README holds exactly this)."""
+    arms, base, h = summary["arms"], summary["reference_arm"], summary.get("headline") or {}
+    if not h:
+        return "No `validation` / `validation_shift` scores in this run's report."
+    doms = summary["domains"][REPORTED_SHIFT]
+    lines = [
+        f"| arm | in-domain (`{REPORTED}`) | {len(doms)} unseen domains: mean ± std | worst unseen domain "
+        f"| domains worse than `{base}` by > 2 |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for a, sc in arms.items():
+        ind, sh = sc[REPORTED], sc[REPORTED_SHIFT]
+        cells = [f"{ind['mIoU']:.1f}", f"{sh['mIoU_domain_mean']:.1f} ± {sh['mIoU_domain_std']:.1f}"]
+        if a != base:
+            cells[0] += f" (**{ind['mIoU'] - arms[base][REPORTED]['mIoU']:+.1f}**)"
+            cells[1] += f" (**{sh['mIoU_domain_mean'] - arms[base][REPORTED_SHIFT]['mIoU_domain_mean']:+.1f}**)"
+        worse = {d: r[a] - r[base] for d, r in doms.items() if r[a] - r[base] < -2} if a != base else {}
+        cells += [f"{sh['mIoU_domain_worst']:.1f}", ", ".join(f"{d}: {v:+.1f}" for d, v in worse.items()) or "–"]
+        lines.append(f"| `{a}` | " + " | ".join(cells) + " |")
+    per = sorted(((r[h["arm"]] - r[base], d) for d, r in doms.items()), reverse=True)
+    met = h["unseen_mean"] >= 3 and h["domains_worse_by_2"] == 0 and h["in_domain"] >= -1
+    lines += [
+        "",
+        f"Per unseen domain, `{h['arm']}` minus `{base}`: "
+        + ", ".join(f"{d} {v:+.1f}" for v, d in per)
+        + ". Targets (≥ +3 over the unseen domains' mean, no domain worse by more than 2, in-domain ≥ -1): "
+        + ("**met**." if met else "**not met**."),
+    ]
+    return "\n".join(lines)
+
+
+def update_readme(path: Path, block: str) -> None:
+    """Rewrite the block between the README's report markers (a README without the file: nothing to do)."""
+    from seggen.errors import ConfigError
+
+    if not path.is_file():
+        return
+    text = path.read_text()
+    if README_START not in text or README_END not in text:
+        raise ConfigError(f"report.readme {path}: no {README_START} ... {README_END} markers to write between")
+    head, rest = text.split(README_START, 1)
+    write_text(path, head + README_START + "\n" + block + "\n" + README_END + rest.split(README_END, 1)[1])
+
+
 def build_report(params: Params) -> dict:
     from seggen.outputs import check_file
     from seggen.reporting.pictures import prior_pictures
@@ -83,7 +154,7 @@ def build_report(params: Params) -> dict:
     delta = {arm: {s: arms[arm][s]["mIoU"] - arms[base][s]["mIoU"] for s in splits} for arm in arms if arm != base}
     domain_splits = [s for s in splits if arms[base][s].get("mIoU_domain") is not None]
     keep = ("mIoU", "PQ", "AP", *DOMAIN_KEYS)
-    headline = {a: {s: {k: v for k, v in arms[a][s].items() if k in keep} for s in splits} for a in arms}
+    kept = {a: {s: {k: v for k, v in arms[a][s].items() if k in keep} for s in splits} for a in arms}
     delta_dom = {
         arm: {
             s: {
@@ -98,7 +169,7 @@ def build_report(params: Params) -> dict:
     nearest = corpus_nearest(params, domain_splits)
     summary = {
         "reference_arm": base,
-        "arms": headline,
+        "arms": kept,
         "delta_mIoU": delta,
         "delta_mIoU_domains": delta_dom,
         "domains": {
@@ -109,8 +180,11 @@ def build_report(params: Params) -> dict:
             for s in domain_splits
         },
     }
+    summary["headline"] = headline(summary)
     out = Path(params.report.out)
     write_json(out / "summary.json", summary)
+    if params.report.readme:
+        update_readme(Path(params.report.readme), readme_block(summary))
 
     lines = ["# seggen pipeline report", ""]
     in_dom = [s for s in splits if s not in domain_splits]

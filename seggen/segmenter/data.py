@@ -150,5 +150,5 @@ def targets(item: Item, task: str) -> tuple[torch.Tensor, torch.Tensor]:
                 classes.append(int(s["category_id"]) - 1)
     h, w = item.labels.shape
     mask_t = torch.from_numpy(np.stack(masks)).float() if masks else torch.zeros((0, h, w))
-    # int64: uint8 class labels are taken for a boolean mask by the matcher (shared/calibration)
+    # int64: uint8 class labels are taken for a boolean mask by the matcher, which then fails
     return mask_t, torch.tensor(classes, dtype=torch.int64)

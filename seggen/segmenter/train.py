@@ -166,7 +166,7 @@ def train_segmenter(params: Params, progress: bool = True) -> Path:
     total = tc.steps + (cfg.pretrain_steps if cfg.strategy == "pretrain_finetune" else 0)
     state = {"fingerprint": _fingerprint(params, mix)}
     start, losses = 0, []
-    claim(out, "segmenter.out", "train segmenter")
+    claim(out, "segmenter.out", "train_segmenter")
     last = resumable_checkpoint(out / "checkpoints", state["fingerprint"])
     if last is not None:
         saved = json.loads((last / "trainer_state.json").read_text())
@@ -177,7 +177,7 @@ def train_segmenter(params: Params, progress: bool = True) -> Path:
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
     device = accelerator.device
-    bar = step_bar(total, start, f"train segmenter ({cfg.strategy})", accelerator, progress)
+    bar = step_bar(total, start, f"train_segmenter ({cfg.strategy})", accelerator, progress)
     live = LiveMetrics(
         params.tracking.log_every, tc.batch_size * tc.grad_accum * accelerator.num_processes, accelerator
     )
@@ -206,7 +206,7 @@ def train_segmenter(params: Params, progress: bool = True) -> Path:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             step_loss += loss.item() / tc.grad_accum
-        losses.append(finite_loss(step_loss, step + 1, optimizer.param_groups[0]["lr"], "train segmenter"))
+        losses.append(finite_loss(step_loss, step + 1, optimizer.param_groups[0]["lr"], "train_segmenter"))
         bar.update()
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", phase=phase)
         live.step(step + 1, step_loss, optimizer.param_groups[0]["lr"], total)
@@ -242,7 +242,7 @@ def train_segmenter(params: Params, progress: bool = True) -> Path:
         # gives the same model directory, hence the same DVC hash); the run's own figures go below
         "train": {"steps": total, "final_loss": summary["final_loss"]},
     }
-    with atomic_dir(model_dir, "train segmenter", "segmenter.out") as tmp:
+    with atomic_dir(model_dir, "train_segmenter", "segmenter.out") as tmp:
         accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
         (tmp / SEG_META).write_text(json.dumps(info, indent=2))
         save_image_processor(tmp, params.eval.ignore_index)

@@ -137,7 +137,7 @@ def model_digest(directory: Path) -> str:
 
 def _check_generator(directory: Path, kind: str, meta: DatasetMeta, root: Path, boundary: bool | None = None) -> dict:
     if not (directory / MODEL_META).exists():
-        hint = f"run `seggen train {kind}` first" if not directory.exists() else f"not a seggen {kind} model directory"
+        hint = f"run `seggen train_{kind}` first" if not directory.exists() else f"not a seggen {kind} model directory"
         raise DataError(f"{directory}: {hint} (synthesize.{kind})")
     info = read_model_meta(directory, kind)
     want = meta.palette(boundary=bool(info.get("instances")) if boundary is None else boundary).colors
