@@ -141,7 +141,7 @@ def params_describe(
         bool, typer.Option(help="The reference page with the code defaults (docs/params.md), as markdown.")
     ] = False,
 ) -> None:
-    """Every key with its type, bounds, value and description (the descriptions of seggen/config.py's
+    """Every key with its type, bounds, value and description (the descriptions on the fields of seggen/config/,
     fields, which the Prefect form shows too)."""
     from seggen import params_doc
 

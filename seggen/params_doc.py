@@ -1,4 +1,4 @@
-"""The params reference, from the one place it is written: the pydantic fields of seggen/config.py
+"""The params reference, from the one place it is written: the pydantic fields of seggen/config/
 (their docstrings, types and bounds, through the JSON schema the Prefect form also renders).
 
 `seggen params describe [KEY]` prints it with the values a command sees; docs/params.md is the same
@@ -116,7 +116,7 @@ def markdown() -> str:
         "# params.yaml reference",
         "",
         "`params.yaml` is the one source of parameters for the CLI, `dvc.yaml` and the Prefect flows. The",
-        "pydantic models of `seggen/config.py` validate it: an unknown key or a bad value stops the command with",
+        "pydantic models of `seggen/config/` validate it: an unknown key or a bad value stops the command with",
         "one line naming the key, before anything is written:",
         "",
         "```",
@@ -128,7 +128,7 @@ def markdown() -> str:
         "FILE` (a profile: `extends:` a base file and states only what differs). With DVC: `dvc exp run -S",
         "data.benchmark.num_train=2000`. `seggen params describe [KEY]` shows the values a command sees.",
         "",
-        "This page is generated from the fields of `seggen/config.py` (`seggen params describe --markdown`); the",
+        "This page is generated from the fields of `seggen/config/` (`seggen params describe --markdown`); the",
         "Prefect deployments' forms show the same descriptions. Defaults are the code's; the project's",
         "`params.yaml` sets some differently.",
     ]

@@ -38,12 +38,12 @@ def test_a_missing_code_dep_is_found(tmp_path):
 
 def test_the_evaluate_stage_depends_on_the_model_and_data_readers():
     """The gaps of the hand-written deps: evaluate missed segmenter/model.py and segmenter/data.py;
-    train_segmenter the training toolkit; most stages config.py, codec.py and the data readers."""
+    train_segmenter the training toolkit; most stages the params schema, codec.py and the data readers."""
     ev = codedeps.required_files("evaluate")
     assert {
         "seggen/segmenter/model.py",
         "seggen/segmenter/data.py",
-        "seggen/config.py",
+        "seggen/config/schema.py",
         "seggen/codec.py",
         "seggen/data/ade20k.py",
     } <= set(ev)

@@ -1,0 +1,117 @@
+"""The ways to pick a run, all expanded to arms: an arm (a set of `segmenter` keys), a data regime (a set
+of `synthesize` keys, its datasets at synthesize.out/REGIME), a variant (other generators, their outputs
+beside the main ones with -NAME) and the ablation (regime x group x seed, and variant x regime x seed).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from seggen.config.base import _ARM_BODY
+from seggen.config.loading import _format_error, _set_dotted
+from seggen.config.schema import DEFAULT_SEEDS, Params
+from seggen.config.synthesis import SynthesizeParams
+from seggen.errors import ConfigError
+
+ARMS_ROOT = "models/segmenter"
+VARIANT_SECTIONS = ("prior", "mask2img", "synthesize")
+
+
+def variant_path(path: Path, name: str) -> Path:
+    """Where variant `name` writes what the main setup writes at `path`: models/prior -> models/prior-NAME."""
+    return path.with_name(f"{path.name}-{name}")
+
+
+def ablation_arms(data: Any) -> Any:
+    """With `ablation`, the arms are REGIME-GROUP-sSEED for every regime, group and seed: the group's
+    segmenter keys, the seed as segmenter.seed, the regime's synthetic data (synthesize.out/REGIME) and
+    its real subset. Hand-listed arms would contradict them: `arms` must then be {} (or absent)."""
+    if not isinstance(data, dict) or not data.get("ablation"):
+        return data
+    if data.get("arms"):
+        raise ValueError("arms: generated from `ablation` (regime x group x seed); set `arms: {}`")
+    ab = data["ablation"]
+    if not isinstance(ab, dict) or not isinstance(ab.get("groups"), dict):
+        return data  # the field validation below names what is wrong
+    for group in ab["groups"]:
+        if not isinstance(group, str) or not re.fullmatch(_ARM_BODY, group):
+            raise ValueError(f"ablation.groups.{group}: group names are lowercase letters, digits, - and _")
+    regimes = data.get("regimes") or {"": {}}
+    root = Path((data.get("synthesize") or {}).get("out", SynthesizeParams().out))
+    variants = data.get("variants") or {}
+    vgroup = ab.get("variant_group", "both")
+    if variants and vgroup not in ab["groups"]:
+        raise ValueError(f"ablation.variant_group: {vgroup!r} is not a group (have: {', '.join(ab['groups'])})")
+    clash = sorted(set(variants) & set(ab["groups"]))
+    if clash:
+        raise ValueError(f"variants.{clash[0]}: also the name of a group; an arm name would be ambiguous")
+    arms = {}
+    for regime, over in regimes.items():
+        runs = [(g, k, root) for g, k in ab["groups"].items()]
+        runs += [(v, ab["groups"][vgroup], variant_path(root, v)) for v in variants]
+        for group, keys, syn_root in runs:
+            for seed in ab.get("seeds", DEFAULT_SEEDS):
+                entry = dict(keys or {}, seed=seed)
+                if regime:
+                    entry["synthetic_root"] = str(syn_root / regime)
+                    if (over or {}).get("real_subset"):
+                        entry["real_subset"] = over["real_subset"]
+                elif syn_root != root:
+                    entry["synthetic_root"] = str(syn_root)
+                arms[f"{regime}-{group}-s{seed}" if regime else f"{group}-s{seed}"] = entry
+    return {**data, "arms": arms}
+
+
+def variant(params: Params, name: str) -> Params:
+    """These params with variant `name`'s keys set, its outputs moved beside the main ones (-NAME)."""
+    if name not in params.variants:
+        raise ConfigError(f"variants.{name}: no such variant (have: {', '.join(params.variants) or 'none'})")
+    tree = params.model_dump(mode="json")
+    for key, value in params.variants[name].items():
+        if key.split(".")[0] not in VARIANT_SECTIONS:
+            raise ConfigError(f"variants.{name}.{key}: a variant sets keys of {', '.join(VARIANT_SECTIONS)} only")
+        _set_dotted(tree, key, value, f"variants.{name}")
+    for section, key in (("prior", "out"), ("mask2img", "out"), ("synthesize", "out")):
+        tree[section][key] = str(variant_path(Path(tree[section][key]), name))
+    tree["prior"]["corpus"]["out"] = str(variant_path(Path(tree["prior"]["corpus"]["out"]), name))
+    tree["synthesize"]["mask2img"] = str(Path(tree["mask2img"]["out"]) / "model")
+    tree["arms"], tree["variants"] = {}, {}
+    try:
+        return type(params).model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_error(f"variants.{name}", e)) from None
+
+
+def regime(params: Params, name: str) -> Params:
+    """These params with `synthesize` set to what regime `name` synthesizes (out: synthesize.out/NAME)."""
+    if "out" in params.regimes.get(name, {}):
+        raise ConfigError(f"regimes.{name}.out: a regime's datasets go to synthesize.out/{name}")
+    return _overridden(params, "regimes", name, "synthesize", Path(params.synthesize.out) / name)
+
+
+def arm(params: Params, name: str) -> Params:
+    """These params with `segmenter` set to what arm `name` trains."""
+    return _overridden(params, "arms", name, "segmenter", Path(ARMS_ROOT) / name)
+
+
+def _overridden(params: Params, group: str, name: str, section: str, out: Path) -> Params:
+    """`section` with the keys of `group`.`name` (an arm or a regime) set and `out` moved to `out`."""
+    entries = getattr(params, group)
+    if name not in entries:
+        raise ConfigError(f"{group}.{name}: no such {group[:-1]} (have: {', '.join(entries) or 'none'})")
+    current = getattr(params, section)
+    tree = current.model_dump(mode="json")
+    tree["out"] = str(out)
+    for key, value in entries[name].items():
+        _set_dotted(tree, key, value, f"{group}.{name}")
+    try:
+        new = type(current).model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(
+            _format_error(f"{group}.{name}", e).replace(f"{group}.{name}: ", f"{group}.{name}.", 1)
+        ) from None
+    return params.model_copy(update={section: new})

@@ -1,0 +1,195 @@
+"""The root of params.yaml: every section, the arms, regimes, variants and ablation that pick a run, and
+the checks that span sections. Each section's model lives beside the code it configures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, StrictInt, model_validator
+
+from seggen.config.base import _ARM_BODY, _ARM_NAME, _VARIANT_BODY, _VARIANT_NAME, SafePath, _Section
+from seggen.config.data import CaptionParams, DataParams
+from seggen.config.generators import Mask2ImgParams, PriorParams, Text2MaskParams, TextEncoderParams
+from seggen.config.segmenter import EvalParams, EvaluateParams, SegmenterParams
+from seggen.config.synthesis import SynthesizeParams
+
+
+class ReportParams(_Section):
+    out: SafePath = Path("reports")
+    """Where the report goes: report.md, summary.json, miou.png."""
+    results: SafePath | None = None
+    """The ablation page (bench/params.yaml: docs/results.md), built from the evaluations' scores.json: mean ± std
+    over seeds (arms named GROUP-sSEED), bar chart and sample grids in results' folder img/results/.
+    """
+    notes: SafePath | None = None
+    """A hand-written markdown file inlined into the results page (tuning log)."""
+    reference: str = "baseline"
+    """The group each regime's arms are compared with: REGIME-REFERENCE."""
+    readme: SafePath | None = Path("README.md")
+    """A markdown file whose block between `<!-- report:headline -->` markers the
+    report rewrites with the headline table; a missing file is left alone."""
+
+
+class TrackingParams(_Section):
+    """What the training stages send to MLflow while they run (not part of any output: DVC does not
+    re-run a stage when these change)."""
+
+    log_every: StrictInt = Field(10, ge=1)
+    """Log loss, learning rate and throughput every N steps, live."""
+    system_metrics: bool = True
+    """Log CPU, memory (and GPU where present) of the training stages."""
+    system_metrics_interval: float = Field(10.0, gt=0)
+    """Seconds between system-metric samples."""
+
+
+DEFAULT_SEEDS = (0, 1, 2)
+
+
+class AblationParams(_Section):
+    """The arms of an ablation, generated (Params._ablation_arms): every regime x group x seed."""
+
+    groups: dict[str, dict[str, Any]] = Field(json_schema_extra={"propertyNames": {"pattern": _ARM_NAME}})
+    """Group name -> `segmenter` keys, e.g. both: {strategy: augment}."""
+    seeds: tuple[StrictInt, ...] = Field(DEFAULT_SEEDS, min_length=1)
+    """segmenter.seed of each copy of a group."""
+    variant_group: str = "both"
+    """The group whose segmenter keys the arms of every variant (Params.variants) use."""
+
+
+class Params(_Section):
+    seed: StrictInt = Field(0, ge=0, lt=2**32)
+    """The global seed: the benchmark's rendering, the real subset draws, and every stage whose own seed is not set."""
+    data: DataParams = DataParams()
+    """The training and evaluation dataset."""
+    eval: EvalParams = EvalParams()
+    """How predictions are scored (mmsegmentation's IoUMetric conventions)."""
+    caption: CaptionParams = CaptionParams()
+    """The captioner that describes each real training image."""
+    text_encoder: TextEncoderParams = TextEncoderParams()
+    """The text encoder the generators condition on (CLIP's text model)."""
+    text2mask: Text2MaskParams = Text2MaskParams()
+    """Text2Mask: the caption-to-colour-map diffusion model."""
+    mask2img: Mask2ImgParams = Mask2ImgParams()
+    """Mask2Img: the ControlNet that draws an image from a colour map and a caption."""
+    prior: PriorParams = PriorParams()
+    """The benchmark's generative prior, pretrained on a captioned corpus (stand-in for SD/SDXL)."""
+    synthesize: SynthesizeParams = SynthesizeParams()
+    """MaskSyn and ImgSyn: how many synthetic pairs, sampled how."""
+    segmenter: SegmenterParams = SegmenterParams()
+    """Mask2Former and how it trains on real plus synthetic data."""
+    arms: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: {
+            "baseline": {"strategy": "real"},
+            "seggen": {"strategy": "augment", "synthetic": ["masksyn", "imgsyn"]},
+        },
+        json_schema_extra={"propertyNames": {"pattern": _ARM_NAME}},
+    )
+    """The segmenter runs of the pipeline (dvc.yaml: train_segmenter foreach, evaluate matrix): each arm is a set of
+    `segmenter` keys overriding that section; its model goes to models/segmenter/ARM
+    """
+    regimes: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, json_schema_extra={"propertyNames": {"pattern": _ARM_NAME}}
+    )
+    """Data regimes of an ablation (bench/params.yaml): each is a set of `synthesize` keys overriding that section
+    (e.g. real_subset for the low-data regime); its datasets go to synthesize.out/REGIME
+    """
+    variants: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, json_schema_extra={"propertyNames": {"pattern": _VARIANT_NAME}}
+    )
+    """Other generator setups of an ablation (bench/params.yaml), each a set of dotted keys of `prior`, `mask2img` and
+    `synthesize` over these params; their corpus, prior, Mask2Img and synthetic data go beside the main ones with
+    -NAME appended (Params.variant), and their arms are REGIME-NAME-sSEED, trained like ablation.variant_group on
+    that data
+    """
+    ablation: AblationParams | None = None
+    """An ablation (bench/params.yaml): `arms` generated, one per regime x group x seed (and variant)"""
+    evaluate: EvaluateParams = EvaluateParams()
+    """The evaluate stage: which splits, which metrics."""
+    report: ReportParams = ReportParams()
+    """Where the report and the ablation page go."""
+    tracking: TrackingParams = TrackingParams()
+    """What the training stages send to MLflow while they run."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ablation_arms(cls, data: Any) -> Any:
+        """With `ablation`, `arms` is generated: seggen.config.experiments.ablation_arms."""
+        from seggen.config.experiments import ablation_arms
+
+        return ablation_arms(data)
+
+    @model_validator(mode="after")
+    def _generators_valid(self) -> Params:
+        m = self.mask2img
+        broad = m.pretrained or self.prior.enabled
+        if m.base == "frozen" and not broad:
+            raise ValueError(
+                "mask2img.base: frozen needs a trained base (mask2img.pretrained or prior.enabled); "
+                "from scratch it is trained"
+            )
+        if self.synthesize.style_swap and not broad:
+            raise ValueError(
+                "synthesize.style_swap: needs a broad base to swap to (mask2img.pretrained or prior.enabled)"
+            )
+        if self.prior.enabled and not m.pretrained and self.data.format != "benchmark":
+            # the corpus renders the benchmark's own scenes: a prior for real data is SD/SDXL weights
+            raise ValueError(
+                f"prior.enabled: the bundled corpus is the benchmark's; with data.format {self.data.format} set "
+                "mask2img.pretrained (SD/SDXL weights) or prior.enabled: false (Mask2Img from scratch)"
+            )
+        if self.prior.enabled and not m.pretrained and self.prior.resolution != m.resolution:
+            raise ValueError(
+                f"prior.resolution: {self.prior.resolution}, but Mask2Img starts from the prior at mask2img.resolution "
+                f"{m.resolution}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _arms_valid(self) -> Params:
+        import re
+
+        for name in self.regimes:
+            if not re.fullmatch(_ARM_BODY, name):
+                raise ValueError(f"regimes.{name}: regime names are lowercase letters, digits, - and _")
+            self.regime(name)
+        for name in self.variants:
+            if not re.fullmatch(_VARIANT_BODY, name):
+                raise ValueError(f"variants.{name}: variant names are lowercase letters, digits and _")
+            self.variant(name)
+        for name in self.arms:
+            if not re.fullmatch(_ARM_BODY, name):
+                raise ValueError(f"arms.{name}: arm names are lowercase letters, digits, - and _")
+            seg = self.arm(name).segmenter  # each arm must give a valid segmenter section
+            # an arm on a regime's synthetic data must train on that regime's real images: in the
+            # low-data regime no real mask outside the subset may reach the segmenter
+            for regime in self.regimes:
+                syn = self.regime(regime).synthesize
+                if (
+                    seg.strategy != "real"
+                    and Path(seg.synthetic_root) == Path(syn.out)
+                    and seg.real_subset != syn.real_subset
+                ):
+                    raise ValueError(
+                        f"arms.{name}.real_subset: {seg.real_subset} but its synthetic data "
+                        f"({seg.synthetic_root}) is regime {regime}'s, made from real_subset {syn.real_subset}"
+                    )
+        return self
+
+    def variant(self, name: str) -> Params:
+        """These params with variant `name`'s keys set, its outputs beside the main ones (-NAME)."""
+        from seggen.config.experiments import variant
+
+        return variant(self, name)
+
+    def regime(self, name: str) -> Params:
+        """These params with `synthesize` set to what regime `name` synthesizes (out: synthesize.out/NAME)."""
+        from seggen.config.experiments import regime
+
+        return regime(self, name)
+
+    def arm(self, name: str) -> Params:
+        """These params with `segmenter` set to what arm `name` trains."""
+        from seggen.config.experiments import arm
+
+        return arm(self, name)

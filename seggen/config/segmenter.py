@@ -1,0 +1,156 @@
+"""The segmenter's sections: Mask2Former, its training, and how it is evaluated and scored."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, StrictInt, field_validator, model_validator
+
+from seggen.config.base import MAX_STEPS, LoopParams, SafePath, SplitName, _Section
+
+
+class Mask2FormerParams(_Section):
+    """The tiny from-scratch default: about 0.3 s per step at 64 px, batch 16, on 2 CPU cores."""
+
+    embed_dim: StrictInt = Field(32, ge=8)
+    """Embedding width of the Swin backbone."""
+    depths: tuple[StrictInt, ...] = (1, 1, 2, 1)
+    """Swin blocks per stage."""
+    num_heads: tuple[StrictInt, ...] = (1, 2, 4, 8)
+    """Swin attention heads per stage."""
+    window_size: StrictInt = Field(4, ge=1)
+    """Swin attention window, in patches."""
+    hidden_dim: StrictInt = Field(64, ge=8)
+    """Width of the pixel decoder and the transformer decoder."""
+    num_queries: StrictInt = Field(16, ge=1)
+    """Mask queries of the transformer decoder."""
+    encoder_layers: StrictInt = Field(2, ge=1)
+    """Deformable-attention layers of the pixel decoder."""
+    decoder_layers: StrictInt = Field(3, ge=1)
+    """Layers of the transformer decoder."""
+    train_num_points: StrictInt = Field(1024, ge=16)
+    """Points sampled per mask for the mask losses (Mask2Former's point sampling)."""
+
+    @model_validator(mode="after")
+    def _stages(self) -> Mask2FormerParams:
+        if len(self.depths) != len(self.num_heads):
+            raise ValueError("depths and num_heads need one entry per Swin stage")
+        return self
+
+
+class SegTrainParams(LoopParams):
+    """Mask2Former's training loop: its recipe's defaults (AdamW, poly schedule, tight clipping), crops."""
+
+    steps: StrictInt = Field(400, ge=1, le=MAX_STEPS)
+    """Optimizer steps."""
+    lr: float = Field(2e-3, gt=0)
+    """Peak learning rate (AdamW)."""
+    weight_decay: float = Field(0.05, ge=0)
+    """AdamW weight decay."""
+    warmup_steps: StrictInt = Field(0, ge=0, le=MAX_STEPS)
+    """Linear warm-up steps."""
+    max_grad_norm: float = Field(0.01, gt=0)
+    """Mask2Former's full-model gradient clipping norm."""
+    poly_power: float = Field(0.9, ge=0)
+    """Power of the polynomial learning-rate decay."""
+    crop: StrictInt = Field(64, ge=16)
+    """Side of the square training crop, pixels."""
+    scale: tuple[float, float] = (0.75, 1.5)
+    """Random resize range (min, max) before the crop."""
+    flip: bool = True
+    """Random horizontal flips."""
+
+    @model_validator(mode="after")
+    def _scale(self) -> SegTrainParams:
+        if not 0 < self.scale[0] <= self.scale[1]:
+            raise ValueError("scale must be (min, max) with 0 < min <= max")
+        return self
+
+
+class SegmenterParams(_Section):
+    task: Literal["semantic", "panoptic"] = "semantic"
+    """semantic (mIoU) or panoptic (PQ; needs panoptic annotations)."""
+    out: SafePath = Path("models/segmenter/baseline")
+    """Where the trained segmenter goes (models/segmenter/ARM for the pipeline's arms)."""
+    strategy: Literal["real", "augment", "pretrain_finetune", "concat"] = "real"
+    """real: baseline | augment: each real sample replaced by a synthetic one with probability p_aug |
+    pretrain_finetune: synthetic for pretrain_steps, then real for train.steps | concat: real x concat_repeat +
+    synthetic.
+    """
+    synthetic: tuple[Literal["masksyn", "imgsyn"], ...] = ("masksyn", "imgsyn")
+    """The synthetic datasets mixed in (any strategy but real)."""
+    synthetic_root: SafePath = Path("data/synthetic")
+    """Directory holding the masksyn/ and imgsyn/ datasets."""
+    p_aug: float = Field(0.3, ge=0, le=1)
+    """augment: probability that a real sample is replaced by a synthetic one (the paper: 0.6 on ADE20K)."""
+    concat_repeat: StrictInt = Field(1, ge=1)
+    """concat: times the real set is repeated beside the synthetic one."""
+    pretrain_steps: StrictInt = Field(300, ge=0, le=MAX_STEPS)
+    """pretrain_finetune: steps on synthetic data before train.steps on real data."""
+    real_subset: StrictInt | None = Field(None, ge=1)
+    """Low-data regime: a seeded subset of this many real training images; null: all."""
+    seed: StrictInt | None = Field(None, ge=0, lt=2**32)
+    """Training randomness (init, sampling, augmentation, loss points); null: the global `seed`. The real subset is
+    drawn with the global seed, so the seeds of an ablation see the same images.
+    """
+    split: SplitName = "training"
+    """The real training split."""
+    pretrained: str | None = None
+    """A Mask2Former checkpoint id or directory (e.g. an ADE20K or COCO one); null: from scratch."""
+    backbone: str | None = None
+    """A Swin checkpoint id or directory for the backbone (ignored with `pretrained`)."""
+    model: Mask2FormerParams = Mask2FormerParams()
+    """The from-scratch Mask2Former's shape (ignored with `pretrained`)."""
+    train: SegTrainParams = SegTrainParams()
+    """The training loop."""
+
+    @model_validator(mode="after")
+    def _group_norm_has_values(self) -> SegmenterParams:
+        # Mask2Former's pixel decoder normalises 32 groups of hidden_dim / 32 channels over the deepest
+        # feature map (stride 32): a group must hold more than one value per batch, or training stops
+        if self.pretrained:
+            return self
+        side, per_group = self.train.crop // 32, max(1, self.model.hidden_dim // 32)
+        if self.train.batch_size * per_group * side * side < 2:
+            raise ValueError(
+                f"segmenter.train.crop: {self.train.crop} px at batch_size {self.train.batch_size} leaves "
+                f"{per_group} value(s) per normalisation group of the {side}x{side} deepest feature map; "
+                "use crop >= 64, batch_size >= 2 or model.hidden_dim >= 64"
+            )
+        return self
+
+
+class EvalParams(_Section):
+    """How the pipeline's evaluate scores predictions (mmsegmentation's IoUMetric settings)."""
+
+    ignore_index: StrictInt = Field(255, ge=0, le=255)
+    """Label value never scored."""
+    reduce_zero_label: bool = True
+    """Label 0 means ignored, 1..N are classes 0..N-1 (ADE20K's convention; must be true)."""
+
+    @field_validator("reduce_zero_label")
+    @classmethod
+    def _ade_convention(cls, v: bool) -> bool:
+        # seggen's datasets store 0 = ignored, 1..N = classes, and predictions are 0..N-1: without the
+        # reduction every class would be compared with its neighbour (a silently wrong mIoU)
+        if not v:
+            raise ValueError(
+                "must be true for the pipeline (its label PNGs are 0 = ignored, 1..N = classes); "
+                "`seggen eval semantic` scores other conventions"
+            )
+        return v
+
+
+class EvaluateParams(_Section):
+    """The pipeline's evaluate stage: every arm on every split (dvc.yaml matrix)."""
+
+    splits: tuple[SplitName, ...] = ("tuning", "tuning_shift", "validation", "validation_shift")
+    """The splits every arm is evaluated on: the tuning splits (in-domain, K_t drawn domains) that choices read, and
+    the reported ones (in-domain, the K unseen domains)."""
+    panoptic: bool = True
+    """Also PQ and mask AP where the split has panoptic ground truth."""
+    size: StrictInt | None = Field(None, ge=16)
+    """Resize the short side to this many pixels; null: native size."""
+    out: SafePath = Path("reports/eval")
+    """Where evaluations go: out/ARM/SPLIT with metrics.json, scores.json and pictures."""

@@ -1,0 +1,113 @@
+"""The synthesis section: MaskSyn and ImgSyn, their filters, styles and workers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, StrictInt, field_validator
+
+from seggen.config.base import MAX_STEPS, SafePath, SplitName, _Section
+
+
+class FilterParams(_Section):
+    """Quality filters on synthetic pairs (SegGen has none; FreeMask reports gains from filtering).
+    Both score every sample with a small segmenter trained on the real training split."""
+
+    sample: bool = False
+    """Drop samples whose mIoU (the scoring segmenter on the image vs its mask) is below min_miou."""
+    min_miou: float = Field(30.0, ge=0, le=100)
+    """The sample filter's threshold, mIoU in percent."""
+    pixel: bool = False
+    """Ignore pixels whose loss exceeds margin x the class's mean loss on real data."""
+    margin: float = Field(2.0, gt=0)
+    """The pixel filter's margin."""
+    out: SafePath = Path("models/filter_segmenter")
+    """Where the scoring segmenter goes (trained once, reused while its params are unchanged)."""
+    resolution: StrictInt = Field(64, ge=16, le=1024)
+    """Images and masks are scored at this size, pixels."""
+    steps: StrictInt = Field(400, ge=1, le=MAX_STEPS)
+    """Training steps of the scoring segmenter."""
+    batch_size: StrictInt = Field(32, ge=1)
+    """Batch size of the scoring segmenter."""
+
+
+class DaskParams(_Section):
+    address: str | None = None
+    """Scheduler of an existing cluster, e.g. tcp://10.0.0.5:8786; null: a local cluster."""
+    n_workers: StrictInt = Field(2, ge=1)
+    """Worker processes of the local cluster."""
+    threads_per_worker: StrictInt = Field(1, ge=1)
+    """Threads of each worker process (local cluster)."""
+
+
+# the in-domain look, then one phrase per word of the corpus's generic vocabulary (seggen.data.corpus)
+DEFAULT_STYLES = {
+    "a photo": 4.0,
+    "a night photo": 1.0,
+    "a dusk photo": 1.0,
+    "an overcast photo": 1.0,
+    "a hazy photo": 1.0,
+    "a foggy photo": 1.0,
+    "a grainy photo": 1.0,
+    "a flat painting": 1.0,
+    "a line drawing": 1.0,
+}
+
+
+class SynthesizeParams(_Section):
+    out: SafePath = Path("data/synthetic")
+    """Where the datasets go: out/masksyn and out/imgsyn."""
+    split: SplitName = "training"
+    """The real split whose captions and masks are the sources (captions from caption.out)."""
+    max_sources: StrictInt | None = Field(200, ge=1)
+    """A seeded random subset of the source images; null: all."""
+    real_subset: StrictInt | None = Field(None, ge=1)
+    """Low-data regime: only the images of the real subset the segmenter trains on with segmenter.real_subset = this
+    number (same seeded draw), so no other real mask is used
+    """
+    masksyn_per_source: StrictInt = Field(1, ge=1)
+    """MaskSyn samples per source caption (the paper: 10 on ADE20K)."""
+    imgsyn_per_source: StrictInt = Field(1, ge=1)
+    """ImgSyn samples per source mask (the paper: 50 on ADE20K)."""
+    steps: StrictInt = Field(20, ge=1, le=1000)
+    """Denoising steps of both generators."""
+    text2mask_guidance: float = Field(3.0, ge=0)
+    """Classifier-free guidance of Text2Mask."""
+    mask2img_guidance: float = Field(4.0, ge=0)
+    """Classifier-free guidance of Mask2Img (the style phrase shows from about 4, bench/tuning.md)."""
+    batch_size: StrictInt = Field(16, ge=1)
+    """Samples per batch; part of the output's identity (float results depend on it)."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """Network precision while sampling; auto: bf16 on CPUs with native bf16 and on CUDA, else fp32."""
+    image_format: Literal["png", "jpg"] = "png"
+    """File format of the synthetic images."""
+    threads: StrictInt = Field(0, ge=0)
+    """Torch CPU threads per process; 0: cores / workers."""
+    workers: StrictInt = Field(2, ge=1, le=256)
+    """Local processes, each generating a share of the batches (shards); on CPUs two 1-thread processes beat one
+    2-thread process. Use 1 on a single GPU.
+    """
+    text2mask: SafePath = Path("models/text2mask/model")
+    """The trained Text2Mask model directory."""
+    mask2img: SafePath = Path("models/mask2img/model")
+    """The trained Mask2Img model directory."""
+    styles: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_STYLES))
+    """Style prompts: each Mask2Img prompt is the caption plus a style phrase drawn (per sample, from its seed) with
+    these weights, e.g. {"a photo": 1, "a foggy dusk photo": 1}; empty: captions alone
+    """
+    style_swap: bool = False
+    """With a Mask2Img trained on the prior: run its ControlNet on the prior's base (DGInStyle's style swap) instead of
+    the fine-tuned one
+    """
+    filter: FilterParams = FilterParams()
+    """Quality filters on the synthetic pairs."""
+    dask: DaskParams = DaskParams()
+    """Where the synthesis shards run when dask is used."""
+
+    @field_validator("styles")
+    @classmethod
+    def _weights(cls, v: dict[str, float]) -> dict[str, float]:
+        if any(w < 0 for w in v.values()) or (v and sum(v.values()) <= 0):
+            raise ValueError("style weights must be >= 0 and not all 0")
+        return v
