@@ -142,7 +142,7 @@ def params_describe(
     ] = False,
 ) -> None:
     """Every key with its type, bounds, value and description (the descriptions on the fields of seggen/config/,
-    fields, which the Prefect form shows too)."""
+    which the Prefect form shows too)."""
     from seggen import params_doc
 
     if markdown:

@@ -149,6 +149,7 @@ def make_project(root: Path, params: dict | None = None) -> Path:
     run("git", "config", "user.name", "t")
     run(str(Path(shutil.which("dvc") or REPO / ".venv" / "bin" / "dvc")), "init", "-q")
     shutil.copy(REPO / ".dvc" / "config", root / ".dvc" / "config")
+    shutil.copy(REPO / ".dvc" / "plots.html", root / ".dvc" / "plots.html")  # its plots page template
     run("git", "add", "-A")
     run("git", "commit", "-qm", "tiny project")
     return root

@@ -50,7 +50,7 @@ def test_bench_repro_builds_the_results_page(tmp_path, mlflow_server):
         "train_segmenter@low-both-1",
         "evaluate@full-baseline-0",
         "prepare_corpus_variant@leak",
-        "pretrain_variant@leak",
+        "train_prior_variant@leak",
         "synthesize_variant@leak-low-imgsyn",
         "train_segmenter_variant@low-leak-1",
         "evaluate_variant@full-leak-0",
