@@ -64,6 +64,29 @@ def test_seggen_never_imports_flows():
             assert not any(n == "flows" or n.startswith("flows.") for n in names), f
 
 
+# the pipeline's plumbing: stages, MLflow, the CLI and the checks around them
+PLUMBING = ("stages", "cli", "tracking", "mlflow_models", "ci_check", "codedeps", "dvcstage", "preflight", "params_doc")
+STAGE_PACKAGES = ("data", "generators", "synthesis", "segmenter", "metrics", "models", "config")
+
+
+def test_stage_packages_never_import_the_plumbing():
+    """Layering: the packages that hold stage code build on seggen's utilities and each other, never on
+    the pipeline's plumbing (every package's __init__ says so), so a stage runs without MLflow or DVC."""
+    bad = []
+    for pkg in STAGE_PACKAGES:
+        assert (REPO / "seggen" / pkg / "__init__.py").read_text().strip(), f"seggen/{pkg}: no docstring"
+        for f in (REPO / "seggen" / pkg).rglob("*.py"):
+            for node in ast.walk(ast.parse(f.read_text())):
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.module:
+                    names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+                else:
+                    continue
+                bad += [f"{f.relative_to(REPO)}: {n}" for n in names if n in {f"seggen.{m}" for m in PLUMBING}]
+    assert not bad, bad
+
+
 def test_params_yaml_mirrors_the_code_defaults():
     """config.py is the one home of the defaults: params.yaml states them all, equal."""
     assert load_params(REPO / "params.yaml") == Params()

@@ -1,0 +1,2 @@
+"""Text2Mask, Mask2Img and the prior: pixel- or latent-space diffusion, training and diffusers pipelines.
+Stage code (train_text2mask, train_prior, train_mask2img); never imports the pipeline's plumbing."""
