@@ -47,6 +47,8 @@ ENTRIES: dict[str, tuple[str, ...]] = {
 NEUTRAL = {
     "seggen.tracking",
     "seggen.mlflow_models",
+    "seggen.registry",
+    "seggen.tracking_server",
     "seggen.progress",
     "seggen.preflight",
     "seggen.cli",

@@ -29,3 +29,7 @@ def not_found(path, kind: str = "file", what: str = "") -> str:
     if kind == "directory" and p.exists() and not p.is_dir():
         return f"{p}: is a file, expected a {label}"
     return f"{p}: {label} not found"
+
+
+class TrackingError(SeggenError):
+    """An MLflow tracking server that cannot be reached or used, or tracking that a command needs is off."""

@@ -161,7 +161,7 @@ def synthesize(
     regime: str | None = None,
 ) -> dict:
     """`params` already resolved for `regime` (Params.regime), which names the MLflow run."""
-    from seggen.synthesis.synthesize import model_digest
+    from seggen.synthesis.plan import model_digest
     from seggen.synthesis.synthesize import synthesize as run
 
     cfg = params.synthesize

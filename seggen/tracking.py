@@ -23,8 +23,6 @@ import re
 import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,12 +31,19 @@ from typing import Any
 
 import yaml
 
-from seggen.errors import SeggenError
+from seggen.errors import SeggenError, TrackingError
 from seggen.io import digest_tree
+from seggen.tracking_server import (  # noqa: F401 (part of this module's interface)
+    TRACKING_ENV,
+    _use_credentials,
+    check_reachable,
+    redact,
+    scrub,
+    split_credentials,
+)
 
 log = logging.getLogger(__name__)
 
-TRACKING_ENV = "SEGGEN_TRACKING"  # off: no tracking
 EXECUTION_ENV = "SEGGEN_PIPELINE_RUN"  # an id shared by the stages of one pipeline execution
 DVC_EXPERIMENT_ENV = "SEGGEN_DVC_EXPERIMENT"  # the DVC experiment a flow run saves its results as
 EXPERIMENT_ENV = "MLFLOW_EXPERIMENT_NAME"
@@ -50,10 +55,6 @@ KIND, STAGE, EXECUTION = "seggen.kind", "seggen.stage", "seggen.execution"
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
-class TrackingError(SeggenError):
-    pass
-
-
 def enabled() -> bool:
     return os.environ.get(TRACKING_ENV, "").strip().lower() not in ("off", "0", "false", "no")
 
@@ -63,100 +64,6 @@ def tracking_uri(project: Path = Path(".")) -> str:
 
 
 # -- credentials: a tracking URI may carry them (http://user:password@host); they never reach an output
-
-
-def split_credentials(uri: str) -> tuple[str, str | None, str | None]:
-    """-> (the URI without user:password@, user, password), percent-decoded."""
-    from urllib.parse import unquote, urlsplit, urlunsplit
-
-    parts = urlsplit(uri)
-    if "@" not in parts.netloc:
-        return uri, None, None
-    host = parts.netloc.rpartition("@")[2]
-    user = unquote(parts.username) if parts.username is not None else None
-    password = unquote(parts.password) if parts.password is not None else None
-    return urlunsplit(parts._replace(netloc=host)), user, password
-
-
-def redact(uri: str) -> str:
-    """The URI as messages, links and tags show it: user:***@host (a lone user part, often a token: ***@host)."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    bare, user, password = split_credentials(uri)
-    if user is None and password is None:
-        return uri
-    parts = urlsplit(bare)
-    shown = f"{user}:***" if password is not None and user else "***"
-    return urlunsplit(parts._replace(netloc=f"{shown}@{parts.netloc}"))
-
-
-def scrub(text: str, uri: str) -> str:
-    """`text` (an error from a library, say) with the URI's password and the URI itself redacted."""
-    _, user, password = split_credentials(uri)
-    text = text.replace(uri, redact(uri))
-    for secret in (password, None if password is not None else user):
-        if secret:
-            text = text.replace(secret, "***")
-    return text
-
-
-_FROM_URI: set[str] = set()  # the auth variables this process set from a URI's credentials
-
-
-def _use_credentials(uri: str) -> str:
-    """MLflow gets the URI without credentials and them as MLFLOW_TRACKING_USERNAME / _PASSWORD (which
-    it sends as basic auth), so that nothing MLflow prints or stores -- its "View run at" links, run
-    tags -- holds them. A URI's own credentials win over the variables; those taken from an earlier
-    URI go when the next URI has none (a long-lived process must not send them to another server).
-    -> the bare URI."""
-    bare, user, password = split_credentials(uri)
-    given = {"MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": password}
-    for var, value in given.items():
-        if value is not None:
-            os.environ[var] = value
-            _FROM_URI.add(var)
-        elif var in _FROM_URI:
-            os.environ.pop(var, None)
-            _FROM_URI.discard(var)
-    return bare
-
-
-def _auth_header() -> dict[str, str]:
-    """What MLflow would send: a bearer token, or basic auth from the username / password variables."""
-    import base64
-
-    if os.environ.get("MLFLOW_TRACKING_TOKEN"):
-        return {"Authorization": f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}"}
-    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
-    if user is None:
-        return {}
-    token = base64.b64encode(f"{user}:{password or ''}".encode()).decode()
-    return {"Authorization": f"Basic {token}"}
-
-
-def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """Fail before any compute when a tracking server is named but does not answer. Credentials in
-    the URI are sent as basic auth (not read as part of the host name)."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    bare = _use_credentials(uri)
-    request = urllib.request.Request(bare.rstrip("/") + "/health", headers=_auth_header())
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as r:
-            if r.status == 200:
-                return
-            reason = f"HTTP {r.status}"
-    except urllib.error.HTTPError as e:  # it answered, but not OK: credentials refused (401/403), a proxy...
-        reason = f"/health answered HTTP {e.code} {e.reason}"
-    except (urllib.error.URLError, OSError) as e:
-        reason = str(getattr(e, "reason", e))
-    raise TrackingError(
-        f"MLFLOW_TRACKING_URI={redact(uri)}: tracking server unreachable ({scrub(reason, uri)}); "
-        f"start it, unset MLFLOW_TRACKING_URI for the local store, or run offline with {TRACKING_ENV}=off"
-    )
-
-
-# -- lineage facts ------------------------------------------------------------------------------
 
 
 def git_commit(project: Path = Path(".")) -> str:
@@ -362,95 +269,6 @@ class StageRun(NullRun):
             self.client.set_tag(self.run_id, k, str(v))
 
 
-def _registered(client, arm_dirs: dict[str, Path], picks: dict[str, str | None]) -> dict[str, tuple[str, str | None]]:
-    """{alias: (arm, the registered segmenter version whose digest tag is the arm's model directory's,
-    or None)} for each alias with an arm."""
-    from seggen import mlflow_models as mm
-
-    name = mm.KINDS["segmenter"]
-    out = {}
-    for alias, arm in picks.items():
-        if arm is None or arm not in arm_dirs or not (arm_dirs[arm] / "config.json").exists():
-            continue
-        digest = digest_tree(arm_dirs[arm])
-        found = client.search_model_versions(f"name='{name}' and tags.digest='{digest}'")
-        out[alias] = (arm, str(max(found, key=lambda v: int(v.version)).version) if found else None)
-    return out
-
-
-def set_aliases(client, arm_dirs: dict[str, Path], in_domain: dict[str, float], baseline: str | None) -> dict:
-    """The registry's aliases on the segmenter: `champion` -> the version of the arm with the best
-    in-domain mIoU, `baseline` -> the baseline arm's. A version is found by the digest of the arm's
-    model directory (its tag), so the alias names exactly the weights that were scored."""
-    from seggen import mlflow_models as mm
-
-    picks = {"champion": max(in_domain, key=in_domain.get) if in_domain else None, "baseline": baseline}
-    set_to = {}
-    for alias, (arm, version) in _registered(client, arm_dirs, picks).items():
-        if version is None:
-            log.warning("%s: no registered version of its model directory (trained with tracking off?)", arm)
-            continue
-        client.set_registered_model_alias(mm.KINDS["segmenter"], alias, version)
-        set_to[alias] = {"arm": arm, "version": version}
-    return set_to
-
-
-def promote(params, champion: str | None = None, project: Path = Path(".")) -> dict[str, dict]:
-    """`seggen promote`: move the registry's aliases -- the only way they move (no run, experiment or
-    flow does). `champion` -> the registered version of the arm with the best in-domain mIoU in the
-    report (reports/summary.json), or of `champion` if given; `baseline` -> the report's reference arm.
-    Each promoted version is tagged with the report's scores of its arm (`reference.SPLIT.mIoU`): what
-    `ci-check --against ALIAS` compares with, which no later evaluation of the same weights changes.
-    Every alias is resolved before any moves. -> {alias: {"arm", "version", "previous"}}."""
-    import json
-
-    from mlflow.exceptions import MlflowException
-
-    from seggen import mlflow_models as mm
-    from seggen.ci_check import data_fingerprint
-    from seggen.reporting.scores import decision_split, gate_scores
-
-    if not enabled():
-        raise TrackingError(f"seggen promote moves MLflow registry aliases: tracking is off ({TRACKING_ENV})")
-    summary_path = Path(params.report.out) / "summary.json"
-    if not summary_path.is_file():
-        raise TrackingError(f"{summary_path}: no report to promote from (run the pipeline: dvc repro)")
-    summary = json.loads(summary_path.read_text())
-    split = decision_split(params)  # in-domain, the tuning split where there is one
-    scores = {a: s.get(split, {}).get("mIoU") for a, s in summary["arms"].items()}
-    scores = {a: v for a, v in scores.items() if v is not None}
-    if champion is not None and champion not in scores:
-        raise TrackingError(f"--arm {champion}: not an arm of {summary_path} (have: {', '.join(scores) or 'none'})")
-    pick = champion or (max(scores, key=scores.get) if scores else None)
-    if pick is None:
-        raise TrackingError(f"{summary_path}: no arm has an in-domain ({split}) mIoU")
-    client, uri = open_client(project)
-    name = mm.KINDS["segmenter"]
-    dirs = {a: Path(params.arm(a).segmenter.out) / "model" for a in summary["arms"]}
-    picks = {"champion": pick, "baseline": summary.get("reference_arm")}
-    resolved = _registered(client, dirs, picks)
-    missing = [f"{alias} -> {arm}" for alias, (arm, version) in resolved.items() if version is None]
-    if "champion" not in resolved or missing:
-        raise TrackingError(
-            f"{'; '.join(missing) or 'champion -> ' + pick}: no registered version of {dirs[pick].parent.name}'s model "
-            f"in {uri} (trained with tracking off? run the pipeline with tracking on); no alias moved"
-        )
-    moved = {}
-    for alias, (arm, version) in resolved.items():
-        try:
-            previous = str(client.get_model_version_by_alias(name, alias).version)
-        except MlflowException:
-            previous = None
-        for s_name, s in summary["arms"][arm].items():
-            for key, v in gate_scores(s, s_name).items() if s.get("mIoU") is not None else ():
-                client.set_model_version_tag(name, version, f"reference.{key}.mIoU", f"{v:.4f}")
-        client.set_model_version_tag(name, version, "reference.commit", git_commit(project))
-        client.set_model_version_tag(name, version, "reference.data", data_fingerprint(params))
-        client.set_registered_model_alias(name, alias, version)
-        moved[alias] = {"arm": arm, "version": version, "previous": previous}
-    return moved
-
-
 def experiment_name() -> str:
     return os.environ.get(EXPERIMENT_ENV, DEFAULT_EXPERIMENT)
 
@@ -631,11 +449,3 @@ def search_evaluations(project: Path = Path(".")):
         "and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"],
     ), uri
-
-
-def latest_evaluations(df) -> dict[tuple[str, str], object]:
-    """(arm, split) -> the newest row of `search_evaluations`' DataFrame."""
-    latest: dict[tuple[str, str], object] = {}
-    for _, r in df.iterrows():  # newest first
-        latest.setdefault((r.get("tags.arm"), r.get("tags.split")), r)
-    return latest

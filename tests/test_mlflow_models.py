@@ -138,14 +138,14 @@ def test_segmenter_pyfunc_registry_and_aliases(store, tiny_seg, small_benchmark,
     """pyfunc labels == `seggen evaluate`'s; the registry's aliases are set by digest."""
     import mlflow
 
-    from seggen import tracking
+    from seggen import registry
     from seggen.segmenter.evaluate import evaluate
 
     p, model_dir = tiny_seg
     run = log("segmenter", model_dir, {"arm": "seggen", "seed": 0})
     v = version_of(store, "seggen-segmenter", run)
     assert v.tags["arm"] == "seggen" and v.tags["seed"] == "0"
-    aliases = tracking.set_aliases(store, {"seggen": model_dir}, {"seggen": 50.0}, "seggen")
+    aliases = registry.set_aliases(store, {"seggen": model_dir}, {"seggen": 50.0}, "seggen")
     want = {"arm": "seggen", "version": v.version}
     assert aliases == {"champion": want, "baseline": want}
     assert store.get_model_version_by_alias("seggen-segmenter", "champion").version == v.version
@@ -169,12 +169,12 @@ def test_serve_champion(store, tiny_seg, small_benchmark, tmp_path):
     """`mlflow models serve` of models:/seggen-segmenter@champion answers a real POST of a PNG with
     the label map `seggen evaluate` writes."""
     from conftest import free_port, wait_http
-    from seggen import tracking
+    from seggen import registry
     from seggen.segmenter.evaluate import evaluate
 
     p, model_dir = tiny_seg
     log("segmenter", model_dir, {"arm": "seggen"})
-    tracking.set_aliases(store, {"seggen": model_dir}, {"seggen": 50.0}, None)
+    registry.set_aliases(store, {"seggen": model_dir}, {"seggen": 50.0}, None)
     files = sorted((small_benchmark / "images" / "validation").glob("*"))
     evaluate(p, model_dir, "validation", tmp_path / "ev", task="semantic", progress=False)
     ref = np.asarray(Image.open(tmp_path / "ev" / "predictions" / "semantic" / f"{files[0].stem}.png"))

@@ -89,7 +89,7 @@ def test_read_corpus_names_the_file(tmp_path):
 
 
 def test_style_draw_follows_the_weights_and_depends_on_the_seed_only():
-    from seggen.synthesis.synthesize import draw_style
+    from seggen.synthesis.plan import draw_style
 
     styles = {"a photo": 3.0, "a night photo": 1.0}
     draws = [draw_style(styles, s) for s in range(4000)]

@@ -65,7 +65,18 @@ def test_seggen_never_imports_flows():
 
 
 # the pipeline's plumbing: stages, MLflow, the CLI and the checks around them
-PLUMBING = ("stages", "cli", "tracking", "mlflow_models", "ci_check", "codedeps", "dvcstage", "preflight", "params_doc")
+PLUMBING = (
+    "stages",
+    "cli",
+    "tracking",
+    "registry",
+    "mlflow_models",
+    "ci_check",
+    "codedeps",
+    "dvcstage",
+    "preflight",
+    "params_doc",
+)
 STAGE_PACKAGES = ("data", "generators", "synthesis", "segmenter", "metrics", "models", "config")
 
 

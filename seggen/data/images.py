@@ -106,3 +106,10 @@ def rgb2id(rgb: np.ndarray) -> np.ndarray:
 def id2rgb(ids: np.ndarray) -> np.ndarray:
     ids = np.asarray(ids, dtype=np.uint32)
     return np.stack([ids % 256, (ids // 256) % 256, (ids // 65536) % 256], -1).astype(np.uint8)
+
+
+def resize_array(a: np.ndarray, size: tuple[int, int], resample) -> np.ndarray:
+    """An image or label array resized to size = (width, height) with PIL's `resample` (as is if it fits)."""
+    if a.shape[1] == size[0] and a.shape[0] == size[1]:
+        return a
+    return np.asarray(Image.fromarray(a).resize(size, resample))

@@ -31,7 +31,7 @@ def merge(params: Params, strategy: str) -> dict:
 @flow(name="synthesize-dask")
 def synthesize_flow(params: Params, strategy: str, num_shards: int) -> dict:
     from seggen.synthesis.filters import load_filter
-    from seggen.synthesis.synthesize import make_plan, prepare_output
+    from seggen.synthesis.plan import make_plan, prepare_output
 
     log = get_run_logger()
     plan = make_plan(params, strategy)  # bad input fails here, before any worker starts
