@@ -74,16 +74,21 @@ def caption(
     typer.echo(f"{c.out}: {stats['captioned']} captioned, {stats['skipped']} already there")
 
 
+def _train(section: str, steps: int | None, out: Path | None) -> None:
+    """A generator's training stage with `SECTION.train.steps` / `SECTION.out` from the options."""
+    from seggen import stages
+
+    p = state.params({f"{section}.train.steps": steps, f"{section}.out": str(out) if out else None})
+    typer.echo(f"model written to {getattr(stages, f'train_{section}')(p)}")
+
+
 @app.command("train_text2mask")
 def train_text2mask_cmd(
     steps: Annotated[int | None, typer.Option(help="text2mask.train.steps")] = None,
     out: Annotated[Path | None, typer.Option(help="text2mask.out")] = None,
 ) -> None:
     """Train Text2Mask (caption -> colour-map mask); resumes from the newest checkpoint."""
-    from seggen import stages
-
-    p = state.params({"text2mask.train.steps": steps, "text2mask.out": str(out) if out else None})
-    typer.echo(f"model written to {stages.train_text2mask(p)}")
+    _train("text2mask", steps, out)
 
 
 @app.command("prepare_corpus")
@@ -112,10 +117,7 @@ def train_prior_cmd(
     out: Annotated[Path | None, typer.Option(help="prior.out")] = None,
 ) -> None:
     """Pretrain the text-to-image prior on the corpus (the stand-in for SD/SDXL pretraining); resumes."""
-    from seggen import stages
-
-    p = state.params({"prior.train.steps": steps, "prior.out": str(out) if out else None})
-    typer.echo(f"model written to {stages.train_prior(p)}")
+    _train("prior", steps, out)
 
 
 @app.command("train_mask2img")
@@ -124,10 +126,7 @@ def train_mask2img_cmd(
     out: Annotated[Path | None, typer.Option(help="mask2img.out")] = None,
 ) -> None:
     """Train Mask2Img (colour map + caption -> image, ControlNet on a base UNet); resumes."""
-    from seggen import stages
-
-    p = state.params({"mask2img.train.steps": steps, "mask2img.out": str(out) if out else None})
-    typer.echo(f"model written to {stages.train_mask2img(p)}")
+    _train("mask2img", steps, out)
 
 
 @app.command()

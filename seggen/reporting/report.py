@@ -67,6 +67,12 @@ README_START, README_END = "<!-- report:headline -->", "<!-- /report:headline --
 REPORTED, REPORTED_SHIFT = "validation", "validation_shift"  # the splits no choice reads
 
 
+def _domain_deltas(summary: dict, arm: str) -> dict[str, float]:
+    """{unseen domain: `arm`'s mIoU minus the reference arm's} on the reported shifted split."""
+    base = summary["reference_arm"]
+    return {d: r[arm] - r[base] for d, r in summary["domains"][REPORTED_SHIFT].items()}
+
+
 def headline(summary: dict) -> dict:
     """The few numbers a run is judged by (`dvc exp show` columns `headline.*`): the method arm against
     the reference on the reported splits -- in-domain, the mean over the unseen domains, the worst
@@ -78,7 +84,7 @@ def headline(summary: dict) -> dict:
     if arms[base][REPORTED_SHIFT].get("mIoU_domain_mean") is None:
         return {}
     arm = "seggen" if "seggen" in others else others[0]
-    per = {d: r[arm] - r[base] for d, r in summary["domains"][REPORTED_SHIFT].items()}
+    per = _domain_deltas(summary, arm)
     return {
         "arm": arm,
         "in_domain": arms[arm][REPORTED]["mIoU"] - arms[base][REPORTED]["mIoU"],
@@ -106,10 +112,10 @@ def readme_block(summary: dict) -> str:
         if a != base:
             cells[0] += f" (**{ind['mIoU'] - arms[base][REPORTED]['mIoU']:+.1f}**)"
             cells[1] += f" (**{sh['mIoU_domain_mean'] - arms[base][REPORTED_SHIFT]['mIoU_domain_mean']:+.1f}**)"
-        worse = {d: r[a] - r[base] for d, r in doms.items() if r[a] - r[base] < -2} if a != base else {}
+        worse = {d: v for d, v in _domain_deltas(summary, a).items() if v < -2} if a != base else {}
         cells += [f"{sh['mIoU_domain_worst']:.1f}", ", ".join(f"{d}: {v:+.1f}" for d, v in worse.items()) or "–"]
         lines.append(f"| `{a}` | " + " | ".join(cells) + " |")
-    per = sorted(((r[h["arm"]] - r[base], d) for d, r in doms.items()), reverse=True)
+    per = sorted(((v, d) for d, v in _domain_deltas(summary, h["arm"]).items()), reverse=True)
     met = h["unseen_mean"] >= 3 and h["domains_worse_by_2"] == 0 and h["in_domain"] >= -1
     lines += [
         "",
