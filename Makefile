@@ -25,7 +25,7 @@ lint: install
 
 # The suites run on PYTEST_WORKERS processes (pytest-xdist; 0: one process), each with one compute
 # thread (tests/conftest.py). test: the fast suite (~6 min on 2 cores); test-slow: the end-to-end
-# pipelines (dvc repro, Prefect and MLflow with their UIs in a real browser, the bench, the CI gate),
+# pipelines (dvc repro, Prefect and MLflow with their UIs in a real browser, the ablation, the CI gate),
 # a test file per worker (its project fixture is built once).
 PYTEST_WORKERS ?= 2
 
@@ -91,14 +91,14 @@ bench-segmenter: install
 bench-pipeline: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m benchmarks.bench_pipeline
 
-# The ablation: bench/dvc.yaml with bench/params.yaml -> docs/results.md (from MLflow).
+# The ablation: ablation/dvc.yaml with ablation/params.yaml -> docs/results.md (from MLflow).
 bench-ablation: install
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro bench/dvc.yaml
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro ablation/dvc.yaml
 
 # `dvc exp show` cut to what fits a terminal: the report's headline (`headline.*` of reports/summary.json)
 # and the params an experiment changed; code, data and per-arm columns dropped. EXPS_ARGS adds options
 # (e.g. "--sort-by headline.unseen_mean --hide-workspace").
-EXPS_DROP := Created$$|(models|data|reports|seggen)/|bench/|arms\.[^.]+\.(tuning|validation)|delta_mIoU|domains\.|headline\.arm$$
+EXPS_DROP := Created$$|(models|data|reports|seggen)/|ablation/|arms\.[^.]+\.(tuning|validation)|delta_mIoU|domains\.|headline\.arm$$
 EXPS_KEEP := Experiment$$|headline\.(in_domain|unseen_mean|unseen_worst_domain|domains_worse_by_2)$$
 exps: install
 	$(VENV)/bin/dvc exp show --only-changed --drop '$(EXPS_DROP)' --keep '$(EXPS_KEEP)' $(EXPS_ARGS)

@@ -1,8 +1,8 @@
-"""The ablation bench's cost: wall time of `dvc repro bench/dvc.yaml` and where it goes, per stage kind.
+"""The ablation's cost: wall time of `dvc repro ablation/dvc.yaml` and where it goes, per stage kind.
 
-    python -m benchmarks.bench_ablation --run   runs `dvc repro bench/dvc.yaml` (timed), then summarises
+    python -m benchmarks.bench_ablation --run   runs `dvc repro ablation/dvc.yaml` (timed), then summarises
     python -m benchmarks.bench_ablation --wall-seconds S
-                                                summarises the latest bench execution in MLflow, with
+                                                summarises the latest ablation execution in MLflow, with
                                                 the wall time S measured around it (`time make bench-ablation`)
 
 The breakdown comes from the MLflow stage runs of that execution (their start and end times); the
@@ -22,11 +22,11 @@ from benchmarks.common import measured_row, update_section
 
 
 def stage_runs(project: Path = Path(".")) -> list:
-    """The stage runs of the latest execution that evaluated a bench arm."""
-    from seggen import tracking
+    """The stage runs of the latest execution that evaluated an ablation arm."""
     from seggen.config import load_params
+    from seggen.pipeline import tracking
 
-    arm = next(iter(load_params("bench/params.yaml").arms))
+    arm = next(iter(load_params("ablation/params.yaml").arms))
     client, _ = tracking.open_client(project)
     exp = client.get_experiment_by_name(tracking.experiment_name())
     last = client.search_runs(
@@ -36,7 +36,7 @@ def stage_runs(project: Path = Path(".")) -> list:
         max_results=1,
     )
     if not last:
-        sys.exit("no bench evaluation in MLflow: run `dvc repro bench/dvc.yaml` (or --run)")
+        sys.exit("no ablation evaluation in MLflow: run `dvc repro ablation/dvc.yaml` (or --run)")
     key = last[0].data.tags[tracking.EXECUTION]
     runs = client.search_runs(
         [exp.experiment_id],
@@ -47,13 +47,13 @@ def stage_runs(project: Path = Path(".")) -> list:
 
 
 def main() -> None:
-    from seggen import tracking
+    from seggen.pipeline import tracking
 
     wall = float(sys.argv[sys.argv.index("--wall-seconds") + 1]) if "--wall-seconds" in sys.argv else None
     note = sys.argv[sys.argv.index("--note") + 1] if "--note" in sys.argv else ""
     if "--run" in sys.argv:
         t = time.perf_counter()
-        subprocess.run([str(Path(sys.executable).parent / "dvc"), "repro", "bench/dvc.yaml"], check=True)
+        subprocess.run([str(Path(sys.executable).parent / "dvc"), "repro", "ablation/dvc.yaml"], check=True)
         wall = time.perf_counter() - t
     runs = stage_runs()
 
@@ -65,15 +65,15 @@ def main() -> None:
     rows = "\n".join(f"| {k} | {len(v)} | {sum(v) / 60:.1f} | {sum(v) / len(v):.0f} |" for k, v in kinds.items())
     total = sum(sum(v) for v in kinds.values())
     stages = len({r.data.tags[tracking.STAGE] for r in runs})
-    body = f"""## Ablation bench
+    body = f"""## Ablation
 
-`dvc repro bench/dvc.yaml` from no bench outputs (the main pipeline's data,
+`dvc repro ablation/dvc.yaml` from no ablation outputs (the main pipeline's data,
 captions and generators up to date), MLflow on (local SQLite). Target: <= 90 min on 2 CPU cores.
 {note}
 
 | measure | value |
 | --- | ---: |
-| wall time of `dvc repro bench/dvc.yaml` | {f"{wall / 60:.1f} min" if wall else "not measured"} |
+| wall time of `dvc repro ablation/dvc.yaml` | {f"{wall / 60:.1f} min" if wall else "not measured"} |
 | first stage start to last stage end (MLflow) | {span / 60:.1f} min |
 | inside the stage functions | {total / 60:.1f} min |
 {measured_row("make bench-ablation")}

@@ -43,7 +43,7 @@ def timed(cmd: list[str], cwd: Path) -> tuple[float, str]:
 
 
 def main() -> None:
-    tmp = Path(tempfile.mkdtemp(prefix="seggen-bench-pipeline-"))
+    tmp = Path(tempfile.mkdtemp(prefix="seggen-ablation-pipeline-"))
     try:
         a = fresh_clone(tmp / "dvc")
         repro, _ = timed([str(BIN / "dvc"), "repro"], a)

@@ -125,7 +125,7 @@ def ours(p, strategy: str, precision: str, workers: int = 1) -> tuple[float, flo
     `stages.synthesize`, what `seggen synthesize` and the pipeline's synthesize stages run (tracking off)."""
     import os
 
-    from seggen import stages
+    from seggen.pipeline import stages
 
     with tempfile.TemporaryDirectory() as tmp:
         q = p.model_copy(
@@ -153,8 +153,8 @@ def ours(p, strategy: str, precision: str, workers: int = 1) -> tuple[float, flo
 def main() -> None:
     import torch
 
-    from seggen.captions import read_captions
     from seggen.data.ade20k import ADE20KDataset
+    from seggen.data.captions import read_captions
     from seggen.training import autocast_dtype
 
     p = load_params()

@@ -158,7 +158,7 @@ def build_sd(root: Path, captions: list[str], xl: bool, tiny: bool, device: str)
     import torch
     from diffusers import EulerDiscreteScheduler, PNDMScheduler
 
-    from seggen.models.text import train_tokenizer
+    from seggen.generators.text import train_tokenizer
 
     a = arch(tiny)
     tmp = root.with_name(root.name + ".partial")
@@ -312,8 +312,8 @@ def _leaves(tree: dict, prefix: str = "") -> dict:
 
 def prepare_data(work: Path, tiny: bool) -> list[str]:
     """The benchmark at the check's resolution and its captions (the parts read both)."""
-    from seggen import stages
-    from seggen.captions import read_captions
+    from seggen.data.captions import read_captions
+    from seggen.pipeline import stages
 
     p = check_params(work, tiny)
     stages.prepare(p)
@@ -398,8 +398,8 @@ def _device() -> str:
 
 
 def _train_generator(work: Path, tiny: bool, kind: str) -> dict:
-    from seggen import stages
-    from seggen.captions import read_captions
+    from seggen.data.captions import read_captions
+    from seggen.pipeline import stages
     from seggen.training import observe_steps
 
     out: dict = {}
@@ -527,9 +527,9 @@ def part_synthesis(work: Path, tiny: bool) -> dict:
     import numpy as np
     import torch
 
-    from seggen import stages
-    from seggen.captions import read_captions
+    from seggen.data.captions import read_captions
     from seggen.data.layout import open_split
+    from seggen.pipeline import stages
 
     p = check_params(work, tiny)
     out: dict = {"batch": p.synthesize.batch_size, "steps": p.synthesize.steps, "precision": "bf16"}
@@ -560,8 +560,8 @@ def part_synthesis(work: Path, tiny: bool) -> dict:
 def part_sdxl(work: Path, tiny: bool) -> dict:
     import torch
 
-    from seggen import stages
-    from seggen.captions import read_captions
+    from seggen.data.captions import read_captions
+    from seggen.pipeline import stages
     from seggen.training import observe_steps
 
     out: dict = {}
@@ -605,7 +605,7 @@ def savers(train) -> list[str]:
 def part_mask2former(work: Path, tiny: bool) -> dict:
     import torch
 
-    from seggen import stages
+    from seggen.pipeline import stages
     from seggen.training import observe_steps
 
     out: dict = {}
@@ -746,7 +746,7 @@ def check(out: Path, tiny: bool, parts: tuple[str, ...], budget: float, work: Pa
     out/gpu_check.json and .md after each part (a run stopped from outside keeps what it measured)."""
     import signal
 
-    from seggen.outputs import claim
+    from seggen.io import claim
 
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)

@@ -20,8 +20,8 @@ def register(app: typer.Typer) -> None:
             ),
         ] = 1,
     ) -> None:
-        """Serve the Prefect deployments at PREFECT_API_URL: full-pipeline, synthesis-only, train-evaluate, and bench
-        where the project has bench/dvc.yaml."""
+        """Serve the Prefect deployments at PREFECT_API_URL: full-pipeline, synthesis-only, train-evaluate, and ablation
+        where the project has ablation/dvc.yaml."""
         from flows.serve import serve as run
 
         run(project, limit)

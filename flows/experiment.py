@@ -89,7 +89,7 @@ def experiment_workspace(project: Path, dvc: str) -> Iterator[Path]:
 
 
 def uncached_outputs(work: Path) -> list[str]:
-    """Every `cache: false` output of the project's pipelines (dvc.yaml and bench/dvc.yaml), relative."""
+    """Every `cache: false` output of the project's pipelines (dvc.yaml and ablation/dvc.yaml), relative."""
     import os
 
     from dvc.repo import Repo

@@ -1,7 +1,7 @@
 """The seggen pipeline as Prefect flows: full pipeline, synthesis only, train + evaluate only.
 
 Each task runs one DVC stage with `dvc repro --single-item STAGE`, which runs the stage's `seggen`
-command (the one implementation in seggen/stages.py) only if its params, code or data changed and
+command (the one implementation in seggen/pipeline/stages.py) only if its params, code or data changed and
 records the result in dvc.lock. So Prefect runs and `dvc repro` share one cache and one lock:
 whatever either has computed the other skips, and a re-triggered flow continues from the stages
 that completed. The tasks run in order in the project directory (stages share it).
@@ -30,7 +30,7 @@ from seggen.config import Params
 # stage list itself lives only there)
 SYNTHESIS = ("preflight", "data", "generators", "synthesis")
 TRAIN_EVALUATE = ("preflight", "segmentation")
-BENCH_UPSTREAM = ("preflight", "data", "generators")  # of dvc.yaml: the bench synthesizes with its models
+BENCH_UPSTREAM = ("preflight", "data", "generators")  # of dvc.yaml: the ablation synthesizes with its models
 # `seggen` exits 2 on bad params or data, the shell 126/127 when a command is missing: retrying cannot help
 PERMANENT = (2, 126, 127)
 
@@ -165,7 +165,7 @@ def run_stage(
 
 
 # profile -> (dvc.yaml, params file)
-PROFILES = {"default": ("dvc.yaml", "params.yaml"), "bench": ("bench/dvc.yaml", "bench/params.yaml")}
+PROFILES = {"default": ("dvc.yaml", "params.yaml"), "ablation": ("ablation/dvc.yaml", "ablation/params.yaml")}
 
 
 def stage_names(project: Path, groups: tuple[str, ...] | None, dvcfile: str = "dvc.yaml") -> list[str]:
@@ -268,7 +268,7 @@ def parameter_schema_for(flow_fn) -> Any:
 
 def _mlflow_runs(project: Path, execution: str) -> tuple[str | None, dict[str, str]]:
     """This execution's MLflow parent run and stage runs (stage name -> URL), found by its tag."""
-    from seggen import tracking
+    from seggen.pipeline import tracking
 
     client, uri = tracking.open_client(project)
     exp = client.get_experiment_by_name(tracking.experiment_name())
@@ -346,9 +346,9 @@ def run_pipeline(
     from prefect.runtime import flow_run
 
     from flows.experiment import experiment_name, experiment_workspace, save_experiment
-    from seggen import tracking
     from seggen.config import load_params
-    from seggen.preflight import require_models
+    from seggen.pipeline import tracking
+    from seggen.pipeline.preflight import require_models
 
     log = get_run_logger()
     project = Path(request.project_dir).resolve()
@@ -373,7 +373,7 @@ def run_pipeline(
         if changes:
             log.info("params changed for this run: %s", json.dumps(changes))
         stages = stage_names(work, groups, dvcfile)
-        if profile == "bench":  # what the bench builds on: the main pipeline's data, prior, generators
+        if profile == "ablation":  # what the ablation builds on: the main pipeline's data, prior, generators
             stages = stage_names(work, BENCH_UPSTREAM) + stages
         started = time.time()
         overall = create_progress_artifact(0.0, key="pipeline-progress", description=f"0/{len(stages)} stages")
@@ -425,12 +425,12 @@ def train_evaluate(request: PipelineRequest = PipelineRequest(), params: Params 
 
 
 @flow(
-    name="seggen-bench",
-    description="The ablation (bench/dvc.yaml): generators, MaskSyn/ImgSyn per data regime, "
+    name="seggen-ablation",
+    description="The ablation (ablation/dvc.yaml): generators, MaskSyn/ImgSyn per data regime, "
     "every arm x seed, both evaluation splits, docs/results.md.",
 )
-def bench(request: PipelineRequest = PipelineRequest(), params: Params | None = None) -> dict:
-    return run_pipeline(request, params, None, "bench")
+def ablation(request: PipelineRequest = PipelineRequest(), params: Params | None = None) -> dict:
+    return run_pipeline(request, params, None, "ablation")
 
 
-FLOWS = {"full-pipeline": pipeline, "synthesis-only": synthesis, "train-evaluate": train_evaluate, "bench": bench}
+FLOWS = {"full-pipeline": pipeline, "synthesis-only": synthesis, "train-evaluate": train_evaluate, "ablation": ablation}

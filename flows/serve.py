@@ -1,4 +1,4 @@
-"""Register the pipeline deployments (and the ablation bench) with a Prefect server.
+"""Register the pipeline deployments (and the ablation) with a Prefect server.
 
 `seggen serve` (or `python -m flows.serve`): this process serves them and runs the flow runs that
 the UI or the API create (no work pool needed). `seggen deploy --pool NAME`: registers them for a
@@ -16,7 +16,7 @@ ENTRYPOINTS = {
     "full-pipeline": "pipeline",
     "synthesis-only": "synthesis",
     "train-evaluate": "train_evaluate",
-    "bench": "bench",
+    "ablation": "ablation",
 }
 
 
@@ -26,13 +26,13 @@ def _parameters(project: Path, name: str) -> dict:
 
 
 def _available(project: Path) -> dict:
-    """The flows whose pipeline file the project has (a project without bench/ gets no bench deployment:
+    """The flows whose pipeline file the project has (a project without ablation/ gets no ablation deployment:
     it could only fail)."""
     return {n: f for n, f in FLOWS.items() if (project / _profile(n)[0]).is_file()}
 
 
 def _profile(name: str) -> tuple[str, str]:
-    return PROFILES["bench" if name == "bench" else "default"]
+    return PROFILES["ablation" if name == "ablation" else "default"]
 
 
 def _typed(deployment, flow_fn):

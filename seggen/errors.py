@@ -33,3 +33,16 @@ def not_found(path, kind: str = "file", what: str = "") -> str:
 
 class TrackingError(SeggenError):
     """An MLflow tracking server that cannot be reached or used, or tracking that a command needs is off."""
+
+
+def server_lost(e: BaseException) -> bool:
+    """True when `e` (or what caused it) says the tracking server cannot be reached any more."""
+    seen = 0
+    while e is not None and seen < 8:
+        name, text = type(e).__name__, str(e)
+        if name in ("ConnectionError", "ConnectTimeout", "ReadTimeout", "MaxRetryError", "NewConnectionError"):
+            return True
+        if "Max retries exceeded" in text or "Connection refused" in text or "Failed to establish" in text:
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False

@@ -2,6 +2,17 @@
 
 A kill at any moment leaves either the old file, the complete new file, or a stray `*.tmp`
 that the next run overwrites -- never a truncated output under the real name.
+
+Output ownership. Output ownership: seggen replaces or clears only directories it wrote itself.
+
+Every directory a command writes as a whole (a dataset, a model's output folder, an evaluation, an
+export, a sample folder) carries the marker file `.seggen`. A command may replace, clear or write
+into such a directory only if it is absent, empty or marked; anything else -- a real dataset, a
+folder of the user's -- stops the command with one line naming the directory, before any compute
+and with every byte left as it was.
+
+`check_*` are called before a command computes anything (no side effects); `claim` creates the
+directory and its marker when the command starts writing.
 """
 
 from __future__ import annotations
@@ -18,6 +29,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from seggen.errors import SeggenError
 
 UMASK = os.umask(0)
 os.umask(UMASK)
@@ -67,8 +80,6 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temp path next to `path`; rename it onto `path` only if the block succeeds."""
     path = Path(path)
     if path.is_dir():
-        from seggen.outputs import OutputError
-
         raise OutputError(f"{path}: is a directory; expected a file name")
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = suffix if suffix is not None else "".join(path.suffixes[-1:])
@@ -129,7 +140,6 @@ def target(path: str | Path) -> Path:
 def _stale(path: Path) -> list[Path]:
     """What an interrupted atomic_dir / staged_files may have left beside `path`: its temp and old
     names, only those that carry seggen's marker (anything else with such a name is the user's)."""
-    from seggen.outputs import MARKER
 
     names = [*path.parent.glob(f".{path.name}.*.tmp"), *path.parent.glob(f".{path.name}.*.old")]
     names.append(path.with_name(f".{path.name}.old"))  # the name earlier versions used
@@ -148,7 +158,6 @@ def _built_beside(path: Path) -> Iterator[Path]:
     """A temp directory beside `path` (its parents made, and removed again if the block fails); OS
     errors in the block name `path`, not the temp name. The temp directory carries the marker from
     the start (so that a killed run's leftover is recognised as seggen's) and is gone afterwards."""
-    from seggen.outputs import mark
 
     with created_parents(path):
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
@@ -167,7 +176,6 @@ def atomic_dir(path: str | Path, what: str, key: str = "output") -> Iterator[Pat
     directory carries seggen's marker; an existing `path` is replaced only if seggen wrote it
     (checked before the block runs, so nothing is computed for an output that cannot be written).
     A symbolic link at `path` is followed: its target is replaced, the link kept."""
-    from seggen.outputs import check_dir, mark
 
     path = target(check_dir(path, key))
     with _built_beside(path) as tmp:
@@ -191,7 +199,6 @@ def staged_files(path: str | Path, what: str, key: str = "output") -> Iterator[P
     other tools keep there (DVC's .gitignore) survive. `path` must be absent, empty or seggen's; it
     is created (with the marker) only when the block succeeds. Entries are moved in name order; the
     caller names the file that marks completion so it sorts last or writes it after."""
-    from seggen.outputs import MARKER, check_dir, claim
 
     path = target(check_dir(path, key))
     with _built_beside(path) as tmp:
@@ -231,7 +238,6 @@ def sha256_file(path: Path) -> str:
 def file_digests(root: str | Path, exclude: set[str] = frozenset()) -> dict[str, list]:
     """Relative path -> [size, sha256] of every file under `root` (sorted), but those in `exclude`
     and seggen's ownership marker (not content: it is rewritten when the directory is swapped in)."""
-    from seggen.outputs import MARKER
 
     root = Path(root)
     out = {}
@@ -270,7 +276,6 @@ def verify_files(root: str | Path, listing: str | Path) -> str | None:
 def unlisted_files(root: str | Path, listing: str | Path) -> list[Path]:
     """Files under `root` that `listing` does not name (seggen's marker and the listing aside):
     someone else's, which seggen must not delete."""
-    from seggen.outputs import MARKER
 
     root, listing = Path(root), Path(listing)
     recorded = _listing(listing)
@@ -293,3 +298,98 @@ def save_grid(rows: list[np.ndarray], path: Path, scale: int = 4) -> Path:
     with atomic_path(path, suffix=".png") as tmp:
         im.save(tmp, format="PNG")
     return path
+
+
+# Output ownership
+
+MARKER = ".seggen"
+# files only seggen writes: outputs of versions before the marker are recognised by them
+LEGACY_SIGNS = (
+    "seggen_meta.json",
+    "seggen_model.json",
+    "seggen_segmenter.json",
+    "model/seggen_model.json",
+    "model/seggen_segmenter.json",
+)
+
+
+class OutputError(SeggenError):
+    """An output location cannot be written (a file in the way, someone else's directory, read-only)."""
+
+
+def _marker_text(what: str) -> str:
+    # deterministic: the marker is part of DVC-tracked outputs, whose hashes must not depend on time
+    return f"Written by seggen ({what}). seggen replaces or clears only directories that hold this file.\n"
+
+
+def is_owned(path: str | Path) -> bool:
+    """True when `path` is absent, an empty directory, or a directory seggen marked."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return True
+    if not path.is_dir():
+        return False
+    return (path / MARKER).is_file() or any((path / s).is_file() for s in LEGACY_SIGNS) or not any(path.iterdir())
+
+
+def _writable_ancestor(path: Path, key: str) -> None:
+    """The nearest existing ancestor must be a writable directory (else creating `path` fails later)."""
+    anc = path.parent
+    while not anc.exists():
+        if anc.is_symlink():  # a dangling link in the way
+            raise OutputError(f"{key} {path}: {anc} is a broken symbolic link")
+        anc = anc.parent
+    if not anc.is_dir():
+        raise OutputError(f"{key} {path}: {anc} is a file, not a directory")
+    if not os.access(anc, os.W_OK | os.X_OK):
+        raise OutputError(f"{key} {path}: {anc} is not writable")
+
+
+def check_dir(path: str | Path, key: str) -> Path:
+    """Raise unless seggen may write the directory `path` (named `key` in params or on the command line)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{key} {path}: is a file; seggen writes a directory there")
+    if path.is_dir():
+        if not is_owned(path):
+            raise OutputError(
+                f"{key} {path}: the directory exists and was not written by seggen (no {MARKER} file in it); "
+                f"seggen does not replace it -- choose another {key} or move it away"
+            )
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise OutputError(f"{key} {path}: not writable")
+        return path
+    _writable_ancestor(path, key)
+    return path
+
+
+def check_file(path: str | Path, key: str) -> Path:
+    """Raise unless a file can be written at `path` (not a directory; its directory can be made)."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{key} {path}: is a directory; expected a file name")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise OutputError(f"{key} {path}: not writable")
+    _writable_ancestor(path, key)
+    return path
+
+
+def claim(path: str | Path, key: str, what: str) -> Path:
+    """check_dir, then create the directory and its marker. Returns the path."""
+    path = check_dir(path, key)
+    path.mkdir(parents=True, exist_ok=True)
+    mark(path, what)
+    return path
+
+
+def mark(directory: str | Path, what: str) -> None:
+    """Write the marker into a directory seggen is building (e.g. the temp tree of atomic_dir)."""
+    marker = Path(directory) / MARKER
+    text = _marker_text(what)
+    if not marker.is_file() or marker.read_text(errors="replace") != text:
+        marker.write_text(text)
+        os.chmod(marker, 0o666 & ~_umask())
+
+
+def _umask() -> int:
+    return UMASK

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import yaml
 
-from seggen.captions import caption_dataset
+from seggen.data.captions import caption_dataset
 
 SYN = {"steps": 3, "batch_size": 4, "threads": 1, "text2mask_guidance": 2.0, "mask2img_guidance": 2.0}
 
@@ -191,8 +191,8 @@ def tiny_stable_diffusion(d: Path, data_root: Path, prediction_type: str = "epsi
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from seggen.captions import read_captions
-    from seggen.models.text import train_tokenizer
+    from seggen.data.captions import read_captions
+    from seggen.generators.text import train_tokenizer
 
     d.mkdir(parents=True, exist_ok=True)
     caption_dataset(data_root, "training", d / "caps.jsonl", progress=False)

@@ -32,8 +32,8 @@ SEGGEN = [sys.executable, "-m", "seggen.cli"]
 def ws(tmp_path_factory) -> Path:
     """A small project: the bundled benchmark, captions, Text2Mask, Mask2Img and a segmenter (tiny),
     the metrics CLIs' inputs, and a copy of the real ADE20K and COCO samples."""
-    from seggen import stages
     from seggen.config import load_params
+    from seggen.pipeline import stages
 
     root = tmp_path_factory.mktemp("bad_input")
     params = merged(yaml.safe_load((REPO / "params.yaml").read_text()), tiny_pipeline_params())
@@ -244,7 +244,7 @@ def _unknown_backbone(ws: Path, c: Path) -> None:
 
 
 def _checkpoints_file(ws: Path, c: Path) -> None:
-    from seggen.outputs import _marker_text
+    from seggen.io import _marker_text
 
     (c / "seg").mkdir()
     (c / "seg" / ".seggen").write_text(_marker_text("train_segmenter"))  # seggen's own output folder

@@ -1,4 +1,4 @@
-"""The ablation bench (bench/dvc.yaml + bench/params.yaml) on a tiny project: `dvc repro bench/dvc.yaml`
+"""The ablation (ablation/dvc.yaml + ablation/params.yaml) on a tiny project: `dvc repro ablation/dvc.yaml`
 runs the main pipeline's data stages and generators, then per-regime synthesis, every arm x seed, both
 evaluation splits and docs/results.md (built from the evaluations' files; tracked to a real `mlflow
 server`)."""
@@ -28,21 +28,21 @@ ABLATION = {
 
 def test_bench_repro_builds_the_results_page(tmp_path, mlflow_server):
     root = make_project(tmp_path / "proj")
-    (root / "bench").mkdir()
-    shutil.copy(REPO / "bench" / "dvc.yaml", root / "bench" / "dvc.yaml")
-    (root / "bench" / "tuning.md").write_text("## Tuning log\n\ntry 1: nothing yet\n")
+    (root / "ablation").mkdir()
+    shutil.copy(REPO / "ablation" / "dvc.yaml", root / "ablation" / "dvc.yaml")
+    (root / "ablation" / "tuning.md").write_text("## Tuning log\n\ntry 1: nothing yet\n")
     # the repo's bench delta (bench-only paths, regimes, ablation) on the tiny project's params.yaml
-    bench = yaml.safe_load((REPO / "bench" / "params.yaml").read_text())
+    bench = yaml.safe_load((REPO / "ablation" / "params.yaml").read_text())
     bench["regimes"] = {"full": {}, "low": {"real_subset": 8, "max_sources": None, "imgsyn_per_source": 2}}
     bench["ablation"] = ABLATION
     bench["segmenter"] = {}
     bench["variants"] = {"leak": bench["variants"]["leak"]}  # one variant: its corpus, prior, Mask2Img, arms
-    (root / "bench" / "params.yaml").write_text(yaml.safe_dump(bench, sort_keys=False))
+    (root / "ablation" / "params.yaml").write_text(yaml.safe_dump(bench, sort_keys=False))
     # its own experiment: test_pipeline.py reads the shared server's `seggen` experiment
-    env = {**_env(mlflow_server), "MLFLOW_EXPERIMENT_NAME": "seggen-bench-test"}
-    r = dvc(root, "repro", "bench/dvc.yaml", env=env)
+    env = {**_env(mlflow_server), "MLFLOW_EXPERIMENT_NAME": "seggen-ablation-test"}
+    r = dvc(root, "repro", "ablation/dvc.yaml", env=env)
     stages = ran(r)
-    # the main pipeline's data stages and generators first (none of its segmenters), then the bench's own
+    # the main pipeline's data stages and generators first (none of its segmenters), then the ablation's own
     assert stages[:3] == ["check_models", "prepare", "caption"] and "train_segmenter@baseline" not in stages
     assert {"train_text2mask", "train_mask2img"} <= set(stages)
     for s in (
@@ -56,14 +56,15 @@ def test_bench_repro_builds_the_results_page(tmp_path, mlflow_server):
         "evaluate_variant@full-leak-0",
         "report",
     ):
-        assert f"bench/dvc.yaml:{s}" in stages
+        assert f"ablation/dvc.yaml:{s}" in stages
 
     # the low regime's synthetic data come from its 8 real images only
     low = [
-        json.loads(line) for line in (root / "data/bench/synthetic/low/imgsyn/manifest.jsonl").read_text().splitlines()
+        json.loads(line)
+        for line in (root / "data/ablation/synthetic/low/imgsyn/manifest.jsonl").read_text().splitlines()
     ]
     assert len({row["source_id"] for row in low}) == 8 and len(low) == 16
-    info = json.loads((root / "models/segmenter/low-both-s0/model/seggen_segmenter.json").read_text())
+    info = json.loads((root / "models/ablation/segmenter/low-both-s0/model/seggen_segmenter.json").read_text())
     assert info["real_images"] == 8
 
     # the page: mean ± std over the seeds, equal to what the evaluations wrote (the shifted split: the mean
@@ -72,7 +73,7 @@ def test_bench_repro_builds_the_results_page(tmp_path, mlflow_server):
     for group in ("full-baseline", "low-baseline", "low-both"):
         vals = {
             s: [
-                json.loads((root / "reports/bench/eval" / f"{group}-s{k}" / s / "scores.json").read_text())[key]
+                json.loads((root / "reports/ablation/eval" / f"{group}-s{k}" / s / "scores.json").read_text())[key]
                 for k in (0, 1)
             ]
             for s, key in (("validation", "mIoU"), ("validation_shift", "mIoU_domain_mean"))
@@ -91,7 +92,7 @@ def test_bench_repro_builds_the_results_page(tmp_path, mlflow_server):
             d = statistics.fmean(vals["validation"]) - statistics.fmean(
                 [
                     json.loads(
-                        (root / "reports/bench/eval" / f"{base}-s{k}" / "validation" / "scores.json").read_text()
+                        (root / "reports/ablation/eval" / f"{base}-s{k}" / "validation" / "scores.json").read_text()
                     )["mIoU"]
                     for k in (0, 1)
                 ]
@@ -105,4 +106,4 @@ def test_bench_repro_builds_the_results_page(tmp_path, mlflow_server):
     assert {"img/results/corpus.png", "img/results/styles.png", "img/results/synthetic_vs_shifted.png"} <= set(pictures)
     for p in pictures:
         assert (root / "docs" / p).stat().st_size > 1000, p
-    assert ran(dvc(root, "repro", "bench/dvc.yaml", env=env)) == ["check_models"]
+    assert ran(dvc(root, "repro", "ablation/dvc.yaml", env=env)) == ["check_models"]

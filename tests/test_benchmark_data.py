@@ -14,7 +14,7 @@ from seggen.data.ade20k import ADE20KDataset
 from seggen.data.benchmark import SPLITS, generate, stale_reason
 from seggen.data.coco import CocoPanoptic
 from seggen.data.meta import load_meta
-from seggen.prepare import check_dataset
+from seggen.data.prepare import check_dataset
 
 
 def few(n: int) -> str:

@@ -5,7 +5,7 @@ import shutil
 import numpy as np
 import pytest
 
-from seggen.captions import caption_dataset, label_caption, plural, read_captions
+from seggen.data.captions import caption_dataset, label_caption, plural, read_captions
 from seggen.data.meta import load_meta
 from seggen.errors import DataError
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from seggen.ci_check import compare
+from seggen.pipeline.ci_check import compare
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,9 +28,9 @@ def test_compare_bands():
 def test_scores_on_other_data_do_not_compare(tmp_path):
     """The registry's reference records what data it was scored on: the benchmark's fingerprint (its
     domains included), or a real dataset's root. Other data, even under the same split names, is refused."""
-    from seggen.ci_check import data_fingerprint
     from seggen.config import BenchmarkParams, load_params
     from seggen.data.benchmark import fingerprint
+    from seggen.pipeline.ci_check import data_fingerprint
     from seggen.reporting.scores import gate_scores
 
     def params_at(tmp: Path, name: str):

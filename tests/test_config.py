@@ -82,9 +82,9 @@ def test_cli_reports_bad_params_in_one_line(tmp_path):
 
 
 def test_bench_profile_is_valid_and_complete():
-    """bench/params.yaml: (4 groups + 2 variants) x 3 seeds x 2 regimes; the low regime's arms train on
+    """ablation/params.yaml: (4 groups + 2 variants) x 3 seeds x 2 regimes; the low regime's arms train on
     its subset; a variant's arms train like `both` on the variant's synthetic data."""
-    p = load_params(REPO / "bench" / "params.yaml")
+    p = load_params(REPO / "ablation" / "params.yaml")
     assert set(p.regimes) == {"full", "low"}
     low = p.regime("low").synthesize
     assert low.real_subset and str(low.out) == f"{p.synthesize.out}/low"
@@ -109,9 +109,28 @@ def test_bench_profile_is_valid_and_complete():
     )
     assert (leak.strategy, leak.synthetic, leak.seed) == (both.strategy, both.synthetic, 1)
     assert p.variant("leak").prior.corpus.include_unseen and not p.variant("noprior").prior.enabled
-    # the data and captions are the main pipeline's (bench/dvc.yaml depends on them)
+    # the data and captions are the main pipeline's (ablation/dvc.yaml depends on them)
     main = load_params(REPO / "params.yaml")
     assert p.data == main.data and p.caption == main.caption
+
+
+def test_one_name_picks_any_run():
+    """`--arm NAME` picks an arm, a variant, a regime or REGIME-VARIANT; the arms of the ablation train
+    under its own arms_root, the pipeline's under models/segmenter."""
+    p = load_params(REPO / "ablation" / "params.yaml")
+    assert str(p.pick("full-both-s0").segmenter.out) == "models/ablation/segmenter/full-both-s0"
+    assert str(load_params(REPO / "params.yaml").pick("seggen").segmenter.out) == "models/segmenter/seggen"
+    leak = p.pick("leak")
+    assert leak.prior.corpus.include_unseen and str(leak.prior.out) == f"{p.prior.out}-leak"
+    assert str(p.pick("low").synthesize.out) == f"{p.synthesize.out}/low"
+    low_leak = p.pick("low-leak")
+    assert str(low_leak.synthesize.out) == f"{p.synthesize.out}-leak/low" and low_leak.prior.corpus.include_unseen
+    assert low_leak.synthesize.real_subset == p.pick("low").synthesize.real_subset == 10
+    with pytest.raises(ConfigError, match=r"--arm nope: no such arm, variant or regime \(have: .*low-leak"):
+        p.pick("nope")
+    # names that two kinds share would make `--arm` ambiguous: refused, naming the key
+    with pytest.raises(ConfigError, match="regimes.leak: also a name of variants"):
+        load_params(REPO / "ablation" / "params.yaml", {"regimes.leak": {}})
 
 
 @pytest.mark.parametrize(

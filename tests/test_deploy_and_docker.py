@@ -106,7 +106,7 @@ def test_example_workflow_runs_the_tests_and_the_gate():
 
 
 def test_deploy_registers_the_deployments_on_a_work_pool(prefect_server, tmp_path):
-    for f in ("dvc.yaml", "params.yaml", "bench/dvc.yaml", "bench/params.yaml"):
+    for f in ("dvc.yaml", "params.yaml", "ablation/dvc.yaml", "ablation/params.yaml"):
         (tmp_path / f).parent.mkdir(exist_ok=True)
         shutil.copy(REPO / f, tmp_path / f)
     from seggen.config import load_params, write_params
@@ -124,14 +124,14 @@ def test_deploy_registers_the_deployments_on_a_work_pool(prefect_server, tmp_pat
     )
     with urllib.request.urlopen(req, timeout=30) as resp:
         deps = [d for d in json.loads(resp.read()) if d.get("work_pool_name") == "seggen-test"]
-    assert {d["name"] for d in deps} == {"full-pipeline", "synthesis-only", "train-evaluate", "bench"}
+    assert {d["name"] for d in deps} == {"full-pipeline", "synthesis-only", "train-evaluate", "ablation"}
     assert all(d["parameters"]["request"]["project_dir"] == str(tmp_path) for d in deps)
-    assert all("profile" not in d["parameters"]["request"] for d in deps)  # the bench flow is the bench
+    assert all("profile" not in d["parameters"]["request"] for d in deps)  # the ablation flow is the ablation
     # the typed form: the params schema, its defaults the project's params files
     by_name = {d["name"]: d for d in deps}
     for name, d in by_name.items():
         assert d["parameter_openapi_schema"]["properties"]["params"]["$ref"].endswith("/Params")
-        file = "bench/params.yaml" if name == "bench" else "params.yaml"
+        file = "ablation/params.yaml" if name == "ablation" else "params.yaml"
         want = load_params(tmp_path / file).segmenter.train.steps
         assert d["parameters"]["params"]["segmenter"]["train"]["steps"] == want
     assert by_name["train-evaluate"]["parameters"]["params"]["segmenter"]["train"]["steps"] == 401
@@ -139,7 +139,7 @@ def test_deploy_registers_the_deployments_on_a_work_pool(prefect_server, tmp_pat
         "flows/pipeline.py:pipeline",
         "flows/pipeline.py:synthesis",
         "flows/pipeline.py:train_evaluate",
-        "flows/pipeline.py:bench",
+        "flows/pipeline.py:ablation",
     }
     for d in deps:  # the same names are served by test_pipeline.py against this server
         urllib.request.urlopen(

@@ -184,7 +184,7 @@ def test_the_pages_speak_to_users():
             "Makefile",
             "params.yaml",
             "profiles",
-            "bench",
+            "ablation",
             "ci",
             "dvc.yaml",
             ":!tests/test_docs.py",

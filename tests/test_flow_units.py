@@ -53,29 +53,32 @@ def test_only_transient_failures_are_retried():
 
 
 def test_bench_profile_stages_and_overrides(tmp_path):
-    """The bench flow runs bench/dvc.yaml's stages (regime x strategy, arm x seed) and writes its
-    overrides into bench/params.yaml, not params.yaml."""
-    names = stage_names(REPO, None, "bench/dvc.yaml")
-    p = load_params(REPO / "bench" / "params.yaml")
-    assert names[:2] == ["bench/dvc.yaml:synthesize@full-masksyn", "bench/dvc.yaml:synthesize@full-imgsyn"]
-    assert sum(n.startswith("bench/dvc.yaml:synthesize@") for n in names) == 2 * len(p.regimes)
+    """The ablation flow runs ablation/dvc.yaml's stages (regime x strategy, arm x seed) and writes its
+    overrides into ablation/params.yaml, not params.yaml."""
+    names = stage_names(REPO, None, "ablation/dvc.yaml")
+    p = load_params(REPO / "ablation" / "params.yaml")
+    assert names[:2] == ["ablation/dvc.yaml:synthesize@full-masksyn", "ablation/dvc.yaml:synthesize@full-imgsyn"]
+    assert sum(n.startswith("ablation/dvc.yaml:synthesize@") for n in names) == 2 * len(p.regimes)
     # REGIME-GROUP-sSEED and REGIME-VARIANT-sSEED arms, one stage each (DVC names matrix stages
     # REGIME-GROUP-SEED); the groups' arms in the order of p.arms
     groups = [a for a in p.arms if a.split("-")[1] not in p.variants]
     assert [n for n in names if ":train_segmenter@" in n] == [
-        f"bench/dvc.yaml:train_segmenter@{a.replace('-s', '-')}" for a in groups
+        f"ablation/dvc.yaml:train_segmenter@{a.replace('-s', '-')}" for a in groups
     ]
     trained = {n.split("@")[1] for n in names if ":train_segmenter" in n}
     assert trained == {a.replace("-s", "-") for a in p.arms}
-    assert len(p.arms) == 36 and stage_names(REPO, ("segmentation",), "bench/dvc.yaml")[-1] == "bench/dvc.yaml:report"
-    (tmp_path / "bench").mkdir()
-    shutil.copy(REPO / "bench" / "params.yaml", tmp_path / "bench" / "params.yaml")
+    assert (
+        len(p.arms) == 36
+        and stage_names(REPO, ("segmentation",), "ablation/dvc.yaml")[-1] == "ablation/dvc.yaml:report"
+    )
+    (tmp_path / "ablation").mkdir()
+    shutil.copy(REPO / "ablation" / "params.yaml", tmp_path / "ablation" / "params.yaml")
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
-    apply_overrides(tmp_path, {"segmenter.train.steps": 200}, "bench/params.yaml")
-    assert load_params(tmp_path / "bench" / "params.yaml").segmenter.train.steps == 200
+    apply_overrides(tmp_path, {"segmenter.train.steps": 200}, "ablation/params.yaml")
+    assert load_params(tmp_path / "ablation" / "params.yaml").segmenter.train.steps == 200
     assert (tmp_path / "params.yaml").read_text() == (REPO / "params.yaml").read_text()
     with pytest.raises(ValidationError):  # each deployment runs its own pipeline file: no choice to ignore
-        PipelineRequest(profile="bench")
+        PipelineRequest(profile="ablation")
 
 
 def test_stage_output_keeps_the_stages_lines_without_dvc_hints():
@@ -267,11 +270,11 @@ def test_the_form_is_the_params_schema_with_the_projects_values():
     bad = {**defaults, "segmenter": {**defaults["segmenter"], "train": {**defaults["segmenter"]["train"], "steps": -5}}}
     with pytest.raises(jsonschema.ValidationError, match="-5 is less than the minimum of 1"):
         jsonschema.validate({**full, "params": bad}, schema)
-    # the bench deployment's defaults validate again (its arms are generated from `ablation`)
+    # the ablation deployment's defaults validate again (its arms are generated from `ablation`)
     from seggen.config import Params
 
-    bench = Params.model_validate(form_defaults(REPO, "bench/params.yaml"))
-    assert bench.arms == load_params(REPO / "bench/params.yaml").arms
+    bench = Params.model_validate(form_defaults(REPO, "ablation/params.yaml"))
+    assert bench.arms == load_params(REPO / "ablation/params.yaml").arms
 
 
 def test_form_changes_are_what_the_user_edited():
@@ -294,8 +297,8 @@ def test_form_changes_are_what_the_user_edited():
     now = load_params(REPO / "params.yaml", {"segmenter.train.lr": 0.01})
     assert load_params(REPO / "params.yaml", {"segmenter.train.lr": 0.01, **changes}).segmenter.train.lr == 0.01
     assert now.segmenter.train.lr == 0.01
-    # the bench: generated arms are never a change
-    bench = load_params(REPO / "bench/params.yaml")
+    # the ablation: generated arms are never a change
+    bench = load_params(REPO / "ablation/params.yaml")
     btree = bench.model_dump(mode="json")
     btree["arms"] = {}
     btree["ablation"]["seeds"] = [0]
@@ -306,7 +309,7 @@ def test_the_summary_links_each_stage_to_its_own_run(tmp_path, monkeypatch):
     """The pipeline's parent run carries the tags of the stage that opened it (its stage name too):
     the summary's link for that stage is the stage's run, never the parent."""
     from flows.pipeline import _mlflow_runs
-    from seggen import tracking
+    from seggen.pipeline import tracking
 
     monkeypatch.delenv("SEGGEN_TRACKING", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

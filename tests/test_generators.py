@@ -443,7 +443,7 @@ def test_ema_and_bf16_train_checkpoint_and_resume(small_benchmark, tmp_path, cap
 
 def test_a_checkpoint_with_non_finite_weights_is_never_written(tmp_path):
     from seggen.errors import TrainingError
-    from seggen.models.checkpoint import RawStateDict, write_checkpoint
+    from seggen.training.checkpoint import RawStateDict, write_checkpoint
 
     m = torch.nn.Linear(2, 2)
     with torch.no_grad():

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from benchmarks import gpu_check
-from seggen import stages
+from seggen.pipeline import stages
 from seggen.training import observe_steps
 
 pytestmark = pytest.mark.gpu

@@ -54,7 +54,7 @@ def seg_params(tmp: Path, data_root: Path, **train) -> Path:
 
 def log(kind: str, model_dir: Path, tags: dict | None = None) -> str:
     """Log a model directory the way the stages do (a stage run, then StageRun.log_model)."""
-    from seggen import tracking
+    from seggen.pipeline import tracking
 
     with tracking.stage_run(f"test_{kind}", {}) as run:
         run.log_model(model_dir, kind, tags)
@@ -97,7 +97,7 @@ def test_generators_as_mlflow_models(store, tiny_gens, small_benchmark, tmp_path
     v = version_of(store, "seggen-mask2img", run_m2i)
     model = mlflow.pyfunc.load_model(f"models:/seggen-mask2img/{v.version}")
     mask = next((small_benchmark / "annotations" / "training").glob("*.png"))
-    from seggen.mlflow_models import encode_png
+    from seggen.pipeline.mlflow_models import encode_png
 
     palette = np.asarray(
         json.loads((tiny_gens / "m2i" / "model" / "seggen_model.json").read_text())["palette"], np.uint8
@@ -138,7 +138,7 @@ def test_segmenter_pyfunc_registry_and_aliases(store, tiny_seg, small_benchmark,
     """pyfunc labels == `seggen evaluate`'s; the registry's aliases are set by digest."""
     import mlflow
 
-    from seggen import registry
+    from seggen.pipeline import registry
     from seggen.segmenter.evaluate import evaluate
 
     p, model_dir = tiny_seg
@@ -169,7 +169,7 @@ def test_serve_champion(store, tiny_seg, small_benchmark, tmp_path):
     """`mlflow models serve` of models:/seggen-segmenter@champion answers a real POST of a PNG with
     the label map `seggen evaluate` writes."""
     from conftest import free_port, wait_http
-    from seggen import registry
+    from seggen.pipeline import registry
     from seggen.segmenter.evaluate import evaluate
 
     p, model_dir = tiny_seg
@@ -209,7 +209,7 @@ def test_serve_champion(store, tiny_seg, small_benchmark, tmp_path):
 def test_training_metrics_are_live(store, small_benchmark, tmp_path):
     """While `seggen train_segmenter` runs, its MLflow run already holds loss, learning rate and
     throughput at steps 5, 10, ... (not one batch at the end), and system metrics."""
-    from seggen import tracking
+    from seggen.pipeline import tracking
 
     params = seg_params(tmp_path, small_benchmark, steps=400)
     proc = subprocess.Popen(

@@ -1,5 +1,5 @@
 """No value of the params ever runs as a command: the stage commands take no `${...}` (dvc.yaml and
-bench/dvc.yaml name their items as seggen templates), and the schema refuses paths and names with
+ablation/dvc.yaml name their items as seggen templates), and the schema refuses paths and names with
 characters a shell or DVC's interpolation would read -- in seggen, in the Prefect form, and under a
 real `dvc repro`."""
 
@@ -82,8 +82,8 @@ def test_the_prefect_form_refuses_them_before_a_run_exists():
 def _project(tmp_path: Path) -> Path:
     """The project's pipeline files in an empty DVC project (no git), tiny benchmark params."""
     proj = tmp_path / "proj"
-    (proj / "bench").mkdir(parents=True)
-    for rel in ("dvc.yaml", "params.yaml", "bench/dvc.yaml", "bench/params.yaml"):
+    (proj / "ablation").mkdir(parents=True)
+    for rel in ("dvc.yaml", "params.yaml", "ablation/dvc.yaml", "ablation/params.yaml"):
         shutil.copy(REPO / rel, proj / rel)
     shutil.copytree(REPO / "seggen", proj / "seggen", ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=proj, check=True, env=_env())
@@ -145,10 +145,10 @@ def test_under_dvc_repro_no_value_executes_and_paths_with_spaces_work(tmp_path):
         ("params.yaml", {"data.root": f"data/{evil}"}, "check_data"),
         ("params.yaml", {"arms": {evil: {"strategy": "real"}}}, f"train_segmenter@{evil}"),
         ("params.yaml", {"evaluate.splits": [evil]}, f"evaluate@baseline-{evil}"),
-        ("bench/params.yaml", {"regimes": {evil: {}}}, f"bench/dvc.yaml:synthesize@{evil}-masksyn"),
-        ("bench/params.yaml", {"variants": {evil: {}}}, f"bench/dvc.yaml:prepare_corpus_variant@{evil}"),
+        ("ablation/params.yaml", {"regimes": {evil: {}}}, f"ablation/dvc.yaml:synthesize@{evil}-masksyn"),
+        ("ablation/params.yaml", {"variants": {evil: {}}}, f"ablation/dvc.yaml:prepare_corpus_variant@{evil}"),
     ]
-    saved = {rel: (proj / rel).read_text() for rel in ("params.yaml", "bench/params.yaml")}
+    saved = {rel: (proj / rel).read_text() for rel in ("params.yaml", "ablation/params.yaml")}
     for rel, changes, stage in cases:
         _set(proj, rel, changes)
         _create_deps(proj, stage)

@@ -445,7 +445,7 @@ def test_prefect_deployment_triggered_through_the_api(project, prefect_server):
     checkout = {f: (root / f).read_bytes() for f in ("params.yaml", "dvc.lock", "reports/summary.json")}
     status = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True).stdout
     try:
-        # no bench deployment: the project has no bench/dvc.yaml yet (the browser test adds one)
+        # no ablation deployment: the project has no ablation/dvc.yaml yet (the browser test adds one)
         _wait_served(
             prefect_server, serve, root.parent / "serve.log", {"full-pipeline", "synthesis-only", "train-evaluate"}
         )
@@ -578,7 +578,7 @@ FLOW_OF = {
     "full-pipeline": "pipeline",
     "synthesis-only": "synthesis",
     "train-evaluate": "train-evaluate",
-    "bench": "bench",
+    "ablation": "ablation",
 }
 
 
@@ -602,21 +602,21 @@ def _submit_form(page, ui: str, api_url: str, deployment: str, field: tuple[str,
 
 
 def _add_tiny_bench(root: Path) -> None:
-    """The project gets the repo's bench/dvc.yaml (so `seggen serve` offers the bench deployment) with
+    """The project gets the repo's ablation/dvc.yaml (so `seggen serve` offers the ablation deployment) with
     the smallest ablation: one regime, the baseline group, one seed, no generator variants."""
-    (root / "bench").mkdir(exist_ok=True)
-    shutil.copy(REPO / "bench" / "dvc.yaml", root / "bench" / "dvc.yaml")
-    (root / "bench" / "tuning.md").write_text("## Tuning log\n\nnothing yet\n")
-    bench = yaml.safe_load((REPO / "bench" / "params.yaml").read_text())
+    (root / "ablation").mkdir(exist_ok=True)
+    shutil.copy(REPO / "ablation" / "dvc.yaml", root / "ablation" / "dvc.yaml")
+    (root / "ablation" / "tuning.md").write_text("## Tuning log\n\nnothing yet\n")
+    bench = yaml.safe_load((REPO / "ablation" / "params.yaml").read_text())
     bench.update(
         segmenter={},
         regimes={"full": {}},
         ablation={"groups": {"baseline": {"strategy": "real"}}, "seeds": [0]},
         variants={},
     )
-    (root / "bench" / "params.yaml").write_text(yaml.safe_dump(bench, sort_keys=False))
-    subprocess.run(["git", "add", "bench"], cwd=root, check=True)
-    subprocess.run(["git", "commit", "-qm", "a tiny bench"], cwd=root, check=True)
+    (root / "ablation" / "params.yaml").write_text(yaml.safe_dump(bench, sort_keys=False))
+    subprocess.run(["git", "add", "ablation"], cwd=root, check=True)
+    subprocess.run(["git", "commit", "-qm", "a tiny ablation"], cwd=root, check=True)
 
 
 def _saved_params(root: Path, env: dict, run_name: str, params_file: str = "params.yaml") -> dict:
@@ -695,8 +695,8 @@ def test_prefect_ui_typed_form_and_mlflow_comparison_in_a_browser(project, prefe
                 page, ui, prefect_server, "synthesis-only", ("Synthesize", "Steps"), new_syn
             )
             runs["full-pipeline"] = _submit_form(page, ui, prefect_server, "full-pipeline", field, new_steps + 2)
-            runs["bench"] = _submit_form(page, ui, prefect_server, "bench", field, new_steps + 3)
-            for name in ("synthesis-only", "full-pipeline", "bench"):
+            runs["ablation"] = _submit_form(page, ui, prefect_server, "ablation", field, new_steps + 3)
+            for name in ("synthesis-only", "full-pipeline", "ablation"):
                 _wait_run(prefect_server, runs[name], log_path)
             # MLflow's UI: the run-comparison view of two arms' evaluations
             from mlflow import MlflowClient
@@ -724,7 +724,7 @@ def test_prefect_ui_typed_form_and_mlflow_comparison_in_a_browser(project, prefe
     assert _saved_params(root, env, names["train-evaluate"])["segmenter"]["train"]["steps"] == new_steps
     assert _saved_params(root, env, names["synthesis-only"])["synthesize"]["steps"] == new_syn
     assert _saved_params(root, env, names["full-pipeline"])["segmenter"]["train"]["steps"] == new_steps + 2
-    bench = _saved_params(root, env, names["bench"], "bench/params.yaml")
+    bench = _saved_params(root, env, names["ablation"], "ablation/params.yaml")
     assert bench["segmenter"]["train"]["steps"] == new_steps + 3
-    arts = _api(prefect_server, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [runs["bench"]]}}})
+    arts = _api(prefect_server, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [runs["ablation"]]}}})
     assert "| full-baseline-s0 |" in next(a["data"] for a in arts if a["key"] == "seggen-summary")

@@ -311,7 +311,7 @@ def test_ade20k_meta_matches_official_csv(real):
 
 def test_data_check_reads_a_coco_root(real):
     """images + annotations/*.json: panoptic and instances JSON checked fully, every image and mask loaded."""
-    from seggen.prepare import check_dataset
+    from seggen.data.prepare import check_dataset
 
     counts = check_dataset(real / "coco", progress=False)
     assert counts == {

@@ -95,7 +95,7 @@ def test_captions_use_the_full_names():
     """Multi-word ADE20K classes reach captions whole ("a traffic light", not "a traffic")."""
     import numpy as np
 
-    from seggen.captions import label_caption
+    from seggen.data.captions import label_caption
     from seggen.data.meta import ade20k_meta
 
     meta = ade20k_meta()
@@ -129,7 +129,7 @@ def test_prediction_type_follows_the_checkpoint(small_benchmark, tmp_path, own):
     )
     with pytest.raises(ConfigError, match=rf"mask2img\.prediction_type: sample, but .* was trained to predict {own}"):
         train_mask2img(wrong, progress=False)
-    from seggen.preflight import check_models
+    from seggen.pipeline.preflight import check_models
 
     problems = {r.key: pr for r, pr in check_models(wrong)}
     assert (

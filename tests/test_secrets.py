@@ -16,7 +16,7 @@ import yaml
 
 from conftest import free_port
 from helpers import TINY_SEG_MODEL
-from seggen import tracking
+from seggen.pipeline import tracking
 
 SECRET = "S3cret-p%40ss"  # percent-encoded in the URI: the password is S3cret-p@ss
 

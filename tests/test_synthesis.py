@@ -47,7 +47,7 @@ def reference(gens, tmp_path_factory):
 
 
 def test_masksyn_dataset_reads_like_real_data(reference, small_benchmark):
-    from seggen.prepare import check_dataset
+    from seggen.data.prepare import check_dataset
 
     out = reference["out"]
     counts = check_dataset(out, ["training"])  # ADE20K layout and the panoptic layout, every sample loaded
@@ -154,7 +154,7 @@ def test_dask_two_workers_equal_single_process(reference, gens, tmp_path, prefec
 def test_imgsyn_filters_mark_pixels_and_drop_samples(gens, tmp_path, small_benchmark):
     from seggen.data.ade20k import ADE20KDataset
     from seggen.data.images import load_label_png
-    from seggen.prepare import check_dataset
+    from seggen.data.prepare import check_dataset
 
     filt = {
         "sample": True,
@@ -302,7 +302,7 @@ def test_low_data_regime_synthesizes_from_the_segmenters_subset_only(gens, tmp_p
 
 
 def test_filter_segmenter_of_the_low_data_regime_sees_the_subset_only(small_benchmark):
-    from seggen.models import probe
+    from seggen.synthesis import probe
 
     x_all, y_all = probe.load_resized(small_benchmark, "training", 16)
     _, x, y = probe.train_probe(small_benchmark, 16, 0, steps=1, batch=2, progress=False, subset=[0, 3])

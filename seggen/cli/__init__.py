@@ -38,18 +38,16 @@ def _plugins() -> None:
 class _State:
     params_path: Path = DEFAULT_PARAMS
     overrides: list[str] = []
-    variant: str | None = None
 
     def params(self, extra: dict | None = None) -> Params:
         ov = parse_overrides(self.overrides)
         ov.update({k: v for k, v in (extra or {}).items() if v is not None})
-        p = load_params(self.params_path, ov)
-        return p.variant(self.value(self.variant, "--variant")) if self.variant else p
+        return load_params(self.params_path, ov)
 
     def value(self, value: str | None, option: str) -> str | None:
         """An option's value; a template such as '{item.arm}' (what dvc.yaml passes) filled from the DVC
-        stage this command runs as (seggen.dvcstage), so that no params value passes through a shell."""
-        from seggen import dvcstage
+        stage this command runs as (seggen.pipeline.dvcstage), so that no params value passes through a shell."""
+        from seggen.pipeline import dvcstage
 
         if not dvcstage.is_template(value):
             return value
@@ -74,9 +72,6 @@ def _root(
         bool, typer.Option("--offline", help="No MLflow tracking for this command (same as SEGGEN_TRACKING=off).")
     ] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Print the traceback of an error.")] = False,
-    variant: Annotated[
-        str | None, typer.Option("--variant", help="Run with the params of this variant (`variants` in the file).")
-    ] = None,
 ) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not verbose:  # per-request and per-worker chatter of the Prefect client and Dask
@@ -84,11 +79,10 @@ def _root(
             logging.getLogger(name).setLevel(logging.WARNING)
     state.params_path = params
     state.overrides = list(set_ or [])
-    state.variant = variant
     if offline:
         import os
 
-        from seggen.tracking import TRACKING_ENV
+        from seggen.pipeline.tracking import TRACKING_ENV
 
         os.environ[TRACKING_ENV] = "off"
 

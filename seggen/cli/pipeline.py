@@ -1,4 +1,4 @@
-"""The stage commands, in pipeline order: each is the DVC stage and the function of seggen/stages.py
+"""The stage commands, in pipeline order: each is the DVC stage and the function of seggen/pipeline/stages.py
 of the same name."""
 
 from __future__ import annotations
@@ -11,6 +11,14 @@ import typer
 from seggen.cli import app, state
 from seggen.errors import ConfigError, SeggenError
 
+# the one way to pick a run other than the main one (seggen.config.experiments.pick)
+Arm = Annotated[
+    str | None,
+    typer.Option(
+        help="Run as this arm, variant, regime or REGIME-VARIANT of the params file (`arms`, `variants`, `regimes`)."
+    ),
+]
+
 
 @app.command("check_models")
 def check_models_cmd(
@@ -19,7 +27,7 @@ def check_models_cmd(
     ] = None,
 ) -> None:
     """Resolve every pretrained model the params name (ids and directories) in seconds: one line per model."""
-    from seggen import stages
+    from seggen.pipeline import stages
 
     results, lines = stages.check_models(state.params(), out)
     typer.echo("\n".join(lines))
@@ -39,7 +47,7 @@ def prepare(
     root: Annotated[Path | None, typer.Option(help="Override data.root.")] = None,
 ) -> None:
     """Generate the bundled benchmark (or check a real dataset root) at data.root."""
-    from seggen import stages
+    from seggen.pipeline import stages
 
     p = state.params({"data.root": str(root) if root else None})
     out = stages.prepare(p, force=force)
@@ -54,7 +62,7 @@ def check_data_cmd(
 ) -> None:
     """Load every sample of a dataset (ADE20K layout, with its panoptic JSON where present, or a COCO
     root: images + annotations/*.json) and stop at the first problem, naming the file."""
-    from seggen import stages
+    from seggen.pipeline import stages
 
     typer.echo("\n".join(stages.check_data(state.params(), root, split, out)))
 
@@ -66,7 +74,7 @@ def caption(
     out: Annotated[Path | None, typer.Option(help="JSONL output (caption.out).")] = None,
 ) -> None:
     """Caption every training image (skips images already captioned by the same captioner)."""
-    from seggen import stages
+    from seggen.pipeline import stages
 
     p = state.params({"caption.captioner": captioner, "caption.model": model, "caption.out": str(out) if out else None})
     c = p.caption
@@ -74,12 +82,14 @@ def caption(
     typer.echo(f"{c.out}: {stats['captioned']} captioned, {stats['skipped']} already there")
 
 
-def _train(section: str, steps: int | None, out: Path | None) -> None:
+def _train(section: str, steps: int | None, out: Path | None, arm: str | None = None) -> None:
     """A generator's training stage with `SECTION.train.steps` / `SECTION.out` from the options."""
-    from seggen import stages
+    from seggen.pipeline import stages
 
     p = state.params({f"{section}.train.steps": steps, f"{section}.out": str(out) if out else None})
-    typer.echo(f"model written to {getattr(stages, f'train_{section}')(p)}")
+    train = getattr(stages, f"train_{section}")
+    model = train(p, state.value(arm, "--arm")) if arm else train(p)
+    typer.echo(f"model written to {model}")
 
 
 @app.command("train_text2mask")
@@ -95,18 +105,19 @@ def train_text2mask_cmd(
 def prepare_corpus_cmd(
     num_images: Annotated[int | None, typer.Option(help="prior.corpus.num_images")] = None,
     out: Annotated[Path | None, typer.Option(help="prior.corpus.out")] = None,
+    arm: Arm = None,
 ) -> None:
     """Render the captioned, unlabelled "web" corpus the prior learns from (no masks)."""
-    from seggen import stages
+    from seggen.pipeline import stages
 
     p = state.params({"prior.corpus.num_images": num_images, "prior.corpus.out": str(out) if out else None})
-    s = stages.prepare_corpus(p)
+    s = stages.prepare_corpus(p, state.value(arm, "--arm"))
     if s.get("skipped"):
         typer.echo(f"corpus not rendered: {s['skipped']}")
     else:
         d = s["distance_to_labelled"]
         typer.echo(
-            f"corpus ready at {p.prior.corpus.out}: {s['images']} images, distance to the labelled domain "
+            f"corpus ready at {s['out']}: {s['images']} images, distance to the labelled domain "
             f"min {d['min']:.2f}, median {d['median']:.2f}"
         )
 
@@ -115,18 +126,20 @@ def prepare_corpus_cmd(
 def train_prior_cmd(
     steps: Annotated[int | None, typer.Option(help="prior.train.steps")] = None,
     out: Annotated[Path | None, typer.Option(help="prior.out")] = None,
+    arm: Arm = None,
 ) -> None:
     """Pretrain the text-to-image prior on the corpus (the stand-in for SD/SDXL pretraining); resumes."""
-    _train("prior", steps, out)
+    _train("prior", steps, out, arm)
 
 
 @app.command("train_mask2img")
 def train_mask2img_cmd(
     steps: Annotated[int | None, typer.Option(help="mask2img.train.steps")] = None,
     out: Annotated[Path | None, typer.Option(help="mask2img.out")] = None,
+    arm: Arm = None,
 ) -> None:
     """Train Mask2Img (colour map + caption -> image, ControlNet on a base UNet); resumes."""
-    _train("mask2img", steps, out)
+    _train("mask2img", steps, out, arm)
 
 
 @app.command()
@@ -138,19 +151,15 @@ def synthesize(
         bool, typer.Option(help="Run all shards in parallel as Prefect tasks on Dask (synthesize.dask).")
     ] = False,
     max_sources: Annotated[int | None, typer.Option(help="synthesize.max_sources")] = None,
-    regime: Annotated[
-        str | None,
-        typer.Option(help="A data regime of params `regimes` (its datasets: synthesize.out/REGIME/STRATEGY)."),
-    ] = None,
+    arm: Arm = None,
 ) -> None:
     """Build a MaskSyn or ImgSyn dataset at synthesize.out/STRATEGY (resumes an interrupted run)."""
-    from seggen import stages
+    from seggen.pipeline import stages
 
-    strategy, regime = state.value(strategy, "--strategy"), state.value(regime, "--regime")
-    p = state.params({"synthesize.max_sources": max_sources})
-    if regime:
-        p = p.regime(regime)
-    res = stages.synthesize(p, strategy, shard, num_shards, dask, regime)
+    strategy, arm = state.value(strategy, "--strategy"), state.value(arm, "--arm")
+    res = stages.synthesize(
+        state.params({"synthesize.max_sources": max_sources}), strategy, shard, num_shards, dask, arm
+    )
     rate = f", {res['images_per_s']:.2f} img/s" if res.get("images_per_s") else ""
     rate += f" with {res['workers']} worker processes" if res.get("workers") else ""
     done = (
@@ -158,7 +167,7 @@ def synthesize(
         if "kept" in res
         else "; other shards still to run"
     )
-    typer.echo(f"{strategy}: {res['generated']} generated{rate}{done} ({Path(p.synthesize.out) / strategy})")
+    typer.echo(f"{strategy}: {res['generated']} generated{rate}{done} ({res['out']})")
 
 
 @app.command("train_segmenter")
@@ -169,11 +178,11 @@ def train_segmenter_cmd(
     steps: Annotated[int | None, typer.Option(help="segmenter.train.steps")] = None,
     out: Annotated[Path | None, typer.Option(help="segmenter.out")] = None,
     arm: Annotated[
-        str | None, typer.Option(help="A pipeline arm of params.yaml `arms` (its model: models/segmenter/ARM).")
+        str | None, typer.Option(help="A pipeline arm of params.yaml `arms` (its model: arms_root/ARM).")
     ] = None,
 ) -> None:
     """Train Mask2Former on real (+ synthetic) data with the strategy of params.yaml (or of an arm)."""
-    from seggen import stages
+    from seggen.pipeline import stages
 
     arm = state.value(arm, "--arm")
     if arm and (strategy or out):
@@ -211,7 +220,7 @@ def evaluate(
     ] = None,
 ) -> None:
     """Run a Mask2Former on a split: mIoU/mAcc/aAcc/per-class IoU, and PQ + mask AP for panoptic."""
-    from seggen import stages
+    from seggen.pipeline import stages
 
     arm = state.value(arm, "--arm")
     split = [state.value(s, "--split") for s in split] if split else None
@@ -232,7 +241,7 @@ def evaluate(
 @app.command()
 def report() -> None:
     """Every arm on every split side by side: report.out/report.md, summary.json, miou.png."""
-    from seggen import stages
+    from seggen.pipeline import stages
 
     p = state.params()
     summary = stages.report(p)

@@ -30,7 +30,7 @@ def params_describe(
 ) -> None:
     """Every key with its type, bounds, value and description (the descriptions on the fields of seggen/config/,
     which the Prefect form shows too)."""
-    from seggen import params_doc
+    from seggen.pipeline import params_doc
 
     if markdown:
         typer.echo(params_doc.markdown(), nl=False)
@@ -85,8 +85,7 @@ def sample_text2mask_cmd(
     import numpy as np
 
     from seggen.generators.text2mask import sample_text2mask
-    from seggen.io import save_grid, staged_files, write_png
-    from seggen.outputs import check_dir
+    from seggen.io import check_dir, save_grid, staged_files, write_png
 
     _positive(n, "--n")
     check_dir(out, "--out")  # before sampling, not after
@@ -120,7 +119,7 @@ def sample_mask2img_cmd(
 ) -> None:
     """Generate images for one mask."""
     from seggen.generators.mask2img import sample_mask2img_cli
-    from seggen.outputs import check_dir
+    from seggen.io import check_dir
 
     _positive(n, "--n")
     check_dir(out, "--out")  # before sampling, not after
@@ -152,7 +151,7 @@ def promote(
 ) -> None:
     """Move the registry's aliases: champion -> the best (or --arm) arm's registered segmenter of the
     latest report, baseline -> the reference arm's. Nothing else moves them: run it on the main branch."""
-    from seggen import registry
+    from seggen.pipeline import registry
 
     for alias, v in registry.promote(state.params(), arm).items():
         was = f"was version {v['previous']}" if v["previous"] else "new"
@@ -183,7 +182,7 @@ def ci_check_cmd(
 ) -> None:
     """Run a small fixed-seed pipeline and gate its mIoU against ci/baseline.json, or gate this project's
     evaluations against a registered model's alias (--against champion); exit 1 on a regression."""
-    from seggen.ci_check import Regression, check_against_alias, ci_check
+    from seggen.pipeline.ci_check import Regression, check_against_alias, ci_check
 
     try:
         if against:
@@ -250,8 +249,8 @@ def eval_semantic(
 
     Nothing is taken from params.yaml: the answer depends only on the options shown here, and the
     JSON records them under `settings`."""
+    from seggen.io import check_file
     from seggen.metrics.semantic import evaluate_semantic_dirs
-    from seggen.outputs import check_file
 
     _positive(num_classes, "--num-classes")
     if json_out:
@@ -297,8 +296,8 @@ def eval_panoptic(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the metrics JSON here.")] = None,
 ) -> None:
     """PQ / SQ / RQ (all, things, stuff) with the COCO panoptic API's semantics (categories: the GT JSON's)."""
+    from seggen.io import check_file
     from seggen.metrics.panoptic import evaluate_panoptic
-    from seggen.outputs import check_file
 
     if json_out:
         check_file(json_out, "--json")
@@ -312,8 +311,8 @@ def eval_instance(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the metrics JSON here.")] = None,
 ) -> None:
     """Mask AP / AP50 / AP75 / APs / APm / APl via pycocotools COCOeval (iouType segm)."""
+    from seggen.io import check_file
     from seggen.metrics.instance import evaluate_instances
-    from seggen.outputs import check_file
 
     if json_out:
         check_file(json_out, "--json")

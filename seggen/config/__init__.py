@@ -13,7 +13,7 @@ Imports only seggen.errors and seggen.io (writing).
 
 from seggen.config.base import MAX_STEPS, SAFE_NAME, SAFE_PATH, LoopParams, SafePath, SplitName
 from seggen.config.data import BenchmarkParams, CaptionParams, DataParams, DomainsParams
-from seggen.config.experiments import ARMS_ROOT, VARIANT_SECTIONS, variant_path
+from seggen.config.experiments import VARIANT_SECTIONS, variant_path
 from seggen.config.generators import (
     ControlNetParams,
     CorpusParams,
@@ -44,7 +44,6 @@ from seggen.config.segmenter import EvalParams, EvaluateParams, Mask2FormerParam
 from seggen.config.synthesis import DEFAULT_STYLES, DaskParams, FilterParams, SynthesizeParams
 
 __all__ = [
-    "ARMS_ROOT",
     "DEFAULT_PARAMS",
     "DEFAULT_STYLES",
     "EXTENDS",

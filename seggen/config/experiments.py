@@ -1,6 +1,8 @@
-"""The ways to pick a run, all expanded to arms: an arm (a set of `segmenter` keys), a data regime (a set
-of `synthesize` keys, its datasets at synthesize.out/REGIME), a variant (other generators, their outputs
-beside the main ones with -NAME) and the ablation (regime x group x seed, and variant x regime x seed).
+"""Runs other than the pipeline's main one, all picked by name with `--arm` (`pick`): an arm (a set of
+`segmenter` keys, its model at arms_root/ARM), a data regime (a set of `synthesize` keys, its datasets at
+synthesize.out/REGIME), a variant (other generators, their outputs beside the main ones with -NAME),
+REGIME-VARIANT (a variant's datasets for a regime), and the ablation, which expands to arms (regime x
+group x seed, and regime x variant x seed).
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from seggen.config.schema import DEFAULT_SEEDS, Params
 from seggen.config.synthesis import SynthesizeParams
 from seggen.errors import ConfigError
 
-ARMS_ROOT = "models/segmenter"
 VARIANT_SECTIONS = ("prior", "mask2img", "synthesize")
 
 
@@ -66,6 +67,38 @@ def ablation_arms(data: Any) -> Any:
     return {**data, "arms": arms}
 
 
+def pick(params: Params, name: str) -> Params:
+    """These params resolved for run `name`: an arm, a variant, a regime or REGIME-VARIANT (in that order;
+    the names cannot clash: Params checks)."""
+    if name in params.arms:
+        return arm(params, name)
+    if name in params.variants:
+        return variant(params, name)
+    if name in params.regimes:
+        return regime(params, name)
+    reg, _, var = name.partition("-")
+    if reg in params.regimes and var in params.variants:
+        return regime(variant(params, var), reg)
+    have = [*params.arms, *params.variants, *params.regimes]
+    have += [f"{r}-{v}" for r in params.regimes for v in params.variants]
+    raise ConfigError(f"--arm {name}: no such arm, variant or regime (have: {', '.join(have) or 'none'})")
+
+
+def names_clash(params: Params) -> str | None:
+    """The first name that two of arms, variants and regimes share (then `--arm NAME` would be ambiguous)."""
+    seen: dict[str, str] = {}
+    combos = {f"{r}-{v}": "regime-variant" for r in params.regimes for v in params.variants}
+    for group, names in (("arms", params.arms), ("variants", params.variants), ("regimes", params.regimes)):
+        for name in names:
+            if name in seen:
+                return f"{group}.{name}: also a name of {seen[name]}; `--arm {name}` would be ambiguous"
+            seen[name] = group
+    for name, kind in combos.items():
+        if name in seen:
+            return f"{seen[name]}.{name}: also a {kind} pair; `--arm {name}` would be ambiguous"
+    return None
+
+
 def variant(params: Params, name: str) -> Params:
     """These params with variant `name`'s keys set, its outputs moved beside the main ones (-NAME)."""
     if name not in params.variants:
@@ -95,7 +128,7 @@ def regime(params: Params, name: str) -> Params:
 
 def arm(params: Params, name: str) -> Params:
     """These params with `segmenter` set to what arm `name` trains."""
-    return _overridden(params, "arms", name, "segmenter", Path(ARMS_ROOT) / name)
+    return _overridden(params, "arms", name, "segmenter", Path(params.arms_root) / name)
 
 
 def _overridden(params: Params, group: str, name: str, section: str, out: Path) -> Params:

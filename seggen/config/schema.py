@@ -19,7 +19,7 @@ class ReportParams(_Section):
     out: SafePath = Path("reports")
     """Where the report goes: report.md, summary.json, miou.png."""
     results: SafePath | None = None
-    """The ablation page (bench/params.yaml: docs/results.md), built from the evaluations' scores.json: mean ± std
+    """The ablation page (ablation/params.yaml: docs/results.md), built from the evaluations' scores.json: mean ± std
     over seeds (arms named GROUP-sSEED), bar chart and sample grids in results' folder img/results/.
     """
     notes: SafePath | None = None
@@ -86,24 +86,26 @@ class Params(_Section):
         json_schema_extra={"propertyNames": {"pattern": _ARM_NAME}},
     )
     """The segmenter runs of the pipeline (dvc.yaml: train_segmenter foreach, evaluate matrix): each arm is a set of
-    `segmenter` keys overriding that section; its model goes to models/segmenter/ARM
+    `segmenter` keys overriding that section; its model goes to arms_root/ARM
     """
+    arms_root: SafePath = Path("models/segmenter")
+    """Where each arm's segmenter goes (arms_root/ARM): the ablation's arms have their own (ablation/params.yaml)."""
     regimes: dict[str, dict[str, Any]] = Field(
         default_factory=dict, json_schema_extra={"propertyNames": {"pattern": _ARM_NAME}}
     )
-    """Data regimes of an ablation (bench/params.yaml): each is a set of `synthesize` keys overriding that section
+    """Data regimes of an ablation (ablation/params.yaml): each is a set of `synthesize` keys overriding that section
     (e.g. real_subset for the low-data regime); its datasets go to synthesize.out/REGIME
     """
     variants: dict[str, dict[str, Any]] = Field(
         default_factory=dict, json_schema_extra={"propertyNames": {"pattern": _VARIANT_NAME}}
     )
-    """Other generator setups of an ablation (bench/params.yaml), each a set of dotted keys of `prior`, `mask2img` and
-    `synthesize` over these params; their corpus, prior, Mask2Img and synthetic data go beside the main ones with
-    -NAME appended (Params.variant), and their arms are REGIME-NAME-sSEED, trained like ablation.variant_group on
-    that data
+    """Other generator setups of an ablation (ablation/params.yaml), each a set of dotted keys of `prior`,
+    `mask2img` and `synthesize` over these params; their corpus, prior, Mask2Img and synthetic data go beside the
+    main ones with -NAME appended (Params.variant), and their arms are REGIME-NAME-sSEED, trained like
+    ablation.variant_group on that data
     """
     ablation: AblationParams | None = None
-    """An ablation (bench/params.yaml): `arms` generated, one per regime x group x seed (and variant)"""
+    """An ablation (ablation/params.yaml): `arms` generated, one per regime x group x seed (and variant)"""
     evaluate: EvaluateParams = EvaluateParams()
     """The evaluate stage: which splits, which metrics."""
     report: ReportParams = ReportParams()
@@ -149,6 +151,11 @@ class Params(_Section):
     def _arms_valid(self) -> Params:
         import re
 
+        from seggen.config.experiments import names_clash
+
+        if clash := names_clash(self):
+            raise ValueError(clash)
+
         for name in self.regimes:
             if not re.fullmatch(_ARM_BODY, name):
                 raise ValueError(f"regimes.{name}: regime names are lowercase letters, digits, - and _")
@@ -175,6 +182,12 @@ class Params(_Section):
                         f"({seg.synthetic_root}) is regime {regime}'s, made from real_subset {syn.real_subset}"
                     )
         return self
+
+    def pick(self, name: str) -> Params:
+        """These params resolved for run `name` (`--arm`): an arm, a variant, a regime or REGIME-VARIANT."""
+        from seggen.config.experiments import pick
+
+        return pick(self, name)
 
     def variant(self, name: str) -> Params:
         """These params with variant `name`'s keys set, its outputs beside the main ones (-NAME)."""

@@ -75,7 +75,7 @@ class SynthesizeParams(_Section):
     text2mask_guidance: float = Field(3.0, ge=0)
     """Classifier-free guidance of Text2Mask."""
     mask2img_guidance: float = Field(4.0, ge=0)
-    """Classifier-free guidance of Mask2Img (the style phrase shows from about 4, bench/tuning.md)."""
+    """Classifier-free guidance of Mask2Img (the style phrase shows from about 4, ablation/tuning.md)."""
     batch_size: StrictInt = Field(16, ge=1)
     """Samples per batch; part of the output's identity (float results depend on it)."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"

@@ -36,8 +36,17 @@ from seggen.data.coco import segment_info
 from seggen.data.domains import LABELLED, Domain, domain_distance, draw_domains
 from seggen.data.images import id2rgb, load_panoptic_png
 from seggen.data.meta import META_FILE, ClassInfo, DatasetMeta
-from seggen.io import atomic_dir, file_digests, remove_stale, unlisted_files, verify_files, write_json, write_png
-from seggen.outputs import OutputError, check_dir
+from seggen.io import (
+    OutputError,
+    atomic_dir,
+    check_dir,
+    file_digests,
+    remove_stale,
+    unlisted_files,
+    verify_files,
+    write_json,
+    write_png,
+)
 from seggen.progress import tqdm
 
 SPLITS = {"training": 0, "validation": 1, "validation_shift": 2, "tuning": 3, "tuning_shift": 4}

@@ -146,7 +146,7 @@ def stylise(rgb: np.ndarray, labels: np.ndarray, inst: np.ndarray, look: Look, r
 
 
 def _render(args: tuple[int, int, int, int, list[Domain] | None]) -> dict:
-    from seggen.captions import label_caption
+    from seggen.data.captions import label_caption
 
     seed, index, size, max_things, leak = args
     rng = np.random.default_rng([seed, 7, index])  # 7: not a benchmark split's stream

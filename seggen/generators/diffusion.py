@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from seggen.captions import read_captions
 from seggen.codec import Palette
 from seggen.config import GeneratorParams, Params, UNetParams
+from seggen.data.captions import read_captions
 from seggen.data.layout import open_split
 from seggen.data.meta import DatasetMeta
 from seggen.errors import DataError
@@ -302,7 +302,7 @@ def write_model_meta(directory: Path, info: dict) -> None:
 
 
 def read_model_meta(directory: str | Path, kind: str) -> dict:
-    from seggen.models.checkpoint import tree_problem
+    from seggen.training.checkpoint import tree_problem
 
     path = Path(directory) / MODEL_META
     if not Path(directory).is_dir():
@@ -363,7 +363,7 @@ class DiffusionSampler:
         text, vae, ...), used instead of loading them again."""
         from diffusers import UNet2DConditionModel
 
-        from seggen.models import text
+        from seggen.generators import text
 
         self.dir = Path(model_dir)
         self.info = read_model_meta(self.dir, self.kind)

@@ -30,12 +30,10 @@ from seggen import io as sio
 from seggen import training
 from seggen.config import Params
 from seggen.errors import ConfigError, DataError
-from seggen.generators import diffusion
+from seggen.generators import diffusion, text
 from seggen.generators.prior import GRID_STYLES
-from seggen.io import write_png
-from seggen.models import checkpoint as ckpt
-from seggen.models import text
-from seggen.outputs import check_dir, claim
+from seggen.io import check_dir, claim, write_png
+from seggen.training import checkpoint as ckpt
 
 log = logging.getLogger(__name__)
 KIND = "mask2img"
@@ -425,8 +423,7 @@ def sample_mask2img_cli(
     model_dir, mask: Path, is_labels: bool, prompt: str, n: int, out: Path, seed: int, steps: int, guidance_scale: float
 ) -> int:
     from seggen.data.images import load_label_png, load_rgb
-    from seggen.io import staged_files
-    from seggen.outputs import check_dir
+    from seggen.io import check_dir, staged_files
 
     check_dir(out, "--out")
     raw = load_label_png(mask) if is_labels else load_rgb(mask)  # a bad --mask fails before the model loads

@@ -58,7 +58,7 @@ def _as_output(images: np.ndarray, output_type: str):
 
 
 def _text(tokenizer, text_encoder, tokenizer_2=None, text_encoder_2=None):
-    from seggen.models.text import TextConditioner
+    from seggen.generators.text import TextConditioner
 
     if text_encoder_2 is not None:
         return TextConditioner([tokenizer, tokenizer_2], [text_encoder, text_encoder_2], False, True)

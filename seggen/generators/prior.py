@@ -28,10 +28,9 @@ from PIL import Image
 from seggen import io as sio
 from seggen import training
 from seggen.config import Params
-from seggen.generators import diffusion
-from seggen.models import checkpoint as ckpt
-from seggen.models import text
-from seggen.outputs import check_dir, claim
+from seggen.generators import diffusion, text
+from seggen.io import check_dir, claim
+from seggen.training import checkpoint as ckpt
 
 log = logging.getLogger(__name__)
 KIND = "prior"

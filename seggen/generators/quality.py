@@ -3,7 +3,7 @@
 Text2Mask: decoded masks' valid-class rate, total-variation distance between generated and real
 class frequencies, prompt consistency. Mask2Img alignment: a small probe segmenter trained on real
 images predicts on generated images, scored (mIoU) against the masks they were conditioned on,
-next to its score on real validation images. The probe (seggen.models.probe) is a plain fully-convolutional
+next to its score on real validation images. The probe (seggen.synthesis.probe) is a plain fully-convolutional
 network, a stand-in until Mask2Former is available to this stage.
 """
 
@@ -17,13 +17,13 @@ import torch
 from PIL import Image
 
 from seggen import training
-from seggen.captions import label_caption
 from seggen.config import Params
+from seggen.data.captions import label_caption
 from seggen.data.layout import open_split
 from seggen.metrics.semantic import evaluate_semantic_arrays
-from seggen.models import probe
-from seggen.models.probe import ProbeSegmenter
 from seggen.progress import tqdm
+from seggen.synthesis import probe
+from seggen.synthesis.probe import ProbeSegmenter
 
 
 def held_out(params: Params, resolution: int, split: str = "validation", n: int = 64):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from seggen import tracking
 from seggen.errors import SeggenError
+from seggen.pipeline import tracking
 
 SHOW = ("mIoU", "mIoU_domain_mean", "PQ", "AP")  # mIoU_domain_mean: a split of drawn domains
 

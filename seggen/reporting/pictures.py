@@ -36,7 +36,7 @@ def _resize(img: np.ndarray, size: int) -> np.ndarray:
 def styles_picture(params: Params, out: Path, n_masks: int = 2) -> Path:
     """Rows: a training mask's colour map, then Mask2Img's image for it in each style, same noise, at the
     synthesis guidance -- what synthesize draws from."""
-    from seggen.captions import read_captions
+    from seggen.data.captions import read_captions
     from seggen.data.layout import open_split
     from seggen.generators.mask2img import Mask2ImgSampler, styles_grid
     from seggen.training import seed_for
@@ -80,7 +80,7 @@ def prior_pictures(params: Params, out_dir: Path) -> list[tuple[str, Path]]:
     """(caption, path) of the pictures, all written into out_dir: a copy of the corpus preview where the
     prior is used (the prepare_corpus stage's file lies in data/, which git does not track, so a page
     linking it would show a broken image on a fresh clone), styles.png and synthetic_vs_shifted.png.
-    With regimes (the bench), the first regime's synthetic data."""
+    With regimes (the ablation), the first regime's synthetic data."""
     if params.regimes:
         params = params.regime(next(iter(params.regimes)))
     pics: list[tuple[str, Path]] = []

@@ -141,7 +141,7 @@ def update_readme(path: Path, block: str) -> None:
 
 
 def build_report(params: Params) -> dict:
-    from seggen.outputs import check_file
+    from seggen.io import check_file
     from seggen.reporting.pictures import prior_pictures
 
     for name in (
@@ -236,7 +236,7 @@ def build_report(params: Params) -> dict:
                 + " | ".join(_fmt(arms[arm][s].get(c)) for c in cols)
                 + f" | {'' if d is None else f'{d:+.1f}'} |"
             )
-    for s in domain_splits if len(arms) <= 4 else []:  # many arms (the bench): its results page
+    for s in domain_splits if len(arms) <= 4 else []:  # many arms (the ablation): its results page
         doms = list(arms[base][s]["mIoU_domain"])
         lines += [
             "",
@@ -287,7 +287,7 @@ def build_report(params: Params) -> dict:
     std = {a: [arms[a][s].get("mIoU_domain_std") or 0.0 for s in splits] for a in arms}
     if len(arms) <= 4:  # a few arms side by side within each split
         grouped_bars(splits, miou, out / "miou.png", "mIoU (%)", errors=std if domain_splits else None)
-    else:  # many (the bench's arms x seeds): one group per arm, else the bars and labels are unreadable
+    else:  # many (the ablation's arms x seeds): one group per arm, else the bars and labels are unreadable
         grouped_bars(
             list(arms),
             {s: [miou[a][i] for a in arms] for i, s in enumerate(splits)},

@@ -33,8 +33,7 @@ from seggen.data.images import id2rgb, load_rgb
 from seggen.data.layout import ADE20K, open_split
 from seggen.data.meta import label_mismatch
 from seggen.errors import DataError
-from seggen.io import write_json, write_png
-from seggen.outputs import check_dir
+from seggen.io import check_dir, write_json, write_png
 from seggen.progress import tqdm
 from seggen.segmenter.data import pixel_values
 from seggen.segmenter.model import load_model

@@ -101,7 +101,7 @@ def load_model(model_dir: str | Path):
     """A trained seggen segmenter directory, or any Mask2Former checkpoint directory / id."""
     from transformers import Mask2FormerForUniversalSegmentation
 
-    from seggen.models.checkpoint import tree_problem
+    from seggen.training.checkpoint import tree_problem
 
     model_dir = Path(model_dir) if Path(model_dir).exists() else model_dir
     info = {}

@@ -29,10 +29,7 @@ from seggen.config import Params
 from seggen.data.layout import detect_layout
 from seggen.data.meta import label_mismatch
 from seggen.errors import DataError
-from seggen.io import atomic_dir, write_json
-from seggen.models import checkpoint as ckpt
-from seggen.models.checkpoint import resumable_checkpoint
-from seggen.outputs import check_dir, claim
+from seggen.io import atomic_dir, check_dir, claim, write_json
 from seggen.segmenter.data import SegSource, augment, pixel_values, real_subset, synthetic_by_source, targets
 from seggen.segmenter.model import SEG_META, build_model, save_image_processor
 from seggen.training import (
@@ -44,6 +41,8 @@ from seggen.training import (
     train_summary,
     write_loss_log,
 )
+from seggen.training import checkpoint as ckpt
+from seggen.training.checkpoint import resumable_checkpoint
 
 log = logging.getLogger(__name__)
 

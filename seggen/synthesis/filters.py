@@ -19,9 +19,8 @@ import torch
 from PIL import Image
 
 from seggen.config import Params
-from seggen.io import atomic_dir
-from seggen.models import probe
-from seggen.outputs import check_dir
+from seggen.io import atomic_dir, check_dir
+from seggen.synthesis import probe
 
 log = logging.getLogger(__name__)
 

@@ -12,14 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
-from seggen.captions import read_captions
 from seggen.config import Params
+from seggen.data.captions import read_captions
 from seggen.data.layout import open_split
 from seggen.data.meta import META_FILE, DatasetMeta
 from seggen.errors import DataError
 from seggen.generators.diffusion import MODEL_META, read_model_meta
-from seggen.io import digest_tree
-from seggen.outputs import MARKER, check_dir, claim
+from seggen.io import MARKER, check_dir, claim, digest_tree
 from seggen.training import seed_for
 
 log = logging.getLogger(__name__)

@@ -205,7 +205,7 @@ def caption_dataset(
     progress: bool = True,
 ) -> dict[str, int]:
     """Caption every image of `split` not yet captioned (by this captioner, with these bytes)."""
-    from seggen.outputs import check_file
+    from seggen.io import check_file
 
     root, out = Path(root), check_file(out, "caption.out")
     existing = read_captions(out)  # a file that is not ours stops here: it is never overwritten

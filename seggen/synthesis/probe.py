@@ -51,7 +51,7 @@ class ProbeSegmenter(nn.Module):
         from safetensors.torch import load_file
 
         from seggen.errors import DataError
-        from seggen.models.checkpoint import tree_problem
+        from seggen.training.checkpoint import tree_problem
 
         problem = tree_problem(directory)
         if problem:

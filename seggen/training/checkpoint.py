@@ -191,7 +191,7 @@ def resumable_checkpoint(root: Path, fingerprint: str) -> Path | None:
     truncated or changed) is moved aside to `step_XXXXXXX.corrupt` with a warning naming the file, and
     the previous one is used. Checkpoints made with other params are moved aside (to
     `checkpoints.stale/`) with a warning, and training starts over."""
-    from seggen.outputs import OutputError
+    from seggen.io import OutputError
 
     if root.exists() and not root.is_dir():
         raise OutputError(f"{root}: is a file; seggen keeps its checkpoints in a directory there -- move it away")

@@ -6,8 +6,8 @@ anywhere in a module -- at the top or inside a function -- adds that module, tra
 that cannot change a stage's outputs are left out (NEUTRAL: MLflow logging, progress bars, the
 pre-flight check, argument parsing, error classes).
 
-    python -m seggen.codedeps            # check dvc.yaml and bench/dvc.yaml (exit 1 listing what is missing)
-    python -m seggen.codedeps --write    # rewrite their code deps from the imports (comments kept)
+    python -m seggen.pipeline.codedeps          # check dvc.yaml and ablation/dvc.yaml (exit 1 naming the gaps)
+    python -m seggen.pipeline.codedeps --write  # rewrite their code deps from the imports (comments kept)
 """
 
 from __future__ import annotations
@@ -16,44 +16,44 @@ import ast
 import sys
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parent
+PACKAGE = Path(__file__).resolve().parents[1]  # seggen/
 ROOT = PACKAGE.parent
 
 # stage (as named in dvc.yaml, before any @) -> where its command's implementation starts: a module,
-# or MODULE:FUNCTION for the function of seggen/stages.py that runs it (stages.py itself imports every
+# or MODULE:FUNCTION for the function of seggen/pipeline/stages.py that runs it (stages.py itself imports every
 # stage's implementation, each inside its own function)
 ENTRIES: dict[str, tuple[str, ...]] = {
-    "check_models": ("seggen.stages:check_models",),
-    "prepare": ("seggen.stages:prepare",),
-    "check_data": ("seggen.stages:check_data",),
-    "caption": ("seggen.stages:caption",),
-    "train_text2mask": ("seggen.stages:train_text2mask",),
-    "prepare_corpus": ("seggen.stages:prepare_corpus",),
-    "train_prior": ("seggen.stages:train_prior",),
-    "train_mask2img": ("seggen.stages:train_mask2img",),
-    "synthesize": ("seggen.stages:synthesize",),
-    "train_segmenter": ("seggen.stages:train_segmenter",),
-    "evaluate": ("seggen.stages:evaluate",),
-    "report": ("seggen.stages:report",),
-    # the ablation's generator variants (bench/dvc.yaml): the same stages
-    "prepare_corpus_variant": ("seggen.stages:prepare_corpus",),
-    "train_prior_variant": ("seggen.stages:train_prior",),
-    "train_mask2img_variant": ("seggen.stages:train_mask2img",),
-    "synthesize_variant": ("seggen.stages:synthesize",),
-    "train_segmenter_variant": ("seggen.stages:train_segmenter",),
-    "evaluate_variant": ("seggen.stages:evaluate",),
+    "check_models": ("seggen.pipeline.stages:check_models",),
+    "prepare": ("seggen.pipeline.stages:prepare",),
+    "check_data": ("seggen.pipeline.stages:check_data",),
+    "caption": ("seggen.pipeline.stages:caption",),
+    "train_text2mask": ("seggen.pipeline.stages:train_text2mask",),
+    "prepare_corpus": ("seggen.pipeline.stages:prepare_corpus",),
+    "train_prior": ("seggen.pipeline.stages:train_prior",),
+    "train_mask2img": ("seggen.pipeline.stages:train_mask2img",),
+    "synthesize": ("seggen.pipeline.stages:synthesize",),
+    "train_segmenter": ("seggen.pipeline.stages:train_segmenter",),
+    "evaluate": ("seggen.pipeline.stages:evaluate",),
+    "report": ("seggen.pipeline.stages:report",),
+    # the ablation's generator variants (ablation/dvc.yaml): the same stages
+    "prepare_corpus_variant": ("seggen.pipeline.stages:prepare_corpus",),
+    "train_prior_variant": ("seggen.pipeline.stages:train_prior",),
+    "train_mask2img_variant": ("seggen.pipeline.stages:train_mask2img",),
+    "synthesize_variant": ("seggen.pipeline.stages:synthesize",),
+    "train_segmenter_variant": ("seggen.pipeline.stages:train_segmenter",),
+    "evaluate_variant": ("seggen.pipeline.stages:evaluate",),
 }
 # they do not change what a stage writes
 NEUTRAL = {
-    "seggen.tracking",
-    "seggen.mlflow_models",
-    "seggen.registry",
-    "seggen.tracking_server",
+    "seggen.pipeline.tracking",
+    "seggen.pipeline.mlflow_models",
+    "seggen.pipeline.registry",
+    "seggen.pipeline.tracking_server",
     "seggen.progress",
-    "seggen.preflight",
+    "seggen.pipeline.preflight",
     "seggen.cli",
     "seggen.errors",
-    "seggen.codedeps",
+    "seggen.pipeline.codedeps",
 }
 
 
@@ -88,7 +88,7 @@ def imports_of(path: Path, function: str | None = None) -> set[str]:
             and node.module.split(".")[0] == "seggen"
         ):
             found.add(node.module)
-            for a in node.names:  # `from seggen import training`, `from seggen.models import checkpoint`
+            for a in node.names:  # `from seggen import training`, `from seggen.training import checkpoint`
                 if module_file(f"{node.module}.{a.name}") is not None:
                     found.add(f"{node.module}.{a.name}")
     return found
@@ -120,7 +120,7 @@ def required_files(stage: str) -> list[str]:
     """The code files (relative to the project root) a stage depends on."""
     base = stage.split("@")[0].rsplit(":", 1)[-1]
     if base not in ENTRIES:
-        raise KeyError(f"stage {base}: no entry modules in seggen.codedeps.ENTRIES")
+        raise KeyError(f"stage {base}: no entry modules in seggen.pipeline.codedeps.ENTRIES")
     files = {module_file(m).relative_to(ROOT).as_posix() for m in closure(ENTRIES[base])}
     return sorted(f for f in files if not f.endswith("__init__.py") or Path(ROOT / f).stat().st_size > 0)
 
@@ -195,7 +195,7 @@ def write(dvcfile: Path) -> None:
 
 
 def main(argv: list[str]) -> int:
-    files = [ROOT / "dvc.yaml", ROOT / "bench" / "dvc.yaml"]
+    files = [ROOT / "dvc.yaml", ROOT / "ablation" / "dvc.yaml"]
     if "--write" in argv:
         for f in files:
             write(f)

@@ -10,8 +10,7 @@ from seggen.data import benchmark
 from seggen.data.ade20k import ADE20KDataset
 from seggen.data.layout import ADE20K, COCO, detect_layout, open_split, splits_of
 from seggen.errors import DataError
-from seggen.io import remove_stale
-from seggen.outputs import check_dir
+from seggen.io import check_dir, remove_stale
 from seggen.progress import tqdm
 
 log = logging.getLogger(__name__)

@@ -10,10 +10,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from seggen import tracking
 from seggen.config import Params
-from seggen.outputs import check_dir
-from seggen.preflight import require_models
+from seggen.io import check_dir
+from seggen.pipeline import tracking
+from seggen.pipeline.preflight import require_models
 
 
 def _sections(params: Params, *names: str) -> dict[str, Any]:
@@ -34,9 +34,8 @@ def _system(params: Params) -> float | None:
 def check_models(params: Params, out: Path | None = None) -> tuple[list, list[str]]:
     """Resolve every pretrained model the params name, in seconds: ([(ref, problem or None)], lines).
     `out` gets the lines only when every model resolves (the DVC stage's output)."""
-    from seggen.io import write_text
-    from seggen.outputs import check_file
-    from seggen.preflight import check_models as run
+    from seggen.io import check_file, write_text
+    from seggen.pipeline.preflight import check_models as run
 
     if out:
         check_file(out, "--out")
@@ -52,9 +51,8 @@ def check_data(
     params: Params, root: Path | None = None, splits: list[str] | None = None, out: Path | None = None
 ) -> list[str]:
     """Load every sample of a dataset root (default data.root); stops at the first problem, naming the file."""
-    from seggen.io import write_text
-    from seggen.outputs import check_file
-    from seggen.prepare import check_dataset
+    from seggen.data.prepare import check_dataset
+    from seggen.io import check_file, write_text
 
     if out:
         check_file(out, "--out")
@@ -65,7 +63,7 @@ def check_data(
 
 
 def prepare(params: Params, force: bool = False) -> Path:
-    from seggen.prepare import prepare as run
+    from seggen.data.prepare import prepare as run
 
     with tracking.stage_run("prepare", _sections(params, "seed", "data")) as mlrun:
         root = run(params, force=force)
@@ -74,7 +72,7 @@ def prepare(params: Params, force: bool = False) -> Path:
 
 
 def caption(params: Params) -> dict:
-    from seggen.captions import caption_dataset
+    from seggen.data.captions import caption_dataset
 
     c = params.caption
     require_models(params, ("caption",))
@@ -86,26 +84,34 @@ def caption(params: Params) -> dict:
     return stats
 
 
-def prepare_corpus(params: Params) -> dict:
+def _picked(params: Params, stage: str, arm: str | None) -> tuple[Params, str]:
+    """The params of run `arm` (a variant, a regime, REGIME-VARIANT or an arm: Params.pick) and the
+    MLflow run's name, the DVC stage's: STAGE or STAGE@ARM."""
+    return (params.pick(arm), f"{stage}@{arm}") if arm else (params, stage)
+
+
+def prepare_corpus(params: Params, arm: str | None = None) -> dict:
     """The captioned, unlabelled corpus the prior learns from (seggen.data.corpus)."""
     from seggen.data.corpus import prepare_corpus as run
 
-    with tracking.stage_run("prepare_corpus", _sections(params, "seed", "prior")) as mlrun:
+    params, name = _picked(params, "prepare_corpus", arm)
+    with tracking.stage_run(name, _sections(params, "seed", "prior")) as mlrun:
         summary = run(params)
         mlrun.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
         if "distance_to_labelled" in summary:
             mlrun.log_metrics(summary["distance_to_labelled"], prefix="distance_to_labelled/")
             mlrun.log_artifact(Path(params.prior.corpus.out) / "preview.png")
         mlrun.log_artifact(Path(params.prior.corpus.out) / "summary.json")
-    return summary
+    return {**summary, "out": str(params.prior.corpus.out)}
 
 
-def train_prior(params: Params) -> Path:
+def train_prior(params: Params, arm: str | None = None) -> Path:
     """The text-to-image prior pretrained on the corpus (skipped with real mask2img weights)."""
     from seggen.generators.prior import train_prior
 
+    params, name = _picked(params, "train_prior", arm)
     with tracking.stage_run(
-        "train_prior", _sections(params, "seed", "text_encoder", "prior"), system_metrics=_system(params)
+        name, _sections(params, "seed", "text_encoder", "prior"), system_metrics=_system(params)
     ) as mlrun:
         out = Path(params.prior.out)
         mlrun.log_dataset(params.prior.corpus.out, "corpus", "training")
@@ -123,21 +129,22 @@ def train_text2mask(params: Params) -> Path:
     """Text2Mask: caption -> colour-map mask."""
     from seggen.generators.text2mask import train_text2mask as run
 
-    return _train_generator(params, "text2mask", run)
+    return _train_generator(params, "text2mask", run, None)
 
 
-def train_mask2img(params: Params) -> Path:
+def train_mask2img(params: Params, arm: str | None = None) -> Path:
     """Mask2Img: colour map + caption -> image (a ControlNet over the prior or a pretrained base)."""
     from seggen.generators.mask2img import train_mask2img as run
 
-    return _train_generator(params, "mask2img", run)
+    return _train_generator(params, "mask2img", run, arm)
 
 
-def _train_generator(params: Params, kind: str, run) -> Path:
+def _train_generator(params: Params, kind: str, run, arm: str | None) -> Path:
+    params, name = _picked(params, f"train_{kind}", arm)
     cfg = getattr(params, kind)
     require_models(params, (kind,))
     with tracking.stage_run(
-        f"train_{kind}", _sections(params, "seed", "text_encoder", kind), system_metrics=_system(params)
+        name, _sections(params, "seed", "text_encoder", kind), system_metrics=_system(params)
     ) as mlrun:
         mlrun.log_dataset(params.data.root, "real", "training", "training")
         mlrun.log_dataset(params.caption.out, "captions", "training")
@@ -158,16 +165,18 @@ def synthesize(
     shard: int | None = None,
     num_shards: int = 1,
     dask: bool = False,
-    regime: str | None = None,
+    arm: str | None = None,
 ) -> dict:
-    """`params` already resolved for `regime` (Params.regime), which names the MLflow run."""
+    """A MaskSyn or ImgSyn dataset at synthesize.out/STRATEGY; with `arm` (a regime, a variant or
+    REGIME-VARIANT), that run's (MLflow: synthesize@ARM-STRATEGY)."""
     from seggen.synthesis.plan import model_digest
     from seggen.synthesis.synthesize import synthesize as run
 
+    params = params.pick(arm) if arm else params
     cfg = params.synthesize
     out = Path(cfg.out) / strategy
     logged = _sections(params, "seed", "synthesize")
-    name = f"synthesize@{regime}-{strategy}" if regime else f"synthesize@{strategy}"  # the DVC stage's name
+    name = f"synthesize@{arm}-{strategy}" if arm else f"synthesize@{strategy}"  # the DVC stage's name
     with tracking.stage_run(name, logged) as mlrun:
         mlrun.log_dataset(params.data.root, "real", "source", cfg.split)
         mlrun.log_dataset(params.caption.out, "captions", "source")
@@ -181,7 +190,7 @@ def synthesize(
         if "kept" in res:  # the dataset is complete
             for name in ("manifest.jsonl", "summary.json", "grid.png"):
                 mlrun.log_artifact(out / name)
-    return res
+    return {**res, "out": str(out)}
 
 
 def arm_tags(params: Params, arm: str | None) -> dict[str, Any]:

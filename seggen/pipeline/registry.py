@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from seggen.tracking import TRACKING_ENV, TrackingError, digest_tree, enabled, git_commit, open_client
+from seggen.pipeline.tracking import TRACKING_ENV, TrackingError, digest_tree, enabled, git_commit, open_client
 
 log = logging.getLogger(__name__)
 
@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 def _registered(client, arm_dirs: dict[str, Path], picks: dict[str, str | None]) -> dict[str, tuple[str, str | None]]:
     """{alias: (arm, the registered segmenter version whose digest tag is the arm's model directory's,
     or None)} for each alias with an arm."""
-    from seggen import mlflow_models as mm
+    from seggen.pipeline import mlflow_models as mm
 
     name = mm.KINDS["segmenter"]
     out = {}
@@ -31,7 +31,7 @@ def set_aliases(client, arm_dirs: dict[str, Path], in_domain: dict[str, float], 
     """The registry's aliases on the segmenter: `champion` -> the version of the arm with the best
     in-domain mIoU, `baseline` -> the baseline arm's. A version is found by the digest of the arm's
     model directory (its tag), so the alias names exactly the weights that were scored."""
-    from seggen import mlflow_models as mm
+    from seggen.pipeline import mlflow_models as mm
 
     picks = {"champion": max(in_domain, key=in_domain.get) if in_domain else None, "baseline": baseline}
     set_to = {}
@@ -55,8 +55,8 @@ def promote(params, champion: str | None = None, project: Path = Path(".")) -> d
 
     from mlflow.exceptions import MlflowException
 
-    from seggen import mlflow_models as mm
-    from seggen.ci_check import data_fingerprint
+    from seggen.pipeline import mlflow_models as mm
+    from seggen.pipeline.ci_check import data_fingerprint
     from seggen.reporting.scores import decision_split, gate_scores
 
     if not enabled():

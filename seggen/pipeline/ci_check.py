@@ -19,8 +19,7 @@ from pathlib import Path
 
 from seggen.config import load_params
 from seggen.errors import ConfigError, SeggenError, not_found
-from seggen.io import write_json
-from seggen.outputs import claim
+from seggen.io import claim, write_json
 
 DEFAULT_TOLERANCE = 3.0  # mIoU points: float differences between CPUs move a 200-step run by ~1
 
@@ -116,8 +115,8 @@ def registry_scores(alias: str, project: Path = Path(".")) -> dict:
     evaluation of the same weights -- a branch's, say -- can change."""
     from mlflow.exceptions import MlflowException
 
-    from seggen import tracking
-    from seggen.mlflow_models import KINDS
+    from seggen.pipeline import tracking
+    from seggen.pipeline.mlflow_models import KINDS
 
     client, uri = tracking.open_client(project)
     name = KINDS["segmenter"]

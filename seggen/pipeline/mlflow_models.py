@@ -188,7 +188,7 @@ def log_pyfunc(model_dir: Path, kind: str, registered_name: str | None, tags: di
         warnings.simplefilter("ignore")
         return mlflow.pyfunc.log_model(
             name=kind,
-            loader_module="seggen.mlflow_models",
+            loader_module="seggen.pipeline.mlflow_models",
             data_path=str(model_dir),
             signature=signature(kind, sample),
             input_example=input_example(kind, model_dir),

@@ -1,5 +1,6 @@
 """The training toolkit every model's loop uses (Text2Mask, Mask2Img, Mask2Former, the probe):
-determinism, accelerate set-up, learning-rate warm-up, loss logs, precision.
+determinism, accelerate set-up, learning-rate warm-up, loss logs, precision; resumable checkpoints
+without pickle (checkpoint.py). Imports seggen's utilities only, never the pipeline's plumbing.
 
 Determinism: batch indices, noise, timesteps and augmentation of every step are drawn from
 generators seeded by (seed, ..., step), never from a shared stream, so a resumed run repeats an
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from seggen.errors import TrainingError
+from seggen.errors import TrainingError, server_lost
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +166,6 @@ class LiveMetrics:
                 step=done,
             )
         except Exception as e:
-            from seggen.tracking import server_lost
-
             if not server_lost(e):
                 raise
             # the training goes on; the stage says at its end that its MLflow run is incomplete

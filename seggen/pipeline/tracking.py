@@ -31,9 +31,9 @@ from typing import Any
 
 import yaml
 
-from seggen.errors import SeggenError, TrackingError
+from seggen.errors import SeggenError, TrackingError, server_lost
 from seggen.io import digest_tree
-from seggen.tracking_server import (  # noqa: F401 (part of this module's interface)
+from seggen.pipeline.tracking_server import (  # noqa: F401 (part of this module's interface)
     TRACKING_ENV,
     _use_credentials,
     check_reachable,
@@ -220,7 +220,7 @@ class StageRun(NullRun):
         with signature and input example), registered as a new version of the kind's one registered
         model, tagged with the lineage and `tags` (arm, regime, seed). The prior (no pyfunc: it is
         an intermediate base) is logged as artifacts only. -> the LoggedModel id."""
-        from seggen import mlflow_models as mm
+        from seggen.pipeline import mlflow_models as mm
 
         model_dir = Path(model_dir)
         lineage = {
@@ -247,7 +247,7 @@ class StageRun(NullRun):
         directory's), so the model's page lists what it scored. -> its model id, or None."""
         import mlflow
 
-        from seggen import mlflow_models as mm
+        from seggen.pipeline import mlflow_models as mm
 
         digest = digest_tree(Path(model_dir))
         found = self.client.search_model_versions(f"name='{mm.KINDS['segmenter']}' and tags.digest='{digest}'")
@@ -409,19 +409,6 @@ HTTP_RETRIES = {
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return (text.splitlines()[0] if text else type(e).__name__)[:200]
-
-
-def server_lost(e: BaseException) -> bool:
-    """True when `e` (or what caused it) says the tracking server cannot be reached any more."""
-    seen = 0
-    while e is not None and seen < 8:
-        name, text = type(e).__name__, str(e)
-        if name in ("ConnectionError", "ConnectTimeout", "ReadTimeout", "MaxRetryError", "NewConnectionError"):
-            return True
-        if "Max retries exceeded" in text or "Connection refused" in text or "Failed to establish" in text:
-            return True
-        e, seen = e.__cause__ or e.__context__, seen + 1
-    return False
 
 
 def run_url(uri: str, experiment_id: str, run_id: str) -> str:

@@ -103,7 +103,7 @@ def _needs(ref: ModelRef, root: Path) -> list[str]:
 
 
 def check_directory(ref: ModelRef, root: Path) -> str | None:
-    from seggen.models.checkpoint import tree_problem
+    from seggen.training.checkpoint import tree_problem
 
     if not root.is_dir():
         return f"{root} is a file, not a model directory"
