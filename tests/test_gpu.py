@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from benchmarks import gpu_check
+from benchmarks import gpu_models, gpu_parts
 from seggen.pipeline import stages
 from seggen.training import observe_steps
 
@@ -19,14 +19,14 @@ pytestmark = pytest.mark.gpu
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     work = tmp_path_factory.mktemp("gpu")
-    captions = gpu_check.prepare_data(work, tiny=True)
-    gpu_check.build_sd(work / "sd15", captions, xl=False, tiny=True, device="cpu")
-    gpu_check.build_backbone(work / "swin-t", tiny=True)
+    captions = gpu_models.prepare_data(work, tiny=True)
+    gpu_models.build_sd(work / "sd15", captions, xl=False, tiny=True, device="cpu")
+    gpu_models.build_backbone(work / "swin-t", tiny=True)
     return work
 
 
-def _train(run) -> gpu_check.StepClock:
-    clock = gpu_check.StepClock()
+def _train(run) -> gpu_parts.StepClock:
+    clock = gpu_parts.StepClock()
     with observe_steps(clock):
         run()
     assert len(clock.losses) == 3 and all(math.isfinite(v) for v in clock.losses)
@@ -39,7 +39,7 @@ def _weights(directory) -> dict:
 
 
 def test_text2mask_trains_on_cuda_in_bf16_with_ema(work):
-    p = gpu_check.check_params(work, tiny=True)
+    p = gpu_models.check_params(work, tiny=True)
     assert p.text2mask.train.ema and p.text2mask.train.mixed_precision == "bf16"
     _train(lambda: stages.train_text2mask(p))
     out = p.text2mask.out
@@ -54,13 +54,13 @@ def test_text2mask_trains_on_cuda_in_bf16_with_ema(work):
 
 
 def test_mask2img_trains_on_cuda_in_bf16(work):
-    p = gpu_check.check_params(work, tiny=True)
+    p = gpu_models.check_params(work, tiny=True)
     _train(lambda: stages.train_mask2img(p))
     assert (p.mask2img.out / "model" / "controlnet").is_dir()
 
 
 def test_mask2former_trains_and_evaluates_on_cuda_in_bf16(work):
-    p = gpu_check.check_params(work, tiny=True)
+    p = gpu_models.check_params(work, tiny=True)
     assert p.segmenter.train.mixed_precision == "bf16"
     model_dir = None
 

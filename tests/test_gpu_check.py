@@ -84,7 +84,7 @@ def test_the_real_architectures_are_the_published_models():
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, SwinConfig, SwinModel
 
-    from benchmarks import gpu_check as g
+    from benchmarks import gpu_models as g
     from seggen.generators.mask2img import controlnet_from_unet
 
     def count(m) -> int:
