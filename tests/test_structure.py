@@ -312,3 +312,16 @@ def test_cached_outputs_stay_ignored_without_dvcs_gitignore_entries(tmp_path):
     ignored = {path for where, path in matches if where != "::" and not where.split(":", 2)[2].startswith("!")}
     assert {f"{rel}/part.bin" for rel in cached} <= ignored, sorted({f"{r}/part.bin" for r in cached} - ignored)
     assert not (tracked & ignored), sorted(tracked & ignored)
+
+
+def test_no_module_over_500_lines():
+    """Small modules named for what they hold; a generated data table (ADE20K's class list) is the exception."""
+    tables = {"seggen/data/ade20k_meta.py"}
+    long = [
+        f"{f.relative_to(REPO)}: {n}"
+        for f in sorted(
+            [*(REPO / "seggen").rglob("*.py"), *(REPO / "flows").glob("*.py"), *(REPO / "benchmarks").glob("*.py")]
+        )
+        if (n := len(f.read_text().splitlines())) > 500 and str(f.relative_to(REPO)) not in tables
+    ]
+    assert not long, long

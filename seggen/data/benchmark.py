@@ -8,16 +8,12 @@ compression, so segmentation is not a colour lookup.
 Splits (ADE20K directory names): `training`, `validation` and `tuning` in the labelled domain;
 `validation_shift` (K unseen domains) and `tuning_shift` (K_t others), the same scene distribution
 rendered in looks drawn from seggen.data.domains' distribution, to measure generalisation to domains
-no choice read. ROOT/seggen_domains.json lists every drawn domain: its look, its distance to the
-labelled domain and its images.
+no choice read; ROOT/seggen_domains.json lists each one's look, distance to the labelled one, images.
 
-Written in both layouts:
-    ROOT/images/{split}/*.jpg, ROOT/annotations/{split}/*.png       (ADE20K, semantic)
-    ROOT/panoptic/panoptic_{split}.json + panoptic_{split}/*.png      (COCO panoptic)
-    ROOT/seggen_meta.json                                             (classes, colour-map palette)
-
-Every sample's random stream derives from (seed, split, index) alone, so the output does not
-depend on the number of worker processes or the order they finish in.
+Written in both layouts: ADE20K's (ROOT/images/{split}/*.jpg, ROOT/annotations/{split}/*.png) and COCO
+panoptic (ROOT/panoptic/panoptic_{split}.json + panoptic_{split}/*.png), with ROOT/seggen_meta.json (the
+classes, the colour-map palette). Every sample's random stream derives from (seed, split, index) alone,
+so the output does not depend on the number of worker processes or the order they finish in.
 """
 
 from __future__ import annotations
