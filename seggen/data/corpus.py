@@ -285,7 +285,7 @@ def prepare_corpus(params, progress: bool = True) -> dict:
     c = params.prior.corpus
     reason = skipped(params)
     if reason:
-        with atomic_dir(c.out, "prepare corpus (skipped)", "prior.corpus.out") as tmp:
+        with atomic_dir(c.out, "prepare_corpus (skipped)", "prior.corpus.out") as tmp:
             write_json(tmp / SUMMARY, {"skipped": reason})
         return {"skipped": reason}
     return generate_corpus(
