@@ -124,6 +124,8 @@ def estimate(profile: Path) -> tuple[list[tuple[str, str, float]], dict]:
     m2f = mask2former_flops(seg.train.crop, 150, seg.model.num_queries, seg.model.decoder_layers)
     cap = blip2_flops(p.caption.max_new_tokens)
     t2m, m2i, syn = p.text2mask.train, p.mask2img.train, p.synthesize
+    # samples per optimizer step: the global batch of a micro-step x the micro-steps accumulated
+    b_t2m, b_m2i, b_seg = (t.batch_size * t.grad_accum for t in (t2m, m2i, seg.train))
     cfg_mult = 2  # classifier-free guidance: a conditional and an unconditional pass per step
     masksyn = n_train * syn.masksyn_per_source
     imgsyn = n_train * syn.imgsyn_per_source
@@ -131,13 +133,13 @@ def estimate(profile: Path) -> tuple[list[tuple[str, str, float]], dict]:
         ("caption (BLIP-2)", f"{n_train} images", n_train * cap),
         (
             "train Text2Mask (SDXL UNet fine-tuned)",
-            f"{t2m.steps} steps x {t2m.batch_size}",
-            3 * unet * t2m.steps * t2m.batch_size,
+            f"{t2m.steps} steps x {b_t2m}",
+            3 * unet * t2m.steps * b_t2m,
         ),
         (
             "train Mask2Img (SDXL ControlNet)",
-            f"{m2i.steps} steps x {m2i.batch_size}",
-            3 * (unet + control) * m2i.steps * m2i.batch_size,
+            f"{m2i.steps} steps x {b_m2i}",
+            3 * (unet + control) * m2i.steps * b_m2i,
         ),
         (
             "synthesize MaskSyn",
@@ -147,8 +149,8 @@ def estimate(profile: Path) -> tuple[list[tuple[str, str, float]], dict]:
         ("synthesize ImgSyn", f"{imgsyn} images x {syn.steps} steps", imgsyn * syn.steps * cfg_mult * (unet + control)),
         (
             "train Mask2Former Swin-L (one arm)",
-            f"{seg.train.steps} steps x {seg.train.batch_size}",
-            3 * m2f * seg.train.steps * seg.train.batch_size,
+            f"{seg.train.steps} steps x {b_seg}",
+            3 * m2f * seg.train.steps * b_seg,
         ),
         ("evaluate (one arm, 2000 images)", "2000 images", 2000 * m2f * 1.5),  # larger test images than the crop
     ]

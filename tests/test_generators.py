@@ -452,3 +452,22 @@ def test_a_checkpoint_with_non_finite_weights_is_never_written(tmp_path):
     with pytest.raises(TrainingError, match=r"weights hold NaN or inf after step 3 \(model: weight\)"):
         write_checkpoint(tmp_path / "checkpoints", 3, {"model": RawStateDict(m)}, opt, {}, 2)
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_the_processes_of_a_run_draw_the_one_process_batch():
+    """Samples, noise, timesteps and dropped captions of a micro-step: N processes' shares interleave
+    into the one-process batch."""
+    from seggen.generators.diffusion import draw_micro_batch
+
+    x0 = torch.randn(10, 3, 4, 4)
+    ids = [torch.arange(10 * 5).reshape(10, 5)]
+    empty = [torch.zeros(1, 5, dtype=torch.long)]
+    args = (0, "text2mask", 7, x0, ids, empty, 8, 0.5, 1000, "cpu")
+    whole = draw_micro_batch(*args)
+    for world in (2, 4):
+        parts = [draw_micro_batch(*args, slice(r, None, world)) for r in range(world)]
+        for field in ("idx", "x0", "noise", "t"):
+            joined = torch.stack([getattr(parts[k % world], field)[k // world] for k in range(8)])
+            assert torch.equal(joined, getattr(whole, field))
+        joined = torch.stack([parts[k % world].ids[0][k // world] for k in range(8)])
+        assert torch.equal(joined, whole.ids[0])

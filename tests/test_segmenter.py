@@ -356,10 +356,51 @@ def test_bad_input(small_benchmark, tmp_path, tiny_gens):
 
 
 def test_segmenter_seed_changes_the_run_not_the_real_subset(small_benchmark, tmp_path):
-    from seggen.segmenter.train import Mixture, make_batch
+    from seggen.segmenter.train import Mixture, StepBatches
 
     p0 = load_params(seg_params(tmp_path, small_benchmark, real_subset=6))
     p1 = load_params(seg_params(tmp_path, small_benchmark, real_subset=6, seed=1))
     assert list(Mixture(p0).real_idx) == list(Mixture(p1).real_idx)
-    b0, b0_again, b1 = (make_batch(Mixture(p), p, "main", 0, 0)[0] for p in (p0, p0, p1))
+    b0, b0_again, b1 = (StepBatches(Mixture(p), p, 1)[0][0] for p in (p0, p0, p1))
     assert b0.equal(b0_again) and not b0.equal(b1)
+
+
+def test_the_processes_of_a_run_read_the_one_process_batch(small_benchmark, tiny_synthetic, tmp_path):
+    """Each of N processes reads every N-th sample of the global batch: together, the one-process
+    batch (samples, replacements and augmentation alike), on any world size."""
+    import torch
+
+    from seggen.segmenter.train import Mixture, StepBatches
+
+    p = load_params(seg_params(tmp_path, small_benchmark, tiny_synthetic, strategy="augment", p_aug=0.5))
+    mix = Mixture(p)
+    whole = StepBatches(mix, p, 6)
+    for world in (2, 4):
+        shares = [StepBatches(mix, p, 6, slice(r, None, world)) for r in range(world)]
+        for j in (0, 5):
+            x, masks, classes = whole[j]
+            parts = [s[j] for s in shares]
+            assert all(len(part[0]) == len(x) // world for part in parts)
+            for k in range(len(x)):
+                px, pm, pc = parts[k % world]
+                assert torch.equal(px[k // world], x[k]) and torch.equal(pm[k // world], masks[k])
+                assert torch.equal(pc[k // world], classes[k])
+
+
+def test_a_pretrained_backbone_trains_at_a_tenth_of_the_rate(small_benchmark, tmp_path):
+    """The recipe's backbone multiplier: two param groups, the backbone's at 0.1x (checkpointed
+    optimizer state); from scratch one group at the base rate."""
+    from seggen.segmenter.train import train_segmenter
+
+    def groups(**seg) -> list[dict]:
+        out = tmp_path / ("mult" if seg else "scratch")
+        p = load_params(seg_params(tmp_path, small_benchmark, out=str(out), **seg))
+        train_segmenter(p, progress=False)
+        state = json.loads((out / "checkpoints" / "step_0000006" / "optimizer.json").read_text())
+        return state["param_groups"]
+
+    scratch = groups()
+    assert len(scratch) == 1
+    tenth = groups(train={"backbone_lr_mult": 0.1})
+    assert len(tenth) == 2 and tenth[0]["lr"] == pytest.approx(0.1 * tenth[1]["lr"])
+    assert tenth[1]["lr"] == pytest.approx(scratch[0]["lr"])

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from seggen.cli import app, state
+from seggen.cli.launch import relaunch
 from seggen.errors import ConfigError, SeggenError
 
 # the one way to pick a run other than the main one (seggen.config.experiments.pick)
@@ -87,9 +88,18 @@ def _train(section: str, steps: int | None, out: Path | None, arm: str | None = 
     from seggen.pipeline import stages
 
     p = state.params({f"{section}.train.steps": steps, f"{section}.out": str(out) if out else None})
+    arm = state.value(arm, "--arm")
+    relaunch(getattr(p.pick(arm) if arm else p, section).train, f"{section}.train")
     train = getattr(stages, f"train_{section}")
-    model = train(p, state.value(arm, "--arm")) if arm else train(p)
-    typer.echo(f"model written to {model}")
+    model = train(p, arm) if arm else train(p)
+    _written(model)
+
+
+def _written(model: Path) -> None:
+    from seggen.training import is_main_process
+
+    if is_main_process():  # once, not once per launched process
+        typer.echo(f"model written to {model}")
 
 
 @app.command("train_text2mask")
@@ -190,7 +200,8 @@ def train_segmenter_cmd(
     p = state.params(
         {"segmenter.strategy": strategy, "segmenter.train.steps": steps, "segmenter.out": str(out) if out else None}
     )
-    typer.echo(f"model written to {stages.train_segmenter(p, arm)}")
+    relaunch((p.arm(arm) if arm else p).segmenter.train, "segmenter.train")
+    _written(stages.train_segmenter(p, arm))
 
 
 @app.command()

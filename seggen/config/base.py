@@ -68,7 +68,7 @@ class LoopParams(_Section):
     steps: StrictInt = Field(600, ge=1, le=MAX_STEPS)
     """Optimizer steps."""
     batch_size: StrictInt = Field(16, ge=1)
-    """Samples per step."""
+    """Samples per micro-step over all processes (the global batch; each process takes batch_size / processes)."""
     lr: float = Field(1e-3, gt=0)
     """Peak learning rate (AdamW)."""
     weight_decay: float = Field(0.0, ge=0)
@@ -87,6 +87,12 @@ class LoopParams(_Section):
     """Checkpoints kept (older ones are deleted)."""
     threads: StrictInt = Field(0, ge=0)
     """Torch CPU threads; 0: torch's default."""
+    optimizer: Literal["adamw", "adamw8bit"] = "adamw"
+    """adamw | adamw8bit (bitsandbytes, the `8bit` extra: a quarter of AdamW's state memory)."""
+    num_processes: StrictInt = Field(1, ge=1, le=1024)
+    """Processes to train with (one per GPU; CPU processes without one): the stage runs under `accelerate launch`."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory for about a third more compute."""
 
 
 _ARM_BODY, _VARIANT_BODY = r"[a-z0-9][a-z0-9_-]{0,39}", r"[a-z0-9][a-z0-9_]{0,39}"

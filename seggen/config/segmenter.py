@@ -28,7 +28,8 @@ class Mask2FormerParams(_Section):
     encoder_layers: StrictInt = Field(2, ge=1)
     """Deformable-attention layers of the pixel decoder."""
     decoder_layers: StrictInt = Field(3, ge=1)
-    """Layers of the transformer decoder."""
+    """As transformers' Mask2FormerConfig.decoder_layers (detectron2's DEC_LAYERS): the transformer
+    decoder's layers + 1 (the prediction from the queries alone); the published 10 = 9 layers."""
     train_num_points: StrictInt = Field(1024, ge=16)
     """Points sampled per mask for the mask losses (Mask2Former's point sampling)."""
 
@@ -60,6 +61,11 @@ class SegTrainParams(LoopParams):
     """Random resize range (min, max) before the crop."""
     flip: bool = True
     """Random horizontal flips."""
+    backbone_lr_mult: float | None = Field(None, gt=0)
+    """Learning rate of the backbone relative to the rest; null: the recipe's 0.1 over pretrained
+    weights (segmenter.backbone or segmenter.pretrained), 1 from scratch."""
+    workers: StrictInt = Field(0, ge=0, le=64)
+    """DataLoader processes reading and augmenting the next batches while the model trains (0: the training's own)."""
 
     @model_validator(mode="after")
     def _scale(self) -> SegTrainParams:

@@ -111,46 +111,37 @@ def draw_micro_batch(
     caption_dropout: float,
     num_timesteps: int,
     device,
-    rank: int = 0,
-    world: int = 1,
+    share: slice = slice(None),
 ) -> MicroBatch:
-    """Everything random about one micro-step, from generators keyed on (seed, micro-step, rank)."""
-    idx = torch.from_numpy(batch_indices(seed, micro_step, len(x0_all), batch_size, rank, world))
-    gen = torch_gen(seed, kind, "noise", micro_step, rank)
-    x0 = x0_all[idx].to(device)
-    noise = torch.randn(x0.shape, generator=gen).to(device)
-    t = torch.randint(0, num_timesteps, (len(idx),), generator=gen).to(device)
+    """Everything random about one micro-step's global batch of `batch_size`, from generators keyed on
+    (seed, micro-step): the same samples, noise and timesteps on 1 or N processes. This process keeps
+    the rows of its `share` (Loop.share)."""
+    idx = torch.from_numpy(batch_indices(seed, micro_step, len(x0_all), batch_size))
+    gen = torch_gen(seed, kind, "noise", micro_step, 0)  # 0: the whole global batch's stream
+    noise = torch.randn((len(idx), *x0_all.shape[1:]), generator=gen)
+    t = torch.randint(0, num_timesteps, (len(idx),), generator=gen)
     drop = torch.rand(len(idx), generator=gen) < caption_dropout
+    idx, noise, t, drop = idx[share], noise[share], t[share], drop[share]
     ids = [torch.where(drop[:, None], e.expand(len(idx), -1), a[idx]).to(device) for a, e in zip(ids_all, empty_ids)]
-    return MicroBatch(idx, x0, noise, t, ids)
+    return MicroBatch(idx, x0_all[idx].to(device), noise.to(device), t.to(device), ids)
 
 
-def micro_batches(
-    seed: int,
-    kind: str,
-    step: int,
-    train,
-    x0_all: torch.Tensor,
-    ids_all: list[torch.Tensor],
-    empty_ids: list[torch.Tensor],
-    num_timesteps: int,
-    accelerator,
-):
-    """The `train.grad_accum` micro-batches of one optimizer step (draw_micro_batch, this process's share)."""
-    for micro in range(train.grad_accum):
+def micro_batches(loop, seed: int, kind: str, step: int, x0_all, ids_all, empty_ids, num_timesteps: int):
+    """The `train.grad_accum` micro-batches of optimizer step `step` (draw_micro_batch, this process's share)."""
+    tc = loop.train
+    for micro in range(tc.grad_accum):
         yield draw_micro_batch(
             seed,
             kind,
-            step * train.grad_accum + micro,
+            step * tc.grad_accum + micro,
             x0_all,
             ids_all,
             empty_ids,
-            train.batch_size,
-            train.caption_dropout,
+            tc.batch_size,
+            tc.caption_dropout,
             num_timesteps,
-            accelerator.device,
-            accelerator.process_index,
-            accelerator.num_processes,
+            loop.device,
+            loop.share(),
         )
 
 
@@ -228,11 +219,15 @@ def training_target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.T
     raise ValueError(kind)
 
 
-def text_to_image_step(accelerator, unet, cond, noise_scheduler, batches, optimizer, trainable, max_grad_norm: float):
+def text_to_image_step(loop, unet, cond, noise_scheduler, batches, trainable) -> torch.Tensor:
     """One optimizer step of a text-conditioned UNet over `batches` (micro_batches, gradients
-    accumulated): the denoising update Text2Mask and the prior share. Returns the last micro-batch's loss."""
+    accumulated): the denoising update Text2Mask and the prior share. Returns the last micro-batch's loss.
+
+    x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps (add_noise); the UNet predicts the scheduler's target
+    (x_0, eps or v) from x_t, t and the caption, and the loss is their mean squared error."""
     import torch.nn.functional as F
 
+    accelerator, optimizer = loop.accelerator, loop.opt
     for b in batches:
         with accelerator.accumulate(unet):
             with accelerator.autocast():
@@ -243,7 +238,7 @@ def text_to_image_step(accelerator, unet, cond, noise_scheduler, batches, optimi
                 loss = F.mse_loss(pred.float(), target.float())
             accelerator.backward(loss)
             if accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(trainable, max_grad_norm)
+                accelerator.clip_grad_norm_(trainable, loop.train.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
     return loss
@@ -328,13 +323,15 @@ def read_model_meta(directory: str | Path, kind: str) -> dict:
 
 
 def fingerprint_params(params: Params, gen: GeneratorParams, prediction_type: str) -> str:
-    """What a checkpoint's trajectory depends on: not the step budget, checkpointing, threads or
-    sampling settings, so raising `train.steps` resumes and extends an earlier run. The prediction
-    type as resolved (null and its resolution are the same training)."""
+    """What a checkpoint's trajectory depends on: not the step budget, checkpointing (of weights or of
+    activations), threads, processes or sampling settings, so raising `train.steps` resumes and extends
+    an earlier run. The prediction type as resolved (null and its resolution are the same training)."""
     g = gen.model_dump(mode="json", exclude={"out", "sample"})
     g["prediction_type"] = prediction_type
-    for k in ("steps", "checkpoint_every", "keep_checkpoints", "threads"):
+    for k in ("steps", "checkpoint_every", "keep_checkpoints", "threads", "gradient_checkpointing", "num_processes"):
         g["train"].pop(k)
+    if g["train"]["optimizer"] == "adamw":  # the default is what a fingerprint without the key means
+        g["train"].pop("optimizer")
     blob = json.dumps(
         [
             params.seed,

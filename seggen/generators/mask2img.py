@@ -16,9 +16,7 @@ Output directory (`mask2img.out`):
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +30,8 @@ from seggen.config import Params
 from seggen.errors import ConfigError, DataError
 from seggen.generators import diffusion, text
 from seggen.generators.prior import GRID_STYLES
-from seggen.io import check_dir, claim, write_png
-from seggen.training import checkpoint as ckpt
+from seggen.io import check_dir, write_png
+from seggen.training.loop import Loop
 
 log = logging.getLogger(__name__)
 KIND = "mask2img"
@@ -58,20 +56,26 @@ def prior_of(params: Params) -> Path | None:
 def train_mask2img(params: Params, progress: bool = True) -> Path:
     from diffusers import UNet2DConditionModel
 
-    cfg = params.mask2img
+    cfg, tc = params.mask2img, params.mask2img.train
     out = check_dir(cfg.out, "mask2img.out")
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    # 1. The base's noise schedule and objective: the prior's, a checkpoint's, or a new one
     prior = prior_of(params)  # the benchmark's pretrained base, or None
-    if prior is not None:  # its noise schedule and objective
+    if prior is not None:
         from diffusers import DDPMScheduler
 
         noise_scheduler = DDPMScheduler.from_pretrained(prior / "scheduler")
     else:
         noise_scheduler = diffusion.build_noise_scheduler(cfg, KIND)  # a contradicting prediction_type fails here
-    accelerator = training.make_accelerator(cfg.train)
+    fingerprint = diffusion.fingerprint_params(params, cfg, noise_scheduler.config.prediction_type)
+    if prior is not None:  # trained on another prior: other checkpoints
+        fingerprint = training.seed_for(fingerprint, diffusion.read_model_meta(prior, "prior")["fingerprint"])
+        fingerprint = f"{fingerprint:016x}"[:16]
+    loop = Loop("train_mask2img", out, "mask2img.train", tc, fingerprint, params.tracking.log_every, None, progress)
     torch.manual_seed(training.seed_for(params.seed, KIND, "init"))
 
+    # 2. (image, colour map, caption) triples; images as pixels or the pretrained VAE's latents
     data = diffusion.load_generator_data(params, cfg.resolution)
     captions = [f"{c}, {cfg.caption_style}" for c in data.captions] if cfg.caption_style else data.captions
     vae = diffusion.load_vae(cfg.pretrained)
@@ -80,7 +84,7 @@ def train_mask2img(params: Params, progress: bool = True) -> Path:
         unet = UNet2DConditionModel.from_pretrained(cfg.pretrained, subfolder="unet")
         sdxl = unet.config.addition_embed_type == "text_time"
         cond = text.TextConditioner.build(params.text_encoder, captions, cfg.pretrained, sdxl, cfg.resolution)
-        x0_all = diffusion.encode_latents(vae.to(accelerator.device), data.images)
+        x0_all = diffusion.encode_latents(vae.to(loop.device), data.images)
     elif prior is not None:  # the prior's UNet and (frozen) text encoder; the ControlNet learns the masks
         unet = UNet2DConditionModel.from_pretrained(prior / "unet")
         cond = text.TextConditioner.load(prior)
@@ -94,83 +98,54 @@ def train_mask2img(params: Params, progress: bool = True) -> Path:
         cond = text.TextConditioner.build(params.text_encoder, captions)
         unet = diffusion.build_unet(cfg.unet, 3, cond.context_dim(), cfg.resolution)
         x0_all = data.images
-    # a broad base (real weights, the prior) stays frozen unless asked; one from scratch must learn
-    train_base = cfg.base == "finetune" or (cfg.base == "auto" and not (cfg.pretrained or prior is not None))
-    train_te = cond.trainable
-    unet.requires_grad_(train_base)
-    controlnet = controlnet_from_unet(unet, tuple(cfg.controlnet.conditioning_embedding_out_channels))
     cond_all = (data.colour_maps + 1) / 2  # ControlNet conditioning images live in [0, 1]
     ids_all = cond.tokenize(captions)
     empty_ids = cond.tokenize([""])
 
-    trainable = list(controlnet.parameters())
-    trainable += list(unet.parameters()) if train_base else []
-    trainable += list(cond.encoders[0].parameters()) if train_te else []
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    # 3. The ControlNet starts as a copy of the base's encoder, its residuals zero-initialised. A broad
+    # base (real weights, the prior) stays frozen unless asked; one from scratch must learn too.
+    train_base = cfg.base == "finetune" or (cfg.base == "auto" and not (cfg.pretrained or prior is not None))
+    unet.requires_grad_(train_base)
+    controlnet = controlnet_from_unet(unet, tuple(cfg.controlnet.conditioning_embedding_out_channels))
+    modules = {"controlnet": controlnet}
+    modules |= {"unet": unet} if train_base else {}
+    modules |= {"text_encoder": cond.encoders[0]} if cond.trainable else {}
+    trainable = [p for m in modules.values() for p in m.parameters()]
+    optimizer = loop.optimizer(trainable)
+    frozen = (() if train_base else (unet.eval(),)) + (() if cond.trainable else (cond,))
+    modules = loop.start(modules, optimizer, frozen=frozen, ema="controlnet")
+    controlnet = modules["controlnet"]
+    unet = modules.get("unet", unet)
+    if cond.trainable:
+        cond.encoders[0] = modules["text_encoder"]
 
-    start, losses = 0, []
-    fingerprint = diffusion.fingerprint_params(params, cfg, noise_scheduler.config.prediction_type)
-    if prior is not None:  # trained on another prior: other checkpoints
-        fingerprint = training.seed_for(fingerprint, diffusion.read_model_meta(prior, "prior")["fingerprint"])
-        fingerprint = f"{fingerprint:016x}"[:16]
-    state = {"fingerprint": fingerprint}
-    claim(out, "mask2img.out", "train_mask2img")
-    last = ckpt.resumable_checkpoint(out / "checkpoints", state["fingerprint"])
-    if last is not None:
-        saved = json.loads((last / "trainer_state.json").read_text())
-        ckpt.load_weights(controlnet, last / "controlnet")
-        if train_base:
-            ckpt.load_weights(unet, last / "unet")
-        if train_te:
-            ckpt.load_weights(cond.encoders[0], last / "text_encoder")
-        ckpt.load_optimizer(optimizer, last)
-        start = saved["step"]
-        losses = list(saved.get("losses", []))  # the whole run's curve, not only the steps after here
-        log.info("resuming mask2img from %s (step %d)", last, start)
+    # 4. The steps: the base predicts the target from x_t, t, the caption and the ControlNet's residuals
+    device, scale = loop.device, cfg.controlnet.conditioning_scale
+    num_timesteps = noise_scheduler.config.num_train_timesteps
+    n_prior = max(1, round(cfg.prior_mix * tc.batch_size))  # corpus samples per global micro-batch
 
-    models = [controlnet] + ([unet] if train_base else []) + ([cond.encoders[0]] if train_te else [])
-    prepared = accelerator.prepare(*models, optimizer)
-    controlnet, optimizer = prepared[0], prepared[-1]
-    k = 1
-    if train_base:
-        unet, k = prepared[k], k + 1
-    else:
-        unet = unet.to(accelerator.device).eval()
-    if train_te:
-        cond.encoders[0] = prepared[k]
-    else:
-        cond.to(accelerator.device)
-    device = accelerator.device
-    tc = cfg.train
-    scale = cfg.controlnet.conditioning_scale
-    bar = training.step_bar(tc.steps, start, "train_mask2img", accelerator, progress)
-    live = training.LiveMetrics(
-        params.tracking.log_every, tc.batch_size * tc.grad_accum * accelerator.num_processes, accelerator
-    )
-    t0 = time.perf_counter()
-    for step in range(start, tc.steps):
-        for g in optimizer.param_groups:
-            g["lr"] = training.lr_at(step, tc.lr, tc.warmup_steps)
-        num_timesteps = noise_scheduler.config.num_train_timesteps
-        for b in diffusion.micro_batches(
-            params.seed, KIND, step, tc, x0_all, ids_all, empty_ids, num_timesteps, accelerator
+    def step(s: int):
+        accelerator = loop.accelerator
+        for micro, b in enumerate(
+            diffusion.micro_batches(loop, params.seed, KIND, s, x0_all, ids_all, empty_ids, num_timesteps)
         ):
             cimg = cond_all[b.idx].to(device)
             gate = None
             if corpus is not None:  # the prior mixed back in: corpus samples, ControlNet off for them
-                n = max(1, round(cfg.prior_mix * len(b.idx)))
                 pb = diffusion.draw_micro_batch(
                     params.seed,
                     "mask2img-prior",
-                    step * tc.grad_accum,
+                    s * tc.grad_accum + micro,
                     corpus[0],
                     corpus[1],
                     empty_ids,
-                    n,
+                    n_prior,
                     tc.caption_dropout,
                     num_timesteps,
                     device,
+                    loop.share(),
                 )
+                n = len(pb.idx)
                 gate = torch.cat([torch.ones(len(b.idx)), torch.zeros(n)]).to(device)
                 b = diffusion.MicroBatch(
                     b.idx,
@@ -210,29 +185,16 @@ def train_mask2img(params: Params, progress: bool = True) -> Path:
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(trainable, tc.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-        losses.append(training.finite_loss(loss.item(), step + 1, optimizer.param_groups[0]["lr"], "train_mask2img"))
-        done = step + 1
-        bar.update()
-        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-        live.step(step + 1, losses[-1], optimizer.param_groups[0]["lr"], tc.steps)
-        if accelerator.is_main_process and (done % tc.checkpoint_every == 0 or done == tc.steps):
-            mods = {"controlnet": accelerator.unwrap_model(controlnet)}
-            if train_base:
-                mods["unet"] = accelerator.unwrap_model(unet)
-            if train_te:
-                mods["text_encoder"] = accelerator.unwrap_model(cond.encoders[0])
-            ckpt.write_checkpoint(
-                out / "checkpoints", done, mods, optimizer, {**state, "losses": losses}, tc.keep_checkpoints
-            )
-    bar.close()
-    elapsed = time.perf_counter() - t0
-    accelerator.wait_for_everyone()
-    if not accelerator.is_main_process:
+                loop.opt.step()
+                loop.opt.zero_grad(set_to_none=True)
+        return loss
+
+    loop.run(step, lambda s: training.lr_at(s, tc.lr, tc.warmup_steps))
+    if not loop.finish():
         return out / "model"
 
-    parts = {"unet": accelerator.unwrap_model(unet), "controlnet": accelerator.unwrap_model(controlnet)}
+    # 5. The model directory (the EMA weights where kept), its sample grid and its styles grid
+    parts = {"unet": loop.final("unet") if train_base else unet, "controlnet": loop.final("controlnet")}
     if train_base and (cfg.pretrained or prior is not None):  # the broad base beside it, for the style swap
         parts[UNET_PRIOR] = (
             UNet2DConditionModel.from_pretrained(cfg.pretrained, subfolder="unet")
@@ -242,7 +204,7 @@ def train_mask2img(params: Params, progress: bool = True) -> Path:
     model_dir = diffusion.save_model(
         out / "model",
         parts,
-        cond.unwrapped(accelerator),
+        cond.unwrapped(loop.accelerator),
         noise_scheduler,
         vae,
         {
@@ -254,8 +216,8 @@ def train_mask2img(params: Params, progress: bool = True) -> Path:
             "caption_style": cfg.caption_style,
             "base": "finetuned" if train_base else "frozen",
             "prior": None if prior is None else diffusion.read_model_meta(prior, "prior")["fingerprint"],
-            "train": training.train_summary(tc.steps, start, elapsed, losses),
-            "fingerprint": state["fingerprint"],
+            "train": loop.summary(),
+            "fingerprint": fingerprint,
         },
     )
     n = min(8, len(data))

@@ -16,9 +16,7 @@ Output directory (`prior.out`):
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +28,7 @@ from seggen import training
 from seggen.config import Params
 from seggen.generators import diffusion, text
 from seggen.io import check_dir, claim
-from seggen.training import checkpoint as ckpt
+from seggen.training.loop import Loop
 
 log = logging.getLogger(__name__)
 KIND = "prior"
@@ -89,85 +87,55 @@ def train_prior(params: Params, progress: bool = True) -> Path:
         (out / "checkpoints").mkdir(exist_ok=True)  # a DVC output, empty
         log.info("prior not trained: %s", reason)
         return out / "model"
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+    tc = cfg.train
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    # 1. The noise schedule and objective
     noise_scheduler = diffusion.build_noise_scheduler(cfg, KIND)
-    accelerator = training.make_accelerator(cfg.train)
+    fingerprint = diffusion.fingerprint_params(params, cfg, noise_scheduler.config.prediction_type)
+    loop = Loop("train_prior", out, "prior.train", tc, fingerprint, params.tracking.log_every, None, progress)
     torch.manual_seed(training.seed_for(params.seed, KIND, "init"))
 
+    # 2. The corpus; the tokenizer learns its words (content and style), which the labelled captions share
     x0_all, captions = load_corpus(params, cfg.resolution)
-    # the tokenizer learns the corpus's words (content and style); the labelled captions use the same
     cond = text.TextConditioner.build(params.text_encoder, captions)
     unet = diffusion.build_unet(cfg.unet, 3, cond.context_dim(), cfg.resolution)
-    train_te = cond.trainable
     ids_all = cond.tokenize(captions)
     empty_ids = cond.tokenize([""])
-    trainable = list(unet.parameters()) + (list(cond.encoders[0].parameters()) if train_te else [])
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
 
-    start, losses = 0, []
-    state = {"fingerprint": diffusion.fingerprint_params(params, cfg, noise_scheduler.config.prediction_type)}
-    claim(out, "prior.out", "train_prior")
-    last = ckpt.resumable_checkpoint(out / "checkpoints", state["fingerprint"])
-    if last is not None:
-        saved = json.loads((last / ckpt.STATE).read_text())
-        ckpt.load_weights(unet, last / "unet")
-        if train_te:
-            ckpt.load_weights(cond.encoders[0], last / "text_encoder")
-        ckpt.load_optimizer(optimizer, last)
-        start = saved["step"]
-        losses = list(saved.get("losses", []))  # the whole run's curve, not only the steps after here
-        log.info("resuming the prior from %s (step %d)", last, start)
-    if train_te:
-        unet, cond.encoders[0], optimizer = accelerator.prepare(unet, cond.encoders[0], optimizer)
-    else:
-        unet, optimizer = accelerator.prepare(unet, optimizer)
-        cond.to(accelerator.device)
-    tc = cfg.train
-    bar = training.step_bar(tc.steps, start, "train_prior", accelerator, progress)
-    live = training.LiveMetrics(
-        params.tracking.log_every, tc.batch_size * tc.grad_accum * accelerator.num_processes, accelerator
-    )
-    t0 = time.perf_counter()
+    # 3. The UNet and the text encoder train; resume, prepare, EMA
+    modules = {"unet": unet} | ({"text_encoder": cond.encoders[0]} if cond.trainable else {})
+    trainable = [p for m in modules.values() for p in m.parameters()]
+    optimizer = loop.optimizer(trainable)
+    modules = loop.start(modules, optimizer, frozen=() if cond.trainable else (cond,), ema="unet")
+    unet = modules["unet"]
+    if cond.trainable:
+        cond.encoders[0] = modules["text_encoder"]
+
+    # 4. The denoising steps (Text2Mask's, over the corpus's images)
     num_timesteps = noise_scheduler.config.num_train_timesteps
-    for step in range(start, tc.steps):
-        for g in optimizer.param_groups:
-            g["lr"] = training.lr_at(step, tc.lr, tc.warmup_steps)
-        batches = diffusion.micro_batches(
-            params.seed, KIND, step, tc, x0_all, ids_all, empty_ids, num_timesteps, accelerator
-        )
-        loss = diffusion.text_to_image_step(
-            accelerator, unet, cond, noise_scheduler, batches, optimizer, trainable, tc.max_grad_norm
-        )
-        losses.append(training.finite_loss(loss.item(), step + 1, optimizer.param_groups[0]["lr"], "train_prior"))
-        done = step + 1
-        bar.update()
-        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-        live.step(step + 1, losses[-1], optimizer.param_groups[0]["lr"], tc.steps)
-        if accelerator.is_main_process and (done % tc.checkpoint_every == 0 or done == tc.steps):
-            mods = {"unet": accelerator.unwrap_model(unet)}
-            if train_te:
-                mods["text_encoder"] = accelerator.unwrap_model(cond.encoders[0])
-            ckpt.write_checkpoint(
-                out / "checkpoints", done, mods, optimizer, {**state, "losses": losses}, tc.keep_checkpoints
-            )
-    bar.close()
-    elapsed = time.perf_counter() - t0
-    accelerator.wait_for_everyone()
-    if not accelerator.is_main_process:
+
+    def step(s: int):
+        batches = diffusion.micro_batches(loop, params.seed, KIND, s, x0_all, ids_all, empty_ids, num_timesteps)
+        return diffusion.text_to_image_step(loop, unet, cond, noise_scheduler, batches, trainable)
+
+    loop.run(step, lambda s: training.lr_at(s, tc.lr, tc.warmup_steps))
+    if not loop.finish():
         return out / "model"
+
+    # 5. The model directory and its grid of styles
     model_dir = diffusion.save_model(
         out / "model",
-        {"unet": accelerator.unwrap_model(unet)},
-        cond.unwrapped(accelerator),
+        {"unet": loop.final("unet")},
+        cond.unwrapped(loop.accelerator),
         noise_scheduler,
         None,
         {
             "kind": KIND,
             "resolution": cfg.resolution,
             "images": len(captions),
-            "train": training.train_summary(tc.steps, start, elapsed, losses),
-            "fingerprint": state["fingerprint"],
+            "train": loop.summary(),
+            "fingerprint": fingerprint,
         },
     )
     sio.save_grid(sample_grid(model_dir, params.seed, cfg.sample.steps, cfg.sample.guidance_scale), out / "samples.png")

@@ -165,8 +165,9 @@ class TextConditioner:
     def tokenize(self, captions: list[str]) -> list[torch.Tensor]:
         return [tokenize(t, captions) for t in self.tokenizers]
 
-    def to(self, device) -> TextConditioner:
-        self.encoders = [e.to(device) for e in self.encoders]
+    def to(self, device, dtype: torch.dtype | None = None) -> TextConditioner:
+        """dtype: frozen encoders in the mixed-precision dtype (seggen.training.loop)."""
+        self.encoders = [e.to(device) if dtype is None else e.to(device, dtype=dtype) for e in self.encoders]
         if not self.trainable:
             for e in self.encoders:
                 e.eval()

@@ -13,10 +13,8 @@ Output directory (`text2mask.out`):
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +25,9 @@ from seggen import training
 from seggen.config import Params
 from seggen.errors import DataError
 from seggen.generators import diffusion, text
-from seggen.io import check_dir, claim
+from seggen.io import check_dir
 from seggen.progress import tqdm
-from seggen.training import checkpoint as ckpt
+from seggen.training.loop import Loop
 
 log = logging.getLogger(__name__)
 KIND = "text2mask"
@@ -37,112 +35,58 @@ KIND = "text2mask"
 
 def train_text2mask(params: Params, progress: bool = True) -> Path:
     """Train (resuming from the newest checkpoint in text2mask.out) and write text2mask.out/model."""
-    cfg = params.text2mask
+    cfg, tc = params.text2mask, params.text2mask.train
     out = check_dir(cfg.out, "text2mask.out")
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    noise_scheduler = diffusion.build_noise_scheduler(cfg, KIND)  # a contradicting prediction_type fails here, first
-    accelerator = training.make_accelerator(cfg.train)
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    # 1. The noise schedule and objective (a contradicting prediction_type fails here, first)
+    noise_scheduler = diffusion.build_noise_scheduler(cfg, KIND)
+    fingerprint = diffusion.fingerprint_params(params, cfg, noise_scheduler.config.prediction_type)
+    loop = Loop("train_text2mask", out, "text2mask.train", tc, fingerprint, params.tracking.log_every, None, progress)
     torch.manual_seed(training.seed_for(params.seed, KIND, "init"))
 
+    # 2. The training split's colour maps, as pixels or as the pretrained VAE's latents
     data = diffusion.load_generator_data(params, cfg.resolution, instances=cfg.instances)
     vae = diffusion.load_vae(cfg.pretrained)
-    if cfg.pretrained:
+    if cfg.pretrained:  # SD / SDXL: its UNet fine-tuned on the latents of the colour maps, its text encoders frozen
         from diffusers import UNet2DConditionModel
 
         unet = UNet2DConditionModel.from_pretrained(cfg.pretrained, subfolder="unet")
         sdxl = unet.config.addition_embed_type == "text_time"
         cond = text.TextConditioner.build(params.text_encoder, data.captions, cfg.pretrained, sdxl, cfg.resolution)
-        x0_all = diffusion.encode_latents(vae.to(accelerator.device), data.colour_maps)
+        x0_all = diffusion.encode_latents(vae.to(loop.device), data.colour_maps)
     else:
         cond = text.TextConditioner.build(params.text_encoder, data.captions)
         unet = diffusion.build_unet(cfg.unet, 3, cond.context_dim(), cfg.resolution)
         x0_all = data.colour_maps
-    train_te = cond.trainable
     ids_all = cond.tokenize(data.captions)
-    empty_ids = cond.tokenize([""])
+    empty_ids = cond.tokenize([""])  # the unconditional prompt of classifier-free guidance
 
-    trainable = list(unet.parameters()) + (list(cond.encoders[0].parameters()) if train_te else [])
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    ema = None
-    if cfg.train.ema:
-        from diffusers.training_utils import EMAModel
+    # 3. The UNet (and a from-scratch text encoder) train; resume, prepare, EMA
+    modules = {"unet": unet} | ({"text_encoder": cond.encoders[0]} if cond.trainable else {})
+    trainable = [p for m in modules.values() for p in m.parameters()]
+    optimizer = loop.optimizer(trainable)
+    modules = loop.start(modules, optimizer, frozen=() if cond.trainable else (cond,), ema="unet")
+    unet = modules["unet"]
+    if cond.trainable:
+        cond.encoders[0] = modules["text_encoder"]
 
-        ema = EMAModel(unet.parameters(), decay=cfg.train.ema_decay, model_cls=type(unet), model_config=unet.config)
+    # 4. The denoising steps
+    num_timesteps = noise_scheduler.config.num_train_timesteps
 
-    start, losses = 0, []
-    state = {"fingerprint": diffusion.fingerprint_params(params, cfg, noise_scheduler.config.prediction_type)}
-    claim(out, "text2mask.out", "train_text2mask")
-    last = ckpt.resumable_checkpoint(out / "checkpoints", state["fingerprint"])
-    if last is not None:
-        saved = json.loads((last / "trainer_state.json").read_text())
-        ckpt.load_weights(unet, last / "unet")
-        if train_te:
-            ckpt.load_weights(cond.encoders[0], last / "text_encoder")
-        ckpt.load_optimizer(optimizer, last)
-        if ema is not None:
-            ckpt.load_weights(ema_model := type(unet).from_config(unet.config), last / "unet_ema")
-            ema.shadow_params = [p.clone().detach() for p in ema_model.parameters()]
-            # one EMA update per optimizer step: its decay schedule goes on from here, not from 0
-            ema.optimization_step = saved["step"]
-        start = saved["step"]
-        losses = list(saved.get("losses", []))  # the whole run's curve, not only the steps after here
-        log.info("resuming text2mask from %s (step %d)", last, start)
+    def step(s: int):
+        batches = diffusion.micro_batches(loop, params.seed, KIND, s, x0_all, ids_all, empty_ids, num_timesteps)
+        return diffusion.text_to_image_step(loop, unet, cond, noise_scheduler, batches, trainable)
 
-    if train_te:
-        unet, cond.encoders[0], optimizer = accelerator.prepare(unet, cond.encoders[0], optimizer)
-    else:  # frozen: not wrapped for distributed training, just placed
-        unet, optimizer = accelerator.prepare(unet, optimizer)
-        cond.to(accelerator.device)
-    if ema is not None:  # the shadow weights live where the UNet now trains (built and restored on the CPU)
-        ema.to(accelerator.device)
-    tc = cfg.train
-    bar = training.step_bar(tc.steps, start, "train_text2mask", accelerator, progress)
-    live = training.LiveMetrics(
-        params.tracking.log_every, tc.batch_size * tc.grad_accum * accelerator.num_processes, accelerator
-    )
-    t0 = time.perf_counter()
-    for step in range(start, tc.steps):
-        for g in optimizer.param_groups:
-            g["lr"] = training.lr_at(step, tc.lr, tc.warmup_steps)
-        num_timesteps = noise_scheduler.config.num_train_timesteps
-        batches = diffusion.micro_batches(
-            params.seed, KIND, step, tc, x0_all, ids_all, empty_ids, num_timesteps, accelerator
-        )
-        loss = diffusion.text_to_image_step(
-            accelerator, unet, cond, noise_scheduler, batches, optimizer, trainable, tc.max_grad_norm
-        )
-        if ema is not None:
-            ema.step(accelerator.unwrap_model(unet).parameters())
-        losses.append(training.finite_loss(loss.item(), step + 1, optimizer.param_groups[0]["lr"], "train_text2mask"))
-        done = step + 1
-        bar.update()
-        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-        live.step(step + 1, losses[-1], optimizer.param_groups[0]["lr"], tc.steps)
-        if accelerator.is_main_process and (done % tc.checkpoint_every == 0 or done == tc.steps):
-            mods = {"unet": accelerator.unwrap_model(unet)}
-            if train_te:
-                mods["text_encoder"] = accelerator.unwrap_model(cond.encoders[0])
-            if ema is not None:
-                ema_model = type(mods["unet"]).from_config(mods["unet"].config)
-                ema.copy_to(ema_model.parameters())
-                mods["unet_ema"] = ema_model
-            ckpt.write_checkpoint(
-                out / "checkpoints", done, mods, optimizer, {**state, "losses": losses}, tc.keep_checkpoints
-            )
-    bar.close()
-    elapsed = time.perf_counter() - t0
-    accelerator.wait_for_everyone()
-    if not accelerator.is_main_process:
+    loop.run(step, lambda s: training.lr_at(s, tc.lr, tc.warmup_steps))
+    if not loop.finish():
         return out / "model"
 
-    final_unet = accelerator.unwrap_model(unet)
-    if ema is not None:
-        ema.copy_to(final_unet.parameters())
+    # 5. The model directory (the EMA weights where kept) and its sample grid
     model_dir = diffusion.save_model(
         out / "model",
-        {"unet": final_unet},
-        cond.unwrapped(accelerator),
+        {"unet": loop.final("unet")},
+        cond.unwrapped(loop.accelerator),
         noise_scheduler,
         vae,
         {
@@ -153,8 +97,8 @@ def train_text2mask(params: Params, progress: bool = True) -> Path:
             "things": data.meta.thing_ids,
             "instances": cfg.instances,
             "min_class_pixels": cfg.min_class_pixels,
-            "train": training.train_summary(tc.steps, start, elapsed, losses),
-            "fingerprint": state["fingerprint"],
+            "train": loop.summary(),
+            "fingerprint": fingerprint,
         },
     )
     # sample grid: real colour map | generated, for the first captions

@@ -84,6 +84,14 @@ def caption(params: Params) -> dict:
     return stats
 
 
+def _worker() -> bool:
+    """A process of `accelerate launch` other than the main one: it trains its share and returns; the
+    MLflow run, the logged files and the outputs are the main process's alone."""
+    from seggen.training import is_main_process
+
+    return not is_main_process()
+
+
 def _picked(params: Params, stage: str, arm: str | None) -> tuple[Params, str]:
     """The params of run `arm` (a variant, a regime, REGIME-VARIANT or an arm: Params.pick) and the
     MLflow run's name, the DVC stage's: STAGE or STAGE@ARM."""
@@ -110,6 +118,8 @@ def train_prior(params: Params, arm: str | None = None) -> Path:
     from seggen.generators.prior import train_prior
 
     params, name = _picked(params, "train_prior", arm)
+    if _worker():
+        return train_prior(params)
     with tracking.stage_run(
         name, _sections(params, "seed", "text_encoder", "prior"), system_metrics=_system(params)
     ) as mlrun:
@@ -142,6 +152,8 @@ def train_mask2img(params: Params, arm: str | None = None) -> Path:
 def _train_generator(params: Params, kind: str, run, arm: str | None) -> Path:
     params, name = _picked(params, f"train_{kind}", arm)
     cfg = getattr(params, kind)
+    if _worker():
+        return run(params)
     require_models(params, (kind,))
     with tracking.stage_run(
         name, _sections(params, "seed", "text_encoder", kind), system_metrics=_system(params)
@@ -214,6 +226,8 @@ def train_segmenter(params: Params, arm: str | None = None) -> Path:
 
     p = params.arm(arm) if arm else params
     cfg = p.segmenter
+    if _worker():
+        return run(p)
     require_models(p.model_copy(update={"arms": {}}), ("segmenter",))
     logged = _sections(p, "seed", "segmenter")
     if arm:

@@ -56,6 +56,14 @@ class SegSource:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def shape(self, i: int) -> tuple[int, int]:
+        """(height, width) of sample i as load_rgb reads it, from its header (no pixels decoded)."""
+        with Image.open(self.ds.samples[i].image_path) as im:
+            w, h = im.size
+            if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF orientations that swap the axes
+                w, h = h, w
+        return h, w
+
     def load(self, i: int) -> Item:
         image, labels = self.ds[i]
         ids = segments = None
@@ -90,11 +98,33 @@ def synthetic_by_source(src: SegSource) -> dict[str, list[int]]:
     return out
 
 
-def augment(item: Item, rng: np.random.Generator, crop: int, scale: tuple[float, float], flip: bool) -> Item:
-    """Random resize (of the short side to crop x U(scale)), random crop (padded with ignore), flip."""
-    h, w = item.labels.shape
+@dataclass(frozen=True)
+class Augmentation:
+    """One sample's augmentation, drawn before its pixels are read: resize to `size` (h, w), crop at
+    (y, x), flip. Drawing it needs only the sample's size, so every process can draw the whole global
+    batch's and read only its own share."""
+
+    size: tuple[int, int]
+    y: int
+    x: int
+    flip: bool
+
+
+def draw_augmentation(
+    shape: tuple[int, int], rng: np.random.Generator, crop: int, scale: tuple[float, float], flip: bool
+) -> Augmentation:
+    """Random resize (of the short side to crop x U(scale)), random crop (of the image padded to the crop), flip."""
+    h, w = shape
     s = crop * rng.uniform(*scale) / min(h, w)
     nh, nw = max(1, round(h * s)), max(1, round(w * s))
+    y = int(rng.integers(0, max(nh, crop) - crop + 1))
+    x = int(rng.integers(0, max(nw, crop) - crop + 1))
+    return Augmentation((nh, nw), y, x, bool(flip and rng.random() < 0.5))
+
+
+def apply_augmentation(item: Item, a: Augmentation, crop: int) -> Item:
+    """The augmentation's resize, padding (image: the mean colour, labels: ignore), crop and flip."""
+    nh, nw = a.size
     image = np.asarray(Image.fromarray(item.image).resize((nw, nh), Image.BILINEAR))
     labels = np.asarray(Image.fromarray(item.labels).resize((nw, nh), Image.NEAREST))
     ids = (
@@ -103,19 +133,17 @@ def augment(item: Item, rng: np.random.Generator, crop: int, scale: tuple[float,
         else None
     )
     ph, pw = max(crop - nh, 0), max(crop - nw, 0)
-    if ph or pw:  # pad: image with the mean colour, labels with ignore
+    if ph or pw:
         image = np.pad(image, ((0, ph), (0, pw), (0, 0)), constant_values=0)
         image[nh:, :] = MEAN.astype(np.uint8)
         image[:, nw:] = MEAN.astype(np.uint8)
         labels = np.pad(labels, ((0, ph), (0, pw)), constant_values=0)
         if ids is not None:
             ids = np.pad(ids, ((0, ph), (0, pw)), constant_values=0)
-    y = int(rng.integers(0, labels.shape[0] - crop + 1))
-    x = int(rng.integers(0, labels.shape[1] - crop + 1))
-    sl = (slice(y, y + crop), slice(x, x + crop))
+    sl = (slice(a.y, a.y + crop), slice(a.x, a.x + crop))
     image, labels = image[sl], labels[sl]
     ids = ids[sl] if ids is not None else None
-    if flip and rng.random() < 0.5:
+    if a.flip:
         image, labels = image[:, ::-1], labels[:, ::-1]
         ids = ids[:, ::-1] if ids is not None else None
     return Item(
@@ -124,6 +152,11 @@ def augment(item: Item, rng: np.random.Generator, crop: int, scale: tuple[float,
         np.ascontiguousarray(ids) if ids is not None else None,
         item.segments,
     )
+
+
+def augment(item: Item, rng: np.random.Generator, crop: int, scale: tuple[float, float], flip: bool) -> Item:
+    """Draw an augmentation for the item and apply it."""
+    return apply_augmentation(item, draw_augmentation(item.labels.shape, rng, crop, scale, flip), crop)
 
 
 def pixel_values(images: list[np.ndarray]) -> torch.Tensor:

@@ -76,6 +76,26 @@ def build_model(cfg: SegmenterParams, meta: DatasetMeta):
     return model
 
 
+def normalise_masks_over_processes(model) -> None:
+    """Mask2Former's mask and dice losses are divided by the mean number of target masks per process
+    (detectron2: the count summed over processes, divided by their number). transformers'
+    Mask2FormerLoss.get_num_masks averages over processes and then divides by their number again, so
+    on N processes its mask losses weigh N times more against the class loss. This puts the
+    published normalisation on the model's criterion (on one process both are the same)."""
+    import types
+
+    import torch
+
+    def get_num_masks(self, class_labels, device):
+        n = torch.as_tensor(float(sum(len(c) for c in class_labels)), dtype=torch.float, device=device)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(n)
+            n = n / torch.distributed.get_world_size()
+        return torch.clamp(n, min=1)
+
+    model.criterion.get_num_masks = types.MethodType(get_num_masks, model.criterion)
+
+
 def save_image_processor(directory: Path, ignore_index: int = 255) -> None:
     """The preprocessing of seggen's training and evaluation as a transformers image processor
     (ImageNet mean/std on 0-1 pixels, no resize), so that `pipeline("image-segmentation", model=dir)`

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,20 +28,19 @@ from seggen.config import Params
 from seggen.data.layout import detect_layout
 from seggen.data.meta import label_mismatch
 from seggen.errors import DataError
-from seggen.io import atomic_dir, check_dir, claim, write_json
-from seggen.segmenter.data import SegSource, augment, pixel_values, real_subset, synthetic_by_source, targets
-from seggen.segmenter.model import SEG_META, build_model, save_image_processor
-from seggen.training import (
-    LiveMetrics,
-    finite_loss,
-    make_accelerator,
-    seed_for,
-    step_bar,
-    train_summary,
-    write_loss_log,
+from seggen.io import atomic_dir, check_dir, write_json
+from seggen.segmenter.data import (
+    SegSource,
+    apply_augmentation,
+    draw_augmentation,
+    pixel_values,
+    real_subset,
+    synthetic_by_source,
+    targets,
 )
-from seggen.training import checkpoint as ckpt
-from seggen.training.checkpoint import resumable_checkpoint
+from seggen.segmenter.model import SEG_META, build_model, normalise_masks_over_processes, save_image_processor
+from seggen.training import seed_for, write_loss_log
+from seggen.training.loop import Loop
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +112,9 @@ class Mixture:
     def load(self, src: int, i: int):
         return (self.real if src < 0 else self.syn[src]).load(i)
 
+    def shape(self, src: int, i: int) -> tuple[int, int]:
+        return (self.real if src < 0 else self.syn[src]).shape(i)
+
 
 def training_seed(params: Params) -> int:
     s = params.segmenter.seed
@@ -122,8 +123,12 @@ def training_seed(params: Params) -> int:
 
 def _fingerprint(params: Params, mix: Mixture) -> str:
     seg = params.segmenter.model_dump(mode="json", exclude={"out"})
-    for k in ("checkpoint_every", "keep_checkpoints", "threads"):
+    for k in ("checkpoint_every", "keep_checkpoints", "threads", "gradient_checkpointing", "num_processes", "workers"):
         seg["train"].pop(k)
+    if seg["train"]["backbone_lr_mult"] is None:  # null is the recipe's rule, read from the fields kept here
+        seg["train"].pop("backbone_lr_mult")
+    if seg["train"]["optimizer"] == "adamw":  # the default is what a fingerprint without the key means
+        seg["train"].pop("optimizer")
     blob = json.dumps([params.seed, params.data.model_dump(mode="json"), seg, mix.syn_fingerprints], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -142,14 +147,35 @@ def poly_lr(base: float, k: int, n: int, power: float, warmup: int) -> float:
     return lr * min(1.0, (k + 1) / warmup) if warmup else lr
 
 
-def make_batch(mix: Mixture, params: Params, phase: str, step: int, micro: int):
+def plan_batch(mix: Mixture, params: Params, phase: str, step: int, micro: int) -> list:
+    """Micro-step `micro` of step `step`: the global batch's (source, index, Augmentation) per sample,
+    from a generator keyed on (seed, phase, step, micro) alone -- the same on 1 or N processes."""
     tc = params.segmenter.train
     rng = np.random.default_rng(seed_for(training_seed(params), "segmenter", phase, step, micro))
-    items = [
-        augment(mix.load(s, i), rng, tc.crop, tc.scale, tc.flip) for s, i in mix.draw(phase, step, tc.batch_size, rng)
-    ]
-    tg = [targets(it, params.segmenter.task) for it in items]
-    return pixel_values([it.image for it in items]), [t[0] for t in tg], [t[1] for t in tg]
+    picks = mix.draw(phase, step, tc.batch_size, rng)
+    return [(s, i, draw_augmentation(mix.shape(s, i), rng, tc.crop, tc.scale, tc.flip)) for s, i in picks]
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Item j: micro-step j of the run (step j // grad_accum), this process's share of its global
+    batch, read, augmented and made Mask2Former's inputs. A function of (step, micro-step, rank)
+    only, so a DataLoader's workers may read ahead in any order and a resumed run reads the same."""
+
+    def __init__(self, mix: Mixture, params: Params, total: int, share: slice = slice(None)):
+        self.mix, self.params, self.total, self.share = mix, params, total, share
+        self.accum = params.segmenter.train.grad_accum
+
+    def __len__(self) -> int:
+        return self.total * self.accum
+
+    def __getitem__(self, j: int):
+        step, micro = divmod(j, self.accum)
+        phase = phase_of(step, self.params)[0]
+        crop, task = self.params.segmenter.train.crop, self.params.segmenter.task
+        plan = plan_batch(self.mix, self.params, phase, step, micro)[self.share]
+        items = [apply_augmentation(self.mix.load(s, i), a, crop) for s, i, a in plan]
+        tg = [targets(it, task) for it in items]
+        return pixel_values([it.image for it in items]), [t[0] for t in tg], [t[1] for t in tg]
 
 
 def train_segmenter(params: Params, progress: bool = True) -> Path:
@@ -157,76 +183,92 @@ def train_segmenter(params: Params, progress: bool = True) -> Path:
     out = check_dir(cfg.out, "segmenter.out")
     if tc.threads:
         torch.set_num_threads(tc.threads)
-    mix = Mixture(params)  # bad input fails here, before any training
-    accelerator = make_accelerator(tc)
-    torch.manual_seed(seed_for(training_seed(params), "segmenter", "init"))
-    model = build_model(cfg, mix.meta)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    # 1. The strategy's mixture of real and synthetic sources (bad input fails here, before any training)
+    mix = Mixture(params)
     total = tc.steps + (cfg.pretrain_steps if cfg.strategy == "pretrain_finetune" else 0)
-    state = {"fingerprint": _fingerprint(params, mix)}
-    start, losses = 0, []
-    claim(out, "segmenter.out", "train_segmenter")
-    last = resumable_checkpoint(out / "checkpoints", state["fingerprint"])
-    if last is not None:
-        saved = json.loads((last / "trainer_state.json").read_text())
-        ckpt.load_weights(model, last / "model")
-        ckpt.load_optimizer(optimizer, last)
-        start, losses = saved["step"], saved.get("losses", [])
-        log.info("resuming segmenter from %s (step %d)", last, start)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    model.train()
-    device = accelerator.device
-    bar = step_bar(total, start, f"train_segmenter ({cfg.strategy})", accelerator, progress)
-    live = LiveMetrics(
-        params.tracking.log_every, tc.batch_size * tc.grad_accum * accelerator.num_processes, accelerator
+    fingerprint = _fingerprint(params, mix)
+    desc = f"train_segmenter ({cfg.strategy})"
+    # transformers' Mask2Former never uses its Swin backbone's last layer norm (it reads the stages'
+    # own outputs): over several processes DDP must be told that some parameters get no gradient
+    loop = Loop(
+        "train_segmenter",
+        out,
+        "segmenter.train",
+        tc,
+        fingerprint,
+        params.tracking.log_every,
+        total,
+        progress,
+        desc,
+        find_unused_parameters=True,
     )
-    t0 = time.perf_counter()
-    for step in range(start, total):
-        phase, k, n = phase_of(step, params)
-        for g in optimizer.param_groups:
-            g["lr"] = poly_lr(tc.lr, k, n, tc.poly_power, tc.warmup_steps)
+    torch.manual_seed(seed_for(training_seed(params), "segmenter", "init"))
+
+    # 2. Mask2Former; resume, prepare
+    model = build_model(cfg, mix.meta)
+    normalise_masks_over_processes(model)
+    # the published recipe trains a pretrained backbone at a tenth of the rate (detectron2's BACKBONE_MULTIPLIER)
+    mult = tc.backbone_lr_mult or (0.1 if cfg.backbone or cfg.pretrained else 1.0)
+    if mult == 1.0:
+        optimizer = loop.optimizer(model.parameters())
+    else:
+        backbone = {id(p) for p in model.model.pixel_level_module.encoder.parameters()}
+        groups = [
+            [p for p in model.parameters() if id(p) in backbone],
+            [p for p in model.parameters() if id(p) not in backbone],
+        ]
+        optimizer = loop.optimizer([{"params": groups[0]}, {"params": groups[1]}])
+    model = loop.start({"model": model}, optimizer, raw=("model",))["model"]
+    model.train()
+
+    # 3. The steps: per phase, a poly-decayed learning rate; each process reads its share of the
+    # global batch, through a DataLoader whose workers read ahead (`train.workers`)
+    data = StepBatches(mix, params, total, loop.share())
+    loader = torch.utils.data.DataLoader(
+        data,
+        batch_size=None,  # an item is a micro-batch already
+        sampler=range(loop.start_step * tc.grad_accum, total * tc.grad_accum),
+        num_workers=tc.workers,
+        pin_memory=loop.device.type == "cuda",
+        prefetch_factor=2 if tc.workers else None,
+    )
+    batches = iter(loader)
+
+    def lr(step: int) -> float | list[float]:
+        _, k, n = phase_of(step, params)
+        rate = poly_lr(tc.lr, k, n, tc.poly_power, tc.warmup_steps)
+        return rate if mult == 1.0 else [rate * mult, rate]
+
+    def step_fn(step: int):
+        accelerator, device = loop.accelerator, loop.device
         step_loss = 0.0
         # the loss samples points with the global RNG: seed it per step so a resumed run repeats
         torch.manual_seed(seed_for(training_seed(params), "segmenter", "step", step))
-        for micro in range(tc.grad_accum):
-            x, masks, classes = make_batch(
-                mix, params, phase, step, micro * accelerator.num_processes + accelerator.process_index
-            )
+        for _ in range(tc.grad_accum):
+            x, masks, classes = next(batches)
             with accelerator.accumulate(model):
                 with accelerator.autocast():
                     loss = model(
-                        pixel_values=x.to(device),
-                        mask_labels=[m.to(device) for m in masks],
-                        class_labels=[c.to(device) for c in classes],
+                        pixel_values=x.to(device, non_blocking=True),
+                        mask_labels=[m.to(device, non_blocking=True) for m in masks],
+                        class_labels=[c.to(device, non_blocking=True) for c in classes],
                     ).loss
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            step_loss += loss.item() / tc.grad_accum
-        losses.append(finite_loss(step_loss, step + 1, optimizer.param_groups[0]["lr"], "train_segmenter"))
-        bar.update()
-        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", phase=phase)
-        live.step(step + 1, step_loss, optimizer.param_groups[0]["lr"], total)
-        done = step + 1
-        if accelerator.is_main_process and (done % tc.checkpoint_every == 0 or done == total):
-            ckpt.write_checkpoint(
-                out / "checkpoints",
-                done,
-                {"model": ckpt.RawStateDict(accelerator.unwrap_model(model))},
-                optimizer,
-                {**state, "losses": losses},
-                tc.keep_checkpoints,
-            )
-    bar.close()
-    elapsed = time.perf_counter() - t0
-    accelerator.wait_for_everyone()
+                loop.opt.step()
+                loop.opt.zero_grad(set_to_none=True)
+            step_loss = step_loss + loss.detach() / tc.grad_accum
+        return step_loss
+
+    loop.run(step_fn, lr)
     model_dir = out / "model"
-    if not accelerator.is_main_process:
+    if not loop.finish():
         return model_dir
-    summary = train_summary(total, start, elapsed, losses)  # the generators' train_summary.json shape
-    summary.pop("loss")  # in train_log.json
+
+    # 4. The model directory: only what the weights depend on (same params, same bytes)
+    summary = loop.summary()  # the generators' train_summary.json shape
+    losses = summary.pop("loss")  # in train_log.json
     info = {
         "task": cfg.task,
         "strategy": cfg.strategy,
@@ -236,18 +278,18 @@ def train_segmenter(params: Params, progress: bool = True) -> Path:
         "things": mix.meta.thing_ids,
         "real_images": int(len(mix.real_idx)),
         "crop": tc.crop,
-        "fingerprint": state["fingerprint"],
-        # only what the weights depend on: same params, same bytes (a resumed or re-run training
-        # gives the same model directory, hence the same DVC hash); the run's own figures go below
+        "fingerprint": loop.fingerprint,
+        # a resumed or re-run training gives the same model directory, hence the same DVC hash; the
+        # run's own figures go to train_summary.json
         "train": {"steps": total, "final_loss": summary["final_loss"]},
     }
     with atomic_dir(model_dir, "train_segmenter", "segmenter.out") as tmp:
-        accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
+        loop.final("model").save_pretrained(tmp, safe_serialization=True)
         (tmp / SEG_META).write_text(json.dumps(info, indent=2))
         save_image_processor(tmp, params.eval.ignore_index)
     write_loss_log(out / "train_log.json", losses)
     write_json(out / "train_summary.json", summary)
-    if live.run is not None:
+    if loop.live.run is not None:
         import mlflow
 
         mlflow.log_metrics({f"train/{k}": float(summary[k]) for k in ("steps_this_run", "seconds_this_run")})

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import sys
 import time
 from contextlib import contextmanager
@@ -23,6 +24,12 @@ import torch
 from seggen.errors import TrainingError, server_lost
 
 log = logging.getLogger(__name__)
+
+
+def is_main_process() -> bool:
+    """False in the processes of `accelerate launch` other than the first (rank 0), read from the
+    launcher's environment before any process group exists: their stage runs only the training."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def finite_loss(loss: float, step: int, lr: float, what: str) -> float:
@@ -45,10 +52,10 @@ def torch_gen(*parts: int | str) -> torch.Generator:
     return torch.Generator().manual_seed(seed_for(*parts))
 
 
-def batch_indices(seed: int, micro_step: int, n: int, batch_size: int, rank: int = 0, world: int = 1) -> np.ndarray:
+def batch_indices(seed: int, micro_step: int, n: int, batch_size: int) -> np.ndarray:
+    """The dataset indices of a micro-step's global batch (with replacement only when n < batch_size)."""
     rng = np.random.default_rng(seed_for(seed, "batch", micro_step))
-    idx = rng.choice(n, batch_size * world, replace=n < batch_size * world)
-    return idx[rank::world]
+    return rng.choice(n, batch_size, replace=n < batch_size)
 
 
 def to_tensor(rgb: np.ndarray) -> torch.Tensor:
@@ -61,15 +68,20 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
-def make_accelerator(train_cfg):
-    from accelerate import Accelerator
+def make_accelerator(train_cfg, find_unused_parameters: bool = False):
+    """find_unused_parameters: DDP's, for models with parameters that take no part in some losses."""
+    from accelerate import Accelerator, DistributedDataParallelKwargs
     from accelerate.state import AcceleratorState
 
     # AcceleratorState is a per-process singleton that pins the first run's mixed precision; a
     # second training in the same process (a Prefect flow, the tests) may use another. The
     # process-group state (PartialState) is kept, so `accelerate launch` runs are unaffected.
     AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(mixed_precision=train_cfg.mixed_precision, gradient_accumulation_steps=train_cfg.grad_accum)
+    return Accelerator(
+        mixed_precision=train_cfg.mixed_precision,
+        gradient_accumulation_steps=train_cfg.grad_accum,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)],
+    )
 
 
 def lr_at(step: int, base: float, warmup: int) -> float:
