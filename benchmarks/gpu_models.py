@@ -196,7 +196,8 @@ def check_params(work: Path, tiny: bool, part: str | None = None):
     batch = 4 if tiny else 16
     steps = 3 if tiny else 20
     never = 10**7  # no checkpoint but the final one (checkpoint_every at its bound)
-    train = {"steps": steps, "batch_size": batch, "checkpoint_every": never, "warmup_steps": 1}
+    # one micro-step per optimizer step: the step rates and peaks are of `batch` samples (the profiles accumulate 4)
+    train = {"steps": steps, "batch_size": batch, "grad_accum": 1, "checkpoint_every": never, "warmup_steps": 1}
     sets = {
         "data.format": "benchmark",
         "data.root": str(work / "data"),

@@ -89,6 +89,8 @@ class LoopParams(_Section):
     """Torch CPU threads; 0: torch's default."""
     optimizer: Literal["adamw", "adamw8bit"] = "adamw"
     """adamw | adamw8bit (bitsandbytes, the `8bit` extra: a quarter of AdamW's state memory)."""
+    workers: StrictInt = Field(0, ge=0, le=64)
+    """DataLoader processes reading the next batches while the model trains (0: the training's own)."""
     num_processes: StrictInt = Field(1, ge=1, le=1024)
     """Processes to train with (one per GPU; CPU processes without one): the stage runs under `accelerate launch`."""
     gradient_checkpointing: bool = False

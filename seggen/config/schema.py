@@ -62,6 +62,9 @@ class Params(_Section):
     """The global seed: the benchmark's rendering, the real subset draws, and every stage whose own seed is not set."""
     data: DataParams = DataParams()
     """The training and evaluation dataset."""
+    cache: SafePath = Path("data/cache")
+    """The generators' training inputs, cached once for every process and run (uint8 pixels, VAE
+    latents), by content key."""
     eval: EvalParams = EvalParams()
     """How predictions are scored (mmsegmentation's IoUMetric conventions)."""
     caption: CaptionParams = CaptionParams()

@@ -64,8 +64,6 @@ class SegTrainParams(LoopParams):
     backbone_lr_mult: float | None = Field(None, gt=0)
     """Learning rate of the backbone relative to the rest; null: the recipe's 0.1 over pretrained
     weights (segmenter.backbone or segmenter.pretrained), 1 from scratch."""
-    workers: StrictInt = Field(0, ge=0, le=64)
-    """DataLoader processes reading and augmenting the next batches while the model trains (0: the training's own)."""
 
     @model_validator(mode="after")
     def _scale(self) -> SegTrainParams:

@@ -26,7 +26,8 @@ from seggen.data.captions import read_captions
 from seggen.data.layout import open_split
 from seggen.data.meta import DatasetMeta
 from seggen.errors import DataError
-from seggen.training import autocast_dtype, batch_indices, to_tensor, to_uint8, torch_gen, write_loss_log
+from seggen.generators.cache import Rows
+from seggen.training import autocast_dtype, batch_indices, to_uint8, torch_gen, write_loss_log
 
 log = logging.getLogger(__name__)
 MODEL_META = "seggen_model.json"
@@ -34,11 +35,11 @@ MODEL_META = "seggen_model.json"
 
 @dataclass
 class GeneratorData:
-    """The training split at the generator's resolution, held in memory."""
+    """The training split at the generator's resolution: the pixels memory-mapped from the disk
+    cache (seggen.generators.cache), read a batch at a time; captions and the palette in memory."""
 
-    colour_maps: torch.Tensor  # N x 3 x R x R in [-1, 1]
-    images: torch.Tensor  # N x 3 x R x R in [-1, 1]
-    labels: np.ndarray  # N x R x R
+    colour_maps: Rows  # rows[idx] -> len(idx) x 3 x R x R in [-1, 1]
+    images: Rows
     captions: list[str]
     classes: list[list[str]]
     ids: list[str]
@@ -49,7 +50,11 @@ class GeneratorData:
         return len(self.ids)
 
 
-def load_generator_data(params: Params, resolution: int, instances: bool = False) -> GeneratorData:
+def load_generator_data(params: Params, resolution: int, instances: bool = False, accelerator=None) -> GeneratorData:
+    """The captioned training split; its colour maps and images at `resolution` come from the cache
+    (written on first use by the main process: uint8, one pass over the dataset)."""
+    from seggen.generators.cache import cached_arrays, dataset_identity, key_of
+
     root = Path(params.data.root)
     split = params.caption.split
     caps = read_captions(params.caption.out)
@@ -65,24 +70,34 @@ def load_generator_data(params: Params, resolution: int, instances: bool = False
         raise DataError(
             f"{root}: instance-aware colour maps (text2mask.instances) need a panoptic annotation of {split}"
         )
-    maps, imgs, labs = [], [], []
-    for i in range(len(ds)):
-        img, lab = ds[i]
-        lab_r = np.asarray(Image.fromarray(lab).resize((resolution, resolution), Image.NEAREST))
-        if instances:
-            ids, _ = ds.load_panoptic(i)
-            ids_r = np.asarray(Image.fromarray(ids.astype(np.int32)).resize((resolution, resolution), Image.NEAREST))
-            cmap = palette.encode_instances(lab_r, ids_r)
-        else:
-            cmap = palette.encode(lab_r)
-        img_r = np.asarray(Image.fromarray(img).resize((resolution, resolution), Image.BOX))
-        maps.append(to_tensor(cmap))
-        imgs.append(to_tensor(img_r))
-        labs.append(lab_r)
+
+    def rows(chunk: int = 64):
+        maps, imgs = [], []
+        for i in range(len(ds)):
+            img, lab = ds[i]
+            lab_r = np.asarray(Image.fromarray(lab).resize((resolution, resolution), Image.NEAREST))
+            if instances:
+                ids, _ = ds.load_panoptic(i)
+                ids_r = np.asarray(
+                    Image.fromarray(ids.astype(np.int32)).resize((resolution, resolution), Image.NEAREST)
+                )
+                maps.append(palette.encode_instances(lab_r, ids_r))
+            else:
+                maps.append(palette.encode(lab_r))
+            imgs.append(np.asarray(Image.fromarray(img).resize((resolution, resolution), Image.BOX)))
+            if len(maps) == chunk or i == len(ds) - 1:
+                yield {"colour_maps": np.stack(maps), "images": np.stack(imgs)}
+                maps, imgs = [], []
+
+    identity = dataset_identity(ds, {"data": params.data.model_dump(mode="json"), "split": split})
+    key = key_of("generator-pixels", identity, resolution, instances)
+    shape = (resolution, resolution, 3)
+    arrays = cached_arrays(
+        params.cache, key, len(ds), {"colour_maps": (shape, np.uint8), "images": (shape, np.uint8)}, rows, accelerator
+    )
     return GeneratorData(
-        colour_maps=torch.stack(maps),
-        images=torch.stack(imgs),
-        labels=np.stack(labs),
+        colour_maps=arrays["colour_maps"],
+        images=arrays["images"],
         captions=[caps[s.id].caption for s in ds.samples],
         classes=[caps[s.id].classes for s in ds.samples],
         ids=[s.id for s in ds.samples],
@@ -98,6 +113,11 @@ class MicroBatch:
     noise: torch.Tensor
     t: torch.Tensor
     ids: list[torch.Tensor]  # token ids per tokenizer, empty caption where dropped
+
+    def to(self, device) -> MicroBatch:
+        return MicroBatch(
+            self.idx, self.x0.to(device), self.noise.to(device), self.t.to(device), [i.to(device) for i in self.ids]
+        )
 
 
 def draw_micro_batch(
@@ -126,22 +146,19 @@ def draw_micro_batch(
     return MicroBatch(idx, x0_all[idx].to(device), noise.to(device), t.to(device), ids)
 
 
-def micro_batches(loop, seed: int, kind: str, step: int, x0_all, ids_all, empty_ids, num_timesteps: int):
-    """The `train.grad_accum` micro-batches of optimizer step `step` (draw_micro_batch, this process's share)."""
-    tc = loop.train
-    for micro in range(tc.grad_accum):
-        yield draw_micro_batch(
-            seed,
-            kind,
-            step * tc.grad_accum + micro,
-            x0_all,
-            ids_all,
-            empty_ids,
-            tc.batch_size,
-            tc.caption_dropout,
-            num_timesteps,
-            loop.device,
-            loop.share(),
+class MicroBatches(torch.utils.data.Dataset):
+    """Item j: micro-step j's batch (draw_micro_batch, this process's share), read on the CPU: what
+    Loop.batches hands a DataLoader, whose workers may read ahead."""
+
+    def __init__(self, loop, seed: int, kind: str, x0_all, ids_all, empty_ids, num_timesteps: int):
+        tc = loop.train
+        self.args = (seed, kind, x0_all, ids_all, empty_ids, tc.batch_size, tc.caption_dropout, num_timesteps)
+        self.share = loop.share()
+
+    def __getitem__(self, j: int) -> MicroBatch:
+        seed, kind, x0_all, ids_all, empty_ids, batch, dropout, num_timesteps = self.args
+        return draw_micro_batch(
+            seed, kind, j, x0_all, ids_all, empty_ids, batch, dropout, num_timesteps, "cpu", self.share
         )
 
 
@@ -220,7 +237,7 @@ def training_target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.T
 
 
 def text_to_image_step(loop, unet, cond, noise_scheduler, batches, trainable) -> torch.Tensor:
-    """One optimizer step of a text-conditioned UNet over `batches` (micro_batches, gradients
+    """One optimizer step of a text-conditioned UNet over `batches` (its micro-batches, gradients
     accumulated): the denoising update Text2Mask and the prior share. Returns the last micro-batch's loss.
 
     x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps (add_noise); the UNet predicts the scheduler's target
@@ -229,6 +246,7 @@ def text_to_image_step(loop, unet, cond, noise_scheduler, batches, trainable) ->
 
     accelerator, optimizer = loop.accelerator, loop.opt
     for b in batches:
+        b = b.to(loop.device)
         with accelerator.accumulate(unet):
             with accelerator.autocast():
                 ctx, added = cond(b.ids)
@@ -263,6 +281,24 @@ def encode_latents(vae, x: torch.Tensor, batch: int = 16) -> torch.Tensor:
     for i in range(0, len(x), batch):
         out.append(vae.encode(x[i : i + batch].to(vae.device, vae.dtype)).latent_dist.mean * vae.config.scaling_factor)
     return torch.cat(out).float().cpu()
+
+
+def cached_latents(params: Params, vae, pixels: Rows, pretrained: str, accelerator, batch: int = 16) -> Rows:
+    """The latents of cached pixel rows through the frozen VAE (encode_latents, in chunks of
+    `batch`), cached beside them: encoded once, by the main process, on its device."""
+    from seggen.generators.cache import cached_arrays, key_of
+
+    key = key_of("latents", pixels.path.parent.name, pixels.path.stem, pretrained, vae.config)
+    f = 2 ** (len(vae.config.block_out_channels) - 1)
+    _, _, h, w = pixels.shape
+    shape = (vae.config.latent_channels, h // f, w // f)
+
+    def rows():
+        vae.to(accelerator.device)
+        for i in range(0, len(pixels), batch):
+            yield {"latents": encode_latents(vae, pixels[i : i + batch], batch).numpy()}
+
+    return cached_arrays(params.cache, key, len(pixels), {"latents": (shape, np.float32)}, rows, accelerator)["latents"]
 
 
 def save_model(model_dir: Path, parts: dict, cond, noise_scheduler, vae, info: dict) -> Path:
@@ -328,7 +364,15 @@ def fingerprint_params(params: Params, gen: GeneratorParams, prediction_type: st
     an earlier run. The prediction type as resolved (null and its resolution are the same training)."""
     g = gen.model_dump(mode="json", exclude={"out", "sample"})
     g["prediction_type"] = prediction_type
-    for k in ("steps", "checkpoint_every", "keep_checkpoints", "threads", "gradient_checkpointing", "num_processes"):
+    for k in (
+        "steps",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "threads",
+        "gradient_checkpointing",
+        "num_processes",
+        "workers",
+    ):
         g["train"].pop(k)
     if g["train"]["optimizer"] == "adamw":  # the default is what a fingerprint without the key means
         g["train"].pop("optimizer")

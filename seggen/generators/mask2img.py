@@ -76,7 +76,7 @@ def train_mask2img(params: Params, progress: bool = True) -> Path:
     torch.manual_seed(training.seed_for(params.seed, KIND, "init"))
 
     # 2. (image, colour map, caption) triples; images as pixels or the pretrained VAE's latents
-    data = diffusion.load_generator_data(params, cfg.resolution)
+    data = diffusion.load_generator_data(params, cfg.resolution, accelerator=loop.accelerator)
     captions = [f"{c}, {cfg.caption_style}" for c in data.captions] if cfg.caption_style else data.captions
     vae = diffusion.load_vae(cfg.pretrained)
     corpus = None
@@ -84,7 +84,7 @@ def train_mask2img(params: Params, progress: bool = True) -> Path:
         unet = UNet2DConditionModel.from_pretrained(cfg.pretrained, subfolder="unet")
         sdxl = unet.config.addition_embed_type == "text_time"
         cond = text.TextConditioner.build(params.text_encoder, captions, cfg.pretrained, sdxl, cfg.resolution)
-        x0_all = diffusion.encode_latents(vae.to(loop.device), data.images)
+        x0_all = diffusion.cached_latents(params, vae, data.images, cfg.pretrained, loop.accelerator)
     elif prior is not None:  # the prior's UNet and (frozen) text encoder; the ControlNet learns the masks
         unet = UNet2DConditionModel.from_pretrained(prior / "unet")
         cond = text.TextConditioner.load(prior)
@@ -92,13 +92,12 @@ def train_mask2img(params: Params, progress: bool = True) -> Path:
         if cfg.base == "finetune" and cfg.prior_mix > 0:
             from seggen.generators.prior import load_corpus
 
-            cx, ccaps = load_corpus(params, cfg.resolution)
+            cx, ccaps = load_corpus(params, cfg.resolution, loop.accelerator)
             corpus = (cx, cond.tokenize(ccaps))
     else:
         cond = text.TextConditioner.build(params.text_encoder, captions)
         unet = diffusion.build_unet(cfg.unet, 3, cond.context_dim(), cfg.resolution)
         x0_all = data.images
-    cond_all = (data.colour_maps + 1) / 2  # ControlNet conditioning images live in [0, 1]
     ids_all = cond.tokenize(captions)
     empty_ids = cond.tokenize([""])
 
@@ -122,39 +121,16 @@ def train_mask2img(params: Params, progress: bool = True) -> Path:
     # 4. The steps: the base predicts the target from x_t, t, the caption and the ControlNet's residuals
     device, scale = loop.device, cfg.controlnet.conditioning_scale
     num_timesteps = noise_scheduler.config.num_train_timesteps
-    n_prior = max(1, round(cfg.prior_mix * tc.batch_size))  # corpus samples per global micro-batch
+    batches = loop.batches(
+        Mask2ImgBatches(loop, params.seed, x0_all, data.colour_maps, ids_all, empty_ids, num_timesteps, corpus, cfg)
+    )
 
     def step(s: int):
         accelerator = loop.accelerator
-        for micro, b in enumerate(
-            diffusion.micro_batches(loop, params.seed, KIND, s, x0_all, ids_all, empty_ids, num_timesteps)
-        ):
-            cimg = cond_all[b.idx].to(device)
-            gate = None
-            if corpus is not None:  # the prior mixed back in: corpus samples, ControlNet off for them
-                pb = diffusion.draw_micro_batch(
-                    params.seed,
-                    "mask2img-prior",
-                    s * tc.grad_accum + micro,
-                    corpus[0],
-                    corpus[1],
-                    empty_ids,
-                    n_prior,
-                    tc.caption_dropout,
-                    num_timesteps,
-                    device,
-                    loop.share(),
-                )
-                n = len(pb.idx)
-                gate = torch.cat([torch.ones(len(b.idx)), torch.zeros(n)]).to(device)
-                b = diffusion.MicroBatch(
-                    b.idx,
-                    torch.cat([b.x0, pb.x0]),
-                    torch.cat([b.noise, pb.noise]),
-                    torch.cat([b.t, pb.t]),
-                    [torch.cat([x, y]) for x, y in zip(b.ids, pb.ids)],
-                )
-                cimg = torch.cat([cimg, torch.zeros((n, *cimg.shape[1:]), device=device)])
+        for _ in range(tc.grad_accum):
+            b, cimg, gate = next(batches)
+            b, cimg = b.to(device), cimg.to(device)
+            gate = None if gate is None else gate.to(device)
             with accelerator.accumulate(controlnet):
                 with accelerator.autocast():
                     ctx, added = cond(b.ids)
@@ -241,6 +217,60 @@ def train_mask2img(params: Params, progress: bool = True) -> Path:
     elif (out / "styles.png").exists():
         (out / "styles.png").unlink()
     return model_dir
+
+
+class Mask2ImgBatches(torch.utils.data.Dataset):
+    """Item j: micro-step j's (batch, ControlNet conditioning, gate), this process's share, on the
+    CPU. With the prior mixed back in (`prior_mix`), corpus samples join the batch with the
+    ControlNet gated off for them (gate 0) and a blank conditioning image."""
+
+    def __init__(self, loop, seed, x0_all, colour_maps, ids_all, empty_ids, num_timesteps, corpus, cfg):
+        tc = loop.train
+        self.seed, self.x0_all, self.maps, self.ids_all, self.empty_ids = seed, x0_all, colour_maps, ids_all, empty_ids
+        self.num_timesteps, self.corpus, self.share = num_timesteps, corpus, loop.share()
+        self.batch, self.dropout = tc.batch_size, tc.caption_dropout
+        self.n_prior = max(1, round(cfg.prior_mix * tc.batch_size))  # corpus samples per global micro-batch
+
+    def __getitem__(self, j: int):
+        b = diffusion.draw_micro_batch(
+            self.seed,
+            KIND,
+            j,
+            self.x0_all,
+            self.ids_all,
+            self.empty_ids,
+            self.batch,
+            self.dropout,
+            self.num_timesteps,
+            "cpu",
+            self.share,
+        )
+        cimg = (self.maps[b.idx] + 1) / 2  # ControlNet conditioning images live in [0, 1]
+        if self.corpus is None:
+            return b, cimg, None
+        pb = diffusion.draw_micro_batch(
+            self.seed,
+            "mask2img-prior",
+            j,
+            self.corpus[0],
+            self.corpus[1],
+            self.empty_ids,
+            self.n_prior,
+            self.dropout,
+            self.num_timesteps,
+            "cpu",
+            self.share,
+        )
+        n = len(pb.idx)
+        gate = torch.cat([torch.ones(len(b.idx)), torch.zeros(n)])
+        b = diffusion.MicroBatch(
+            b.idx,
+            torch.cat([b.x0, pb.x0]),
+            torch.cat([b.noise, pb.noise]),
+            torch.cat([b.t, pb.t]),
+            [torch.cat([x, y]) for x, y in zip(b.ids, pb.ids)],
+        )
+        return b, torch.cat([cimg, torch.zeros((n, *cimg.shape[1:]))]), gate
 
 
 def controlnet_from_unet(unet, conditioning_channels: tuple[int, ...]):

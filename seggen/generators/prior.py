@@ -49,19 +49,31 @@ GRID_PROMPTS = (
 )
 
 
-def load_corpus(params: Params, resolution: int) -> tuple[torch.Tensor, list[str]]:
-    """The corpus images at `resolution` (N x 3 x R x R in [-1, 1]) and their captions."""
+def load_corpus(params: Params, resolution: int, accelerator=None):
+    """The corpus images at `resolution` (cached: rows[idx] -> len(idx) x 3 x R x R in [-1, 1]) and their captions."""
     from seggen.data.corpus import read_corpus
+    from seggen.generators.cache import cached_arrays, key_of
 
     rows = read_corpus(params.prior.corpus.out)
-    imgs = []
-    for path, _ in rows:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if im.size != (resolution, resolution):
-                im = im.resize((resolution, resolution), Image.BOX)
-            imgs.append(training.to_tensor(np.asarray(im)))
-    return torch.stack(imgs), [c for _, c in rows]
+    listing = Path(params.prior.corpus.out) / "captions.jsonl"
+    files = [[str(p), p.stat().st_size] for p, _ in rows]
+    key = key_of("corpus-pixels", sio.sha256_file(listing), files, resolution)
+
+    def pixels(chunk: int = 256):
+        batch = []
+        for k, (path, _) in enumerate(rows):
+            with Image.open(path) as im:
+                im = im.convert("RGB")
+                if im.size != (resolution, resolution):
+                    im = im.resize((resolution, resolution), Image.BOX)
+                batch.append(np.asarray(im))
+            if len(batch) == chunk or k == len(rows) - 1:
+                yield {"images": np.stack(batch)}
+                batch = []
+
+    shape = ((resolution, resolution, 3), np.uint8)
+    images = cached_arrays(params.cache, key, len(rows), {"images": shape}, pixels, accelerator)["images"]
+    return images, [c for _, c in rows]
 
 
 def skipped(params: Params) -> str | None:
@@ -97,7 +109,7 @@ def train_prior(params: Params, progress: bool = True) -> Path:
     torch.manual_seed(training.seed_for(params.seed, KIND, "init"))
 
     # 2. The corpus; the tokenizer learns its words (content and style), which the labelled captions share
-    x0_all, captions = load_corpus(params, cfg.resolution)
+    x0_all, captions = load_corpus(params, cfg.resolution, loop.accelerator)
     cond = text.TextConditioner.build(params.text_encoder, captions)
     unet = diffusion.build_unet(cfg.unet, 3, cond.context_dim(), cfg.resolution)
     ids_all = cond.tokenize(captions)
@@ -115,9 +127,11 @@ def train_prior(params: Params, progress: bool = True) -> Path:
     # 4. The denoising steps (Text2Mask's, over the corpus's images)
     num_timesteps = noise_scheduler.config.num_train_timesteps
 
+    batches = loop.batches(diffusion.MicroBatches(loop, params.seed, KIND, x0_all, ids_all, empty_ids, num_timesteps))
+
     def step(s: int):
-        batches = diffusion.micro_batches(loop, params.seed, KIND, s, x0_all, ids_all, empty_ids, num_timesteps)
-        return diffusion.text_to_image_step(loop, unet, cond, noise_scheduler, batches, trainable)
+        micro = (next(batches) for _ in range(tc.grad_accum))
+        return diffusion.text_to_image_step(loop, unet, cond, noise_scheduler, micro, trainable)
 
     loop.run(step, lambda s: training.lr_at(s, tc.lr, tc.warmup_steps))
     if not loop.finish():

@@ -45,8 +45,8 @@ def train_text2mask(params: Params, progress: bool = True) -> Path:
     loop = Loop("train_text2mask", out, "text2mask.train", tc, fingerprint, params.tracking.log_every, None, progress)
     torch.manual_seed(training.seed_for(params.seed, KIND, "init"))
 
-    # 2. The training split's colour maps, as pixels or as the pretrained VAE's latents
-    data = diffusion.load_generator_data(params, cfg.resolution, instances=cfg.instances)
+    # 2. The training split's colour maps, as pixels or as the pretrained VAE's latents (both cached on disk)
+    data = diffusion.load_generator_data(params, cfg.resolution, cfg.instances, loop.accelerator)
     vae = diffusion.load_vae(cfg.pretrained)
     if cfg.pretrained:  # SD / SDXL: its UNet fine-tuned on the latents of the colour maps, its text encoders frozen
         from diffusers import UNet2DConditionModel
@@ -54,7 +54,7 @@ def train_text2mask(params: Params, progress: bool = True) -> Path:
         unet = UNet2DConditionModel.from_pretrained(cfg.pretrained, subfolder="unet")
         sdxl = unet.config.addition_embed_type == "text_time"
         cond = text.TextConditioner.build(params.text_encoder, data.captions, cfg.pretrained, sdxl, cfg.resolution)
-        x0_all = diffusion.encode_latents(vae.to(loop.device), data.colour_maps)
+        x0_all = diffusion.cached_latents(params, vae, data.colour_maps, cfg.pretrained, loop.accelerator)
     else:
         cond = text.TextConditioner.build(params.text_encoder, data.captions)
         unet = diffusion.build_unet(cfg.unet, 3, cond.context_dim(), cfg.resolution)
@@ -74,9 +74,11 @@ def train_text2mask(params: Params, progress: bool = True) -> Path:
     # 4. The denoising steps
     num_timesteps = noise_scheduler.config.num_train_timesteps
 
+    batches = loop.batches(diffusion.MicroBatches(loop, params.seed, KIND, x0_all, ids_all, empty_ids, num_timesteps))
+
     def step(s: int):
-        batches = diffusion.micro_batches(loop, params.seed, KIND, s, x0_all, ids_all, empty_ids, num_timesteps)
-        return diffusion.text_to_image_step(loop, unet, cond, noise_scheduler, batches, trainable)
+        micro = (next(batches) for _ in range(tc.grad_accum))
+        return diffusion.text_to_image_step(loop, unet, cond, noise_scheduler, micro, trainable)
 
     loop.run(step, lambda s: training.lr_at(s, tc.lr, tc.warmup_steps))
     if not loop.finish():

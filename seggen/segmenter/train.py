@@ -223,16 +223,7 @@ def train_segmenter(params: Params, progress: bool = True) -> Path:
 
     # 3. The steps: per phase, a poly-decayed learning rate; each process reads its share of the
     # global batch, through a DataLoader whose workers read ahead (`train.workers`)
-    data = StepBatches(mix, params, total, loop.share())
-    loader = torch.utils.data.DataLoader(
-        data,
-        batch_size=None,  # an item is a micro-batch already
-        sampler=range(loop.start_step * tc.grad_accum, total * tc.grad_accum),
-        num_workers=tc.workers,
-        pin_memory=loop.device.type == "cuda",
-        prefetch_factor=2 if tc.workers else None,
-    )
-    batches = iter(loader)
+    batches = loop.batches(StepBatches(mix, params, total, loop.share()))
 
     def lr(step: int) -> float | list[float]:
         _, k, n = phase_of(step, params)

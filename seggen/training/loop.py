@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +116,20 @@ class Loop:
         """This process's rows of a micro-step's global batch (every `world`-th, from `rank`)."""
         return slice(self.rank, None, self.world)
 
+    def batches(self, dataset) -> Iterator:
+        """The micro-batches from the resumed step on, in order: item j of `dataset` is micro-step j
+        (this process's share), read through a DataLoader with `train.workers` processes reading ahead."""
+        tc = self.train
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=None,  # an item is a micro-batch already
+            sampler=range(self.start_step * tc.grad_accum, self.total * tc.grad_accum),
+            num_workers=tc.workers,
+            pin_memory=self.device.type == "cuda",
+            prefetch_factor=2 if tc.workers else None,
+        )
+        return iter(loader)
+
     # -- 1-3: optimizer, resume, prepare, EMA ------------------------------------------------------
     def optimizer(self, params) -> torch.optim.Optimizer:
         return make_optimizer(self.train, self.key, params)
@@ -153,7 +167,8 @@ class Loop:
         names = list(trainable)
         *prepared, self.opt = acc.prepare(*trainable.values(), optimizer)
         self.modules = dict(zip(names, prepared))
-        dtype = weight_dtype(acc.mixed_precision)
+        # on CUDA only: CPU autocast leaves ops such as group_norm in fp32, which then meet bf16 weights
+        dtype = weight_dtype(acc.mixed_precision) if acc.device.type == "cuda" else torch.float32
         for m in frozen:  # not wrapped for distributed training (no gradients to average), only placed
             m.to(acc.device) if dtype == torch.float32 else m.to(acc.device, dtype=dtype)
         if self.ema_name:
