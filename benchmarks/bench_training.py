@@ -163,31 +163,53 @@ def memory(code: Path, sizes: list[int], steps: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--code", type=Path, default=REPO, help="the checkout whose seggen runs (default: this one)")
-    ap.add_argument("--steps", type=int, default=30, help="steps per stage for steps/s")
-    ap.add_argument("--memory-steps", type=int, default=5)
+    ap.add_argument("--before", type=Path, help="another checkout measured in the same run, e.g. the previous commit's")
+    ap.add_argument("--steps", type=int, default=60, help="steps per stage for steps/s")
+    ap.add_argument("--memory-steps", type=int, default=3)
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 8000])
+    ap.add_argument("--part", choices=["all", "speed", "memory"], default="all")
     ap.add_argument("--out", type=Path, help="also write the figures as JSON here")
     ap.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
     a = ap.parse_args()
-    figures = {"code": str(a.code), "speed": speeds(a.code, a.steps), "memory": memory(a.code, a.sizes, a.memory_steps)}
+    codes = {"this": REPO} | ({"before": a.before} if a.before else {})
+    figures = {name: {"code": str(code)} for name, code in codes.items()}
+    for name, code in codes.items():  # the checkouts one after the other, each stage in turn
+        if a.part in ("all", "speed"):
+            figures[name]["speed"] = speeds(code, a.steps)
+        if a.part in ("all", "memory"):
+            figures[name]["memory"] = memory(code, a.sizes, a.memory_steps)
     if a.out:
         a.out.write_text(json.dumps(figures, indent=2))
     if a.no_doc:
         return
-    rows = ["| stage (default config) | steps/s (after the first) |", "| --- | ---: |"]
-    rows += [f"| {k} | {v['steps_per_s']:.2f} |" for k, v in figures["speed"].items()]
-    rows.append(measured_row(f"python -m benchmarks.bench_training --steps {a.steps}"))
-    sizes = list(figures["memory"])
-    rows += [
-        "",
-        "| peak host RSS, GiB | " + " | ".join(f"{n} images" for n in sizes) + " | ratio |",
-        "| --- |" + " ---: |" * (len(sizes) + 1),
-    ]
-    for stage in ("train_text2mask", "train_segmenter"):
-        vals = [figures["memory"][n][stage]["peak_rss_gib"] for n in sizes]
-        ratio = f"{vals[-1] / vals[0]:.2f}" if all(vals) else "n/a"
-        rows.append(f"| {stage} | " + " | ".join(f"{v:.2f}" if v else "n/a" for v in vals) + f" | {ratio} |")
+    this, before = figures["this"], figures.get("before")
+    rows = []
+    if "speed" in this:
+        head = "| stage (default config) | steps/s |" + (" steps/s, before | ratio |" if before else "")
+        rows += [head, "| --- |" + " ---: |" * (3 if before else 1)]
+        for k, v in this["speed"].items():
+            row = f"| {k} | {v['steps_per_s']:.2f} |"
+            if before:
+                b = before["speed"][k]["steps_per_s"]
+                row += f" {b:.2f} | {v['steps_per_s'] / b:.2f} |"
+            rows.append(row)
+        rows.append("")
+    if "memory" in this:
+        sizes = list(this["memory"])
+        rows += [
+            "| peak host RSS, GiB | " + " | ".join(f"{n} images" for n in sizes) + " | ratio |",
+            "| --- |" + " ---: |" * (len(sizes) + 1),
+        ]
+        for label, fig in (("", this), (", before", before)):
+            if fig is None:
+                continue
+            for stage in ("train_text2mask", "train_segmenter"):
+                vals = [fig["memory"][n][stage]["peak_rss_gib"] for n in sizes]
+                rows.append(
+                    f"| {stage}{label} | " + " | ".join(f"{v:.2f}" for v in vals) + f" | {vals[-1] / vals[0]:.2f} |"
+                )
+    cmd = "python -m benchmarks.bench_training" + (" --before DIR" if before else "") + f" --steps {a.steps}"
+    rows.append(measured_row(cmd, 4 if before else 2, extra=", torch threads: the default"))
     update_section("training", "\n".join(rows))
 
 

@@ -592,7 +592,7 @@ def _submit_form(page, ui: str, api_url: str, deployment: str, field: tuple[str,
     before = {r["id"] for r in _flow_runs(api_url, dep["id"])}
     page.get_by_role("button", name="Submit").click()  # the UI then shows the deployment's runs
     new = set()
-    for _ in range(60):
+    for _ in range(180):  # the UI creates the run through the API: seconds, minutes on a loaded machine
         new = {r["id"] for r in _flow_runs(api_url, dep["id"])} - before
         if new:
             break
