@@ -60,7 +60,7 @@ def project(tmp: Path, data_root: Path, stage: str) -> Path:
 def launch(params: Path, stage: str, n: int, env: dict) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "seggen.cli", "--params", str(params)]
     cmd += ["--set", f"{SECTION[stage]}.train.num_processes={n}", f"train_{stage}"]
-    # a session of its own: a kill reaches the launcher and every process it started
+    # its own process group: a kill reaches the launcher and every process it started
     return subprocess.Popen(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )

@@ -27,7 +27,7 @@ from seggen.data.layout import open_split
 from seggen.data.meta import DatasetMeta
 from seggen.errors import DataError
 from seggen.generators.cache import Rows
-from seggen.training import autocast_dtype, batch_indices, to_uint8, torch_gen, write_loss_log
+from seggen.training import autocast_dtype, batch_indices, lr_at, to_uint8, torch_gen, write_loss_log
 
 log = logging.getLogger(__name__)
 MODEL_META = "seggen_model.json"
@@ -234,6 +234,28 @@ def training_target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.T
     if kind == "v_prediction":
         return scheduler.get_velocity(x0, noise, t)
     raise ValueError(kind)
+
+
+def train_text_to_image(loop, seed: int, kind: str, unet, cond, noise_scheduler, x0_all, ids_all, empty_ids) -> bool:
+    """Steps 3-4 that Text2Mask and the prior share: the UNet (and a from-scratch text encoder)
+    train through `loop` (resume, prepare, EMA), then the denoising steps. True on the main process,
+    which writes the outputs; `loop.final("unet")` and `cond` are then the trained modules."""
+    modules = {"unet": unet} | ({"text_encoder": cond.encoders[0]} if cond.trainable else {})
+    trainable = [p for m in modules.values() for p in m.parameters()]
+    optimizer = loop.optimizer(trainable)
+    modules = loop.start(modules, optimizer, frozen=() if cond.trainable else (cond,), ema="unet")
+    unet = modules["unet"]
+    if cond.trainable:
+        cond.encoders[0] = modules["text_encoder"]
+    tc, num_timesteps = loop.train, noise_scheduler.config.num_train_timesteps
+    batches = loop.batches(MicroBatches(loop, seed, kind, x0_all, ids_all, empty_ids, num_timesteps))
+
+    def step(s: int):
+        micro = (next(batches) for _ in range(tc.grad_accum))
+        return text_to_image_step(loop, unet, cond, noise_scheduler, micro, trainable)
+
+    loop.run(step, lambda s: lr_at(s, tc.lr, tc.warmup_steps))
+    return loop.finish()
 
 
 def text_to_image_step(loop, unet, cond, noise_scheduler, batches, trainable) -> torch.Tensor:

@@ -62,26 +62,10 @@ def train_text2mask(params: Params, progress: bool = True) -> Path:
     ids_all = cond.tokenize(data.captions)
     empty_ids = cond.tokenize([""])  # the unconditional prompt of classifier-free guidance
 
-    # 3. The UNet (and a from-scratch text encoder) train; resume, prepare, EMA
-    modules = {"unet": unet} | ({"text_encoder": cond.encoders[0]} if cond.trainable else {})
-    trainable = [p for m in modules.values() for p in m.parameters()]
-    optimizer = loop.optimizer(trainable)
-    modules = loop.start(modules, optimizer, frozen=() if cond.trainable else (cond,), ema="unet")
-    unet = modules["unet"]
-    if cond.trainable:
-        cond.encoders[0] = modules["text_encoder"]
-
-    # 4. The denoising steps
-    num_timesteps = noise_scheduler.config.num_train_timesteps
-
-    batches = loop.batches(diffusion.MicroBatches(loop, params.seed, KIND, x0_all, ids_all, empty_ids, num_timesteps))
-
-    def step(s: int):
-        micro = (next(batches) for _ in range(tc.grad_accum))
-        return diffusion.text_to_image_step(loop, unet, cond, noise_scheduler, micro, trainable)
-
-    loop.run(step, lambda s: training.lr_at(s, tc.lr, tc.warmup_steps))
-    if not loop.finish():
+    # 3-4. The UNet (and a from-scratch text encoder) train: resume, prepare, EMA, the denoising steps
+    if not diffusion.train_text_to_image(
+        loop, params.seed, KIND, unet, cond, noise_scheduler, x0_all, ids_all, empty_ids
+    ):
         return out / "model"
 
     # 5. The model directory (the EMA weights where kept) and its sample grid
