@@ -34,6 +34,7 @@ def tiny_params(tmp_path: Path, data_root: Path, steps: int = 4, **extra) -> Pat
     }
     doc = {
         "data": {"root": str(data_root)},
+        "cache": str(tmp_path / "cache"),  # the generators' inputs, written by the test's first stage
         "caption": {"out": str(tmp_path / "captions.jsonl")},
         "text_encoder": {"vocab_size": 128, "hidden_size": 16, "layers": 1, "heads": 2, "max_length": 40},
         "text2mask": {**gen, "out": str(tmp_path / "t2m")},

@@ -395,6 +395,42 @@ def test_pretrained_sdxl_path(tiny_sdxl, small_benchmark, tmp_path):
     stock_pipelines_generate(t2m, m2i, "StableDiffusionXLPipeline", "StableDiffusionXLControlNetPipeline")
 
 
+@pytest.mark.parametrize("repo", ["tiny_sd", "tiny_sdxl"])
+def test_frozen_text_encoders_run_once_into_the_disk_cache(repo, request, tmp_path):
+    """A frozen encoder's outputs (SDXL: both encoders' hidden states and the pooled projection) are
+    computed once into the cache and condition the UNet as the encoders do; the encoders stay on
+    the CPU; other weights are another cache entry."""
+    from seggen.config import TextEncoderParams
+    from seggen.generators.text import TextConditioner
+
+    path, sdxl = request.getfixturevalue(repo), repo == "tiny_sdxl"
+    captions = ["a car on a road", "two people", "a tree beside a building", "a car"]
+    cond = TextConditioner.build(TextEncoderParams(), captions, str(path), sdxl, 16)
+    rows = cond.inputs(captions, tmp_path / "cache")
+    assert len(rows) == (2 if sdxl else 1) and all(len(r) == 4 for r in rows)
+    stamps = {f: f.stat().st_mtime_ns for f in (tmp_path / "cache").rglob("*.npy")}
+    assert len(stamps) == len(rows)
+    again = cond.inputs(captions, tmp_path / "cache")
+    assert [r.path for r in again] == [r.path for r in rows]
+    assert {f: f.stat().st_mtime_ns for f in (tmp_path / "cache").rglob("*.npy")} == stamps  # not re-encoded
+    idx = torch.tensor([2, 0, 2])
+    ctx, added = cond([r[idx] for r in rows])
+    ref_ctx, ref_added = cond([i[idx] for i in cond.tokenize(captions)])
+    torch.testing.assert_close(ctx, ref_ctx, rtol=0, atol=1e-6)
+    if sdxl:
+        for k in ("text_embeds", "time_ids"):
+            torch.testing.assert_close(added[k], ref_added[k], rtol=0, atol=1e-6)
+    else:
+        assert added is None and ref_added is None
+    assert all(e.device.type == "cpu" for e in cond.encoders)
+    with torch.no_grad():
+        next(cond.encoders[0].parameters()).add_(1.0)
+    other = cond.inputs(captions, tmp_path / "cache")
+    assert other[0].path.parent != rows[0].path.parent
+    in_memory = cond.inputs(captions)  # no cache: computed in memory
+    torch.testing.assert_close(in_memory[0], other[0][torch.arange(4)], rtol=0, atol=1e-6)
+
+
 def test_ema_and_bf16_train_checkpoint_and_resume(small_benchmark, tmp_path, caplog):
     """EMA weights are checkpointed and restored on resume; bf16 autocast runs through accelerate."""
     from seggen.generators.text2mask import train_text2mask
@@ -469,8 +505,8 @@ def test_the_processes_of_a_run_draw_the_one_process_batch():
         for field in ("idx", "x0", "noise", "t"):
             joined = torch.stack([getattr(parts[k % world], field)[k // world] for k in range(8)])
             assert torch.equal(joined, getattr(whole, field))
-        joined = torch.stack([parts[k % world].ids[0][k // world] for k in range(8)])
-        assert torch.equal(joined, whole.ids[0])
+        joined = torch.stack([parts[k % world].text[0][k // world] for k in range(8)])
+        assert torch.equal(joined, whole.text[0])
 
 
 def test_dataloader_workers_and_the_disk_cache_change_nothing(small_benchmark, tmp_path):

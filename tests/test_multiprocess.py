@@ -6,7 +6,8 @@ averaged over two processes, not over one batch): within rtol 1e-3 over the tiny
 Mask2Former's loss also samples its mask points at random, per process (transformers' loss), so its
 curve agrees within rtol 5e-2; that its processes read exactly the one-process batch is
 tests/test_segmenter.py's. Killed and run again, a 2-process run resumes and ends where an
-uninterrupted one does."""
+uninterrupted one does. From `dvc repro` and a Prefect run (which runs `dvc repro`), the params
+alone ask for two processes: tests/test_pipeline.py's Prefect deployment run trains both arms so."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import numpy as np
 import pytest
 import yaml
 
-from helpers import TINY_SEG_MODEL, TINY_UNET, make_project, merged, tiny_params, tiny_pipeline_params
+from helpers import TINY_SEG_MODEL, TINY_UNET, tiny_params
 
 pytestmark = pytest.mark.slow  # four stages x (1 and 2 processes): make test-slow
 
@@ -154,20 +155,3 @@ def test_a_global_batch_that_does_not_divide_is_refused(small_benchmark, tmp_pat
     ]
     assert not (tmp_path / "t2m" / "model").exists()
     yaml.safe_load(params.read_text())  # the user's params file untouched and readable
-
-
-def test_dvc_repro_runs_a_stage_on_two_processes(tmp_path, mlflow_server):
-    """dvc.yaml calls the CLI (and the Prefect flows call `dvc repro`): the params alone ask for two processes."""
-    from mlflow import MlflowClient
-    from test_pipeline import _env, dvc
-
-    params = merged(tiny_pipeline_params(), {"segmenter": {"train": {"num_processes": 2}}})
-    project = make_project(tmp_path / "project", params)
-    env = {**_env(mlflow_server), "MLFLOW_EXPERIMENT_NAME": "two-processes-dvc"}
-    r = dvc(project, "repro", "train_segmenter@baseline", env=env)
-    assert "model written to" in r.stdout + r.stderr
-    assert (project / "models" / "segmenter" / "baseline" / "model" / "model.safetensors").is_file()
-    client = MlflowClient(mlflow_server)
-    exp = client.get_experiment_by_name("two-processes-dvc")
-    runs = client.search_runs([exp.experiment_id], "tags.`seggen.stage` = 'train_segmenter@baseline'")
-    assert len(runs) == 1 and runs[0].info.status == "FINISHED"

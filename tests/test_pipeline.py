@@ -435,6 +435,9 @@ def _saved_experiment(root: Path, env: dict, run_name: str) -> dict:
     return saved[0]
 
 
+TWO_PROCESSES = {"segmenter.train.steps": 6, "segmenter.train.num_processes": 2}
+
+
 def test_prefect_deployment_triggered_through_the_api(project, prefect_server):
     root = project["root"]
     env = {**project["env"], "PREFECT_API_URL": prefect_server}
@@ -455,7 +458,8 @@ def test_prefect_deployment_triggered_through_the_api(project, prefect_server):
         run = _api(
             prefect_server,
             f"/deployments/{dep['id']}/create_flow_run",
-            {"parameters": {"request": {"project_dir": str(root), "overrides": {"segmenter.train.steps": 6}}}},
+            # two training processes per arm (accelerate launch, as on two GPUs): the params alone ask
+            {"parameters": {"request": {"project_dir": str(root), "overrides": TWO_PROCESSES}}},
         )
         _wait_run(prefect_server, run["id"], root.parent / "serve.log")
     finally:
@@ -481,12 +485,16 @@ def test_prefect_deployment_triggered_through_the_api(project, prefect_server):
     exp_id = client.get_experiment_by_name("seggen").experiment_id
     tagged = client.search_runs([exp_id], f"tags.`dvc.experiment` = '{exp}'")
     # (the report re-runs only if an evaluation's outputs changed: a 6-step model may predict as the 4-step one)
-    assert {r.data.tags.get("seggen.stage") for r in tagged} >= {"train_segmenter@seggen", "evaluate@seggen-validation"}
+    stages = [r.data.tags.get("seggen.stage") for r in tagged]
+    assert set(stages) >= {"train_segmenter@seggen", "evaluate@seggen-validation"}
+    # one run per stage, though two processes trained each arm; the model written once, by the main process
+    assert stages.count("train_segmenter@seggen") == 1 and stages.count("train_segmenter@baseline") <= 1
     # promoted with dvc exp apply: its params, lock, scores and cached outputs come into the checkout,
     # which is then up to date (checkpoints are no DVC outputs, so none is "missing")
     dvc(root, "exp", "apply", exp, env=env)
     lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
-    assert lock["train_segmenter@seggen"]["params"]["params.yaml"]["segmenter"]["train"]["steps"] == 6
+    trained = lock["train_segmenter@seggen"]["params"]["params.yaml"]["segmenter"]["train"]
+    assert trained["steps"] == 6 and trained["num_processes"] == 2
     assert (root / "models/segmenter/seggen/model/model.safetensors").is_file()
     stale = json.loads(dvc(root, "status", "--json", env=env).stdout)
     assert set(stale) <= {"check_models"}, stale  # the pre-flight runs on every repro (always_changed)

@@ -64,7 +64,7 @@ class Params(_Section):
     """The training and evaluation dataset."""
     cache: SafePath = Path("data/cache")
     """The generators' training inputs, cached once for every process and run (uint8 pixels, VAE
-    latents), by content key."""
+    latents, frozen text encoders' outputs), by content key."""
     eval: EvalParams = EvalParams()
     """How predictions are scored (mmsegmentation's IoUMetric conventions)."""
     caption: CaptionParams = CaptionParams()

@@ -108,6 +108,7 @@ def cached_arrays(
             for name in specs:
                 fd, tmps[name] = tempfile.mkstemp(prefix=f".{name}.", suffix=".npy.tmp", dir=d)
                 os.close(fd)
+                os.chmod(tmps[name], 0o644)  # readable by every user of a shared cache (mkstemp: 0600)
             out = {
                 name: np.lib.format.open_memmap(tmps[name], mode="w+", dtype=dtype, shape=(n, *shape))
                 for name, (shape, dtype) in specs.items()
@@ -131,3 +132,28 @@ def cached_arrays(
                     os.unlink(tmp)
     accelerator.wait_for_everyone()
     return {name: Rows(p) for name, p in paths.items()}
+
+
+@torch.no_grad()
+def encode_latents(vae, x: torch.Tensor, batch: int = 16) -> torch.Tensor:
+    """Deterministic latents (the posterior mean), scaled as the UNet expects."""
+    out = []
+    for i in range(0, len(x), batch):
+        out.append(vae.encode(x[i : i + batch].to(vae.device, vae.dtype)).latent_dist.mean * vae.config.scaling_factor)
+    return torch.cat(out).float().cpu()
+
+
+def cached_latents(params, vae, pixels: Rows, pretrained: str, accelerator, batch: int = 16) -> Rows:
+    """The latents of cached pixel rows through the frozen VAE (encode_latents, in chunks of
+    `batch`), cached beside them: encoded once, by the main process, on its device."""
+    key = key_of("latents", pixels.path.parent.name, pixels.path.stem, pretrained, vae.config)
+    f = 2 ** (len(vae.config.block_out_channels) - 1)
+    _, _, h, w = pixels.shape
+    shape = (vae.config.latent_channels, h // f, w // f)
+
+    def rows():
+        vae.to(accelerator.device)
+        for i in range(0, len(pixels), batch):
+            yield {"latents": encode_latents(vae, pixels[i : i + batch], batch).numpy()}
+
+    return cached_arrays(params.cache, key, len(pixels), {"latents": (shape, np.float32)}, rows, accelerator)["latents"]

@@ -112,11 +112,11 @@ class MicroBatch:
     x0: torch.Tensor
     noise: torch.Tensor
     t: torch.Tensor
-    ids: list[torch.Tensor]  # token ids per tokenizer, empty caption where dropped
+    text: list[torch.Tensor]  # token ids or frozen encoders' outputs (TextConditioner.inputs), "" where dropped
 
     def to(self, device) -> MicroBatch:
         return MicroBatch(
-            self.idx, self.x0.to(device), self.noise.to(device), self.t.to(device), [i.to(device) for i in self.ids]
+            self.idx, self.x0.to(device), self.noise.to(device), self.t.to(device), [x.to(device) for x in self.text]
         )
 
 
@@ -125,8 +125,8 @@ def draw_micro_batch(
     kind: str,
     micro_step: int,
     x0_all: torch.Tensor,
-    ids_all: list[torch.Tensor],
-    empty_ids: list[torch.Tensor],
+    text_all: list,
+    empty: list[torch.Tensor],
     batch_size: int,
     caption_dropout: float,
     num_timesteps: int,
@@ -142,24 +142,26 @@ def draw_micro_batch(
     t = torch.randint(0, num_timesteps, (len(idx),), generator=gen)
     drop = torch.rand(len(idx), generator=gen) < caption_dropout
     idx, noise, t, drop = idx[share], noise[share], t[share], drop[share]
-    ids = [torch.where(drop[:, None], e.expand(len(idx), -1), a[idx]).to(device) for a, e in zip(ids_all, empty_ids)]
-    return MicroBatch(idx, x0_all[idx].to(device), noise.to(device), t.to(device), ids)
+    text = [caption_rows(a[idx], e, drop).to(device) for a, e in zip(text_all, empty)]
+    return MicroBatch(idx, x0_all[idx].to(device), noise.to(device), t.to(device), text)
+
+
+def caption_rows(rows: torch.Tensor, empty: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
+    """The batch's caption rows (ids or embeddings), the empty caption's where `drop`."""
+    return torch.where(drop.view(-1, *[1] * (rows.ndim - 1)), empty.expand_as(rows), rows)
 
 
 class MicroBatches(torch.utils.data.Dataset):
     """Item j: micro-step j's batch (draw_micro_batch, this process's share), read on the CPU: what
     Loop.batches hands a DataLoader, whose workers may read ahead."""
 
-    def __init__(self, loop, seed: int, kind: str, x0_all, ids_all, empty_ids, num_timesteps: int):
-        tc = loop.train
-        self.args = (seed, kind, x0_all, ids_all, empty_ids, tc.batch_size, tc.caption_dropout, num_timesteps)
+    def __init__(self, loop, seed: int, kind: str, x0_all, text_all, empty, num_timesteps: int):
+        tc = loop.train  # draw_micro_batch's arguments but the micro-step's and the device
+        self.args = (seed, kind, x0_all, text_all, empty, tc.batch_size, tc.caption_dropout, num_timesteps)
         self.share = loop.share()
 
     def __getitem__(self, j: int) -> MicroBatch:
-        seed, kind, x0_all, ids_all, empty_ids, batch, dropout, num_timesteps = self.args
-        return draw_micro_batch(
-            seed, kind, j, x0_all, ids_all, empty_ids, batch, dropout, num_timesteps, "cpu", self.share
-        )
+        return draw_micro_batch(*self.args[:2], j, *self.args[2:], "cpu", self.share)
 
 
 def build_unet(cfg: UNetParams, channels: int, cross_attention_dim: int, sample_size: int):
@@ -236,19 +238,20 @@ def training_target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.T
     raise ValueError(kind)
 
 
-def train_text_to_image(loop, seed: int, kind: str, unet, cond, noise_scheduler, x0_all, ids_all, empty_ids) -> bool:
+def train_text_to_image(loop, seed: int, kind: str, unet, cond, noise_scheduler, x0_all, text_all, empty) -> bool:
     """Steps 3-4 that Text2Mask and the prior share: the UNet (and a from-scratch text encoder)
-    train through `loop` (resume, prepare, EMA), then the denoising steps. True on the main process,
-    which writes the outputs; `loop.final("unet")` and `cond` are then the trained modules."""
+    train through `loop` (resume, prepare, EMA), then the denoising steps; `text_all` / `empty`:
+    the captions' and the empty caption's TextConditioner.inputs. True on the main process, which
+    writes the outputs; `loop.final("unet")` and `cond` are then the trained modules."""
     modules = {"unet": unet} | ({"text_encoder": cond.encoders[0]} if cond.trainable else {})
     trainable = [p for m in modules.values() for p in m.parameters()]
     optimizer = loop.optimizer(trainable)
-    modules = loop.start(modules, optimizer, frozen=() if cond.trainable else (cond,), ema="unet")
+    modules = loop.start(modules, optimizer, ema="unet")  # a frozen encoder's outputs are in text_all
     unet = modules["unet"]
     if cond.trainable:
         cond.encoders[0] = modules["text_encoder"]
     tc, num_timesteps = loop.train, noise_scheduler.config.num_train_timesteps
-    batches = loop.batches(MicroBatches(loop, seed, kind, x0_all, ids_all, empty_ids, num_timesteps))
+    batches = loop.batches(MicroBatches(loop, seed, kind, x0_all, text_all, empty, num_timesteps))
 
     def step(s: int):
         micro = (next(batches) for _ in range(tc.grad_accum))
@@ -271,7 +274,7 @@ def text_to_image_step(loop, unet, cond, noise_scheduler, batches, trainable) ->
         b = b.to(loop.device)
         with accelerator.accumulate(unet):
             with accelerator.autocast():
-                ctx, added = cond(b.ids)
+                ctx, added = cond(b.text)
                 noisy = noise_scheduler.add_noise(b.x0, b.noise, b.t)
                 pred = unet(noisy, b.t, ctx, added_cond_kwargs=added).sample
                 target = training_target(noise_scheduler, b.x0, b.noise, b.t)
@@ -294,33 +297,6 @@ def load_vae(pretrained: str | None):
     vae = AutoencoderKL.from_pretrained(pretrained, subfolder="vae")
     vae.requires_grad_(False)
     return vae.eval()
-
-
-@torch.no_grad()
-def encode_latents(vae, x: torch.Tensor, batch: int = 16) -> torch.Tensor:
-    """Deterministic latents (the posterior mean), scaled as the UNet expects."""
-    out = []
-    for i in range(0, len(x), batch):
-        out.append(vae.encode(x[i : i + batch].to(vae.device, vae.dtype)).latent_dist.mean * vae.config.scaling_factor)
-    return torch.cat(out).float().cpu()
-
-
-def cached_latents(params: Params, vae, pixels: Rows, pretrained: str, accelerator, batch: int = 16) -> Rows:
-    """The latents of cached pixel rows through the frozen VAE (encode_latents, in chunks of
-    `batch`), cached beside them: encoded once, by the main process, on its device."""
-    from seggen.generators.cache import cached_arrays, key_of
-
-    key = key_of("latents", pixels.path.parent.name, pixels.path.stem, pretrained, vae.config)
-    f = 2 ** (len(vae.config.block_out_channels) - 1)
-    _, _, h, w = pixels.shape
-    shape = (vae.config.latent_channels, h // f, w // f)
-
-    def rows():
-        vae.to(accelerator.device)
-        for i in range(0, len(pixels), batch):
-            yield {"latents": encode_latents(vae, pixels[i : i + batch], batch).numpy()}
-
-    return cached_arrays(params.cache, key, len(pixels), {"latents": (shape, np.float32)}, rows, accelerator)["latents"]
 
 
 def save_model(model_dir: Path, parts: dict, cond, noise_scheduler, vae, info: dict) -> Path:

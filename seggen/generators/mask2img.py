@@ -28,7 +28,7 @@ from seggen import io as sio
 from seggen import training
 from seggen.config import Params
 from seggen.errors import ConfigError, DataError
-from seggen.generators import diffusion, text
+from seggen.generators import cache, diffusion, text
 from seggen.generators.prior import GRID_STYLES
 from seggen.io import check_dir, write_png
 from seggen.training.loop import Loop
@@ -84,7 +84,7 @@ def train_mask2img(params: Params, progress: bool = True) -> Path:
         unet = UNet2DConditionModel.from_pretrained(cfg.pretrained, subfolder="unet")
         sdxl = unet.config.addition_embed_type == "text_time"
         cond = text.TextConditioner.build(params.text_encoder, captions, cfg.pretrained, sdxl, cfg.resolution)
-        x0_all = diffusion.cached_latents(params, vae, data.images, cfg.pretrained, loop.accelerator)
+        x0_all = cache.cached_latents(params, vae, data.images, cfg.pretrained, loop.accelerator)
     elif prior is not None:  # the prior's UNet and (frozen) text encoder; the ControlNet learns the masks
         unet = UNet2DConditionModel.from_pretrained(prior / "unet")
         cond = text.TextConditioner.load(prior)
@@ -93,13 +93,13 @@ def train_mask2img(params: Params, progress: bool = True) -> Path:
             from seggen.generators.prior import load_corpus
 
             cx, ccaps = load_corpus(params, cfg.resolution, loop.accelerator)
-            corpus = (cx, cond.tokenize(ccaps))
+            corpus = (cx, cond.inputs(ccaps, params.cache, loop.accelerator))
     else:
         cond = text.TextConditioner.build(params.text_encoder, captions)
         unet = diffusion.build_unet(cfg.unet, 3, cond.context_dim(), cfg.resolution)
         x0_all = data.images
-    ids_all = cond.tokenize(captions)
-    empty_ids = cond.tokenize([""])
+    # the captions as token ids, or a frozen encoder's outputs (cached: the encoders then stay off the device)
+    text_all, empty = cond.inputs(captions, params.cache, loop.accelerator), cond.inputs([""])
 
     # 3. The ControlNet starts as a copy of the base's encoder, its residuals zero-initialised. A broad
     # base (real weights, the prior) stays frozen unless asked; one from scratch must learn too.
@@ -111,7 +111,7 @@ def train_mask2img(params: Params, progress: bool = True) -> Path:
     modules |= {"text_encoder": cond.encoders[0]} if cond.trainable else {}
     trainable = [p for m in modules.values() for p in m.parameters()]
     optimizer = loop.optimizer(trainable)
-    frozen = (() if train_base else (unet.eval(),)) + (() if cond.trainable else (cond,))
+    frozen = () if train_base else (unet.eval(),)  # a frozen text encoder's outputs are in text_all
     modules = loop.start(modules, optimizer, frozen=frozen, ema="controlnet")
     controlnet = modules["controlnet"]
     unet = modules.get("unet", unet)
@@ -122,7 +122,7 @@ def train_mask2img(params: Params, progress: bool = True) -> Path:
     device, scale = loop.device, cfg.controlnet.conditioning_scale
     num_timesteps = noise_scheduler.config.num_train_timesteps
     batches = loop.batches(
-        Mask2ImgBatches(loop, params.seed, x0_all, data.colour_maps, ids_all, empty_ids, num_timesteps, corpus, cfg)
+        Mask2ImgBatches(loop, params.seed, x0_all, data.colour_maps, text_all, empty, num_timesteps, corpus, cfg)
     )
 
     def step(s: int):
@@ -133,7 +133,7 @@ def train_mask2img(params: Params, progress: bool = True) -> Path:
             gate = None if gate is None else gate.to(device)
             with accelerator.accumulate(controlnet):
                 with accelerator.autocast():
-                    ctx, added = cond(b.ids)
+                    ctx, added = cond(b.text)
                     noisy = noise_scheduler.add_noise(b.x0, b.noise, b.t)
                     down, mid = controlnet(
                         noisy,
@@ -224,9 +224,9 @@ class Mask2ImgBatches(torch.utils.data.Dataset):
     CPU. With the prior mixed back in (`prior_mix`), corpus samples join the batch with the
     ControlNet gated off for them (gate 0) and a blank conditioning image."""
 
-    def __init__(self, loop, seed, x0_all, colour_maps, ids_all, empty_ids, num_timesteps, corpus, cfg):
+    def __init__(self, loop, seed, x0_all, colour_maps, text_all, empty, num_timesteps, corpus, cfg):
         tc = loop.train
-        self.seed, self.x0_all, self.maps, self.ids_all, self.empty_ids = seed, x0_all, colour_maps, ids_all, empty_ids
+        self.seed, self.x0_all, self.maps, self.text_all, self.empty = seed, x0_all, colour_maps, text_all, empty
         self.num_timesteps, self.corpus, self.share = num_timesteps, corpus, loop.share()
         self.batch, self.dropout = tc.batch_size, tc.caption_dropout
         self.n_prior = max(1, round(cfg.prior_mix * tc.batch_size))  # corpus samples per global micro-batch
@@ -237,8 +237,8 @@ class Mask2ImgBatches(torch.utils.data.Dataset):
             KIND,
             j,
             self.x0_all,
-            self.ids_all,
-            self.empty_ids,
+            self.text_all,
+            self.empty,
             self.batch,
             self.dropout,
             self.num_timesteps,
@@ -254,7 +254,7 @@ class Mask2ImgBatches(torch.utils.data.Dataset):
             j,
             self.corpus[0],
             self.corpus[1],
-            self.empty_ids,
+            self.empty,
             self.n_prior,
             self.dropout,
             self.num_timesteps,
@@ -268,7 +268,7 @@ class Mask2ImgBatches(torch.utils.data.Dataset):
             torch.cat([b.x0, pb.x0]),
             torch.cat([b.noise, pb.noise]),
             torch.cat([b.t, pb.t]),
-            [torch.cat([x, y]) for x, y in zip(b.ids, pb.ids)],
+            [torch.cat([x, y]) for x, y in zip(b.text, pb.text)],
         )
         return b, torch.cat([cimg, torch.zeros((n, *cimg.shape[1:]))]), gate
 

@@ -112,13 +112,10 @@ def train_prior(params: Params, progress: bool = True) -> Path:
     x0_all, captions = load_corpus(params, cfg.resolution, loop.accelerator)
     cond = text.TextConditioner.build(params.text_encoder, captions)
     unet = diffusion.build_unet(cfg.unet, 3, cond.context_dim(), cfg.resolution)
-    ids_all = cond.tokenize(captions)
-    empty_ids = cond.tokenize([""])
+    text_all, empty = cond.inputs(captions, params.cache, loop.accelerator), cond.inputs([""])
 
     # 3-4. The UNet and the text encoder train (Text2Mask's steps, over the corpus's images)
-    if not diffusion.train_text_to_image(
-        loop, params.seed, KIND, unet, cond, noise_scheduler, x0_all, ids_all, empty_ids
-    ):
+    if not diffusion.train_text_to_image(loop, params.seed, KIND, unet, cond, noise_scheduler, x0_all, text_all, empty):
         return out / "model"
 
     # 5. The model directory and its grid of styles

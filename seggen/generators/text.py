@@ -8,6 +8,7 @@ nothing else.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -173,7 +174,8 @@ class TextConditioner:
                 e.eval()
         return self
 
-    def __call__(self, ids: list[torch.Tensor]) -> tuple[torch.Tensor, dict | None]:
+    def encode(self, ids: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Token ids per tokenizer -> (per-token hidden states, SDXL's pooled projection or None)."""
         with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
             if not self.sdxl:
                 return encode(self.encoders[0], ids[0]), None
@@ -182,10 +184,70 @@ class TextConditioner:
                 out = enc(x.to(enc.device), output_hidden_states=True)
                 hidden.append(out.hidden_states[-2])
                 pooled = out[0]  # the second encoder's projected pooled output
-            ctx = torch.cat(hidden, dim=-1)
-            r = self.resolution
-            time_ids = torch.tensor([[r, r, 0, 0, r, r]], dtype=ctx.dtype, device=ctx.device).expand(len(ctx), -1)
-            return ctx, {"text_embeds": pooled, "time_ids": time_ids}
+            return torch.cat(hidden, dim=-1), pooled
+
+    def inputs(self, captions: list[str], cache: str | Path | None = None, accelerator=None) -> list:
+        """What a training batch carries per caption, indexable by sample: token ids when the encoder
+        trains (it runs on every step), else the frozen encoders' outputs, computed once: cached on
+        disk under `cache` (written by the main process, memory-mapped by all) or, without one, in
+        memory. Then the encoders need not be on the training device at all (SDXL's two: 1.6 G params)."""
+        ids = self.tokenize(captions)
+        if self.trainable:
+            return ids
+        if cache is None:
+            with torch.no_grad():
+                ctx, pooled = self.encode(ids)
+            return [ctx.float().cpu()] + ([pooled.float().cpu()] if self.sdxl else [])
+        return self._cached(captions, ids, Path(cache), accelerator)
+
+    def _cached(self, captions: list[str], ids: list[torch.Tensor], root: Path, accelerator, batch: int = 64) -> list:
+        """The frozen encoders' fp32 outputs for `captions`, under root/KEY (seggen.generators.cache),
+        KEY a digest of the captions and of the encoders' weights and tokenizers."""
+        import hashlib
+
+        import numpy as np
+
+        from seggen.generators.cache import cached_arrays, key_of
+
+        digest = hashlib.sha256()
+        for enc in self.encoders:
+            for name, t in sorted(enc.state_dict().items()):
+                digest.update(name.encode())
+                digest.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        for tok in self.tokenizers:
+            digest.update(json.dumps(tok.get_vocab(), sort_keys=True).encode())
+        key = key_of("text", hashlib.sha256("\n".join(captions).encode()).hexdigest(), digest.hexdigest())
+        specs = {"hidden": ((ids[0].shape[1], self.context_dim()), np.float32)}
+        if self.sdxl:
+            specs["pooled"] = ((self.encoders[-1].config.projection_dim,), np.float32)
+        device = accelerator.device if accelerator is not None else "cpu"
+
+        def rows():
+            homes = [e.device for e in self.encoders]
+            self.encoders = [e.to(device) for e in self.encoders]
+            with torch.no_grad():
+                for i in range(0, len(captions), batch):
+                    ctx, pooled = self.encode([x[i : i + batch] for x in ids])
+                    yield {"hidden": ctx.float().cpu().numpy()} | (
+                        {"pooled": pooled.float().cpu().numpy()} if self.sdxl else {}
+                    )
+            self.encoders = [e.to(h) for e, h in zip(self.encoders, homes)]  # off the training device again
+
+        arrays = cached_arrays(root, key, len(captions), specs, rows, accelerator)
+        return [arrays[name] for name in specs]
+
+    def __call__(self, x: list[torch.Tensor]) -> tuple[torch.Tensor, dict | None]:
+        """Captions as token ids (self.tokenize) or as the frozen encoders' outputs (self.inputs) ->
+        (encoder_hidden_states, added_cond_kwargs or None)."""
+        if x[0].is_floating_point():  # already encoded
+            ctx, pooled = x[0], x[1] if self.sdxl else None
+        else:
+            ctx, pooled = self.encode(x)
+        if not self.sdxl:
+            return ctx, None
+        r = self.resolution
+        time_ids = torch.tensor([[r, r, 0, 0, r, r]], dtype=ctx.dtype, device=ctx.device).expand(len(ctx), -1)
+        return ctx, {"text_embeds": pooled, "time_ids": time_ids}
 
     def context_dim(self) -> int:
         return sum(e.config.hidden_size for e in self.encoders)

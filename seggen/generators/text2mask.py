@@ -24,7 +24,7 @@ from seggen import io as sio
 from seggen import training
 from seggen.config import Params
 from seggen.errors import DataError
-from seggen.generators import diffusion, text
+from seggen.generators import cache, diffusion, text
 from seggen.io import check_dir
 from seggen.progress import tqdm
 from seggen.training.loop import Loop
@@ -54,18 +54,17 @@ def train_text2mask(params: Params, progress: bool = True) -> Path:
         unet = UNet2DConditionModel.from_pretrained(cfg.pretrained, subfolder="unet")
         sdxl = unet.config.addition_embed_type == "text_time"
         cond = text.TextConditioner.build(params.text_encoder, data.captions, cfg.pretrained, sdxl, cfg.resolution)
-        x0_all = diffusion.cached_latents(params, vae, data.colour_maps, cfg.pretrained, loop.accelerator)
+        x0_all = cache.cached_latents(params, vae, data.colour_maps, cfg.pretrained, loop.accelerator)
     else:
         cond = text.TextConditioner.build(params.text_encoder, data.captions)
         unet = diffusion.build_unet(cfg.unet, 3, cond.context_dim(), cfg.resolution)
         x0_all = data.colour_maps
-    ids_all = cond.tokenize(data.captions)
-    empty_ids = cond.tokenize([""])  # the unconditional prompt of classifier-free guidance
+    # the captions as token ids, or a frozen encoder's outputs (cached: the encoders then stay off the device)
+    text_all = cond.inputs(data.captions, params.cache, loop.accelerator)
+    empty = cond.inputs([""])  # the unconditional prompt of classifier-free guidance
 
     # 3-4. The UNet (and a from-scratch text encoder) train: resume, prepare, EMA, the denoising steps
-    if not diffusion.train_text_to_image(
-        loop, params.seed, KIND, unet, cond, noise_scheduler, x0_all, ids_all, empty_ids
-    ):
+    if not diffusion.train_text_to_image(loop, params.seed, KIND, unet, cond, noise_scheduler, x0_all, text_all, empty):
         return out / "model"
 
     # 5. The model directory (the EMA weights where kept) and its sample grid
