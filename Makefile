@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser run lint test test-slow test-all gpu-check gpu-wheels bench bench-generators bench-synthesis bench-segmenter bench-training bench-pipeline bench-ablation ci-check clean-data plots-template exps
+.PHONY: install browser run lint test test-slow test-all gpu-check gpu-wheels bench bench-generators bench-synthesis bench-segmenter bench-training bench-merge bench-pipeline bench-ablation ci-check clean-data plots-template exps
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -91,6 +91,10 @@ bench-segmenter: install
 # `make run`; ~25 min on 2 cores).
 bench-training: install
 	$(PY) -m benchmarks.bench_training
+
+# Merging a 1 M-sample ImgSyn dataset from its batches' records (synthetic records; ~5 min on 2 cores).
+bench-merge: install
+	$(PY) -m benchmarks.bench_merge
 
 # The whole default pipeline from fresh clones: dvc repro, no-op, and the Prefect flow (~35 min on 2 cores).
 bench-pipeline: install

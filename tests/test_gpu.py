@@ -71,3 +71,17 @@ def test_mask2former_trains_and_evaluates_on_cuda_in_bf16(work):
     _train(run)
     metrics = stages.evaluate(p, "validation", model=model_dir, out=work / "eval")
     assert 0 <= metrics["semantic"]["mIoU"] <= 100 and metrics["images_per_s"] > 0
+
+
+def test_samplers_hold_their_networks_in_the_inference_dtype(work):
+    """On CUDA the UNet and ControlNet are loaded in bf16 (half the memory); the VAE decodes in fp32."""
+    import numpy as np
+
+    from seggen.generators.mask2img import Mask2ImgSampler
+
+    p = gpu_models.check_params(work, tiny=True)
+    s = Mask2ImgSampler(p.mask2img.out / "model", device="cuda", precision="bf16")
+    assert s.unet.dtype == s.controlnet.dtype == torch.bfloat16 and s.vae.dtype == torch.float32
+    r = s.resolution
+    out = s(np.zeros((2, r, r, 3), np.uint8), ["a room", "a street"], [0, 1], steps=2)
+    assert out.shape == (2, r, r, 3) and out.std() > 0

@@ -109,6 +109,7 @@ def test_mlflow_lineage(project):
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     parents = [r for r in runs if r.data.tags.get("seggen.kind") == "pipeline"]
     first = parents[-1]  # the oldest: the first `dvc repro`
+    assert "seggen.stage" not in first.data.tags  # a search by stage finds the stage's runs only
     children = {
         r.data.tags["seggen.stage"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == first.info.run_id
     }

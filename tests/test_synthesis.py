@@ -95,13 +95,19 @@ def test_rerun_of_complete_dataset_is_a_no_op(reference, gens):
     assert res["generated"] == 0 and tree(reference["out"]) == reference["tree"]
 
 
+def written(out: Path) -> int:
+    """Samples of the batches a run has recorded so far (.work/batches/B.jsonl: a row per sample)."""
+    batches = out / "masksyn" / ".work" / "batches"
+    records = batches.glob("*.jsonl") if batches.is_dir() else []
+    return sum(len(p.read_text().splitlines()) for p in records if p.stem.isdigit())
+
+
 def _run_cli_and_kill(params: Path, out: Path, after_records: int) -> None:
     cmd = [sys.executable, "-m", "seggen.cli", "--params", str(params), "synthesize", "--strategy", "masksyn"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    rows = out / "masksyn" / ".work" / "rows"
     t0 = time.time()
     while proc.poll() is None and time.time() - t0 < 120:
-        if rows.is_dir() and len(list(rows.glob("*.json"))) >= after_records:
+        if written(out) >= after_records:
             break
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
@@ -111,10 +117,9 @@ def _run_cli_and_kill(params: Path, out: Path, after_records: int) -> None:
 def test_kill_and_resume_gives_the_uninterrupted_dataset(reference, gens, tmp_path):
     out = tmp_path / "syn"
     params = params_file(gens, out, masksyn_per_source=2)
-    rows = out / "masksyn" / ".work" / "rows"
     for after in (1, 9, 30):  # killed three times at different points, resumed each time
         _run_cli_and_kill(params, out, after)
-        done = len(list(rows.glob("*.json")))
+        done = written(out)
         assert after <= done < 48 and not (out / "masksyn" / "manifest.jsonl").exists()
     done = subprocess.run(
         [sys.executable, "-m", "seggen.cli", "--params", str(params), "synthesize", "--strategy", "masksyn"],
@@ -138,17 +143,121 @@ def test_shards_write_disjoint_samples_and_merge_to_the_single_run(reference, ge
     assert tree(out / "masksyn") == reference["tree"]
 
 
-def test_dask_two_workers_equal_single_process(reference, gens, tmp_path, prefect_server):
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+@pytest.fixture
+def dask_cluster(tmp_path):
+    """A scheduler and two worker processes started with Dask's own CLIs on 127.0.0.1 (no nanny: a
+    killed worker stays dead); yields (address, {worker address: its process})."""
+    from distributed import Client
+
+    from conftest import free_port
+
+    dask = str(Path(sys.executable).with_name("dask"))
+    address = f"tcp://127.0.0.1:{free_port()}"
+    logs = open(tmp_path / "dask.log", "w")
+    flags = ["--no-dashboard"]
+    procs = [
+        subprocess.Popen(
+            [dask, "scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1], *flags],
+            stdout=logs,
+            stderr=subprocess.STDOUT,
+        )
+    ]
+    worker = [dask, "worker", address, "--nthreads", "1", "--no-nanny", "--host", "127.0.0.1", *flags]
+    procs += [subprocess.Popen([*worker, "--name", f"w{i}"], stdout=logs, stderr=subprocess.STDOUT) for i in range(2)]
+    try:
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+            pids = client.run(lambda: __import__("os").getpid())
+        by_pid = {p.pid: p for p in procs[1:]}
+        yield address, {addr: by_pid[pid] for addr, pid in pids.items()}
+    finally:
+        for proc in reversed(procs):
+            proc.kill()
+            proc.wait()
+        logs.close()
+
+
+def test_a_dask_cluster_loses_a_worker_and_still_makes_the_dataset(reference, gens, tmp_path, dask_cluster):
+    """`synthesize.dask.address` names the cluster; one worker is killed (SIGKILL) while it runs its
+    shard: the scheduler runs the shard again on the other worker, which resumes it, and the one
+    merge gives the single process's dataset, byte for byte."""
+    import threading
+
+    from distributed import Client
 
     from seggen.synthesis.dask import synthesize_on_dask
 
+    address, workers = dask_cluster
     out = tmp_path / "syn"
-    p = load_params(params_file(gens, out, masksyn_per_source=2, dask={"n_workers": 2, "threads_per_worker": 1}))
-    with temporary_settings(updates={PREFECT_API_URL: prefect_server}):
-        res = synthesize_on_dask(p, "masksyn")
-    assert len(res["shards"]) == 2 and all(s["generated"] > 0 for s in res["shards"])
+    p = load_params(params_file(gens, out, masksyn_per_source=2, dask={"address": address}))
+    result: dict = {}
+    run = threading.Thread(target=lambda: result.update(synthesize_on_dask(p, "masksyn", progress=False)))
+    run.start()
+    victim = None
+    with Client(address, timeout=60) as client:
+        deadline = time.time() + 300
+        while victim is None and run.is_alive() and time.time() < deadline:
+            busy = [a for a, keys in client.processing().items() if keys]
+            if written(out) >= 4 and busy:
+                victim = busy[0]
+                workers[victim].send_signal(signal.SIGKILL)
+            time.sleep(0.01)
+    run.join(600)
+    assert victim is not None, "the run ended before a worker could be killed"
+    assert workers[victim].wait(30) == -signal.SIGKILL
+    assert result["samples"] == 48 and len(result["shards"]) == 2
     assert tree(out / "masksyn") == reference["tree"]
+
+
+def test_each_worker_sees_one_gpu_of_its_own(tmp_path, monkeypatch):
+    """`synthesize.devices` names GPUs by their index among the visible ones; a local worker is
+    pinned to its GPU (CUDA_VISIBLE_DEVICES) before torch initialises CUDA; Dask workers of one node
+    each claim a different GPU while they live."""
+    from seggen.errors import ConfigError
+    from seggen.synthesis import devices
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    assert devices.resolve("auto") == [0, 1] and devices.resolve([1]) == [1] and devices.resolve("cpu") == []
+    for bad, says in (([2], "GPU 2 is not one of the 2"), ([1, 1], "listed twice")):
+        with pytest.raises(ConfigError, match=rf"synthesize.devices: .*{says}"):
+            devices.resolve(bad)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert devices.resolve("auto") == []  # no GPU visible: the CPU
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    claim = (
+        "import sys; from seggen.synthesis import devices; "
+        f"print(devices.claim_gpu({str(tmp_path)!r}), flush=True); sys.stdin.read()"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", claim], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    try:
+        claimed = [p.stdout.readline().strip() for p in procs]  # all three alive, holding their claims
+    finally:
+        for p in procs:
+            p.communicate("")
+    assert sorted(claimed) == ["3", "5", "None"]  # two GPUs, two workers; the third is told it shares
+    again = subprocess.run([sys.executable, "-c", claim], input="", capture_output=True, text=True)
+    assert again.stdout.strip() == "3"  # a dead worker's GPU is free again
+
+
+def test_imgsyn_diversity_is_merged_from_the_shards_statistics(gens, tmp_path, small_benchmark):
+    """The shards record each kept image's class colours as they write it; the merge's diversity
+    from those records is the measure over the images as written, read back."""
+    from seggen.data.layout import open_split
+    from seggen.synthesis.diversity import class_colours, imgsyn_diversity
+
+    out = tmp_path / "syn"
+    res = synthesize(load_params(params_file(gens, out, imgsyn_per_source=2, max_sources=4)), "imgsyn", progress=False)
+    syn = open_split(out / "imgsyn", "training")
+    index = {sid: i for i, sid in enumerate(syn.ids)}
+    groups: dict = {}
+    for r in read_manifest(out / "imgsyn" / "manifest.jsonl"):
+        if r.kept:
+            groups.setdefault(r.source_id, []).append(class_colours(*syn[index[r.id]], len(syn.meta.names)))
+    assert res["diversity"]["masks"] == 4 and res["diversity"]["images_per_mask"] == 2
+    assert res["diversity"] == imgsyn_diversity(groups, small_benchmark, "training")
 
 
 def test_imgsyn_filters_mark_pixels_and_drop_samples(gens, tmp_path, small_benchmark):

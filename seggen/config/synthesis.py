@@ -34,7 +34,9 @@ class FilterParams(_Section):
 
 class DaskParams(_Section):
     address: str | None = None
-    """Scheduler of an existing cluster, e.g. tcp://10.0.0.5:8786; null: a local cluster."""
+    """Scheduler of a cluster started with Dask's own CLIs (`dask scheduler`, `dask worker`), e.g.
+    tcp://10.0.0.5:8786; null: a local cluster of n_workers processes for the run
+    """
     n_workers: StrictInt = Field(2, ge=1)
     """Worker processes of the local cluster."""
     threads_per_worker: StrictInt = Field(1, ge=1)
@@ -85,9 +87,15 @@ class SynthesizeParams(_Section):
     threads: StrictInt = Field(0, ge=0)
     """Torch CPU threads per process; 0: cores / workers."""
     workers: StrictInt = Field(2, ge=1, le=256)
-    """Local processes, each generating a share of the batches (shards); on CPUs two 1-thread processes beat one
-    2-thread process. Use 1 on a single GPU.
+    """Local processes on the CPU, each generating a share of the batches (shards); two 1-thread processes beat one
+    2-thread process. On GPUs: one per device (devices).
     """
+    devices: Literal["auto", "cpu"] | list[StrictInt] = "auto"
+    """Where local workers run, one per GPU, each seeing only its own: auto: every visible GPU, else the CPU
+    (`workers` processes); a list: those GPUs (e.g. [0, 2]); cpu: the CPU even where GPUs are
+    """
+    compile: bool = False
+    """torch.compile the UNet and ControlNet (GPUs; the first batches pay for compiling)."""
     text2mask: SafePath = Path("models/text2mask/model")
     """The trained Text2Mask model directory."""
     mask2img: SafePath = Path("models/mask2img/model")

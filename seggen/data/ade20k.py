@@ -10,6 +10,7 @@ loading checks decodability, matching sizes and label range.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,8 +91,9 @@ class ADE20KDataset:
         for d in (self.image_dir, self.label_dir):
             if not d.is_dir():
                 raise DataError(not_found(d, "directory") + " (expected the ADEChallengeData2016 layout)")
-        images = {p.stem: p for p in sorted(self.image_dir.iterdir()) if p.suffix.lower() in IMAGE_EXTS}
-        labels = {p.stem: p for p in sorted(self.label_dir.iterdir()) if p.suffix.lower() == ".png"}
+        # names sorted as strings: Path comparisons cost seconds over a million files
+        images = {p.stem: p for p in _listing(self.image_dir) if p.suffix.lower() in IMAGE_EXTS}
+        labels = {p.stem: p for p in _listing(self.label_dir) if p.suffix.lower() == ".png"}
         for stem, p in images.items():
             if stem not in labels:
                 raise DataError(f"{p}: no annotation partner (expected {self.label_dir / (stem + '.png')})")
@@ -129,3 +131,8 @@ class ADE20KDataset:
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for i in range(len(self)):
             yield self[i]
+
+
+def _listing(directory: Path) -> list[Path]:
+    """The directory's entries in name order (as sorted(directory.iterdir()) gives them)."""
+    return [directory / name for name in sorted(os.listdir(directory))]

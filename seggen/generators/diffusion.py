@@ -390,13 +390,19 @@ def fingerprint_params(params: Params, gen: GeneratorParams, prediction_type: st
 class DiffusionSampler:
     """Shared sampling machinery: loads unet/text encoder/tokenizer/scheduler[/vae] of a model
     directory once, and runs DPM-Solver++ with classifier-free guidance. Subclasses give `kind`
-    and the model call. `precision` (fp32 | bf16 | fp16 | auto) sets autocast for the networks;
-    the solver's arithmetic stays fp32."""
+    and the model call. `precision` (fp32 | bf16 | fp16 | auto) sets autocast for the networks
+    (on CUDA their weights are loaded in it too); the solver's arithmetic and the VAE's decoding
+    stay fp32 (SD's VAE overflows in fp16). `compile`: the denoising networks under torch.compile."""
 
     kind = ""
 
     def __init__(
-        self, model_dir: str | Path, device: str | None = None, precision: str = "fp32", parts: dict | None = None
+        self,
+        model_dir: str | Path,
+        device: str | None = None,
+        precision: str = "fp32",
+        parts: dict | None = None,
+        compile: bool = False,
     ):
         """parts: modules already loaded from this directory (a diffusers pipeline's components: unet,
         text, vae, ...), used instead of loading them again."""
@@ -409,8 +415,8 @@ class DiffusionSampler:
         self.parts = dict(parts or {})
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype = autocast_dtype(precision, self.device)
-        # channels_last: oneDNN's convolutions are markedly faster in NHWC on CPU (and on GPU tensor cores)
-        self.unet = self.part("unet", UNet2DConditionModel, channels_last=True)
+        self.compile = compile
+        self.unet = self.part("unet", UNet2DConditionModel, denoiser=True)
         self.text = (self.parts.get("text") or text.TextConditioner.load(self.dir, int(self.info["resolution"]))).to(
             self.device
         )
@@ -422,13 +428,18 @@ class DiffusionSampler:
 
             self.vae = self.part("vae", AutoencoderKL)
 
-    def part(self, name: str, cls, channels_last: bool = False):
-        """A network of the directory (given in `parts`, else loaded), on the device, in eval mode."""
+    def part(self, name: str, cls, denoiser: bool = False):
+        """A network of the directory (given in `parts`, else loaded), on the device, in eval mode. A
+        denoiser (UNet, ControlNet) runs channels-last, on CUDA in the inference dtype (weights loaded
+        in it: half the memory and transfer) and compiled where asked; anything else in fp32."""
+        half = denoiser and self.device.type == "cuda" and self.dtype is not None
         module = self.parts.get(name)
         if module is None:
-            module = cls.from_pretrained(self.dir / name)
-        fmt = {"memory_format": torch.channels_last} if channels_last else {}
-        return module.to(self.device, **fmt).eval()
+            module = cls.from_pretrained(self.dir / name, **({"torch_dtype": self.dtype} if half else {}))
+        # channels_last: oneDNN's convolutions are markedly faster in NHWC on CPU (and on GPU tensor cores)
+        fmt = {"memory_format": torch.channels_last} if denoiser else {}
+        module = module.to(self.device, dtype=self.dtype if half else None, **fmt).eval()
+        return torch.compile(module) if denoiser and self.compile else module
 
     @property
     def resolution(self) -> int:
@@ -470,7 +481,6 @@ class DiffusionSampler:
                     pu, pc = None, predict(xin, t, cond, cond_added, False).float()
             pred = pc if pu is None else pu + guidance_scale * (pc - pu)
             x = scheduler.step(pred, t, x).prev_sample
-        if self.vae is not None:
-            with amp:
-                x = self.vae.decode(x / self.vae.config.scaling_factor).sample.float()
+        if self.vae is not None:  # in fp32, outside autocast
+            x = self.vae.decode(x.float() / self.vae.config.scaling_factor).sample.float()
         return to_uint8(x)

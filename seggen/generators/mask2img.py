@@ -323,12 +323,13 @@ class Mask2ImgSampler(diffusion.DiffusionSampler):
         precision: str = "fp32",
         style_swap: bool = False,
         parts: dict | None = None,
+        compile: bool = False,
     ):
         """style_swap: run the ControlNet on the broad base the fine-tuned one started from (unet_prior/,
         DGInStyle's style swap); a frozen base is already the broad one."""
         from diffusers import ControlNetModel, UNet2DConditionModel
 
-        super().__init__(model_dir, device, precision, parts)
+        super().__init__(model_dir, device, precision, parts, compile)
         self.style_swap = style_swap and (self.dir / UNET_PRIOR).is_dir()
         if style_swap and not self.style_swap and self.info.get("base") != "frozen":
             raise DataError(
@@ -336,8 +337,8 @@ class Mask2ImgSampler(diffusion.DiffusionSampler):
                 "or prior.enabled); this one was trained from scratch"
             )
         if self.style_swap:
-            self.unet = self.part(UNET_PRIOR, UNet2DConditionModel, channels_last=True)
-        self.controlnet = self.part("controlnet", ControlNetModel, channels_last=True)
+            self.unet = self.part(UNET_PRIOR, UNet2DConditionModel, denoiser=True)
+        self.controlnet = self.part("controlnet", ControlNetModel, denoiser=True)
         self.palette = np.asarray(self.info["palette"], np.uint8)
 
     def check_palette(self, palette: np.ndarray, source: str) -> None:

@@ -108,11 +108,16 @@ class Text2MaskSampler(diffusion.DiffusionSampler):
     kind = KIND
 
     def __init__(
-        self, model_dir: str | Path, device: str | None = None, precision: str = "fp32", parts: dict | None = None
+        self,
+        model_dir: str | Path,
+        device: str | None = None,
+        precision: str = "fp32",
+        parts: dict | None = None,
+        compile: bool = False,
     ):
         from seggen.codec import Palette
 
-        super().__init__(model_dir, device, precision, parts)
+        super().__init__(model_dir, device, precision, parts, compile)
         colors = np.asarray(self.info["palette"], np.uint8)
         self.palette = Palette(
             colors=colors,

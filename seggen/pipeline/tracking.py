@@ -297,10 +297,11 @@ def _parent(client, exp_id: str, key: str, tags: dict[str, str]) -> str:
         client.update_run(run_id, status="RUNNING")
         return run_id
     name = "pipeline " + time.strftime("%Y-%m-%d %H:%M:%S")
+    own = {k: v for k, v in tags.items() if k != STAGE}  # not the stage that happened to open it
     run = client.create_run(
         exp_id,
         run_name=name,
-        tags={**tags, KIND: "pipeline", EXECUTION: key, "mlflow.source.git.commit": tags["git_commit"]},
+        tags={**own, KIND: "pipeline", EXECUTION: key, "mlflow.source.git.commit": tags["git_commit"]},
     )
     return run.info.run_id
 

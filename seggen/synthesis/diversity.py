@@ -40,10 +40,11 @@ def spread(colours: list[np.ndarray]) -> float | None:
     return float(np.sqrt(((x - x.mean(0)) ** 2).sum(1).mean()))
 
 
-def _by_class(samples, num_classes: int) -> dict[int, list[np.ndarray]]:
+def _by_class(colours) -> dict[int, list[np.ndarray]]:
+    """[class id -> colour] per image -> class id -> the colours of the images that show it."""
     per: dict[int, list[np.ndarray]] = {}
-    for img, lab in samples:
-        for c, col in class_colours(img, lab, num_classes).items():
+    for image in colours:
+        for c, col in image.items():
             per.setdefault(c, []).append(col)
     return per
 
@@ -52,29 +53,25 @@ def _mean_spread(per: dict[int, list[np.ndarray]]) -> dict[int, float]:
     return {c: s for c, cols in per.items() if (s := spread(cols)) is not None}
 
 
-def imgsyn_diversity(synthetic: str | Path, real_root: str | Path, split: str, max_real: int = 500) -> dict | None:
-    """The measure above for an ImgSyn dataset; None when no source mask has two kept images."""
+def imgsyn_diversity(
+    groups: dict[str, list[dict[int, np.ndarray]]], real_root: str | Path, split: str, max_real: int = 500
+) -> dict | None:
+    """The measure above from the class colours of each source mask's kept images (in sample
+    order), as each shard recorded them while writing (no image is read again); None when no
+    source mask has two."""
     from seggen.data.layout import open_split
-    from seggen.synthesis.manifest import read_manifest
 
-    synthetic = Path(synthetic)
-    rows = [r for r in read_manifest(synthetic / "manifest.jsonl") if r.kept]
-    groups: dict[str, list[str]] = {}
-    for r in rows:
-        groups.setdefault(r.source_id, []).append(r.id)
-    groups = {s: ids for s, ids in groups.items() if len(ids) >= 2}
+    groups = {s: cols for s, cols in groups.items() if len(cols) >= 2}
     if not groups:
         return None
-    syn = open_split(synthetic, split)
-    n = len(syn.meta.names)
-    index = {sid: i for i, sid in enumerate(syn.ids)}
-    gen_per_class: dict[int, list[float]] = {}
-    for ids in groups.values():
-        for c, s in _mean_spread(_by_class((syn[index[i]] for i in ids), n)).items():
-            gen_per_class.setdefault(c, []).append(s)
     real = open_split(real_root, split)
+    n, names = len(real.meta.names), real.meta.names
+    gen_per_class: dict[int, list[float]] = {}
+    for cols in groups.values():
+        for c, s in _mean_spread(_by_class(cols)).items():
+            gen_per_class.setdefault(c, []).append(s)
     pick = np.linspace(0, len(real) - 1, min(max_real, len(real))).round().astype(int)
-    real_per_class = _mean_spread(_by_class((real[int(i)] for i in pick), n))
+    real_per_class = _mean_spread(_by_class(class_colours(*real[int(i)], n) for i in pick))
     classes = sorted(c for c in gen_per_class if c in real_per_class and real_per_class[c] > 0)
     if not classes:
         return None
@@ -86,7 +83,5 @@ def imgsyn_diversity(synthetic: str | Path, real_root: str | Path, split: str, m
         "generated_spread": gen,
         "real_spread": ref,
         "ratio": gen / ref,
-        "per_class_ratio": {
-            syn.meta.names[c - 1]: float(np.mean(gen_per_class[c]) / real_per_class[c]) for c in classes
-        },
+        "per_class_ratio": {names[c - 1]: float(np.mean(gen_per_class[c]) / real_per_class[c]) for c in classes},
     }

@@ -35,12 +35,6 @@ class ManifestRow(BaseModel):
     height: int = Field(ge=1)
 
 
-def write_manifest(path: Path, rows: list[ManifestRow]) -> None:
-    from seggen.io import write_text
-
-    write_text(path, "".join(r.model_dump_json() + "\n" for r in rows))
-
-
 def read_manifest(path: str | Path) -> list[ManifestRow]:
     path = Path(path)
     if not path.is_file():

@@ -69,8 +69,19 @@ class Plan:
     def work(self) -> Path:
         return self.out / WORK
 
-    def record(self, job: Job) -> Path:
-        return self.work / "rows" / f"{job.id}.json"
+    def record(self, batch: list[Job]) -> Path:
+        """The batch's manifest rows, one JSON line per sample, written after every file of the
+        batch: that it exists says the batch is complete. Beside it, `.extra.jsonl`: each sample's
+        panoptic segments and diversity statistics (written first)."""
+        return self.work / "batches" / f"{batch[0].index // self.params.synthesize.batch_size:07d}.jsonl"
+
+    def done(self, batch: list[Job]) -> bool:
+        return self.record(batch).exists()
+
+    def written(self) -> int:
+        """Samples of the batches recorded so far (a progress count)."""
+        records = (self.work / "batches").glob("*.jsonl")
+        return sum(len(self.batches[int(p.stem)]) for p in records if p.stem.isdigit())
 
     def shard_batches(self, shard: int, num_shards: int) -> list[list[Job]]:
         return [b for i, b in enumerate(self.batches) if i % num_shards == shard]
@@ -124,8 +135,10 @@ def _check_generator(directory: Path, kind: str, meta: DatasetMeta, root: Path, 
     return info
 
 
-def make_plan(params: Params, strategy: str) -> Plan:
-    """Every check that can fail on bad input, before any image is generated."""
+def make_plan(params: Params, strategy: str, digests: dict[str, str] | None = None) -> Plan:
+    """Every check that can fail on bad input, before any image is generated. `digests`: the
+    generators' digests as the run's planning process computed them (a worker of the run need not
+    read tens of GB of weights again)."""
     import torch
 
     from seggen.training import autocast_dtype
@@ -142,9 +155,9 @@ def make_plan(params: Params, strategy: str) -> Plan:
     generators = {}
     if strategy == "masksyn":
         _check_generator(Path(cfg.text2mask), "text2mask", meta, root)
-        generators["text2mask"] = model_digest(Path(cfg.text2mask))
+        generators["text2mask"] = (digests or {}).get("text2mask") or model_digest(Path(cfg.text2mask))
     _check_generator(Path(cfg.mask2img), "mask2img", meta, root, boundary=False)
-    generators["mask2img"] = model_digest(Path(cfg.mask2img))
+    generators["mask2img"] = (digests or {}).get("mask2img") or model_digest(Path(cfg.mask2img))
 
     ids = [s.id for s in ds.samples]
     if cfg.real_subset:
@@ -175,10 +188,11 @@ def make_plan(params: Params, strategy: str) -> Plan:
     if ds.has_panoptic and strategy == "imgsyn":
         ds.segments(0)  # indexes the source's panoptic annotation: a missing one is named here
 
-    identity = cfg.model_dump(mode="json", exclude={"out", "threads", "workers", "dask", "text2mask", "mask2img"})
+    where = {"out", "threads", "workers", "devices", "dask", "text2mask", "mask2img"}  # not what is drawn
+    identity = cfg.model_dump(mode="json", exclude=where | ({"compile"} if not cfg.compile else set()))
     identity["filter"].pop("out")
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device("cuda" if cfg.devices != "cpu" and torch.cuda.is_available() else "cpu")
     identity["precision"] = str(autocast_dtype(cfg.precision, device))  # what `auto` resolves to here
     blob = json.dumps(
         [

@@ -16,9 +16,10 @@ Reproducibility: the samples are planned up front in a fixed order; sample k of 
 seed (seed, strategy, s, k), and samples are generated in fixed batches of that order (float
 results depend on batch composition, so a resumed or sharded run batches exactly as a single
 uninterrupted one). Shards own whole batches (batch b -> shard b mod n). Each sample's files are
-written atomically, then a record under `.work/rows/`; a re-run skips batches whose records all
-exist. When every record exists, the dataset is merged: manifest, panoptic JSON, summary and grid,
-stray files removed, `.work/` deleted. Changing any param that affects the output starts over.
+written atomically, then the batch's record under `.work/batches/` (its manifest rows); a re-run
+skips batches whose record exists. When every record exists, the dataset is merged: manifest,
+panoptic JSON, summary and grid, stray files removed, `.work/` deleted. Changing any param that
+affects the output starts over.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from seggen.data.coco import segments_info
 from seggen.data.images import id2rgb, resize_array
 from seggen.data.meta import DatasetMeta
 from seggen.errors import DataError
-from seggen.io import write_json, write_png
+from seggen.io import write_png, write_text
 from seggen.progress import tqdm
 from seggen.synthesis.manifest import ManifestRow, Scores
 from seggen.synthesis.merge import merge_dataset, metrics_path, write_metrics
@@ -99,21 +100,33 @@ def _source_panoptic(plan: Plan, source: str) -> tuple[np.ndarray, list[dict]]:
 
 
 class Generators:
-    """The loaded models of one run (loaded once per process)."""
+    """The loaded models of one run, on `device` (None: this process's default, its own GPU if any)."""
 
-    def __init__(self, plan: Plan):
+    def __init__(self, plan: Plan, device: str | None = None):
         from seggen.generators.mask2img import Mask2ImgSampler
         from seggen.synthesis.filters import load_filter
 
         cfg = plan.params.synthesize
+        kw = {"device": device, "precision": cfg.precision, "compile": cfg.compile}
         self.t2m = None
         if plan.strategy == "masksyn":
             from seggen.generators.text2mask import Text2MaskSampler
 
-            self.t2m = Text2MaskSampler(cfg.text2mask, precision=cfg.precision)
-        self.m2i = Mask2ImgSampler(cfg.mask2img, precision=cfg.precision, style_swap=cfg.style_swap)
+            self.t2m = Text2MaskSampler(cfg.text2mask, **kw)
+        self.m2i = Mask2ImgSampler(cfg.mask2img, style_swap=cfg.style_swap, **kw)
         self.filter = load_filter(plan.params, progress=False)
         self.plain = plan.meta.palette().colors
+
+
+_loaded: dict = {}  # the last run's Generators in this process: a Dask worker's next shard reuses them
+
+
+def generators_for(plan: Plan, device: str | None = None) -> Generators:
+    key = (plan.fingerprint, plan.strategy, device)
+    if key not in _loaded:
+        _loaded.clear()
+        _loaded[key] = Generators(plan, device)
+    return _loaded[key]
 
 
 def _generate_batch(plan: Plan, gens: Generators, batch: list[Job]) -> list[dict]:
@@ -152,9 +165,9 @@ def _generate_batch(plan: Plan, gens: Generators, batch: list[Job]) -> list[dict
     return out
 
 
-def _filter_and_write(plan: Plan, gens: Generators, job: Job, sample: dict) -> None:
-    cfg = plan.params.synthesize
-    fmt = cfg.image_format
+def _score(plan: Plan, gens: Generators, sample: dict) -> dict:
+    """The filters' verdict on a generated sample (on the generating device): its scores, the labels
+    and panoptic segments with filtered pixels ignored, kept or the reason it is dropped."""
     image, labels, pan = sample["image"], sample["labels"].copy(), sample["panoptic"]
     scores = Scores()
     kept, reason = True, None
@@ -176,6 +189,14 @@ def _filter_and_write(plan: Plan, gens: Generators, job: Job, sample: dict) -> N
             )
     if kept and not (labels > 0).any():
         kept, reason = False, "empty mask"
+    return {"image": image, "labels": labels, "panoptic": pan, "scores": scores, "kept": kept, "reason": reason}
+
+
+def _write(plan: Plan, job: Job, sample: dict) -> tuple[str, dict]:
+    """A scored sample's files, each atomically -> its manifest row (a JSON line) and what else the
+    merge needs of it: its panoptic segments, its class colours (ImgSyn's diversity statistics)."""
+    fmt = plan.params.synthesize.image_format
+    image, labels, pan, kept = sample["image"], sample["labels"], sample["panoptic"], sample["kept"]
     h, w = labels.shape
     img_dir, lab_dir, pan_dir = plan.output_dirs(kept)
     _write_image(fmt)(img_dir / f"{job.id}.{fmt}", image)
@@ -193,14 +214,19 @@ def _filter_and_write(plan: Plan, gens: Generators, job: Job, sample: dict) -> N
         image_prompt=job.image_prompt,
         seed=job.seed,
         generators=plan.generators,
-        scores=scores,
+        scores=sample["scores"],
         kept=kept,
-        drop_reason=reason,
+        drop_reason=sample["reason"],
         width=w,
         height=h,
     )
-    record = {"row": row.model_dump(mode="json"), "segments": pan[1] if (kept and pan is not None) else None}
-    write_json(plan.record(job), record, indent=None)
+    extra: dict = {"segments": pan[1] if (kept and pan is not None) else None}
+    if kept and plan.strategy == "imgsyn" and plan.params.synthesize.imgsyn_per_source >= 2:
+        from seggen.synthesis.diversity import class_colours
+
+        colours = class_colours(image, labels, len(plan.meta.names))
+        extra["colours"] = {str(c): v.tolist() for c, v in colours.items()}
+    return row.model_dump_json(), extra
 
 
 def _write_image(fmt: str):
@@ -220,13 +246,16 @@ def run_shard(
     progress: bool = True,
     merge: bool = True,
     plan: Plan | None = None,
+    digests: dict[str, str] | None = None,
+    device: str | None = None,
 ) -> dict:
-    """Generate the samples of one shard (all of them for 1 shard), then merge if every shard is done."""
+    """Generate the samples of one shard (all of them for 1 shard), then merge if every shard is done.
+    `digests`: the generators' (make_plan); `device`: where to sample (default: this process's GPU, else CPU)."""
     import torch
 
     if not 0 <= shard < num_shards:
         raise DataError(f"--shard {shard}: must be in 0..{num_shards - 1} for --num-shards {num_shards}")
-    plan = plan or make_plan(params, strategy)
+    plan = plan or make_plan(params, strategy, digests)
     if prepare_output(plan):
         log.info("%s: complete for these params, nothing to do", plan.out)
         summary = json.loads((plan.out / "summary.json").read_text())
@@ -236,19 +265,16 @@ def run_shard(
 
     if params.synthesize.threads:
         torch.set_num_threads(params.synthesize.threads)
-    todo = [b for b in plan.shard_batches(shard, num_shards) if not all(plan.record(j).exists() for j in b)]
+    todo = [b for b in plan.shard_batches(shard, num_shards) if not plan.done(b)]
     mine = sum(len(b) for b in plan.shard_batches(shard, num_shards))
     n_todo = sum(len(b) for b in todo)
     t0 = time.perf_counter()
     if todo:
-        gens = Generators(plan)
+        gens = generators_for(plan, device)
         t0 = time.perf_counter()  # the rate counts generation, not model loading or filter training
         desc = f"synthesize {strategy}" + (f" [{shard + 1}/{num_shards}]" if num_shards > 1 else "")
         bar = tqdm(total=mine, initial=mine - n_todo, desc=desc, unit="img", disable=not progress, dynamic_ncols=True)
-        for batch in todo:
-            for job, sample in zip(batch, _generate_batch(plan, gens, batch)):
-                _filter_and_write(plan, gens, job, sample)
-            bar.update(len(batch))
+        _generate_and_write(plan, gens, todo, bar)
         bar.close()
     elapsed = time.perf_counter() - t0
     result = {
@@ -259,9 +285,34 @@ def run_shard(
         "seconds": elapsed,
         "images_per_s": n_todo / elapsed if n_todo and elapsed else None,
     }
-    if merge and all(plan.record(j).exists() for j in plan.jobs):
+    if merge and all(plan.done(b) for b in plan.batches):
         result.update(merge_once(plan))
     return result
+
+
+def _generate_and_write(plan: Plan, gens: Generators, batches: list[list[Job]], bar, ahead: int = 2) -> None:
+    """Each batch generated and scored here, its files encoded and written by a background thread
+    while the next batches generate (at most `ahead` batches wait to be written)."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    def write(batch, samples):
+        rows, extras = zip(*(_write(plan, job, sample) for job, sample in zip(batch, samples)))
+        record = plan.record(batch)
+        record.parent.mkdir(parents=True, exist_ok=True)
+        write_text(record.with_suffix(".extra.jsonl"), "".join(json.dumps(e) + "\n" for e in extras))
+        write_text(record, "".join(r + "\n" for r in rows))  # last: the batch is complete
+
+    pending: deque = deque()
+    with ThreadPoolExecutor(1, thread_name_prefix="seggen-writer") as writer:
+        for batch in batches:
+            samples = [_score(plan, gens, s) for s in _generate_batch(plan, gens, batch)]
+            pending.append(writer.submit(write, batch, samples))
+            while len(pending) > ahead or (pending and pending[0].done()):
+                pending.popleft().result()  # a failed write stops the run here
+            bar.update(len(batch))
+        while pending:
+            pending.popleft().result()
 
 
 def merge_once(plan: Plan) -> dict:
@@ -293,13 +344,15 @@ def synthesize(
     resuming whatever an earlier run left:
 
     - `shard` given: only that shard of `num_shards` (any machine); merged when every shard is done;
-    - `dask`: every shard as a Prefect task on a Dask cluster (`synthesize.dask`), then merged;
-    - else `synthesize.workers` local processes, one shard each (one process: in this one), then merged.
+    - `dask`: every shard as a task on a Dask cluster (`synthesize.dask`), then merged;
+    - else local processes, one shard each (one per GPU of `synthesize.devices`; on the CPU
+      `synthesize.workers`; one process: in this one), then merged.
     """
     import multiprocessing
     import os
     from concurrent.futures import ProcessPoolExecutor
 
+    from seggen.synthesis import devices
     from seggen.synthesis.filters import load_filter
 
     if shard is not None:
@@ -309,33 +362,42 @@ def synthesize(
     if dask:
         from seggen.synthesis.dask import synthesize_on_dask
 
-        return synthesize_on_dask(params, strategy, num_shards if num_shards > 1 else None)
+        return synthesize_on_dask(params, strategy, num_shards if num_shards > 1 else None, progress)
     cfg = params.synthesize
-    if cfg.workers == 1:
-        return run_shard(params, strategy, 0, 1, progress)
+    gpus = devices.resolve(cfg.devices)
+    n = len(gpus) or cfg.workers
+    plan = make_plan(params, strategy)  # the generators hashed once, here
+    if n == 1 or prepare_output(plan):
+        return run_shard(params, strategy, 0, 1, progress, plan=plan, device=f"cuda:{gpus[0]}" if gpus else "cpu")
 
-    plan = make_plan(params, strategy)
-    if prepare_output(plan):
-        return run_shard(params, strategy, 0, 1, progress, plan=plan)
     load_filter(params, progress)  # trained once here, not by every worker
-    n = cfg.workers
     threads = cfg.threads or max(1, (os.cpu_count() or 1) // n)
     p = params.model_copy(update={"synthesize": cfg.model_copy(update={"threads": threads})})
-    rows = plan.work / "rows"
     bar = tqdm(
         total=len(plan.jobs),
-        initial=len(list(rows.glob("*.json"))),
-        desc=f"synthesize {strategy} [{n} workers]",
+        initial=plan.written(),
+        desc=f"synthesize {strategy} [{n} {'GPUs' if gpus else 'workers'}]",
         unit="img",
         disable=not progress,
         dynamic_ncols=True,
     )
-    with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(run_shard, p, strategy, i, n, False, False) for i in range(n)]
+    # one single-process pool per worker: each is spawned with its own GPU (devices.pin), before
+    # torch initialises CUDA there, so that its "cuda" is that GPU alone
+    spawn = multiprocessing.get_context("spawn")
+    pools = [
+        ProcessPoolExecutor(1, mp_context=spawn, initializer=devices.pin, initargs=(gpus[i] if gpus else None,))
+        for i in range(n)
+    ]
+    try:
+        shard_kw = {"progress": False, "merge": False, "digests": plan.generators, "device": "cuda" if gpus else "cpu"}
+        futures = [pool.submit(run_shard, p, strategy, i, n, **shard_kw) for i, pool in enumerate(pools)]
         while not all(f.done() for f in futures):
             time.sleep(0.5)
-            bar.update(len(list(rows.glob("*.json"))) - bar.n)
+            bar.update(plan.written() - bar.n)
         parts = [f.result() for f in futures]
+    finally:
+        for pool in pools:
+            pool.shutdown(cancel_futures=True)
     bar.close()
     generated = sum(r["generated"] for r in parts)
     seconds = max(r["seconds"] for r in parts)
