@@ -12,7 +12,10 @@ measures the real figure on a GPU. FlopCounterMode counts a multiply-add as 2 FL
 detectron2's counter count it as 1) and skips grid_sample, a small share of Mask2Former's deformable
 attention.
 
-    python -m benchmarks.estimate_gpu_hours [profiles/real-ade20k.yaml]   -> docs/real-data.md (estimate section)
+    python -m benchmarks.estimate_gpu_hours [profiles/real-ade20k.yaml]   -> docs/real-data.md (its estimate section)
+
+The dataset's size and class count follow the profile's data.format (ADE20K or COCO panoptic); the
+step counts, solver, multiplicities and batches are the profile's.
 """
 
 from __future__ import annotations
@@ -115,13 +118,19 @@ def blip2_flops(new_tokens: int) -> float:
     return v + 2 * 2.7e9 * (32 + new_tokens)  # 32 query tokens from the Q-Former, then generation
 
 
+# the real datasets a profile's data.format reads: training images, classes, evaluation images
+DATASETS = {"ade20k": ("ADE20K", 20210, 150, 2000), "coco": ("COCO panoptic", 118287, 133, 5000)}
+
+
 def estimate(profile: Path) -> tuple[list[tuple[str, str, float]], dict]:
     p = load_params(profile)
-    n_train = 20210  # ADE20K training images
+    name, n_train, n_classes, n_eval = DATASETS[p.data.format]
+    if p.synthesize.max_sources:
+        n_train = min(n_train, p.synthesize.max_sources)  # the sources synthesis draws from
     res = p.text2mask.resolution
     unet, control, n_params = diffusion_flops(res, tuple(p.mask2img.controlnet.conditioning_embedding_out_channels))
     seg = p.segmenter
-    m2f = mask2former_flops(seg.train.crop, 150, seg.model.num_queries, seg.model.decoder_layers)
+    m2f = mask2former_flops(seg.train.crop, n_classes, seg.model.num_queries, seg.model.decoder_layers)
     cap = blip2_flops(p.caption.max_new_tokens)
     t2m, m2i, syn = p.text2mask.train, p.mask2img.train, p.synthesize
     # samples per optimizer step: the global batch of a micro-step x the micro-steps accumulated
@@ -143,18 +152,23 @@ def estimate(profile: Path) -> tuple[list[tuple[str, str, float]], dict]:
         ),
         (
             "synthesize MaskSyn",
-            f"{masksyn} pairs x {syn.steps} steps",
+            f"{masksyn} pairs x {syn.steps} {syn.solver} steps, batches of {syn.batch_size} a GPU",
             masksyn * syn.steps * cfg_mult * (2 * unet + control),
         ),
-        ("synthesize ImgSyn", f"{imgsyn} images x {syn.steps} steps", imgsyn * syn.steps * cfg_mult * (unet + control)),
+        (
+            "synthesize ImgSyn",
+            f"{imgsyn} images x {syn.steps} {syn.solver} steps, batches of {syn.batch_size} a GPU",
+            imgsyn * syn.steps * cfg_mult * (unet + control),
+        ),
         (
             "train Mask2Former Swin-L (one arm)",
             f"{seg.train.steps} steps x {b_seg}",
             3 * m2f * seg.train.steps * b_seg,
         ),
-        ("evaluate (one arm, 2000 images)", "2000 images", 2000 * m2f * 1.5),  # larger test images than the crop
+        (f"evaluate (one arm, {n_eval} images)", f"{n_eval} images", n_eval * m2f * 1.5),  # larger than the crop
     ]
     info = {
+        "dataset": f"{name}: {n_train} training images, {n_classes} classes",
         "unet_tflops": unet / 1e12,
         "control_tflops": control / 1e12,
         "m2f_tflops": m2f / 1e12,
@@ -171,7 +185,8 @@ def main() -> None:
     assert abs(info["unet_params"] - SDXL_PARAMS) / SDXL_PARAMS < 0.01, info["unet_params"]
     eff = PEAK_BF16 * MFU
     lines = [
-        f"Estimated, not measured, for `{profile}` (FLOPs counted by `python -m benchmarks.estimate_gpu_hours`; "
+        f"Estimated, not measured, for `{profile}` ({info['dataset']}; FLOPs counted by "
+        f"`python -m benchmarks.estimate_gpu_hours {profile}`; "
         f"H100 bf16 peak 989 TFLOP/s at {MFU:.0%} MFU). One forward pass: SDXL UNet {info['unet_tflops']:.2f} TFLOPs "
         "and its "
         f"ControlNet {info['control_tflops']:.2f} TFLOPs at {info['resolution']} px; Mask2Former Swin-L "
@@ -188,7 +203,9 @@ def main() -> None:
     lines.append(f"| **total** (two arms: add one Mask2Former) | | | **{total:,.0f}** |")
     body = "\n".join(lines)
     text = DOC.read_text()
-    start, end = "<!-- estimate:gpu-hours -->", "<!-- /estimate:gpu-hours -->"
+    start, end = f"<!-- estimate:gpu-hours:{profile.stem} -->", f"<!-- /estimate:gpu-hours:{profile.stem} -->"
+    if start not in text:
+        raise SystemExit(f"{DOC}: no {start} ... {end} section to write")
     text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: f"{start}\n{body}\n{end}", text, flags=re.S)
     DOC.write_text(text)
     print(body)

@@ -260,6 +260,20 @@ def test_imgsyn_diversity_is_merged_from_the_shards_statistics(gens, tmp_path, s
     assert res["diversity"] == imgsyn_diversity(groups, small_benchmark, "training")
 
 
+def test_the_solver_is_a_param_of_the_dataset(gens, tmp_path):
+    """synthesize.solver: UniPC or DPM-Solver++ (2M), each deterministic; another solver is another dataset."""
+    from seggen.generators.mask2img import Mask2ImgSampler
+
+    unipc = make_plan(load_params(params_file(gens, tmp_path / "u", solver="unipc")), "imgsyn")
+    dpm = make_plan(load_params(params_file(gens, tmp_path / "d")), "imgsyn")
+    assert unipc.fingerprint != dpm.fingerprint
+    sampler = Mask2ImgSampler(gens / "m2i" / "model")
+    maps = np.tile(np.asarray(sampler.palette[1:3], np.uint8)[:, None, None], (1, 16, 16, 1))
+    draw = lambda solver: sampler(maps, ["a car", "a road"], [0, 1], steps=4, solver=solver)  # noqa: E731
+    a, b, c = draw("unipc"), draw("unipc"), draw("dpmsolver++")
+    assert a.shape == (2, 16, 16, 3) and (a == b).all() and (a != c).any()
+
+
 def test_imgsyn_filters_mark_pixels_and_drop_samples(gens, tmp_path, small_benchmark):
     from seggen.data.ade20k import ADE20KDataset
     from seggen.data.images import load_label_png

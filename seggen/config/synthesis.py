@@ -74,6 +74,8 @@ class SynthesizeParams(_Section):
     """ImgSyn samples per source mask (the paper: 50 on ADE20K)."""
     steps: StrictInt = Field(20, ge=1, le=1000)
     """Denoising steps of both generators."""
+    solver: Literal["dpmsolver++", "unipc"] = "dpmsolver++"
+    """The sampler of both generators: DPM-Solver++ (2M) or UniPC; steps against quality for each: docs/synthesis.md."""
     text2mask_guidance: float = Field(3.0, ge=0)
     """Classifier-free guidance of Text2Mask."""
     mask2img_guidance: float = Field(4.0, ge=0)

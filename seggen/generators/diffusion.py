@@ -438,7 +438,7 @@ class DiffusionSampler:
             module = cls.from_pretrained(self.dir / name, **({"torch_dtype": self.dtype} if half else {}))
         # channels_last: oneDNN's convolutions are markedly faster in NHWC on CPU (and on GPU tensor cores)
         fmt = {"memory_format": torch.channels_last} if denoiser else {}
-        module = module.to(self.device, dtype=self.dtype if half else None, **fmt).eval()
+        module = module.to(self.device, **fmt).eval() if not half else module.to(self.device, self.dtype, **fmt).eval()
         return torch.compile(module) if denoiser and self.compile else module
 
     @property
@@ -453,12 +453,24 @@ class DiffusionSampler:
         return (3, r, r)
 
     @torch.no_grad()
-    def run(self, prompts: list[str], seeds: list[int], steps: int, guidance_scale: float, predict) -> np.ndarray:
-        """predict(x, t, context, added_cond_kwargs, doubled) -> model output; `doubled` when x is [uncond; cond]."""
-        from diffusers import DPMSolverMultistepScheduler
+    def run(
+        self,
+        prompts: list[str],
+        seeds: list[int],
+        steps: int,
+        guidance_scale: float,
+        predict,
+        solver: str = "dpmsolver++",
+    ) -> np.ndarray:
+        """predict(x, t, context, added_cond_kwargs, doubled) -> model output; `doubled` when x is [uncond; cond].
+        solver: dpmsolver++ (DPM-Solver++ 2M) | unipc (UniPC, bh2), both multistep over the training schedule."""
+        from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
 
-        # a fresh scheduler per batch: the multistep solver keeps a step index
-        scheduler = DPMSolverMultistepScheduler.from_config(self.scheduler_config, algorithm_type="dpmsolver++")
+        # a fresh scheduler per batch: the multistep solvers keep a step index
+        if solver == "unipc":
+            scheduler = UniPCMultistepScheduler.from_config(self.scheduler_config)
+        else:
+            scheduler = DPMSolverMultistepScheduler.from_config(self.scheduler_config, algorithm_type="dpmsolver++")
         scheduler.set_timesteps(steps, device=self.device)
         shape = self.sample_shape()
         x = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds]).to(self.device)

@@ -352,6 +352,7 @@ class Mask2ImgSampler(diffusion.DiffusionSampler):
         seeds: list[int],
         steps: int = 20,
         guidance_scale: float = 2.0,
+        solver: str = "dpmsolver++",
     ) -> np.ndarray:
         """colour_maps: B x R x R x 3 uint8 at the model's resolution -> B x R x R x 3 uint8 images."""
         cond_img = (
@@ -379,7 +380,7 @@ class Mask2ImgSampler(diffusion.DiffusionSampler):
                 mid_block_additional_residual=mid,
             ).sample
 
-        return self.run(prompts, seeds, steps, guidance_scale, predict)
+        return self.run(prompts, seeds, steps, guidance_scale, predict, solver)
 
 
 def model_input(colour_map: np.ndarray, resolution: int) -> np.ndarray:

@@ -127,7 +127,12 @@ class Text2MaskSampler(diffusion.DiffusionSampler):
         )
 
     def __call__(
-        self, prompts: list[str], seeds: list[int], steps: int = 20, guidance_scale: float = 3.0
+        self,
+        prompts: list[str],
+        seeds: list[int],
+        steps: int = 20,
+        guidance_scale: float = 3.0,
+        solver: str = "dpmsolver++",
     ) -> np.ndarray:
         """One colour map per prompt (HxWx3 uint8), initial noise from each sample's own seed."""
         return self.run(
@@ -136,6 +141,7 @@ class Text2MaskSampler(diffusion.DiffusionSampler):
             steps,
             guidance_scale,
             lambda x, t, ctx, added, _: self.unet(x, t, ctx, added_cond_kwargs=added).sample,
+            solver,
         )
 
     def decode(self, rgb: np.ndarray) -> np.ndarray:

@@ -19,6 +19,7 @@ makes.
 
 from __future__ import annotations
 
+import logging
 import time
 
 from seggen.config import Params
@@ -49,6 +50,7 @@ def synthesize_on_dask(params: Params, strategy: str, num_shards: int | None = N
     if prepare_output(plan):
         return run_shard(params, strategy, plan=plan, progress=progress)
     load_filter(params, progress)  # trained once, here, not per shard
+    logging.getLogger("distributed").setLevel(logging.WARNING)  # the cluster's own chatter, not the run's
     d = params.synthesize.dask
     cluster = None
     if d.address:

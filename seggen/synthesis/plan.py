@@ -189,7 +189,9 @@ def make_plan(params: Params, strategy: str, digests: dict[str, str] | None = No
         ds.segments(0)  # indexes the source's panoptic annotation: a missing one is named here
 
     where = {"out", "threads", "workers", "devices", "dask", "text2mask", "mask2img"}  # not what is drawn
-    identity = cfg.model_dump(mode="json", exclude=where | ({"compile"} if not cfg.compile else set()))
+    # compile and solver enter the fingerprint only where they are not the default
+    unset = ({"compile"} if not cfg.compile else set()) | ({"solver"} if cfg.solver == "dpmsolver++" else set())
+    identity = cfg.model_dump(mode="json", exclude=where | unset)
     identity["filter"].pop("out")
 
     device = torch.device("cuda" if cfg.devices != "cpu" and torch.cuda.is_available() else "cpu")

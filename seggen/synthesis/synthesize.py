@@ -139,7 +139,7 @@ def _generate_batch(plan: Plan, gens: Generators, batch: list[Job]) -> list[dict
     sizes = [_source_size(plan, j.source) for j in batch]
     out = []
     if plan.strategy == "masksyn":
-        rgb = gens.t2m(prompts, [s[0] for s in seeds], cfg.steps, cfg.text2mask_guidance)
+        rgb = gens.t2m(prompts, [s[0] for s in seeds], cfg.steps, cfg.text2mask_guidance, cfg.solver)
         labels, insts = [], []
         for x in rgb:
             if gens.t2m.palette.boundary:
@@ -149,7 +149,7 @@ def _generate_batch(plan: Plan, gens: Generators, batch: list[Job]) -> list[dict
             labels.append(lab.astype(np.uint8))
             insts.append(inst)
         cmaps = np.stack([gens.plain[resize_array(lab, (r, r), Image.NEAREST)] for lab in labels])
-        imgs = gens.m2i(cmaps, image_prompts, [s[1] for s in seeds], cfg.steps, cfg.mask2img_guidance)
+        imgs = gens.m2i(cmaps, image_prompts, [s[1] for s in seeds], cfg.steps, cfg.mask2img_guidance, cfg.solver)
         for img, lab, inst, size in zip(imgs, labels, insts, sizes):
             lab_o = resize_array(lab, size, Image.NEAREST)
             inst_o = resize_array(inst.astype(np.int32), size, Image.NEAREST) if inst is not None else None
@@ -158,7 +158,7 @@ def _generate_batch(plan: Plan, gens: Generators, batch: list[Job]) -> list[dict
     else:
         labels = [plan.dataset.load_label(plan.source_index[j.source]).astype(np.uint8) for j in batch]
         cmaps = np.stack([gens.plain[resize_array(lab, (r, r), Image.NEAREST)] for lab in labels])
-        imgs = gens.m2i(cmaps, image_prompts, [s[1] for s in seeds], cfg.steps, cfg.mask2img_guidance)
+        imgs = gens.m2i(cmaps, image_prompts, [s[1] for s in seeds], cfg.steps, cfg.mask2img_guidance, cfg.solver)
         for img, lab, size, j in zip(imgs, labels, sizes, batch):
             pan = _source_panoptic(plan, j.source) if plan.panoptic else None
             out.append({"image": resize_array(img, size, Image.BICUBIC), "labels": lab, "panoptic": pan})
