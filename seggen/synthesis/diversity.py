@@ -53,35 +53,63 @@ def _mean_spread(per: dict[int, list[np.ndarray]]) -> dict[int, float]:
     return {c: s for c, cols in per.items() if (s := spread(cols)) is not None}
 
 
+class Spreads:
+    """The generated side of the measure, one source mask at a time (a merge streams its samples,
+    each mask's images together): add(source, colours) per kept image, in sample order."""
+
+    def __init__(self):
+        self.per_class: dict[int, list[float]] = {}
+        self.sizes: list[int] = []
+        self._source, self._cols = None, []
+
+    def add(self, source: str, colours: dict[int, np.ndarray]) -> None:
+        if source != self._source:
+            self._close()
+            self._source, self._cols = source, []
+        self._cols.append(colours)
+
+    def _close(self) -> None:
+        if len(self._cols) >= 2:
+            for c, s in _mean_spread(_by_class(self._cols)).items():
+                self.per_class.setdefault(c, []).append(s)
+            self.sizes.append(len(self._cols))
+        self._cols = []
+
+    def result(self, real_root: str | Path, split: str, max_real: int = 500) -> dict | None:
+        """The measure against `max_real` real images of `split`; None when no source mask has two."""
+        from seggen.data.layout import open_split
+
+        self._close()
+        if not self.sizes:
+            return None
+        real = open_split(real_root, split)
+        n, names = len(real.meta.names), real.meta.names
+        pick = np.linspace(0, len(real) - 1, min(max_real, len(real))).round().astype(int)
+        real_per_class = _mean_spread(_by_class(class_colours(*real[int(i)], n) for i in pick))
+        gen_per_class = self.per_class
+        classes = sorted(c for c in gen_per_class if c in real_per_class and real_per_class[c] > 0)
+        if not classes:
+            return None
+        gen = float(np.mean([np.mean(gen_per_class[c]) for c in classes]))
+        ref = float(np.mean([real_per_class[c] for c in classes]))
+        return {
+            "masks": len(self.sizes),
+            "images_per_mask": float(np.mean(self.sizes)),
+            "generated_spread": gen,
+            "real_spread": ref,
+            "ratio": gen / ref,
+            "per_class_ratio": {names[c - 1]: float(np.mean(gen_per_class[c]) / real_per_class[c]) for c in classes},
+        }
+
+
 def imgsyn_diversity(
     groups: dict[str, list[dict[int, np.ndarray]]], real_root: str | Path, split: str, max_real: int = 500
 ) -> dict | None:
     """The measure above from the class colours of each source mask's kept images (in sample
-    order), as each shard recorded them while writing (no image is read again); None when no
-    source mask has two."""
-    from seggen.data.layout import open_split
-
-    groups = {s: cols for s, cols in groups.items() if len(cols) >= 2}
-    if not groups:
-        return None
-    real = open_split(real_root, split)
-    n, names = len(real.meta.names), real.meta.names
-    gen_per_class: dict[int, list[float]] = {}
-    for cols in groups.values():
-        for c, s in _mean_spread(_by_class(cols)).items():
-            gen_per_class.setdefault(c, []).append(s)
-    pick = np.linspace(0, len(real) - 1, min(max_real, len(real))).round().astype(int)
-    real_per_class = _mean_spread(_by_class(class_colours(*real[int(i)], n) for i in pick))
-    classes = sorted(c for c in gen_per_class if c in real_per_class and real_per_class[c] > 0)
-    if not classes:
-        return None
-    gen = float(np.mean([np.mean(gen_per_class[c]) for c in classes]))
-    ref = float(np.mean([real_per_class[c] for c in classes]))
-    return {
-        "masks": len(groups),
-        "images_per_mask": float(np.mean([len(v) for v in groups.values()])),
-        "generated_spread": gen,
-        "real_spread": ref,
-        "ratio": gen / ref,
-        "per_class_ratio": {names[c - 1]: float(np.mean(gen_per_class[c]) / real_per_class[c]) for c in classes},
-    }
+    order); None when no source mask has two."""
+    spreads = Spreads()
+    for source, cols in groups.items():
+        for colours in cols:
+            spreads.add(source, colours)
+        spreads._close()
+    return spreads.result(real_root, split, max_real)

@@ -15,7 +15,8 @@ from seggen.data.images import load_label_png, load_rgb, resize_array
 from seggen.data.layout import open_split
 from seggen.data.meta import META_FILE
 from seggen.errors import DataError
-from seggen.io import save_grid, write_json, write_text
+from seggen.io import atomic_path, save_grid, write_json
+from seggen.synthesis.diversity import Spreads
 from seggen.synthesis.manifest import ManifestRow
 from seggen.synthesis.plan import Plan
 
@@ -24,54 +25,55 @@ log = logging.getLogger(__name__)
 
 def merge_dataset(plan: Plan) -> dict:
     """Manifest, panoptic JSON, meta, summary and grid from the batches' records; stray files
-    (of interrupted writes or earlier runs) removed; `.work/` deleted last. Linear in the samples,
-    reading no image but the grid's 8."""
+    (of interrupted writes or earlier runs) removed; `.work/` deleted last. One pass over the
+    records, a batch at a time: no image is read but the grid's 8, and what is held is a few fields
+    per sample (and, for a panoptic layout, the segments its JSON needs)."""
     cfg = plan.params.synthesize
     split, fmt = cfg.split, cfg.image_format
-    lines: list[str] = []  # the manifest, as the shards wrote its rows (validated then)
-    for b in plan.batches:
-        record = plan.record(b)
-        if not record.exists():
-            raise DataError(f"{plan.out}: the batch of {b[0].id} is missing; run the remaining shards")
-        lines += record.read_text().splitlines()
-    rows = [json.loads(line) for line in lines]
-    kept = [r for r in rows if r["kept"]]
-    img_dir, lab_dir, pan_dir = plan.output_dirs(kept=True)
-    expected = {
-        img_dir: {f"{r['id']}.{fmt}" for r in kept},
-        plan.out / "dropped" / "images": {f"{r['id']}.{fmt}" for r in rows if not r["kept"]},
-        plan.out / "dropped" / "annotations": {f"{r['id']}.png" for r in rows if not r["kept"]},
-    }
-    if lab_dir is not None:
-        expected[lab_dir] = {f"{r['id']}.png" for r in kept}
-    if pan_dir is not None:
-        expected[pan_dir] = {f"{r['id']}.png" for r in kept}
-    for d, names in expected.items():
-        present = set(os.listdir(d)) if d.is_dir() else set()
-        if names - present:
-            raise DataError(
-                f"{d}: {len(names - present)} file(s) missing, e.g. {sorted(names - present)[0]}; delete {plan.work} "
-                "to regenerate"
-            )
-        for stray in present - names:
-            (d / stray).unlink()
-    # what interrupted atomic writes left elsewhere (the directories above are swept already)
-    for d in {plan.out, plan.layout.panoptic_json(plan.out, split).parent}:
-        for name in os.listdir(d) if d.is_dir() else []:
-            if name.endswith(".tmp"):
-                (d / name).unlink()
-    extras = None  # each sample's segments and class colours, read where needed
-    if plan.panoptic or (plan.strategy == "imgsyn" and cfg.imgsyn_per_source >= 2):
-        extras = [json.loads(e) for b in plan.batches for e in plan.record(b).with_suffix(".extra.jsonl").open()]
-        extras = [e for r, e in zip(rows, extras) if r["kept"]]
+    diversity = plan.strategy == "imgsyn" and cfg.imgsyn_per_source >= 2
+    kept, dropped, first = [], [], []  # (id, height, width) of kept samples; ids of dropped; the grid's rows
+    segments: list = []
+    spreads = Spreads()
+    miou, ign, reasons, styles = [], [], {}, []
+    with atomic_path(plan.out / "manifest.jsonl") as tmp, open(tmp, "w") as manifest:
+        for b in plan.batches:
+            record = plan.record(b)
+            if not record.exists():
+                raise DataError(f"{plan.out}: the batch of {b[0].id} is missing; run the remaining shards")
+            text = record.read_text()
+            manifest.write(text)  # the rows as the shards wrote them (validated then)
+            extras = record.with_suffix(".extra.jsonl").read_text().splitlines() if plan.panoptic or diversity else []
+            for k, line in enumerate(text.splitlines()):
+                r = json.loads(line)
+                scores = r["scores"]
+                if scores["sample_miou"] is not None:
+                    miou.append(scores["sample_miou"])
+                if scores["ignored_fraction"] is not None:
+                    ign.append(scores["ignored_fraction"])
+                if r["drop_reason"]:
+                    reasons[r["drop_reason"]] = reasons.get(r["drop_reason"], 0) + 1
+                styles.append(r["style"])
+                if not r["kept"]:
+                    dropped.append(r["id"])
+                    continue
+                kept.append((r["id"], r["height"], r["width"]))
+                if len(first) < 8:
+                    first.append(ManifestRow.model_validate(r))
+                if extras:
+                    e = json.loads(extras[k])
+                    if plan.panoptic:
+                        segments.append(e["segments"])
+                    if diversity:
+                        spreads.add(r["source_id"], {int(c): np.asarray(v) for c, v in e["colours"].items()})
+        _sweep(plan, kept, dropped, keep=tmp)  # a missing file fails here, before the manifest is in place
 
     if plan.panoptic:
         category = {c.id: c.category_id for c in plan.meta.classes}  # COCO layout: the source's own category ids
         images, anns = [], []
-        for n, (r, e) in enumerate(zip(kept, extras), 1):
-            images.append({"id": n, "file_name": f"{r['id']}.{fmt}", "height": r["height"], "width": r["width"]})
-            segments = [{**seg, "category_id": category[int(seg["category_id"])]} for seg in e["segments"]]
-            anns.append({"image_id": n, "file_name": f"{r['id']}.png", "segments_info": segments})
+        for n, ((sid, h, w), segs) in enumerate(zip(kept, segments), 1):
+            images.append({"id": n, "file_name": f"{sid}.{fmt}", "height": h, "width": w})
+            segs = [{**seg, "category_id": category[int(seg["category_id"])]} for seg in segs]
+            anns.append({"image_id": n, "file_name": f"{sid}.png", "segments_info": segs})
         write_json(
             plan.layout.panoptic_json(plan.out, split),
             {
@@ -90,38 +92,55 @@ def merge_dataset(plan: Plan) -> dict:
         "generators": plan.generators,
     }
     write_json(plan.out / META_FILE, plan.meta.model_copy(update={"generator": provenance}).model_dump(mode="json"))
-    write_text(plan.out / "manifest.jsonl", "".join(line + "\n" for line in lines))
-    miou = [r["scores"]["sample_miou"] for r in rows if r["scores"]["sample_miou"] is not None]
-    ign = [r["scores"]["ignored_fraction"] for r in rows if r["scores"]["ignored_fraction"] is not None]
-    reasons: dict[str, int] = {}
-    for r in rows:
-        if r["drop_reason"]:
-            reasons[r["drop_reason"]] = reasons.get(r["drop_reason"], 0) + 1
+    samples = len(kept) + len(dropped)
     summary = {
         "strategy": plan.strategy,
         "fingerprint": plan.fingerprint,
-        "samples": len(rows),
+        "samples": samples,
         "kept": len(kept),
-        "dropped": len(rows) - len(kept),
+        "dropped": len(dropped),
         "drop_reasons": reasons,
         "mean_sample_miou": float(np.mean(miou)) if miou else None,
         "mean_ignored_fraction": float(np.mean(ign)) if ign else None,
         "generators": plan.generators,
     }
-    if plan.strategy == "imgsyn" and cfg.imgsyn_per_source >= 2:
-        from seggen.synthesis.diversity import imgsyn_diversity
-
-        groups: dict[str, list[dict]] = {}
-        for r, e in zip(kept, extras):
-            colours = {int(c): np.asarray(v) for c, v in e["colours"].items()}
-            groups.setdefault(r["source_id"], []).append(colours)
-        summary["diversity"] = imgsyn_diversity(groups, plan.params.data.root, split)
-    summary["styles"] = _count([r["style"] for r in rows])
-    _write_grid(plan, [ManifestRow.model_validate(r) for r in kept[:8]])
+    if diversity:
+        summary["diversity"] = spreads.result(plan.params.data.root, split)
+    summary["styles"] = _count(styles)
+    _write_grid(plan, first)
     write_json(plan.out / "summary.json", summary)
     write_metrics(plan.out, summary)
     shutil.rmtree(plan.work)
     return summary
+
+
+def _sweep(plan: Plan, kept: list[tuple], dropped: list[str], keep: Path) -> None:
+    """Every recorded sample's files present; any other file in the dataset's directories (of an
+    interrupted write, or a sample of an earlier run) removed, but `keep` (the manifest being written)."""
+    split, fmt = plan.params.synthesize.split, plan.params.synthesize.image_format
+    img_dir, lab_dir, pan_dir = plan.output_dirs(kept=True)
+    expected = {
+        img_dir: {f"{sid}.{fmt}" for sid, _, _ in kept},
+        plan.out / "dropped" / "images": {f"{sid}.{fmt}" for sid in dropped},
+        plan.out / "dropped" / "annotations": {f"{sid}.png" for sid in dropped},
+    }
+    for d in (lab_dir, pan_dir):
+        if d is not None:
+            expected[d] = {f"{sid}.png" for sid, _, _ in kept}
+    for d, names in expected.items():
+        present = set(os.listdir(d)) if d.is_dir() else set()
+        if names - present:
+            raise DataError(
+                f"{d}: {len(names - present)} file(s) missing, e.g. {sorted(names - present)[0]}; delete {plan.work} "
+                "to regenerate"
+            )
+        for stray in present - names:
+            (d / stray).unlink()
+    # what interrupted atomic writes left elsewhere (the directories above are swept already)
+    for d in {plan.out, plan.layout.panoptic_json(plan.out, split).parent}:
+        for name in os.listdir(d) if d.is_dir() else []:
+            if name.endswith(".tmp") and d / name != keep:
+                (d / name).unlink()
 
 
 def metrics_path(out: Path) -> Path:
