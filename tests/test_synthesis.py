@@ -81,8 +81,9 @@ def test_masksyn_dataset_reads_like_real_data(reference, small_benchmark):
         assert im.size == (64, 64)  # the source image's size, not the generator's 16 px
 
 
-def test_same_params_give_byte_identical_dataset(reference, gens, tmp_path):
-    out = tmp_path / "syn"
+def test_same_params_give_byte_identical_dataset(reference, gens, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = Path("syn")  # relative, as params.yaml names it
     synthesize(load_params(params_file(gens, out, masksyn_per_source=2)), "masksyn", progress=False)
     assert tree(out / "masksyn") == reference["tree"]
     metrics = "masksyn.metrics.json"
@@ -213,10 +214,14 @@ def test_each_worker_sees_one_gpu_of_its_own(tmp_path, monkeypatch):
     """`synthesize.devices` names GPUs by their index among the visible ones; a local worker is
     pinned to its GPU (CUDA_VISIBLE_DEVICES) before torch initialises CUDA; Dask workers of one node
     each claim a different GPU while they live."""
+    import torch
+
     from seggen.errors import ConfigError
     from seggen.synthesis import devices
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    assert devices.resolve("auto") == ([0, 1] if torch.cuda.is_available() else [])  # a CPU build sees none
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a machine with those two GPUs
     assert devices.resolve("auto") == [0, 1] and devices.resolve([1]) == [1] and devices.resolve("cpu") == []
     for bad, says in (([2], "GPU 2 is not one of the 2"), ([1, 1], "listed twice")):
         with pytest.raises(ConfigError, match=rf"synthesize.devices: .*{says}"):

@@ -158,7 +158,7 @@ def synthesize(
     shard: Annotated[int | None, typer.Option(help="Run only this shard (0-based); merged when all are done.")] = None,
     num_shards: Annotated[int, typer.Option(help="Number of shards the samples are split into.")] = 1,
     dask: Annotated[
-        bool, typer.Option(help="Run all shards in parallel as Prefect tasks on Dask (synthesize.dask).")
+        bool, typer.Option(help="Run all shards as tasks on a Dask cluster (synthesize.dask.address, else local).")
     ] = False,
     max_sources: Annotated[int | None, typer.Option(help="synthesize.max_sources")] = None,
     arm: Arm = None,

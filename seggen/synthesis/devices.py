@@ -37,10 +37,13 @@ def visible_gpus() -> list[str]:
 
 
 def resolve(devices) -> list[int]:
-    """`synthesize.devices` -> indices into visible_gpus(), one worker each; [] for the CPU."""
+    """`synthesize.devices` -> indices into visible_gpus(), one worker each; [] for the CPU. In the
+    parent of the workers (spawned: its CUDA state is not theirs)."""
+    import torch
+
     if devices == "cpu":
         return []
-    n = len(visible_gpus())
+    n = len(visible_gpus()) if torch.cuda.is_available() else 0  # a CPU build of torch sees none
     if devices == "auto":
         return list(range(n))
     wrong = [d for d in devices if not 0 <= d < n]

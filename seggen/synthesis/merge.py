@@ -139,7 +139,7 @@ def _sweep(plan: Plan, kept: list[tuple], dropped: list[str], keep: Path) -> Non
     # what interrupted atomic writes left elsewhere (the directories above are swept already)
     for d in {plan.out, plan.layout.panoptic_json(plan.out, split).parent}:
         for name in os.listdir(d) if d.is_dir() else []:
-            if name.endswith(".tmp") and d / name != keep:
+            if name.endswith(".tmp") and os.path.abspath(d / name) != os.path.abspath(keep):
                 (d / name).unlink()
 
 
