@@ -40,9 +40,12 @@ def server_lost(e: BaseException) -> bool:
     seen = 0
     while e is not None and seen < 8:
         name, text = type(e).__name__, str(e)
-        if name in ("ConnectionError", "ConnectTimeout", "ReadTimeout", "MaxRetryError", "NewConnectionError"):
+        lost = ("ConnectionError", "ConnectTimeout", "ReadTimeout", "MaxRetryError", "NewConnectionError")
+        if name in (*lost, "ProtocolError", "IncompleteRead", "ChunkedEncodingError"):
+            return True  # the last three: a server that died while answering
+        if any(t in text for t in ("Max retries exceeded", "Connection refused", "Failed to establish")):
             return True
-        if "Max retries exceeded" in text or "Connection refused" in text or "Failed to establish" in text:
+        if "Connection broken" in text or "IncompleteRead" in text:
             return True
         e, seen = e.__cause__ or e.__context__, seen + 1
     return False

@@ -807,3 +807,15 @@ def test_a_diverging_training_stops_at_the_step_naming_it_and_saves_nothing_of_i
 
     for f in (tmp_path / "seg" / "checkpoints").rglob("*.safetensors"):  # what was saved is finite
         assert all(v.isfinite().all() for k, v in load_file(str(f)).items() if v.is_floating_point()), f
+
+
+def test_a_server_that_dies_while_answering_is_a_lost_server():
+    """A tracking server killed mid-response breaks the read (IncompleteRead) rather than the connect:
+    that too is the one-line "stopped answering" error, not an unexpected exception."""
+    from seggen.errors import server_lost
+
+    text = (
+        "API request to http://127.0.0.1:1/api/2.0/mlflow/runs/log-batch failed with exception "
+        "('Connection broken: IncompleteRead(0 bytes read, 2 more expected)', IncompleteRead(0 bytes read))"
+    )
+    assert server_lost(RuntimeError(text)) and not server_lost(RuntimeError("RESOURCE_DOES_NOT_EXIST"))
