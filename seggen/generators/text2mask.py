@@ -107,17 +107,11 @@ class Text2MaskSampler(diffusion.DiffusionSampler):
 
     kind = KIND
 
-    def __init__(
-        self,
-        model_dir: str | Path,
-        device: str | None = None,
-        precision: str = "fp32",
-        parts: dict | None = None,
-        compile: bool = False,
-    ):
+    def __init__(self, model_dir: str | Path, **kw):
+        """kw: DiffusionSampler's (device, precision, parts, compile)."""
         from seggen.codec import Palette
 
-        super().__init__(model_dir, device, precision, parts, compile)
+        super().__init__(model_dir, **kw)
         colors = np.asarray(self.info["palette"], np.uint8)
         self.palette = Palette(
             colors=colors,
