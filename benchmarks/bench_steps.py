@@ -33,17 +33,15 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 def measure(params, n: int, masks: int, per_mask: int) -> list[dict]:
     from seggen import training
-    from seggen.generators.mask2img import Mask2ImgSampler
+    from seggen.generators.pipelines import SegGenMask2ImgPipeline, SegGenText2MaskPipeline, seeded
     from seggen.generators.quality import held_out, probe_miou, train_probe
-    from seggen.generators.text2mask import Text2MaskSampler, mask_quality
+    from seggen.generators.text2mask import mask_quality
     from seggen.synthesis.diversity import class_colours, imgsyn_diversity
     from seggen.synthesis.plan import draw_style
 
     syn = params.synthesize
-    t2m, m2i = (
-        Text2MaskSampler(syn.text2mask, precision=syn.precision),
-        Mask2ImgSampler(syn.mask2img, precision=syn.precision),
-    )
+    t2m = SegGenText2MaskPipeline.from_model_dir(syn.text2mask, precision=syn.precision)
+    m2i = SegGenMask2ImgPipeline.from_model_dir(syn.mask2img, precision=syn.precision)
     caps, classes, labs_t, _, meta = held_out(params, t2m.resolution, "tuning", n)
     _, _, labs, imgs, _ = held_out(params, m2i.resolution, "tuning", n)
     palette = meta.palette().colors
@@ -57,38 +55,37 @@ def measure(params, n: int, masks: int, per_mask: int) -> list[dict]:
         style = draw_style(syn.styles, seed("style", *key))
         return f"{caption}, {style}" if style else caption
 
+    def draw(maps, prompts, seeds, steps, solver) -> np.ndarray:
+        g = seeded(seeds)
+        return m2i(maps, prompts, 1, steps, syn.mask2img_guidance, g, solver, output_type="uint8").images
+
     bs = syn.batch_size
     rows = []
     for solver in SOLVERS:
         for steps in STEPS:
             t0 = time.perf_counter()
-            rgb = np.concatenate(
+            labels = np.concatenate(
                 [
                     t2m(
                         caps[b : b + bs],
-                        [seed("t2m", i) for i in range(b, min(n, b + bs))],
+                        1,
                         steps,
                         syn.text2mask_guidance,
+                        seeded(seed("t2m", i) for i in range(b, min(n, b + bs))),
                         solver,
-                    )
+                        output_type="uint8",
+                    ).labels
                     for b in range(0, n, bs)
                 ]
             )
-            q = mask_quality(
-                np.stack([t2m.decode(x) for x in rgb]),
-                labs_t,
-                classes,
-                meta.names,
-                int(t2m.info.get("min_class_pixels", 16)),
-            )
+            q = mask_quality(labels, labs_t, classes, meta.names, int(t2m.info.get("min_class_pixels", 16)))
             gen = np.concatenate(
                 [
-                    m2i(
+                    draw(
                         palette[labs[b : b + bs]],
                         [styled(c, i) for i, c in enumerate(caps[b : b + bs], b)],
                         [seed("m2i", i) for i in range(b, min(n, b + bs))],
                         steps,
-                        syn.mask2img_guidance,
                         solver,
                     )
                     for b in range(0, n, bs)
@@ -98,12 +95,11 @@ def measure(params, n: int, masks: int, per_mask: int) -> list[dict]:
             groups = {}
             for i in range(masks):
                 jobs = [(i, k) for k in range(per_mask)]
-                out = m2i(
+                out = draw(
                     palette[labs[[i] * per_mask]],
                     [styled(caps[i], i, k) for _, k in jobs],
                     [seed("div", i, k) for _, k in jobs],
                     steps,
-                    syn.mask2img_guidance,
                     solver,
                 )
                 groups[str(i)] = [class_colours(o, labs[i], len(meta.names)) for o in out]

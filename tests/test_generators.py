@@ -71,14 +71,16 @@ def test_text2mask_sampling_is_deterministic_and_batch_independent(trained):
 
 
 def test_mask2img_sampling(trained, small_benchmark):
-    from seggen.generators.mask2img import Mask2ImgSampler
+    from seggen.generators.pipelines import SegGenMask2ImgPipeline, seeded
 
-    s = Mask2ImgSampler(trained["m2i"])
+    pipe = SegGenMask2ImgPipeline.from_model_dir(trained["m2i"])
     cmaps = np.zeros((2, 16, 16, 3), np.uint8)
-    out1 = s(cmaps, ["a car", "a house"], [1, 2], steps=3)
-    out2 = s(cmaps[:1], ["a car"], [1], steps=3)
-    assert out1.shape == (2, 16, 16, 3) and out1.dtype == np.uint8
-    assert np.array_equal(out1[0], out2[0])
+    out1 = pipe(cmaps, ["a car", "a house"], num_inference_steps=3, generator=seeded([1, 2]), output_type="uint8")
+    out2 = pipe(cmaps[:1], ["a car"], num_inference_steps=3, generator=seeded([1]), output_type="uint8")
+    assert out1.images.shape == (2, 16, 16, 3) and out1.images.dtype == np.uint8
+    assert np.array_equal(out1.images[0], out2.images[0])  # a sample's noise is its own generator's, whatever the batch
+    with pytest.raises(ValueError, match="1 generators for 2 samples"):
+        pipe(cmaps, ["a car", "a house"], num_inference_steps=3, generator=seeded([1, 2])[:1])
 
 
 def test_cli_sample_commands(trained, small_benchmark):
@@ -132,10 +134,10 @@ def test_cli_sample_commands(trained, small_benchmark):
 
 
 def test_wrong_model_type_is_an_error(trained):
-    from seggen.generators.mask2img import Mask2ImgSampler
+    from seggen.generators.pipelines import SegGenMask2ImgPipeline
 
     with pytest.raises(DataError, match="is a text2mask model, expected mask2img"):
-        Mask2ImgSampler(trained["t2m"])
+        SegGenMask2ImgPipeline.from_model_dir(trained["t2m"])
 
 
 def test_checkpoints_of_other_params_are_set_aside_and_more_steps_resume(small_benchmark, tmp_path, caplog):
@@ -254,7 +256,8 @@ def tiny_sd(tmp_path_factory, small_benchmark):
 
 def test_pretrained_latent_path(tiny_sd, small_benchmark, tmp_path):
     """`pretrained` loads VAE, UNet, text encoder and tokenizer with from_pretrained and trains in latent space."""
-    from seggen.generators.mask2img import Mask2ImgSampler, train_mask2img
+    from seggen.generators.mask2img import train_mask2img
+    from seggen.generators.pipelines import SegGenMask2ImgPipeline
     from seggen.generators.text2mask import sample_text2mask, train_text2mask
 
     p = load_params(
@@ -280,8 +283,10 @@ def test_pretrained_latent_path(tiny_sd, small_benchmark, tmp_path):
     base = UNet2DConditionModel.from_pretrained(tiny_sd / "unet").state_dict()
     saved = weights(m2i, "unet")
     assert all(torch.equal(base[k], saved[k]) for k in base)
-    out = Mask2ImgSampler(m2i)(np.zeros((1, 16, 16, 3), np.uint8), ["a car"], [0], steps=2)
-    assert out.shape == (1, 16, 16, 3)
+    out = SegGenMask2ImgPipeline.from_model_dir(m2i)(
+        np.zeros((1, 16, 16, 3), np.uint8), "a car", 1, 2, output_type="np"
+    )
+    assert out.images.shape == (1, 16, 16, 3)
     stock_pipelines_generate(t2m, m2i, "StableDiffusionPipeline", "StableDiffusionControlNetPipeline")
 
 
@@ -304,7 +309,8 @@ def stock_pipelines_generate(t2m, m2i, t2m_class: str, m2i_class: str) -> None:
 def test_instance_aware_text2mask_and_grad_accum(small_benchmark, tmp_path):
     """text2mask.instances trains on boundary-coded maps and decodes samples to instances;
     grad_accum > 1 runs through accelerate's accumulation."""
-    from seggen.generators.text2mask import Text2MaskSampler, sample_text2mask, train_text2mask
+    from seggen.generators.pipelines import SegGenText2MaskPipeline
+    from seggen.generators.text2mask import sample_text2mask, train_text2mask
 
     p = load_params(
         tiny_params(
@@ -312,7 +318,7 @@ def test_instance_aware_text2mask_and_grad_accum(small_benchmark, tmp_path):
         )
     )
     model = train_text2mask(p, progress=False)
-    s = Text2MaskSampler(model)
+    s = SegGenText2MaskPipeline.from_model_dir(model)
     assert s.palette.boundary and len(s.palette.colors) == 12  # ignore + 10 classes + boundary
     res = sample_text2mask(model, ["two cars on a road"], n_per_prompt=2, steps=2, progress=False)
     assert res["instances"].shape == (2, 16, 16) and res["labels"].max() <= 10
@@ -371,7 +377,8 @@ def tiny_sdxl(tiny_sd, tmp_path_factory):
 
 def test_pretrained_sdxl_path(tiny_sdxl, small_benchmark, tmp_path):
     """An SDXL repo: both text encoders, pooled text embeds and time ids reach the UNet and the ControlNet."""
-    from seggen.generators.mask2img import Mask2ImgSampler, train_mask2img
+    from seggen.generators.mask2img import train_mask2img
+    from seggen.generators.pipelines import SegGenMask2ImgPipeline
     from seggen.generators.text2mask import sample_text2mask, train_text2mask
 
     p = load_params(
@@ -390,8 +397,10 @@ def test_pretrained_sdxl_path(tiny_sdxl, small_benchmark, tmp_path):
     assert (t2m / "text_encoder_2").is_dir() and (t2m / "tokenizer_2").is_dir()
     assert sample_text2mask(t2m, ["a car"], n_per_prompt=2, steps=2, progress=False)["rgb"].shape == (2, 16, 16, 3)
     m2i = train_mask2img(p, progress=False)
-    out = Mask2ImgSampler(m2i)(np.zeros((1, 16, 16, 3), np.uint8), ["a car"], [0], steps=2)
-    assert out.shape == (1, 16, 16, 3)
+    out = SegGenMask2ImgPipeline.from_model_dir(m2i)(
+        np.zeros((1, 16, 16, 3), np.uint8), "a car", 1, 2, output_type="np"
+    )
+    assert out.images.shape == (1, 16, 16, 3)
     stock_pipelines_generate(t2m, m2i, "StableDiffusionXLPipeline", "StableDiffusionXLControlNetPipeline")
 
 

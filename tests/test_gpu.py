@@ -73,15 +73,16 @@ def test_mask2former_trains_and_evaluates_on_cuda_in_bf16(work):
     assert 0 <= metrics["semantic"]["mIoU"] <= 100 and metrics["images_per_s"] > 0
 
 
-def test_samplers_hold_their_networks_in_the_inference_dtype(work):
+def test_pipelines_hold_their_networks_in_the_inference_dtype(work):
     """On CUDA the UNet and ControlNet are loaded in bf16 (half the memory); the VAE decodes in fp32."""
     import numpy as np
 
-    from seggen.generators.mask2img import Mask2ImgSampler
+    from seggen.generators.pipelines import SegGenMask2ImgPipeline, seeded
 
     p = gpu_models.check_params(work, tiny=True)
-    s = Mask2ImgSampler(p.mask2img.out / "model", device="cuda", precision="bf16")
-    assert s.unet.dtype == s.controlnet.dtype == torch.bfloat16 and s.vae.dtype == torch.float32
-    r = s.resolution
-    out = s(np.zeros((2, r, r, 3), np.uint8), ["a room", "a street"], [0, 1], steps=2)
+    pipe = SegGenMask2ImgPipeline.from_model_dir(p.mask2img.out / "model", device="cuda", precision="bf16")
+    assert pipe.unet.dtype == pipe.controlnet.dtype == torch.bfloat16 and pipe.vae.dtype == torch.float32
+    r = pipe.resolution
+    maps = np.zeros((2, r, r, 3), np.uint8)
+    out = pipe(maps, ["a room", "a street"], 1, 2, generator=seeded([0, 1]), output_type="uint8").images
     assert out.shape == (2, r, r, 3) and out.std() > 0

@@ -154,14 +154,16 @@ def tiny_prior_params(tmp_path: Path, data_root: Path, **extra) -> Params:
 
 def test_prior_pretrain_mask2img_over_it_and_style_swap(small_benchmark, tmp_path):
     from seggen.data.corpus import prepare_corpus
-    from seggen.generators.mask2img import Mask2ImgSampler, train_mask2img
-    from seggen.generators.prior import PriorSampler, train_prior
+    from seggen.generators.mask2img import train_mask2img
+    from seggen.generators.pipelines import SegGenMask2ImgPipeline, SegGenPriorPipeline, seeded
+    from seggen.generators.prior import train_prior
 
     p = tiny_prior_params(tmp_path, small_benchmark, **{"mask2img.base": "finetune", "mask2img.prior_mix": 0.5})
     assert prepare_corpus(p, progress=False)["images"] == 24
     model = train_prior(p, progress=False)
     assert (tmp_path / "prior" / "samples.png").exists()
-    imgs = PriorSampler(model)(["a house, a night photo", "a house, a line drawing"], [1, 1], 2, 2.0)
+    prompts = ["a house, a night photo", "a house, a line drawing"]
+    imgs = SegGenPriorPipeline.from_model_dir(model)(prompts, 1, 2, 2.0, seeded([1, 1]), output_type="uint8").images
     assert imgs.shape == (2, 16, 16, 3) and imgs.dtype == np.uint8
     m2i = train_mask2img(p, progress=False)
     info = json.loads((m2i / "seggen_model.json").read_text())
@@ -170,12 +172,19 @@ def test_prior_pretrain_mask2img_over_it_and_style_swap(small_benchmark, tmp_pat
     assert (tmp_path / "m2i" / "styles.png").exists()
     cmap = np.zeros((16, 16, 3), np.uint8)
     cmap[8:] = 200
+    both = SegGenMask2ImgPipeline.from_model_dir(m2i, style_swap=None)
+    drawn = {}
     for swap in (False, True):
-        out = Mask2ImgSampler(m2i, style_swap=swap)(
-            np.stack([cmap, cmap]), ["a road, a night photo"] * 2, [3, 3], steps=2
-        )
-        assert out.shape == (2, 16, 16, 3)
-        assert np.array_equal(out[0], out[1])  # same seed, same prompt
+        pipe = SegGenMask2ImgPipeline.from_model_dir(m2i, style_swap=swap)  # only the base it steers
+        assert (pipe.unet is None, pipe.unet_prior is None) == (swap, not swap)
+        for p_ in (pipe, both):
+            out = p_(
+                cmap, "a road, a night photo", 2, 2, generator=seeded([3, 3]), style_swap=swap, output_type="uint8"
+            )
+            assert out.images.shape == (2, 16, 16, 3)
+            assert np.array_equal(out.images[0], out.images[1])  # same seed, same prompt
+            drawn.setdefault(swap, []).append(out.images)
+    assert all(np.array_equal(*v) for v in drawn.values()) and not np.array_equal(drawn[False][0], drawn[True][0])
 
 
 def test_prior_is_skipped_when_not_enabled_or_with_real_weights(small_benchmark, tmp_path):

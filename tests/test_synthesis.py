@@ -267,16 +267,36 @@ def test_imgsyn_diversity_is_merged_from_the_shards_statistics(gens, tmp_path, s
 
 def test_the_solver_is_a_param_of_the_dataset(gens, tmp_path):
     """synthesize.solver: UniPC or DPM-Solver++ (2M), each deterministic; another solver is another dataset."""
-    from seggen.generators.mask2img import Mask2ImgSampler
+    from seggen.generators.pipelines import SegGenMask2ImgPipeline, seeded
 
     unipc = make_plan(load_params(params_file(gens, tmp_path / "u", solver="unipc")), "imgsyn")
     dpm = make_plan(load_params(params_file(gens, tmp_path / "d")), "imgsyn")
     assert unipc.fingerprint != dpm.fingerprint
-    sampler = Mask2ImgSampler(gens / "m2i" / "model")
-    maps = np.tile(np.asarray(sampler.palette[1:3], np.uint8)[:, None, None], (1, 16, 16, 1))
-    draw = lambda solver: sampler(maps, ["a car", "a road"], [0, 1], steps=4, solver=solver)  # noqa: E731
+    pipe = SegGenMask2ImgPipeline.from_model_dir(gens / "m2i" / "model")
+    maps = np.tile(np.asarray(pipe.palette[1:3], np.uint8)[:, None, None], (1, 16, 16, 1))
+
+    def draw(solver: str) -> np.ndarray:
+        return pipe(maps, ["a car", "a road"], 1, 4, 2.0, seeded([0, 1]), solver, output_type="uint8").images
+
     a, b, c = draw("unipc"), draw("unipc"), draw("dpmsolver++")
     assert a.shape == (2, 16, 16, 3) and (a == b).all() and (a != c).any()
+
+
+@pytest.mark.slow
+def test_compiled_networks_draw_what_eager_ones_draw(gens):
+    """synthesize.compile: the UNet and ControlNet under torch.compile (inductor: fused kernels, so
+    equal up to rounding, not bit for bit)."""
+    from seggen.generators.pipelines import SegGenMask2ImgPipeline, seeded
+
+    eager = SegGenMask2ImgPipeline.from_model_dir(gens / "m2i" / "model")
+    compiled = SegGenMask2ImgPipeline.from_model_dir(gens / "m2i" / "model", compile=True)
+    assert type(compiled.unet).__name__ == type(compiled.controlnet).__name__ == "OptimizedModule"
+    maps = np.tile(np.asarray(eager.palette[1:3], np.uint8)[:, None, None], (1, 16, 16, 1))
+    a, b = (
+        p(maps, ["a car", "a road"], 1, 2, 2.0, seeded([0, 1]), output_type="uint8").images for p in (eager, compiled)
+    )
+    diff = np.abs(a.astype(int) - b)
+    assert a.std() > 0 and diff.max() <= 2 and diff.mean() < 0.05
 
 
 def test_imgsyn_filters_mark_pixels_and_drop_samples(gens, tmp_path, small_benchmark):

@@ -1,5 +1,5 @@
 """What Text2Mask and Mask2Img share: their training data, micro-batches, UNet and noise scheduler,
-latents of a pretrained VAE, the model directory they save and load, and the sampler.
+latents of a pretrained VAE, and the model directory they save and load (seggen.generators.pipelines samples from it).
 
 Determinism: the batch indices, noise, timesteps and caption-dropout mask of every micro-step are
 drawn from generators seeded by (seed, micro-step) (seggen.training), and the initial noise of every
@@ -27,7 +27,7 @@ from seggen.data.layout import open_split
 from seggen.data.meta import DatasetMeta
 from seggen.errors import DataError
 from seggen.generators.cache import Rows
-from seggen.training import autocast_dtype, batch_indices, lr_at, to_uint8, torch_gen, write_loss_log
+from seggen.training import batch_indices, lr_at, torch_gen, write_loss_log
 
 log = logging.getLogger(__name__)
 MODEL_META = "seggen_model.json"
@@ -304,7 +304,7 @@ def save_model(model_dir: Path, parts: dict, cond, noise_scheduler, vae, info: d
     conditioner, the scheduler, the VAE for latent models, and seggen_model.json. The run's timing
     (`train` in info) goes beside it, to train_summary.json, so that the same params give a
     byte-identical model directory (its digest names the model in synthesis manifests)."""
-    from seggen.generators.pipelines import write_pipeline_index
+    from seggen.generators.pipeline_index import write_pipeline_index
     from seggen.io import atomic_dir, write_json
 
     info = dict(info)
@@ -385,114 +385,3 @@ def fingerprint_params(params: Params, gen: GeneratorParams, prediction_type: st
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-class DiffusionSampler:
-    """Shared sampling machinery: loads unet/text encoder/tokenizer/scheduler[/vae] of a model
-    directory once, and runs DPM-Solver++ with classifier-free guidance. Subclasses give `kind`
-    and the model call. `precision` (fp32 | bf16 | fp16 | auto) sets autocast for the networks
-    (on CUDA their weights are loaded in it too); the solver's arithmetic and the VAE's decoding
-    stay fp32 (SD's VAE overflows in fp16). `compile`: the denoising networks under torch.compile."""
-
-    kind = ""
-
-    def __init__(
-        self,
-        model_dir: str | Path,
-        device: str | None = None,
-        precision: str = "fp32",
-        parts: dict | None = None,
-        compile: bool = False,
-    ):
-        """parts: modules already loaded from this directory (a diffusers pipeline's components: unet,
-        text, vae, ...), used instead of loading them again."""
-        from diffusers import UNet2DConditionModel
-
-        from seggen.generators import text
-
-        self.dir = Path(model_dir)
-        self.info = read_model_meta(self.dir, self.kind)
-        self.parts = dict(parts or {})
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.dtype = autocast_dtype(precision, self.device)
-        self.compile = compile
-        self.unet = self.part("unet", UNet2DConditionModel, denoiser=True)
-        self.text = (self.parts.get("text") or text.TextConditioner.load(self.dir, int(self.info["resolution"]))).to(
-            self.device
-        )
-        sched = json.loads((self.dir / "scheduler" / "scheduler_config.json").read_text())
-        self.scheduler_config = {k: v for k, v in sched.items() if not k.startswith("_")}
-        self.vae = None
-        if self.info["latent"]:
-            from diffusers import AutoencoderKL
-
-            self.vae = self.part("vae", AutoencoderKL)
-
-    def part(self, name: str, cls, denoiser: bool = False):
-        """A network of the directory (given in `parts`, else loaded), on the device, in eval mode. A
-        denoiser (UNet, ControlNet) runs channels-last, on CUDA in the inference dtype (weights loaded
-        in it: half the memory and transfer) and compiled where asked; anything else in fp32."""
-        half = denoiser and self.device.type == "cuda" and self.dtype is not None
-        module = self.parts.get(name)
-        if module is None:
-            module = cls.from_pretrained(self.dir / name, **({"torch_dtype": self.dtype} if half else {}))
-        # channels_last: oneDNN's convolutions are markedly faster in NHWC on CPU (and on GPU tensor cores)
-        fmt = {"memory_format": torch.channels_last} if denoiser else {}
-        module = module.to(self.device, **fmt).eval() if not half else module.to(self.device, self.dtype, **fmt).eval()
-        return torch.compile(module) if denoiser and self.compile else module
-
-    @property
-    def resolution(self) -> int:
-        return int(self.info["resolution"])
-
-    def sample_shape(self) -> tuple[int, int, int]:
-        r = self.resolution
-        if self.vae is not None:
-            f = 2 ** (len(self.vae.config.block_out_channels) - 1)
-            return (self.unet.config.in_channels, r // f, r // f)
-        return (3, r, r)
-
-    @torch.no_grad()
-    def run(
-        self,
-        prompts: list[str],
-        seeds: list[int],
-        steps: int,
-        guidance_scale: float,
-        predict,
-        solver: str = "dpmsolver++",
-    ) -> np.ndarray:
-        """predict(x, t, context, added_cond_kwargs, doubled) -> model output; `doubled` when x is [uncond; cond].
-        solver: dpmsolver++ (DPM-Solver++ 2M) | unipc (UniPC, bh2), both multistep over the training schedule."""
-        from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
-
-        # a fresh scheduler per batch: the multistep solvers keep a step index
-        if solver == "unipc":
-            scheduler = UniPCMultistepScheduler.from_config(self.scheduler_config)
-        else:
-            scheduler = DPMSolverMultistepScheduler.from_config(self.scheduler_config, algorithm_type="dpmsolver++")
-        scheduler.set_timesteps(steps, device=self.device)
-        shape = self.sample_shape()
-        x = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds]).to(self.device)
-        x = x * scheduler.init_noise_sigma
-        amp = torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None)
-        with amp:
-            cond, cond_added = self.text(self.text.tokenize(prompts))
-        use_cfg = guidance_scale != 1.0
-        if use_cfg:
-            with amp:
-                uncond, uncond_added = self.text(self.text.tokenize([""] * len(prompts)))
-            ctx = torch.cat([uncond, cond])
-            added = {k: torch.cat([uncond_added[k], cond_added[k]]) for k in cond_added} if cond_added else None
-        for t in scheduler.timesteps:
-            xin = scheduler.scale_model_input(x, t)
-            with amp:
-                if use_cfg:
-                    pu, pc = predict(torch.cat([xin, xin]), t, ctx, added, True).float().chunk(2)
-                else:
-                    pu, pc = None, predict(xin, t, cond, cond_added, False).float()
-            pred = pc if pu is None else pu + guidance_scale * (pc - pu)
-            x = scheduler.step(pred, t, x).prev_sample
-        if self.vae is not None:  # in fp32, outside autocast
-            x = self.vae.decode(x.float() / self.vae.config.scaling_factor).sample.float()
-        return to_uint8(x)

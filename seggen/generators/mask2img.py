@@ -56,6 +56,8 @@ def prior_of(params: Params) -> Path | None:
 def train_mask2img(params: Params, progress: bool = True) -> Path:
     from diffusers import UNet2DConditionModel
 
+    from seggen.generators.pipelines import SegGenMask2ImgPipeline, seeded
+
     cfg, tc = params.mask2img, params.mask2img.train
     out = check_dir(cfg.out, "mask2img.out")
     if tc.threads:
@@ -197,21 +199,19 @@ def train_mask2img(params: Params, progress: bool = True) -> Path:
         },
     )
     n = min(8, len(data))
-    sampler = Mask2ImgSampler(model_dir)
+    pipe = SegGenMask2ImgPipeline.from_model_dir(model_dir, style_swap=None)  # both bases, where there are two
     seeds = [training.seed_for(params.seed, KIND, "grid", i) for i in range(n)]
     maps = training.to_uint8(data.colour_maps[:n])
-    gen = sampler(maps, captions[:n], seeds, cfg.sample.steps, cfg.sample.guidance_scale)
-    rows = [np.concatenate([c, r, g], 1) for c, r, g in zip(maps, training.to_uint8(data.images[:n]), gen)]
+    gen = pipe(maps, captions[:n], 1, cfg.sample.steps, cfg.sample.guidance_scale, seeded(seeds), output_type="uint8")
+    rows = [np.concatenate([c, r, g], 1) for c, r, g in zip(maps, training.to_uint8(data.images[:n]), gen.images)]
     sio.save_grid(rows, out / "samples.png")
     styles = list(params.synthesize.styles) or (list(GRID_STYLES) if prior is not None else [])
     if styles:
         # with a fine-tuned base, a second row per mask: the ControlNet on the broad base (the style swap)
-        samplers = [Mask2ImgSampler(model_dir)]
-        if (model_dir / UNET_PRIOR).is_dir():
-            samplers.append(Mask2ImgSampler(model_dir, style_swap=True))
+        swaps = [False, True] if pipe.unet_prior is not None else [False]
         seeds = [training.seed_for(params.seed, KIND, "styles", i) for i in range(2)]
         rows = styles_grid(
-            samplers, maps[:2], data.captions[:2], styles[:8], seeds, cfg.sample.steps, cfg.sample.guidance_scale
+            pipe, swaps, maps[:2], data.captions[:2], styles[:8], seeds, cfg.sample.steps, cfg.sample.guidance_scale
         )
         sio.save_grid(rows, out / "styles.png")
     elif (out / "styles.png").exists():
@@ -289,7 +289,8 @@ def controlnet_from_unet(unet, conditioning_channels: tuple[int, ...]):
 
 
 def styles_grid(
-    samplers: list,
+    pipe,
+    swaps: list[bool],
     maps: np.ndarray,
     captions: list[str],
     styles: list[str],
@@ -297,90 +298,34 @@ def styles_grid(
     steps: int,
     guidance: float,
 ) -> list:
-    """Per mask and sampler, a row: its colour map, then one image per style with the same noise (the
-    style phrase is all that differs)."""
+    """Per mask and base (style_swap False / True), a row: its colour map, then one image per style with
+    the same noise (the style phrase is all that differs)."""
+    from seggen.generators.pipelines import seeded
+
     rows = []
     for cmap, caption, seed in zip(maps, captions, row_seeds):
-        for sampler in samplers:
-            imgs = sampler(
+        for swap in swaps:
+            imgs = pipe(
                 np.stack([cmap] * len(styles)),
                 [f"{caption}, {s}" for s in styles],
-                [seed] * len(styles),
+                1,
                 steps,
                 guidance,
-            )
+                seeded([seed] * len(styles)),
+                style_swap=swap,
+                output_type="uint8",
+            ).images
             rows.append(np.concatenate([cmap, *imgs], 1))
     return rows
 
 
-class Mask2ImgSampler(diffusion.DiffusionSampler):
-    kind = KIND
-
-    def __init__(
-        self,
-        model_dir: str | Path,
-        device: str | None = None,
-        precision: str = "fp32",
-        style_swap: bool = False,
-        parts: dict | None = None,
-        compile: bool = False,
-    ):
-        """style_swap: run the ControlNet on the broad base the fine-tuned one started from (unet_prior/,
-        DGInStyle's style swap); a frozen base is already the broad one."""
-        from diffusers import ControlNetModel, UNet2DConditionModel
-
-        super().__init__(model_dir, device, precision, parts, compile)
-        self.style_swap = style_swap and (self.dir / UNET_PRIOR).is_dir()
-        if style_swap and not self.style_swap and self.info.get("base") != "frozen":
-            raise DataError(
-                f"{self.dir}: synthesize.style_swap needs a Mask2Img trained over a broad base (mask2img.pretrained "
-                "or prior.enabled); this one was trained from scratch"
-            )
-        if self.style_swap:
-            self.unet = self.part(UNET_PRIOR, UNet2DConditionModel, denoiser=True)
-        self.controlnet = self.part("controlnet", ControlNetModel, denoiser=True)
-        self.palette = np.asarray(self.info["palette"], np.uint8)
-
-    def check_palette(self, palette: np.ndarray, source: str) -> None:
-        if palette.shape != self.palette.shape or (palette != self.palette).any():
-            raise DataError(f"{source}: dataset palette does not match the palette {self.dir} was trained on")
-
-    def __call__(
-        self,
-        colour_maps: np.ndarray,
-        prompts: list[str],
-        seeds: list[int],
-        steps: int = 20,
-        guidance_scale: float = 2.0,
-        solver: str = "dpmsolver++",
-    ) -> np.ndarray:
-        """colour_maps: B x R x R x 3 uint8 at the model's resolution -> B x R x R x 3 uint8 images."""
-        cond_img = (
-            torch.from_numpy(np.ascontiguousarray(colour_maps)).permute(0, 3, 1, 2).float().div(255).to(self.device)
+def check_style_swap(directory: Path, info: dict) -> None:
+    """synthesize.style_swap steers a broad base: a fine-tuned one's unet_prior/, or a frozen base."""
+    if info.get("base") != "frozen":
+        raise DataError(
+            f"{directory}: synthesize.style_swap needs a Mask2Img trained over a broad base (mask2img.pretrained "
+            "or prior.enabled); this one was trained from scratch"
         )
-        scale = self.info.get("conditioning_scale", 1.0)
-
-        def predict(x, t, ctx, added, doubled):
-            img = torch.cat([cond_img, cond_img]) if doubled else cond_img
-            down, mid = self.controlnet(
-                x,
-                t,
-                encoder_hidden_states=ctx,
-                controlnet_cond=img,
-                conditioning_scale=scale,
-                added_cond_kwargs=added,
-                return_dict=False,
-            )
-            return self.unet(
-                x,
-                t,
-                ctx,
-                added_cond_kwargs=added,
-                down_block_additional_residuals=down,
-                mid_block_additional_residual=mid,
-            ).sample
-
-        return self.run(prompts, seeds, steps, guidance_scale, predict, solver)
 
 
 def model_input(colour_map: np.ndarray, resolution: int) -> np.ndarray:
@@ -392,7 +337,7 @@ def model_input(colour_map: np.ndarray, resolution: int) -> np.ndarray:
 
 
 def sample_mask2img(
-    sampler: Mask2ImgSampler,
+    pipe,
     colour_map: np.ndarray,
     prompt: str,
     n: int = 4,
@@ -401,13 +346,15 @@ def sample_mask2img(
     guidance_scale: float = 2.0,
     batch_size: int = 16,
 ) -> np.ndarray:
-    """n images for one colour map (at the model's resolution) and prompt: `seggen sample mask2img`,
-    the diffusers pipeline and the MLflow model all sample through here. Each image's noise comes from
-    the seed, the map's content and the prompt (not from where the map was read)."""
+    """n images for one colour map (at the model's resolution) and prompt: `seggen sample mask2img`
+    and the MLflow model. Each image's noise comes from the seed, the map's content and the prompt
+    (not from where the map was read): seed_for(seed, "mask2img", "sample", content key, prompt, i)."""
+    from seggen.generators.pipelines import seeded
+
     key = hashlib.sha256(np.ascontiguousarray(colour_map).tobytes()).hexdigest()[:16]
     seeds = [training.seed_for(seed, KIND, "sample", key, prompt, i) for i in range(n)]
     out = [
-        sampler(np.stack([colour_map] * len(chunk)), [prompt] * len(chunk), chunk, steps, guidance_scale)
+        pipe([colour_map], prompt, len(chunk), steps, guidance_scale, seeded(chunk), output_type="uint8").images
         for chunk in (seeds[b : b + batch_size] for b in range(0, n, batch_size))
     ]
     return np.concatenate(out) if out else np.zeros((0, *colour_map.shape), np.uint8)
@@ -417,20 +364,20 @@ def sample_mask2img_cli(
     model_dir, mask: Path, is_labels: bool, prompt: str, n: int, out: Path, seed: int, steps: int, guidance_scale: float
 ) -> int:
     from seggen.data.images import load_label_png, load_rgb
+    from seggen.generators.pipelines import SegGenMask2ImgPipeline
     from seggen.io import check_dir, staged_files
 
     check_dir(out, "--out")
     raw = load_label_png(mask) if is_labels else load_rgb(mask)  # a bad --mask fails before the model loads
-    sampler = Mask2ImgSampler(model_dir)
-    r = sampler.resolution
+    pipe = SegGenMask2ImgPipeline.from_model_dir(model_dir)
     if is_labels:
-        if raw.max() >= len(sampler.palette):
+        if raw.max() >= len(pipe.palette):
             raise DataError(f"{mask}: label value {int(raw.max())} has no colour in the model's palette")
-        cmap = sampler.palette[raw]
+        cmap = pipe.palette[raw]
     else:
         cmap = raw
-    cmap = model_input(cmap, r)
-    imgs = sample_mask2img(sampler, cmap, prompt, n, seed, steps, guidance_scale)
+    cmap = model_input(cmap, pipe.resolution)
+    imgs = sample_mask2img(pipe, cmap, prompt, n, seed, steps, guidance_scale)
     with staged_files(out, "sample mask2img", "--out") as tmp:  # all files or none
         for i, im in enumerate(imgs):
             write_png(tmp / f"image_{i:04d}.png", im)

@@ -1,5 +1,5 @@
-"""The generators as diffusers pipelines: every trained Text2Mask / Mask2Img directory is also a
-diffusers pipeline directory (model_index.json names its parts), so that
+"""The generators' samplers, as diffusers pipelines: every trained Text2Mask / Mask2Img directory is
+also a diffusers pipeline directory (model_index.json names its parts), so that
 
     from diffusers import DiffusionPipeline
     pipe = DiffusionPipeline.from_pretrained("models/text2mask/model", trust_remote_code=True)
@@ -11,13 +11,13 @@ model_index.json names these classes through a one-line `seggen_pipeline.py` shi
 `seggen.generators.pipelines` and calling its `from_pretrained` needs no remote code). Latent models
 trained from Stable Diffusion / SDXL weights name the stock StableDiffusion(XL)(ControlNet)Pipeline.
 
-The seggen pipelines sample through the same functions as `seggen sample`, so they give the same
-images for the same seed (tests/test_library_dirs.py).
+They are seggen's one sampler (synthesis, `seggen sample`, training grids, MLflow models, benchmarks
+load them with `from_model_dir`); per-sample noise comes from a `generator` list, one per sample.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,56 +27,68 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 from PIL import Image
 
-SHIM = "seggen_pipeline"  # seggen_pipeline.py in the model directory
-INDEX = "model_index.json"
+from seggen.generators.pipeline_index import SHIM, shim_text
+
+OUTPUT_TYPES = ("pil", "np", "uint8")
+SOLVERS = ("dpmsolver++", "unipc")
 
 
 @dataclass
 class Text2MaskPipelineOutput(BaseOutput):
     """images: the N colour maps (output_type "pil": PIL images, as diffusers' pipelines return; "np":
-    N x R x R x 3 float32 in [0, 1]); labels: N x R x R class indices (0 = ignore, 1..C)."""
+    N x R x R x 3 float32 in [0, 1]; "uint8": N x R x R x 3 uint8); labels: N x R x R class indices (0 =
+    ignore, 1..C); instances: N x R x R instance ids of an instance-aware model (0: stuff), else None."""
 
     images: list[Image.Image] | np.ndarray
     labels: np.ndarray
+    instances: np.ndarray | None = None
 
 
 @dataclass
-class Mask2ImgPipelineOutput(BaseOutput):
-    """images: per colour map, num_images_per_prompt images in a row (output_type "pil": PIL images;
-    "np": N x R x R x 3 float32 in [0, 1])."""
+class ImagePipelineOutput(BaseOutput):
+    """images: per prompt (per colour map for Mask2Img), num_images_per_prompt images in a row, as
+    output_type asks ("pil", "np": float32 in [0, 1], "uint8")."""
 
     images: list[Image.Image] | np.ndarray
 
 
+def seeded(seeds) -> list[torch.Generator]:
+    """One CPU generator per sample: the same noise on any device and in any batch."""
+    return [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+
 def _as_output(images: np.ndarray, output_type: str):
-    """uint8 N x H x W x 3 -> what diffusers' pipelines return for `output_type`."""
+    """uint8 N x H x W x 3 -> what diffusers' pipelines return for `output_type` (or the uint8 itself)."""
+    if output_type == "uint8":
+        return images
     if output_type == "pil":
         return [Image.fromarray(im) for im in images]
-    if output_type == "np":
-        return images.astype(np.float32) / 255.0
-    raise ValueError(f"output_type {output_type!r}: expected 'pil' or 'np'")
+    return images.astype(np.float32) / 255.0
 
 
-def _text(tokenizer, text_encoder, tokenizer_2=None, text_encoder_2=None):
-    from seggen.generators.text import TextConditioner
+class SegGenPipeline(DiffusionPipeline):
+    """The denoising loop the generators share: classifier-free guidance over a multistep solver
+    (DPM-Solver++ 2M or UniPC) built from the training noise schedule, in pixel space or in a VAE's
+    latent space. `kind` is the seggen_model.json kind the directory must have."""
 
-    if text_encoder_2 is not None:
-        return TextConditioner([tokenizer, tokenizer_2], [text_encoder, text_encoder_2], False, True)
-    return TextConditioner([tokenizer], [text_encoder], False)
+    kind = ""
+    _denoisers = ("unet",)  # the networks run every step: channels-last, half precision on CUDA, compiled if asked
+    _optional_components = ["vae", "tokenizer_2", "text_encoder_2"]
+    _amp: torch.dtype | None = None  # the networks' autocast dtype (from_model_dir's precision); None: fp32
 
+    def __init__(self, unet, text_encoder, tokenizer, scheduler, vae=None, text_encoder_2=None, tokenizer_2=None):
+        super().__init__()
+        self.register_modules(
+            unet=unet,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            scheduler=scheduler,
+            vae=vae,
+            text_encoder_2=text_encoder_2,
+            tokenizer_2=tokenizer_2,
+        )
 
-def shim_text(cls_name: str) -> str:
-    return (
-        '"""diffusers custom-pipeline shim: the class lives in the seggen package."""\n\n'
-        f"from seggen.generators.pipelines import {cls_name}  # noqa: F401\n"
-    )
-
-
-class _SegGenPipeline(DiffusionPipeline):
-    """Shared: the seggen sampler over this pipeline's components (built once, on the pipeline's device)."""
-
-    _sampler_cls = None
-    _sampler_obj = None
+    # -- loading -------------------------------------------------------------------------------
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
@@ -90,53 +102,251 @@ class _SegGenPipeline(DiffusionPipeline):
                     f"{shim}: not seggen's shim for {cls.__name__}; inspect it and pass trust_remote_code=True"
                 )
             kwargs["trust_remote_code"] = True
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        for name in pipe._denoisers:  # channels-last, as from_model_dir loads them: the same numbers
+            if getattr(pipe, name, None) is not None:
+                getattr(pipe, name).to(memory_format=torch.channels_last)
+        return pipe
 
-    def _directory(self) -> Path:
-        path = getattr(self.config, "_name_or_path", None)
-        if not path or not (Path(path) / "seggen_model.json").exists():
-            raise ValueError("a seggen pipeline samples from its model directory: load it with from_pretrained(dir)")
-        return Path(path)
+    @classmethod
+    def from_model_dir(
+        cls, model_dir: str | Path, device: str | None = None, precision: str = "fp32", compile: bool = False, **kw
+    ):
+        """seggen's loading of a model directory (any kind, pixel or latent). The denoisers go to
+        `device` channels-last (oneDNN's and the tensor cores' convolutions are faster in NHWC) and,
+        on CUDA, in the inference dtype (weights loaded in it: half the memory and transfer); the text
+        encoders and the VAE stay fp32 (SD's VAE overflows in fp16). `precision` (fp32 | bf16 | fp16 |
+        auto) is the networks' autocast dtype; the solver's arithmetic stays fp32. `compile`: the
+        denoisers under torch.compile. kw: the subclass's own (Mask2Img: style_swap)."""
+        import diffusers
 
-    def _parts(self) -> dict:
-        parts = {"unet": self.unet, "vae": getattr(self, "vae", None)}
-        parts["text"] = _text(
-            self.tokenizer, self.text_encoder, getattr(self, "tokenizer_2", None), getattr(self, "text_encoder_2", None)
-        )
-        return parts
+        from seggen.generators.diffusion import read_model_meta
+        from seggen.generators.text import TextConditioner
+        from seggen.training import autocast_dtype
 
-    def _sampler(self, **kw):
-        key = (str(self.device), tuple(sorted(kw.items())))
-        if self._sampler_obj is None or self._sampler_obj[0] != key:
-            sampler = self._sampler_cls(self._directory(), device=str(self.device), parts=self._parts(), **kw)
-            self._sampler_obj = (key, sampler)
-        return self._sampler_obj[1]
+        directory = Path(model_dir)
+        info = read_model_meta(directory, cls.kind)
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        amp = autocast_dtype(precision, dev)
+        half = dev.type == "cuda" and amp is not None
 
+        def denoiser(sub: str, model_cls):
+            module = model_cls.from_pretrained(directory / sub, **({"torch_dtype": amp} if half else {}))
+            return module.to(dev, **({"dtype": amp} if half else {}), memory_format=torch.channels_last).eval()
 
-class SegGenText2MaskPipeline(_SegGenPipeline):
-    """Text2Mask: prompts -> colour-map masks and their decoded label maps."""
-
-    _optional_components = ["vae", "tokenizer_2", "text_encoder_2"]
-
-    def __init__(
-        self, unet, text_encoder, tokenizer, scheduler, vae=None, text_encoder_2=None, tokenizer_2=None
-    ) -> None:
-        super().__init__()
-        self.register_modules(
-            unet=unet,
-            text_encoder=text_encoder,
-            tokenizer=tokenizer,
-            scheduler=scheduler,
+        text = TextConditioner.load(directory, int(info["resolution"])).to(dev)
+        sched_cls = getattr(diffusers, diffusers.DDPMScheduler.load_config(directory / "scheduler")["_class_name"])
+        vae = None
+        if info["latent"]:
+            vae = diffusers.AutoencoderKL.from_pretrained(directory / "vae").to(dev).eval()
+        second = {"tokenizer_2": text.tokenizers[1], "text_encoder_2": text.encoders[1]} if text.sdxl else {}
+        pipe = cls(
+            **cls._load_denoisers(directory, info, denoiser, **kw),
+            text_encoder=text.encoders[0],
+            tokenizer=text.tokenizers[0],
+            scheduler=sched_cls.from_pretrained(directory / "scheduler"),
             vae=vae,
-            text_encoder_2=text_encoder_2,
-            tokenizer_2=tokenizer_2,
+            **second,
         )
+        pipe.register_to_config(_name_or_path=str(directory))
+        pipe._amp = amp
+        pipe.set_progress_bar_config(disable=True)  # callers count images, not steps
+        if compile:
+            for name in cls._denoisers:
+                if getattr(pipe, name, None) is not None:
+                    setattr(pipe, name, torch.compile(getattr(pipe, name)))
+        return pipe
+
+    @classmethod
+    def _load_denoisers(cls, directory: Path, info: dict, load) -> dict:
+        from diffusers import UNet2DConditionModel
+
+        return {"unet": load("unet", UNet2DConditionModel)}
 
     @property
-    def _sampler_cls(self):
-        from seggen.generators.text2mask import Text2MaskSampler
+    def info(self) -> dict:
+        """The model directory's seggen_model.json (kind, resolution, palette, classes...)."""
+        if "_info" not in self.__dict__:
+            from seggen.generators.diffusion import read_model_meta
 
-        return Text2MaskSampler
+            path = getattr(self.config, "_name_or_path", None)
+            if not path or not (Path(path) / "seggen_model.json").exists():
+                raise ValueError(
+                    "a seggen pipeline samples from its model directory: load it with from_pretrained(dir)"
+                )
+            self.__dict__["_info"] = read_model_meta(Path(path), self.kind)
+        return self.__dict__["_info"]
+
+    @property
+    def resolution(self) -> int:
+        return int(self.info["resolution"])
+
+    def _autocast(self):
+        """Autocast in the networks' dtype: from_model_dir's precision, or the dtype the weights were loaded in."""
+        dtype = self._amp
+        if dtype is None and self.unet is not None and self.unet.dtype != torch.float32:
+            dtype = self.unet.dtype
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self._execution_device.type, dtype=dtype)
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def check_inputs(self, prompts: list[str], generator, solver: str, output_type: str) -> None:
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise ValueError("prompt: a string or a non-empty list of strings")
+        if isinstance(generator, list) and len(generator) != len(prompts):
+            raise ValueError(f"{len(generator)} generators for {len(prompts)} samples: give one per sample")
+        if solver not in SOLVERS:
+            raise ValueError(f"solver {solver!r}: expected one of {', '.join(SOLVERS)}")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type {output_type!r}: expected one of {', '.join(OUTPUT_TYPES)}")
+
+    def encode_prompt(self, prompts: list[str], do_classifier_free_guidance: bool):
+        """-> (encoder_hidden_states, added_cond_kwargs or None), the empty prompt's first under guidance."""
+        from seggen.generators.text import TextConditioner
+
+        sdxl = getattr(self, "text_encoder_2", None) is not None
+        text = TextConditioner(
+            [self.tokenizer, *([self.tokenizer_2] if sdxl else [])],
+            [self.text_encoder, *([self.text_encoder_2] if sdxl else [])],
+            False,
+            sdxl,
+            self.resolution if sdxl else 0,
+        )
+        with self._autocast():
+            cond, cond_added = text(text.tokenize(prompts))
+            if not do_classifier_free_guidance:
+                return cond, cond_added
+            uncond, uncond_added = text(text.tokenize([""] * len(prompts)))
+        added = {k: torch.cat([uncond_added[k], cond_added[k]]) for k in cond_added} if cond_added else None
+        return torch.cat([uncond, cond]), added
+
+    def sample_shape(self) -> tuple[int, int, int]:
+        r = self.resolution
+        if self.vae is not None:
+            f = 2 ** (len(self.vae.config.block_out_channels) - 1)
+            return (self.denoiser_config().in_channels, r // f, r // f)
+        return (3, r, r)
+
+    def denoiser_config(self):
+        return self.unet.config
+
+    def prepare_latents(self, batch: int, generator) -> torch.Tensor:
+        """Unit Gaussian noise, drawn per sample from its own generator (on the CPU: device-independent)."""
+        from diffusers.utils.torch_utils import randn_tensor
+
+        shape = (batch, *self.sample_shape())
+        return randn_tensor(shape, generator=generator, device=self._execution_device, dtype=torch.float32)
+
+    def make_scheduler(self, solver: str):
+        """A fresh multistep solver (it keeps a step index) over the training noise schedule."""
+        from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
+
+        config = {k: v for k, v in self.scheduler.config.items() if not k.startswith("_")}
+        if solver == "unipc":
+            return UniPCMultistepScheduler.from_config(config)
+        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++")
+
+    def denoise(self, x, context, added, steps: int, guidance_scale: float, solver: str, predict) -> torch.Tensor:
+        """predict(x, t, context, added_cond_kwargs, doubled) -> the model output (doubled: x is [uncond; cond])."""
+        scheduler = self.make_scheduler(solver)
+        scheduler.set_timesteps(steps, device=x.device)
+        x = x * scheduler.init_noise_sigma
+        doubled = guidance_scale != 1.0
+        for t in self.progress_bar(scheduler.timesteps):
+            xin = scheduler.scale_model_input(x, t)
+            with self._autocast():
+                out = predict(torch.cat([xin, xin]) if doubled else xin, t, context, added, doubled).float()
+            if doubled:  # classifier-free guidance: e = e_uncond + w * (e_cond - e_uncond)
+                uncond, cond = out.chunk(2)
+                out = uncond + guidance_scale * (cond - uncond)
+            x = scheduler.step(out, t, x).prev_sample
+        return x
+
+    def decode(self, x: torch.Tensor) -> np.ndarray:
+        """Samples in [-1, 1] (pixels, or latents through the VAE in fp32, outside autocast) -> B x H x W x 3 uint8."""
+        from seggen.training import to_uint8
+
+        if self.vae is not None:
+            x = self.vae.decode(x.to(self.vae.dtype) / self.vae.config.scaling_factor).sample.float()
+        return to_uint8(x)
+
+    def generate(
+        self, prompts: list[str], generator, steps, guidance_scale, solver, output_type, predict
+    ) -> np.ndarray:
+        # 1. Check inputs
+        self.check_inputs(prompts, generator, solver, output_type)
+        # 2. Encode the prompt (and the empty prompt, for classifier-free guidance)
+        context, added = self.encode_prompt(prompts, guidance_scale != 1.0)
+        # 3. Prepare latents
+        x = self.prepare_latents(len(prompts), generator)
+        # 4. Denoise
+        x = self.denoise(x, context, added, steps, guidance_scale, solver, predict)
+        # 5. Decode
+        return self.decode(x)
+
+    def _unet_predict(self, x, t, context, added, _doubled):
+        return self.unet(x, t, context, added_cond_kwargs=added).sample
+
+
+def _prompts(prompt: str | list[str], n: int) -> list[str]:
+    """Prompt-major: each prompt n times in a row, as diffusers repeats num_images_per_prompt."""
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    return [p for p in prompts for _ in range(n)]
+
+
+class SegGenPriorPipeline(SegGenPipeline):
+    """The offline text-to-image prior (the stand-in for SD / SDXL): prompts -> images."""
+
+    kind = "prior"
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        num_images_per_prompt: int = 1,
+        num_inference_steps: int = 20,
+        guidance_scale: float = 2.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        solver: str = "dpmsolver++",
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ):
+        prompts = _prompts(prompt, num_images_per_prompt)
+        rgb = self.generate(
+            prompts, generator, num_inference_steps, guidance_scale, solver, output_type, self._unet_predict
+        )
+        images = _as_output(rgb, output_type)
+        return ImagePipelineOutput(images=images) if return_dict else (images,)
+
+
+class SegGenText2MaskPipeline(SegGenPipeline):
+    """Text2Mask: prompts -> colour-map masks and their decoded label maps."""
+
+    kind = "text2mask"
+
+    @property
+    def palette(self):
+        """The training palette (seggen.codec.Palette): colour i is class i, colour 0 ignore."""
+        if "_palette" not in self.__dict__:
+            from seggen.codec import Palette
+
+            info = self.info
+            self.__dict__["_palette"] = Palette(
+                colors=np.asarray(info["palette"], np.uint8),
+                names=("ignore", *info["classes"]),
+                things=frozenset(info["things"]),
+                boundary=info["instances"],
+            )
+        return self.__dict__["_palette"]
+
+    def decode_labels(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """A colour map -> (labels by nearest palette colour, instance ids or None). Instance-aware
+        models draw boundaries: their pixels take the label of the nearest non-boundary pixel."""
+        if self.palette.boundary:
+            return self.palette.decode_instances(rgb)
+        return self.palette.decode(rgb), None
 
     @torch.no_grad()
     def __call__(
@@ -145,35 +355,32 @@ class SegGenText2MaskPipeline(_SegGenPipeline):
         num_images_per_prompt: int = 1,
         num_inference_steps: int = 20,
         guidance_scale: float = 3.0,
-        seed: int = 0,
-        batch_size: int = 16,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        solver: str = "dpmsolver++",
         output_type: str = "pil",
         return_dict: bool = True,
     ):
-        """Masks in prompt-major order; the same as `seggen sample text2mask` with this seed (params `seed`)."""
-        from seggen.generators.text2mask import sample_text2mask
-
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        res = sample_text2mask(
-            self._sampler(),
-            prompts,
-            num_images_per_prompt,
-            seed,
-            num_inference_steps,
-            guidance_scale,
-            batch_size,
-            progress=False,
+        """Masks in prompt-major order. `generator`: one per mask for per-sample seeds (`seggen sample
+        text2mask` seeds mask k of prompt p with seggen.training.seed_for(seed, "text2mask", "sample", p, k))."""
+        prompts = _prompts(prompt, num_images_per_prompt)
+        rgb = self.generate(
+            prompts, generator, num_inference_steps, guidance_scale, solver, output_type, self._unet_predict
         )
-        images = _as_output(res["rgb"], output_type)
+        decoded = [self.decode_labels(x) for x in rgb]
+        labels = np.stack([d[0] for d in decoded])
+        instances = np.stack([d[1] for d in decoded]) if self.palette.boundary else None
+        images = _as_output(rgb, output_type)
         if not return_dict:
-            return images, res["labels"]
-        return Text2MaskPipelineOutput(images=images, labels=res["labels"])
+            return images, labels
+        return Text2MaskPipelineOutput(images=images, labels=labels, instances=instances)
 
 
-class SegGenMask2ImgPipeline(_SegGenPipeline):
+class SegGenMask2ImgPipeline(SegGenPipeline):
     """Mask2Img: (colour map, prompt) -> images; a ControlNet over the base UNet."""
 
-    _optional_components = ["vae", "unet_prior", "tokenizer_2", "text_encoder_2"]
+    kind = "mask2img"
+    _denoisers = ("unet", "unet_prior", "controlnet")
+    _optional_components = ["unet", "vae", "unet_prior", "tokenizer_2", "text_encoder_2"]
 
     def __init__(
         self,
@@ -187,29 +394,54 @@ class SegGenMask2ImgPipeline(_SegGenPipeline):
         text_encoder_2=None,
         tokenizer_2=None,
     ) -> None:
-        super().__init__()
-        self.register_modules(
-            unet=unet,
-            controlnet=controlnet,
-            text_encoder=text_encoder,
-            tokenizer=tokenizer,
-            scheduler=scheduler,
-            vae=vae,
-            unet_prior=unet_prior,
-            text_encoder_2=text_encoder_2,
-            tokenizer_2=tokenizer_2,
-        )
+        super().__init__(unet, text_encoder, tokenizer, scheduler, vae, text_encoder_2, tokenizer_2)
+        self.register_modules(controlnet=controlnet, unet_prior=unet_prior)
+
+    @classmethod
+    def _load_denoisers(cls, directory: Path, info: dict, load, style_swap: bool | None = False) -> dict:
+        """style_swap: the broad base UNet only (unet_prior/, DGInStyle's style swap), False: the
+        fine-tuned one only, None: both (the training grid draws with each)."""
+        from diffusers import ControlNetModel, UNet2DConditionModel
+
+        from seggen.generators.mask2img import UNET_PRIOR, check_style_swap
+
+        has_prior = (directory / UNET_PRIOR).is_dir()
+        if style_swap and not has_prior:
+            check_style_swap(directory, info)
+        swap_only = style_swap and has_prior
+        return {
+            "unet": None if swap_only else load("unet", UNet2DConditionModel),
+            "unet_prior": load(UNET_PRIOR, UNet2DConditionModel) if has_prior and style_swap is not False else None,
+            "controlnet": load("controlnet", ControlNetModel),
+        }
 
     @property
-    def _sampler_cls(self):
-        from seggen.generators.mask2img import Mask2ImgSampler
+    def palette(self) -> np.ndarray:
+        """The training palette: (C + 1) x 3 uint8, colour i for class i."""
+        return np.asarray(self.info["palette"], np.uint8)
 
-        return Mask2ImgSampler
+    def check_palette(self, palette: np.ndarray, source: str) -> None:
+        from seggen.errors import DataError
 
-    def _parts(self) -> dict:
-        from seggen.generators.mask2img import UNET_PRIOR
+        if palette.shape != self.palette.shape or (palette != self.palette).any():
+            raise DataError(
+                f"{source}: dataset palette does not match the palette {self.config._name_or_path} was trained on"
+            )
 
-        return {**super()._parts(), "controlnet": self.controlnet, UNET_PRIOR: getattr(self, "unet_prior", None)}
+    def denoiser_config(self):
+        return (self.unet if self.unet is not None else self.unet_prior).config
+
+    def base(self, style_swap: bool):
+        """The UNet the ControlNet steers: the fine-tuned one, or with style_swap the broad one."""
+        from seggen.generators.mask2img import check_style_swap
+
+        if style_swap and self.unet_prior is not None:
+            return self.unet_prior
+        if style_swap:
+            check_style_swap(Path(self.config._name_or_path), self.info)
+        if self.unet is None:
+            raise ValueError("this pipeline was loaded with the style-swap base only: call it with style_swap=True")
+        return self.unet
 
     @torch.no_grad()
     def __call__(
@@ -219,84 +451,50 @@ class SegGenMask2ImgPipeline(_SegGenPipeline):
         num_images_per_prompt: int = 1,
         num_inference_steps: int = 20,
         guidance_scale: float = 2.0,
-        seed: int = 0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        solver: str = "dpmsolver++",
         style_swap: bool = False,
-        batch_size: int = 16,
         output_type: str = "pil",
         return_dict: bool = True,
     ):
-        """image: a colour map (PIL image or H x W x 3 uint8 array) or a list of them, one per prompt
-        (a single prompt is used for every map). The same images as `seggen sample mask2img` with this
-        seed. style_swap: the ControlNet on the broad base (a Mask2Img fine-tuned over a prior)."""
-        from seggen.generators.mask2img import model_input, sample_mask2img
+        """image: a colour map (PIL image or H x W x 3 uint8 array), a list of them or a B x H x W x 3
+        array, one per prompt (a single prompt is used for every map); maps are resized to the model's
+        resolution by nearest neighbour (colours stay palette colours). Images in map-major order.
+        style_swap: the ControlNet on the broad base (a Mask2Img fine-tuned over a prior)."""
+        from seggen.generators.mask2img import model_input
 
-        maps = list(image) if isinstance(image, (list, tuple)) else [image]
-        if isinstance(image, np.ndarray) and image.ndim == 4:
-            maps = list(image)
+        maps = list(image) if isinstance(image, (list, tuple)) or getattr(image, "ndim", 0) == 4 else [image]
         prompts = [prompt] * len(maps) if isinstance(prompt, str) else list(prompt)
         if len(prompts) != len(maps):
             raise ValueError(f"{len(maps)} colour maps but {len(prompts)} prompts")
-        sampler = self._sampler(style_swap=style_swap)
-        out = [
-            sample_mask2img(
-                sampler,
-                model_input(np.asarray(m), sampler.resolution),
-                p,
-                num_images_per_prompt,
-                seed,
-                num_inference_steps,
-                guidance_scale,
-                batch_size,
+        n = num_images_per_prompt
+        r = self.resolution
+        maps = np.stack([model_input(np.asarray(m), r) for m in maps for _ in range(n)])
+        unet = self.base(style_swap)
+        scale = self.info.get("conditioning_scale", 1.0)
+        control = torch.from_numpy(maps).permute(0, 3, 1, 2).float().div(255).to(self._execution_device)
+
+        def predict(x, t, context, added, doubled):
+            down, mid = self.controlnet(
+                x,
+                t,
+                encoder_hidden_states=context,
+                controlnet_cond=torch.cat([control, control]) if doubled else control,
+                conditioning_scale=scale,
+                added_cond_kwargs=added,
+                return_dict=False,
             )
-            for m, p in zip(maps, prompts)
-        ]
-        images = _as_output(np.concatenate(out) if out else np.zeros((0, 0, 0, 3), np.uint8), output_type)
-        return Mask2ImgPipelineOutput(images=images) if return_dict else (images,)
+            return unet(
+                x,
+                t,
+                context,
+                added_cond_kwargs=added,
+                down_block_additional_residuals=down,
+                mid_block_additional_residual=mid,
+            ).sample
 
-
-def _entry(module) -> list:
-    """model_index.json's [library, class] of a loaded module."""
-    if module is None:
-        return [None, None]
-    lib = type(module).__module__.split(".")[0]
-    return [lib, type(module).__name__]
-
-
-def write_pipeline_index(directory: Path, kind: str, parts: dict, cond, scheduler, vae) -> None:
-    """model_index.json (and the shim for seggen's pipelines) beside the saved parts. Pixel space: the
-    seggen pipeline; latent SD: StableDiffusion(ControlNet)Pipeline; latent SDXL: the XL ones."""
-    import diffusers
-
-    comps = {name: _entry(m) for name, m in parts.items()}
-    names = ("", "_2")
-    for tok, enc, sfx in zip(cond.tokenizers, cond.encoders, names):
-        comps[f"tokenizer{sfx}"] = _entry(tok)
-        comps[f"text_encoder{sfx}"] = _entry(enc)
-    comps["scheduler"] = _entry(scheduler)
-    control = kind == "mask2img"
-    if vae is None:
-        cls = "SegGenMask2ImgPipeline" if control else "SegGenText2MaskPipeline"
-        index = {"_class_name": [SHIM, cls], **comps, "vae": [None, None]}
-        (directory / f"{SHIM}.py").write_text(shim_text(cls))
-    else:
-        comps.pop("unet_prior", None)  # the stock pipelines have one UNet
-        comps["vae"] = _entry(vae)
-        xl = cond.sdxl
-        cls = f"StableDiffusion{'XL' if xl else ''}{'ControlNet' if control else ''}Pipeline"
-        extra = (
-            {"force_zeros_for_empty_prompt": True, "image_encoder": [None, None], "feature_extractor": [None, None]}
-            if xl
-            else {
-                "safety_checker": [None, None],
-                "feature_extractor": [None, None],
-                "image_encoder": [None, None],
-                "requires_safety_checker": False,
-            }
+        rgb = self.generate(
+            _prompts(prompts, n), generator, num_inference_steps, guidance_scale, solver, output_type, predict
         )
-        index = {"_class_name": cls, **comps, **extra}
-    index = {
-        "_class_name": index.pop("_class_name"),
-        "_diffusers_version": diffusers.__version__,
-        **dict(sorted(index.items())),
-    }
-    (directory / INDEX).write_text(json.dumps(index, indent=2) + "\n")
+        images = _as_output(rgb, output_type)
+        return ImagePipelineOutput(images=images) if return_dict else (images,)

@@ -137,27 +137,15 @@ def train_prior(params: Params, progress: bool = True) -> Path:
     return model_dir
 
 
-class PriorSampler(diffusion.DiffusionSampler):
-    kind = KIND
-
-    def __call__(
-        self, prompts: list[str], seeds: list[int], steps: int = 20, guidance_scale: float = 2.0
-    ) -> np.ndarray:
-        return self.run(
-            prompts,
-            seeds,
-            steps,
-            guidance_scale,
-            lambda x, t, ctx, added, _: self.unet(x, t, ctx, added_cond_kwargs=added).sample,
-        )
-
-
 def sample_grid(model_dir: Path, seed: int, steps: int, guidance: float) -> list[np.ndarray]:
     """Rows of GRID_PROMPTS x GRID_STYLES samples (one seed per column: the styles differ, not the noise)."""
-    sampler = PriorSampler(model_dir)
+    from seggen.generators.pipelines import SegGenPriorPipeline, seeded
+
+    pipe = SegGenPriorPipeline.from_model_dir(model_dir)
     rows = []
     for prompt in GRID_PROMPTS:
         seeds = [training.seed_for(seed, KIND, "grid", prompt)] * len(GRID_STYLES)
-        imgs = sampler([f"{prompt}, {s}" for s in GRID_STYLES], seeds, steps, guidance)
+        styled = [f"{prompt}, {s}" for s in GRID_STYLES]
+        imgs = pipe(styled, 1, steps, guidance, seeded(seeds), output_type="uint8").images
         rows.append(np.concatenate(list(imgs), 1))
     return rows

@@ -74,23 +74,23 @@ def text2mask_quality(params: Params, model_dir: Path, n: int = 64, progress: bo
 def mask2img_alignment(
     params: Params, model_dir: Path, n: int = 64, probe_steps: int = 400, progress: bool = True
 ) -> dict:
-    from seggen.generators.mask2img import Mask2ImgSampler
+    from seggen.generators.pipelines import SegGenMask2ImgPipeline, seeded
 
     cfg = params.mask2img
     caps, _, labs, imgs, meta = held_out(params, cfg.resolution, n=n)
     probe = train_probe(params, cfg.resolution, steps=probe_steps, progress=progress)
     real = probe_miou(probe, imgs, labs, meta.names)
-    sampler = Mask2ImgSampler(model_dir)
+    pipe = SegGenMask2ImgPipeline.from_model_dir(model_dir)
     palette = meta.palette().colors
-    sampler.check_palette(palette, str(params.data.root))
+    pipe.check_palette(palette, str(params.data.root))
     gen = []
     t = time.perf_counter()
     bs = cfg.sample.batch_size
     for b in tqdm(range(0, n, bs), desc="sample mask2img", disable=not progress, dynamic_ncols=True):
         seeds = [training.seed_for(params.seed, "mask2img", "quality", i) for i in range(b, min(n, b + bs))]
-        gen.append(
-            sampler(palette[labs[b : b + bs]], caps[b : b + bs], seeds, cfg.sample.steps, cfg.sample.guidance_scale)
-        )
+        maps, prompts = palette[labs[b : b + bs]], caps[b : b + bs]
+        s = cfg.sample
+        gen.append(pipe(maps, prompts, 1, s.steps, s.guidance_scale, seeded(seeds), output_type="uint8").images)
     elapsed = time.perf_counter() - t
     gen_imgs = np.concatenate(gen)
     fake = probe_miou(probe, gen_imgs, labs, meta.names)

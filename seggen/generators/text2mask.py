@@ -23,7 +23,6 @@ import torch
 from seggen import io as sio
 from seggen import training
 from seggen.config import Params
-from seggen.errors import DataError
 from seggen.generators import cache, diffusion, text
 from seggen.io import check_dir
 from seggen.progress import tqdm
@@ -102,56 +101,8 @@ def train_text2mask(params: Params, progress: bool = True) -> Path:
     return model_dir
 
 
-class Text2MaskSampler(diffusion.DiffusionSampler):
-    """Loads a trained model directory once; samples batches of colour maps for prompts."""
-
-    kind = KIND
-
-    def __init__(self, model_dir: str | Path, **kw):
-        """kw: DiffusionSampler's (device, precision, parts, compile)."""
-        from seggen.codec import Palette
-
-        super().__init__(model_dir, **kw)
-        colors = np.asarray(self.info["palette"], np.uint8)
-        self.palette = Palette(
-            colors=colors,
-            names=("ignore", *self.info["classes"]),
-            things=frozenset(self.info["things"]),
-            boundary=self.info["instances"],
-        )
-
-    def __call__(
-        self,
-        prompts: list[str],
-        seeds: list[int],
-        steps: int = 20,
-        guidance_scale: float = 3.0,
-        solver: str = "dpmsolver++",
-    ) -> np.ndarray:
-        """One colour map per prompt (HxWx3 uint8), initial noise from each sample's own seed."""
-        return self.run(
-            prompts,
-            seeds,
-            steps,
-            guidance_scale,
-            lambda x, t, ctx, added, _: self.unet(x, t, ctx, added_cond_kwargs=added).sample,
-            solver,
-        )
-
-    def decode(self, rgb: np.ndarray) -> np.ndarray:
-        """Labels; boundary pixels (instance-aware models) take the label of the nearest non-boundary pixel."""
-        if self.palette.boundary:
-            return self.palette.decode_instances(rgb)[0]
-        return self.palette.decode(rgb)
-
-    def decode_instances(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if not self.palette.boundary:
-            raise DataError(f"{self.dir}: model was not trained on instance-aware colour maps (text2mask.instances)")
-        return self.palette.decode_instances(rgb)
-
-
 def sample_text2mask(
-    model_dir: str | Path,
+    model_dir,
     prompts: list[str],
     n_per_prompt: int = 1,
     seed: int = 0,
@@ -160,26 +111,35 @@ def sample_text2mask(
     batch_size: int = 16,
     progress: bool = True,
 ) -> dict:
-    """-> {"prompts": [...], "rgb": N x H x W x 3 uint8, "labels": N x H x W} (prompt-major order).
-    model_dir: a model directory or a loaded Text2MaskSampler."""
-    sampler = model_dir if isinstance(model_dir, Text2MaskSampler) else Text2MaskSampler(model_dir)
+    """-> {"prompts": [...], "rgb": N x H x W x 3 uint8, "labels": N x H x W[, "instances"]} (prompt-major
+    order): `seggen sample text2mask`, the training grid and the MLflow model. Mask k of prompt p is
+    drawn from seed_for(seed, "text2mask", "sample", p, k), whatever the batch. model_dir: a model
+    directory or a loaded SegGenText2MaskPipeline."""
+    from seggen.generators.pipelines import SegGenText2MaskPipeline, seeded
+
+    pipe = (
+        model_dir
+        if isinstance(model_dir, SegGenText2MaskPipeline)
+        else SegGenText2MaskPipeline.from_model_dir(model_dir)
+    )
     jobs = [(p, k) for p in prompts for k in range(n_per_prompt)]
-    rgb = []
+    outs = []
     bar = tqdm(total=len(jobs), desc="sample text2mask", unit="img", disable=not progress, dynamic_ncols=True)
     for b in range(0, len(jobs), batch_size):
         chunk = jobs[b : b + batch_size]
-        seeds = [training.seed_for(seed, KIND, "sample", p, k) for p, k in chunk]
-        rgb.append(sampler([p for p, _ in chunk], seeds, steps, guidance_scale))
+        generator = seeded(training.seed_for(seed, KIND, "sample", p, k) for p, k in chunk)
+        outs.append(pipe([p for p, _ in chunk], 1, steps, guidance_scale, generator=generator, output_type="uint8"))
         bar.update(len(chunk))
     bar.close()
-    rgb_all = np.concatenate(rgb) if rgb else np.zeros((0, 0, 0, 3), np.uint8)
+    if not outs:
+        return {"prompts": [], "rgb": np.zeros((0, 0, 0, 3), np.uint8), "labels": np.zeros((0, 0, 0), np.uint8)}
     out = {
         "prompts": [p for p, _ in jobs],
-        "rgb": rgb_all,
-        "labels": np.stack([sampler.decode(x) for x in rgb_all]) if len(rgb_all) else rgb_all,
+        "rgb": np.concatenate([o.images for o in outs]),
+        "labels": np.concatenate([o.labels for o in outs]),
     }
-    if sampler.palette.boundary and len(rgb_all):
-        out["instances"] = np.stack([sampler.decode_instances(x)[1] for x in rgb_all])
+    if outs[0].instances is not None:
+        out["instances"] = np.concatenate([o.instances for o in outs])
     return out
 
 

@@ -99,16 +99,16 @@ class SegmenterModel:
 
 class Text2MaskModel:
     def __init__(self, path: str) -> None:
-        from seggen.generators.text2mask import Text2MaskSampler
+        from seggen.generators.pipelines import SegGenText2MaskPipeline
 
-        self.sampler = Text2MaskSampler(path)
+        self.pipe = SegGenText2MaskPipeline.from_model_dir(path)
 
     def predict(self, model_input, params=None) -> dict:
         from seggen.generators.text2mask import sample_text2mask
 
         p = {**SAMPLE_DEFAULTS["text2mask"], **(params or {})}
         res = sample_text2mask(
-            self.sampler,
+            self.pipe,
             [str(x) for x in _column(model_input, "prompt")],
             int(p["num_images_per_prompt"]),
             int(p["seed"]),
@@ -121,20 +121,20 @@ class Text2MaskModel:
 
 class Mask2ImgModel:
     def __init__(self, path: str) -> None:
-        from seggen.generators.mask2img import Mask2ImgSampler
+        from seggen.generators.pipelines import SegGenMask2ImgPipeline
 
-        self.sampler = Mask2ImgSampler(path)
+        self.pipe = SegGenMask2ImgPipeline.from_model_dir(path)
 
     def predict(self, model_input, params=None) -> dict:
         from seggen.generators.mask2img import model_input as at_resolution
         from seggen.generators.mask2img import sample_mask2img
 
         p = {**SAMPLE_DEFAULTS["mask2img"], **(params or {})}
-        maps = [at_resolution(_decode(b), self.sampler.resolution) for b in _column(model_input, "colour_map")]
+        maps = [at_resolution(_decode(b), self.pipe.resolution) for b in _column(model_input, "colour_map")]
         prompts = [str(x) for x in _column(model_input, "prompt")]
         images = [
             sample_mask2img(
-                self.sampler,
+                self.pipe,
                 m,
                 pr,
                 int(p["num_images_per_prompt"]),

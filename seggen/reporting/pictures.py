@@ -38,21 +38,20 @@ def styles_picture(params: Params, out: Path, n_masks: int = 2) -> Path:
     synthesis guidance -- what synthesize draws from."""
     from seggen.data.captions import read_captions
     from seggen.data.layout import open_split
-    from seggen.generators.mask2img import Mask2ImgSampler, styles_grid
+    from seggen.generators.mask2img import styles_grid
+    from seggen.generators.pipelines import SegGenMask2ImgPipeline
     from seggen.training import seed_for
 
     cfg = params.synthesize
-    sampler = Mask2ImgSampler(cfg.mask2img, style_swap=cfg.style_swap)  # as synthesize samples
-    res = int(sampler.info["resolution"])
+    pipe = SegGenMask2ImgPipeline.from_model_dir(cfg.mask2img, style_swap=cfg.style_swap)  # as synthesize samples
+    res, palette = pipe.resolution, pipe.palette
     split = open_split(params.data.root, cfg.split)
     captions = read_captions(params.caption.out)
-    maps = [
-        sampler.palette[np.minimum(_resize_labels(split[i][1], res), len(sampler.palette) - 1)] for i in range(n_masks)
-    ]
+    maps = [palette[np.minimum(_resize_labels(split[i][1], res), len(palette) - 1)] for i in range(n_masks)]
     caps = [captions[split.ids[i]].caption for i in range(n_masks)]
     seeds = [seed_for(params.seed, "styles-picture", i) for i in range(n_masks)]
     styles = picture_styles(params)
-    rows = styles_grid([sampler], maps, caps, styles, seeds, cfg.steps, cfg.mask2img_guidance)
+    rows = styles_grid(pipe, [cfg.style_swap], maps, caps, styles, seeds, cfg.steps, cfg.mask2img_guidance)
     return save_grid(rows, out)
 
 

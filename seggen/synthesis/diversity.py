@@ -36,7 +36,7 @@ def spread(colours: list[np.ndarray]) -> float | None:
     """RMS distance of RGB colours from their mean; None for fewer than two."""
     if len(colours) < 2:
         return None
-    x = np.stack(colours)
+    x = np.asarray(colours, np.float64)  # colours: arrays or [r, g, b] lists (as a merge reads them)
     return float(np.sqrt(((x - x.mean(0)) ** 2).sum(1).mean()))
 
 

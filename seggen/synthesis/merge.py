@@ -35,6 +35,7 @@ def merge_dataset(plan: Plan) -> dict:
     segments: list = []
     spreads = Spreads()
     miou, ign, reasons, styles = [], [], {}, []
+    panoptic = plan.panoptic  # a property that looks at the source dataset: once, not per row
     with atomic_path(plan.out / "manifest.jsonl") as tmp, open(tmp, "w") as manifest:
         for b in plan.batches:
             record = plan.record(b)
@@ -42,9 +43,8 @@ def merge_dataset(plan: Plan) -> dict:
                 raise DataError(f"{plan.out}: the batch of {b[0].id} is missing; run the remaining shards")
             text = record.read_text()
             manifest.write(text)  # the rows as the shards wrote them (validated then)
-            extras = record.with_suffix(".extra.jsonl").read_text().splitlines() if plan.panoptic or diversity else []
-            for k, line in enumerate(text.splitlines()):
-                r = json.loads(line)
+            extras = _rows(record.with_suffix(".extra.jsonl").read_text()) if panoptic or diversity else []
+            for k, r in enumerate(_rows(text)):
                 scores = r["scores"]
                 if scores["sample_miou"] is not None:
                     miou.append(scores["sample_miou"])
@@ -60,14 +60,14 @@ def merge_dataset(plan: Plan) -> dict:
                 if len(first) < 8:
                     first.append(ManifestRow.model_validate(r))
                 if extras:
-                    e = json.loads(extras[k])
-                    if plan.panoptic:
+                    e = extras[k]
+                    if panoptic:
                         segments.append(e["segments"])
                     if diversity:
-                        spreads.add(r["source_id"], {int(c): np.asarray(v) for c, v in e["colours"].items()})
+                        spreads.add(r["source_id"], {int(c): v for c, v in e["colours"].items()})
         _sweep(plan, kept, dropped, keep=tmp)  # a missing file fails here, before the manifest is in place
 
-    if plan.panoptic:
+    if panoptic:
         category = {c.id: c.category_id for c in plan.meta.classes}  # COCO layout: the source's own category ids
         images, anns = [], []
         for n, ((sid, h, w), segs) in enumerate(zip(kept, segments), 1):
@@ -112,6 +112,12 @@ def merge_dataset(plan: Plan) -> dict:
     write_metrics(plan.out, summary)
     shutil.rmtree(plan.work)
     return summary
+
+
+def _rows(jsonl: str) -> list[dict]:
+    """A batch's JSON lines parsed in one call (as one array: a tenth of the per-line calls' overhead)."""
+    body = jsonl.strip()
+    return json.loads(f"[{body.replace(chr(10), ',')}]") if body else []
 
 
 def _sweep(plan: Plan, kept: list[tuple], dropped: list[str], keep: Path) -> None:

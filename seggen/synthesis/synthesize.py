@@ -103,17 +103,13 @@ class Generators:
     """The loaded models of one run, on `device` (None: this process's default, its own GPU if any)."""
 
     def __init__(self, plan: Plan, device: str | None = None):
-        from seggen.generators.mask2img import Mask2ImgSampler
+        from seggen.generators.pipelines import SegGenMask2ImgPipeline, SegGenText2MaskPipeline
         from seggen.synthesis.filters import load_filter
 
         cfg = plan.params.synthesize
         kw = {"device": device, "precision": cfg.precision, "compile": cfg.compile}
-        self.t2m = None
-        if plan.strategy == "masksyn":
-            from seggen.generators.text2mask import Text2MaskSampler
-
-            self.t2m = Text2MaskSampler(cfg.text2mask, **kw)
-        self.m2i = Mask2ImgSampler(cfg.mask2img, style_swap=cfg.style_swap, **kw)
+        self.t2m = SegGenText2MaskPipeline.from_model_dir(cfg.text2mask, **kw) if plan.strategy == "masksyn" else None
+        self.m2i = SegGenMask2ImgPipeline.from_model_dir(cfg.mask2img, style_swap=cfg.style_swap, **kw)
         self.filter = load_filter(plan.params, progress=False)
         self.plain = plan.meta.palette().colors
 
@@ -131,25 +127,39 @@ def generators_for(plan: Plan, device: str | None = None) -> Generators:
 
 def _generate_batch(plan: Plan, gens: Generators, batch: list[Job]) -> list[dict]:
     """-> per job: image (HxWx3), labels (HxW), panoptic (ids, segments) or None, at the source size."""
+    from seggen.generators.pipelines import seeded
+
     cfg = plan.params.synthesize
     prompts = [j.prompt for j in batch]
-    image_prompts = [j.image_prompt for j in batch]
-    seeds = [sample_seeds(j.seed) for j in batch]
+    seeds = [sample_seeds(j.seed) for j in batch]  # (Text2Mask's, Mask2Img's) per sample
     r = gens.m2i.resolution
     sizes = [_source_size(plan, j.source) for j in batch]
+
+    def draw(cmaps: np.ndarray) -> np.ndarray:
+        return gens.m2i(
+            cmaps,
+            [j.image_prompt for j in batch],
+            num_inference_steps=cfg.steps,
+            guidance_scale=cfg.mask2img_guidance,
+            generator=seeded(s[1] for s in seeds),
+            solver=cfg.solver,
+            style_swap=cfg.style_swap,
+            output_type="uint8",
+        ).images
+
     out = []
     if plan.strategy == "masksyn":
-        rgb = gens.t2m(prompts, [s[0] for s in seeds], cfg.steps, cfg.text2mask_guidance, cfg.solver)
-        labels, insts = [], []
-        for x in rgb:
-            if gens.t2m.palette.boundary:
-                lab, inst = gens.t2m.decode_instances(x)
-            else:
-                lab, inst = gens.t2m.decode(x), None
-            labels.append(lab.astype(np.uint8))
-            insts.append(inst)
-        cmaps = np.stack([gens.plain[resize_array(lab, (r, r), Image.NEAREST)] for lab in labels])
-        imgs = gens.m2i(cmaps, image_prompts, [s[1] for s in seeds], cfg.steps, cfg.mask2img_guidance, cfg.solver)
+        masks = gens.t2m(
+            prompts,
+            num_inference_steps=cfg.steps,
+            guidance_scale=cfg.text2mask_guidance,
+            generator=seeded(s[0] for s in seeds),
+            solver=cfg.solver,
+            output_type="uint8",
+        )
+        labels = [lab.astype(np.uint8) for lab in masks.labels]
+        insts = list(masks.instances) if masks.instances is not None else [None] * len(batch)
+        imgs = draw(np.stack([gens.plain[resize_array(lab, (r, r), Image.NEAREST)] for lab in labels]))
         for img, lab, inst, size in zip(imgs, labels, insts, sizes):
             lab_o = resize_array(lab, size, Image.NEAREST)
             inst_o = resize_array(inst.astype(np.int32), size, Image.NEAREST) if inst is not None else None
@@ -157,8 +167,7 @@ def _generate_batch(plan: Plan, gens: Generators, batch: list[Job]) -> list[dict
             out.append({"image": resize_array(img, size, Image.BICUBIC), "labels": lab_o, "panoptic": pan})
     else:
         labels = [plan.dataset.load_label(plan.source_index[j.source]).astype(np.uint8) for j in batch]
-        cmaps = np.stack([gens.plain[resize_array(lab, (r, r), Image.NEAREST)] for lab in labels])
-        imgs = gens.m2i(cmaps, image_prompts, [s[1] for s in seeds], cfg.steps, cfg.mask2img_guidance, cfg.solver)
+        imgs = draw(np.stack([gens.plain[resize_array(lab, (r, r), Image.NEAREST)] for lab in labels]))
         for img, lab, size, j in zip(imgs, labels, sizes, batch):
             pan = _source_panoptic(plan, j.source) if plan.panoptic else None
             out.append({"image": resize_array(img, size, Image.BICUBIC), "labels": lab, "panoptic": pan})
