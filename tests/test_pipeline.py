@@ -65,8 +65,11 @@ def test_repro_runs_every_stage_then_nothing(project):
     root = project["root"]
     first = ran(project["first"])
     # every stage, the pre-flight check first (check_models runs on every repro; nothing re-runs because of it)
-    # 13 stages + evaluate@ARM-SPLIT for 2 arms x 4 splits (tuning, tuning_shift, validation, validation_shift)
-    assert sorted(first) == sorted(stage_list(root)) and first[0] == "check_models" and len(first) == 21
+    # 14 stages + evaluate@ARM-SPLIT for 2 arms x 4 splits (tuning, tuning_shift, validation, validation_shift)
+    assert sorted(first) == sorted(stage_list(root)) and first[0] == "check_models" and len(first) == 22
+    plan = json.loads((root / "data" / "plan" / "plan.json").read_text())
+    assert plan["reference"] == "baseline" and plan["split"] == "tuning"
+    assert "## Where synthetic data should go" in (root / "reports" / "report.md").read_text()
     for arm in ("baseline", "seggen"):
         for split in ("validation", "validation_shift"):
             scores = json.loads((root / "reports" / "eval" / arm / split / "scores.json").read_text())
@@ -352,8 +355,8 @@ def test_param_change_reruns_only_segmentation_and_failures_resume(project):
     assert not any(f.startswith(("models/segmenter/seggen/model/", "data/synthetic/imgsyn/")) for f in tracked)
     r = dvc(root, "exp", "run", "-S", "segmenter.train.lr=0.001", env=env)
     must = {s for s in stage_list(root) if s.split("@")[0] in ("check_models", "train_segmenter", "evaluate")}
-    # the report re-runs only if an evaluation's outputs changed (a 4-step model may predict as before)
-    assert must <= set(ran(r)) <= must | {"report"}
+    # the plan and the report re-run only if their inputs changed (a 4-step model may predict as before)
+    assert must <= set(ran(r)) <= must | {"plan_synthesis", "report"}
     shown = json.dumps(json.loads(dvc(root, "exp", "show", "--json", env=env).stdout))
     assert '"lr": 0.001' in shown and '"experiments": [' in shown
     for f in ("data/synthetic/masksyn.metrics.json", "models/text2mask/train_summary.json"):
@@ -469,7 +472,9 @@ def test_prefect_deployment_triggered_through_the_api(project, prefect_server):
         log.close()
     tasks = _api(prefect_server, "/task_runs/filter", {"flow_runs": {"id": {"any_": [run["id"]]}}})
     assert {t["name"] for t in tasks} == {
-        s for s in stage_list(root) if s.split("@")[0] in ("check_models", "train_segmenter", "evaluate", "report")
+        s
+        for s in stage_list(root)
+        if s.split("@")[0] in ("check_models", "train_segmenter", "evaluate", "plan_synthesis", "report")
     }
     assert all(t["state_type"] == "COMPLETED" for t in tasks)
     # the run left the checkout as it was: it is a DVC experiment named after the flow run

@@ -249,6 +249,20 @@ def evaluate(
         typer.echo(line)
 
 
+@app.command("plan_synthesis")
+def plan_synthesis() -> None:
+    """Score the reference arm on a tuning split: per-class weights of the generation budget (plan_synthesis.out)."""
+    from seggen.pipeline import stages
+
+    p = state.params()
+    plan = stages.plan_synthesis(p)
+    weakest = sorted((v, c) for c, v in plan["per_class_iou"].items() if v is not None)[:3]
+    typer.echo(
+        f"{p.plan_synthesis.out / 'plan.json'}: {plan['reference']} on {plan['split']}, mIoU {plan['mIoU']:.1f}; "
+        f"weakest: {', '.join(f'{c} {v:.1f}' for v, c in weakest)}"
+    )
+
+
 @app.command()
 def report() -> None:
     """Every arm on every split side by side: report.out/report.md, summary.json, miou.png."""

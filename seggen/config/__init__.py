@@ -41,7 +41,7 @@ from seggen.config.loading import (
 )
 from seggen.config.schema import AblationParams, Params, ReportParams, TrackingParams
 from seggen.config.segmenter import EvalParams, EvaluateParams, Mask2FormerParams, SegmenterParams, SegTrainParams
-from seggen.config.synthesis import DEFAULT_STYLES, DaskParams, FilterParams, SynthesizeParams
+from seggen.config.synthesis import DEFAULT_STYLES, DaskParams, FilterParams, PlanSynthesisParams, SynthesizeParams
 
 __all__ = [
     "DEFAULT_PARAMS",
@@ -75,6 +75,7 @@ __all__ = [
     "SegTrainParams",
     "SegmenterParams",
     "SplitName",
+    "PlanSynthesisParams",
     "SynthesizeParams",
     "Text2MaskParams",
     "TextEncoderParams",

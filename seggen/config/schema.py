@@ -12,7 +12,7 @@ from seggen.config.base import _ARM_BODY, _ARM_NAME, _VARIANT_BODY, _VARIANT_NAM
 from seggen.config.data import CaptionParams, DataParams
 from seggen.config.generators import Mask2ImgParams, PriorParams, Text2MaskParams, TextEncoderParams
 from seggen.config.segmenter import EvalParams, EvaluateParams, SegmenterParams
-from seggen.config.synthesis import SynthesizeParams
+from seggen.config.synthesis import PlanSynthesisParams, SynthesizeParams
 
 
 class ReportParams(_Section):
@@ -79,6 +79,8 @@ class Params(_Section):
     """The benchmark's generative prior, pretrained on a captioned corpus (stand-in for SD/SDXL)."""
     synthesize: SynthesizeParams = SynthesizeParams()
     """MaskSyn and ImgSyn: how many synthetic pairs, sampled how."""
+    plan_synthesis: PlanSynthesisParams = PlanSynthesisParams()
+    """Where the generation budget should go: the reference segmenter's weak classes on a tuning split."""
     segmenter: SegmenterParams = SegmenterParams()
     """Mask2Former and how it trains on real plus synthetic data."""
     arms: dict[str, dict[str, Any]] = Field(

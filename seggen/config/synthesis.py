@@ -121,3 +121,28 @@ class SynthesizeParams(_Section):
         if any(w < 0 for w in v.values()) or (v and sum(v.values()) <= 0):
             raise ValueError("style weights must be >= 0 and not all 0")
         return v
+
+
+class PlanSynthesisParams(_Section):
+    """The plan_synthesis stage: the reference arm's segmenter scored on a tuning split that no
+    reported number reads; its per-class IoU says where synthetic data should go (docs/synthesis.md)."""
+
+    reference: str = "baseline"
+    """The arm whose segmenter is scored (trained on real data only): arms_root/REFERENCE/model."""
+    split: SplitName = "tuning"
+    """The split it is scored on: a tuning split (never validation or validation_shift, which the results report)."""
+    sharpness: float = Field(1.0, gt=0, le=8)
+    """Class weight = max(1 - IoU, floor) ** sharpness, normalised to mean 1: larger puts more of the budget on the
+    weakest classes
+    """
+    floor: float = Field(0.05, ge=0, le=1)
+    """The smallest (1 - IoU) a class weighs with: a class the segmenter gets right still gets some data."""
+    out: SafePath = Path("data/plan")
+    """Where the plan goes: plan.json (class and source weights, class losses) and plan.png."""
+
+    @field_validator("split")
+    @classmethod
+    def _not_reported(cls, v: str) -> str:
+        if v.startswith("validation"):
+            raise ValueError(f"{v!r} is reported in the results: plan on a tuning split (tuning, tuning_shift)")
+        return v

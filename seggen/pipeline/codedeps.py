@@ -34,6 +34,7 @@ ENTRIES: dict[str, tuple[str, ...]] = {
     "synthesize": ("seggen.pipeline.stages:synthesize",),
     "train_segmenter": ("seggen.pipeline.stages:train_segmenter",),
     "evaluate": ("seggen.pipeline.stages:evaluate",),
+    "plan_synthesis": ("seggen.pipeline.stages:plan_synthesis",),
     "report": ("seggen.pipeline.stages:report",),
     # the ablation's generator variants (ablation/dvc.yaml): the same stages
     "prepare_corpus_variant": ("seggen.pipeline.stages:prepare_corpus",),

@@ -292,6 +292,23 @@ def evaluate(
     return metrics
 
 
+def plan_synthesis(params: Params) -> dict:
+    """The reference arm scored on the planning split -> where the generation budget should go."""
+    from seggen.synthesis.targeting import plan_synthesis as run
+
+    cfg = params.plan_synthesis
+    with tracking.stage_run("plan_synthesis", _sections(params, "plan_synthesis", "evaluate")) as mlrun:
+        mlrun.log_dataset(params.data.root, "real", "planning", cfg.split)
+        plan = run(params)
+        mlrun.log_metrics({"mIoU": plan["mIoU"]}, prefix=f"{cfg.split}/")
+        mlrun.log_metrics({k: v for k, v in plan["per_class_iou"].items() if v is not None}, prefix=f"{cfg.split}/iou/")
+        mlrun.log_metrics(plan["class_weights"], prefix="weight/")
+        for f in ("plan.json", "plan.png"):
+            mlrun.log_artifact(Path(cfg.out) / f, "plan")
+        mlrun.set_tags({"plan.reference": cfg.reference, "plan.model": plan["model"]})
+    return plan
+
+
 def report(params: Params) -> dict:
     from seggen.reporting.report import build_report
     from seggen.reporting.results import build_results
@@ -303,7 +320,15 @@ def report(params: Params) -> dict:
         for arm, splits in summary["arms"].items():
             for split, s in splits.items():
                 mlrun.log_metrics(s, prefix=f"{arm}/{split}/")
-        for f in ("report.md", "summary.json", "miou.png", "domains.png", "styles.png", "synthetic_vs_shifted.png"):
+        for f in (
+            "report.md",
+            "summary.json",
+            "miou.png",
+            "domains.png",
+            "styles.png",
+            "synthetic_vs_shifted.png",
+            "plan.png",
+        ):
             mlrun.log_artifact(out / f)
         split = decision_split(params)  # in-domain: the tuning split where there is one
         in_domain = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -152,6 +153,7 @@ def build_report(params: Params) -> dict:
         "styles.png",
         "synthetic_vs_shifted.png",
         "corpus.png",
+        "plan.png",
     ):
         check_file(Path(params.report.out) / name, "report.out")
     arms = collect(params)  # every arm's scores.json on every split
@@ -281,6 +283,7 @@ def build_report(params: Params) -> dict:
     for caption, path in prior_pictures(params, out):
         rel = os.path.relpath(path, out)
         lines += [f"**{caption}**", "", f"![{caption.split(' (')[0]}]({Path(rel).as_posix()})", ""]
+    lines += plan_section(params, out)
     write_text(out / "report.md", "\n".join(lines))
     # a split of drawn domains shows its headline, the mean over domains (error bar: their std)
     miou = {a: [arms[a][s].get("mIoU_domain_mean", arms[a][s]["mIoU"]) for s in splits] for a in arms}
@@ -296,3 +299,35 @@ def build_report(params: Params) -> dict:
             rotate=True,
         )
     return summary
+
+
+def plan_section(params: Params, out: Path) -> list[str]:
+    """The plan_synthesis stage's plan: its chart copied to out/plan.png (data/ is not tracked by git)
+    and the reference's weakest classes on the planning split; without a plan, a picture saying so."""
+    from seggen.io import atomic_path
+    from seggen.reporting.charts import note_picture
+
+    if params.ablation is not None:  # the ablation has no plan stage (its arms are many)
+        return []
+    cfg = params.plan_synthesis
+    plan_json, chart = Path(cfg.out) / "plan.json", Path(cfg.out) / "plan.png"
+    if not (plan_json.exists() and chart.exists()):
+        note_picture(out / "plan.png", "no synthesis plan: run plan_synthesis")
+        return []
+    plan = json.loads(plan_json.read_text())
+    with atomic_path(out / "plan.png", suffix=".png") as tmp:
+        tmp.write_bytes(chart.read_bytes())
+    iou = sorted((v, c) for c, v in plan["per_class_iou"].items() if v is not None)
+    total = sum(plan["class_weights"].values())
+    weakest = ", ".join(
+        f"{c} (IoU {v:.1f}, {100 * plan['class_weights'][c] / total:.0f} % of the budget)" for v, c in iou[:3]
+    )
+    return [
+        "## Where synthetic data should go",
+        "",
+        f"`{plan['reference']}` on `{plan['split']}` (a split no reported number reads), mIoU {plan['mIoU']:.1f}:",
+        f"its weakest classes are {weakest}. Synthesis does not read the plan yet.",
+        "",
+        "![the reference's IoU and the plan's share of the budget per class](plan.png)",
+        "",
+    ]

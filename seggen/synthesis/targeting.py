@@ -1,0 +1,134 @@
+"""Where the generation budget goes: the reference segmenter's failures on a tuning split (the
+plan_synthesis stage).
+
+The reference arm's segmenter (trained on real data only) is scored on a split that no reported
+number reads: the bundled benchmark's `tuning` split, rendered with its own seeds (for real data, a
+held-out fold of the training split). What it gets wrong becomes the plan:
+
+- class weights: w_c = max(1 - IoU_c, floor) ** sharpness, normalised to mean 1 over the classes
+  the split shows (a class it does not show weighs 1: nothing is known of it);
+- source weights: per training image, the mean weight of the classes its caption names (the
+  captions Text2Mask was trained on), normalised to mean 1: how often MaskSyn should draw its
+  caption and ImgSyn repeat its mask (FreeMask's hardness-aware resampling, by class);
+- class losses: the reference's mean per-pixel cross-entropy on each class's real pixels of the
+  split, what a pixel filter compares a synthetic pixel's loss with.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from seggen.config import Params
+from seggen.errors import DataError
+
+
+def class_weights(iou: dict[str, float | None], sharpness: float, floor: float) -> dict[str, float]:
+    """Per-class IoU (percent; None: the split does not show the class) -> weights of mean 1 over
+    the shown classes, larger for weaker ones; unshown classes weigh 1."""
+    raw = {c: max(1.0 - v / 100.0, floor) ** sharpness for c, v in iou.items() if v is not None}
+    mean = float(np.mean(list(raw.values()))) if raw else 0.0
+    return {c: (raw[c] / mean if mean > 0 else 1.0) if c in raw else 1.0 for c in iou}
+
+
+def source_weights(classes_of: dict[str, list[str]], weights: dict[str, float]) -> dict[str, float]:
+    """Per source image, the mean weight of the classes its caption names (1 for none), normalised
+    to mean 1 over the sources."""
+    raw = {s: float(np.mean([weights.get(c, 1.0) for c in cs])) if cs else 1.0 for s, cs in classes_of.items()}
+    mean = float(np.mean(list(raw.values()))) if raw else 1.0
+    return {s: raw[s] / mean for s in sorted(raw)}
+
+
+@torch.no_grad()
+def score(params: Params, model_dir: Path, split: str, progress: bool = True) -> dict:
+    """The segmenter on every image of `split` (as `seggen evaluate` predicts and scores it) ->
+    {"mIoU", "per_class_iou", "class_loss", "num_images"}. class_loss: mean -log p(true class) over
+    the class's labelled pixels, p the Mask2Former semantic probabilities (class x mask, normalised)."""
+    from seggen.data.images import load_label_png, load_rgb
+    from seggen.data.meta import label_mismatch
+    from seggen.metrics.semantic import SemanticAccumulator
+    from seggen.segmenter.evaluate import eval_set, infer, semantic_from
+    from seggen.segmenter.model import load_model
+
+    model, _ = load_model(model_dir)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    with tempfile.TemporaryDirectory(prefix="seggen_plan_") as tmp:  # COCO's semantic ground truth goes here
+        es = eval_set(params, split, None, Path(tmp), progress)
+        names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        differ = label_mismatch(names, es.names)
+        if differ:
+            raise DataError(f"{model_dir}: its classes are not those of {es.root}: {differ}")
+        n_cls, ev = len(names), params.eval
+        acc = SemanticAccumulator(n_cls, ev.ignore_index, ev.reduce_zero_label)
+        loss_sum, pixels = np.zeros(n_cls), np.zeros(n_cls)
+        n, bs = len(es.stems), 16
+        bar = tqdm(total=n, desc=f"plan_synthesis {split}", unit="img", disable=not progress, dynamic_ncols=True)
+        for b in range(0, n, bs):
+            idx = range(b, min(n, b + bs))
+            cls, masks = infer(model, [load_rgb(es.image_paths[i]) for i in idx], params.evaluate.size, device)
+            for j, i in enumerate(idx):
+                gt = load_label_png(es.label_paths[i])
+                acc.add(semantic_from(cls[j], masks[j]), gt, es.stems[i])
+                # labels 1..N are the classes (0 and the ignore index are not scored)
+                valid = torch.from_numpy((gt > 0) & (gt <= n_cls))
+                target = torch.from_numpy(gt.astype(np.int64) - 1).clamp(0, n_cls - 1)
+                prob = torch.einsum("qc,qhw->chw", cls[j][:, :-1], masks[j])
+                prob = prob / prob.sum(0, keepdim=True).clamp_min(1e-12)
+                nll = -prob.gather(0, target[None])[0].clamp_min(1e-12).log()
+                t = target[valid].numpy()
+                loss_sum += np.bincount(t, weights=nll[valid].double().numpy(), minlength=n_cls)
+                pixels += np.bincount(t, minlength=n_cls)
+            bar.update(len(idx))
+        bar.close()
+    m = acc.metrics(names)
+    loss = {c: (float(loss_sum[k] / pixels[k]) if pixels[k] else None) for k, c in enumerate(names)}
+    return {"mIoU": m["mIoU"], "per_class_iou": m["per_class_iou"], "class_loss": loss, "num_images": n}
+
+
+def plan_synthesis(params: Params, progress: bool = True) -> dict:
+    """Score the reference arm on the planning split and write plan_synthesis.out: plan.json and
+    plan.png (per class: the reference's IoU and the share of the budget the plan gives it)."""
+    from seggen.data.captions import read_captions
+    from seggen.io import atomic_dir, check_dir, digest_tree, write_json
+    from seggen.reporting.charts import grouped_bars
+
+    cfg = params.plan_synthesis
+    if cfg.reference not in params.arms:
+        raise DataError(f"plan_synthesis.reference: {cfg.reference!r} is not an arm (arms: {', '.join(params.arms)})")
+    model_dir = Path(params.arms_root) / cfg.reference / "model"
+    if not model_dir.is_dir():
+        raise DataError(f"{model_dir}: not found; train the reference arm first (train_segmenter@{cfg.reference})")
+    out = check_dir(cfg.out, "plan_synthesis.out")  # before any compute
+    scored = score(params, model_dir, cfg.split, progress)
+    weights = class_weights(scored["per_class_iou"], cfg.sharpness, cfg.floor)
+    captions = read_captions(params.caption.out)
+    plan = {
+        "reference": cfg.reference,
+        "model": digest_tree(model_dir),
+        "split": cfg.split,
+        "num_images": scored["num_images"],
+        "mIoU": scored["mIoU"],
+        "per_class_iou": scored["per_class_iou"],
+        "class_weights": weights,
+        "class_loss": scored["class_loss"],
+        "source_weights": source_weights({i: list(r.classes) for i, r in captions.items()}, weights),
+    }
+    names = list(weights)
+    total = sum(weights.values())
+    with atomic_dir(out, "plan_synthesis", "plan_synthesis.out") as tmp:
+        write_json(tmp / "plan.json", plan)
+        iou = [v if v is not None and not math.isnan(v) else None for v in scored["per_class_iou"].values()]
+        grouped_bars(
+            names,
+            {f"IoU on {cfg.split} (%)": iou, "share of the budget (%)": [100 * weights[c] / total for c in names]},
+            tmp / "plan.png",
+            "%",
+            rotate=len(names) > 12,
+        )
+    return plan

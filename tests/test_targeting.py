@@ -1,0 +1,93 @@
+"""plan_synthesis: the reference segmenter scored on a tuning split, its weak classes weighted up."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+from seggen.config import load_params
+from seggen.data.captions import caption_dataset
+from seggen.synthesis.targeting import class_weights, source_weights
+
+
+def test_weaker_classes_weigh_more_and_the_weights_average_one():
+    iou = {"sky": 99.0, "road": 80.0, "car": 40.0, "boat": 5.0, "cow": None}
+    w = class_weights(iou, sharpness=1.0, floor=0.05)
+    assert w["sky"] < w["road"] < w["car"] < w["boat"] and w["cow"] == 1.0  # not shown: nothing known
+    assert np.isclose(np.mean([w[c] for c in ("sky", "road", "car", "boat")]), 1.0)
+    assert np.isclose(w["sky"] / w["boat"], 0.05 / 0.95)  # the floor, not 1 - 0.99
+    sharp = class_weights(iou, sharpness=2.0, floor=0.05)
+    assert sharp["boat"] / sharp["car"] > w["boat"] / w["car"]
+    src = source_weights({"a": ["sky"], "b": ["boat", "car"], "c": []}, w)
+    assert src["b"] > src["c"] > src["a"] and np.isclose(np.mean(list(src.values())), 1.0)
+
+
+def test_the_plan_never_reads_a_reported_split(tmp_path):
+    for split in ("validation", "validation_shift"):
+        r = subprocess.run(
+            [sys.executable, "-m", "seggen.cli", "--set", f"plan_synthesis.split={split}", "plan_synthesis"],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+        )
+        assert r.returncode == 2 and "plan_synthesis.split" in r.stderr and "tuning" in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_the_plan_scores_the_reference_arm_on_the_tuning_split(small_benchmark, tmp_path):
+    from helpers import TINY_SEG_MODEL
+    from seggen.pipeline import stages
+    from seggen.segmenter.evaluate import evaluate
+    from seggen.segmenter.train import train_segmenter
+
+    caption_dataset(small_benchmark, "training", tmp_path / "captions.jsonl", progress=False)
+    doc = {
+        "data": {"root": str(small_benchmark)},
+        "caption": {"out": str(tmp_path / "captions.jsonl")},
+        "arms_root": str(tmp_path / "arms"),
+        "segmenter": {
+            "out": str(tmp_path / "arms" / "baseline"),
+            "model": TINY_SEG_MODEL,
+            "train": {"steps": 4, "batch_size": 4, "crop": 32, "threads": 1},
+        },
+        "plan_synthesis": {"out": str(tmp_path / "plan")},
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(doc))
+    p = load_params(tmp_path / "params.yaml")
+    train_segmenter(p, progress=False)
+    plan = stages.plan_synthesis(p)
+    assert plan["split"] == "tuning" and plan["reference"] == "baseline" and plan["num_images"] == 4
+    # the same per-class IoU as `seggen evaluate` on that split
+    metrics = evaluate(p, tmp_path / "arms" / "baseline" / "model", "tuning", tmp_path / "eval", progress=False)
+    assert plan["per_class_iou"] == metrics["semantic"]["per_class_iou"]
+    assert plan["mIoU"] == metrics["semantic"]["mIoU"]
+    shown = [c for c, v in plan["per_class_iou"].items() if v is not None]
+    order = sorted(shown, key=lambda c: plan["per_class_iou"][c])
+    assert plan["class_weights"][order[0]] >= plan["class_weights"][order[-1]]
+    assert all(v is None or v >= 0 for v in plan["class_loss"].values())
+    assert set(plan["source_weights"]) == set(json.loads(line)["id"] for line in open(tmp_path / "captions.jsonl"))
+    assert (tmp_path / "plan" / "plan.png").stat().st_size > 0
+    assert json.loads((tmp_path / "plan" / "plan.json").read_text()) == plan
+    # the same params, the same plan
+    again = stages.plan_synthesis(p)
+    assert again == plan
+
+
+@pytest.mark.parametrize("missing", ["arm", "model"])
+def test_a_missing_reference_is_one_error(missing, small_benchmark, tmp_path):
+    doc = {"data": {"root": str(small_benchmark)}, "arms_root": str(tmp_path / "arms")}
+    if missing == "arm":
+        doc["plan_synthesis"] = {"reference": "nosuch"}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(doc))
+    r = subprocess.run(
+        [sys.executable, "-m", "seggen.cli", "--params", str(tmp_path / "params.yaml"), "plan_synthesis"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert ("is not an arm" if missing == "arm" else "train the reference arm first") in r.stderr
+    assert not (tmp_path / "data" / "plan").exists()
