@@ -76,6 +76,29 @@ def test_the_plan_scores_the_reference_arm_on_the_tuning_split(small_benchmark, 
     assert again == plan
 
 
+def test_data_without_the_planning_split_gets_an_even_plan_that_says_why(small_benchmark, tmp_path):
+    from seggen.synthesis.targeting import plan_synthesis
+
+    caption_dataset(small_benchmark, "training", tmp_path / "captions.jsonl", progress=False)
+    model = tmp_path / "arms" / "baseline" / "model"
+    model.mkdir(parents=True)
+    names = ["sky", "road", "car"]
+    (model / "config.json").write_text(
+        json.dumps({"model_type": "mask2former", "id2label": {str(i): n for i, n in enumerate(names)}})
+    )
+    doc = {
+        "data": {"root": str(small_benchmark)},
+        "caption": {"out": str(tmp_path / "captions.jsonl")},
+        "arms_root": str(tmp_path / "arms"),
+        "plan_synthesis": {"out": str(tmp_path / "plan"), "split": "heldout"},  # as real ADE20K: no such split
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(doc))
+    plan = plan_synthesis(load_params(tmp_path / "params.yaml"), progress=False)
+    assert "has no split 'heldout'" in plan["skipped"] and plan["mIoU"] is None
+    assert plan["class_weights"] == dict.fromkeys(names, 1.0) and set(plan["source_weights"].values()) == {1.0}
+    assert (tmp_path / "plan" / "plan.png").stat().st_size > 0
+
+
 @pytest.mark.parametrize("missing", ["arm", "model"])
 def test_a_missing_reference_is_one_error(missing, small_benchmark, tmp_path):
     doc = {"data": {"root": str(small_benchmark)}, "arms_root": str(tmp_path / "arms")}

@@ -256,6 +256,9 @@ def plan_synthesis() -> None:
 
     p = state.params()
     plan = stages.plan_synthesis(p)
+    if plan["skipped"]:
+        typer.echo(f"{p.plan_synthesis.out / 'plan.json'}: an even plan ({plan['skipped']})")
+        return
     weakest = sorted((v, c) for c, v in plan["per_class_iou"].items() if v is not None)[:3]
     typer.echo(
         f"{p.plan_synthesis.out / 'plan.json'}: {plan['reference']} on {plan['split']}, mIoU {plan['mIoU']:.1f}; "

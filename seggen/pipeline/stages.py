@@ -300,7 +300,8 @@ def plan_synthesis(params: Params) -> dict:
     with tracking.stage_run("plan_synthesis", _sections(params, "plan_synthesis", "evaluate")) as mlrun:
         mlrun.log_dataset(params.data.root, "real", "planning", cfg.split)
         plan = run(params)
-        mlrun.log_metrics({"mIoU": plan["mIoU"]}, prefix=f"{cfg.split}/")
+        if plan["mIoU"] is not None:
+            mlrun.log_metrics({"mIoU": plan["mIoU"]}, prefix=f"{cfg.split}/")
         mlrun.log_metrics({k: v for k, v in plan["per_class_iou"].items() if v is not None}, prefix=f"{cfg.split}/iou/")
         mlrun.log_metrics(plan["class_weights"], prefix="weight/")
         for f in ("plan.json", "plan.png"):

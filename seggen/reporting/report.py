@@ -315,6 +315,9 @@ def plan_section(params: Params, out: Path) -> list[str]:
         note_picture(out / "plan.png", "no synthesis plan: run plan_synthesis")
         return []
     plan = json.loads(plan_json.read_text())
+    if plan.get("skipped"):
+        note_picture(out / "plan.png", "no synthesis plan")
+        return ["## Where synthetic data should go", "", f"No plan: {plan['skipped']}.", ""]
     with atomic_path(out / "plan.png", suffix=".png") as tmp:
         tmp.write_bytes(chart.read_bytes())
     iou = sorted((v, c) for c, v in plan["per_class_iou"].items() if v is not None)

@@ -95,8 +95,9 @@ def plan_synthesis(params: Params, progress: bool = True) -> dict:
     """Score the reference arm on the planning split and write plan_synthesis.out: plan.json and
     plan.png (per class: the reference's IoU and the share of the budget the plan gives it)."""
     from seggen.data.captions import read_captions
+    from seggen.data.layout import detect_layout
     from seggen.io import atomic_dir, check_dir, digest_tree, write_json
-    from seggen.reporting.charts import grouped_bars
+    from seggen.reporting.charts import grouped_bars, note_picture
 
     cfg = params.plan_synthesis
     if cfg.reference not in params.arms:
@@ -105,13 +106,25 @@ def plan_synthesis(params: Params, progress: bool = True) -> dict:
     if not model_dir.is_dir():
         raise DataError(f"{model_dir}: not found; train the reference arm first (train_segmenter@{cfg.reference})")
     out = check_dir(cfg.out, "plan_synthesis.out")  # before any compute
-    scored = score(params, model_dir, cfg.split, progress)
+    if detect_layout(params.data.root, cfg.split) is None:
+        # real ADE20K / COCO have no tuning split; scoring a held-out fold of training needs a reference
+        # trained without it: until then, an even plan that says why
+        from transformers import AutoConfig
+
+        labels = AutoConfig.from_pretrained(model_dir).id2label
+        names = [labels[i] for i in sorted(labels)]
+        scored = {"mIoU": None, "per_class_iou": dict.fromkeys(names), "class_loss": dict.fromkeys(names)}
+        scored["num_images"] = 0
+        skipped = f"{params.data.root} has no split {cfg.split!r}: every class and source weighs 1"
+    else:
+        scored, skipped = score(params, model_dir, cfg.split, progress), None
     weights = class_weights(scored["per_class_iou"], cfg.sharpness, cfg.floor)
     captions = read_captions(params.caption.out)
     plan = {
         "reference": cfg.reference,
         "model": digest_tree(model_dir),
         "split": cfg.split,
+        "skipped": skipped,
         "num_images": scored["num_images"],
         "mIoU": scored["mIoU"],
         "per_class_iou": scored["per_class_iou"],
@@ -123,6 +136,9 @@ def plan_synthesis(params: Params, progress: bool = True) -> dict:
     total = sum(weights.values())
     with atomic_dir(out, "plan_synthesis", "plan_synthesis.out") as tmp:
         write_json(tmp / "plan.json", plan)
+        if skipped:
+            note_picture(tmp / "plan.png", f"no plan: {skipped}")
+            return plan
         iou = [v if v is not None and not math.isnan(v) else None for v in scored["per_class_iou"].values()]
         grouped_bars(
             names,
