@@ -8,11 +8,9 @@ also a diffusers pipeline directory (model_index.json names its parts), so that
 loads and samples it. The pixel-space models (the offline default) have no stock pipeline, so their
 model_index.json names these classes through a one-line `seggen_pipeline.py` shim in the directory
 (diffusers' custom-pipeline convention, hence `trust_remote_code=True`; importing the class from
-`seggen.generators.pipelines` and calling its `from_pretrained` needs no remote code). Latent models
-trained from Stable Diffusion / SDXL weights name the stock StableDiffusion(XL)(ControlNet)Pipeline.
-
-They are seggen's one sampler (synthesis, `seggen sample`, training grids, MLflow models, benchmarks
-load them with `from_model_dir`); per-sample noise comes from a `generator` list, one per sample.
+`seggen.generators.pipelines` needs no remote code). Latent models trained from SD / SDXL weights name
+the stock StableDiffusion(XL)(ControlNet)Pipeline. These classes are seggen's one sampler (loaded with
+`from_model_dir` everywhere); per-sample noise comes from a `generator` list, one per sample.
 """
 
 from __future__ import annotations
@@ -321,8 +319,8 @@ class SegGenPriorPipeline(SegGenPipeline):
         return ImagePipelineOutput(images=images) if return_dict else (images,)
 
 
-class SegGenText2MaskPipeline(SegGenPipeline):
-    """Text2Mask: prompts -> colour-map masks and their decoded label maps."""
+class SegGenText2MaskPipeline(SegGenPriorPipeline):
+    """Text2Mask: prompts -> colour-map masks (the prior's loop: its images are colour maps) and labels."""
 
     kind = "text2mask"
 
@@ -362,9 +360,11 @@ class SegGenText2MaskPipeline(SegGenPipeline):
     ):
         """Masks in prompt-major order. `generator`: one per mask for per-sample seeds (`seggen sample
         text2mask` seeds mask k of prompt p with seggen.training.seed_for(seed, "text2mask", "sample", p, k))."""
-        prompts = _prompts(prompt, num_images_per_prompt)
-        rgb = self.generate(
-            prompts, generator, num_inference_steps, guidance_scale, solver, output_type, self._unet_predict
+        self.check_inputs(_prompts(prompt, num_images_per_prompt), generator, solver, output_type)
+        rgb = (
+            super()
+            .__call__(prompt, num_images_per_prompt, num_inference_steps, guidance_scale, generator, solver, "uint8")
+            .images
         )
         decoded = [self.decode_labels(x) for x in rgb]
         labels = np.stack([d[0] for d in decoded])

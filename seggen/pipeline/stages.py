@@ -311,7 +311,7 @@ def plan_synthesis(params: Params) -> dict:
 
 
 def report(params: Params) -> dict:
-    from seggen.reporting.report import build_report
+    from seggen.reporting.report import ARTIFACTS, build_report
     from seggen.reporting.results import build_results
     from seggen.reporting.scores import decision_split
 
@@ -321,15 +321,7 @@ def report(params: Params) -> dict:
         for arm, splits in summary["arms"].items():
             for split, s in splits.items():
                 mlrun.log_metrics(s, prefix=f"{arm}/{split}/")
-        for f in (
-            "report.md",
-            "summary.json",
-            "miou.png",
-            "domains.png",
-            "styles.png",
-            "synthetic_vs_shifted.png",
-            "plan.png",
-        ):
+        for f in ARTIFACTS:
             mlrun.log_artifact(out / f)
         split = decision_split(params)  # in-domain: the tuning split where there is one
         in_domain = {

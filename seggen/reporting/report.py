@@ -141,20 +141,25 @@ def update_readme(path: Path, block: str) -> None:
     write_text(path, head + README_START + "\n" + block + "\n" + README_END + rest.split(README_END, 1)[1])
 
 
+# what build_report writes into report.out (corpus.png: a copy of prepare_corpus's preview, not logged again)
+OUTPUTS = (
+    "report.md",
+    "summary.json",
+    "miou.png",
+    "domains.png",
+    "styles.png",
+    "synthetic_vs_shifted.png",
+    "corpus.png",
+    "plan.png",
+)
+ARTIFACTS = tuple(f for f in OUTPUTS if f != "corpus.png")
+
+
 def build_report(params: Params) -> dict:
     from seggen.io import check_file
     from seggen.reporting.pictures import prior_pictures
 
-    for name in (
-        "report.md",
-        "summary.json",
-        "miou.png",
-        "domains.png",
-        "styles.png",
-        "synthetic_vs_shifted.png",
-        "corpus.png",
-        "plan.png",
-    ):
+    for name in OUTPUTS:
         check_file(Path(params.report.out) / name, "report.out")
     arms = collect(params)  # every arm's scores.json on every split
     base = "baseline" if "baseline" in arms else next(iter(arms))
