@@ -282,6 +282,107 @@ def test_the_solver_is_a_param_of_the_dataset(gens, tmp_path):
     assert a.shape == (2, 16, 16, 3) and (a == b).all() and (a != c).any()
 
 
+def test_a_plan_spends_the_blind_budget_on_the_weak_classes_sources(gens, tmp_path):
+    """synthesize.plan: ImgSyn repeats each source in proportion to its planned weight (the blind
+    budget exactly, by largest remainder); every row says why it was drawn; copy k of a source keeps
+    the blind run's seed; a blind run's rows have no `plan` key."""
+    from seggen.data.captions import read_captions
+    from seggen.synthesis.targeting import allocate, source_weights
+
+    blind_p = load_params(params_file(gens, tmp_path / "blind", imgsyn_per_source=2, max_sources=6))
+    blind = make_plan(blind_p, "imgsyn")
+    ids = list(dict.fromkeys(j.source for j in blind.jobs))
+    caps = read_captions(blind_p.caption.out)
+    names = list(blind.meta.names)
+    weak = next(c for c in names if 0 < sum(c in caps[s].classes for s in ids) < len(ids))  # some sources name it
+    cw = {c: (8.0 if c == weak else 0.5) for c in names}
+    doc = {"class_weights": cw, "source_weights": source_weights({s: caps[s].classes for s in caps}, cw)}
+    (tmp_path / "plan.json").write_text(json.dumps(doc))
+    p = load_params(
+        params_file(gens, tmp_path / "syn", imgsyn_per_source=2, max_sources=6, plan=str(tmp_path / "plan.json"))
+    )
+    plan = make_plan(p, "imgsyn")
+    counts = {s: sum(j.source == s for j in plan.jobs) for s in ids}
+    assert list(counts.values()) == allocate([doc["source_weights"][s] for s in ids], 2 * len(ids))
+    assert sum(counts.values()) == len(blind.jobs) and plan.fingerprint != blind.fingerprint
+    naming = [counts[s] for s in ids if weak in caps[s].classes]
+    assert min(naming) > max(counts[s] for s in ids if weak not in caps[s].classes)
+    seeds = {(j.source, j.k): j.seed for j in blind.jobs}
+    assert all(seeds[(j.source, j.k)] == j.seed for j in plan.jobs if (j.source, j.k) in seeds)
+
+    res = synthesize(p, "imgsyn", progress=False)
+    assert res["plan"] == {
+        "file": str(tmp_path / "plan.json"),
+        "sources": sum(c > 0 for c in counts.values()),
+        "max_copies": max(counts.values()),
+    }
+    for r in read_manifest(tmp_path / "syn" / "imgsyn" / "manifest.jsonl"):
+        assert r.plan.source_weight == doc["source_weights"][r.source_id] and r.plan.round == 1
+        assert r.plan.class_weights == {c: cw[c] for c in caps[r.source_id].classes}
+    synthesize(blind_p, "imgsyn", progress=False)
+    assert '"plan"' not in (tmp_path / "blind" / "imgsyn" / "manifest.jsonl").read_text()
+
+    # a plan of other data: one error naming the file, before any image
+    (tmp_path / "other.json").write_text(json.dumps({**doc, "class_weights": {"cow": 1.0}}))
+    for bad, says in (("other.json", "not those of the data"), ("none.json", "plan file not found")):
+        q = load_params(params_file(gens, tmp_path / "bad", plan=str(tmp_path / bad)))
+        with pytest.raises(DataError, match=f"{bad}: .*{says}"):
+            make_plan(q, "imgsyn")
+
+
+def test_the_plans_reference_segmenter_filters_with_its_own_losses(gens, tmp_path, small_benchmark):
+    """filter.scorer: plan -- the segmenter the plan scored filters the samples; its per-pixel losses are
+    on the scale of the plan's class losses (the same arithmetic: on the planning split they average to
+    them), and a plan whose reference has changed since is refused before any image."""
+    import torch
+    import yaml
+
+    from helpers import TINY_SEG_MODEL
+    from seggen.data.layout import open_split
+    from seggen.segmenter.train import train_segmenter
+    from seggen.synthesis.filters import load_filter
+    from seggen.synthesis.targeting import plan_synthesis
+
+    filt = {"sample": True, "min_miou": 0.0, "pixel": True, "margin": 1.5, "scorer": "plan"}
+    f = params_file(gens, tmp_path / "syn", max_sources=4, plan=str(tmp_path / "plan" / "plan.json"), filter=filt)
+    doc = yaml.safe_load(f.read_text())
+    doc["arms_root"] = str(tmp_path / "arms")
+    doc["segmenter"] = {
+        "out": str(tmp_path / "arms" / "baseline"),
+        "model": TINY_SEG_MODEL,
+        "train": {"steps": 4, "batch_size": 4, "crop": 32, "threads": 1},
+    }
+    doc["plan_synthesis"] = {"out": str(tmp_path / "plan")}
+    f.write_text(yaml.safe_dump(doc))
+    p = load_params(f)
+    train_segmenter(p, progress=False)
+    plan = plan_synthesis(p, progress=False)
+
+    scorer = load_filter(p)
+    tuning = open_split(small_benchmark, "tuning")
+    sums, counts = {}, {}
+    for i in range(len(tuning)):
+        image, labels = tuning[i]
+        _, nll = scorer.model(image, labels)
+        for c in np.unique(labels[labels > 0]):
+            sums[c] = sums.get(c, 0.0) + float(nll[torch.from_numpy(labels == c)].double().sum())
+            counts[c] = counts.get(c, 0) + int((labels == c).sum())
+    names = list(tuning.meta.names)
+    for c in sums:
+        assert np.isclose(sums[c] / counts[c], plan["class_loss"][names[c - 1]], rtol=1e-4)
+
+    res = synthesize(p, "imgsyn", progress=False)
+    rows = read_manifest(tmp_path / "syn" / "imgsyn" / "manifest.jsonl")
+    assert len(rows) == 4 and all(
+        r.scores.sample_miou is not None and r.scores.ignored_fraction is not None for r in rows
+    )
+    assert res["mean_ignored_fraction"] is not None
+
+    (tmp_path / "arms" / "baseline" / "model" / "extra.txt").write_text("retrained")
+    with pytest.raises(DataError, match="plan.json: its reference segmenter is not .* as scored"):
+        make_plan(p, "imgsyn")
+
+
 @pytest.mark.slow
 def test_compiled_networks_draw_what_eager_ones_draw(gens):
     """synthesize.compile: the UNet and ControlNet under torch.compile (inductor: fused kernels, so

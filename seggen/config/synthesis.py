@@ -5,14 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, StrictInt, field_validator
+from pydantic import Field, StrictInt, field_validator, model_validator
 
 from seggen.config.base import MAX_STEPS, SafePath, SplitName, _Section
 
 
 class FilterParams(_Section):
     """Quality filters on synthetic pairs (SegGen has none; FreeMask reports gains from filtering).
-    Both score every sample with a small segmenter trained on the real training split."""
+    Both score every sample with a segmenter: a small one trained on the real training split, or the
+    plan's reference segmenter (the one the synthetic data is meant for)."""
+
+    scorer: Literal["probe", "plan"] = "probe"
+    """Who scores: probe (a small segmenter trained here on the real training split, at `resolution`) or plan (the
+    reference segmenter that synthesize.plan was scored with, at the image's size; its per-class loss on the
+    planning split is the pixel filter's reference)
+    """
 
     sample: bool = False
     """Drop samples whose mIoU (the scoring segmenter on the image vs its mask) is below min_miou."""
@@ -110,10 +117,21 @@ class SynthesizeParams(_Section):
     """With a Mask2Img trained on the prior: run its ControlNet on the prior's base (DGInStyle's style swap) instead of
     the fine-tuned one
     """
+    plan: SafePath | None = None
+    """A plan of the plan_synthesis stage (its plan.json): the same budget, spent by source weight -- MaskSyn draws
+    the captions of the weak classes' sources more often, ImgSyn repeats their masks (docs/synthesis.md#planning);
+    null: every source alike
+    """
     filter: FilterParams = FilterParams()
     """Quality filters on the synthetic pairs."""
     dask: DaskParams = DaskParams()
     """Where the synthesis shards run when dask is used."""
+
+    @model_validator(mode="after")
+    def _scorer_needs_a_plan(self):
+        if self.filter.scorer == "plan" and self.plan is None:
+            raise ValueError("filter.scorer: plan scores with the plan's reference segmenter: set synthesize.plan")
+        return self
 
     @field_validator("styles")
     @classmethod

@@ -192,6 +192,8 @@ def synthesize(
     with tracking.stage_run(name, logged) as mlrun:
         mlrun.log_dataset(params.data.root, "real", "source", cfg.split)
         mlrun.log_dataset(params.caption.out, "captions", "source")
+        if cfg.plan:  # lineage: the plan that spent the budget
+            mlrun.log_dataset(cfg.plan, "plan", "plan")
         if mlrun.run_id:  # hashing real generators reads gigabytes: only for a run that records it
             gens = [cfg.mask2img] + ([cfg.text2mask] if strategy == "masksyn" else [])
             mlrun.set_tags(

@@ -1,4 +1,6 @@
-"""Quality filters for synthetic pairs, scored by a segmenter trained on the real training split.
+"""Quality filters for synthetic pairs, scored by a segmenter: a small probe trained on the real
+training split (filter.scorer: probe), or the plan's reference segmenter, the Mask2Former the
+synthetic data is for (filter.scorer: plan), with its per-class losses on the planning split.
 
 (a) sample level: the segmenter predicts on the synthetic image; the sample is dropped when the
     mIoU of that prediction against the synthetic mask is below `filter.min_miou`.
@@ -13,6 +15,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -43,11 +46,33 @@ def _fingerprint(params: Params) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+class PlanScorer:
+    """The plan's reference Mask2Former as a scorer: labels 1..N and per-pixel -log p(label) at the
+    image's own size, by the arithmetic its class losses on the planning split were computed with."""
+
+    def __init__(self, model_dir: Path, size: int | None, device: str | None):
+        from seggen.segmenter.model import load_model
+
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model, _ = load_model(model_dir)
+        self.model.to(self.device).eval()
+        self.num_classes, self.size = self.model.config.num_labels, size
+
+    @torch.no_grad()
+    def __call__(self, image: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
+        from seggen.segmenter.evaluate import infer
+        from seggen.synthesis.targeting import class_probs, pixel_nll
+
+        cls, masks = infer(self.model, [image], self.size, self.device)
+        prob = class_probs(cls[0], masks[0])
+        return (prob.argmax(0) + 1).numpy(), pixel_nll(prob, labels)
+
+
 @dataclass
 class QualityFilter:
-    model: probe.ProbeSegmenter
-    class_loss: list[float | None]  # mean loss per class 1..N on real training data
-    resolution: int
+    model: probe.ProbeSegmenter | PlanScorer
+    class_loss: list[float | None]  # mean loss per class 1..N on real data
+    resolution: int | None  # the probe's input size (the plan's scorer reads images at their own)
     sample: bool
     min_miou: float
     pixel: bool
@@ -55,6 +80,10 @@ class QualityFilter:
 
     def score(self, image: np.ndarray, labels: np.ndarray) -> tuple[float | None, np.ndarray | None]:
         """-> (sample mIoU in percent or None, ignore mask at labels' size or None)."""
+        if isinstance(self.model, PlanScorer):
+            pred, loss = self.model(image, labels)
+            miou = image_miou(pred, labels.astype(np.int64), self.model.num_classes) if self.sample else None
+            return miou, (self._bad(loss, torch.from_numpy(labels.astype(np.int64))).numpy() if self.pixel else None)
         r = self.resolution
         h, w = labels.shape
         x = probe.to_tensor(np.asarray(Image.fromarray(image).resize((r, r), Image.BOX)))[None]
@@ -67,13 +96,18 @@ class QualityFilter:
             miou = image_miou(pred, y[0].numpy(), self.model.num_classes)
         ignore = None
         if self.pixel:
-            loss = probe.pixel_losses(self.model, x, y)[0]
-            ref = torch.tensor([0.0] + [v if v is not None else float("inf") for v in self.class_loss])
-            bad = (loss > self.margin * ref[y[0]]) & (y[0] > 0)
+            bad = self._bad(probe.pixel_losses(self.model, x, y)[0], y[0])
             ignore = np.asarray(Image.fromarray(bad.numpy().astype(np.uint8)).resize((w, h), Image.NEAREST)).astype(
                 bool
             )
         return miou, ignore
+
+    def _bad(self, loss: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Labelled pixels whose loss exceeds margin x their class's mean loss on real data (a class
+        without real pixels is never filtered; labels past the classes neither)."""
+        ref = torch.tensor([0.0] + [v if v is not None else float("inf") for v in self.class_loss])
+        y = torch.where(y < len(ref), y, torch.zeros_like(y))
+        return (loss > self.margin * ref[y]) & (y > 0)
 
 
 def image_miou(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> float | None:
@@ -90,12 +124,17 @@ def image_miou(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> float | No
     return float(100 * np.mean(inter[present] / union[present]))
 
 
-def load_filter(params: Params, progress: bool = True) -> QualityFilter | None:
-    """The filter segmenter for these params: trained on the real training split on first use and
-    kept in `filter.out` (reused while its params are unchanged). None when both filters are off."""
+def load_filter(params: Params, progress: bool = True, device: str | None = None) -> QualityFilter | None:
+    """The filters' scorer for these params: the plan's reference segmenter (filter.scorer: plan, on
+    `device`), or the probe, trained on the real training split on first use and kept in `filter.out`
+    (reused while its params are unchanged). None when both filters are off."""
     f = params.synthesize.filter
     if not (f.sample or f.pixel):
         return None
+    if f.scorer == "plan":
+        model_dir, losses = plan_scorer(params)
+        scorer = PlanScorer(model_dir, params.evaluate.size, device)
+        return QualityFilter(scorer, losses, None, f.sample, f.min_miou, f.pixel, f.margin)
     out = check_dir(f.out, "synthesize.filter.out")
     fp = _fingerprint(params)
     info = None
@@ -126,3 +165,23 @@ def load_filter(params: Params, progress: bool = True) -> QualityFilter | None:
             model.save(tmp, {"fingerprint": fp, "resolution": f.resolution, "class_mean_loss": losses})
     model, info = probe.ProbeSegmenter.load(out)
     return QualityFilter(model, info["class_mean_loss"], info["resolution"], f.sample, f.min_miou, f.pixel, f.margin)
+
+
+def plan_scorer(params: Params) -> tuple[Path, list[float | None]]:
+    """The plan's reference segmenter (arms_root/REFERENCE/model, the very model the plan scored: its
+    digest is checked) and its class losses on the planning split, in class order."""
+    from seggen.data.layout import open_split
+    from seggen.errors import DataError
+    from seggen.io import digest_tree
+    from seggen.synthesis.targeting import read_plan
+
+    names = list(open_split(params.data.root, params.synthesize.split).meta.names)
+    path = Path(params.synthesize.plan)
+    plan = read_plan(path, names)
+    model_dir = Path(params.arms_root) / str(plan.get("reference")) / "model"
+    if not model_dir.is_dir() or digest_tree(model_dir) != plan.get("model"):
+        raise DataError(
+            f"{path}: its reference segmenter is not {model_dir} as scored (re-run `seggen plan_synthesis`)"
+            " (synthesize.filter.scorer: plan)"
+        )
+    return model_dir, [plan["class_loss"].get(c) for c in names]

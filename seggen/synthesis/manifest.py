@@ -17,6 +17,16 @@ class Scores(BaseModel):
     ignored_fraction: float | None = Field(None, ge=0, le=1)  # filter (b): share of labelled pixels set to ignore
 
 
+class Why(BaseModel):
+    """Why a planned sample was drawn (synthesize.plan): its source's weight, and the weights of the
+    classes the source's caption names, from the plan of round `round`."""
+
+    model_config = ConfigDict(extra="forbid")
+    source_weight: float = Field(ge=0)
+    class_weights: dict[str, float]
+    round: int = Field(ge=1)
+
+
 class ManifestRow(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: str
@@ -33,6 +43,11 @@ class ManifestRow(BaseModel):
     drop_reason: str | None = None
     width: int = Field(ge=1)
     height: int = Field(ge=1)
+    plan: Why | None = None  # planned runs only (absent from a blind run's rows)
+
+    def line(self) -> str:
+        """The row as a manifest line (a blind row has no `plan` key)."""
+        return self.model_dump_json(exclude={"plan"} if self.plan is None else None)
 
 
 def read_manifest(path: str | Path) -> list[ManifestRow]:

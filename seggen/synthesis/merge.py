@@ -30,7 +30,7 @@ def merge_dataset(plan: Plan) -> dict:
     per sample (and, for a panoptic layout, the segments its JSON needs)."""
     cfg = plan.params.synthesize
     split, fmt = cfg.split, cfg.image_format
-    diversity = plan.strategy == "imgsyn" and cfg.imgsyn_per_source >= 2
+    diversity = plan.strategy == "imgsyn" and plan.copies >= 2
     kept, dropped, first = [], [], []  # (id, height, width) of kept samples; ids of dropped; the grid's rows
     segments: list = []
     spreads = Spreads()
@@ -107,6 +107,9 @@ def merge_dataset(plan: Plan) -> dict:
     if diversity:
         summary["diversity"] = spreads.result(plan.params.data.root, split)
     summary["styles"] = _count(styles)
+    if cfg.plan:  # how the plan spent the budget: sources drawn, and the most copies of one
+        drawn = {j.source for j in plan.jobs}
+        summary["plan"] = {"file": str(cfg.plan), "sources": len(drawn), "max_copies": plan.copies}
     _write_grid(plan, first)
     write_json(plan.out / "summary.json", summary)
     write_metrics(plan.out, summary)

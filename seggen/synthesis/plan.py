@@ -36,6 +36,7 @@ class Job:
     id: str
     seed: int
     style: str | None = None  # the style phrase drawn from synthesize.styles (or the model's caption style)
+    why: dict | None = None  # with synthesize.plan: the source's weight and its classes' (the manifest's `plan`)
 
     @property
     def image_prompt(self) -> str:
@@ -55,6 +56,7 @@ class Plan:
     generators: dict[str, str]  # kind -> model directory digest
     fingerprint: str
     source_index: dict[str, int] = field(default_factory=dict)  # source id -> dataset index
+    copies: int = 1  # the most samples of one source (ImgSyn's diversity needs 2)
 
     @property
     def layout(self):
@@ -147,8 +149,13 @@ def make_plan(params: Params, strategy: str, digests: dict[str, str] | None = No
         raise DataError(f"--strategy {strategy}: expected one of {', '.join(STRATEGIES)}")
     cfg = params.synthesize
     check_dir(Path(cfg.out) / strategy, "synthesize.out")  # never cleared unless seggen wrote it
+    scorer = None
     if cfg.filter.sample or cfg.filter.pixel:
         check_dir(cfg.filter.out, "synthesize.filter.out")
+        if cfg.filter.scorer == "plan":  # the plan's reference segmenter, checked before any image
+            from seggen.synthesis.filters import plan_scorer
+
+            scorer = plan_scorer(params)[0]
     root = Path(params.data.root)
     ds = open_split(root, cfg.split)
     meta = ds.meta
@@ -176,38 +183,56 @@ def make_plan(params: Params, strategy: str, digests: dict[str, str] | None = No
         raise DataError(f"{caps_path}: no caption for {len(missing)} source image(s) of {cfg.split}, e.g. {missing[0]}")
 
     per = cfg.masksyn_per_source if strategy == "masksyn" else cfg.imgsyn_per_source
+    counts, why, planned = {s: per for s in ids}, {}, None
+    if cfg.plan:  # the same budget, by source weight: MaskSyn's captions drawn, ImgSyn's masks repeated
+        from seggen.synthesis.targeting import allocate, read_plan
+
+        planned = read_plan(Path(cfg.plan), list(meta.names))
+        w = [float(planned["source_weights"].get(s, 1.0)) for s in ids]
+        counts = dict(zip(ids, allocate(w, per * len(ids))))
+        cw, rnd = planned["class_weights"], int(planned.get("round", 1))
+        for s, ws in zip(ids, w):
+            why[s] = {
+                "source_weight": ws,
+                "class_weights": {c: cw[c] for c in caps[s].classes if c in cw},
+                "round": rnd,
+            }
     m2i_info = read_model_meta(Path(cfg.mask2img), "mask2img")
     jobs = []
     for s in ids:
-        for k in range(per):
+        for k in range(counts[s]):  # copy k of a source has the same seed, planned or not
             seed = seed_for(params.seed, strategy, s, k)
             style = draw_style(cfg.styles, seed) or m2i_info.get("caption_style")
-            jobs.append(Job(len(jobs), s, k, caps[s].caption, f"{strategy}_{s}_{k:03d}", seed, style))
+            jobs.append(Job(len(jobs), s, k, caps[s].caption, f"{strategy}_{s}_{k:03d}", seed, style, why.get(s)))
     batches = [jobs[i : i + cfg.batch_size] for i in range(0, len(jobs), cfg.batch_size)]
 
     if ds.has_panoptic and strategy == "imgsyn":
         ds.segments(0)  # indexes the source's panoptic annotation: a missing one is named here
 
-    where = {"out", "threads", "workers", "devices", "dask", "text2mask", "mask2img"}  # not what is drawn
+    where = {"out", "threads", "workers", "devices", "dask", "text2mask", "mask2img", "plan"}  # not what is drawn
     # compile and solver enter the fingerprint only where they are not the default
     unset = ({"compile"} if not cfg.compile else set()) | ({"solver"} if cfg.solver == "dpmsolver++" else set())
     identity = cfg.model_dump(mode="json", exclude=where | unset)
     identity["filter"].pop("out")
+    if identity["filter"]["scorer"] == "probe":  # the default: absent, as before there was a choice
+        identity["filter"].pop("scorer")
 
     device = torch.device("cuda" if cfg.devices != "cpu" and torch.cuda.is_available() else "cpu")
     identity["precision"] = str(autocast_dtype(cfg.precision, device))  # what `auto` resolves to here
-    blob = json.dumps(
-        [
-            params.seed,
-            strategy,
-            str(root),
-            params.data.model_dump(mode="json"),
-            identity,
-            generators,
-            [(j.id, j.prompt, j.seed, j.style) for j in jobs],
-        ],
-        sort_keys=True,
-    )
+    what = [
+        params.seed,
+        strategy,
+        str(root),
+        params.data.model_dump(mode="json"),
+        identity,
+        generators,
+        [(j.id, j.prompt, j.seed, j.style) for j in jobs],
+    ]
+    if planned is not None:  # what the rows record of the plan (a blind run's identity is unchanged)
+        what.append([j.why for j in jobs])
+    if scorer is not None:  # the segmenter that filters (checked to be the one the plan scored)
+        what.append(planned["model"])
+    blob = json.dumps(what, sort_keys=True)
     fingerprint = hashlib.sha256(blob.encode()).hexdigest()[:16]
     return Plan(
         params,
@@ -220,6 +245,7 @@ def make_plan(params: Params, strategy: str, digests: dict[str, str] | None = No
         generators,
         fingerprint,
         {s.id: i for i, s in enumerate(ds.samples)},
+        max(counts.values(), default=0),
     )
 
 

@@ -110,7 +110,7 @@ class Generators:
         kw = {"device": device, "precision": cfg.precision, "compile": cfg.compile}
         self.t2m = SegGenText2MaskPipeline.from_model_dir(cfg.text2mask, **kw) if plan.strategy == "masksyn" else None
         self.m2i = SegGenMask2ImgPipeline.from_model_dir(cfg.mask2img, style_swap=cfg.style_swap, **kw)
-        self.filter = load_filter(plan.params, progress=False)
+        self.filter = load_filter(plan.params, progress=False, device=device)
         self.plain = plan.meta.palette().colors
 
 
@@ -228,14 +228,15 @@ def _write(plan: Plan, job: Job, sample: dict) -> tuple[str, dict]:
         drop_reason=sample["reason"],
         width=w,
         height=h,
+        plan=job.why,
     )
     extra: dict = {"segments": pan[1] if (kept and pan is not None) else None}
-    if kept and plan.strategy == "imgsyn" and plan.params.synthesize.imgsyn_per_source >= 2:
+    if kept and plan.strategy == "imgsyn" and plan.copies >= 2:
         from seggen.synthesis.diversity import class_colours
 
         colours = class_colours(image, labels, len(plan.meta.names))
         extra["colours"] = {str(c): v.tolist() for c, v in colours.items()}
-    return row.model_dump_json(), extra
+    return row.line(), extra
 
 
 def _write_image(fmt: str):
@@ -379,7 +380,8 @@ def synthesize(
     if n == 1 or prepare_output(plan):
         return run_shard(params, strategy, 0, 1, progress, plan=plan, device=f"cuda:{gpus[0]}" if gpus else "cpu")
 
-    load_filter(params, progress)  # trained once here, not by every worker
+    if cfg.filter.scorer == "probe":
+        load_filter(params, progress)  # trained once here, not by every worker
     threads = cfg.threads or max(1, (os.cpu_count() or 1) // n)
     p = params.model_copy(update={"synthesize": cfg.model_copy(update={"threads": threads})})
     bar = tqdm(

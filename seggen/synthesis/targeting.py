@@ -44,6 +44,54 @@ def source_weights(classes_of: dict[str, list[str]], weights: dict[str, float]) 
     return {s: raw[s] / mean for s in sorted(raw)}
 
 
+def allocate(weights: list[float], total: int) -> list[int]:
+    """`total` copies shared in proportion to `weights` by largest remainder (each item gets the floor
+    of its exact share, the items with the largest remainders one more, ties to the earlier item):
+    the blind budget exactly, every item within one copy of its share."""
+    w = np.asarray(weights, np.float64)
+    if not len(w):
+        return []
+    share = total * (w / w.sum() if w.sum() > 0 else np.full(len(w), 1 / len(w)))
+    n = np.floor(share).astype(np.int64)
+    n[np.argsort(n - share, kind="stable")[: total - int(n.sum())]] += 1
+    return n.tolist()
+
+
+def read_plan(path: Path, names: list[str]) -> dict:
+    """A plan_synthesis plan.json, checked against the dataset's classes (one error naming the file)."""
+    import json
+
+    from seggen.errors import not_found
+
+    if not path.is_file():
+        raise DataError(f"{not_found(path, 'file', 'plan')} (synthesize.plan; `seggen plan_synthesis` writes one)")
+    try:
+        plan = json.loads(path.read_text())
+        weights, sources = plan["class_weights"], plan["source_weights"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise DataError(f"{path}: not a plan of plan_synthesis ({e})") from None
+    if sorted(weights) != sorted(names):
+        other = sorted(set(weights) ^ set(names))
+        raise DataError(f"{path}: its classes are not those of the data (e.g. {other[0]!r}); plan on this data")
+    if any(not isinstance(v, (int, float)) or v < 0 for v in [*weights.values(), *sources.values()]):
+        raise DataError(f"{path}: weights must be numbers >= 0")
+    return plan
+
+
+def class_probs(cls: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """One image's Mask2Former outputs (Q x (C+1) class probabilities, Q x H x W mask probabilities)
+    -> C x H x W per-pixel class probabilities: sum over queries of p(class) x p(pixel in mask),
+    normalised over the classes (the semantic map `seggen evaluate` takes the argmax of)."""
+    prob = torch.einsum("qc,qhw->chw", cls[:, :-1], masks)
+    return prob / prob.sum(0, keepdim=True).clamp_min(1e-12)
+
+
+def pixel_nll(prob: torch.Tensor, labels: np.ndarray) -> torch.Tensor:
+    """-log p(labelled class) per pixel (labels 1..C; 0 and labels past C score as class 1 or C: mask them)."""
+    target = torch.from_numpy(labels.astype(np.int64) - 1).clamp(0, prob.shape[0] - 1)
+    return -prob.gather(0, target[None])[0].clamp_min(1e-12).log()
+
+
 @torch.no_grad()
 def score(params: Params, model_dir: Path, split: str, progress: bool = True) -> dict:
     """The segmenter on every image of `split` (as `seggen evaluate` predicts and scores it) ->
@@ -77,11 +125,8 @@ def score(params: Params, model_dir: Path, split: str, progress: bool = True) ->
                 acc.add(semantic_from(cls[j], masks[j]), gt, es.stems[i])
                 # labels 1..N are the classes (0 and the ignore index are not scored)
                 valid = torch.from_numpy((gt > 0) & (gt <= n_cls))
-                target = torch.from_numpy(gt.astype(np.int64) - 1).clamp(0, n_cls - 1)
-                prob = torch.einsum("qc,qhw->chw", cls[j][:, :-1], masks[j])
-                prob = prob / prob.sum(0, keepdim=True).clamp_min(1e-12)
-                nll = -prob.gather(0, target[None])[0].clamp_min(1e-12).log()
-                t = target[valid].numpy()
+                nll = pixel_nll(class_probs(cls[j], masks[j]), gt)
+                t = (torch.from_numpy(gt.astype(np.int64)) - 1)[valid].numpy()
                 loss_sum += np.bincount(t, weights=nll[valid].double().numpy(), minlength=n_cls)
                 pixels += np.bincount(t, minlength=n_cls)
             bar.update(len(idx))
