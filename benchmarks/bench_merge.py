@@ -60,7 +60,8 @@ def build(root: Path, rows: int):
     ]
     batches = [jobs[i : i + BATCH] for i in range(0, rows, BATCH)]
     digest = {"mask2img": "sha256:" + "0" * 64}
-    plan = Plan(params, "imgsyn", root / "synthetic" / "imgsyn", jobs, batches, ds.meta, ds, digest, "0" * 16)
+    out = root / "synthetic" / "imgsyn"
+    plan = Plan(params, "imgsyn", out, jobs, batches, ds.meta, ds, digest, "0" * 16, copies=PER_SOURCE)
     img_dir, lab_dir, _ = plan.output_dirs(kept=True)
     for d in (img_dir, lab_dir, plan.record(batches[0]).parent):
         d.mkdir(parents=True, exist_ok=True)

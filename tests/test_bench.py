@@ -19,10 +19,16 @@ from helpers import REPO, make_project
 pytestmark = pytest.mark.slow  # the whole pipeline through dvc repro, MLflow and Prefect: make test-slow
 
 # the tiny ablation: 2 regimes x 2 groups x 2 seeds (+ the full regime's baseline-only group would
-# need its own regime: here both regimes run both groups)
+# need its own regime: here both regimes run both groups), and the low regime's targeted arms
 ABLATION = {
     "groups": {"baseline": {"strategy": "real"}, "both": {"strategy": "augment", "synthetic": ["masksyn", "imgsyn"]}},
     "seeds": [0, 1],
+    "targeted": {
+        "regimes": ["low"],
+        "reference": "baseline-s0",
+        "group": "both",
+        "synthesize": {"filter.pixel": True, "filter.scorer": "plan"},
+    },
 }
 
 
@@ -54,9 +60,14 @@ def test_bench_repro_builds_the_results_page(tmp_path, mlflow_server):
         "synthesize_variant@leak-low-imgsyn",
         "train_segmenter_variant@low-leak-1",
         "evaluate_variant@full-leak-0",
+        "plan_synthesis@low",
+        "synthesize_targeted@low-imgsyn",
+        "train_segmenter_targeted@low-1",
+        "evaluate_targeted@low-0",
         "report",
     ):
         assert f"ablation/dvc.yaml:{s}" in stages
+    assert "ablation/dvc.yaml:plan_synthesis@full" not in stages
 
     # the low regime's synthetic data come from its 8 real images only
     low = [
@@ -66,11 +77,23 @@ def test_bench_repro_builds_the_results_page(tmp_path, mlflow_server):
     assert len({row["source_id"] for row in low}) == 8 and len(low) == 16
     info = json.loads((root / "models/ablation/segmenter/low-both-s0/model/seggen_segmenter.json").read_text())
     assert info["real_images"] == 8
+    # its targeted data: the same budget over the same 8 sources, spent by the plan of low-baseline-s0 on
+    # the tuning split, each row saying why, the pixels filtered by that segmenter
+    plan = json.loads((root / "data/ablation/plan/low/plan.json").read_text())
+    assert plan["reference"] == "low-baseline-s0" and plan["split"] == "tuning"
+    targeted = [
+        json.loads(line)
+        for line in (root / "data/ablation/synthetic-targeted/low/imgsyn/manifest.jsonl").read_text().splitlines()
+    ]
+    assert len(targeted) == 16 and {row["source_id"] for row in targeted} <= {row["source_id"] for row in low}
+    for row in targeted:
+        assert row["plan"]["source_weight"] == plan["source_weights"][row["source_id"]]
+        assert row["scores"]["ignored_fraction"] is not None
 
     # the page: mean ± std over the seeds, equal to what the evaluations wrote (the shifted split: the mean
     # over its unseen domains)
     page = (root / "docs" / "results.md").read_text()
-    for group in ("full-baseline", "low-baseline", "low-both"):
+    for group in ("full-baseline", "low-baseline", "low-both", "low-targeted"):
         vals = {
             s: [
                 json.loads((root / "reports/ablation/eval" / f"{group}-s{k}" / s / "scores.json").read_text())[key]
@@ -87,8 +110,8 @@ def test_bench_repro_builds_the_results_page(tmp_path, mlflow_server):
             cells[5]
             == f"{statistics.fmean(vals['validation_shift']):.1f} ± {statistics.stdev(vals['validation_shift']):.1f}"
         ), row
-        if group.endswith("both"):
-            base = group.replace("both", "baseline")
+        if not group.endswith("baseline"):
+            base = group.replace(group.split("-")[1], "baseline")
             d = statistics.fmean(vals["validation"]) - statistics.fmean(
                 [
                     json.loads(
@@ -99,6 +122,12 @@ def test_bench_repro_builds_the_results_page(tmp_path, mlflow_server):
             )
             assert cells[4].startswith(f"{d:+.1f}"), row
     assert "try 1: nothing yet" in page  # the tuning log is inlined
+    # the targeted arms' plan and its weakest classes on tuning, each on the reported splits per arm
+    weakest = sorted((v, c) for c, v in plan["per_class_iou"].items() if v is not None)[:3]
+    assert "### Regime `low`" in page and "Plan: `low-baseline-s0` on `tuning`" in page
+    for v, c in weakest:
+        row = next(line for line in page.splitlines() if line.startswith(f"| {c} | {v:.1f} |"))
+        assert len(row.split("|")) == 2 + 3 + 3 * 2, row  # class, tuning IoU, share, 3 arms x 2 splits
     pictures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", page)
     # the chart, 2 regimes x 2 synthetic grids, 4 (baseline or both) groups x 2 splits of predictions,
     # the prior's corpus preview, one mask in the styles, synthetic next to real shifted images

@@ -100,7 +100,7 @@ def test_bench_profile_is_valid_and_complete():
     assert groups == {
         f"{r}-{a}": {0, 1, 2}
         for r in ("full", "low")
-        for a in ("baseline", "imgsyn", "masksyn", "both", "noprior", "leak")
+        for a in ("baseline", "imgsyn", "masksyn", "both", "noprior", "leak", "targeted")
     }
     leak, both = p.arm("full-leak-s1").segmenter, p.arm("full-both-s1").segmenter
     assert (
@@ -131,6 +131,44 @@ def test_one_name_picks_any_run():
     # names that two kinds share would make `--arm` ambiguous: refused, naming the key
     with pytest.raises(ConfigError, match="regimes.leak: also a name of variants"):
         load_params(REPO / "ablation" / "params.yaml", {"regimes.leak": {}})
+
+
+def test_targeted_arms_train_on_their_regimes_planned_data():
+    """ablation.targeted: each regime's plan scores REGIME-baseline-s0 into plan_synthesis.out/REGIME;
+    REGIME-targeted synthesizes the regime's sources (its real subset) by that plan into
+    synthesize.out-targeted/REGIME, filtered by the reference; REGIME-targeted-sSEED trains like `both` on it."""
+    p = load_params(REPO / "ablation" / "params.yaml")
+    low, planned = p.pick("low"), p.pick("low-targeted")
+    assert low.plan_synthesis.reference == "low-baseline-s0" and low.plan_synthesis.reference in p.arms
+    assert str(low.plan_synthesis.out) == f"{p.plan_synthesis.out}/low"
+    syn = planned.synthesize
+    assert (
+        str(syn.plan) == f"{p.plan_synthesis.out}/low/plan.json" and str(syn.out) == f"{p.synthesize.out}-targeted/low"
+    )
+    assert syn.real_subset == low.synthesize.real_subset == 10 and syn.filter.pixel and syn.filter.scorer == "plan"
+    assert (
+        syn.model_copy(update={"plan": None, "out": low.synthesize.out, "filter": low.synthesize.filter})
+        == low.synthesize
+    )
+    arm, both = p.arm("low-targeted-s2").segmenter, p.arm("low-both-s2").segmenter
+    assert str(arm.synthetic_root) == str(syn.out) and arm.real_subset == 10
+    assert (arm.strategy, arm.synthetic, arm.seed) == (both.strategy, both.synthetic, 2)
+
+
+@pytest.mark.parametrize(
+    "over, message",
+    [
+        ({"ablation.targeted.regimes": ["mid"]}, r"ablation\.targeted\.regimes: 'mid' is not a regime"),
+        ({"ablation.targeted.group": "nope"}, r"ablation\.targeted\.group: 'nope' is not a group"),
+        ({"ablation.targeted.reference": "baseline-s9"}, r"ablation\.targeted\.reference: 'baseline-s9' is not"),
+        ({"ablation.groups.targeted": {}}, r"ablation\.groups\.targeted: the name of the targeted arms"),
+        ({"ablation.targeted.synthesize": {"filter.marginn": 1}}, r"ablation\.targeted\.synthesize.*marginn"),
+    ],
+)
+def test_bad_targeted_arms_name_the_key(over, message):
+    with pytest.raises(ConfigError, match=message) as e:
+        load_params(REPO / "ablation" / "params.yaml", over)
+    assert "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize(

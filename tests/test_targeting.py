@@ -114,3 +114,31 @@ def test_a_missing_reference_is_one_error(missing, small_benchmark, tmp_path):
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert ("is not an arm" if missing == "arm" else "train the reference arm first") in r.stderr
     assert not (tmp_path / "data" / "plan").exists()
+
+
+def test_the_ablation_plans_after_its_reference_and_trains_targeted_arms_after_the_plan():
+    """ablation/dvc.yaml's targeted arms: REGIME-baseline-s0 -> plan_synthesis@REGIME -> synthesize_targeted
+    (filtered by that reference too) -> train_segmenter_targeted, and no blind arm waits on a plan."""
+    import re
+    from pathlib import Path
+
+    from helpers import REPO
+
+    dvc = str(Path(sys.executable).parent / "dvc")
+    r = subprocess.run(
+        [dvc, "dag", "--dot", "ablation/dvc.yaml:train_segmenter_targeted@low-0"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    edges = {
+        (a.removeprefix("ablation/dvc.yaml:"), b.removeprefix("ablation/dvc.yaml:"))
+        for a, b in re.findall(r'"([^"]+)" -> "([^"]+)"', r.stdout)
+    }
+    for s in ("masksyn", "imgsyn"):
+        assert ("plan_synthesis@low", f"synthesize_targeted@low-{s}") in edges
+        assert ("train_segmenter@low-baseline-0", f"synthesize_targeted@low-{s}") in edges
+        assert (f"synthesize_targeted@low-{s}", "train_segmenter_targeted@low-0") in edges
+    assert ("train_segmenter@low-baseline-0", "plan_synthesis@low") in edges
+    assert not any(b.startswith("train_segmenter@") and "plan" in a for a, b in edges)

@@ -16,7 +16,8 @@ from seggen.errors import ConfigError, SeggenError
 Arm = Annotated[
     str | None,
     typer.Option(
-        help="Run as this arm, variant, regime or REGIME-VARIANT of the params file (`arms`, `variants`, `regimes`)."
+        help="Run as this arm, variant, regime, REGIME-VARIANT or REGIME-targeted of the params file (`arms`, "
+        "`variants`, `regimes`, `ablation.targeted`)."
     ),
 ]
 
@@ -250,12 +251,14 @@ def evaluate(
 
 
 @app.command("plan_synthesis")
-def plan_synthesis() -> None:
+def plan_synthesis(arm: Arm = None) -> None:
     """Score the reference arm on a tuning split: per-class weights of the generation budget (plan_synthesis.out)."""
     from seggen.pipeline import stages
 
+    arm = state.value(arm, "--arm")
     p = state.params()
-    plan = stages.plan_synthesis(p)
+    plan = stages.plan_synthesis(p, arm)
+    p = p.pick(arm) if arm else p
     if plan["skipped"]:
         typer.echo(f"{p.plan_synthesis.out / 'plan.json'}: an even plan ({plan['skipped']})")
         return

@@ -1,8 +1,9 @@
 """Runs other than the pipeline's main one, all picked by name with `--arm` (`pick`): an arm (a set of
 `segmenter` keys, its model at arms_root/ARM), a data regime (a set of `synthesize` keys, its datasets at
 synthesize.out/REGIME), a variant (other generators, their outputs beside the main ones with -NAME),
-REGIME-VARIANT (a variant's datasets for a regime), and the ablation, which expands to arms (regime x
-group x seed, and regime x variant x seed).
+REGIME-VARIANT (a variant's datasets for a regime), REGIME-targeted (a regime's datasets spent by its
+plan), and the ablation, which expands to arms (regime x group x seed, regime x variant x seed, and
+REGIME-targeted-sSEED for the regimes of ablation.targeted).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from seggen.config.synthesis import SynthesizeParams
 from seggen.errors import ConfigError
 
 VARIANT_SECTIONS = ("prior", "mask2img", "synthesize")
+TARGETED = "targeted"  # the arms and datasets spent by a plan: REGIME-targeted(-sSEED), synthesize.out-targeted
 
 
 def variant_path(path: Path, name: str) -> Path:
@@ -64,7 +66,37 @@ def ablation_arms(data: Any) -> Any:
                 elif syn_root != root:
                     entry["synthetic_root"] = str(syn_root)
                 arms[f"{regime}-{group}-s{seed}" if regime else f"{group}-s{seed}"] = entry
+    arms.update(_targeted_arms(ab, regimes, root, variants))
     return {**data, "arms": arms}
+
+
+def _targeted_arms(ab: dict, regimes: dict, root: Path, variants: dict) -> dict:
+    """REGIME-targeted-sSEED for every regime of ablation.targeted and seed: the group's segmenter keys
+    on the regime's planned data (synthesize.out-targeted/REGIME), its real subset."""
+    tg = ab.get("targeted") or {}
+    if not isinstance(tg, dict) or not tg.get("regimes"):
+        return {}
+    groups, seeds = ab["groups"], ab.get("seeds", DEFAULT_SEEDS)
+    for where, names in (("ablation.groups", groups), ("variants", variants)):
+        if TARGETED in names:
+            raise ValueError(f"{where}.{TARGETED}: the name of the targeted arms; choose another name")
+    group = tg.get("group", "both")
+    if group not in groups:
+        raise ValueError(f"ablation.targeted.group: {group!r} is not a group (have: {', '.join(groups)})")
+    ref = str(tg.get("reference", "baseline-s0"))
+    g, _, s = ref.rpartition("-s")
+    if g not in groups or not s.isdigit() or int(s) not in seeds:
+        raise ValueError(f"ablation.targeted.reference: {ref!r} is not GROUP-sSEED of the ablation's groups and seeds")
+    arms = {}
+    for regime in tg["regimes"]:
+        if regime not in regimes:
+            raise ValueError(f"ablation.targeted.regimes: {regime!r} is not a regime (have: {', '.join(regimes)})")
+        for seed in seeds:
+            entry = dict(groups[group] or {}, seed=seed, synthetic_root=str(variant_path(root, TARGETED) / regime))
+            if (regimes[regime] or {}).get("real_subset"):
+                entry["real_subset"] = regimes[regime]["real_subset"]
+            arms[f"{regime}-{TARGETED}-s{seed}"] = entry
+    return arms
 
 
 def pick(params: Params, name: str) -> Params:
@@ -79,8 +111,11 @@ def pick(params: Params, name: str) -> Params:
     reg, _, var = name.partition("-")
     if reg in params.regimes and var in params.variants:
         return regime(variant(params, var), reg)
+    if var == TARGETED and params.ablation and reg in params.ablation.targeted.regimes:
+        return targeted(params, reg)
     have = [*params.arms, *params.variants, *params.regimes]
     have += [f"{r}-{v}" for r in params.regimes for v in params.variants]
+    have += [f"{r}-{TARGETED}" for r in (params.ablation.targeted.regimes if params.ablation else [])]
     raise ConfigError(f"--arm {name}: no such arm, variant or regime (have: {', '.join(have) or 'none'})")
 
 
@@ -120,10 +155,34 @@ def variant(params: Params, name: str) -> Params:
 
 
 def regime(params: Params, name: str) -> Params:
-    """These params with `synthesize` set to what regime `name` synthesizes (out: synthesize.out/NAME)."""
+    """These params with `synthesize` set to what regime `name` synthesizes (out: synthesize.out/NAME);
+    where the regime has targeted arms, its plan too: the reference arm REGIME-REFERENCE, scored into
+    plan_synthesis.out/NAME."""
     if "out" in params.regimes.get(name, {}):
         raise ConfigError(f"regimes.{name}.out: a regime's datasets go to synthesize.out/{name}")
-    return _overridden(params, "regimes", name, "synthesize", Path(params.synthesize.out) / name)
+    p = _overridden(params, "regimes", name, "synthesize", Path(params.synthesize.out) / name)
+    if params.ablation and name in params.ablation.targeted.regimes:
+        plan = p.plan_synthesis.model_copy(
+            update={"reference": f"{name}-{params.ablation.targeted.reference}", "out": p.plan_synthesis.out / name}
+        )
+        p = p.model_copy(update={"plan_synthesis": plan})
+    return p
+
+
+def targeted(params: Params, name: str) -> Params:
+    """Regime `name`'s synthesis spent by its plan (plan_synthesis.out/NAME/plan.json), with the keys of
+    ablation.targeted.synthesize: its datasets at synthesize.out-targeted/NAME."""
+    p = regime(params, name)
+    tree = p.synthesize.model_dump(mode="json")
+    for key, value in params.ablation.targeted.synthesize.items():
+        _set_dotted(tree, key, value, "ablation.targeted.synthesize")
+    tree["plan"] = str(p.plan_synthesis.out / "plan.json")
+    tree["out"] = str(variant_path(Path(params.synthesize.out), TARGETED) / name)
+    try:
+        syn = type(p.synthesize).model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_error("ablation.targeted.synthesize", e)) from None
+    return p.model_copy(update={"synthesize": syn})
 
 
 def arm(params: Params, name: str) -> Params:

@@ -46,6 +46,21 @@ class TrackingParams(_Section):
 DEFAULT_SEEDS = (0, 1, 2)
 
 
+class TargetedParams(_Section):
+    """Targeted arms of an ablation (docs/synthesis.md#planning): per regime, the arm REGIME-REFERENCE is
+    scored on the planning split (plan_synthesis.out/REGIME), the regime's MaskSyn / ImgSyn budget is spent by
+    that plan (synthesize.out-targeted/REGIME), and REGIME-targeted-sSEED trains on it."""
+
+    regimes: list[str] = Field(default_factory=list)
+    """The regimes that get targeted arms ([]: none)."""
+    reference: str = "baseline-s0"
+    """GROUP-sSEED: the arm of each regime whose segmenter the plan scores (with filter.scorer: plan, also filters)."""
+    group: str = "both"
+    """The group whose segmenter keys the targeted arms use (the blind arm to compare them with)."""
+    synthesize: dict[str, Any] = Field(default_factory=dict)
+    """Dotted `synthesize` keys of the targeted synthesis over the regime's, e.g. {filter.pixel: true}."""
+
+
 class AblationParams(_Section):
     """The arms of an ablation, generated (Params._ablation_arms): every regime x group x seed."""
 
@@ -55,6 +70,8 @@ class AblationParams(_Section):
     """segmenter.seed of each copy of a group."""
     variant_group: str = "both"
     """The group whose segmenter keys the arms of every variant (Params.variants) use."""
+    targeted: TargetedParams = TargetedParams()
+    """Targeted arms: REGIME-targeted-sSEED, on synthetic data planned from REGIME's reference arm."""
 
 
 class Params(_Section):
@@ -169,6 +186,8 @@ class Params(_Section):
             if not re.fullmatch(_VARIANT_BODY, name):
                 raise ValueError(f"variants.{name}: variant names are lowercase letters, digits and _")
             self.variant(name)
+        for name in self.ablation.targeted.regimes if self.ablation else []:
+            self.pick(f"{name}-targeted")  # the targeted synthesis's params are valid
         for name in self.arms:
             if not re.fullmatch(_ARM_BODY, name):
                 raise ValueError(f"arms.{name}: arm names are lowercase letters, digits, - and _")

@@ -43,6 +43,10 @@ ENTRIES: dict[str, tuple[str, ...]] = {
     "synthesize_variant": ("seggen.pipeline.stages:synthesize",),
     "train_segmenter_variant": ("seggen.pipeline.stages:train_segmenter",),
     "evaluate_variant": ("seggen.pipeline.stages:evaluate",),
+    # the ablation's targeted arms: the same stages
+    "synthesize_targeted": ("seggen.pipeline.stages:synthesize",),
+    "train_segmenter_targeted": ("seggen.pipeline.stages:train_segmenter",),
+    "evaluate_targeted": ("seggen.pipeline.stages:evaluate",),
 }
 # they do not change what a stage writes
 NEUTRAL = {

@@ -294,12 +294,15 @@ def evaluate(
     return metrics
 
 
-def plan_synthesis(params: Params) -> dict:
-    """The reference arm scored on the planning split -> where the generation budget should go."""
+def plan_synthesis(params: Params, arm: str | None = None) -> dict:
+    """The reference arm scored on the planning split -> where the generation budget should go; with
+    `arm` (a regime of ablation.targeted), that regime's plan (MLflow: plan_synthesis@REGIME)."""
     from seggen.synthesis.targeting import plan_synthesis as run
 
+    params = params.pick(arm) if arm else params
     cfg = params.plan_synthesis
-    with tracking.stage_run("plan_synthesis", _sections(params, "plan_synthesis", "evaluate")) as mlrun:
+    name = f"plan_synthesis@{arm}" if arm else "plan_synthesis"  # the DVC stage's name
+    with tracking.stage_run(name, _sections(params, "plan_synthesis", "evaluate")) as mlrun:
         mlrun.log_dataset(params.data.root, "real", "planning", cfg.split)
         plan = run(params)
         if plan["mIoU"] is not None:

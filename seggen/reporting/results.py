@@ -102,6 +102,7 @@ def _delta_cell(g: Group, groups: dict[str, Group], ref: str, split: str, metric
 
 def build_results(params: Params) -> dict:
     from seggen.reporting.pictures import prior_pictures
+    from seggen.reporting.targeted import targeted_section
 
     cfg = params.report
     out = Path(cfg.results)
@@ -196,10 +197,13 @@ def build_results(params: Params) -> dict:
                 },
             }
         lines.append("")
+    # the targeted arms' plans and weakest classes (their inputs reach the report through the evaluations)
+    targeted_lines, summary["targeted"] = targeted_section(params, groups, (in_domain, shifted))
     exp_name = tracking.experiment_name()
     lines += [
         "![mIoU per arm, mean ± std over seeds](" + rel(img / "miou.png") + ")",
         "",
+        *targeted_lines,
         "## Every run",
         "",
         f"mIoU of every arm and split, from its `{params.evaluate.out}/ARM/SPLIT/scores.json` (DVC-tracked "
