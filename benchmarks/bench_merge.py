@@ -36,6 +36,7 @@ def build(root: Path, rows: int):
     from seggen.data.benchmark import generate
     from seggen.data.layout import open_split
     from seggen.synthesis.manifest import ManifestRow, Scores
+    from seggen.synthesis.merge import batch_columns
     from seggen.synthesis.plan import Job, Plan
 
     data = root / "benchmark"
@@ -68,7 +69,7 @@ def build(root: Path, rows: int):
     tile = np.zeros((64, 64, 3), np.uint8)  # the grid's 8 samples are read: real PNGs for those
     rng = np.random.default_rng(0)
     for b in batches:
-        lines, extras = [], []
+        rows, extras = [], []
         for j in b:
             row = ManifestRow(
                 id=j.id,
@@ -84,9 +85,9 @@ def build(root: Path, rows: int):
                 width=683,
                 height=512,
             )
-            lines.append(row.model_dump_json() + "\n")
+            rows.append(row)
             colours = {str(c): (rng.random(3) * 255).tolist() for c in rng.choice(np.arange(1, 11), 6, replace=False)}
-            extras.append(json.dumps({"segments": None, "colours": colours}) + "\n")
+            extras.append({"segments": None, "colours": colours})
             if j.index < 8:
                 Image.fromarray(tile).save(img_dir / f"{j.id}.png")
                 Image.fromarray(tile[..., 0]).save(lab_dir / f"{j.id}.png")
@@ -94,8 +95,9 @@ def build(root: Path, rows: int):
                 for d in (img_dir, lab_dir):
                     os.close(os.open(d / f"{j.id}.png", os.O_CREAT | os.O_WRONLY, 0o644))
         record = plan.record(b)
-        record.with_suffix(".extra.jsonl").write_text("".join(extras))
-        record.write_text("".join(lines))
+        # as a shard writes it: the batch's columns, then its manifest rows
+        columns = json.dumps(batch_columns(rows, extras, diversity=True))
+        record.write_text(columns + "\n" + "".join(r.line() + "\n" for r in rows))
     return plan
 
 

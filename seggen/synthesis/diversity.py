@@ -54,47 +54,75 @@ def _mean_spread(per: dict[int, list[np.ndarray]]) -> dict[int, float]:
 
 
 class Spreads:
-    """The generated side of the measure, one source mask at a time (a merge streams its samples,
-    each mask's images together): add(source, colours) per kept image, in sample order."""
+    """The generated side of the measure as sums that merge in any grouping: per source mask, its
+    kept images and, per class, n, the sum of the class's mean colours and the sum of their squared
+    norms -- the spread is sqrt(E|x|^2 - |E x|^2). Each shard sums its batches' images (add), the
+    merge adds the batches' sums (update): no colour list is kept, no image read again."""
 
     def __init__(self):
-        self.per_class: dict[int, list[float]] = {}
-        self.sizes: list[int] = []
-        self._source, self._cols = None, []
+        self.sources: dict[str, list] = {}  # source -> [images, {class: [n, sum r, sum g, sum b, sum |x|^2]}]
 
     def add(self, source: str, colours: dict[int, np.ndarray]) -> None:
-        if source != self._source:
-            self._close()
-            self._source, self._cols = source, []
-        self._cols.append(colours)
+        """One kept image of `source`: class id -> its mean colour."""
+        entry = self.sources.setdefault(source, [0, {}])
+        entry[0] += 1
+        for c, v in colours.items():
+            r, g, b = (float(x) for x in v)
+            a = entry[1].setdefault(int(c), [0, 0.0, 0.0, 0.0, 0.0])
+            a[0] += 1
+            a[1] += r
+            a[2] += g
+            a[3] += b
+            a[4] += r * r + g * g + b * b
 
-    def _close(self) -> None:
-        if len(self._cols) >= 2:
-            for c, s in _mean_spread(_by_class(self._cols)).items():
-                self.per_class.setdefault(c, []).append(s)
-            self.sizes.append(len(self._cols))
-        self._cols = []
+    def to_json(self) -> dict:
+        return {s: [n, {str(c): a for c, a in per.items()}] for s, (n, per) in self.sources.items()}
+
+    def update(self, sums: dict) -> None:
+        """Add another set of sums (to_json's form), e.g. a batch's."""
+        for source, (n, per) in sums.items():
+            entry = self.sources.setdefault(source, [0, {}])
+            entry[0] += n
+            for c, a in per.items():
+                mine = entry[1].setdefault(int(c), [0, 0.0, 0.0, 0.0, 0.0])
+                for k in range(5):
+                    mine[k] += a[k]
+
+    def _spreads(self) -> tuple[dict[int, list[float]], list[int]]:
+        """Per class, the spread of every source mask with 2+ images showing it; the image count of
+        every source mask with 2+ images."""
+        per_class: dict[int, list[float]] = {}
+        sizes = []
+        for images, per in self.sources.values():
+            if images < 2:
+                continue
+            sizes.append(images)
+            for c, (n, r, g, b, sq) in sorted(per.items()):
+                if n >= 2:
+                    per_class.setdefault(c, []).append(
+                        float(np.sqrt(max(sq / n - (r * r + g * g + b * b) / n**2, 0.0)))
+                    )
+        return per_class, sizes
 
     def result(self, real_root: str | Path, split: str, max_real: int = 500) -> dict | None:
         """The measure against `max_real` real images of `split`; None when no source mask has two."""
         from seggen.data.layout import open_split
 
-        self._close()
-        if not self.sizes:
+        gen_per_class, sizes = self._spreads()
+        if not sizes:
             return None
         real = open_split(real_root, split)
         n, names = len(real.meta.names), real.meta.names
         pick = np.linspace(0, len(real) - 1, min(max_real, len(real))).round().astype(int)
         real_per_class = _mean_spread(_by_class(class_colours(*real[int(i)], n) for i in pick))
-        gen_per_class = self.per_class
         classes = sorted(c for c in gen_per_class if c in real_per_class and real_per_class[c] > 0)
         if not classes:
             return None
         gen = float(np.mean([np.mean(gen_per_class[c]) for c in classes]))
         ref = float(np.mean([real_per_class[c] for c in classes]))
         return {
-            "masks": len(self.sizes),
-            "images_per_mask": float(np.mean(self.sizes)),
+            "masks": len(sizes),
+            "images_per_mask": float(np.mean(sizes)),
             "generated_spread": gen,
             "real_spread": ref,
             "ratio": gen / ref,
@@ -111,5 +139,4 @@ def imgsyn_diversity(
     for source, cols in groups.items():
         for colours in cols:
             spreads.add(source, colours)
-        spreads._close()
     return spreads.result(real_root, split, max_real)

@@ -23,11 +23,36 @@ from seggen.synthesis.plan import Plan
 log = logging.getLogger(__name__)
 
 
+def batch_columns(rows: list[ManifestRow], extras: list[dict], diversity: bool) -> dict:
+    """What the merge needs of a batch's samples, as columns: the first line of the batch's record
+    (Plan.record), before its manifest rows. The merge parses these, a fraction of the rows' bytes,
+    copies the rows as written, and adds the batch's colour sums (ImgSyn's diversity) instead of
+    reading the images again."""
+    spreads = Spreads()
+    if diversity:
+        for r, e in zip(rows, extras):
+            if r.kept:
+                spreads.add(r.source_id, e["colours"])
+    return {
+        "id": [r.id for r in rows],
+        "kept": [r.kept for r in rows],
+        "height": [r.height for r in rows],
+        "width": [r.width for r in rows],
+        "miou": [r.scores.sample_miou for r in rows],
+        "ignored": [r.scores.ignored_fraction for r in rows],
+        "reason": [r.drop_reason for r in rows],
+        "style": [r.style for r in rows],
+        "segments": [e["segments"] for e in extras],
+        "spreads": spreads.to_json(),
+    }
+
+
 def merge_dataset(plan: Plan) -> dict:
     """Manifest, panoptic JSON, meta, summary and grid from the batches' records; stray files
     (of interrupted writes or earlier runs) removed; `.work/` deleted last. One pass over the
-    records, a batch at a time: no image is read but the grid's 8, and what is held is a few fields
-    per sample (and, for a panoptic layout, the segments its JSON needs)."""
+    records, a batch at a time: the manifest rows are copied as written, the batches' columns are
+    parsed; no image is read but the grid's 8, and what is held is a few fields per sample (and, for
+    a panoptic layout, the segments its JSON needs)."""
     cfg = plan.params.synthesize
     split, fmt = cfg.split, cfg.image_format
     diversity = plan.strategy == "imgsyn" and plan.copies >= 2
@@ -41,30 +66,28 @@ def merge_dataset(plan: Plan) -> dict:
             record = plan.record(b)
             if not record.exists():
                 raise DataError(f"{plan.out}: the batch of {b[0].id} is missing; run the remaining shards")
-            text = record.read_text()
+            header, _, text = record.read_text().partition("\n")
+            c = json.loads(header)
+            if not isinstance(c.get("id"), list):  # a record without columns (an older seggen's)
+                raise DataError(f"{record}: a record without the batch's columns; delete {plan.work} to regenerate")
             manifest.write(text)  # the rows as the shards wrote them (validated then)
-            extras = _rows(record.with_suffix(".extra.jsonl").read_text()) if panoptic or diversity else []
-            for k, r in enumerate(_rows(text)):
-                scores = r["scores"]
-                if scores["sample_miou"] is not None:
-                    miou.append(scores["sample_miou"])
-                if scores["ignored_fraction"] is not None:
-                    ign.append(scores["ignored_fraction"])
-                if r["drop_reason"]:
-                    reasons[r["drop_reason"]] = reasons.get(r["drop_reason"], 0) + 1
-                styles.append(r["style"])
-                if not r["kept"]:
-                    dropped.append(r["id"])
+            miou += [v for v in c["miou"] if v is not None]
+            ign += [v for v in c["ignored"] if v is not None]
+            for r in c["reason"]:
+                if r:
+                    reasons[r] = reasons.get(r, 0) + 1
+            styles += c["style"]
+            for k, (sid, ok) in enumerate(zip(c["id"], c["kept"])):
+                if not ok:
+                    dropped.append(sid)
                     continue
-                kept.append((r["id"], r["height"], r["width"]))
+                kept.append((sid, c["height"][k], c["width"][k]))
                 if len(first) < 8:
-                    first.append(ManifestRow.model_validate(r))
-                if extras:
-                    e = extras[k]
-                    if panoptic:
-                        segments.append(e["segments"])
-                    if diversity:
-                        spreads.add(r["source_id"], {int(c): v for c, v in e["colours"].items()})
+                    first.append(ManifestRow.model_validate_json(text.splitlines()[k]))
+                if panoptic:
+                    segments.append(c["segments"][k])
+            if diversity:
+                spreads.update(c["spreads"])
         _sweep(plan, kept, dropped, keep=tmp)  # a missing file fails here, before the manifest is in place
 
     if panoptic:
@@ -115,12 +138,6 @@ def merge_dataset(plan: Plan) -> dict:
     write_metrics(plan.out, summary)
     shutil.rmtree(plan.work)
     return summary
-
-
-def _rows(jsonl: str) -> list[dict]:
-    """A batch's JSON lines parsed in one call (as one array: a tenth of the per-line calls' overhead)."""
-    body = jsonl.strip()
-    return json.loads(f"[{body.replace(chr(10), ',')}]") if body else []
 
 
 def _sweep(plan: Plan, kept: list[tuple], dropped: list[str], keep: Path) -> None:

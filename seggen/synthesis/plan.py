@@ -3,6 +3,7 @@ style, the generators checked against the source's classes and palette, the outp
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -72,10 +73,14 @@ class Plan:
         return self.out / WORK
 
     def record(self, batch: list[Job]) -> Path:
-        """The batch's manifest rows, one JSON line per sample, written after every file of the
-        batch: that it exists says the batch is complete. Beside it, `.extra.jsonl`: each sample's
-        panoptic segments and diversity statistics (written first)."""
-        return self.work / "batches" / f"{batch[0].index // self.params.synthesize.batch_size:07d}.jsonl"
+        """The batch's record, written after every file of the batch: that it exists says the batch is
+        complete. Its first line: the batch's columns, what the merge reads (ids, sizes, scores,
+        panoptic segments, diversity sums); then its manifest rows, one JSON line per sample."""
+        return self._records / f"{batch[0].index // self.params.synthesize.batch_size:07d}.jsonl"
+
+    @functools.cached_property
+    def _records(self) -> Path:
+        return self.work / "batches"
 
     def done(self, batch: list[Job]) -> bool:
         return self.record(batch).exists()

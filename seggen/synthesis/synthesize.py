@@ -40,7 +40,7 @@ from seggen.errors import DataError
 from seggen.io import write_png, write_text
 from seggen.progress import tqdm
 from seggen.synthesis.manifest import ManifestRow, Scores
-from seggen.synthesis.merge import merge_dataset, metrics_path, write_metrics
+from seggen.synthesis.merge import batch_columns, merge_dataset, metrics_path, write_metrics
 from seggen.synthesis.plan import (
     Job,
     Plan,
@@ -201,9 +201,9 @@ def _score(plan: Plan, gens: Generators, sample: dict) -> dict:
     return {"image": image, "labels": labels, "panoptic": pan, "scores": scores, "kept": kept, "reason": reason}
 
 
-def _write(plan: Plan, job: Job, sample: dict) -> tuple[str, dict]:
-    """A scored sample's files, each atomically -> its manifest row (a JSON line) and what else the
-    merge needs of it: its panoptic segments, its class colours (ImgSyn's diversity statistics)."""
+def _write(plan: Plan, job: Job, sample: dict) -> tuple[ManifestRow, dict]:
+    """A scored sample's files, each atomically -> its manifest row and what else the merge needs of
+    it: its panoptic segments, its class colours (ImgSyn's diversity statistics)."""
     fmt = plan.params.synthesize.image_format
     image, labels, pan, kept = sample["image"], sample["labels"], sample["panoptic"], sample["kept"]
     h, w = labels.shape
@@ -236,7 +236,7 @@ def _write(plan: Plan, job: Job, sample: dict) -> tuple[str, dict]:
 
         colours = class_colours(image, labels, len(plan.meta.names))
         extra["colours"] = {str(c): v.tolist() for c, v in colours.items()}
-    return row.line(), extra
+    return row, extra
 
 
 def _write_image(fmt: str):
@@ -306,12 +306,15 @@ def _generate_and_write(plan: Plan, gens: Generators, batches: list[list[Job]], 
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
+    diversity = plan.strategy == "imgsyn" and plan.copies >= 2
+
     def write(batch, samples):
         rows, extras = zip(*(_write(plan, job, sample) for job, sample in zip(batch, samples)))
         record = plan.record(batch)
         record.parent.mkdir(parents=True, exist_ok=True)
-        write_text(record.with_suffix(".extra.jsonl"), "".join(json.dumps(e) + "\n" for e in extras))
-        write_text(record, "".join(r + "\n" for r in rows))  # last: the batch is complete
+        columns = json.dumps(batch_columns(list(rows), list(extras), diversity))
+        # one file, written last and atomically: that it exists says the batch is complete
+        write_text(record, columns + "\n" + "".join(r.line() + "\n" for r in rows))
 
     pending: deque = deque()
     with ThreadPoolExecutor(1, thread_name_prefix="seggen-writer") as writer:
