@@ -62,8 +62,8 @@ def test_bench_repro_builds_the_results_page(tmp_path, mlflow_server):
         "evaluate_variant@full-leak-0",
         "plan_synthesis@low",
         "synthesize_targeted@low-imgsyn",
-        "train_segmenter_targeted@low-1",
-        "evaluate_targeted@low-0",
+        "train_segmenter_targeted@low-targeted-1",
+        "evaluate_targeted@low-targeted-0",
         "report",
     ):
         assert f"ablation/dvc.yaml:{s}" in stages

@@ -126,7 +126,7 @@ def test_the_ablation_plans_after_its_reference_and_trains_targeted_arms_after_t
 
     dvc = str(Path(sys.executable).parent / "dvc")
     r = subprocess.run(
-        [dvc, "dag", "--dot", "ablation/dvc.yaml:train_segmenter_targeted@low-0"],
+        [dvc, "dag", "--dot", "ablation/dvc.yaml:train_segmenter_targeted@low-targeted-0"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -139,6 +139,6 @@ def test_the_ablation_plans_after_its_reference_and_trains_targeted_arms_after_t
     for s in ("masksyn", "imgsyn"):
         assert ("plan_synthesis@low", f"synthesize_targeted@low-{s}") in edges
         assert ("train_segmenter@low-baseline-0", f"synthesize_targeted@low-{s}") in edges
-        assert (f"synthesize_targeted@low-{s}", "train_segmenter_targeted@low-0") in edges
+        assert (f"synthesize_targeted@low-{s}", "train_segmenter_targeted@low-targeted-0") in edges
     assert ("train_segmenter@low-baseline-0", "plan_synthesis@low") in edges
     assert not any(b.startswith("train_segmenter@") and "plan" in a for a, b in edges)
