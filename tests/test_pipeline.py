@@ -625,7 +625,8 @@ def _add_tiny_bench(root: Path) -> None:
     bench.update(
         segmenter={},
         regimes={"full": {}},
-        ablation={"groups": {"baseline": {"strategy": "real"}}, "seeds": [0]},
+        # no targeted arms: ablation/dvc.yaml's matrices read ablation.targeted.regimes, so it is stated
+        ablation={"groups": {"baseline": {"strategy": "real"}}, "seeds": [0], "targeted": {"regimes": []}},
         variants={},
     )
     (root / "ablation" / "params.yaml").write_text(yaml.safe_dump(bench, sort_keys=False))
