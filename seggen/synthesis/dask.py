@@ -43,13 +43,13 @@ def synthesize_on_dask(params: Params, strategy: str, num_shards: int | None = N
     from distributed import Client, LocalCluster
 
     from seggen.progress import tqdm
-    from seggen.synthesis.filters import load_filter
+    from seggen.synthesis.filters import prepare_filter
     from seggen.synthesis.synthesize import make_plan, merge_once, prepare_output, run_shard
 
     plan = make_plan(params, strategy)
     if prepare_output(plan):
         return run_shard(params, strategy, plan=plan, progress=progress)
-    load_filter(params, progress)  # trained once, here, not per shard
+    prepare_filter(params, progress)  # the probe trained once, here, not per shard
     logging.getLogger("distributed").setLevel(logging.WARNING)  # the cluster's own chatter, not the run's
     d = params.synthesize.dask
     cluster = None

@@ -132,7 +132,7 @@ def load_filter(params: Params, progress: bool = True, device: str | None = None
     if not (f.sample or f.pixel):
         return None
     if f.scorer == "plan":
-        model_dir, losses = plan_scorer(params)
+        model_dir, losses = plan_scorer(params, check=False)  # the run's make_plan checked it
         scorer = PlanScorer(model_dir, params.evaluate.size, device)
         return QualityFilter(scorer, losses, None, f.sample, f.min_miou, f.pixel, f.margin)
     out = check_dir(f.out, "synthesize.filter.out")
@@ -167,9 +167,17 @@ def load_filter(params: Params, progress: bool = True, device: str | None = None
     return QualityFilter(model, info["class_mean_loss"], info["resolution"], f.sample, f.min_miou, f.pixel, f.margin)
 
 
-def plan_scorer(params: Params) -> tuple[Path, list[float | None]]:
-    """The plan's reference segmenter (arms_root/REFERENCE/model, the very model the plan scored: its
-    digest is checked) and its class losses on the planning split, in class order."""
+def prepare_filter(params: Params, progress: bool = True) -> None:
+    """What the filters need before the workers start: the probe, trained once in the planning
+    process rather than by every worker (the plan's scorer needs no training)."""
+    if params.synthesize.filter.scorer == "probe":
+        load_filter(params, progress)
+
+
+def plan_scorer(params: Params, check: bool = True) -> tuple[Path, list[float | None]]:
+    """The plan's reference segmenter (arms_root/REFERENCE/model, the very model the plan scored: with
+    `check`, its digest is compared with the plan's) and its class losses on the planning split, in
+    class order."""
     from seggen.data.layout import open_split
     from seggen.errors import DataError
     from seggen.io import digest_tree
@@ -179,7 +187,7 @@ def plan_scorer(params: Params) -> tuple[Path, list[float | None]]:
     path = Path(params.synthesize.plan)
     plan = read_plan(path, names)
     model_dir = Path(params.arms_root) / str(plan.get("reference")) / "model"
-    if not model_dir.is_dir() or digest_tree(model_dir) != plan.get("model"):
+    if not model_dir.is_dir() or (check and digest_tree(model_dir) != plan.get("model")):
         raise DataError(
             f"{path}: its reference segmenter is not {model_dir} as scored (re-run `seggen plan_synthesis`)"
             " (synthesize.filter.scorer: plan)"

@@ -366,7 +366,7 @@ def synthesize(
     from concurrent.futures import ProcessPoolExecutor
 
     from seggen.synthesis import devices
-    from seggen.synthesis.filters import load_filter
+    from seggen.synthesis.filters import prepare_filter
 
     if shard is not None:
         return run_shard(params, strategy, shard, num_shards, progress)
@@ -383,8 +383,7 @@ def synthesize(
     if n == 1 or prepare_output(plan):
         return run_shard(params, strategy, 0, 1, progress, plan=plan, device=f"cuda:{gpus[0]}" if gpus else "cpu")
 
-    if cfg.filter.scorer == "probe":
-        load_filter(params, progress)  # trained once here, not by every worker
+    prepare_filter(params, progress)
     threads = cfg.threads or max(1, (os.cpu_count() or 1) // n)
     p = params.model_copy(update={"synthesize": cfg.model_copy(update={"threads": threads})})
     bar = tqdm(
