@@ -449,6 +449,25 @@ def test_imgsyn_filters_mark_pixels_and_drop_samples(gens, tmp_path, small_bench
             changed[real[r.source_id] > 0].mean() - r.scores.ignored_fraction
         ) < 1e-6
     check_dataset(d, ["training"])  # panoptic segments were recomputed around the ignored pixels
+    # per class, what the filters kept and dropped, recounted from the real masks (ImgSyn's labels) and
+    # the written ones: a dropped sample drops every pixel, a kept one those set to 0
+    expect: dict = {}
+    names = json.loads((small_benchmark / "seggen_meta.json").read_text())["classes"]
+    for r in rows:
+        lab = real[r.source_id]
+        syn = load_label_png(d / "annotations" / "training" / f"{r.id}.png") if r.kept else None
+        for c in np.unique(lab[lab > 0]):
+            n = expect.setdefault(names[c - 1]["name"], [0, 0, 0, 0])
+            total = int((lab == c).sum())
+            drop = int(((lab == c) & (syn == 0)).sum()) if r.kept else total
+            n[0 if r.kept else 1] += 1
+            n[2] += total - drop
+            n[3] += drop
+    got = json.loads((d / "summary.json").read_text())["filter_per_class"]
+    assert {c: list(v.values()) for c, v in got.items()} == expect
+    assert sum(v["pixels_dropped"] for v in got.values()) > 0 and "filter_per_class" not in json.dumps(
+        json.loads((out / "imgsyn.metrics.json").read_text())
+    )
 
 
 def test_changed_params_start_over(gens, tmp_path):

@@ -24,13 +24,37 @@ def _class_iou(params: Params, arms: list[str], split: str) -> dict[str, float]:
     return {c: sum(v) / len(v) for c, v in per.items()}
 
 
-def _images(path: Path) -> tuple[int, int] | None:
-    """(samples generated, kept) of a synthetic dataset, from its summary.json."""
+def _summary(path: Path) -> dict | None:
+    """A synthetic dataset's summary.json, or None where the dataset is not there."""
     f = path / "summary.json"
-    if not f.exists():
-        return None
-    s = json.loads(f.read_text())
-    return s["samples"], s["kept"]
+    return json.loads(f.read_text()) if f.exists() else None
+
+
+def _filter_table(classes: list[str], planned: dict[str, dict | None]) -> list[str]:
+    """What the targeted datasets' filters kept of `classes`: per strategy, the samples showing the
+    class kept / dropped, and the share of its pixels dropped (whole samples, and pixels ignored in
+    kept ones); empty where no filter ran."""
+    per = {k: s["filter_per_class"] for k, s in planned.items() if s and s.get("filter_per_class")}
+    if not per:
+        return []
+    lines = [
+        "What the filter kept of these classes in the targeted data: samples showing the class kept / "
+        "dropped, and the share of its labelled pixels dropped.",
+        "",
+        "| class | " + " | ".join(f"{k} samples | {k} pixels dropped" for k in per) + " |",
+        "|---|" + "---:|---:|" * len(per),
+    ]
+    for c in classes:
+        cells = []
+        for counts in per.values():
+            n = counts.get(c)
+            if n is None:
+                cells += ["0 / 0", "n/a"]
+                continue
+            pixels = n["pixels_kept"] + n["pixels_dropped"]
+            cells += [f"{n['samples_kept']} / {n['samples_dropped']}", f"{100 * n['pixels_dropped'] / pixels:.0f} %"]
+        lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def targeted_section(params: Params, groups: dict, splits: tuple[str, str], weakest: int = 3) -> tuple[list, dict]:
@@ -63,16 +87,16 @@ def targeted_section(params: Params, groups: dict, splits: tuple[str, str], weak
         names = [f"{regime}-{ref}", f"{regime}-{tg.group}", f"{regime}-targeted"]
         present = [n for n in names if n in groups]
         iou = {(n, s): _class_iou(params, groups[n].arms, s) for n in present for s in splits}
-        blind = [_images(Path(p.synthesize.out) / k) for k in ("masksyn", "imgsyn")]
+        blind = [_summary(Path(p.synthesize.out) / k) for k in ("masksyn", "imgsyn")]
         planned_out = Path(params.pick(f"{regime}-targeted").synthesize.out)
-        planned = [_images(planned_out / k) for k in ("masksyn", "imgsyn")]
-        count = lambda xs: sum(x[0] for x in xs if x)  # noqa: E731
+        planned = {k: _summary(planned_out / k) for k in ("masksyn", "imgsyn")}
+        count = lambda xs: sum(x["samples"] for x in xs if x)  # noqa: E731
         lines += [
             f"### Regime `{regime}`",
             "",
             f"Plan: `{plan['reference']}` on `{plan['split']}` ({plan['num_images']} images, mIoU "
             + (f"{plan['mIoU']:.1f}" if plan["mIoU"] is not None else "n/a")
-            + f"). Synthetic images generated: blind {count(blind)}, targeted {count(planned)}.",
+            + f"). Synthetic images generated: blind {count(blind)}, targeted {count(planned.values())}.",
             "",
             f"| class | `{plan['split']}` IoU | share of the budget | "
             + " | ".join(f"`{n}` {s}" for s in splits for n in present)
@@ -89,6 +113,12 @@ def targeted_section(params: Params, groups: dict, splits: tuple[str, str], weak
                 + " | ".join(f"{v:.1f}" if v is not None else "n/a" for v in cells)
                 + " |"
             )
-        lines.append("")
-        summary[regime] = {"plan_split": plan["split"], "reference": plan["reference"], "weakest": rows}
+        lines += ["", *_filter_table(classes, planned)]
+        filtered = {k: {c: s["filter_per_class"].get(c) for c in classes} for k, s in planned.items() if s}
+        summary[regime] = {
+            "plan_split": plan["split"],
+            "reference": plan["reference"],
+            "weakest": rows,
+            "filtered": {k: v for k, v in filtered.items() if planned[k].get("filter_per_class")},
+        }
     return lines, summary

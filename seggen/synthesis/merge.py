@@ -44,7 +44,18 @@ def batch_columns(rows: list[ManifestRow], extras: list[dict], diversity: bool) 
         "style": [r.style for r in rows],
         "segments": [e["segments"] for e in extras],
         "spreads": spreads.to_json(),
+        "classes": [e.get("classes") for e in extras],  # filtered runs: {class: [pixels, ignored]} per sample
     }
+
+
+def add_class_counts(counts: dict, classes: dict | None, kept: bool) -> None:
+    """Add one filtered sample to `counts` (class id -> samples and pixels kept or dropped): a dropped
+    sample drops all its pixels, a kept one the pixels the pixel filter ignored."""
+    for c, (pixels, ignored) in (classes or {}).items():
+        n = counts.setdefault(int(c), {"samples_kept": 0, "samples_dropped": 0, "pixels_kept": 0, "pixels_dropped": 0})
+        n["samples_kept" if kept else "samples_dropped"] += 1
+        n["pixels_kept"] += pixels - ignored if kept else 0
+        n["pixels_dropped"] += ignored if kept else pixels
 
 
 def merge_dataset(plan: Plan) -> dict:
@@ -60,6 +71,7 @@ def merge_dataset(plan: Plan) -> dict:
     segments: list = []
     spreads = Spreads()
     miou, ign, reasons, styles = [], [], {}, []
+    per_class: dict = {}  # class id -> what the filters kept and dropped of it (filtered runs only)
     panoptic = plan.panoptic  # a property that looks at the source dataset: once, not per row
     with atomic_path(plan.out / "manifest.jsonl") as tmp, open(tmp, "w") as manifest:
         for b in plan.batches:
@@ -77,6 +89,8 @@ def merge_dataset(plan: Plan) -> dict:
                 if r:
                     reasons[r] = reasons.get(r, 0) + 1
             styles += c["style"]
+            for cls, ok in zip(c.get("classes") or [], c["kept"]):
+                add_class_counts(per_class, cls, ok)
             for k, (sid, ok) in enumerate(zip(c["id"], c["kept"])):
                 if not ok:
                     dropped.append(sid)
@@ -130,6 +144,9 @@ def merge_dataset(plan: Plan) -> dict:
     if diversity:
         summary["diversity"] = spreads.result(plan.params.data.root, split)
     summary["styles"] = _count(styles)
+    if per_class:  # by class name, in the dataset's class order
+        names = plan.meta.names
+        summary["filter_per_class"] = {names[c - 1]: per_class[c] for c in sorted(per_class)}  # ids 1..N
     if cfg.plan:  # how the plan spent the budget: sources drawn, and the most copies of one
         drawn = {j.source for j in plan.jobs}
         summary["plan"] = {"file": str(cfg.plan), "sources": len(drawn), "max_copies": plan.copies}
@@ -187,7 +204,8 @@ def write_metrics(out: Path, summary: dict) -> None:
                 res[k] = round(v, 6) if isinstance(v, float) else v
         return res
 
-    m = numbers({k: v for k, v in summary.items() if k not in ("fingerprint", "generators")})
+    # the per-class counts stay in summary.json: a metric per class and count would swamp `dvc metrics`
+    m = numbers({k: v for k, v in summary.items() if k not in ("fingerprint", "generators", "filter_per_class")})
     if summary.get("samples"):
         m["kept_fraction"] = round(summary["kept"] / summary["samples"], 6)
     write_json(metrics_path(out), m)

@@ -179,13 +179,18 @@ def _score(plan: Plan, gens: Generators, sample: dict) -> dict:
     and panoptic segments with filtered pixels ignored, kept or the reason it is dropped."""
     image, labels, pan = sample["image"], sample["labels"].copy(), sample["panoptic"]
     scores = Scores()
-    kept, reason = True, None
+    kept, reason, classes = True, None, None
     if gens.filter is not None:
         miou, ignore = gens.filter.score(image, labels)
         scores.sample_miou = miou
+        labelled = labels > 0
+        # per class: [labelled pixels, of them ignored by the pixel filter], before the filter edits the mask
+        ids, total = np.unique(labels[labelled], return_counts=True)
+        classes = {int(c): [int(n), 0] for c, n in zip(ids, total)}
         if ignore is not None:
-            labelled = labels > 0
             scores.ignored_fraction = float(ignore[labelled].mean()) if labelled.any() else 0.0
+            for c, n in zip(*np.unique(labels[ignore & labelled], return_counts=True)):
+                classes[int(c)][1] = int(n)
             labels[ignore] = 0
             if pan is not None:
                 ids = pan[0].copy()
@@ -198,12 +203,21 @@ def _score(plan: Plan, gens: Generators, sample: dict) -> dict:
             )
     if kept and not (labels > 0).any():
         kept, reason = False, "empty mask"
-    return {"image": image, "labels": labels, "panoptic": pan, "scores": scores, "kept": kept, "reason": reason}
+    return {
+        "image": image,
+        "labels": labels,
+        "panoptic": pan,
+        "scores": scores,
+        "kept": kept,
+        "reason": reason,
+        "classes": classes,
+    }
 
 
 def _write(plan: Plan, job: Job, sample: dict) -> tuple[ManifestRow, dict]:
     """A scored sample's files, each atomically -> its manifest row and what else the merge needs of
-    it: its panoptic segments, its class colours (ImgSyn's diversity statistics)."""
+    it: its panoptic segments, its class colours (ImgSyn's diversity statistics), the filter's pixel
+    counts per class."""
     fmt = plan.params.synthesize.image_format
     image, labels, pan, kept = sample["image"], sample["labels"], sample["panoptic"], sample["kept"]
     h, w = labels.shape
@@ -230,7 +244,7 @@ def _write(plan: Plan, job: Job, sample: dict) -> tuple[ManifestRow, dict]:
         height=h,
         plan=job.why,
     )
-    extra: dict = {"segments": pan[1] if (kept and pan is not None) else None}
+    extra: dict = {"segments": pan[1] if (kept and pan is not None) else None, "classes": sample.get("classes")}
     if kept and plan.strategy == "imgsyn" and plan.copies >= 2:
         from seggen.synthesis.diversity import class_colours
 
