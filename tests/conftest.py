@@ -23,9 +23,18 @@ os.environ["SEGGEN_TRACKING"] = "off"
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
+# the files whose slow tests take longest, first: `make test-slow` hands whole files to its two workers
+# in this order (--dist loadfile --no-loadscope-reorder), so each long file starts at once and the short
+# ones fill in at the end; the tests of a file keep their order
+LONGEST_FIRST = ("test_pipeline.py", "test_bench.py", "test_real_data.py", "test_ci_gate.py", "test_multiprocess.py")
+
+
 def pytest_collection_modifyitems(config, items):
-    """`gpu` tests run where CUDA is, and say why they skip elsewhere."""
+    """The longest files first; `gpu` tests run where CUDA is, and say why they skip elsewhere."""
     import torch
+
+    rank = {name: k for k, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's own order kept
 
     gpu = [item for item in items if item.get_closest_marker("gpu")]
     if gpu and not torch.cuda.is_available():

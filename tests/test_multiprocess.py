@@ -122,7 +122,7 @@ def test_a_killed_two_process_run_resumes_where_it_stopped(small_benchmark, tmp_
     ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
     ref_dir.mkdir(), run_dir.mkdir()
     off = {**os.environ, "SEGGEN_TRACKING": "off"}
-    keys = {"text2mask.train.steps": 150, "text2mask.train.checkpoint_every": 5}
+    keys = {"text2mask.train.steps": 60, "text2mask.train.checkpoint_every": 5}
     finished(launch(tiny_params(ref_dir, small_benchmark, **keys), "text2mask", 2, off))
     params = tiny_params(run_dir, small_benchmark, **keys)
     proc = launch(params, "text2mask", 2, {**off, "PYTHONUNBUFFERED": "1"})
