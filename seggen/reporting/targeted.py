@@ -114,11 +114,15 @@ def targeted_section(params: Params, groups: dict, splits: tuple[str, str], weak
                 + " |"
             )
         lines += ["", *_filter_table(classes, planned)]
-        filtered = {k: {c: s["filter_per_class"].get(c) for c in classes} for k, s in planned.items() if s}
+        filtered = {  # only the datasets a filter ran on have the counts
+            k: {c: s["filter_per_class"].get(c) for c in classes}
+            for k, s in planned.items()
+            if s and s.get("filter_per_class")
+        }
         summary[regime] = {
             "plan_split": plan["split"],
             "reference": plan["reference"],
             "weakest": rows,
-            "filtered": {k: v for k, v in filtered.items() if planned[k].get("filter_per_class")},
+            "filtered": filtered,
         }
     return lines, summary
