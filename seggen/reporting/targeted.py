@@ -30,11 +30,10 @@ def _summary(path: Path) -> dict | None:
     return json.loads(f.read_text()) if f.exists() else None
 
 
-def _filter_table(classes: list[str], planned: dict[str, dict | None]) -> list[str]:
-    """What the targeted datasets' filters kept of `classes`: per strategy, the samples showing the
-    class kept / dropped, and the share of its pixels dropped (whole samples, and pixels ignored in
-    kept ones); empty where no filter ran."""
-    per = {k: s["filter_per_class"] for k, s in planned.items() if s and s.get("filter_per_class")}
+def _filter_table(classes: list[str], per: dict[str, dict]) -> list[str]:
+    """What the targeted datasets' filters kept of `classes` (`per`: strategy -> its summary's
+    filter_per_class): the samples showing the class kept / dropped, and the share of its pixels
+    dropped (whole samples, and pixels ignored in kept ones); empty where no filter ran."""
     if not per:
         return []
     lines = [
@@ -113,16 +112,13 @@ def targeted_section(params: Params, groups: dict, splits: tuple[str, str], weak
                 + " | ".join(f"{v:.1f}" if v is not None else "n/a" for v in cells)
                 + " |"
             )
-        lines += ["", *_filter_table(classes, planned)]
-        filtered = {  # only the datasets a filter ran on have the counts
-            k: {c: s["filter_per_class"].get(c) for c in classes}
-            for k, s in planned.items()
-            if s and s.get("filter_per_class")
-        }
+        # only the datasets a filter ran on have the counts
+        per = {k: s["filter_per_class"] for k, s in planned.items() if s and s.get("filter_per_class")}
+        lines += ["", *_filter_table(classes, per)]
         summary[regime] = {
             "plan_split": plan["split"],
             "reference": plan["reference"],
             "weakest": rows,
-            "filtered": filtered,
+            "filtered": {k: {c: counts.get(c) for c in classes} for k, counts in per.items()},
         }
     return lines, summary

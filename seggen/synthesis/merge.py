@@ -44,7 +44,7 @@ def batch_columns(rows: list[ManifestRow], extras: list[dict], diversity: bool) 
         "style": [r.style for r in rows],
         "segments": [e["segments"] for e in extras],
         "spreads": spreads.to_json(),
-        "classes": [e.get("classes") for e in extras],  # filtered runs: {class: [pixels, ignored]} per sample
+        "classes": [e["classes"] for e in extras],  # filtered runs: {class: [pixels, ignored]} per sample
     }
 
 

@@ -185,8 +185,7 @@ def _score(plan: Plan, gens: Generators, sample: dict) -> dict:
         scores.sample_miou = miou
         labelled = labels > 0
         # per class: [labelled pixels, of them ignored by the pixel filter], before the filter edits the mask
-        ids, total = np.unique(labels[labelled], return_counts=True)
-        classes = {int(c): [int(n), 0] for c, n in zip(ids, total)}
+        classes = {int(c): [int(n), 0] for c, n in zip(*np.unique(labels[labelled], return_counts=True))}
         if ignore is not None:
             scores.ignored_fraction = float(ignore[labelled].mean()) if labelled.any() else 0.0
             for c, n in zip(*np.unique(labels[ignore & labelled], return_counts=True)):
@@ -244,7 +243,7 @@ def _write(plan: Plan, job: Job, sample: dict) -> tuple[ManifestRow, dict]:
         height=h,
         plan=job.why,
     )
-    extra: dict = {"segments": pan[1] if (kept and pan is not None) else None, "classes": sample.get("classes")}
+    extra: dict = {"segments": pan[1] if (kept and pan is not None) else None, "classes": sample["classes"]}
     if kept and plan.strategy == "imgsyn" and plan.copies >= 2:
         from seggen.synthesis.diversity import class_colours
 
