@@ -29,6 +29,7 @@ ABLATION = {
         "reference": "baseline-s0",
         "group": "both",
         "synthesize": {"filter.pixel": True, "filter.scorer": "plan"},
+        "round2": ["low"],
     },
 }
 
@@ -65,6 +66,10 @@ def test_bench_repro_builds_the_results_page(tmp_path, mlflow_server):
         "synthesize_targeted@low-imgsyn",
         "train_segmenter_targeted@low-targeted-1",
         "evaluate_targeted@low-targeted-0",
+        "plan_synthesis_r2@low",
+        "synthesize_targeted_r2@low-imgsyn",
+        "train_segmenter_targeted_r2@low-targeted-r2-1",
+        "evaluate_targeted_r2@low-targeted-r2-0",
         "report",
     ):
         assert f"ablation/dvc.yaml:{s}" in stages
@@ -91,10 +96,29 @@ def test_bench_repro_builds_the_results_page(tmp_path, mlflow_server):
         assert row["plan"]["source_weight"] == plan["source_weights"][row["source_id"]]
         assert row["scores"]["ignored_fraction"] is not None
 
+    # round 2: round 1's first-seed arm scored against round 1's plan; a second budget if it did better on
+    # tuning, else an empty one, and the round-2 arm then trains on round 1's data alone: the same weights
+    plan2 = json.loads((root / "data/ablation/plan/low-r2/plan.json").read_text())
+    assert plan2["reference"] == "low-targeted-s0" and plan2["round"] == 2
+    assert plan2["previous"]["mIoU"] == plan["mIoU"] and (plan2["mIoU"] <= plan["mIoU"]) == bool(plan2["stopped"])
+    rows2 = (root / "data/ablation/synthetic-targeted/low-r2/imgsyn/manifest.jsonl").read_text().splitlines()
+    assert len(rows2) == (0 if plan2["stopped"] else 16)
+    assert all(json.loads(line)["plan"]["round"] == 2 for line in rows2)
+    info2 = json.loads((root / "models/ablation/segmenter/low-targeted-r2-s0/model/seggen_segmenter.json").read_text())
+    assert sorted(info2["synthetic_fingerprints"]) == sorted(
+        f"data/ablation/synthetic-targeted/{r}/{k}" for r in ("low", "low-r2") for k in ("imgsyn", "masksyn")
+    )
+    if plan2["stopped"]:
+        same = [
+            (root / f"models/ablation/segmenter/{a}/model/model.safetensors").read_bytes()
+            for a in ("low-targeted-s0", "low-targeted-r2-s0")
+        ]
+        assert same[0] == same[1]
+
     # the page: mean ± std over the seeds, equal to what the evaluations wrote (the shifted split: the mean
     # over its unseen domains)
     page = (root / "docs" / "results.md").read_text()
-    for group in ("low-baseline", "low-both", "low-leak", "low-targeted"):
+    for group in ("low-baseline", "low-both", "low-leak", "low-targeted", "low-targeted-r2"):
         vals = {
             s: [
                 json.loads((root / "reports/ablation/eval" / f"{group}-s{k}" / s / "scores.json").read_text())[key]
@@ -112,7 +136,7 @@ def test_bench_repro_builds_the_results_page(tmp_path, mlflow_server):
             == f"{statistics.fmean(vals['validation_shift']):.1f} ± {statistics.stdev(vals['validation_shift']):.1f}"
         ), row
         if not group.endswith("baseline"):
-            base = group.replace(group.split("-")[1], "baseline")
+            base = "low-baseline"
             d = statistics.fmean(vals["validation"]) - statistics.fmean(
                 [
                     json.loads(
@@ -128,7 +152,16 @@ def test_bench_repro_builds_the_results_page(tmp_path, mlflow_server):
     assert "### Regime `low`" in page and "Plan: `low-baseline-s0` on `tuning`" in page
     for v, c in weakest:
         row = next(line for line in page.splitlines() if line.startswith(f"| {c} | {v:.1f} |"))
-        assert len(row.split("|")) == 2 + 3 + 3 * 2, row  # class, tuning IoU, share, 3 arms x 2 splits
+        assert len(row.split("|")) == 2 + 3 + 4 * 2, row  # class, tuning IoU, share, 4 arms x 2 splits
+    assert f"Round 2: `low-targeted-s0` scored {plan2['mIoU']:.1f} mIoU on the planning split" in page
+    # what each round's generation cost, from the datasets' compute records
+    cost = re.search(
+        r"Generation wall time \(.*?\): blind ([\d.]+) min, `low-targeted` ([\d.]+) min, "
+        r"`low-targeted-r2` ([\d.]+) min",
+        page,
+    )
+    assert cost and float(cost[1]) > 0 and float(cost[2]) > 0 and (float(cost[3]) == 0) == bool(plan2["stopped"]), cost
+    assert ("the loop ended: round 1 did not raise" in page) == bool(plan2["stopped"])
     # and what the reference's pixel filter kept of them, per strategy, from the targeted datasets' summaries
     table = page.split("What the filter kept of these classes")[1].split("\n\n")[1].splitlines()
     for _, c in weakest:

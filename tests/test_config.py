@@ -82,8 +82,8 @@ def test_cli_reports_bad_params_in_one_line(tmp_path):
 
 
 def test_bench_profile_is_valid_and_complete():
-    """ablation/params.yaml: (4 groups + 2 variants) x 3 seeds x 2 regimes; the low regime's arms train on
-    its subset; a variant's arms train like `both` on the variant's synthetic data."""
+    """ablation/params.yaml: (4 groups + 2 variants + 2 targeted rounds) x 3 seeds x 2 regimes; the low
+    regime's arms train on its subset; a variant's arms train like `both` on the variant's synthetic data."""
     p = load_params(REPO / "ablation" / "params.yaml")
     assert set(p.regimes) == {"full", "low"}
     low = p.regime("low").synthesize
@@ -100,7 +100,7 @@ def test_bench_profile_is_valid_and_complete():
     assert groups == {
         f"{r}-{a}": {0, 1, 2}
         for r in ("full", "low")
-        for a in ("baseline", "imgsyn", "masksyn", "both", "noprior", "leak", "targeted")
+        for a in ("baseline", "imgsyn", "masksyn", "both", "noprior", "leak", "targeted", "targeted-r2")
     }
     leak, both = p.arm("full-leak-s1").segmenter, p.arm("full-both-s1").segmenter
     assert (
@@ -155,12 +155,39 @@ def test_targeted_arms_train_on_their_regimes_planned_data():
     assert (arm.strategy, arm.synthetic, arm.seed) == (both.strategy, both.synthetic, 2)
 
 
+def test_round_two_plans_from_round_ones_arm_and_trains_on_both_rounds():
+    """ablation.targeted.round2: REGIME-targeted-r2 scores round 1's arm of the first seed against round
+    1's plan, into plan_synthesis.out/REGIME-r2; its data goes to synthesize.out-targeted/REGIME-r2,
+    filtered by that arm; REGIME-targeted-r2-sSEED trains on both rounds' data."""
+    p = load_params(REPO / "ablation" / "params.yaml")
+    assert p.ablation.targeted.round2 == ["full", "low"]
+    one, two = p.pick("low-targeted"), p.pick("low-targeted-r2")
+    plan = two.plan_synthesis
+    assert plan.reference == "low-targeted-s0" and plan.reference in p.arms and plan.round == 2
+    assert str(plan.previous) == f"{p.plan_synthesis.out}/low/plan.json" == str(one.synthesize.plan)
+    assert str(plan.out) == f"{p.plan_synthesis.out}/low-r2" and str(two.synthesize.plan) == f"{plan.out}/plan.json"
+    assert str(two.synthesize.out) == f"{p.synthesize.out}-targeted/low-r2"
+    assert two.synthesize.model_copy(update={"plan": one.synthesize.plan, "out": one.synthesize.out}) == one.synthesize
+    arm = p.arm("low-targeted-r2-s1").segmenter
+    assert arm.synthetic_roots == [one.synthesize.out, two.synthesize.out] and arm.seed == 1 and arm.real_subset == 10
+    assert p.arm("low-targeted-s1").segmenter.synthetic_roots == [one.synthesize.out]
+    # without round2, no second round: its names are not there
+    q = load_params(REPO / "ablation" / "params.yaml", {"ablation.targeted.round2": []})
+    assert not any("-r2" in a for a in q.arms)
+    with pytest.raises(ConfigError, match="no such arm"):
+        q.pick("low-targeted-r2")
+    # the first round's plan has no round before it; a later one must name it
+    with pytest.raises(ConfigError, match="plan_synthesis.previous"):
+        load_params(REPO / "params.yaml", {"plan_synthesis.round": 2})
+
+
 @pytest.mark.parametrize(
     "over, message",
     [
         ({"ablation.targeted.regimes": ["mid"]}, r"ablation\.targeted\.regimes: 'mid' is not a regime"),
         ({"ablation.targeted.group": "nope"}, r"ablation\.targeted\.group: 'nope' is not a group"),
         ({"ablation.targeted.reference": "baseline-s9"}, r"ablation\.targeted\.reference: 'baseline-s9' is not"),
+        ({"ablation.targeted.round2": ["mid"]}, r"ablation\.targeted\.round2: \['mid'\] must list regimes"),
         ({"ablation.groups.targeted": {}}, r"ablation\.groups\.targeted: the name of the targeted arms"),
         ({"ablation.targeted.synthesize": {"filter.marginn": 1}}, r"ablation\.targeted\.synthesize.*marginn"),
     ],

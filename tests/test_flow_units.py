@@ -59,8 +59,8 @@ def test_bench_profile_stages_and_overrides(tmp_path):
     p = load_params(REPO / "ablation" / "params.yaml")
     assert names[:2] == ["ablation/dvc.yaml:synthesize@full-masksyn", "ablation/dvc.yaml:synthesize@full-imgsyn"]
     assert sum(n.startswith("ablation/dvc.yaml:synthesize@") for n in names) == 2 * len(p.regimes)
-    # REGIME-GROUP-sSEED, REGIME-VARIANT-sSEED and REGIME-targeted-sSEED arms, one stage each (DVC names
-    # matrix stages REGIME-GROUP-SEED); the groups' arms in the order of p.arms
+    # REGIME-GROUP-sSEED, REGIME-VARIANT-sSEED and REGIME-targeted(-r2)-sSEED arms, one stage each (DVC
+    # names matrix stages REGIME-GROUP-SEED); the groups' arms in the order of p.arms
     groups = [a for a in p.arms if a.split("-")[1] not in {*p.variants, "targeted"}]
     assert [n for n in names if ":train_segmenter@" in n] == [
         f"ablation/dvc.yaml:train_segmenter@{a.replace('-s', '-')}" for a in groups
@@ -68,7 +68,7 @@ def test_bench_profile_stages_and_overrides(tmp_path):
     trained = {n.split("@")[1] for n in names if ":train_segmenter" in n}
     assert trained == {a.replace("-s", "-") for a in p.arms}
     assert (
-        len(p.arms) == 42
+        len(p.arms) == 48
         and stage_names(REPO, ("segmentation",), "ablation/dvc.yaml")[-1] == "ablation/dvc.yaml:report"
     )
     (tmp_path / "ablation").mkdir()

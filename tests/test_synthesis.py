@@ -325,6 +325,32 @@ def test_a_plan_spends_the_blind_budget_on_the_weak_classes_sources(gens, tmp_pa
         assert r.plan.class_weights == {c: cw[c] for c in caps[r.source_id].classes}
     synthesize(blind_p, "imgsyn", progress=False)
     assert '"plan"' not in (tmp_path / "blind" / "imgsyn" / "manifest.jsonl").read_text()
+    # what it cost, beside the dataset; a run that finds the dataset complete adds nothing
+    record = json.loads((tmp_path / "blind" / "imgsyn.run.json").read_text())
+    fingerprint = json.loads((tmp_path / "blind" / "imgsyn" / "summary.json").read_text())["fingerprint"]
+    assert record["fingerprint"] == fingerprint and record["generated"] == len(blind.jobs) == 12
+    assert [r["generated"] for r in record["runs"]] == [12] and 0 < record["seconds"] == record["runs"][0]["seconds"]
+    assert record["runs"][0]["device"].startswith("CPU (")
+    synthesize(blind_p, "imgsyn", progress=False)
+    assert json.loads((tmp_path / "blind" / "imgsyn.run.json").read_text()) == record
+
+    # a plan whose loop ended spends nothing: an empty dataset, which a later round's arm pools as nothing
+    from seggen.segmenter.train import Mixture
+
+    (tmp_path / "stopped.json").write_text(json.dumps({**doc, "round": 2, "stopped": "round 1 did not help"}))
+    q = load_params(params_file(gens, tmp_path / "stop", imgsyn_per_source=2, plan=str(tmp_path / "stopped.json")))
+    assert make_plan(q, "imgsyn").jobs == []
+    assert synthesize(q, "imgsyn", progress=False)["samples"] == 0
+
+    def mixture(roots):
+        seg = {"strategy": "augment", "synthetic": ("imgsyn",), "synthetic_root": roots}
+        return Mixture(blind_p.model_copy(update={"segmenter": blind_p.segmenter.model_copy(update=seg)}))
+
+    one, rounds = mixture(tmp_path / "blind"), mixture([tmp_path / "blind", tmp_path / "stop"])
+    assert rounds.syn_pool == one.syn_pool and rounds.by_source == one.by_source and len(one.syn_pool) == 12
+    assert list(rounds.syn_fingerprints) == [f"{tmp_path / r}/imgsyn" for r in ("blind", "stop")]
+    both = mixture([tmp_path / "blind", tmp_path / "syn"])  # two rounds with data: pooled
+    assert len(both.syn_pool) == len(one.syn_pool) + len(plan.jobs) and len(both.syn) == 2
 
     # a plan of other data: one error naming the file, before any image
     (tmp_path / "other.json").write_text(json.dumps({**doc, "class_weights": {"cow": 1.0}}))
@@ -659,3 +685,22 @@ def test_panoptic_of_a_generated_mask_equals_the_per_segment_construction(kind):
     cut[ignore] = 0
     want = [segment_info(s["id"], s["category_id"], cut == s["id"]) for s in reversed(segs) if (cut == s["id"]).any()]
     assert segments_info(cut, [(s["id"], s["category_id"], 0) for s in reversed(segs)]) == want
+
+
+def test_the_compute_record_sums_the_runs_of_one_dataset(tmp_path):
+    """A run that resumes a killed one adds its entry; a dataset of other params starts a new record; a
+    run that generated nothing writes the record only if it is missing."""
+    from seggen.synthesis.merge import record_run, run_path
+
+    out = tmp_path / "imgsyn"
+    (out / ".work").mkdir(parents=True)
+    (out / ".work" / "fingerprint").write_text("aaa\n")
+    assert record_run(out, None) == {"fingerprint": "aaa", "runs": [], "seconds": 0, "generated": 0}
+    first = {"generated": 16, "seconds": 10.0, "processes": 2, "device": "CPU (2 cores)", "date": "2026-12-06"}
+    record_run(out, first)
+    (out / "summary.json").write_text(json.dumps({"fingerprint": "aaa"}))  # merged: the same dataset
+    rec = record_run(out, {**first, "generated": 8, "seconds": 5.5})
+    assert rec["generated"] == 24 and rec["seconds"] == 15.5 and len(rec["runs"]) == 2
+    assert record_run(out, None) == rec == json.loads(run_path(out).read_text())
+    (out / "summary.json").write_text(json.dumps({"fingerprint": "bbb"}))  # other params
+    assert record_run(out, first)["runs"] == [first] and run_path(out) == tmp_path / "imgsyn.run.json"

@@ -75,6 +75,19 @@ def test_the_plan_scores_the_reference_arm_on_the_tuning_split(small_benchmark, 
     again = stages.plan_synthesis(p)
     assert again == plan
 
+    # a later round goes on only if its reference beat the round before's: here the same segmenter, so it
+    # ends the loop; against a weaker one, it goes on
+    weaker = {**plan, "mIoU": plan["mIoU"] - 1.0, "reference": "older"}
+    (tmp_path / "weaker.json").write_text(json.dumps(weaker))
+    for previous, stopped in (("plan/plan.json", "did not raise tuning mIoU"), ("weaker.json", None)):
+        over = {"round": 2, "previous": str(tmp_path / previous), "out": str(tmp_path / "plan2")}
+        later = stages.plan_synthesis(p.model_copy(update={"plan_synthesis": p.plan_synthesis.model_copy(update=over)}))
+        assert (
+            later["round"] == 2 and later["previous"]["mIoU"] == json.loads((tmp_path / previous).read_text())["mIoU"]
+        )
+        assert (stopped in later["stopped"]) if stopped else later["stopped"] is None
+        assert later["class_weights"] == plan["class_weights"]
+
 
 def test_data_without_the_planning_split_gets_an_even_plan_that_says_why(small_benchmark, tmp_path):
     from seggen.synthesis.targeting import plan_synthesis
@@ -142,6 +155,46 @@ def test_the_ablation_plans_after_its_reference_and_trains_targeted_arms_after_t
         assert (f"synthesize_targeted@low-{s}", "train_segmenter_targeted@low-targeted-0") in edges
     assert ("train_segmenter@low-baseline-0", "plan_synthesis@low") in edges
     assert not any(b.startswith("train_segmenter@") and "plan" in a for a, b in edges)
+
+
+def test_round_two_plans_after_round_one_and_trains_on_both_rounds():
+    """ablation/dvc.yaml's second round: round 1's plan and its first-seed arm -> plan_synthesis_r2 ->
+    synthesize_targeted_r2 (filtered by that arm) -> train_segmenter_targeted_r2, which also reads round 1's data."""
+    import re
+    from pathlib import Path
+
+    from helpers import REPO
+
+    dvc = str(Path(sys.executable).parent / "dvc")
+    r = subprocess.run(
+        [dvc, "dag", "--dot", "ablation/dvc.yaml:train_segmenter_targeted_r2@low-targeted-r2-1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    edges = {
+        (a.removeprefix("ablation/dvc.yaml:"), b.removeprefix("ablation/dvc.yaml:"))
+        for a, b in re.findall(r'"([^"]+)" -> "([^"]+)"', r.stdout)
+    }
+    assert {
+        ("plan_synthesis@low", "plan_synthesis_r2@low"),
+        ("train_segmenter_targeted@low-targeted-0", "plan_synthesis_r2@low"),
+    } <= edges
+    for s in ("masksyn", "imgsyn"):
+        assert ("plan_synthesis_r2@low", f"synthesize_targeted_r2@low-{s}") in edges
+        assert ("train_segmenter_targeted@low-targeted-0", f"synthesize_targeted_r2@low-{s}") in edges
+        for rnd in ("synthesize_targeted", "synthesize_targeted_r2"):
+            assert (f"{rnd}@low-{s}", "train_segmenter_targeted_r2@low-targeted-r2-1") in edges
+
+
+def test_a_loop_goes_on_only_after_a_round_that_helped():
+    from seggen.synthesis.targeting import stop_reason
+
+    assert stop_reason({"mIoU": 40.0, "round": 1}, 41.5, 2, "tuning") is None
+    assert stop_reason({"mIoU": 40.0}, 40.0, 2, "tuning") == "round 1 did not raise tuning mIoU (40.00 -> 40.00)"
+    assert "no tuning mIoU" in stop_reason({"mIoU": None}, 40.0, 2, "tuning")
+    assert stop_reason({"mIoU": 40.0, "round": 2, "stopped": "x"}, 50.0, 3, "tuning") == "the loop ended before round 2"
 
 
 def test_the_filter_table_counts_samples_and_pixels_and_is_absent_without_a_filter():

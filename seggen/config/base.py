@@ -6,7 +6,16 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, WithJsonSchema, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    StrictInt,
+    WithJsonSchema,
+    model_validator,
+)
 
 MAX_STEPS = 10_000_000  # optimizer steps: 27x the paper's longest schedule (COCO, 368,750); a typo stops here
 
@@ -36,6 +45,26 @@ def _safe_name(value: str) -> str:
 
 SafePath = Annotated[
     Path, AfterValidator(_safe_path), WithJsonSchema({"type": "string", "format": "path", "pattern": SAFE_PATH})
+]
+
+
+def _safe_paths(value: object) -> Path | list[Path]:
+    """One path, or a non-empty list of them (one error naming the bad one)."""
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise ValueError("a path or a non-empty list of paths")
+        return [_safe_paths(v) for v in value]  # type: ignore[misc]
+    if not isinstance(value, (str, Path)):
+        raise ValueError(f"a path or a list of paths, not {type(value).__name__}")
+    return _safe_path(Path(value))
+
+
+_PATH_SCHEMA = {"type": "string", "format": "path", "pattern": SAFE_PATH}
+# a directory or several (pooled): the JSON schema of the Prefect form takes either
+SafePaths = Annotated[
+    Path | list[Path],
+    PlainValidator(_safe_paths),
+    WithJsonSchema({"anyOf": [_PATH_SCHEMA, {"type": "array", "items": _PATH_SCHEMA, "minItems": 1}]}),
 ]
 SplitName = Annotated[str, AfterValidator(_safe_name), WithJsonSchema({"type": "string", "pattern": SAFE_NAME})]
 

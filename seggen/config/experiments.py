@@ -24,6 +24,23 @@ VARIANT_SECTIONS = ("prior", "mask2img", "synthesize")
 TARGETED = "targeted"  # the arms and datasets spent by a plan: REGIME-targeted(-sSEED), synthesize.out-targeted
 
 
+def targeted_name(regime: str, rnd: int = 1) -> str:
+    """The name of regime `regime`'s targeted synthesis in round `rnd` (`--arm`): REGIME-targeted,
+    REGIME-targeted-r2, ...; its arms are this name + -sSEED."""
+    return f"{regime}-{TARGETED}" + (f"-r{rnd}" if rnd > 1 else "")
+
+
+def targeted_rounds(tg: Any, regime: str) -> int:
+    """How many rounds regime `regime`'s loop runs (ablation.targeted, as params or as the raw mapping)."""
+    later = tg.get("round2", []) if isinstance(tg, dict) else tg.round2
+    return 2 if regime in later else 1
+
+
+def round_dir(regime: str, rnd: int) -> str:
+    """The folder (under plan_synthesis.out and synthesize.out-targeted) of a regime's round: REGIME, REGIME-r2, ..."""
+    return regime + (f"-r{rnd}" if rnd > 1 else "")
+
+
 def variant_path(path: Path, name: str) -> Path:
     """Where variant `name` writes what the main setup writes at `path`: models/prior -> models/prior-NAME."""
     return path.with_name(f"{path.name}-{name}")
@@ -87,15 +104,22 @@ def _targeted_arms(ab: dict, regimes: dict, root: Path, variants: dict) -> dict:
     g, _, s = ref.rpartition("-s")
     if g not in groups or not s.isdigit() or int(s) not in seeds:
         raise ValueError(f"ablation.targeted.reference: {ref!r} is not GROUP-sSEED of the ablation's groups and seeds")
-    arms = {}
     for regime in tg["regimes"]:
         if regime not in regimes:
             raise ValueError(f"ablation.targeted.regimes: {regime!r} is not a regime (have: {', '.join(regimes)})")
-        for seed in seeds:
-            entry = dict(groups[group] or {}, seed=seed, synthetic_root=str(variant_path(root, TARGETED) / regime))
-            if (regimes[regime] or {}).get("real_subset"):
-                entry["real_subset"] = regimes[regime]["real_subset"]
-            arms[f"{regime}-{TARGETED}-s{seed}"] = entry
+    later = tg.get("round2") or []
+    if not isinstance(later, list) or set(later) - set(tg["regimes"]):
+        raise ValueError(f"ablation.targeted.round2: {later!r} must list regimes of ablation.targeted.regimes")
+    arms = {}
+    for regime in tg["regimes"]:
+        for rnd in range(1, targeted_rounds(tg, regime) + 1):
+            # round R trains on the data of rounds 1..R (one folder each)
+            data = [str(variant_path(root, TARGETED) / round_dir(regime, r)) for r in range(1, rnd + 1)]
+            for seed in seeds:
+                entry = dict(groups[group] or {}, seed=seed, synthetic_root=data[0] if rnd == 1 else data)
+                if (regimes[regime] or {}).get("real_subset"):
+                    entry["real_subset"] = regimes[regime]["real_subset"]
+                arms[f"{targeted_name(regime, rnd)}-s{seed}"] = entry
     return arms
 
 
@@ -111,11 +135,15 @@ def pick(params: Params, name: str) -> Params:
     reg, _, var = name.partition("-")
     if reg in params.regimes and var in params.variants:
         return regime(variant(params, var), reg)
-    if var == TARGETED and params.ablation and reg in params.ablation.targeted.regimes:
-        return targeted(params, reg)
+    tg = params.ablation.targeted if params.ablation else None
+    rounds = (
+        {targeted_name(reg, r): r for r in range(1, targeted_rounds(tg, reg) + 1)} if tg and reg in tg.regimes else {}
+    )
+    if name in rounds:
+        return targeted(params, reg, rounds[name])
     have = [*params.arms, *params.variants, *params.regimes]
     have += [f"{r}-{v}" for r in params.regimes for v in params.variants]
-    have += [f"{r}-{TARGETED}" for r in (params.ablation.targeted.regimes if params.ablation else [])]
+    have += [targeted_name(r, k) for r in (tg.regimes if tg else []) for k in range(1, targeted_rounds(tg, r) + 1)]
     raise ConfigError(f"--arm {name}: no such arm, variant or regime (have: {', '.join(have) or 'none'})")
 
 
@@ -169,15 +197,28 @@ def regime(params: Params, name: str) -> Params:
     return p
 
 
-def targeted(params: Params, name: str) -> Params:
-    """Regime `name`'s synthesis spent by its plan (plan_synthesis.out/NAME/plan.json), with the keys of
-    ablation.targeted.synthesize: its datasets at synthesize.out-targeted/NAME."""
+def targeted(params: Params, name: str, rnd: int = 1) -> Params:
+    """Regime `name`'s synthesis in round `rnd` of its loop, spent by that round's plan, with the keys of
+    ablation.targeted.synthesize. Round 1 plans from the regime's reference arm (plan_synthesis.out/NAME);
+    round R > 1 from round R-1's arm of the first seed, after round R-1's plan (its mIoU is the one to
+    beat): plan_synthesis.out/NAME-rR. Its datasets: synthesize.out-targeted/NAME(-rR)."""
     p = regime(params, name)
+    if rnd > 1:
+        seed = params.ablation.seeds[0]  # ablation/dvc.yaml: ${ablation.seeds.0}
+        cfg = p.plan_synthesis.model_copy(
+            update={
+                "reference": f"{targeted_name(name, rnd - 1)}-s{seed}",
+                "out": params.plan_synthesis.out / round_dir(name, rnd),
+                "previous": params.plan_synthesis.out / round_dir(name, rnd - 1) / "plan.json",
+                "round": rnd,
+            }
+        )
+        p = p.model_copy(update={"plan_synthesis": cfg})
     tree = p.synthesize.model_dump(mode="json")
     for key, value in params.ablation.targeted.synthesize.items():
         _set_dotted(tree, key, value, "ablation.targeted.synthesize")
     tree["plan"] = str(p.plan_synthesis.out / "plan.json")
-    tree["out"] = str(variant_path(Path(params.synthesize.out), TARGETED) / name)
+    tree["out"] = str(variant_path(Path(params.synthesize.out), TARGETED) / round_dir(name, rnd))
     try:
         syn = type(p.synthesize).model_validate(tree)
     except ValidationError as e:

@@ -59,6 +59,13 @@ class TargetedParams(_Section):
     """The group whose segmenter keys the targeted arms use (the blind arm to compare them with)."""
     synthesize: dict[str, Any] = Field(default_factory=dict)
     """Dotted `synthesize` keys of the targeted synthesis over the regime's, e.g. {filter.pixel: true}."""
+    round2: list[str] = Field(default_factory=list)
+    """The regimes whose closed loop runs a second round ([]: none). Round 2 scores round 1's arm
+    (REGIME-targeted-sSEED, the first of `seeds`) on the planning split against round 1's plan: if it raised the
+    split's mIoU, a second budget goes where it is still weakest (plan_synthesis.out/REGIME-r2,
+    synthesize.out-targeted/REGIME-r2); if not, the loop ends and that plan generates nothing.
+    REGIME-targeted-r2-sSEED trains on both rounds' data
+    """
 
 
 class AblationParams(_Section):
@@ -173,7 +180,7 @@ class Params(_Section):
     def _arms_valid(self) -> Params:
         import re
 
-        from seggen.config.experiments import names_clash
+        from seggen.config.experiments import names_clash, targeted_name, targeted_rounds
 
         if clash := names_clash(self):
             raise ValueError(clash)
@@ -187,7 +194,8 @@ class Params(_Section):
                 raise ValueError(f"variants.{name}: variant names are lowercase letters, digits and _")
             self.variant(name)
         for name in self.ablation.targeted.regimes if self.ablation else []:
-            self.pick(f"{name}-targeted")  # the targeted synthesis's params are valid
+            for rnd in range(1, targeted_rounds(self.ablation.targeted, name) + 1):  # each round's params are valid
+                self.pick(targeted_name(name, rnd))
         for name in self.arms:
             if not re.fullmatch(_ARM_BODY, name):
                 raise ValueError(f"arms.{name}: arm names are lowercase letters, digits, - and _")
@@ -198,12 +206,12 @@ class Params(_Section):
                 syn = self.regime(regime).synthesize
                 if (
                     seg.strategy != "real"
-                    and Path(seg.synthetic_root) == Path(syn.out)
+                    and Path(syn.out) in seg.synthetic_roots
                     and seg.real_subset != syn.real_subset
                 ):
                     raise ValueError(
                         f"arms.{name}.real_subset: {seg.real_subset} but its synthetic data "
-                        f"({seg.synthetic_root}) is regime {regime}'s, made from real_subset {syn.real_subset}"
+                        f"({Path(syn.out)}) is regime {regime}'s, made from real_subset {syn.real_subset}"
                     )
         return self
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, StrictInt, field_validator, model_validator
 
-from seggen.config.base import MAX_STEPS, LoopParams, SafePath, SplitName, _Section
+from seggen.config.base import MAX_STEPS, LoopParams, SafePath, SafePaths, SplitName, _Section
 
 
 class Mask2FormerParams(_Section):
@@ -84,8 +84,10 @@ class SegmenterParams(_Section):
     """
     synthetic: tuple[Literal["masksyn", "imgsyn"], ...] = ("masksyn", "imgsyn")
     """The synthetic datasets mixed in (any strategy but real)."""
-    synthetic_root: SafePath = Path("data/synthetic")
-    """Directory holding the masksyn/ and imgsyn/ datasets."""
+    synthetic_root: SafePaths = Path("data/synthetic")
+    """Directory holding the masksyn/ and imgsyn/ datasets; a list: several such directories (e.g. the rounds of a
+    closed loop), their datasets pooled
+    """
     p_aug: float = Field(0.3, ge=0, le=1)
     """augment: probability that a real sample is replaced by a synthetic one (the paper: 0.6 on ADE20K)."""
     concat_repeat: StrictInt = Field(1, ge=1)
@@ -108,6 +110,12 @@ class SegmenterParams(_Section):
     """The from-scratch Mask2Former's shape (ignored with `pretrained`)."""
     train: SegTrainParams = SegTrainParams()
     """The training loop."""
+
+    @property
+    def synthetic_roots(self) -> list[Path]:
+        """synthetic_root as a list of directories."""
+        roots = self.synthetic_root
+        return [Path(r) for r in roots] if isinstance(roots, list) else [Path(roots)]
 
     @model_validator(mode="after")
     def _group_norm_has_values(self) -> SegmenterParams:

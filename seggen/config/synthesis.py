@@ -157,6 +157,20 @@ class PlanSynthesisParams(_Section):
     """The smallest (1 - IoU) a class weighs with: a class the segmenter gets right still gets some data."""
     out: SafePath = Path("data/plan")
     """Where the plan goes: plan.json (class and source weights, class losses) and plan.png."""
+    round: StrictInt = Field(1, ge=1)
+    """The round of a closed loop this plan is for (the manifest rows record it); rounds after the first need
+    `previous`
+    """
+    previous: SafePath | None = None
+    """The plan.json of the round before: its mIoU (that round's reference on the same split) is the one to beat.
+    A reference that does not beat it ends the loop: this plan generates nothing (its `stopped` says why)
+    """
+
+    @model_validator(mode="after")
+    def _later_rounds_follow_one(self):
+        if (self.round > 1) != (self.previous is not None):
+            raise ValueError("plan_synthesis.previous: set for rounds after the first (the plan of the round before)")
+        return self
 
     @field_validator("split")
     @classmethod

@@ -47,6 +47,10 @@ ENTRIES: dict[str, tuple[str, ...]] = {
     "synthesize_targeted": ("seggen.pipeline.stages:synthesize",),
     "train_segmenter_targeted": ("seggen.pipeline.stages:train_segmenter",),
     "evaluate_targeted": ("seggen.pipeline.stages:evaluate",),
+    "plan_synthesis_r2": ("seggen.pipeline.stages:plan_synthesis",),
+    "synthesize_targeted_r2": ("seggen.pipeline.stages:synthesize",),
+    "train_segmenter_targeted_r2": ("seggen.pipeline.stages:train_segmenter",),
+    "evaluate_targeted_r2": ("seggen.pipeline.stages:evaluate",),
 }
 # they do not change what a stage writes
 NEUTRAL = {

@@ -238,8 +238,10 @@ def train_segmenter(params: Params, arm: str | None = None) -> Path:
     with tracking.stage_run(name, logged, system_metrics=_system(params)) as mlrun:
         mlrun.log_dataset(p.data.root, "real", "training", cfg.split)
         if cfg.strategy != "real":
-            for name in cfg.synthetic:
-                mlrun.log_dataset(Path(cfg.synthetic_root) / name, name, "training")
+            roots = cfg.synthetic_roots  # several: the rounds of a closed loop, the lineage to each
+            for root in roots:
+                for name in cfg.synthetic:
+                    mlrun.log_dataset(root / name, name if len(roots) == 1 else f"{root.name}/{name}", "training")
         model_dir = run(p)
         mlrun.log_losses(_losses(Path(cfg.out) / "train_log.json"))
         info = json.loads((model_dir / "seggen_segmenter.json").read_text())
@@ -311,7 +313,11 @@ def plan_synthesis(params: Params, arm: str | None = None) -> dict:
         mlrun.log_metrics(plan["class_weights"], prefix="weight/")
         for f in ("plan.json", "plan.png"):
             mlrun.log_artifact(Path(cfg.out) / f, "plan")
-        mlrun.set_tags({"plan.reference": cfg.reference, "plan.model": plan["model"]})
+        tags = {"plan.reference": cfg.reference, "plan.model": plan["model"]}
+        if cfg.previous is not None:  # a later round of a loop: the lineage to the round before
+            tags |= {"plan.round": str(cfg.round), "plan.previous": str(cfg.previous)}
+            tags["plan.stopped"] = plan["stopped"] or "no"
+        mlrun.set_tags(tags)
     return plan
 
 

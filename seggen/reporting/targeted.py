@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from seggen.config import Params
+from seggen.config.experiments import targeted_name, targeted_rounds
 from seggen.errors import DataError
 
 
@@ -28,6 +29,71 @@ def _summary(path: Path) -> dict | None:
     """A synthetic dataset's summary.json, or None where the dataset is not there."""
     f = path / "summary.json"
     return json.loads(f.read_text()) if f.exists() else None
+
+
+def _cost(outs: list[Path]) -> tuple[float | None, set[str]]:
+    """The wall seconds the datasets at `outs` took to generate (their compute records), None where a
+    record is missing or empty, and the devices they ran on."""
+    total, where = 0.0, set()
+    for out in outs:
+        f = out.parent / f"{out.name}.run.json"
+        rec = json.loads(f.read_text()) if f.exists() else {}
+        if not rec.get("runs"):
+            if (_summary(out) or {}).get("samples") == 0:  # nothing to generate (a loop that ended)
+                continue
+            return None, set()
+        total += rec["seconds"]
+        where |= {r["device"] for r in rec["runs"]}
+    return total, where
+
+
+def _cost_line(params: Params, p: Params, rounds: list[str]) -> tuple[str, dict]:
+    kinds = ("masksyn", "imgsyn")
+    costs = {"blind": _cost([Path(p.synthesize.out) / k for k in kinds])}
+    for n in rounds:
+        costs[n] = _cost([Path(params.pick(n).synthesize.out) / k for k in kinds])
+    fmt = lambda c: f"{c[0] / 60:.2f} min" if c[0] is not None else "n/a (no compute record)"  # noqa: E731
+    where = sorted(set().union(*(c[1] for c in costs.values())))
+    line = (
+        "Generation wall time (MaskSyn + ImgSyn, model loading and filtering included): "
+        + ", ".join(f"{'blind' if n == 'blind' else f'`{n}`'} {fmt(c)}" for n, c in costs.items())
+        + (f"; on {', '.join(where)}." if where else ".")
+    )
+    return line, {n: c[0] for n, c in costs.items()}
+
+
+def _round2(params: Params, name: str) -> dict:
+    """Round 2's plan: whom it scored and against what, and whether the loop went on."""
+    cfg = params.pick(name).plan_synthesis
+    f = Path(cfg.out) / "plan.json"
+    if not f.exists():
+        raise DataError(f"{f}: missing; run plan_synthesis_r2 first")
+    plan = json.loads(f.read_text())
+    prev = plan["previous"]
+    return {
+        "reference": plan["reference"],
+        "mIoU": plan["mIoU"],
+        "previous_reference": prev["reference"],
+        "previous_mIoU": prev["mIoU"],
+        "stopped": plan["stopped"],
+    }
+
+
+def _round2_lines(params: Params, rounds: list[str]) -> list[str]:
+    if len(rounds) < 2:
+        return []
+    r = _round2(params, rounds[1])
+    fmt = lambda v: f"{v:.1f}" if v is not None else "n/a"  # noqa: E731
+    said = (
+        f"the loop ended: {r['stopped']}; round 2 generated nothing, and `{rounds[1]}` trains on round 1's data"
+        if r["stopped"]
+        else "round 2 spent a second budget where it is still weakest"
+    )
+    return [
+        f"Round 2: `{r['reference']}` scored {fmt(r['mIoU'])} mIoU on the planning split, against "
+        f"{fmt(r['previous_mIoU'])} for `{r['previous_reference']}`: {said}.",
+        "",
+    ]
 
 
 def _filter_table(classes: list[str], per: dict[str, dict]) -> list[str]:
@@ -83,20 +149,28 @@ def targeted_section(params: Params, groups: dict, splits: tuple[str, str], weak
         shown = sorted((v, c) for c, v in plan["per_class_iou"].items() if v is not None)
         classes = [c for _, c in shown[:weakest]]
         total = sum(plan["class_weights"].values())
-        names = [f"{regime}-{ref}", f"{regime}-{tg.group}", f"{regime}-targeted"]
+        rounds = [targeted_name(regime, r) for r in range(1, targeted_rounds(tg, regime) + 1)]
+        names = [f"{regime}-{ref}", f"{regime}-{tg.group}", *rounds]
         present = [n for n in names if n in groups]
         iou = {(n, s): _class_iou(params, groups[n].arms, s) for n in present for s in splits}
         blind = [_summary(Path(p.synthesize.out) / k) for k in ("masksyn", "imgsyn")]
-        planned_out = Path(params.pick(f"{regime}-targeted").synthesize.out)
+        planned_out = Path(params.pick(rounds[0]).synthesize.out)
         planned = {k: _summary(planned_out / k) for k in ("masksyn", "imgsyn")}
         count = lambda xs: sum(x["samples"] for x in xs if x)  # noqa: E731
+        cost_line, seconds = _cost_line(params, p, rounds)
+        made = [count(_summary(Path(params.pick(n).synthesize.out) / k) for k in ("masksyn", "imgsyn")) for n in rounds]
         lines += [
             f"### Regime `{regime}`",
             "",
             f"Plan: `{plan['reference']}` on `{plan['split']}` ({plan['num_images']} images, mIoU "
             + (f"{plan['mIoU']:.1f}" if plan["mIoU"] is not None else "n/a")
-            + f"). Synthetic images generated: blind {count(blind)}, targeted {count(planned.values())}.",
+            + f"). Synthetic images generated: blind {count(blind)}, "
+            + ", ".join(f"round {r} (`{n}`) {k}" for r, (n, k) in enumerate(zip(rounds, made), 1))
+            + ("; round 2's arms train on both rounds' images." if len(rounds) > 1 else "."),
             "",
+            cost_line,
+            "",
+            *_round2_lines(params, rounds),
             f"| class | `{plan['split']}` IoU | share of the budget | "
             + " | ".join(f"`{n}` {s}" for s in splits for n in present)
             + " |",
@@ -118,6 +192,9 @@ def targeted_section(params: Params, groups: dict, splits: tuple[str, str], weak
         summary[regime] = {
             "plan_split": plan["split"],
             "reference": plan["reference"],
+            "images": {"blind": count(blind), **dict(zip(rounds, made))},
+            "generation_seconds": seconds,
+            **({"round2": _round2(params, rounds[1])} if len(rounds) > 1 else {}),
             "weakest": rows,
             "filtered": {k: {c: counts.get(c) for c in classes} for k, counts in per.items()},
         }

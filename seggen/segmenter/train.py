@@ -63,11 +63,19 @@ class Mixture:
             if not cfg.synthetic:
                 raise DataError(f"segmenter.synthetic: strategy {cfg.strategy} needs at least one synthetic dataset")
             split = params.synthesize.split  # synthetic datasets keep their source split's name and layout
-            for k, name in enumerate(cfg.synthetic):
-                root = Path(cfg.synthetic_root) / name
+            roots = cfg.synthetic_roots
+            # several roots (the rounds of a closed loop): their datasets pooled, named ROOT/NAME
+            datasets = [(r / n, n if len(roots) == 1 else f"{r}/{n}") for r in roots for n in cfg.synthetic]
+            for root, name in datasets:
+                summary = json.loads((root / "summary.json").read_text()) if (root / "summary.json").exists() else {}
+                if summary.get("samples") == 0:  # a round whose plan ended the loop: nothing to pool
+                    self.syn_fingerprints[name] = summary.get("fingerprint", "")
+                    continue
                 if detect_layout(root, split) is None:
-                    raise DataError(f"{root}: synthetic dataset not found (run `seggen synthesize --strategy {name}`)")
-                src = SegSource(root, split, pan, name)
+                    raise DataError(
+                        f"{root}: synthetic dataset not found (run `seggen synthesize --strategy {root.name}`)"
+                    )
+                k, src = len(self.syn), SegSource(root, split, pan, root.name)
                 differ = label_mismatch(src.meta.names, self.meta.names)
                 if differ:
                     raise DataError(f"{root}: its classes are not those of {params.data.root}: {differ}")
@@ -75,12 +83,10 @@ class Mixture:
                 self.syn_pool += [(k, i) for i in range(len(src))]
                 for real_id, items in synthetic_by_source(src).items():
                     self.by_source.setdefault(real_id, []).extend((k, i) for i in items)
-                summary = root / "summary.json"
-                self.syn_fingerprints[name] = (
-                    json.loads(summary.read_text()).get("fingerprint", "") if summary.exists() else ""
-                )
+                self.syn_fingerprints[name] = summary.get("fingerprint", "")
             if not self.syn_pool:
-                raise DataError(f"{cfg.synthetic_root}: the synthetic datasets {list(cfg.synthetic)} hold no samples")
+                where = ", ".join(map(str, roots))
+                raise DataError(f"{where}: the synthetic datasets {list(cfg.synthetic)} hold no samples")
 
     def draw(self, phase: str, step: int, n: int, rng: np.random.Generator) -> list[tuple[int, int]]:
         """-> n (source, index) pairs; source -1 is the real dataset, k >= 0 synthetic dataset k."""

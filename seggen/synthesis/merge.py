@@ -191,6 +191,37 @@ def metrics_path(out: Path) -> Path:
     return out.parent / f"{out.name}.metrics.json"
 
 
+def run_path(out: Path) -> Path:
+    """The dataset's compute record (STRATEGY.run.json, beside the metrics file): what generating it cost."""
+    return out.parent / f"{out.name}.run.json"
+
+
+def record_run(out: Path, entry: dict | None) -> dict:
+    """Add one synthesis call's cost to the dataset's compute record. The record belongs to one
+    fingerprint (a dataset of other params starts a new one); a run that resumes a killed one adds
+    its own entry, so the sum is what the whole dataset cost. `entry` None: nothing was generated
+    (the record is written if missing, so the stage's output exists)."""
+    from seggen.io import write_json
+
+    fp = ""
+    for f in (out / "summary.json", out / ".work" / "fingerprint"):
+        if f.exists():
+            fp = json.loads(f.read_text())["fingerprint"] if f.suffix == ".json" else f.read_text().strip()
+            break
+    path = run_path(out)
+    rec = json.loads(path.read_text()) if path.exists() else {}
+    if rec.get("fingerprint") != fp:
+        rec = {"fingerprint": fp, "runs": []}
+    elif entry is None:
+        return rec
+    if entry is not None:
+        rec["runs"].append(entry)
+    rec["seconds"] = round(sum(r["seconds"] for r in rec["runs"]), 3)
+    rec["generated"] = sum(r["generated"] for r in rec["runs"])
+    write_json(path, rec)
+    return rec
+
+
 def write_metrics(out: Path, summary: dict) -> None:
     """The summary's numbers only (no timings, no digests): the same dataset gives the same file."""
 

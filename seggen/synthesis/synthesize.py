@@ -10,7 +10,8 @@ Output (`synthesize.out`/STRATEGY), read like real data by every other stage:
     dropped/         images and masks the sample filter removed, for auditing
     summary.json, grid.png (colour map | image), seggen_meta.json
 Beside it, STRATEGY.metrics.json: the summary's numbers (kept/dropped, sample mIoU, diversity, styles),
-a git-tracked DVC metrics file, so `dvc exp show` / `dvc metrics diff` compare synthetic datasets.
+a git-tracked DVC metrics file, so `dvc exp show` / `dvc metrics diff` compare synthetic datasets; and
+STRATEGY.run.json: what generating it cost (wall seconds, images, devices per run; not part of the dataset).
 
 Reproducibility: the samples are planned up front in a fixed order; sample k of source s gets the
 seed (seed, strategy, s, k), and samples are generated in fixed batches of that order (float
@@ -40,7 +41,7 @@ from seggen.errors import DataError
 from seggen.io import write_png, write_text
 from seggen.progress import tqdm
 from seggen.synthesis.manifest import ManifestRow, Scores
-from seggen.synthesis.merge import batch_columns, merge_dataset, metrics_path, write_metrics
+from seggen.synthesis.merge import batch_columns, merge_dataset, metrics_path, record_run, write_metrics
 from seggen.synthesis.plan import (
     Job,
     Plan,
@@ -373,7 +374,46 @@ def synthesize(
     - `dask`: every shard as a task on a Dask cluster (`synthesize.dask`), then merged;
     - else local processes, one shard each (one per GPU of `synthesize.devices`; on the CPU
       `synthesize.workers`; one process: in this one), then merged.
+
+    A call that runs every shard adds its wall time, images and devices to the dataset's compute record
+    (STRATEGY.run.json); hand-run shards of many machines leave it empty (one file, many writers).
     """
+    t0 = time.perf_counter()
+    res = _synthesize(params, strategy, shard, num_shards, dask, progress)
+    out = Path(params.synthesize.out) / strategy
+    if shard is not None:
+        if "kept" in res:  # the shard that merged: the record exists, without this machine's share
+            record_run(out, None)
+        return res
+    entry = None
+    if res.get("generated"):
+        entry = {
+            "generated": res["generated"],
+            "seconds": round(time.perf_counter() - t0, 3),  # wall time, model loading included
+            "processes": res.get("workers", 1),
+            "device": _device_name(params, dask),
+            "date": time.strftime("%Y-%m-%d", time.gmtime()),
+        }
+    res["compute"] = record_run(out, entry)
+    return res
+
+
+def _device_name(params: Params, dask: bool) -> str:
+    import os
+
+    import torch
+
+    from seggen.synthesis import devices
+
+    if dask:
+        return f"dask cluster ({params.synthesize.dask.address or 'local'})"
+    gpus = devices.resolve(params.synthesize.devices)
+    if gpus:
+        return f"{len(gpus)} x {torch.cuda.get_device_name(gpus[0])}"
+    return f"CPU ({os.cpu_count()} cores)"
+
+
+def _synthesize(params: Params, strategy: str, shard: int | None, num_shards: int, dask: bool, progress: bool) -> dict:
     import multiprocessing
     import os
     from concurrent.futures import ProcessPoolExecutor

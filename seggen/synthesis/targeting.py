@@ -57,14 +57,27 @@ def allocate(weights: list[float], total: int) -> list[int]:
     return n.tolist()
 
 
-def read_plan(path: Path, names: list[str]) -> dict:
+def stop_reason(previous: dict, miou: float | None, rnd: int, split: str) -> str | None:
+    """Why a closed loop ends before round `rnd` (None: it goes on). `previous`: the plan of round
+    rnd-1, whose mIoU is its reference's on `split`; `miou`: round rnd-1's arm on the same split."""
+    if previous.get("stopped"):
+        return f"the loop ended before round {previous.get('round', 1)}"
+    before = previous.get("mIoU")
+    if before is None or miou is None:
+        return f"no {split} mIoU to compare round {rnd - 1} with (a plan without the split)"
+    if miou <= before:
+        return f"round {rnd - 1} did not raise {split} mIoU ({before:.2f} -> {miou:.2f})"
+    return None
+
+
+def read_plan(path: Path, names: list[str], key: str = "synthesize.plan") -> dict:
     """A plan_synthesis plan.json, checked against the dataset's classes (one error naming the file)."""
     import json
 
     from seggen.errors import not_found
 
     if not path.is_file():
-        raise DataError(f"{not_found(path, 'file', 'plan')} (synthesize.plan; `seggen plan_synthesis` writes one)")
+        raise DataError(f"{not_found(path, 'file', 'plan')} ({key}; `seggen plan_synthesis` writes one)")
     try:
         plan = json.loads(path.read_text())
         weights, sources = plan["class_weights"], plan["source_weights"]
@@ -138,7 +151,9 @@ def score(params: Params, model_dir: Path, split: str, progress: bool = True) ->
 
 def plan_synthesis(params: Params, progress: bool = True) -> dict:
     """Score the reference arm on the planning split and write plan_synthesis.out: plan.json and
-    plan.png (per class: the reference's IoU and the share of the budget the plan gives it)."""
+    plan.png (per class: the reference's IoU and the share of the budget the plan gives it). In a
+    later round of a loop (plan_synthesis.previous), the plan also says whether the loop goes on:
+    `stopped` is why not (the reference, the last round's arm, did not beat the previous plan's mIoU)."""
     from seggen.data.captions import read_captions
     from seggen.data.layout import detect_layout
     from seggen.io import atomic_dir, check_dir, digest_tree, write_json
@@ -151,6 +166,8 @@ def plan_synthesis(params: Params, progress: bool = True) -> dict:
     if not model_dir.is_dir():
         raise DataError(f"{model_dir}: not found; train the reference arm first (train_segmenter@{cfg.reference})")
     out = check_dir(cfg.out, "plan_synthesis.out")  # before any compute
+    if cfg.previous is not None and not Path(cfg.previous).is_file():
+        read_plan(Path(cfg.previous), [], "plan_synthesis.previous")  # names the missing file
     if detect_layout(params.data.root, cfg.split) is None:
         # real ADE20K / COCO have no tuning split; scoring a held-out fold of training needs a reference
         # trained without it: until then, an even plan that says why
@@ -177,6 +194,11 @@ def plan_synthesis(params: Params, progress: bool = True) -> dict:
         "class_loss": scored["class_loss"],
         "source_weights": source_weights({i: list(r.classes) for i, r in captions.items()}, weights),
     }
+    if cfg.previous is not None:  # a later round of a closed loop: go on only if the last round helped
+        previous = read_plan(Path(cfg.previous), list(weights), "plan_synthesis.previous")
+        plan["round"] = cfg.round
+        plan["previous"] = {"plan": str(cfg.previous), "reference": previous["reference"], "mIoU": previous["mIoU"]}
+        plan["stopped"] = stop_reason(previous, scored["mIoU"], cfg.round, cfg.split)
     names = list(weights)
     total = sum(weights.values())
     with atomic_dir(out, "plan_synthesis", "plan_synthesis.out") as tmp:
