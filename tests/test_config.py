@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -188,6 +189,10 @@ def test_round_two_plans_from_round_ones_arm_and_trains_on_both_rounds():
         ({"ablation.targeted.group": "nope"}, r"ablation\.targeted\.group: 'nope' is not a group"),
         ({"ablation.targeted.reference": "baseline-s9"}, r"ablation\.targeted\.reference: 'baseline-s9' is not"),
         ({"ablation.targeted.round2": ["mid"]}, r"ablation\.targeted\.round2: \['mid'\] must list regimes"),
+        (
+            {"ablation.targeted.regimes": [], "ablation.targeted.round2": ["low"]},
+            r"ablation\.targeted\.round2: \['low'\] must list regimes",
+        ),
         ({"ablation.groups.targeted": {}}, r"ablation\.groups\.targeted: the name of the targeted arms"),
         ({"ablation.targeted.synthesize": {"filter.marginn": 1}}, r"ablation\.targeted\.synthesize.*marginn"),
     ],
@@ -219,3 +224,22 @@ def test_bad_regimes_and_arms_name_the_key(over, message):
     with pytest.raises(ConfigError, match=message) as e:
         load_params(REPO / "params.yaml", over)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (["a", "a"], "the same path twice"),
+        (["a", ["b"]], "a path or a non-empty list of paths"),
+        ([], "a path or a non-empty list of paths"),
+        (["a", "x$y"], r"item 1: a path of letters"),
+        (3, "a path or a list of paths, not int"),
+    ],
+)
+def test_synthetic_roots_are_one_path_or_a_list_of_different_ones(value, message):
+    assert load_params(REPO / "params.yaml", {"segmenter.synthetic_root": ["a", "b"]}).segmenter.synthetic_roots == [
+        Path("a"),
+        Path("b"),
+    ]
+    with pytest.raises(ConfigError, match=rf"^--set segmenter\.synthetic_root: {message}"):
+        load_params(REPO / "params.yaml", {"segmenter.synthetic_root": value})

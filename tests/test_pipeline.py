@@ -632,8 +632,12 @@ def _add_tiny_bench(root: Path) -> None:
     bench.update(
         segmenter={},
         regimes={"full": {}},
-        # no targeted arms: ablation/dvc.yaml's matrices read ablation.targeted.regimes, so it is stated
-        ablation={"groups": {"baseline": {"strategy": "real"}}, "seeds": [0], "targeted": {"regimes": []}},
+        # no targeted arms: ablation/dvc.yaml's matrices read ablation.targeted.regimes and round2, so they are stated
+        ablation={
+            "groups": {"baseline": {"strategy": "real"}},
+            "seeds": [0],
+            "targeted": {"regimes": [], "round2": []},
+        },
         variants={},
     )
     (root / "ablation" / "params.yaml").write_text(yaml.safe_dump(bench, sort_keys=False))

@@ -702,5 +702,8 @@ def test_the_compute_record_sums_the_runs_of_one_dataset(tmp_path):
     rec = record_run(out, {**first, "generated": 8, "seconds": 5.5})
     assert rec["generated"] == 24 and rec["seconds"] == 15.5 and len(rec["runs"]) == 2
     assert record_run(out, None) == rec == json.loads(run_path(out).read_text())
+    interrupted = record_run(out, {**first, "generated": None, "seconds": 2.0})  # Ctrl-C: its images unknown
+    assert interrupted["generated"] == 24 and interrupted["seconds"] == 17.5 and len(interrupted["runs"]) == 3
+    (out / ".work" / "fingerprint").unlink()
     (out / "summary.json").write_text(json.dumps({"fingerprint": "bbb"}))  # other params
     assert record_run(out, first)["runs"] == [first] and run_path(out) == tmp_path / "imgsyn.run.json"

@@ -49,12 +49,21 @@ SafePath = Annotated[
 
 
 def _safe_paths(value: object) -> Path | list[Path]:
-    """One path, or a non-empty list of them (one error naming the bad one)."""
+    """One path, or a non-empty list of different paths (one error naming the bad one)."""
+    one = lambda v: isinstance(v, (str, Path))  # noqa: E731
     if isinstance(value, (list, tuple)):
-        if not value:
+        if not value or not all(map(one, value)):
             raise ValueError("a path or a non-empty list of paths")
-        return [_safe_paths(v) for v in value]  # type: ignore[misc]
-    if not isinstance(value, (str, Path)):
+        paths = []
+        for i, v in enumerate(value):
+            try:
+                paths.append(_safe_path(Path(v)))
+            except ValueError as e:
+                raise ValueError(f"item {i}: {e}") from None
+        if len(set(paths)) < len(paths):
+            raise ValueError("the same path twice (its datasets would be drawn twice as often)")
+        return paths
+    if not one(value):
         raise ValueError(f"a path or a list of paths, not {type(value).__name__}")
     return _safe_path(Path(value))
 

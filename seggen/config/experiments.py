@@ -1,9 +1,10 @@
 """Runs other than the pipeline's main one, all picked by name with `--arm` (`pick`): an arm (a set of
 `segmenter` keys, its model at arms_root/ARM), a data regime (a set of `synthesize` keys, its datasets at
 synthesize.out/REGIME), a variant (other generators, their outputs beside the main ones with -NAME),
-REGIME-VARIANT (a variant's datasets for a regime), REGIME-targeted (a regime's datasets spent by its
-plan), and the ablation, which expands to arms (regime x group x seed, regime x variant x seed, and
-REGIME-targeted-sSEED for the regimes of ablation.targeted).
+REGIME-VARIANT (a variant's datasets for a regime), REGIME-targeted and REGIME-targeted-r2 (a regime's
+datasets spent by its plan in round 1 and 2 of the loop), and the ablation, which expands to arms (regime
+x group x seed, regime x variant x seed, and REGIME-targeted(-r2)-sSEED for the regimes of
+ablation.targeted).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def targeted_name(regime: str, rnd: int = 1) -> str:
 
 def targeted_rounds(tg: Any, regime: str) -> int:
     """How many rounds regime `regime`'s loop runs (ablation.targeted, as params or as the raw mapping)."""
-    later = tg.get("round2", []) if isinstance(tg, dict) else tg.round2
+    later = (tg.get("round2") or []) if isinstance(tg, dict) else tg.round2
     return 2 if regime in later else 1
 
 
@@ -89,9 +90,22 @@ def ablation_arms(data: Any) -> Any:
 
 def _targeted_arms(ab: dict, regimes: dict, root: Path, variants: dict) -> dict:
     """REGIME-targeted-sSEED for every regime of ablation.targeted and seed: the group's segmenter keys
-    on the regime's planned data (synthesize.out-targeted/REGIME), its real subset."""
+    on the regime's planned data (synthesize.out-targeted/REGIME), its real subset; for the regimes of
+    ablation.targeted.round2 also REGIME-targeted-r2-sSEED, on both rounds' data."""
     tg = ab.get("targeted") or {}
-    if not isinstance(tg, dict) or not tg.get("regimes"):
+    if not isinstance(tg, dict):
+        return {}
+    for regime in tg.get("regimes") or []:
+        if regime not in regimes:
+            raise ValueError(f"ablation.targeted.regimes: {regime!r} is not a regime (have: {', '.join(regimes)})")
+    later = tg.get("round2") or []
+    if (
+        not isinstance(later, list)
+        or not all(isinstance(r, str) for r in later)
+        or set(later) - set(tg.get("regimes") or [])
+    ):
+        raise ValueError(f"ablation.targeted.round2: {later!r} must list regimes of ablation.targeted.regimes")
+    if not tg.get("regimes"):
         return {}
     groups, seeds = ab["groups"], ab.get("seeds", DEFAULT_SEEDS)
     for where, names in (("ablation.groups", groups), ("variants", variants)):
@@ -104,12 +118,6 @@ def _targeted_arms(ab: dict, regimes: dict, root: Path, variants: dict) -> dict:
     g, _, s = ref.rpartition("-s")
     if g not in groups or not s.isdigit() or int(s) not in seeds:
         raise ValueError(f"ablation.targeted.reference: {ref!r} is not GROUP-sSEED of the ablation's groups and seeds")
-    for regime in tg["regimes"]:
-        if regime not in regimes:
-            raise ValueError(f"ablation.targeted.regimes: {regime!r} is not a regime (have: {', '.join(regimes)})")
-    later = tg.get("round2") or []
-    if not isinstance(later, list) or set(later) - set(tg["regimes"]):
-        raise ValueError(f"ablation.targeted.round2: {later!r} must list regimes of ablation.targeted.regimes")
     arms = {}
     for regime in tg["regimes"]:
         for rnd in range(1, targeted_rounds(tg, regime) + 1):

@@ -78,7 +78,8 @@ class AblationParams(_Section):
     variant_group: str = "both"
     """The group whose segmenter keys the arms of every variant (Params.variants) use."""
     targeted: TargetedParams = TargetedParams()
-    """Targeted arms: REGIME-targeted-sSEED, on synthetic data planned from REGIME's reference arm."""
+    """Targeted arms: REGIME-targeted-sSEED, on synthetic data planned from REGIME's reference arm (and
+    REGIME-targeted-r2-sSEED for a second round)."""
 
 
 class Params(_Section):

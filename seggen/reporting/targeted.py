@@ -31,20 +31,25 @@ def _summary(path: Path) -> dict | None:
     return json.loads(f.read_text()) if f.exists() else None
 
 
-def _cost(outs: list[Path]) -> tuple[float | None, set[str]]:
-    """The wall seconds the datasets at `outs` took to generate (their compute records), None where a
-    record is missing or empty, and the devices they ran on."""
-    total, where = 0.0, set()
+def _cost(outs: list[Path]) -> tuple[float | None, set[str], bool]:
+    """The wall seconds the datasets at `outs` took to generate (their compute records; None where a
+    record is missing or empty), the devices they ran on, and whether the records cover every sample
+    (a run killed by a signal leaves no entry)."""
+    from seggen.synthesis.merge import run_path
+
+    total, where, whole = 0.0, set(), True
     for out in outs:
-        f = out.parent / f"{out.name}.run.json"
+        f = run_path(out)
         rec = json.loads(f.read_text()) if f.exists() else {}
+        samples = (_summary(out) or {}).get("samples")
         if not rec.get("runs"):
-            if (_summary(out) or {}).get("samples") == 0:  # nothing to generate (a loop that ended)
+            if samples == 0:  # nothing to generate (a loop that ended)
                 continue
-            return None, set()
+            return None, set(), False
         total += rec["seconds"]
         where |= {r["device"] for r in rec["runs"]}
-    return total, where
+        whole &= samples is not None and rec["generated"] >= samples
+    return total, where, whole
 
 
 def _cost_line(params: Params, p: Params, rounds: list[str]) -> tuple[str, dict]:
@@ -52,7 +57,12 @@ def _cost_line(params: Params, p: Params, rounds: list[str]) -> tuple[str, dict]
     costs = {"blind": _cost([Path(p.synthesize.out) / k for k in kinds])}
     for n in rounds:
         costs[n] = _cost([Path(params.pick(n).synthesize.out) / k for k in kinds])
-    fmt = lambda c: f"{c[0] / 60:.2f} min" if c[0] is not None else "n/a (no compute record)"  # noqa: E731
+
+    def fmt(c):
+        if c[0] is None:
+            return "n/a (no compute record)"
+        return ("" if c[2] else "at least ") + f"{c[0] / 60:.2f} min"
+
     where = sorted(set().union(*(c[1] for c in costs.values())))
     line = (
         "Generation wall time (MaskSyn + ImgSyn, model loading and filtering included): "
@@ -79,10 +89,9 @@ def _round2(params: Params, name: str) -> dict:
     }
 
 
-def _round2_lines(params: Params, rounds: list[str]) -> list[str]:
-    if len(rounds) < 2:
+def _round2_lines(rounds: list[str], r: dict | None) -> list[str]:
+    if r is None:
         return []
-    r = _round2(params, rounds[1])
     fmt = lambda v: f"{v:.1f}" if v is not None else "n/a"  # noqa: E731
     said = (
         f"the loop ended: {r['stopped']}; round 2 generated nothing, and `{rounds[1]}` trains on round 1's data"
@@ -158,6 +167,7 @@ def targeted_section(params: Params, groups: dict, splits: tuple[str, str], weak
         planned = {k: _summary(planned_out / k) for k in ("masksyn", "imgsyn")}
         count = lambda xs: sum(x["samples"] for x in xs if x)  # noqa: E731
         cost_line, seconds = _cost_line(params, p, rounds)
+        r2 = _round2(params, rounds[1]) if len(rounds) > 1 else None
         made = [count(_summary(Path(params.pick(n).synthesize.out) / k) for k in ("masksyn", "imgsyn")) for n in rounds]
         lines += [
             f"### Regime `{regime}`",
@@ -166,11 +176,11 @@ def targeted_section(params: Params, groups: dict, splits: tuple[str, str], weak
             + (f"{plan['mIoU']:.1f}" if plan["mIoU"] is not None else "n/a")
             + f"). Synthetic images generated: blind {count(blind)}, "
             + ", ".join(f"round {r} (`{n}`) {k}" for r, (n, k) in enumerate(zip(rounds, made), 1))
-            + ("; round 2's arms train on both rounds' images." if len(rounds) > 1 else "."),
+            + ("; round 2's arms train on both rounds' images." if len(rounds) > 1 and made[1] else "."),
             "",
             cost_line,
             "",
-            *_round2_lines(params, rounds),
+            *_round2_lines(rounds, r2),
             f"| class | `{plan['split']}` IoU | share of the budget | "
             + " | ".join(f"`{n}` {s}" for s in splits for n in present)
             + " |",
@@ -194,7 +204,7 @@ def targeted_section(params: Params, groups: dict, splits: tuple[str, str], weak
             "reference": plan["reference"],
             "images": {"blind": count(blind), **dict(zip(rounds, made))},
             "generation_seconds": seconds,
-            **({"round2": _round2(params, rounds[1])} if len(rounds) > 1 else {}),
+            **({"round2": r2} if r2 else {}),
             "weakest": rows,
             "filtered": {k: {c: counts.get(c) for c in classes} for k, counts in per.items()},
         }

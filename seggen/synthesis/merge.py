@@ -198,18 +198,22 @@ def run_path(out: Path) -> Path:
 
 def record_run(out: Path, entry: dict | None) -> dict:
     """Add one synthesis call's cost to the dataset's compute record. The record belongs to one
-    fingerprint (a dataset of other params starts a new one); a run that resumes a killed one adds
-    its own entry, so the sum is what the whole dataset cost. `entry` None: nothing was generated
-    (the record is written if missing, so the stage's output exists)."""
+    fingerprint (a dataset of other params starts a new one); a run that resumes an interrupted one
+    adds its own entry. `generated` sums the entries that know their images: equal to the dataset's
+    samples when every run was recorded. `entry` None: nothing was generated (the record is written
+    if missing)."""
     from seggen.io import write_json
 
     fp = ""
-    for f in (out / "summary.json", out / ".work" / "fingerprint"):
+    for f in (out / ".work" / "fingerprint", out / "summary.json"):  # as prepare_output reads them
         if f.exists():
-            fp = json.loads(f.read_text())["fingerprint"] if f.suffix == ".json" else f.read_text().strip()
+            fp = f.read_text().strip() if f.suffix != ".json" else json.loads(f.read_text()).get("fingerprint", "")
             break
     path = run_path(out)
-    rec = json.loads(path.read_text()) if path.exists() else {}
+    try:
+        rec = json.loads(path.read_text()) if path.exists() else {}
+    except json.JSONDecodeError:  # a record cut short: start it again
+        rec = {}
     if rec.get("fingerprint") != fp:
         rec = {"fingerprint": fp, "runs": []}
     elif entry is None:
@@ -217,7 +221,7 @@ def record_run(out: Path, entry: dict | None) -> dict:
     if entry is not None:
         rec["runs"].append(entry)
     rec["seconds"] = round(sum(r["seconds"] for r in rec["runs"]), 3)
-    rec["generated"] = sum(r["generated"] for r in rec["runs"])
+    rec["generated"] = sum(r["generated"] or 0 for r in rec["runs"])
     write_json(path, rec)
     return rec
 

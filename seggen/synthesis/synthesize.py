@@ -43,6 +43,7 @@ from seggen.progress import tqdm
 from seggen.synthesis.manifest import ManifestRow, Scores
 from seggen.synthesis.merge import batch_columns, merge_dataset, metrics_path, record_run, write_metrics
 from seggen.synthesis.plan import (
+    WORK,
     Job,
     Plan,
     make_plan,
@@ -376,26 +377,36 @@ def synthesize(
       `synthesize.workers`; one process: in this one), then merged.
 
     A call that runs every shard adds its wall time, images and devices to the dataset's compute record
-    (STRATEGY.run.json); hand-run shards of many machines leave it empty (one file, many writers).
+    (STRATEGY.run.json); one stopped by Ctrl-C adds its time too (its images unknown: `generated` null).
+    A process killed by a signal (SIGTERM, SIGKILL, a lost machine) records nothing, nor do hand-run
+    shards (one file, many writers): the record then covers part of the dataset, which its `generated`
+    total shows.
     """
     t0 = time.perf_counter()
-    res = _synthesize(params, strategy, shard, num_shards, dask, progress)
     out = Path(params.synthesize.out) / strategy
+    try:
+        res = _synthesize(params, strategy, shard, num_shards, dask, progress)
+    except KeyboardInterrupt:
+        if shard is None and (out / WORK).is_dir():  # generation had started
+            record_run(out, _entry(params, dask, None, t0, {}))
+        raise
     if shard is not None:
-        if "kept" in res:  # the shard that merged: the record exists, without this machine's share
+        if "kept" in res:  # the shard that merged: the record exists
             record_run(out, None)
         return res
-    entry = None
-    if res.get("generated"):
-        entry = {
-            "generated": res["generated"],
-            "seconds": round(time.perf_counter() - t0, 3),  # wall time, model loading included
-            "processes": res.get("workers", 1),
-            "device": _device_name(params, dask),
-            "date": time.strftime("%Y-%m-%d", time.gmtime()),
-        }
-    res["compute"] = record_run(out, entry)
+    res["compute"] = record_run(out, _entry(params, dask, res["generated"], t0, res) if res.get("generated") else None)
     return res
+
+
+def _entry(params: Params, dask: bool, generated: int | None, t0: float, res: dict) -> dict:
+    """One run's line of the compute record."""
+    return {
+        "generated": generated,
+        "seconds": round(time.perf_counter() - t0, 3),  # wall time, model loading and filtering included
+        "processes": len(res["shards"]) if "shards" in res else res.get("workers", 1),
+        "device": _device_name(params, dask),
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
+    }
 
 
 def _device_name(params: Params, dask: bool) -> str:
