@@ -129,9 +129,8 @@ def test_a_missing_reference_is_one_error(missing, small_benchmark, tmp_path):
     assert not (tmp_path / "data" / "plan").exists()
 
 
-def test_the_ablation_plans_after_its_reference_and_trains_targeted_arms_after_the_plan():
-    """ablation/dvc.yaml's targeted arms: REGIME-baseline-s0 -> plan_synthesis@REGIME -> synthesize_targeted
-    (filtered by that reference too) -> train_segmenter_targeted, and no blind arm waits on a plan."""
+def _ablation_edges(stage: str) -> set[tuple[str, str]]:
+    """The edges (upstream, downstream) of `dvc dag` for an ablation/dvc.yaml stage, names without the file."""
     import re
     from pathlib import Path
 
@@ -139,16 +138,18 @@ def test_the_ablation_plans_after_its_reference_and_trains_targeted_arms_after_t
 
     dvc = str(Path(sys.executable).parent / "dvc")
     r = subprocess.run(
-        [dvc, "dag", "--dot", "ablation/dvc.yaml:train_segmenter_targeted@low-targeted-0"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
+        [dvc, "dag", "--dot", f"ablation/dvc.yaml:{stage}"], cwd=REPO, capture_output=True, text=True, check=True
     )
-    edges = {
+    return {
         (a.removeprefix("ablation/dvc.yaml:"), b.removeprefix("ablation/dvc.yaml:"))
         for a, b in re.findall(r'"([^"]+)" -> "([^"]+)"', r.stdout)
     }
+
+
+def test_the_ablation_plans_after_its_reference_and_trains_targeted_arms_after_the_plan():
+    """ablation/dvc.yaml's targeted arms: REGIME-baseline-s0 -> plan_synthesis@REGIME -> synthesize_targeted
+    (filtered by that reference too) -> train_segmenter_targeted, and no blind arm waits on a plan."""
+    edges = _ablation_edges("train_segmenter_targeted@low-targeted-0")
     for s in ("masksyn", "imgsyn"):
         assert ("plan_synthesis@low", f"synthesize_targeted@low-{s}") in edges
         assert ("train_segmenter@low-baseline-0", f"synthesize_targeted@low-{s}") in edges
@@ -160,23 +161,7 @@ def test_the_ablation_plans_after_its_reference_and_trains_targeted_arms_after_t
 def test_round_two_plans_after_round_one_and_trains_on_both_rounds():
     """ablation/dvc.yaml's second round: round 1's plan and its first-seed arm -> plan_synthesis_r2 ->
     synthesize_targeted_r2 (filtered by that arm) -> train_segmenter_targeted_r2, which also reads round 1's data."""
-    import re
-    from pathlib import Path
-
-    from helpers import REPO
-
-    dvc = str(Path(sys.executable).parent / "dvc")
-    r = subprocess.run(
-        [dvc, "dag", "--dot", "ablation/dvc.yaml:train_segmenter_targeted_r2@low-targeted-r2-1"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    edges = {
-        (a.removeprefix("ablation/dvc.yaml:"), b.removeprefix("ablation/dvc.yaml:"))
-        for a, b in re.findall(r'"([^"]+)" -> "([^"]+)"', r.stdout)
-    }
+    edges = _ablation_edges("train_segmenter_targeted_r2@low-targeted-r2-1")
     assert {
         ("plan_synthesis@low", "plan_synthesis_r2@low"),
         ("train_segmenter_targeted@low-targeted-0", "plan_synthesis_r2@low"),
