@@ -181,9 +181,17 @@ def test_bench_repro_builds_the_results_page(tmp_path, mlflow_server):
                 assert dropped == f"{share:.0f} %"
     pictures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", page)
     # the chart, the regime's 2 synthetic grids, 2 (baseline or both) groups x 2 splits of predictions,
-    # the prior's corpus preview, one mask in the styles, synthetic next to real shifted images
-    assert "img/results/miou.png" in pictures and len(pictures) == 1 + 2 + 4 + 3
+    # the prior's corpus preview, one mask in the styles, synthetic next to real shifted images; the
+    # targeted section's plan of each round and every class per arm on each reported split
+    assert "img/results/miou.png" in pictures and len(pictures) == 1 + 2 + 4 + 3 + 2 + 2
     assert {"img/results/corpus.png", "img/results/styles.png", "img/results/synthetic_vs_shifted.png"} <= set(pictures)
+    assert {
+        "img/results/plan-low-targeted.png",
+        "img/results/plan-low-targeted-r2.png",
+        "img/results/classes-low-validation.png",
+        "img/results/classes-low-validation_shift.png",
+    } <= set(pictures)
+    assert ("(the loop ended: nothing was generated from it)" in page) == bool(plan2["stopped"])
     for p in pictures:
         assert (root / "docs" / p).stat().st_size > 1000, p
     assert ran(dvc(root, "repro", "ablation/dvc.yaml", env=env)) == ["check_models"]

@@ -131,10 +131,56 @@ def _filter_table(classes: list[str], per: dict[str, dict]) -> list[str]:
     return [*lines, ""]
 
 
-def targeted_section(params: Params, groups: dict, splits: tuple[str, str], weakest: int = 3) -> tuple[list, dict]:
+def _charts(params: Params, regime: str, rounds: list[str], plan: dict, iou: dict, splits, img: Path, page: Path):
+    """The regime's pictures, written to `img` and linked relative to the page's folder `page`: each
+    round's plan chart (copied: data/ is not tracked by git), and every class's IoU per arm on each
+    reported split, the classes ordered as the plan ranked them (weakest on `tuning` first)."""
+    import os
+    import shutil
+
+    from seggen.io import atomic_path
+    from seggen.reporting.charts import grouped_bars
+
+    link = lambda caption, path: [f"![{caption}]({Path(os.path.relpath(path, page)).as_posix()})", ""]  # noqa: E731
+    lines: list[str] = []
+    for n in rounds:
+        src = Path(params.pick(n).plan_synthesis.out) / "plan.png"
+        if src.exists():
+            dest = img / f"plan-{n}.png"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(dest) as tmp:
+                shutil.copyfile(src, tmp)
+            stopped = json.loads((src.parent / "plan.json").read_text()).get("stopped")
+            caption = (
+                f"The plan of `{n}`: the reference's IoU per class on the planning split and the share of the budget"
+            )
+            lines += link(caption + (" (the loop ended: nothing was generated from it)" if stopped else ""), dest)
+    classes = [c for _, c in sorted((v, c) for c, v in plan["per_class_iou"].items() if v is not None)]
+    arms = sorted({n for n, _ in iou}, key=[n for n, _ in iou].index)
+    for s in splits:
+        path = grouped_bars(
+            classes,
+            {n: [iou[(n, s)].get(c) for c in classes] for n in arms},
+            img / f"classes-{regime}-{s}.png",
+            f"IoU (%) on {s}, mean over seeds",
+            rotate=True,
+        )
+        lines += link(f"Every class on `{s}`, regime `{regime}` (weakest on the planning split first)", path)
+    return lines
+
+
+def targeted_section(
+    params: Params,
+    groups: dict,
+    splits: tuple[str, str],
+    weakest: int = 3,
+    img: Path | None = None,
+    page: Path | None = None,
+) -> tuple[list, dict]:
     """Markdown lines and a summary per regime of ablation.targeted: the plan's split, reference and
     weakest classes there; their IoU on the reported splits (in-domain, shifted) for the regime's
-    reference group, the targeted arms' group and the targeted arms; the synthetic images each made."""
+    reference group, the targeted arms' group and the targeted arms; the synthetic images each made.
+    With `img` (and the page's folder `page`), also each round's plan chart and every class per arm."""
     tg = params.ablation.targeted if params.ablation else None
     if tg is None or not tg.regimes:
         return [], {}
@@ -199,6 +245,8 @@ def targeted_section(params: Params, groups: dict, splits: tuple[str, str], weak
         # only the datasets a filter ran on have the counts
         per = {k: s["filter_per_class"] for k, s in planned.items() if s and s.get("filter_per_class")}
         lines += ["", *_filter_table(classes, per)]
+        if img is not None:
+            lines += _charts(params, regime, rounds, plan, iou, splits, img, page or img)
         summary[regime] = {
             "plan_split": plan["split"],
             "reference": plan["reference"],
