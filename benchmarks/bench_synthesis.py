@@ -201,7 +201,16 @@ def main() -> None:
         f"({r['ours_default'] / r['stock_fp32']:.1f}x)"
         for k, r in rows.items()
     )
-    resolution = json.loads((Path(cfg.text2mask) / "seggen_model.json").read_text())["resolution"]
+    m, i = rows["masksyn"], rows["imgsyn"]
+    t2m_ours, t2m_stock = 1 / m["ours_default"] - 1 / i["ours_default"], 1 / m["stock_fp32"] - 1 / i["stock_fp32"]
+    halves = (
+        f"Text2Mask {t2m_ours:.3f} s against {t2m_stock:.3f} s ({t2m_stock / t2m_ours:.1f}x), "
+        f"Mask2Img {1 / i['ours_default']:.3f} s against {1 / i['stock_fp32']:.3f} s "
+        f"({i['ours_default'] / i['stock_fp32']:.1f}x)"
+    )
+    t2m_px, m2i_px = (
+        json.loads((Path(d) / "seggen_model.json").read_text())["resolution"] for d in (cfg.text2mask, cfg.mask2img)
+    )
     header = (
         "| "
         + " | ".join(
@@ -223,7 +232,7 @@ def main() -> None:
     measured = measured_row("make bench-synthesis", 8, torch_note)
     body = f"""## Synthesis throughput
 
-Default generators of params.yaml (Text2Mask and Mask2Img at {resolution} px),
+Default generators of params.yaml (Text2Mask at {t2m_px} px, Mask2Img at {m2i_px} px),
 DPM-Solver++ {cfg.steps} steps, guidance {cfg.text2mask_guidance} / {cfg.mask2img_guidance}. Stock: one diffusers
 pipeline call per image ({N_STOCK} images after a warm-up call, {torch.get_num_threads()} threads); ours: `seggen
 synthesize` at batch
@@ -243,10 +252,12 @@ of the stock pipeline and runs larger, more efficient kernels (last column: same
 (2) channels-last memory format for the UNet and ControlNet convolutions; (3) bf16 autocast, the default
 `precision: auto` on CPUs with native bf16 (AVX512-BF16/AMX) and on CUDA; (4) `workers: 2` -- on two cores,
 two single-threaded processes each generating a share of the batches use the cores better than one
-two-threaded process. On a 2-core CPU the networks themselves dominate (attention at 16x16 with head dim
-8 is ~45% of the time), so batching alone cannot give large factors here; on a GPU, where batch 1 leaves
-the device idle, it does. Outputs are byte-identical for any `workers`/`threads` on a given machine
-(tested), and at either precision reproducible on that machine.
+two-threaded process. On a 2-core CPU the networks themselves dominate, so batching alone cannot give
+large factors here; on a GPU, where batch 1 leaves the device idle, it does. Outputs are byte-identical for
+any `workers`/`threads` on a given machine (tested), and at either precision reproducible on that machine.
+
+MaskSyn's two halves, seconds per image by difference of the rows (MaskSyn less ImgSyn is Text2Mask and its
+decoding; default set-up against the stock loop fp32): {halves}.
 """
     update_section("synthesis", body)
 

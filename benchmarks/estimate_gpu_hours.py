@@ -20,6 +20,7 @@ step counts, solver, multiplicities and batches are the profile's.
 
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 from pathlib import Path
@@ -28,6 +29,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from seggen.config import load_params
+from seggen.errors import ConfigError
 
 PEAK_BF16 = 989e12  # H100 SXM dense bf16 FLOP/s
 MFU = 0.35
@@ -180,8 +182,14 @@ def estimate(profile: Path) -> tuple[list[tuple[str, str, float]], dict]:
 
 
 def main() -> None:
-    profile = Path(sys.argv[1] if len(sys.argv) > 1 else "profiles/real-ade20k.yaml")
-    rows, info = estimate(profile)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("profile", nargs="?", type=Path, default=Path("profiles/real-ade20k.yaml"))
+    profile = ap.parse_args().profile
+    try:
+        rows, info = estimate(profile)
+    except ConfigError as e:  # a missing or invalid profile: one line, as the seggen commands say it
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     assert abs(info["unet_params"] - SDXL_PARAMS) / SDXL_PARAMS < 0.01, info["unet_params"]
     eff = PEAK_BF16 * MFU
     lines = [
