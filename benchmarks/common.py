@@ -6,10 +6,17 @@ import os
 import platform
 import re
 import statistics
+import sys
 import time
 from pathlib import Path
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+
+
+def fail(message: str) -> None:
+    """Bad input: one line, exit 2, nothing written."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def one_core() -> None:

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmarks.common import fail
 from seggen.config import load_params
 from seggen.errors import ConfigError
 
@@ -188,8 +188,7 @@ def main() -> None:
     try:
         rows, info = estimate(profile)
     except ConfigError as e:  # a missing or invalid profile: one line, as the seggen commands say it
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        fail(str(e))
     assert abs(info["unet_params"] - SDXL_PARAMS) / SDXL_PARAMS < 0.01, info["unet_params"]
     eff = PEAK_BF16 * MFU
     lines = [

@@ -44,6 +44,7 @@ import time
 from pathlib import Path
 
 from benchmarks import gpu_parts
+from benchmarks.common import fail
 from benchmarks.gpu_models import REPO, check_params, finish, one_line, prepare_data
 from benchmarks.gpu_parts import GiB, gpu_peak_gib, host_rss_gib
 
@@ -318,12 +319,6 @@ def table(report: dict) -> str:
     failed = [f"{k}: {v.get('error')}" for k, v in parts.items() if not v.get("ok")]
     lines += ["", "Failures: " + ("; ".join(failed) if failed else "none."), ""]
     return "\n".join(lines)
-
-
-def fail(message: str) -> None:
-    """Bad input: one line, exit 2, nothing written."""
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
 
 
 def main() -> None:

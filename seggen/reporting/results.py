@@ -198,9 +198,7 @@ def build_results(params: Params) -> dict:
             }
         lines.append("")
     # the targeted arms' plans and weakest classes (their inputs reach the report through the evaluations)
-    targeted_lines, summary["targeted"] = targeted_section(
-        params, groups, (in_domain, shifted), img=img, page=out.parent
-    )
+    targeted_lines, summary["targeted"] = targeted_section(params, groups, (in_domain, shifted), img=img, rel=rel)
     exp_name = tracking.experiment_name()
     lines += [
         "![mIoU per arm, mean ± std over seeds](" + rel(img / "miou.png") + ")",

@@ -131,17 +131,15 @@ def _filter_table(classes: list[str], per: dict[str, dict]) -> list[str]:
     return [*lines, ""]
 
 
-def _charts(params: Params, regime: str, rounds: list[str], plan: dict, iou: dict, splits, img: Path, page: Path):
-    """The regime's pictures, written to `img` and linked relative to the page's folder `page`: each
-    round's plan chart (copied: data/ is not tracked by git), and every class's IoU per arm on each
-    reported split, the classes ordered as the plan ranked them (weakest on `tuning` first)."""
-    import os
+def _charts(params: Params, regime: str, rounds: list[str], plan: dict, iou: dict, arms: list[str], splits, img, rel):
+    """The regime's pictures, written to `img` and linked by the page's `rel`: each round's plan chart
+    (copied: data/ is not tracked by git), and every class's IoU per arm on each reported split, the
+    classes ordered as the plan ranked them (weakest on `tuning` first)."""
     import shutil
 
     from seggen.io import atomic_path
     from seggen.reporting.charts import grouped_bars
 
-    link = lambda caption, path: [f"![{caption}]({Path(os.path.relpath(path, page)).as_posix()})", ""]  # noqa: E731
     lines: list[str] = []
     for n in rounds:
         src = Path(params.pick(n).plan_synthesis.out) / "plan.png"
@@ -154,9 +152,11 @@ def _charts(params: Params, regime: str, rounds: list[str], plan: dict, iou: dic
             caption = (
                 f"The plan of `{n}`: the reference's IoU per class on the planning split and the share of the budget"
             )
-            lines += link(caption + (" (the loop ended: nothing was generated from it)" if stopped else ""), dest)
+            lines += [
+                f"![{caption}{' (the loop ended: nothing was generated from it)' if stopped else ''}]({rel(dest)})",
+                "",
+            ]
     classes = [c for _, c in sorted((v, c) for c, v in plan["per_class_iou"].items() if v is not None)]
-    arms = sorted({n for n, _ in iou}, key=[n for n, _ in iou].index)
     for s in splits:
         path = grouped_bars(
             classes,
@@ -165,7 +165,7 @@ def _charts(params: Params, regime: str, rounds: list[str], plan: dict, iou: dic
             f"IoU (%) on {s}, mean over seeds",
             rotate=True,
         )
-        lines += link(f"Every class on `{s}`, regime `{regime}` (weakest on the planning split first)", path)
+        lines += [f"![Every class on `{s}`, regime `{regime}` (weakest on the planning split first)]({rel(path)})", ""]
     return lines
 
 
@@ -175,12 +175,12 @@ def targeted_section(
     splits: tuple[str, str],
     weakest: int = 3,
     img: Path | None = None,
-    page: Path | None = None,
+    rel=None,
 ) -> tuple[list, dict]:
     """Markdown lines and a summary per regime of ablation.targeted: the plan's split, reference and
     weakest classes there; their IoU on the reported splits (in-domain, shifted) for the regime's
     reference group, the targeted arms' group and the targeted arms; the synthetic images each made.
-    With `img` (and the page's folder `page`), also each round's plan chart and every class per arm."""
+    With `img` (and `rel`, the page's link to a file), also each round's plan chart and every class per arm."""
     tg = params.ablation.targeted if params.ablation else None
     if tg is None or not tg.regimes:
         return [], {}
@@ -246,7 +246,7 @@ def targeted_section(
         per = {k: s["filter_per_class"] for k, s in planned.items() if s and s.get("filter_per_class")}
         lines += ["", *_filter_table(classes, per)]
         if img is not None:
-            lines += _charts(params, regime, rounds, plan, iou, splits, img, page or img)
+            lines += _charts(params, regime, rounds, plan, iou, present, splits, img, rel)
         summary[regime] = {
             "plan_split": plan["split"],
             "reference": plan["reference"],
