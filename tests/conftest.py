@@ -26,7 +26,7 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 # the files whose slow tests take longest, first: `make test-slow` hands whole files to its two workers
 # in this order (--dist loadfile --no-loadscope-reorder), so each long file starts at once and the short
 # ones fill in at the end; the tests of a file keep their order
-LONGEST_FIRST = ("test_pipeline.py", "test_bench.py", "test_real_data.py", "test_ci_gate.py", "test_multiprocess.py")
+LONGEST_FIRST = ("test_pipeline.py", "test_bench.py", "test_ci_gate.py", "test_real_data.py", "test_multiprocess.py")
 
 
 def pytest_collection_modifyitems(config, items):

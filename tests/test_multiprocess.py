@@ -7,7 +7,7 @@ Mask2Former's loss also samples its mask points at random, per process (transfor
 curve agrees within rtol 5e-2; that its processes read exactly the one-process batch is
 tests/test_segmenter.py's. Killed and run again, a 2-process run resumes and ends where an
 uninterrupted one does. From `dvc repro` and a Prefect run (which runs `dvc repro`), the params
-alone ask for two processes: tests/test_pipeline.py's Prefect deployment run trains both arms so."""
+alone ask for two processes: tests/test_pipeline.py's Prefect deployment run trains one arm so."""
 
 from __future__ import annotations
 

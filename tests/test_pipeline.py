@@ -444,12 +444,15 @@ def _saved_experiment(root: Path, env: dict, run_name: str) -> dict:
     return saved[0]
 
 
-TWO_PROCESSES = {"segmenter.train.steps": 6, "segmenter.train.num_processes": 2}
+# one arm's training in two processes (accelerate launch, as on two GPUs): the arm's own keys over
+# `segmenter` (dotted, as in params.yaml's arms), so only that arm re-trains and re-scores
+TWO_PROCESSES = {"train.steps": 6, "train.num_processes": 2}
 
 
 def test_prefect_deployment_triggered_through_the_api(project, prefect_server):
     root = project["root"]
     env = {**project["env"], "PREFECT_API_URL": prefect_server}
+    seggen_arm = {**yaml.safe_load((root / "params.yaml").read_text())["arms"]["seggen"], **TWO_PROCESSES}
     log = open(root.parent / "serve.log", "w")
     serve = subprocess.Popen(
         [str(BIN / "seggen"), "serve", "--project", str(root)], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT
@@ -467,10 +470,11 @@ def test_prefect_deployment_triggered_through_the_api(project, prefect_server):
         run = _api(
             prefect_server,
             f"/deployments/{dep['id']}/create_flow_run",
-            # two training processes per arm (accelerate launch, as on two GPUs): the params alone ask
-            {"parameters": {"request": {"project_dir": str(root), "overrides": TWO_PROCESSES}}},
+            # the params alone ask for the two processes
+            {"parameters": {"request": {"project_dir": str(root), "overrides": {"arms.seggen": seggen_arm}}}},
         )
         _wait_run(prefect_server, run["id"], root.parent / "serve.log")
+        project["api_run"] = run["id"]  # its run page and summary: the browser test's screenshots
     finally:
         serve.terminate()
         serve.wait(30)
@@ -488,7 +492,7 @@ def test_prefect_deployment_triggered_through_the_api(project, prefect_server):
     name = _api(prefect_server, f"/flow_runs/{run['id']}")["name"]
     saved = _saved_experiment(root, env, name)
     exp = saved["name"]
-    assert saved["data"]["params"]["params.yaml"]["data"]["segmenter"]["train"]["steps"] == 6
+    assert saved["data"]["params"]["params.yaml"]["data"]["arms"]["seggen"] == seggen_arm
     # its MLflow runs carry the experiment's name
     from mlflow import MlflowClient
 
@@ -498,64 +502,33 @@ def test_prefect_deployment_triggered_through_the_api(project, prefect_server):
     # (the report re-runs only if an evaluation's outputs changed: a 6-step model may predict as the 4-step one)
     stages = [r.data.tags.get("seggen.stage") for r in tagged]
     assert set(stages) >= {"train_segmenter@seggen", "evaluate@seggen-validation"}
-    # one run per stage, though two processes trained each arm; the model written once, by the main process
-    assert stages.count("train_segmenter@seggen") == 1 and stages.count("train_segmenter@baseline") <= 1
+    # one run per stage, though two processes trained the arm; the model written once, by the main process
+    assert stages.count("train_segmenter@seggen") == 1 and "train_segmenter@baseline" not in stages
     # promoted with dvc exp apply: its params, lock, scores and cached outputs come into the checkout,
     # which is then up to date (checkpoints are no DVC outputs, so none is "missing")
     dvc(root, "exp", "apply", exp, env=env)
     lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
-    trained = lock["train_segmenter@seggen"]["params"]["params.yaml"]["segmenter"]["train"]
-    assert trained["steps"] == 6 and trained["num_processes"] == 2
+    assert lock["train_segmenter@seggen"]["params"]["params.yaml"]["arms.seggen"] == seggen_arm
     assert (root / "models/segmenter/seggen/model/model.safetensors").is_file()
     stale = json.loads(dvc(root, "status", "--json", env=env).stdout)
     assert set(stale) <= {"check_models"}, stale  # the pre-flight runs on every repro (always_changed)
     arts = _api(prefect_server, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run["id"]]}}})
     md = next(a["data"] for a in arts if a["key"] == "seggen-summary")
     assert "| seggen | validation_shift |" in md and "#/experiments/" in md and f"dvc exp apply {exp}" in md
-    # only what this run did: its stages, its scores (both arms re-trained and re-evaluated)
+    # only what this run did: the changed arm's stages ran, the other arm's were up to date
+    seggen_stages = {t["name"] for t in tasks if t["name"].split("@")[-1].split("-")[0] == "seggen"}
+    assert len(seggen_stages) == 5  # its training and its 4 evaluations
+    for name in seggen_stages:
+        assert f"| {name} | ran |" in md, md
+    assert "| train_segmenter@baseline | up to date |" in md and "| evaluate@baseline-validation | up to date |" in md
     ran_count = int(re.search(rf"(\d+) of {len(tasks)} stages ran", md).group(1))
-    assert ran_count >= len(tasks) - 1 and "| train_segmenter@seggen | ran |" in md
+    assert len(seggen_stages) + 1 <= ran_count <= len(seggen_stages) + 2  # + check_models, the report if it moved
+    assert "| seggen | validation |" in md and "| baseline | validation |" not in md  # the scores this run wrote
     # each task's log has its stage's own output, not DVC's git advice
     logs = _api(prefect_server, "/logs/filter", {"logs": {"flow_run_id": {"any_": [run["id"]]}}, "limit": 200})
     messages = "\n".join(entry["message"] for entry in logs)
     assert "> seggen train_segmenter --arm '{key}'" in messages and "git add dvc.lock" not in messages
     assert any(a["type"] == "progress" and a["data"] == 100.0 for a in arts)
-
-
-def test_serve_says_where_it_serves_and_stops_cleanly(project, prefect_server):
-    """`seggen serve` names the deployments and the server it serves them to; Ctrl-C (SIGINT) or a
-    `kill` (SIGTERM) stops it with no traceback."""
-    import signal
-
-    root = project["root"]
-    env = {**project["env"], "PREFECT_API_URL": prefect_server}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        log_path = root.parent / f"serve-stop-{sig.name}.log"
-        with log_path.open("w") as log:
-            started = time.time()
-            serve = subprocess.Popen(
-                [str(BIN / "seggen"), "serve", "--project", str(root)],
-                cwd=root,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # as from a terminal: SIGINT not ignored as in a background job
-            )
-            _wait_served(
-                prefect_server, serve, log_path, {"full-pipeline", "synthesis-only", "train-evaluate"}, since=started
-            )
-            serve.send_signal(sig)
-            assert serve.wait(60) in (0, -sig, 128 + sig), log_path.read_text()[-2000:]
-        text = log_path.read_text()
-        assert f"to {prefect_server} (Ctrl-C stops)" in text and "Traceback" not in text, text[-3000:]
-        assert "never awaited" not in text
-    # Prefect's own commands work on the locked Prefect / fastapi pair (a newer fastapi answers 422)
-    prefect = str(BIN / "prefect")
-    for cmd, want in (("deployment", "train-evaluate"), ("flow-run", "seggen-"), ("work-pool", "")):
-        r = subprocess.run([prefect, cmd, "ls"], cwd=root, env=env, capture_output=True, text=True, timeout=120)
-        # HTTP 422 as a word (the tables print ids whose hex may hold "422")
-        rejected = re.search(r"\b422\b|Unprocessable", r.stdout + r.stderr)
-        assert r.returncode == 0 and want in r.stdout and not rejected, (cmd, r.stderr[-2000:])
 
 
 # -- the Prefect UI and the MLflow UI in a real browser (Debian's chromium, driven by playwright) ------
@@ -649,13 +622,13 @@ def _saved_params(root: Path, env: dict, run_name: str, params_file: str = "para
     return _saved_experiment(root, env, run_name)["data"]["params"][params_file]["data"]
 
 
-@pytest.mark.timeout(1800)  # four flow runs through worktrees: 744 s measured for three beside a training
-def test_prefect_ui_typed_form_and_mlflow_comparison_in_a_browser(project, prefect_server):
+@pytest.mark.timeout(1800)  # three flow runs through worktrees, two at a time
+def test_prefect_ui_typed_forms_run_as_experiments_in_a_browser(project, prefect_server):
     """As a user, in headless Chromium: the Custom run form shows the params with the project's values
     and config.py's descriptions; a bad value is refused by the server's validation and no run exists;
-    a typed edit of each of the four deployments' forms runs as a DVC experiment and completes (the
-    train-evaluate one with its summary; the other three at once, `seggen serve --limit 2`); the
-    checkout never changes; MLflow's UI compares two arms' runs."""
+    the API test's train-evaluate run shows completed with its summary; a typed edit of each of the
+    other three deployments' forms runs as a DVC experiment with the typed value and completes
+    (submitted together, `seggen serve --limit 2`); the checkout never changes."""
     from playwright.sync_api import sync_playwright
 
     root = project["root"]
@@ -699,46 +672,34 @@ def test_prefect_ui_typed_form_and_mlflow_comparison_in_a_browser(project, prefe
             page.screenshot(path=SCREENSHOTS / "prefect-form-invalid.png")  # while the error shows
             assert "less than the minimum of 1" in page.inner_text("body")
             assert {r["id"] for r in _flow_runs(prefect_server, te["id"])} == earlier
-            # a typed custom run of each deployment, from the form
-            new_steps = current["segmenter"]["train"]["steps"] - 1
-            new_syn = current["synthesize"]["steps"] + 1
-            field = ("Segmenter", "Train", "Steps")
-            runs["train-evaluate"] = _submit_form(page, ui, prefect_server, "train-evaluate", field, new_steps)
-            _wait_run(prefect_server, runs["train-evaluate"], log_path)
-            page.goto(f"{ui}/runs/flow-run/{runs['train-evaluate']}", wait_until="networkidle")
+            # the API test's train-evaluate run (one arm in two processes), as the UI shows it
+            api_run = project["api_run"]
+            page.goto(f"{ui}/runs/flow-run/{api_run}", wait_until="networkidle")
             page.get_by_text("Completed").first.wait_for(timeout=30_000)
             page.screenshot(path=SCREENSHOTS / "prefect-run.png", full_page=True)
-            arts = _api(
-                prefect_server, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [runs["train-evaluate"]]}}}
-            )
+            arts = _api(prefect_server, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [api_run]}}})
             summary = next(a for a in arts if a["key"] == "seggen-summary")
             assert "Scores this run produced" in summary["data"] and "| seggen | validation |" in summary["data"]
             page.goto(f"{ui}/artifacts/artifact/{summary['id']}", wait_until="networkidle")
             page.get_by_text("Scores this run produced").first.wait_for(timeout=30_000)
             page.screenshot(path=SCREENSHOTS / "prefect-summary.png", full_page=True)
-            # the other three submitted one after the other; serve runs two at a time
+            # a typed custom run of each other deployment, submitted one after the other; serve runs two
+            # at a time. The full pipeline's edit is one no stage reads (what training sends to MLflow):
+            # every stage is up to date, and the experiment still holds the typed value
+            new_syn = current["synthesize"]["steps"] + 1
+            new_log = current["tracking"]["log_every"] + 1
+            new_steps = current["segmenter"]["train"]["steps"] + 2
             runs["synthesis-only"] = _submit_form(
                 page, ui, prefect_server, "synthesis-only", ("Synthesize", "Steps"), new_syn
             )
-            # (the train-evaluate run's value: its segmenters come back from DVC's run cache, not trained again)
-            runs["full-pipeline"] = _submit_form(page, ui, prefect_server, "full-pipeline", field, new_steps)
-            runs["ablation"] = _submit_form(page, ui, prefect_server, "ablation", field, new_steps + 3)
+            runs["full-pipeline"] = _submit_form(
+                page, ui, prefect_server, "full-pipeline", ("Tracking", "Log Every"), new_log
+            )
+            runs["ablation"] = _submit_form(
+                page, ui, prefect_server, "ablation", ("Segmenter", "Train", "Steps"), new_steps
+            )
             for name in ("synthesis-only", "full-pipeline", "ablation"):
                 _wait_run(prefect_server, runs[name], log_path)
-            # MLflow's UI: the run-comparison view of two arms' evaluations
-            from mlflow import MlflowClient
-
-            client = MlflowClient(project["mlflow"])
-            exp_id = client.get_experiment_by_name("seggen").experiment_id
-            compared = [
-                client.search_runs([exp_id], f"tags.arm = '{arm}' and tags.split = 'validation'", max_results=1)[0]
-                for arm in ("baseline", "seggen")
-            ]
-            ids = json.dumps([r.info.run_id for r in compared])
-            page.goto(f"{project['mlflow']}/#/compare-runs?runs={ids}&experiments={json.dumps([exp_id])}")
-            page.get_by_text("validation/mIoU").first.wait_for(timeout=60_000)
-            page.wait_for_timeout(3000)  # the plots render after the data arrives (MLflow's UI keeps polling)
-            page.screenshot(path=SCREENSHOTS / "mlflow-compare.png", full_page=True)
             browser.close()
     finally:
         serve.terminate()
@@ -748,10 +709,68 @@ def test_prefect_ui_typed_form_and_mlflow_comparison_in_a_browser(project, prefe
     assert (root / "params.yaml").read_bytes() == params_before
     assert subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True).stdout == status
     names = {d: _api(prefect_server, f"/flow_runs/{r}")["name"] for d, r in runs.items()}
-    assert _saved_params(root, env, names["train-evaluate"])["segmenter"]["train"]["steps"] == new_steps
     assert _saved_params(root, env, names["synthesis-only"])["synthesize"]["steps"] == new_syn
-    assert _saved_params(root, env, names["full-pipeline"])["segmenter"]["train"]["steps"] == new_steps
+    assert _saved_params(root, env, names["full-pipeline"])["tracking"]["log_every"] == new_log
     bench = _saved_params(root, env, names["ablation"], "ablation/params.yaml")
-    assert bench["segmenter"]["train"]["steps"] == new_steps + 3
+    assert bench["segmenter"]["train"]["steps"] == new_steps
+    arts = _api(prefect_server, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [runs["full-pipeline"]]}}})
+    assert re.search(r"^1 of \d+ stages ran", next(a["data"] for a in arts if a["key"] == "seggen-summary"), re.M)
     arts = _api(prefect_server, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [runs["ablation"]]}}})
     assert "| full-baseline-s0 |" in next(a["data"] for a in arts if a["key"] == "seggen-summary")
+
+
+def test_mlflow_ui_compares_two_arms_in_a_browser(project):
+    """MLflow's UI, in headless Chromium: the run-comparison view of two arms' evaluations."""
+    from mlflow import MlflowClient
+    from playwright.sync_api import sync_playwright
+
+    client = MlflowClient(project["mlflow"])
+    exp_id = client.get_experiment_by_name("seggen").experiment_id
+    compared = [
+        client.search_runs([exp_id], f"tags.arm = '{arm}' and tags.split = 'validation'", max_results=1)[0]
+        for arm in ("baseline", "seggen")
+    ]
+    ids = json.dumps([r.info.run_id for r in compared])
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{project['mlflow']}/#/compare-runs?runs={ids}&experiments={json.dumps([exp_id])}")
+        page.get_by_text("validation/mIoU").first.wait_for(timeout=60_000)
+        page.wait_for_timeout(3000)  # the plots render after the data arrives (MLflow's UI keeps polling)
+        page.screenshot(path=SCREENSHOTS / "mlflow-compare.png", full_page=True)
+        browser.close()
+
+
+def test_serve_says_where_it_serves_and_stops_cleanly(project, prefect_server):
+    """`seggen serve` names the deployments and the server it serves them to; Ctrl-C (SIGINT) or a
+    `kill` (SIGTERM) stops it with no traceback."""
+    import signal
+
+    root = project["root"]
+    env = {**project["env"], "PREFECT_API_URL": prefect_server}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        log_path = root.parent / f"serve-stop-{sig.name}.log"
+        with log_path.open("w") as log:
+            started = time.time()
+            serve = subprocess.Popen(
+                [str(BIN / "seggen"), "serve", "--project", str(root)],
+                cwd=root,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # as from a terminal: SIGINT not ignored as in a background job
+            )
+            _wait_served(prefect_server, serve, log_path, set(FLOW_OF), since=started)  # the ablation's too
+            serve.send_signal(sig)
+            assert serve.wait(60) in (0, -sig, 128 + sig), log_path.read_text()[-2000:]
+        text = log_path.read_text()
+        assert f"to {prefect_server} (Ctrl-C stops)" in text and "Traceback" not in text, text[-3000:]
+        assert "never awaited" not in text
+    # Prefect's own commands work on the locked Prefect / fastapi pair (a newer fastapi answers 422)
+    prefect = str(BIN / "prefect")
+    for cmd, want in (("deployment", "train-evaluate"), ("flow-run", "seggen-"), ("work-pool", "")):
+        r = subprocess.run([prefect, cmd, "ls"], cwd=root, env=env, capture_output=True, text=True, timeout=120)
+        # HTTP 422 as a word (the tables print ids whose hex may hold "422")
+        rejected = re.search(r"\b422\b|Unprocessable", r.stdout + r.stderr)
+        assert r.returncode == 0 and want in r.stdout and not rejected, (cmd, r.stderr[-2000:])
