@@ -38,7 +38,7 @@ test-slow: install browser
 test-all: install browser
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
-# The browser tests drive Debian's chromium (playwright cannot download browsers here): installed
+# The browser tests drive Debian's chromium (playwright's own browser downloads are not used): installed
 # with apt where it is missing and we may (root), else the tests that need it say so.
 browser:
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
@@ -96,7 +96,8 @@ bench-training: install
 bench-merge: install
 	$(PY) -m benchmarks.bench_merge
 
-# The whole default pipeline from fresh clones: dvc repro, no-op, and the Prefect flow (~35 min on 2 cores).
+# The whole default pipeline from fresh clones: dvc repro, no-op, and the Prefect flow (two runs of ~40 min
+# each on 2 cores, docs/benchmarks.md#pipeline).
 bench-pipeline: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m benchmarks.bench_pipeline
 
