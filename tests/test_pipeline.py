@@ -401,6 +401,12 @@ def test_param_change_reruns_only_segmentation_and_failures_resume(project):
     }
 
 
+def _summary(url: str, run_id: str) -> dict:
+    """The flow run's summary artifact (its markdown in ["data"])."""
+    arts = _api(url, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run_id]}}})
+    return next(a for a in arts if a["key"] == "seggen-summary")
+
+
 def _api(url: str, path: str, body: dict | None = None):
     req = urllib.request.Request(
         url + path,
@@ -677,8 +683,7 @@ def test_prefect_ui_typed_forms_run_as_experiments_in_a_browser(project, prefect
             page.goto(f"{ui}/runs/flow-run/{api_run}", wait_until="networkidle")
             page.get_by_text("Completed").first.wait_for(timeout=30_000)
             page.screenshot(path=SCREENSHOTS / "prefect-run.png", full_page=True)
-            arts = _api(prefect_server, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [api_run]}}})
-            summary = next(a for a in arts if a["key"] == "seggen-summary")
+            summary = _summary(prefect_server, api_run)
             assert "Scores this run produced" in summary["data"] and "| seggen | validation |" in summary["data"]
             page.goto(f"{ui}/artifacts/artifact/{summary['id']}", wait_until="networkidle")
             page.get_by_text("Scores this run produced").first.wait_for(timeout=30_000)
@@ -713,10 +718,8 @@ def test_prefect_ui_typed_forms_run_as_experiments_in_a_browser(project, prefect
     assert _saved_params(root, env, names["full-pipeline"])["tracking"]["log_every"] == new_log
     bench = _saved_params(root, env, names["ablation"], "ablation/params.yaml")
     assert bench["segmenter"]["train"]["steps"] == new_steps
-    arts = _api(prefect_server, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [runs["full-pipeline"]]}}})
-    assert re.search(r"^1 of \d+ stages ran", next(a["data"] for a in arts if a["key"] == "seggen-summary"), re.M)
-    arts = _api(prefect_server, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [runs["ablation"]]}}})
-    assert "| full-baseline-s0 |" in next(a["data"] for a in arts if a["key"] == "seggen-summary")
+    assert re.search(r"^1 of \d+ stages ran", _summary(prefect_server, runs["full-pipeline"])["data"], re.M)
+    assert "| full-baseline-s0 |" in _summary(prefect_server, runs["ablation"])["data"]
 
 
 def test_mlflow_ui_compares_two_arms_in_a_browser(project):
