@@ -190,3 +190,12 @@ def test_the_filter_table_counts_samples_and_pixels_and_is_absent_without_a_filt
     lines = _filter_table(["boat", "car"], {"masksyn": counts})
     assert lines[2] == "| class | masksyn samples | masksyn pixels dropped |"
     assert lines[4:] == ["| boat | 3 / 1 | 25 % |", "| car | 0 / 0 | n/a |", ""]
+
+
+def test_drawability_is_the_synthetic_over_real_iou_ratio():
+    from benchmarks.drawability import drawability
+
+    real = {"sky": 90.0, "car": 20.0, "boat": 1.0, "gone": None}
+    synth = [{"sky": 99.0, "car": 2.0, "boat": 1.0, "gone": None}, {"sky": 81.0, "car": 6.0, "boat": 0.0, "gone": 3.0}]
+    d = drawability(real, synth)
+    assert d == {"sky": 1.0, "car": pytest.approx(0.2), "boat": 0.0, "gone": 0.0}

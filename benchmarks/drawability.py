@@ -1,0 +1,75 @@
+"""How well the generators draw each class, as the plan's reference segmenter sees it: its per-class IoU
+on the blind synthetic pairs of a regime (the image the generators drew against the mask it was drawn
+from) beside its IoU on the real `tuning` split (the plan's own figures). Their ratio is the class's
+drawability; a class the reference sees on real images but not on synthetic ones is one the generators
+do not draw. Reads the ablation's outputs (`dvc repro ablation/dvc.yaml:plan_synthesis` and the blind
+`synthesize` stages); reads no reported split.
+
+The last two columns compare the plan's budget shares (weight = max(1 - IoU, floor) ** sharpness) with
+weakness x drawability (drawability: the mean ratio of the two strategies, capped at 1; 0 where the
+reference scores under 5 IoU on the real class, which says nothing of the drawing).
+
+    python -m benchmarks.drawability            (prints one markdown table per regime)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+PARAMS = "ablation/params.yaml"
+SEEN = 5.0  # IoU (%) on real images under which the reference cannot judge a drawing
+
+
+def drawability(real: dict[str, float | None], synth: list[dict[str, float | None]]) -> dict[str, float]:
+    """Per class: the mean over `synth` of IoU on synthetic pairs / IoU on real images, capped at 1; 0 where
+    the real IoU is under SEEN (or unknown)."""
+    return {
+        c: min(1.0, float(np.mean([(s[c] or 0.0) / real[c] for s in synth]))) if (real[c] or 0) >= SEEN else 0.0
+        for c in real
+    }
+
+
+def regime_table(regime: str, reference: str) -> list[str]:
+    from seggen.config import load_params
+    from seggen.synthesis.targeting import class_weights, score
+
+    params = load_params(PARAMS)
+    plan = json.loads((Path(params.plan_synthesis.out) / regime / "plan.json").read_text())
+    model = Path(params.arms_root) / f"{regime}-{reference}" / "model"
+    real = plan["per_class_iou"]
+    synth = {}
+    for strategy in ("imgsyn", "masksyn"):
+        blind = load_params(PARAMS, {"data.root": str(Path(params.synthesize.out) / regime / strategy)})
+        synth[strategy] = score(blind, model, "training", False)["per_class_iou"]
+    cfg = params.plan_synthesis
+    weak = class_weights(real, cfg.sharpness, cfg.floor)
+    draw = drawability(real, list(synth.values()))
+    lever = {c: weak[c] * draw[c] for c in real}
+    share = lambda w: {c: 100 * w[c] / sum(w.values()) for c in w}  # noqa: E731
+    s_plan, s_lever = share(weak), share(lever)
+    lines = [
+        f"Regime `{regime}`, reference `{model.parent.name}`:",
+        "",
+        "| class | IoU real `tuning` | IoU ImgSyn | IoU MaskSyn | drawability | plan share | weakness x drawability |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
+    for c in sorted(real, key=lambda c: -(real[c] or 0)):
+        row = [fmt(real[c]), fmt(synth["imgsyn"][c]), fmt(synth["masksyn"][c]), f"{draw[c]:.2f}"]
+        lines.append(f"| {c} | " + " | ".join(row + [f"{s_plan[c]:.0f} %", f"{s_lever[c]:.0f} %"]) + " |")
+    return lines + [""]
+
+
+def main() -> None:
+    from seggen.config import load_params
+
+    params = load_params(PARAMS)
+    for regime in params.ablation.targeted.regimes:
+        print("\n".join(regime_table(regime, params.ablation.targeted.reference)))
+
+
+if __name__ == "__main__":
+    main()
