@@ -32,13 +32,12 @@ def drawability(real: dict[str, float | None], synth: list[dict[str, float | Non
     }
 
 
-def regime_table(regime: str, reference: str) -> list[str]:
+def regime_table(params, regime: str) -> list[str]:
     from seggen.config import load_params
     from seggen.synthesis.targeting import class_weights, score
 
-    params = load_params(PARAMS)
     plan = json.loads((Path(params.plan_synthesis.out) / regime / "plan.json").read_text())
-    model = Path(params.arms_root) / f"{regime}-{reference}" / "model"
+    model = Path(params.arms_root) / plan["reference"] / "model"  # the arm the plan scored
     real = plan["per_class_iou"]
     synth = {}
     for strategy in ("imgsyn", "masksyn"):
@@ -68,7 +67,7 @@ def main() -> None:
 
     params = load_params(PARAMS)
     for regime in params.ablation.targeted.regimes:
-        print("\n".join(regime_table(regime, params.ablation.targeted.reference)))
+        print("\n".join(regime_table(params, regime)))
 
 
 if __name__ == "__main__":
