@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import fail
+
 PARAMS = "ablation/params.yaml"
 SEEN = 5.0  # IoU (%) on real images under which the reference cannot judge a drawing
 
@@ -36,7 +38,10 @@ def regime_table(params, regime: str) -> list[str]:
     from seggen.config import load_params
     from seggen.synthesis.targeting import class_weights, score
 
-    plan = json.loads((Path(params.plan_synthesis.out) / regime / "plan.json").read_text())
+    path = Path(params.plan_synthesis.out) / regime / "plan.json"
+    if not path.is_file():
+        fail(f"{path}: not found; run `dvc repro ablation/dvc.yaml:plan_synthesis` and the blind synthesize stages")
+    plan = json.loads(path.read_text())
     model = Path(params.arms_root) / plan["reference"] / "model"  # the arm the plan scored
     real = plan["per_class_iou"]
     synth = {}
