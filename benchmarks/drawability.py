@@ -17,26 +17,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-
 from benchmarks.common import fail
 
 PARAMS = "ablation/params.yaml"
 SEEN = 5.0  # IoU (%) on real images under which the reference cannot judge a drawing
 
 
-def drawability(real: dict[str, float | None], synth: list[dict[str, float | None]]) -> dict[str, float]:
-    """Per class: the mean over `synth` of IoU on synthetic pairs / IoU on real images, capped at 1; 0 where
-    the real IoU is under SEEN (or unknown)."""
-    return {
-        c: min(1.0, float(np.mean([(s[c] or 0.0) / real[c] for s in synth]))) if (real[c] or 0) >= SEEN else 0.0
-        for c in real
-    }
-
-
 def regime_table(params, regime: str) -> list[str]:
     from seggen.config import load_params
-    from seggen.synthesis.targeting import class_weights, score
+    from seggen.synthesis.targeting import class_weights, drawability, score
 
     path = Path(params.plan_synthesis.out) / regime / "plan.json"
     if not path.is_file():
@@ -50,7 +39,7 @@ def regime_table(params, regime: str) -> list[str]:
         synth[strategy] = score(blind, model, "training", False)["per_class_iou"]
     cfg = params.plan_synthesis
     weak = class_weights(real, cfg.sharpness, cfg.floor)
-    draw = drawability(real, list(synth.values()))
+    draw = drawability(real, list(synth.values()), 0.0, SEEN)
     lever = {c: weak[c] * draw[c] for c in real}
     share = lambda w: {c: 100 * w[c] / sum(w.values()) for c in w}  # noqa: E731
     s_plan, s_lever = share(weak), share(lever)

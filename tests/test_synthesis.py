@@ -408,6 +408,18 @@ def test_the_plans_reference_segmenter_filters_with_its_own_losses(gens, tmp_pat
     )
     assert res["mean_ignored_fraction"] is not None
 
+    # a class the plan found undrawable (plan_synthesis.drawability): every synthetic pixel of it is ignored
+    from seggen.data.images import load_label_png
+
+    labels = sorted((tmp_path / "syn" / "imgsyn" / "annotations" / "training").glob("*.png"))
+    counts = np.bincount(np.concatenate([load_label_png(x).ravel() for x in labels]), minlength=len(names) + 1)
+    gone = int(np.argmax(counts[1:])) + 1  # the class with the most kept pixels
+    (tmp_path / "plan" / "plan.json").write_text(json.dumps({**plan, "undrawable": [names[gone - 1]]}))
+    again = synthesize(p, "imgsyn", progress=False)
+    assert again["fingerprint"] != res["fingerprint"]  # a new dataset, not the filtered one reused
+    kept = [load_label_png(x) for x in sorted((tmp_path / "syn" / "imgsyn" / "annotations" / "training").glob("*.png"))]
+    assert len(kept) == 4 and not any((x == gone).any() for x in kept) and again["mean_ignored_fraction"] > 0
+
     (tmp_path / "arms" / "baseline" / "model" / "extra.txt").write_text("retrained")
     with pytest.raises(DataError, match="plan.json: its reference segmenter is not .* as scored"):
         make_plan(p, "imgsyn")

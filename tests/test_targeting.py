@@ -10,6 +10,7 @@ import yaml
 
 from seggen.config import load_params
 from seggen.data.captions import caption_dataset
+from seggen.errors import DataError
 from seggen.synthesis.targeting import class_weights, source_weights
 
 
@@ -87,6 +88,23 @@ def test_the_plan_scores_the_reference_arm_on_the_tuning_split(small_benchmark, 
         )
         assert (stopped in later["stopped"]) if stopped else later["stopped"] is None
         assert later["class_weights"] == plan["class_weights"]
+
+    # drawability: the reference also scored on pairs drawn without a plan (here the real training split
+    # stands in for them); weakness x drawability, renormalised; undrawn classes listed for the pixel filter
+    from seggen.synthesis.targeting import drawability, drawn_weights, score
+
+    over = {"drawability": [str(small_benchmark)], "out": str(tmp_path / "plan_drawn"), "min_drawability": 0.5}
+    drawn = stages.plan_synthesis(p.model_copy(update={"plan_synthesis": p.plan_synthesis.model_copy(update=over)}))
+    seen = score(p, tmp_path / "arms" / "baseline" / "model", "training", False)["per_class_iou"]
+    assert drawn["drawability"]["iou_drawn"] == {str(small_benchmark): seen}
+    d = drawability(plan["per_class_iou"], [seen], 0.5, 5.0)
+    assert drawn["drawability"]["per_class"] == d and drawn["undrawable"] == [c for c in d if d[c] == 0]
+    assert drawn["class_weights"] == drawn_weights(plan["class_weights"], d)
+    assert drawn["per_class_iou"] == plan["per_class_iou"] and drawn["mIoU"] == plan["mIoU"]
+    bad = {"drawability": [str(tmp_path / "nosuch")], "out": str(tmp_path / "plan_bad")}
+    with pytest.raises(DataError, match="nosuch: no dataset with split 'training'"):
+        stages.plan_synthesis(p.model_copy(update={"plan_synthesis": p.plan_synthesis.model_copy(update=bad)}))
+    assert not (tmp_path / "plan_bad").exists()
 
 
 def test_data_without_the_planning_split_gets_an_even_plan_that_says_why(small_benchmark, tmp_path):
@@ -192,10 +210,41 @@ def test_the_filter_table_counts_samples_and_pixels_and_is_absent_without_a_filt
     assert lines[4:] == ["| boat | 3 / 1 | 25 % |", "| car | 0 / 0 | n/a |", ""]
 
 
-def test_drawability_is_the_synthetic_over_real_iou_ratio():
-    from benchmarks.drawability import drawability
+def test_drawability_is_the_synthetic_over_real_iou_ratio_and_scales_the_weights():
+    from seggen.synthesis.targeting import drawability, drawn_weights
 
-    real = {"sky": 90.0, "car": 20.0, "boat": 1.0, "gone": None}
-    synth = [{"sky": 99.0, "car": 2.0, "boat": 1.0, "gone": None}, {"sky": 81.0, "car": 6.0, "boat": 0.0, "gone": 3.0}]
-    d = drawability(real, synth)
-    assert d == {"sky": 1.0, "car": pytest.approx(0.2), "boat": 0.0, "gone": 0.0}
+    real = {"sky": 90.0, "car": 20.0, "boat": 1.0, "gone": None, "cow": 50.0, "road": 80.0}
+    synth = [
+        {"sky": 99.0, "car": 2.0, "boat": 1.0, "gone": None, "cow": None, "road": 8.0},
+        {"sky": 81.0, "car": 6.0, "boat": 0.0, "gone": 3.0, "cow": None, "road": None},
+    ]
+    d = drawability(real, synth, 0.0, 5.0)
+    # capped at 1; a set that does not show the class says nothing (road: 8 / 80); the reference cannot judge boat
+    assert d == {
+        "sky": 1.0,
+        "car": pytest.approx(0.2),
+        "boat": 0.0,
+        "gone": 0.0,
+        "cow": 0.0,
+        "road": pytest.approx(0.1),
+    }
+    least = drawability(real, synth, 0.15, 5.0)
+    assert least["car"] == pytest.approx(0.2) and least["road"] == 0.0
+    w = {"sky": 0.2, "car": 1.0, "boat": 2.0, "gone": 1.0, "cow": 1.0, "road": 0.8}
+    dw = drawn_weights(w, least)
+    assert np.isclose(sum(dw.values()), sum(w.values())) and dw["boat"] == dw["road"] == 0.0
+    assert np.isclose(dw["car"] / dw["sky"], (1.0 * 0.2) / (0.2 * 1.0))
+    assert drawn_weights({"a": 1.0}, {"a": 0.0}) == {"a": 0.0}  # nothing drawable: nothing to spend on
+
+
+def test_the_plans_pixel_filter_ignores_every_pixel_of_an_undrawable_class():
+    import torch
+
+    from seggen.synthesis.filters import QualityFilter
+
+    y = torch.tensor([[0, 1, 2], [2, 3, 3]])
+    loss = torch.tensor([[9.0, 0.1, 0.1], [5.0, 0.1, 0.1]])
+    f = QualityFilter(None, [1.0, 1.0, 1.0], None, False, 0.0, True, 2.0)
+    assert f._bad(loss, y).tolist() == [[False, False, False], [True, False, False]]  # loss > 2 x 1 only
+    f.undrawable = (3,)
+    assert f._bad(loss, y).tolist() == [[False, False, False], [True, True, True]]  # never label 0

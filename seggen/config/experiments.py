@@ -198,9 +198,11 @@ def regime(params: Params, name: str) -> Params:
         raise ConfigError(f"regimes.{name}.out: a regime's datasets go to synthesize.out/{name}")
     p = _overridden(params, "regimes", name, "synthesize", Path(params.synthesize.out) / name)
     if params.ablation and name in params.ablation.targeted.regimes:
-        plan = p.plan_synthesis.model_copy(
-            update={"reference": f"{name}-{params.ablation.targeted.reference}", "out": p.plan_synthesis.out / name}
-        )
+        tg = params.ablation.targeted
+        update = {"reference": f"{name}-{tg.reference}", "out": p.plan_synthesis.out / name}
+        if tg.drawability:  # the regime's blind sets (ablation/dvc.yaml: the plan stages' deps)
+            update["drawability"] = [p.synthesize.out / s for s in ("masksyn", "imgsyn")]
+        plan = p.plan_synthesis.model_copy(update=update)
         p = p.model_copy(update={"plan_synthesis": plan})
     return p
 

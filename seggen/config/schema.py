@@ -59,6 +59,10 @@ class TargetedParams(_Section):
     """The group whose segmenter keys the targeted arms use (the blind arm to compare them with)."""
     synthesize: dict[str, Any] = Field(default_factory=dict)
     """Dotted `synthesize` keys of the targeted synthesis over the regime's, e.g. {filter.pixel: true}."""
+    drawability: bool = False
+    """Each plan also scores its reference on the regime's blind MaskSyn and ImgSyn sets (synthesize.out/REGIME):
+    class weight = weakness x drawability, undrawn classes' synthetic pixels ignored (plan_synthesis.drawability)
+    """
     round2: list[str] = Field(default_factory=list)
     """The regimes whose closed loop runs a second round ([]: none). Round 2 scores round 1's arm
     (REGIME-targeted-sSEED, the first of `seeds`) on the planning split against round 1's plan: if it raised the

@@ -165,6 +165,19 @@ class PlanSynthesisParams(_Section):
     """The plan.json of the round before: its mIoU (that round's reference on the same split) is the one to beat.
     A reference that does not beat it ends the loop: this plan generates nothing (its `stopped` says why)
     """
+    drawability: list[SafePath] = Field(default_factory=list)
+    """Synthetic datasets drawn without a plan (blind MaskSyn / ImgSyn, split synthesize.split) that the reference is
+    also scored on: a class's drawability is its IoU on them over its IoU on the planning split (capped at 1), and
+    its weight is weakness x drawability ([]: weakness only)
+    """
+    min_drawability: float = Field(0.2, ge=0, le=1)
+    """With `drawability`: a class drawn under this fraction of its real IoU weighs 0, and the plan's pixel filter
+    ignores its synthetic pixels (filter.scorer: plan)
+    """
+    min_real_iou: float = Field(5.0, ge=0, le=100)
+    """With `drawability`: a class the reference scores under this IoU (%) on the planning split cannot be judged
+    (it sees the class on neither real nor drawn images); its drawability is 0
+    """
 
     @model_validator(mode="after")
     def _later_rounds_follow_one(self):

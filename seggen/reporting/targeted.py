@@ -149,8 +149,11 @@ def _charts(params: Params, regime: str, rounds: list[str], plan: dict, iou: dic
             with atomic_path(dest) as tmp:
                 shutil.copyfile(src, tmp)
             stopped = json.loads((src.parent / "plan.json").read_text()).get("stopped")
+            drawn = "drawability" in json.loads((src.parent / "plan.json").read_text())
             caption = (
-                f"The plan of `{n}`: the reference's IoU per class on the planning split and the share of the budget"
+                f"The plan of `{n}`: the reference's IoU per class on the planning split, "
+                + ("the generators' drawability, " if drawn else "")
+                + "and the share of the budget"
             )
             lines += [
                 f"![{caption}{' (the loop ended: nothing was generated from it)' if stopped else ''}]({rel(dest)})",
@@ -167,6 +170,21 @@ def _charts(params: Params, regime: str, rounds: list[str], plan: dict, iou: dic
         )
         lines += [f"![Every class on `{s}`, regime `{regime}` (weakest on the planning split first)]({rel(path)})", ""]
     return lines
+
+
+def _drawability_lines(plan: dict) -> list[str]:
+    """What the plan read of the generators (plan_synthesis.drawability): the blind sets, the rule, the undrawn."""
+    d = plan.get("drawability")
+    if not d:
+        return []
+    sets = ", ".join(f"`{k}`" for k in d["iou_drawn"])
+    gone = ", ".join(plan.get("undrawable") or []) or "none"
+    return [
+        f"Drawability: the reference also scored the blind pairs ({sets}); a class's weight is its weakness times "
+        f"its IoU there over its `{plan['split']}` IoU (capped at 1; under {d['min']:.2f}: 0). Undrawn, weighted "
+        f"0 and their synthetic pixels ignored: {gone}.",
+        "",
+    ]
 
 
 def targeted_section(
@@ -189,9 +207,9 @@ def targeted_section(
         "## Targeted arms: the plan and its weakest classes",
         "",
         "Each regime's plan scores its reference arm on the planning split, the only split a targeted choice "
-        "reads; the classes it gets most wrong there get most of the synthetic budget "
-        "([docs/synthesis.md](synthesis.md#planning)). Below, those classes on the reported splits: IoU (%), "
-        "mean over seeds.",
+        "reads; the classes it gets most wrong there get most of the synthetic budget, times how well the "
+        "generators draw them where the plan measures it ([docs/synthesis.md](synthesis.md#planning)). Below, "
+        "the weakest classes on the reported splits: IoU (%), mean over seeds.",
         "",
     ]
     summary: dict = {}
@@ -204,6 +222,7 @@ def targeted_section(
         shown = sorted((v, c) for c, v in plan["per_class_iou"].items() if v is not None)
         classes = [c for _, c in shown[:weakest]]
         total = sum(plan["class_weights"].values())
+        draw = (plan.get("drawability") or {}).get("per_class")
         rounds = [targeted_name(regime, r) for r in range(1, targeted_rounds(tg, regime) + 1)]
         names = [f"{regime}-{ref}", f"{regime}-{tg.group}", *rounds]
         present = [n for n in names if n in groups]
@@ -226,11 +245,14 @@ def targeted_section(
             "",
             cost_line,
             "",
+            *_drawability_lines(plan),
             *_round2_lines(rounds, r2),
-            f"| class | `{plan['split']}` IoU | share of the budget | "
+            f"| class | `{plan['split']}` IoU | "
+            + ("drawability | " if draw else "")
+            + "share of the budget | "
             + " | ".join(f"`{n}` {s}" for s in splits for n in present)
             + " |",
-            "|---|---:|---:|" + "---:|" * (len(splits) * len(present)),
+            "|---|---:|" + ("---:|" if draw else "") + "---:|" + "---:|" * (len(splits) * len(present)),
         ]
         rows = {}
         for c in classes:
@@ -238,7 +260,9 @@ def targeted_section(
             rows[c] = {f"{n}/{s}": iou[(n, s)].get(c) for s in splits for n in present}
             share = 100 * plan["class_weights"][c] / total if total else 0.0
             lines.append(
-                f"| {c} | {plan['per_class_iou'][c]:.1f} | {share:.0f} % | "
+                f"| {c} | {plan['per_class_iou'][c]:.1f} | "
+                + (f"{draw[c]:.2f} | " if draw else "")
+                + f"{share:.0f} % | "
                 + " | ".join(f"{v:.1f}" if v is not None else "n/a" for v in cells)
                 + " |"
             )

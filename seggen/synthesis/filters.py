@@ -6,7 +6,8 @@ synthetic data is for (filter.scorer: plan), with its per-class losses on the pl
     mIoU of that prediction against the synthetic mask is below `filter.min_miou`.
 (b) pixel level (FreeMask's idea): pixels whose loss exceeds `margin` x the mean loss of their
     class on real data are set to ignore -- label 0 in the ADE20K-layout PNG, which training and
-    evaluation map to 255 (reduce_zero_label), and void in the panoptic PNG.
+    evaluation map to 255 (reduce_zero_label), and void in the panoptic PNG. With the plan's scorer,
+    every pixel of a class the plan found undrawable (plan.json `undrawable`) is ignored too.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ class QualityFilter:
     min_miou: float
     pixel: bool
     margin: float
+    undrawable: tuple[int, ...] = ()  # labels (1..N) whose every synthetic pixel is ignored
 
     def score(self, image: np.ndarray, labels: np.ndarray) -> tuple[float | None, np.ndarray | None]:
         """-> (sample mIoU in percent or None, ignore mask at labels' size or None)."""
@@ -107,7 +109,10 @@ class QualityFilter:
         without real pixels is never filtered; labels past the classes neither)."""
         ref = torch.tensor([0.0] + [v if v is not None else float("inf") for v in self.class_loss])
         y = torch.where(y < len(ref), y, torch.zeros_like(y))
-        return (loss > self.margin * ref[y]) & (y > 0)
+        bad = loss > self.margin * ref[y]
+        if self.undrawable:  # the generators do not draw these: their labels mark the wrong pixels
+            bad |= torch.isin(y, torch.tensor(self.undrawable, dtype=y.dtype))
+        return bad & (y > 0)
 
 
 def image_miou(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> float | None:
@@ -132,9 +137,9 @@ def load_filter(params: Params, progress: bool = True, device: str | None = None
     if not (f.sample or f.pixel):
         return None
     if f.scorer == "plan":
-        model_dir, losses = plan_scorer(params, check=False)  # the run's make_plan checked it
+        model_dir, losses, undrawable = plan_scorer(params, check=False)  # the run's make_plan checked it
         scorer = PlanScorer(model_dir, params.evaluate.size, device)
-        return QualityFilter(scorer, losses, None, f.sample, f.min_miou, f.pixel, f.margin)
+        return QualityFilter(scorer, losses, None, f.sample, f.min_miou, f.pixel, f.margin, undrawable)
     out = check_dir(f.out, "synthesize.filter.out")
     fp = _fingerprint(params)
     info = None
@@ -174,10 +179,10 @@ def prepare_filter(params: Params, progress: bool = True) -> None:
         load_filter(params, progress)
 
 
-def plan_scorer(params: Params, check: bool = True) -> tuple[Path, list[float | None]]:
+def plan_scorer(params: Params, check: bool = True) -> tuple[Path, list[float | None], tuple[int, ...]]:
     """The plan's reference segmenter (arms_root/REFERENCE/model, the very model the plan scored: with
-    `check`, its digest is compared with the plan's) and its class losses on the planning split, in
-    class order."""
+    `check`, its digest is compared with the plan's), its class losses on the planning split, in
+    class order, and the labels (1..N) of the classes the plan found undrawable."""
     from seggen.data.layout import open_split
     from seggen.errors import DataError
     from seggen.io import digest_tree
@@ -192,4 +197,5 @@ def plan_scorer(params: Params, check: bool = True) -> tuple[Path, list[float | 
             f"{path}: its reference segmenter is not {model_dir} as scored (re-run `seggen plan_synthesis`)"
             " (synthesize.filter.scorer: plan)"
         )
-    return model_dir, [plan["class_loss"].get(c) for c in names]
+    undrawable = tuple(k + 1 for k, c in enumerate(names) if c in set(plan.get("undrawable") or ()))
+    return model_dir, [plan["class_loss"].get(c) for c in names], undrawable

@@ -238,6 +238,8 @@ def make_plan(params: Params, strategy: str, digests: dict[str, str] | None = No
         what.append([j.why for j in jobs])
     if scorer is not None:  # the segmenter that filters (checked to be the one the plan scored)
         what.append(planned["model"])
+        if cfg.filter.pixel and planned.get("undrawable"):  # and the classes whose pixels it ignores
+            what.append(sorted(planned["undrawable"]))
     blob = json.dumps(what, sort_keys=True)
     fingerprint = hashlib.sha256(blob.encode()).hexdigest()[:16]
     return Plan(

@@ -12,6 +12,13 @@ held-out fold of the training split). What it gets wrong becomes the plan:
   caption and ImgSyn repeat its mask (FreeMask's hardness-aware resampling, by class);
 - class losses: the reference's mean per-pixel cross-entropy on each class's real pixels of the
   split, what a pixel filter compares a synthetic pixel's loss with.
+
+With plan_synthesis.drawability, the reference is also scored on synthetic pairs drawn without a plan:
+a class's drawability d_c = IoU_c(drawn) / IoU_c(real), the mean over those sets, capped at 1. The
+weight becomes w_c x d_c (renormalised): weakness alone spends the budget on classes the generators
+draw a few pixels wide, whose synthetic labels then teach wrong pixels. Classes under
+min_drawability get d_c = 0, and the plan lists them as `undrawable`: the plan's pixel filter
+ignores their synthetic pixels.
 """
 
 from __future__ import annotations
@@ -36,12 +43,32 @@ def class_weights(iou: dict[str, float | None], sharpness: float, floor: float) 
     return {c: (raw[c] / mean if mean > 0 else 1.0) if c in raw else 1.0 for c in iou}
 
 
+def drawability(real: dict[str, float | None], drawn: list[dict[str, float | None]], least: float, seen: float) -> dict:
+    """Per class: IoU drawn / IoU real, the drawn IoU the mean over the sets of `drawn` (per-class IoU on
+    synthetic pairs) that show the class, capped at 1; 0 under `least`, 0 where no set shows it, and 0
+    where the real IoU is under `seen` (or unknown): a reference that does not see a class on real
+    images cannot vouch for a drawing of it."""
+    out = {}
+    for c, r in real.items():
+        got = [s[c] for s in drawn if s.get(c) is not None]
+        d = min(1.0, float(np.mean(got)) / r) if got and r is not None and r >= seen else 0.0
+        out[c] = d if d >= least else 0.0
+    return out
+
+
+def drawn_weights(weights: dict[str, float], draw: dict[str, float]) -> dict[str, float]:
+    """Class weights x drawability, renormalised to the same mean as `weights` (all zero: as they are)."""
+    raw = {c: w * draw.get(c, 1.0) for c, w in weights.items()}
+    total = sum(raw.values())
+    return {c: v * sum(weights.values()) / total for c, v in raw.items()} if total > 0 else raw
+
+
 def source_weights(classes_of: dict[str, list[str]], weights: dict[str, float]) -> dict[str, float]:
     """Per source image, the mean weight of the classes its caption names (1 for none), normalised
     to mean 1 over the sources."""
     raw = {s: float(np.mean([weights.get(c, 1.0) for c in cs])) if cs else 1.0 for s, cs in classes_of.items()}
     mean = float(np.mean(list(raw.values()))) if raw else 1.0
-    return {s: raw[s] / mean for s in sorted(raw)}
+    return {s: raw[s] / mean if mean > 0 else 0.0 for s in sorted(raw)}  # all 0: `allocate` spends evenly
 
 
 def allocate(weights: list[float], total: int) -> list[int]:
@@ -106,10 +133,11 @@ def pixel_nll(prob: torch.Tensor, labels: np.ndarray) -> torch.Tensor:
 
 
 @torch.no_grad()
-def score(params: Params, model_dir: Path, split: str, progress: bool = True) -> dict:
-    """The segmenter on every image of `split` (as `seggen evaluate` predicts and scores it) ->
-    {"mIoU", "per_class_iou", "class_loss", "num_images"}. class_loss: mean -log p(true class) over
-    the class's labelled pixels, p the Mask2Former semantic probabilities (class x mask, normalised)."""
+def score(params: Params, model_dir: Path, split: str, progress: bool = True, root: Path | None = None) -> dict:
+    """The segmenter on every image of `split` of `root` (default: data.root), as `seggen evaluate`
+    predicts and scores it -> {"mIoU", "per_class_iou", "class_loss", "num_images"}. class_loss: mean
+    -log p(true class) over the class's labelled pixels, p the Mask2Former semantic probabilities (class
+    x mask, normalised)."""
     from seggen.data.images import load_label_png, load_rgb
     from seggen.data.meta import label_mismatch
     from seggen.metrics.semantic import SemanticAccumulator
@@ -120,7 +148,7 @@ def score(params: Params, model_dir: Path, split: str, progress: bool = True) ->
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     with tempfile.TemporaryDirectory(prefix="seggen_plan_") as tmp:  # COCO's semantic ground truth goes here
-        es = eval_set(params, split, None, Path(tmp), progress)
+        es = eval_set(params, split, root, Path(tmp), progress)
         names = [model.config.id2label[i] for i in range(model.config.num_labels)]
         differ = label_mismatch(names, es.names)
         if differ:
@@ -129,7 +157,8 @@ def score(params: Params, model_dir: Path, split: str, progress: bool = True) ->
         acc = SemanticAccumulator(n_cls, ev.ignore_index, ev.reduce_zero_label)
         loss_sum, pixels = np.zeros(n_cls), np.zeros(n_cls)
         n, bs = len(es.stems), 16
-        bar = tqdm(total=n, desc=f"plan_synthesis {split}", unit="img", disable=not progress, dynamic_ncols=True)
+        desc = f"plan_synthesis {root or ''} {split}".replace("  ", " ")
+        bar = tqdm(total=n, desc=desc, unit="img", disable=not progress, dynamic_ncols=True)
         for b in range(0, n, bs):
             idx = range(b, min(n, b + bs))
             cls, masks = infer(model, [load_rgb(es.image_paths[i]) for i in idx], params.evaluate.size, device)
@@ -168,6 +197,9 @@ def plan_synthesis(params: Params, progress: bool = True) -> dict:
     out = check_dir(cfg.out, "plan_synthesis.out")  # before any compute
     if cfg.previous is not None and not Path(cfg.previous).is_file():
         read_plan(Path(cfg.previous), [], "plan_synthesis.previous")  # names the missing file
+    for d in cfg.drawability:
+        if detect_layout(d, params.synthesize.split) is None:
+            raise DataError(f"{d}: no dataset with split {params.synthesize.split!r} (plan_synthesis.drawability)")
     if detect_layout(params.data.root, cfg.split) is None:
         # real ADE20K / COCO have no tuning split; scoring a held-out fold of training needs a reference
         # trained without it: until then, an even plan that says why
@@ -181,6 +213,12 @@ def plan_synthesis(params: Params, progress: bool = True) -> dict:
     else:
         scored, skipped = score(params, model_dir, cfg.split, progress), None
     weights = class_weights(scored["per_class_iou"], cfg.sharpness, cfg.floor)
+    drawn = {}
+    if cfg.drawability and not skipped:  # what the reference sees of each class on pairs drawn without a plan
+        split = params.synthesize.split
+        drawn = {str(d): score(params, model_dir, split, progress, Path(d))["per_class_iou"] for d in cfg.drawability}
+        draw = drawability(scored["per_class_iou"], list(drawn.values()), cfg.min_drawability, cfg.min_real_iou)
+        weights = drawn_weights(weights, draw)
     captions = read_captions(params.caption.out)
     plan = {
         "reference": cfg.reference,
@@ -194,6 +232,9 @@ def plan_synthesis(params: Params, progress: bool = True) -> dict:
         "class_loss": scored["class_loss"],
         "source_weights": source_weights({i: list(r.classes) for i, r in captions.items()}, weights),
     }
+    if drawn:
+        plan["drawability"] = {"per_class": draw, "iou_drawn": drawn, "min": cfg.min_drawability}
+        plan["undrawable"] = [c for c in draw if draw[c] == 0]  # weigh 0; the plan's pixel filter ignores them
     if cfg.previous is not None:  # a later round of a closed loop: go on only if the last round helped
         previous = read_plan(Path(cfg.previous), list(weights), "plan_synthesis.previous")
         plan["round"] = cfg.round
@@ -207,9 +248,13 @@ def plan_synthesis(params: Params, progress: bool = True) -> dict:
             note_picture(tmp / "plan.png", f"no plan: {skipped}")
             return plan
         iou = [v if v is not None and not math.isnan(v) else None for v in scored["per_class_iou"].values()]
+        bars = {f"IoU on {cfg.split} (%)": iou}
+        if drawn:
+            bars["drawability (%)"] = [100 * draw[c] for c in names]
+        bars["share of the budget (%)"] = [100 * weights[c] / total for c in names]
         grouped_bars(
             names,
-            {f"IoU on {cfg.split} (%)": iou, "share of the budget (%)": [100 * weights[c] / total for c in names]},
+            bars,
             tmp / "plan.png",
             "%",
             rotate=len(names) > 12,
