@@ -3,11 +3,13 @@ on the blind synthetic pairs of a regime (the image the generators drew against 
 from) beside its IoU on the real `tuning` split (the plan's own figures). Their ratio is the class's
 drawability; a class the reference sees on real images but not on synthetic ones is one the generators
 do not draw. Reads the ablation's outputs (`dvc repro ablation/dvc.yaml:plan_synthesis` and the blind
-`synthesize` stages); reads no reported split.
+`synthesize` stages); reads no reported split. A plan made with plan_synthesis.drawability already holds
+the drawn IoU (it is read, not scored again).
 
-The last two columns compare the plan's budget shares (weight = max(1 - IoU, floor) ** sharpness) with
-weakness x drawability (drawability: the mean ratio of the two strategies, capped at 1; 0 where the
-reference scores under 5 IoU on the real class, which says nothing of the drawing).
+The columns: drawability before the threshold (capped at 1; 0 where the reference scores under
+plan_synthesis.min_real_iou on the real class, which says nothing of the drawing), then the budget shares
+of weakness alone (max(1 - IoU, floor) ** sharpness) and of weakness x drawability with the threshold
+(plan_synthesis.min_drawability), which is what a plan with drawability spends.
 
     python -m benchmarks.drawability            (prints one markdown table per regime)
 """
@@ -20,12 +22,11 @@ from pathlib import Path
 from benchmarks.common import fail
 
 PARAMS = "ablation/params.yaml"
-SEEN = 5.0  # IoU (%) on real images under which the reference cannot judge a drawing
 
 
 def regime_table(params, regime: str) -> list[str]:
     from seggen.config import load_params
-    from seggen.synthesis.targeting import class_weights, drawability, score
+    from seggen.synthesis.targeting import class_weights, drawability, drawn_weights, score
 
     path = Path(params.plan_synthesis.out) / regime / "plan.json"
     if not path.is_file():
@@ -33,20 +34,28 @@ def regime_table(params, regime: str) -> list[str]:
     plan = json.loads(path.read_text())
     model = Path(params.arms_root) / plan["reference"] / "model"  # the arm the plan scored
     real = plan["per_class_iou"]
+    held = (plan.get("drawability") or {}).get("iou_drawn", {})
     synth = {}
     for strategy in ("imgsyn", "masksyn"):
-        blind = load_params(PARAMS, {"data.root": str(Path(params.synthesize.out) / regime / strategy)})
-        synth[strategy] = score(blind, model, "training", False)["per_class_iou"]
+        root = Path(params.synthesize.out) / regime / strategy
+        if str(root) in held:
+            synth[strategy] = held[str(root)]
+        else:
+            blind = load_params(PARAMS, {"data.root": str(root)})
+            sc = score(blind, model, "training", False)
+            labelled = {c for c, v in sc["class_loss"].items() if v is not None}  # None: the set shows no such pixel
+            synth[strategy] = {c: v if c in labelled else None for c, v in sc["per_class_iou"].items()}
     cfg = params.plan_synthesis
     weak = class_weights(real, cfg.sharpness, cfg.floor)
-    draw = drawability(real, list(synth.values()), 0.0, SEEN)
-    lever = {c: weak[c] * draw[c] for c in real}
-    share = lambda w: {c: 100 * w[c] / sum(w.values()) for c in w}  # noqa: E731
+    draw = drawability(real, list(synth.values()), 0.0, cfg.min_real_iou)
+    lever = drawn_weights(weak, drawability(real, list(synth.values()), cfg.min_drawability, cfg.min_real_iou))
+    share = lambda w: {c: 100 * w[c] / (sum(w.values()) or 1) for c in w}  # noqa: E731
     s_plan, s_lever = share(weak), share(lever)
     lines = [
         f"Regime `{regime}`, reference `{model.parent.name}`:",
         "",
-        "| class | IoU real `tuning` | IoU ImgSyn | IoU MaskSyn | drawability | plan share | weakness x drawability |",
+        "| class | IoU real `tuning` | IoU ImgSyn | IoU MaskSyn | drawability | weakness share "
+        "| weakness x drawability |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731

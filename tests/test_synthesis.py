@@ -341,6 +341,11 @@ def test_a_plan_spends_the_blind_budget_on_the_weak_classes_sources(gens, tmp_pa
     q = load_params(params_file(gens, tmp_path / "stop", imgsyn_per_source=2, plan=str(tmp_path / "stopped.json")))
     assert make_plan(q, "imgsyn").jobs == []
     assert synthesize(q, "imgsyn", progress=False)["samples"] == 0
+    # and so does a plan that finds nothing worth drawing (every weight 0: plan_synthesis.drawability)
+    zero = {"class_weights": dict.fromkeys(names, 0.0), "source_weights": dict.fromkeys(doc["source_weights"], 0.0)}
+    (tmp_path / "zero.json").write_text(json.dumps(zero))
+    q = load_params(params_file(gens, tmp_path / "zero", imgsyn_per_source=2, plan=str(tmp_path / "zero.json")))
+    assert make_plan(q, "imgsyn").jobs == []
 
     def mixture(roots):
         seg = {"strategy": "augment", "synthetic": ("imgsyn",), "synthetic_root": roots}

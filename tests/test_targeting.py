@@ -1,6 +1,7 @@
 """plan_synthesis: the reference segmenter scored on a tuning split, its weak classes weighted up."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -89,16 +90,30 @@ def test_the_plan_scores_the_reference_arm_on_the_tuning_split(small_benchmark, 
         assert (stopped in later["stopped"]) if stopped else later["stopped"] is None
         assert later["class_weights"] == plan["class_weights"]
 
-    # drawability: the reference also scored on pairs drawn without a plan (here the real training split
-    # stands in for them); weakness x drawability, renormalised; undrawn classes listed for the pixel filter
+    # drawability: the reference also scored on pairs drawn without a plan. The real training split stands
+    # in for them twice: as is, and with the labels of the class the reference gets most right there erased
+    # (it still predicts that class, so its IoU on that copy is 0, which says nothing of a drawing: None)
+    from seggen.data.images import load_label_png
+    from seggen.io import write_png
     from seggen.synthesis.targeting import drawability, drawn_weights, score
 
-    over = {"drawability": [str(small_benchmark)], "out": str(tmp_path / "plan_drawn"), "min_drawability": 0.5}
+    model = tmp_path / "arms" / "baseline" / "model"
+    as_is = score(p, model, "training", False)["per_class_iou"]
+    name = max((c for c in as_is if as_is[c] is not None), key=lambda c: as_is[c])
+    stand_in = tmp_path / "drawn"
+    shutil.copytree(small_benchmark, stand_in)
+    for f in sorted((stand_in / "annotations" / "training").glob("*.png")):
+        y = load_label_png(f)
+        write_png(f, np.where(y == 1 + list(as_is).index(name), 0, y).astype(np.uint8))
+    erased = score(p, model, "training", False, stand_in)["per_class_iou"]
+    assert as_is[name] > 0 and erased[name] == 0.0
+    sets = [str(small_benchmark), str(stand_in)]
+    over = {"drawability": sets, "out": str(tmp_path / "plan_drawn"), "min_drawability": 0.0}
     drawn = stages.plan_synthesis(p.model_copy(update={"plan_synthesis": p.plan_synthesis.model_copy(update=over)}))
-    seen = score(p, tmp_path / "arms" / "baseline" / "model", "training", False)["per_class_iou"]
-    assert drawn["drawability"]["iou_drawn"] == {str(small_benchmark): seen}
-    d = drawability(plan["per_class_iou"], [seen], 0.5, 5.0)
-    assert drawn["drawability"]["per_class"] == d and drawn["undrawable"] == [c for c in d if d[c] == 0]
+    assert drawn["drawability"]["iou_drawn"] == dict(zip(sets, [as_is, {**erased, name: None}]))
+    d = drawability(plan["per_class_iou"], [as_is, {**erased, name: None}], 0.0, 5.0)
+    assert drawn["drawability"]["per_class"] == d and d[name] == min(1.0, as_is[name] / plan["per_class_iou"][name])
+    assert drawn["undrawable"] == [c for c in d if d[c] == 0] and name not in drawn["undrawable"]
     assert drawn["class_weights"] == drawn_weights(plan["class_weights"], d)
     assert drawn["per_class_iou"] == plan["per_class_iou"] and drawn["mIoU"] == plan["mIoU"]
     bad = {"drawability": [str(tmp_path / "nosuch")], "out": str(tmp_path / "plan_bad")}
@@ -235,6 +250,7 @@ def test_drawability_is_the_synthetic_over_real_iou_ratio_and_scales_the_weights
     assert np.isclose(sum(dw.values()), sum(w.values())) and dw["boat"] == dw["road"] == 0.0
     assert np.isclose(dw["car"] / dw["sky"], (1.0 * 0.2) / (0.2 * 1.0))
     assert drawn_weights({"a": 1.0}, {"a": 0.0}) == {"a": 0.0}  # nothing drawable: nothing to spend on
+    assert drawability({"a": 0.0}, [{"a": 3.0}], 0.0, 0.0) == {"a": 0.0}  # no real IoU to divide by
 
 
 def test_the_plans_pixel_filter_ignores_every_pixel_of_an_undrawable_class():

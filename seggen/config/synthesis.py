@@ -168,7 +168,7 @@ class PlanSynthesisParams(_Section):
     drawability: list[SafePath] = Field(default_factory=list)
     """Synthetic datasets drawn without a plan (blind MaskSyn / ImgSyn, split synthesize.split) that the reference is
     also scored on: a class's drawability is its IoU on them over its IoU on the planning split (capped at 1), and
-    its weight is weakness x drawability ([]: weakness only)
+    its weight is weakness x drawability ([]: weakness only). The plan stage reads them: list them in its DVC deps
     """
     min_drawability: float = Field(0.2, ge=0, le=1)
     """With `drawability`: a class drawn under this fraction of its real IoU weighs 0, and the plan's pixel filter

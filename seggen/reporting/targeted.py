@@ -181,8 +181,9 @@ def _drawability_lines(plan: dict) -> list[str]:
     gone = ", ".join(plan.get("undrawable") or []) or "none"
     return [
         f"Drawability: the reference also scored the blind pairs ({sets}); a class's weight is its weakness times "
-        f"its IoU there over its `{plan['split']}` IoU (capped at 1; under {d['min']:.2f}: 0). Undrawn, weighted "
-        f"0 and their synthetic pixels ignored: {gone}.",
+        f"its IoU there over its `{plan['split']}` IoU (capped at 1; 0 under {d['min']:.2f}, and 0 where the "
+        "reference scores too low on real images to judge a drawing). At 0, weighted 0 and their synthetic "
+        f"pixels ignored: {gone}.",
         "",
     ]
 

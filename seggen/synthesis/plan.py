@@ -194,8 +194,10 @@ def make_plan(params: Params, strategy: str, digests: dict[str, str] | None = No
 
         planned = read_plan(Path(cfg.plan), list(meta.names))
         w = [float(planned["source_weights"].get(s, 1.0)) for s in ids]
-        # a plan that ended its loop spends nothing: an empty dataset, so the round's arms train on the rounds before
-        counts = dict(zip(ids, allocate(w, 0 if planned.get("stopped") else per * len(ids))))
+        # a plan that ended its loop, or that finds nothing worth drawing (every weight 0), spends nothing: an
+        # empty dataset, so the round's arms train on the rounds before
+        spend = 0 if planned.get("stopped") or not any(w) else per * len(ids)
+        counts = dict(zip(ids, allocate(w, spend)))
         cw, rnd = planned["class_weights"], int(planned.get("round", 1))
         for s, ws in zip(ids, w):
             why[s] = {

@@ -45,13 +45,13 @@ def class_weights(iou: dict[str, float | None], sharpness: float, floor: float) 
 
 def drawability(real: dict[str, float | None], drawn: list[dict[str, float | None]], least: float, seen: float) -> dict:
     """Per class: IoU drawn / IoU real, the drawn IoU the mean over the sets of `drawn` (per-class IoU on
-    synthetic pairs) that show the class, capped at 1; 0 under `least`, 0 where no set shows it, and 0
-    where the real IoU is under `seen` (or unknown): a reference that does not see a class on real
-    images cannot vouch for a drawing of it."""
+    synthetic pairs; None where a set labels no pixel of the class) that label the class, capped at 1; 0
+    under `least`, 0 where no set labels it, and 0 where the real IoU is under `seen` (or unknown, or 0):
+    a reference that does not see a class on real images cannot vouch for a drawing of it."""
     out = {}
     for c, r in real.items():
         got = [s[c] for s in drawn if s.get(c) is not None]
-        d = min(1.0, float(np.mean(got)) / r) if got and r is not None and r >= seen else 0.0
+        d = min(1.0, float(np.mean(got)) / r) if got and r is not None and r > 0 and r >= seen else 0.0
         out[c] = d if d >= least else 0.0
     return out
 
@@ -216,7 +216,10 @@ def plan_synthesis(params: Params, progress: bool = True) -> dict:
     drawn = {}
     if cfg.drawability and not skipped:  # what the reference sees of each class on pairs drawn without a plan
         split = params.synthesize.split
-        drawn = {str(d): score(params, model_dir, split, progress, Path(d))["per_class_iou"] for d in cfg.drawability}
+        drawn = {}
+        for d in cfg.drawability:  # a class no mask of the set labels says nothing (IoU None, not 0)
+            sc = score(params, model_dir, split, progress, Path(d))
+            drawn[str(d)] = {c: v if sc["class_loss"][c] is not None else None for c, v in sc["per_class_iou"].items()}
         draw = drawability(scored["per_class_iou"], list(drawn.values()), cfg.min_drawability, cfg.min_real_iou)
         weights = drawn_weights(weights, draw)
     captions = read_captions(params.caption.out)
@@ -251,7 +254,7 @@ def plan_synthesis(params: Params, progress: bool = True) -> dict:
         bars = {f"IoU on {cfg.split} (%)": iou}
         if drawn:
             bars["drawability (%)"] = [100 * draw[c] for c in names]
-        bars["share of the budget (%)"] = [100 * weights[c] / total for c in names]
+        bars["share of the budget (%)"] = [100 * weights[c] / total if total else 0.0 for c in names]
         grouped_bars(
             names,
             bars,
