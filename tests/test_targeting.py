@@ -4,11 +4,13 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
+from helpers import REPO
 from seggen.config import load_params
 from seggen.data.captions import caption_dataset
 from seggen.errors import DataError
@@ -189,12 +191,24 @@ def test_the_ablation_plans_after_its_reference_and_trains_targeted_arms_after_t
         assert (f"synthesize_targeted@low-{s}", "train_segmenter_targeted@low-targeted-0") in edges
     assert ("train_segmenter@low-baseline-0", "plan_synthesis@low") in edges
     assert not any(b.startswith("train_segmenter@") and "plan" in a for a, b in edges)
+    # ablation.targeted.drawability: every round's plan also scores the regime's blind sets, which DVC runs first
+    params = load_params(REPO / "ablation" / "params.yaml")
+    assert params.ablation.targeted.drawability
+    for name in ("low", "low-targeted", "low-targeted-r2"):
+        blind = [Path(params.synthesize.out) / "low" / s for s in ("masksyn", "imgsyn")]
+        assert params.pick(name).plan_synthesis.drawability == blind
+    for s in ("masksyn", "imgsyn"):
+        assert (f"synthesize@low-{s}", "plan_synthesis@low") in edges
 
 
 def test_round_two_plans_after_round_one_and_trains_on_both_rounds():
     """ablation/dvc.yaml's second round: round 1's plan and its first-seed arm -> plan_synthesis_r2 ->
     synthesize_targeted_r2 (filtered by that arm) -> train_segmenter_targeted_r2, which also reads round 1's data."""
     edges = _ablation_edges("train_segmenter_targeted_r2@low-targeted-r2-1")
+    assert {
+        ("synthesize@low-masksyn", "plan_synthesis_r2@low"),
+        ("synthesize@low-imgsyn", "plan_synthesis_r2@low"),
+    } <= edges
     assert {
         ("plan_synthesis@low", "plan_synthesis_r2@low"),
         ("train_segmenter_targeted@low-targeted-0", "plan_synthesis_r2@low"),
