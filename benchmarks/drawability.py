@@ -25,8 +25,7 @@ PARAMS = "ablation/params.yaml"
 
 
 def regime_table(params, regime: str) -> list[str]:
-    from seggen.config import load_params
-    from seggen.synthesis.targeting import class_weights, drawability, drawn_weights, score
+    from seggen.synthesis.targeting import class_weights, drawability, drawn_iou, drawn_weights
 
     path = Path(params.plan_synthesis.out) / regime / "plan.json"
     if not path.is_file():
@@ -41,10 +40,7 @@ def regime_table(params, regime: str) -> list[str]:
         if str(root) in held:
             synth[strategy] = held[str(root)]
         else:
-            blind = load_params(PARAMS, {"data.root": str(root)})
-            sc = score(blind, model, "training", False)
-            labelled = {c for c, v in sc["class_loss"].items() if v is not None}  # None: the set shows no such pixel
-            synth[strategy] = {c: v if c in labelled else None for c, v in sc["per_class_iou"].items()}
+            synth[strategy] = drawn_iou(params, model, root, False)
     cfg = params.plan_synthesis
     weak = class_weights(real, cfg.sharpness, cfg.floor)
     draw = drawability(real, list(synth.values()), 0.0, cfg.min_real_iou)

@@ -148,8 +148,8 @@ def _charts(params: Params, regime: str, rounds: list[str], plan: dict, iou: dic
             dest.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(dest) as tmp:
                 shutil.copyfile(src, tmp)
-            stopped = json.loads((src.parent / "plan.json").read_text()).get("stopped")
-            drawn = "drawability" in json.loads((src.parent / "plan.json").read_text())
+            this = json.loads((src.parent / "plan.json").read_text())
+            stopped, drawn = this.get("stopped"), "drawability" in this
             caption = (
                 f"The plan of `{n}`: the reference's IoU per class on the planning split, "
                 + ("the generators' drawability, " if drawn else "")

@@ -197,5 +197,5 @@ def plan_scorer(params: Params, check: bool = True) -> tuple[Path, list[float | 
             f"{path}: its reference segmenter is not {model_dir} as scored (re-run `seggen plan_synthesis`)"
             " (synthesize.filter.scorer: plan)"
         )
-    undrawable = tuple(k + 1 for k, c in enumerate(names) if c in set(plan.get("undrawable") or ()))
+    undrawable = tuple(k + 1 for k, c in enumerate(names) if c in (plan.get("undrawable") or ()))
     return model_dir, [plan["class_loss"].get(c) for c in names], undrawable

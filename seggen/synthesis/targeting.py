@@ -157,7 +157,7 @@ def score(params: Params, model_dir: Path, split: str, progress: bool = True, ro
         acc = SemanticAccumulator(n_cls, ev.ignore_index, ev.reduce_zero_label)
         loss_sum, pixels = np.zeros(n_cls), np.zeros(n_cls)
         n, bs = len(es.stems), 16
-        desc = f"plan_synthesis {root or ''} {split}".replace("  ", " ")
+        desc = f"plan_synthesis {root} {split}" if root else f"plan_synthesis {split}"
         bar = tqdm(total=n, desc=desc, unit="img", disable=not progress, dynamic_ncols=True)
         for b in range(0, n, bs):
             idx = range(b, min(n, b + bs))
@@ -176,6 +176,13 @@ def score(params: Params, model_dir: Path, split: str, progress: bool = True, ro
     m = acc.metrics(names)
     loss = {c: (float(loss_sum[k] / pixels[k]) if pixels[k] else None) for k, c in enumerate(names)}
     return {"mIoU": m["mIoU"], "per_class_iou": m["per_class_iou"], "class_loss": loss, "num_images": n}
+
+
+def drawn_iou(params: Params, model_dir: Path, root: Path, progress: bool = True) -> dict[str, float | None]:
+    """The segmenter's per-class IoU on a synthetic set (split synthesize.split), None for a class no mask
+    of the set labels: the segmenter may still predict it (IoU 0), which says nothing of a drawing."""
+    sc = score(params, model_dir, params.synthesize.split, progress, root)
+    return {c: v if sc["class_loss"][c] is not None else None for c, v in sc["per_class_iou"].items()}
 
 
 def plan_synthesis(params: Params, progress: bool = True) -> dict:
@@ -215,11 +222,7 @@ def plan_synthesis(params: Params, progress: bool = True) -> dict:
     weights = class_weights(scored["per_class_iou"], cfg.sharpness, cfg.floor)
     drawn = {}
     if cfg.drawability and not skipped:  # what the reference sees of each class on pairs drawn without a plan
-        split = params.synthesize.split
-        drawn = {}
-        for d in cfg.drawability:  # a class no mask of the set labels says nothing (IoU None, not 0)
-            sc = score(params, model_dir, split, progress, Path(d))
-            drawn[str(d)] = {c: v if sc["class_loss"][c] is not None else None for c, v in sc["per_class_iou"].items()}
+        drawn = {str(d): drawn_iou(params, model_dir, Path(d), progress) for d in cfg.drawability}
         draw = drawability(scored["per_class_iou"], list(drawn.values()), cfg.min_drawability, cfg.min_real_iou)
         weights = drawn_weights(weights, draw)
     captions = read_captions(params.caption.out)
