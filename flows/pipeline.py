@@ -169,17 +169,49 @@ PROFILES = {"default": ("dvc.yaml", "params.yaml"), "ablation": ("ablation/dvc.y
 
 
 def stage_names(project: Path, groups: tuple[str, ...] | None, dvcfile: str = "dvc.yaml") -> list[str]:
-    """The stages of `dvcfile` in file order (foreach/matrix expanded), those whose `meta.group` is one
-    of `groups` only if given. Stages of another dvc.yaml are addressed FILE:NAME (as `dvc stage list`
-    prints them)."""
+    """The stages of `dvcfile` (foreach/matrix expanded) in file order where DVC's graph allows it, those
+    whose `meta.group` is one of `groups` only if given. Stages of another dvc.yaml are addressed
+    FILE:NAME (as `dvc stage list` prints them)."""
     r = subprocess.run([_dvc(), "stage", "list", dvcfile, "--name-only"], cwd=project, capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"{project}/{dvcfile}: {r.stderr.strip() or r.stdout.strip()}")
-    names = r.stdout.split()
+    names = _dag_order(project, r.stdout.split())
     if groups is None:
         return names
     group = stage_groups(project / dvcfile)
     return [n for n in names if group.get(n.rsplit(":", 1)[-1].split("@")[0]) in groups]
+
+
+def _dag_order(project: Path, names: list[str]) -> list[str]:
+    """`names` (file order) reordered so that every stage comes after the stages it depends on, as DVC's
+    graph says (`dvc dag --dot`), file order kept where the graph allows: a foreach expands a stage for
+    every item before the next stage, so round 2 of a loop lists its plan before round 1's arm."""
+    import heapq
+
+    r = subprocess.run([_dvc(), "dag", "--dot"], cwd=project, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"{project}: dvc dag: {r.stderr.strip() or r.stdout.strip()}")
+    pos = {n: i for i, n in enumerate(names)}
+    after: dict[str, set[str]] = {n: set() for n in names}
+    for a, b in re.findall(r'^"([^"]+)" -> "([^"]+)";$', r.stdout, re.M):
+        if a in pos and b in pos:
+            after[b].add(a)
+    waiting = {n: len(after[n]) for n in names}
+    users: dict[str, list[str]] = {n: [] for n in names}
+    for n, before in after.items():
+        for a in before:
+            users[a].append(n)
+    ready = [pos[n] for n in names if not waiting[n]]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        n = names[heapq.heappop(ready)]
+        order.append(n)
+        for u in users[n]:
+            waiting[u] -= 1
+            if not waiting[u]:
+                heapq.heappush(ready, pos[u])
+    return order
 
 
 def stage_groups(dvcfile: Path) -> dict[str, str]:
@@ -199,13 +231,16 @@ def apply_overrides(project: Path, overrides: dict[str, Any], params_file: str =
 
 def form_defaults(project: Path, params_file: str) -> dict[str, Any]:
     """A deployment's `params` default: the project's params file as validated (its values fill the form).
-    With an ablation, `arms` is left empty: it is generated from `ablation` again on validation."""
+    With an ablation, `arms` is left empty: it is generated from `ablation` again on validation; so are the arms
+    of the loop's rounds (`loop`)."""
     from seggen.config import load_params
 
     p = load_params(project / params_file)
     tree = p.model_dump(mode="json")
     if p.ablation:
         tree["arms"] = {}
+    else:  # the loop's rounds' arms are generated from `loop` too
+        tree["arms"] = {a: v for a, v in tree["arms"].items() if a not in p.loop.rounds}
     return tree
 
 
@@ -219,6 +254,9 @@ def form_changes(form: Params, current: Params) -> dict[str, Any]:
     if form.ablation or current.ablation:  # generated from `ablation`: never set by hand
         new = {k: v for k, v in new.items() if not k.startswith("arms")}
         old = {k: v for k, v in old.items() if not k.startswith("arms")}
+    made = {f"arms.{r}" for r in (*form.loop.rounds, *current.loop.rounds)}  # generated from `loop`
+    new = {k: v for k, v in new.items() if not any(k == m or k.startswith(m + ".") for m in made)}
+    old = {k: v for k, v in old.items() if not any(k == m or k.startswith(m + ".") for m in made)}
     changes = {k: v for k, v in new.items() if k not in old or old[k] != v}
     for k in old.keys() - new.keys():  # a key the form removed: its mapping, whole
         parent = k.rsplit(".", 1)[0]

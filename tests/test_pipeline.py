@@ -777,3 +777,82 @@ def test_serve_says_where_it_serves_and_stops_cleanly(project, prefect_server):
         # HTTP 422 as a word (the tables print ids whose hex may hold "422")
         rejected = re.search(r"\b422\b|Unprocessable", r.stdout + r.stderr)
         assert r.returncode == 0 and want in r.stdout and not rejected, (cmd, r.stderr[-2000:])
+
+
+def test_two_rounds_of_the_closed_loop(project):
+    """loop.rounds on the project: each round its own DVC stages and MLflow runs, the second planned after
+    the first round's arm and against its plan; the report says what each round did and where the loop
+    ended. Nothing else re-runs."""
+    from mlflow import MlflowClient
+
+    root, env = project["root"], project["env"]
+    rounds = {"r1": {"after": "baseline"}, "r2": {"after": "r1"}}
+    doc = yaml.safe_load((root / "params.yaml").read_text())
+    doc["loop"] = {**doc["loop"], "rounds": rounds, "synthesize": {"filter.pixel": True, "filter.scorer": "plan"}}
+    (root / "params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    done = ran(dvc(root, "repro", env=env))
+    splits = ("tuning", "tuning_shift", "validation", "validation_shift")
+    expected = [f"plan_round@{k}" for k in rounds] + [f"train_round@{k}" for k in rounds]
+    expected += [f"synthesize_round@{k}-{s}" for k in rounds for s in ("masksyn", "imgsyn")]
+    expected += [f"evaluate_round@{k}-{s}" for k in rounds for s in splits]
+    assert sorted(done) == sorted(["check_models", *expected, "report"])
+    assert done.index("train_round@r1") < done.index("plan_round@r2") < done.index("synthesize_round@r2-masksyn")
+
+    # round 1 planned after the baseline; round 2 after round 1's arm, against round 1's plan
+    plans = {k: json.loads((root / "data" / "loop" / k / "plan" / "plan.json").read_text()) for k in rounds}
+    assert plans["r1"]["reference"] == "baseline" and "previous" not in plans["r1"]
+    assert plans["r2"]["reference"] == "r1" and plans["r2"]["round"] == 2
+    assert plans["r2"]["previous"] == {
+        "plan": "data/loop/r1/plan/plan.json",
+        "reference": "baseline",
+        "mIoU": plans["r1"]["mIoU"],
+    }
+    tuning = {
+        a: json.loads((root / "reports" / "eval" / a / "tuning" / "scores.json").read_text())["mIoU"]
+        for a in ("baseline", "r1")
+    }
+    assert plans["r1"]["mIoU"] == pytest.approx(tuning["baseline"], abs=0.01)  # the plan scores as evaluate does
+    assert plans["r2"]["mIoU"] == pytest.approx(tuning["r1"], abs=0.01)
+    helped = plans["r2"]["mIoU"] > plans["r1"]["mIoU"]
+    assert (plans["r2"]["stopped"] is None) == helped
+    # what each round generated, and why: its rows record the round; a loop that ended generates nothing
+    for k, rnd in (("r1", 1), ("r2", 2)):
+        for s in ("masksyn", "imgsyn"):
+            summary = json.loads((root / "data" / "loop" / k / s / "summary.json").read_text())
+            rows = [json.loads(x) for x in (root / "data" / "loop" / k / s / "manifest.jsonl").read_text().splitlines()]
+            assert summary["samples"] == (0 if k == "r2" and not helped else 4)
+            assert all(row["plan"]["round"] == rnd for row in rows) and len(rows) == summary["samples"]
+    seeds = {
+        k: {
+            json.loads(x)["seed"]
+            for x in (root / "data" / "loop" / k / "imgsyn" / "manifest.jsonl").read_text().splitlines()
+        }
+        for k in rounds
+    }
+    assert len(seeds["r1"]) == 4 and not seeds["r1"] & seeds["r2"]  # round 2 draws new pairs, not round 1's
+    if not helped:  # the loop ended: round 2's arm saw the same draws as round 1's
+        weights = [(root / "models" / "segmenter" / k / "model" / "model.safetensors").read_bytes() for k in rounds]
+        assert weights[0] == weights[1]
+    # round 2's arm trained on both rounds' data
+    meta = json.loads((root / "models" / "segmenter" / "r2" / "model" / "seggen_segmenter.json").read_text())
+    assert len(meta["synthetic_fingerprints"]) == 4, meta["synthetic_fingerprints"]
+
+    report = (root / "reports" / "report.md").read_text()
+    assert "## The closed loop" in report and "| r1 | `baseline` |" in report and "| r2 | `r1` |" in report
+    assert ("The loop ended before round `r2`, which generated nothing." in report) == (not helped)
+    for arm in ("r1", "r2"):  # the rounds' arms sit in the report's tables beside the pipeline's arms
+        assert f"| {arm} | validation |" in report
+
+    # each round's stages are MLflow runs named as DVC names them; round 2's plan names round 1's as the one before
+    client = MlflowClient(project["mlflow"])
+    exp = client.get_experiment_by_name("seggen")
+    runs = client.search_runs([exp.experiment_id], "tags.`seggen.kind` = 'stage'", max_results=500)
+    by_stage = {run.data.tags.get("seggen.stage"): run for run in runs}
+    assert set(expected) <= set(by_stage)
+    tags = by_stage["plan_round@r2"].data.tags
+    assert tags["plan.reference"] == "r1" and tags["plan.round"] == "2"
+    assert tags["plan.previous"] == "data/loop/r1/plan/plan.json"
+    inputs = {d.dataset.name for d in by_stage["plan_round@r2"].inputs.dataset_inputs}
+    assert "segmenter-r1" in inputs
+
+    assert ran(dvc(root, "repro", env=env)) == ["check_models"]

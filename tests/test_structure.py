@@ -243,8 +243,9 @@ def test_no_params_value_reaches_a_stage_command_line():
 
 def test_stage_templates_fill_as_dvc_interpolates(tmp_path, monkeypatch):
     """The reference: DVC's own interpolation of the same commands written with `${...}`, for every
-    stage DVC generates from both dvc.yaml files with the shipped params (DVC started in the project
-    root, and in ablation/: DVC_STAGE's path part differs, the stage found does not)."""
+    stage DVC generates from both dvc.yaml files with the shipped params and two rounds of the closed
+    loop (DVC started in the project root, and in ablation/: DVC_STAGE's path part differs, the stage
+    found does not)."""
     from dvc.repo import Repo
 
     from seggen.pipeline import dvcstage
@@ -256,8 +257,12 @@ def test_stage_templates_fill_as_dvc_interpolates(tmp_path, monkeypatch):
         if rel.endswith("dvc.yaml"):  # the same commands in DVC's own syntax
             text = re.sub(r"'([^'\n]*)'", lambda m: re.sub(r"\{((?:key|item)[\w.]*)\}", r"${\1}", m.group(1)), text)
         (work / rel).write_text(text)
+    loop = "  rounds: {}  "
+    assert loop in (work / "params.yaml").read_text()  # the shipped params run no loop: two rounds here
+    text = (work / "params.yaml").read_text().replace(loop, "  rounds: {r1: {after: baseline}, r2: {after: r1}}  ")
+    (work / "params.yaml").write_text(text)
     Repo.init(str(work), no_scm=True)
-    params = {"dvc.yaml": REPO / "params.yaml", "ablation/dvc.yaml": REPO / "ablation" / "params.yaml"}
+    params = {"dvc.yaml": work / "params.yaml", "ablation/dvc.yaml": work / "ablation" / "params.yaml"}
     trees = {f: load_params(p).model_dump(mode="json") for f, p in params.items()}
     for start in (work, work / "ablation"):
         monkeypatch.chdir(start)  # DVC_STAGE is the addressing relative to where DVC runs

@@ -334,6 +334,16 @@ def test_a_plan_spends_the_blind_budget_on_the_weak_classes_sources(gens, tmp_pa
     synthesize(blind_p, "imgsyn", progress=False)
     assert json.loads((tmp_path / "blind" / "imgsyn.run.json").read_text()) == record
 
+    # a later round of a loop spends its budget the same way on new draws: its arm pools every round's data,
+    # and round 1's seeds again would add the same pairs twice
+    (tmp_path / "round2.json").write_text(json.dumps({**doc, "round": 2}))
+    q = load_params(
+        params_file(gens, tmp_path / "r2", imgsyn_per_source=2, max_sources=6, plan=str(tmp_path / "round2.json"))
+    )
+    again = make_plan(q, "imgsyn")
+    assert [(j.source, j.k) for j in again.jobs] == [(j.source, j.k) for j in plan.jobs]
+    assert not {j.seed for j in again.jobs} & {j.seed for j in plan.jobs} and again.fingerprint != plan.fingerprint
+
     # a plan whose loop ended spends nothing: an empty dataset, which a later round's arm pools as nothing
     from seggen.segmenter.train import Mixture
 

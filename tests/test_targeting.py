@@ -278,3 +278,90 @@ def test_the_plans_pixel_filter_ignores_every_pixel_of_an_undrawable_class():
     assert f._bad(loss, y).tolist() == [[False, False, False], [True, False, False]]  # loss > 2 x 1 only
     f.undrawable = (3,)
     assert f._bad(loss, y).tolist() == [[False, False, False], [True, True, True]]  # never label 0
+
+
+def _loop_project(root: Path, rounds: dict) -> Path:
+    """The repo's dvc.yaml and params.yaml with these loop rounds, a DVC project of their own."""
+    from dvc.repo import Repo
+
+    root.mkdir(parents=True, exist_ok=True)
+    doc = yaml.safe_load((REPO / "params.yaml").read_text())
+    doc["loop"]["rounds"] = rounds
+    (root / "params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    Repo.init(str(root), no_scm=True)
+    return root
+
+
+def test_the_loop_is_rounds_of_stages_each_planned_after_the_arm_before(tmp_path):
+    """loop.rounds: each round its own plan (scoring the arm it plans after; after a round, that round's
+    plan is the one to beat), datasets spent by it, and arm, trained like loop.arm on every round's data
+    so far; DVC runs them in that order, and so do the Prefect flows."""
+    import re
+
+    from flows.pipeline import stage_names
+    from seggen.errors import ConfigError
+
+    rounds = {"r1": {"after": "baseline"}, "r2": {"after": "r1"}}
+    root = _loop_project(tmp_path / "proj", rounds)
+    p = load_params(root / "params.yaml")
+    r1, r2 = p.pick("r1"), p.pick("r2")
+    assert (r1.plan_synthesis.reference, r1.plan_synthesis.round, r1.plan_synthesis.previous) == ("baseline", 1, None)
+    assert (r2.plan_synthesis.reference, r2.plan_synthesis.round) == ("r1", 2)
+    assert r2.plan_synthesis.previous == Path("data/loop/r1/plan/plan.json")
+    assert r2.plan_synthesis.out == Path("data/loop/r2/plan") and r2.synthesize.out == Path("data/loop/r2")
+    assert r2.synthesize.plan == Path("data/loop/r2/plan/plan.json")
+    assert r2.segmenter.synthetic_roots == [Path("data/loop/r1"), Path("data/loop/r2")]
+    assert r1.segmenter.synthetic_roots == [Path("data/loop/r1")] and r2.segmenter.out == Path("models/segmenter/r2")
+    seggen = p.arm("seggen").segmenter
+    assert (r2.segmenter.strategy, r2.segmenter.synthetic) == (seggen.strategy, seggen.synthetic)
+    # the rounds' synthesis: the pipeline's, with loop.synthesize's keys
+    over = load_params(root / "params.yaml", {"loop.synthesize": {"filter.pixel": True, "filter.scorer": "plan"}})
+    assert over.pick("r1").synthesize.filter.scorer == "plan" and over.synthesize.filter.scorer != "plan"
+
+    # the params survive a dump (the Prefect form holds them so); the form neither shows nor edits the rounds' arms
+    from flows.pipeline import form_changes, form_defaults
+    from seggen.config import Params
+
+    assert Params.model_validate(p.model_dump(mode="json")).arms == p.arms
+    shown = form_defaults(root, "params.yaml")
+    assert not set(rounds) & set(shown["arms"]) and form_changes(Params.model_validate(shown), p) == {}
+    # a variant (other generators) runs no loop of its own
+    varied = load_params(root / "params.yaml", {"variants": {"v1": {"synthesize.steps": 10}}})
+    assert varied.variant("v1").loop.rounds == {} and set(rounds) <= set(varied.arms)
+
+    dvc = str(Path(sys.executable).parent / "dvc")
+    r = subprocess.run([dvc, "dag", "--dot", "report"], cwd=root, capture_output=True, text=True, check=True)
+    edges = set(re.findall(r'"([^"]+)" -> "([^"]+)"', r.stdout))
+    assert ("train_segmenter@baseline", "plan_round@r1") in edges
+    for s in ("masksyn", "imgsyn"):
+        assert ("plan_round@r1", f"synthesize_round@r1-{s}") in edges
+        assert (f"synthesize_round@r1-{s}", "train_round@r1") in edges
+        assert (f"synthesize_round@r2-{s}", "train_round@r2") in edges
+    assert ("train_round@r1", "plan_round@r2") in edges and ("train_round@r2", "evaluate_round@r2-tuning") in edges
+    assert ("evaluate_round@r2-validation_shift", "report") in edges
+    # DVC lists every plan_round before any train_round; a flow runs the stages in the graph's order
+    names = stage_names(root, None)
+    assert all(names.index(a) < names.index(b) for a, b in edges)
+    assert names.index("train_round@r1") < names.index("plan_round@r2") < names.index("train_round@r2")
+    assert names[-1] == "report" and len(names) == 22 + 2 + 4 + 2 + 2 * 4
+    plain = stage_names(_loop_project(tmp_path / "plain", {}), None)
+    assert len(plain) == 22 and not any("_round" in n for n in plain)
+
+    for bad, msg in (
+        ({"r1": {"after": "nope"}}, r"loop.rounds.r1.after: 'nope' is neither an arm nor a round"),
+        ({"seggen": {"after": "baseline"}}, r"loop.rounds.seggen: also an arm of `arms`"),
+        ({"r1": {"after": "r2"}, "r2": {"after": "r1"}}, r"loop.rounds.r1: its `after` chain comes back to it"),
+        ({"r1": "baseline"}, r"loop.rounds.r1: expected \{after: ARM\}"),
+    ):
+        with pytest.raises(ConfigError, match=msg):
+            load_params(root / "params.yaml", {"loop.rounds": bad})
+    with pytest.raises(ConfigError, match="loop.arm: arm 'baseline' trains on real data only"):
+        load_params(root / "params.yaml", {"loop.arm": "baseline"})
+    with pytest.raises(ConfigError, match="loop.arm: arm 'plain' trains on real data only"):  # segmenter's strategy
+        load_params(root / "params.yaml", {"arms.plain": {"seed": 3}, "loop.arm": "plain"})
+    with pytest.raises(ConfigError, match="loop.synthesize.out: a round's plan and datasets go to loop.out/r1"):
+        load_params(root / "params.yaml", {"loop.synthesize": {"out": "elsewhere"}})
+    # the ablation (which extends params.yaml) runs its own loop, ablation.targeted: no round arms there
+    ablation = load_params(REPO / "ablation" / "params.yaml", {"loop.rounds": rounds})
+    assert not set(rounds) & set(ablation.arms)

@@ -2,9 +2,10 @@
 `segmenter` keys, its model at arms_root/ARM), a data regime (a set of `synthesize` keys, its datasets at
 synthesize.out/REGIME), a variant (other generators, their outputs beside the main ones with -NAME),
 REGIME-VARIANT (a variant's datasets for a regime), REGIME-targeted and REGIME-targeted-r2 (a regime's
-datasets spent by its plan in round 1 and 2 of the loop), and the ablation, which expands to arms (regime
+datasets spent by its plan in round 1 and 2 of the loop), the ablation, which expands to arms (regime
 x group x seed, regime x variant x seed, and REGIME-targeted(-r2)-sSEED for the regimes of
-ablation.targeted).
+ablation.targeted), and a round of the pipeline's closed loop (`loop.rounds`: its plan, its datasets and
+its arm, one name).
 """
 
 from __future__ import annotations
@@ -131,9 +132,92 @@ def _targeted_arms(ab: dict, regimes: dict, root: Path, variants: dict) -> dict:
     return arms
 
 
+def round_chain(rounds: dict, name: str) -> list[str]:
+    """The rounds whose data round `name`'s arm trains on, first round first: `name`, the round it plans
+    after, that round's, ... (`rounds`: loop.rounds, as params or as the raw mapping)."""
+    chain, seen = [], set()
+    while name in rounds:
+        if name in seen:
+            raise ValueError(f"loop.rounds.{name}: its `after` chain comes back to it ({' <- '.join(chain)})")
+        seen.add(name)
+        chain.append(name)
+        after = rounds[name]
+        name = after.get("after") if isinstance(after, dict) else after.after
+    return chain[::-1]
+
+
+def loop_arms(data: Any, default_arms: dict) -> Any:
+    """With `loop.rounds`, one arm per round: arms.<loop.arm>'s segmenter keys on the data of the round and
+    of every round before it (loop.out/ROUND), so `--arm ROUND` trains and evaluates like any arm. An arm
+    of that name must be the one generated (as in params dumped and validated again)."""
+    if not isinstance(data, dict) or not isinstance(data.get("loop"), dict):
+        return data
+    loop = data["loop"]
+    rounds = loop.get("rounds") or {}
+    if not isinstance(rounds, dict) or not rounds:
+        return data  # the field validation names what is wrong
+    if data.get("ablation"):  # the ablation runs its own loop (ablation.targeted) and none of these stages
+        return data
+    arms = dict(data["arms"] if isinstance(data.get("arms"), dict) else default_arms)
+    ref = loop.get("arm", "seggen")
+    if ref in rounds and ref in arms:
+        raise ValueError(f"loop.rounds.{ref}: also an arm of `arms`; a round's arm is named after it")
+    if ref not in arms or ref in rounds:
+        raise ValueError(f"loop.arm: {ref!r} is not an arm (arms: {', '.join(a for a in arms if a not in rounds)})")
+    keys = arms[ref] or {}
+    segmenter = data.get("segmenter") if isinstance(data.get("segmenter"), dict) else {}
+    if not isinstance(keys, dict) or keys.get("strategy", segmenter.get("strategy", "real")) == "real":
+        raise ValueError(f"loop.arm: arm {ref!r} trains on real data only; a round's arm trains on its data")
+    root = Path(loop.get("out", "data/loop"))
+    for name, entry in rounds.items():
+        if not isinstance(name, str) or not re.fullmatch(_ARM_BODY, name):
+            raise ValueError(f"loop.rounds.{name}: round names are lowercase letters, digits, - and _")
+        after = entry.get("after") if isinstance(entry, dict) else None
+        if not isinstance(after, str):
+            raise ValueError(f"loop.rounds.{name}: expected {{after: ARM}}, the arm or round it plans after")
+        if after not in rounds and (after not in arms or after == name):
+            raise ValueError(f"loop.rounds.{name}.after: {after!r} is neither an arm nor a round")
+    for name in rounds:
+        made = dict(keys, synthetic_root=[str(root / r) for r in round_chain(rounds, name)])
+        if name in arms and arms[name] != made:
+            raise ValueError(f"loop.rounds.{name}: also an arm of `arms`; a round's arm is named after it")
+        arms[name] = made
+    return {**data, "arms": arms}
+
+
+def loop_round(params: Params, name: str) -> Params:
+    """Round `name` of loop.rounds: its plan scores the arm it plans after (plan_synthesis.out = loop.out/NAME/plan;
+    after another round, that round's plan is the one to beat), its datasets are spent by that plan with the
+    keys of loop.synthesize (synthesize.out = loop.out/NAME), and its arm is `name`."""
+    rounds, out = params.loop.rounds, Path(params.loop.out)
+    after = rounds[name].after
+    plan = params.plan_synthesis.model_copy(
+        update={
+            "reference": after,
+            "out": out / name / "plan",
+            "round": len(round_chain(rounds, name)),
+            "previous": out / after / "plan" / "plan.json" if after in rounds else None,
+        }
+    )
+    tree = params.synthesize.model_dump(mode="json")
+    for key, value in params.loop.synthesize.items():
+        if key.split(".")[0] in ("out", "plan"):
+            raise ConfigError(f"loop.synthesize.{key}: a round's plan and datasets go to loop.out/{name}")
+        _set_dotted(tree, key, value, "loop.synthesize")
+    tree["plan"] = str(plan.out / "plan.json")
+    tree["out"] = str(out / name)
+    try:
+        syn = type(params.synthesize).model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_error("loop.synthesize", e)) from None
+    return arm(params, name).model_copy(update={"plan_synthesis": plan, "synthesize": syn})
+
+
 def pick(params: Params, name: str) -> Params:
     """These params resolved for run `name`: an arm, a variant, a regime or REGIME-VARIANT (in that order;
     the names cannot clash: Params checks)."""
+    if name in params.loop.rounds and params.ablation is None:
+        return loop_round(params, name)
     if name in params.arms:
         return arm(params, name)
     if name in params.variants:
@@ -184,6 +268,7 @@ def variant(params: Params, name: str) -> Params:
     tree["prior"]["corpus"]["out"] = str(variant_path(Path(tree["prior"]["corpus"]["out"]), name))
     tree["synthesize"]["mask2img"] = str(Path(tree["mask2img"]["out"]) / "model")
     tree["arms"], tree["variants"] = {}, {}
+    tree["loop"]["rounds"] = {}  # the loop's arms train on the main generators' rounds
     try:
         return type(params).model_validate(tree)
     except ValidationError as e:

@@ -72,6 +72,36 @@ class TargetedParams(_Section):
     """
 
 
+class RoundParams(_Section):
+    after: str
+    """The arm this round plans from: an arm of `arms` (the loop's first round) or an earlier round."""
+
+
+class LoopParams(_Section):
+    """The pipeline's closed loop (docs/synthesis.md#rounds). Round ROUND scores the arm before it on the planning
+    split (plan_synthesis's keys: loop.out/ROUND/plan), spends the MaskSyn / ImgSyn budget by that plan
+    (synthesize's keys and loop.synthesize: loop.out/ROUND/masksyn, imgsyn), and trains arm ROUND (arms.<loop.arm>'s
+    keys) on the real data and the data of every round up to it; evaluated like the arms. A round whose arm does
+    not raise the planning split's mIoU over the arm it planned from ends the loop: the next round's plan says
+    why and generates nothing."""
+
+    rounds: dict[str, RoundParams] = Field(
+        default_factory=dict, json_schema_extra={"propertyNames": {"pattern": _ARM_NAME}}
+    )
+    """Round name -> the arm it plans from, in order, e.g. {r1: {after: baseline}, r2: {after: r1}} ({}: no loop).
+    Each round is its own DVC stages (plan_round, synthesize_round, train_round, evaluate_round @ROUND). The
+    ablation, which runs its own loop (ablation.targeted), has none of them
+    """
+    arm: str = "seggen"
+    """The arm of `arms` whose segmenter keys the rounds' arms train with (on their rounds' data instead)."""
+    synthesize: dict[str, Any] = Field(default_factory=dict)
+    """Dotted `synthesize` keys of the rounds' synthesis over the pipeline's, e.g. {filter.pixel: true,
+    filter.scorer: plan} (filter with the segmenter the round planned from)
+    """
+    out: SafePath = Path("data/loop")
+    """Each round's plan and datasets: loop.out/ROUND/plan, loop.out/ROUND/masksyn, loop.out/ROUND/imgsyn."""
+
+
 class AblationParams(_Section):
     """The arms of an ablation, generated (Params._ablation_arms): every regime x group x seed."""
 
@@ -138,6 +168,8 @@ class Params(_Section):
     main ones with -NAME appended (Params.variant), and their arms are REGIME-NAME-sSEED, trained like
     ablation.variant_group on that data
     """
+    loop: LoopParams = LoopParams()
+    """The closed loop: rounds of plan, targeted synthesis and an arm trained on it, each from the arm before."""
     ablation: AblationParams | None = None
     """An ablation (ablation/params.yaml): `arms` generated, one per regime x group x seed (and variant)"""
     evaluate: EvaluateParams = EvaluateParams()
@@ -151,9 +183,9 @@ class Params(_Section):
     @classmethod
     def _ablation_arms(cls, data: Any) -> Any:
         """With `ablation`, `arms` is generated: seggen.config.experiments.ablation_arms."""
-        from seggen.config.experiments import ablation_arms
+        from seggen.config.experiments import ablation_arms, loop_arms
 
-        return ablation_arms(data)
+        return loop_arms(ablation_arms(data), cls.model_fields["arms"].default_factory())
 
     @model_validator(mode="after")
     def _generators_valid(self) -> Params:
@@ -201,6 +233,8 @@ class Params(_Section):
         for name in self.ablation.targeted.regimes if self.ablation else []:
             for rnd in range(1, targeted_rounds(self.ablation.targeted, name) + 1):  # each round's params are valid
                 self.pick(targeted_name(name, rnd))
+        for name in self.loop.rounds if self.ablation is None else []:  # each round's plan and synthesis are valid
+            self.pick(name)
         for name in self.arms:
             if not re.fullmatch(_ARM_BODY, name):
                 raise ValueError(f"arms.{name}: arm names are lowercase letters, digits, - and _")

@@ -36,6 +36,11 @@ ENTRIES: dict[str, tuple[str, ...]] = {
     "evaluate": ("seggen.pipeline.stages:evaluate",),
     "plan_synthesis": ("seggen.pipeline.stages:plan_synthesis",),
     "report": ("seggen.pipeline.stages:report",),
+    # the closed loop's rounds (loop.rounds): the same stages
+    "plan_round": ("seggen.pipeline.stages:plan_synthesis",),
+    "synthesize_round": ("seggen.pipeline.stages:synthesize",),
+    "train_round": ("seggen.pipeline.stages:train_segmenter",),
+    "evaluate_round": ("seggen.pipeline.stages:evaluate",),
     # the ablation's generator variants (ablation/dvc.yaml): the same stages
     "prepare_corpus_variant": ("seggen.pipeline.stages:prepare_corpus",),
     "train_prior_variant": ("seggen.pipeline.stages:train_prior",),

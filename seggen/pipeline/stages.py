@@ -25,6 +25,20 @@ def _losses(path: Path) -> list[float]:
     return [r["loss"] for r in json.loads(path.read_text())["loss"]] if path.exists() else []
 
 
+# a round of the closed loop runs these stages under its own DVC stage names (dvc.yaml)
+ROUND_STAGES = {
+    "plan_synthesis": "plan_round",
+    "synthesize": "synthesize_round",
+    "train_segmenter": "train_round",
+    "evaluate": "evaluate_round",
+}
+
+
+def _stage(params: Params, stage: str, arm: str | None) -> str:
+    """The name of the DVC stage that runs `stage` for `arm` (its MLflow stage run's name)."""
+    return ROUND_STAGES[stage] if arm in params.loop.rounds and params.ablation is None else stage
+
+
 def _system(params: Params) -> float | None:
     """The system-metrics sampling interval of the training stages, or None (off)."""
     t = params.tracking
@@ -188,7 +202,7 @@ def synthesize(
     cfg = params.synthesize
     out = Path(cfg.out) / strategy
     logged = _sections(params, "seed", "synthesize")
-    name = f"synthesize@{arm}-{strategy}" if arm else f"synthesize@{strategy}"  # the DVC stage's name
+    name = f"{_stage(params, 'synthesize', arm)}@{arm}-{strategy}" if arm else f"synthesize@{strategy}"  # DVC's
     with tracking.stage_run(name, logged) as mlrun:
         mlrun.log_dataset(params.data.root, "real", "source", cfg.split)
         mlrun.log_dataset(params.caption.out, "captions", "source")
@@ -234,7 +248,7 @@ def train_segmenter(params: Params, arm: str | None = None) -> Path:
     logged = _sections(p, "seed", "segmenter")
     if arm:
         logged["arm"] = arm
-    name = f"train_segmenter@{arm}" if arm else "train_segmenter"
+    name = f"{_stage(params, 'train_segmenter', arm)}@{arm}" if arm else "train_segmenter"
     with tracking.stage_run(name, logged, system_metrics=_system(params)) as mlrun:
         mlrun.log_dataset(p.data.root, "real", "training", cfg.split)
         if cfg.strategy != "real":
@@ -276,7 +290,7 @@ def evaluate(
         r = Path(root or p.data.root)
         layout = detect_layout(r, split)
         task = "panoptic" if layout is not None and layout.panoptic_json(r, split).is_file() else "semantic"
-    name = f"evaluate@{arm}-{split}" if arm else f"evaluate-{split}"
+    name = f"{_stage(params, 'evaluate', arm)}@{arm}-{split}" if arm else f"evaluate-{split}"
     logged = {"split": split, "arm": arm, "model": str(model), "task": task, "eval": p.eval.model_dump(mode="json")}
     with tracking.stage_run(name, logged) as mlrun:
         mlrun.log_dataset(root or p.data.root, "real", "evaluation", split)
@@ -303,10 +317,12 @@ def plan_synthesis(params: Params, arm: str | None = None) -> dict:
 
     params = params.pick(arm) if arm else params
     cfg = params.plan_synthesis
-    name = f"plan_synthesis@{arm}" if arm else "plan_synthesis"  # the DVC stage's name
+    name = f"{_stage(params, 'plan_synthesis', arm)}@{arm}" if arm else "plan_synthesis"  # the DVC stage's name
     with tracking.stage_run(name, _sections(params, "plan_synthesis", "evaluate")) as mlrun:
         mlrun.log_dataset(params.data.root, "real", "planning", cfg.split)
         plan = run(params)
+        # lineage: the segmenter scored (in a loop, the arm of the round before)
+        mlrun.log_dataset(Path(params.arms_root) / cfg.reference / "model", f"segmenter-{cfg.reference}", "reference")
         if plan["mIoU"] is not None:
             mlrun.log_metrics({"mIoU": plan["mIoU"]}, prefix=f"{cfg.split}/")
         mlrun.log_metrics({k: v for k, v in plan["per_class_iou"].items() if v is not None}, prefix=f"{cfg.split}/iou/")
@@ -314,6 +330,8 @@ def plan_synthesis(params: Params, arm: str | None = None) -> dict:
         for f in ("plan.json", "plan.png"):
             mlrun.log_artifact(Path(cfg.out) / f, "plan")
         tags = {"plan.reference": cfg.reference, "plan.model": plan["model"]}
+        if arm in params.loop.rounds:
+            tags["plan.round"] = str(cfg.round)
         if cfg.previous is not None:  # a later round of a loop: the lineage to the round before
             tags |= {"plan.round": str(cfg.round), "plan.previous": str(cfg.previous)}
             tags["plan.stopped"] = plan["stopped"] or "no"

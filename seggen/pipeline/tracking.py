@@ -433,7 +433,7 @@ def search_evaluations(project: Path = Path(".")):
         raise SeggenError(f"MLflow experiment {name!r} not found at {uri}: run the pipeline first")
     return mlflow.search_runs(
         experiment_names=[name],
-        filter_string=f"tags.`{KIND}` = 'stage' and tags.`{STAGE}` LIKE 'evaluate@%' "
+        filter_string=f"tags.`{KIND}` = 'stage' and tags.`{STAGE}` LIKE 'evaluate%@%' "
         "and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"],
     ), uri

@@ -289,6 +289,7 @@ def build_report(params: Params) -> dict:
         rel = os.path.relpath(path, out)
         lines += [f"**{caption}**", "", f"![{caption.split(' (')[0]}]({Path(rel).as_posix()})", ""]
     lines += plan_section(params, out)
+    lines += loop_section(params, arms)
     write_text(out / "report.md", "\n".join(lines))
     # a split of drawn domains shows its headline, the mean over domains (error bar: their std)
     miou = {a: [arms[a][s].get("mIoU_domain_mean", arms[a][s]["mIoU"]) for s in splits] for a in arms}
@@ -334,8 +335,70 @@ def plan_section(params: Params, out: Path) -> list[str]:
         "## Where synthetic data should go",
         "",
         f"`{plan['reference']}` on `{plan['split']}` (a split no reported number reads), mIoU {plan['mIoU']:.1f}:",
-        f"its weakest classes are {weakest}. Synthesis does not read the plan yet.",
+        f"its weakest classes are {weakest}. "
+        + (
+            "The pipeline's synthesis spends it (synthesize.plan)."
+            if params.synthesize.plan and Path(params.synthesize.plan) == plan_json
+            else "The pipeline's synthesis is blind (synthesize.plan); the closed loop's rounds plan their own "
+            "(`loop.rounds`)."
+        ),
         "",
         "![the reference's IoU and the plan's share of the budget per class](plan.png)",
+        "",
+    ]
+
+
+def loop_section(params: Params, arms: dict) -> list[str]:
+    """The closed loop's rounds (loop.rounds), first round first: what each planned after, the planning
+    split's mIoU before and after it, what it generated, and where the loop ended. The plans and dataset
+    summaries are read without being DVC deps of the report: each is upstream of a round's arm, whose
+    evaluations are."""
+    from seggen.config.experiments import round_chain
+
+    rounds = params.loop.rounds
+    if params.ablation is not None or not rounds:
+        return []
+    split, root = params.plan_synthesis.split, Path(params.loop.out)
+
+    def plan_of(name: str) -> dict:
+        f = root / name / "plan" / "plan.json"
+        return json.loads(f.read_text()) if f.exists() else {}
+
+    rows, ended = [], None
+    for name in sorted(rounds, key=lambda r: len(round_chain(rounds, r))):
+        plan, made = plan_of(name), []
+        for strategy in ("masksyn", "imgsyn"):
+            summary = root / name / strategy / "summary.json"
+            made.append(json.loads(summary.read_text()).get("kept") if summary.exists() else None)
+        before = plan.get("mIoU")
+        # the round's own arm on the planning split: as the next round's plan scored it (its stop rule
+        # read that), else as its evaluation did
+        later = [plan_of(r) for r, x in rounds.items() if x.after == name]
+        mine = later[0].get("mIoU") if later else None
+        mine = mine if mine is not None else arms.get(name, {}).get(split, {}).get("mIoU")
+        if plan.get("stopped"):
+            verdict = f"generated nothing: {plan['stopped']}"
+            ended = ended or name
+        elif before is None or mine is None:
+            verdict = f"not compared (no {split} mIoU)"
+        else:
+            verdict = f"{split} mIoU {mine - before:+.2f}" + ("" if later else " (the last round)")
+        rows.append(
+            f"| {name} | `{rounds[name].after}` | {_fmt(before)} | {_fmt(mine)} | "
+            + " + ".join("–" if n is None else str(n) for n in made)
+            + f" | {verdict} |"
+        )
+    return [
+        "## The closed loop",
+        "",
+        f"Each round scored the arm it planned after on `{split}` (a split no reported number reads), spent its "
+        "MaskSyn + ImgSyn budget where that arm is weakest, and trained its own arm on real data and every "
+        "round's data up to it (`loop.rounds`; the arms' scores are in the tables above). A round whose arm "
+        f"does not raise `{split}` mIoU ends the loop."
+        + (f" The loop ended before round `{ended}`, which generated nothing." if ended else ""),
+        "",
+        f"| round | planned after | that arm's {split} mIoU | this round's arm | images (MaskSyn + ImgSyn) | verdict |",
+        "|---|---|---:|---:|---:|---|",
+        *rows,
         "",
     ]

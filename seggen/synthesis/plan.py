@@ -207,9 +207,12 @@ def make_plan(params: Params, strategy: str, digests: dict[str, str] | None = No
             }
     m2i_info = read_model_meta(Path(cfg.mask2img), "mask2img")
     jobs = []
+    # copy k of a source has the same seed, planned or not; a later round of a loop draws new ones (its
+    # arm pools every round's data: the same seeds would add the same pairs again)
+    rnd = int(planned.get("round", 1)) if planned is not None else 1
     for s in ids:
-        for k in range(counts[s]):  # copy k of a source has the same seed, planned or not
-            seed = seed_for(params.seed, strategy, s, k)
+        for k in range(counts[s]):
+            seed = seed_for(params.seed, strategy, s, k) if rnd == 1 else seed_for(params.seed, strategy, s, k, rnd)
             style = draw_style(cfg.styles, seed) or m2i_info.get("caption_style")
             jobs.append(Job(len(jobs), s, k, caps[s].caption, f"{strategy}_{s}_{k:03d}", seed, style, why.get(s)))
     batches = [jobs[i : i + cfg.batch_size] for i in range(0, len(jobs), cfg.batch_size)]
