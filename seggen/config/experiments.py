@@ -199,18 +199,11 @@ def loop_round(params: Params, name: str) -> Params:
             "previous": out / after / "plan" / "plan.json" if after in rounds else None,
         }
     )
-    tree = params.synthesize.model_dump(mode="json")
-    for key, value in params.loop.synthesize.items():
+    for key in params.loop.synthesize:
         if key.split(".")[0] in ("out", "plan"):
             raise ConfigError(f"loop.synthesize.{key}: a round's plan and datasets go to loop.out/{name}")
-        _set_dotted(tree, key, value, "loop.synthesize")
-    tree["plan"] = str(plan.out / "plan.json")
-    tree["out"] = str(out / name)
-    try:
-        syn = type(params.synthesize).model_validate(tree)
-    except ValidationError as e:
-        raise ConfigError(_format_error("loop.synthesize", e)) from None
-    return arm(params, name).model_copy(update={"plan_synthesis": plan, "synthesize": syn})
+    p = arm(params, name).model_copy(update={"plan_synthesis": plan})
+    return p.model_copy(update={"synthesize": _planned(p, params.loop.synthesize, "loop.synthesize", out / name)})
 
 
 def pick(params: Params, name: str) -> Params:
@@ -309,16 +302,22 @@ def targeted(params: Params, name: str, rnd: int = 1) -> Params:
             }
         )
         p = p.model_copy(update={"plan_synthesis": cfg})
+    out = variant_path(Path(params.synthesize.out), TARGETED) / round_dir(name, rnd)
+    keys = params.ablation.targeted.synthesize
+    return p.model_copy(update={"synthesize": _planned(p, keys, "ablation.targeted.synthesize", out)})
+
+
+def _planned(p: Params, keys: dict[str, Any], source: str, out: Path):
+    """p's `synthesize` with the dotted `keys` (from `source`) set, spent by p's plan, its datasets at `out`."""
     tree = p.synthesize.model_dump(mode="json")
-    for key, value in params.ablation.targeted.synthesize.items():
-        _set_dotted(tree, key, value, "ablation.targeted.synthesize")
+    for key, value in keys.items():
+        _set_dotted(tree, key, value, source)
     tree["plan"] = str(p.plan_synthesis.out / "plan.json")
-    tree["out"] = str(variant_path(Path(params.synthesize.out), TARGETED) / round_dir(name, rnd))
+    tree["out"] = str(out)
     try:
-        syn = type(p.synthesize).model_validate(tree)
+        return type(p.synthesize).model_validate(tree)
     except ValidationError as e:
-        raise ConfigError(_format_error("ablation.targeted.synthesize", e)) from None
-    return p.model_copy(update={"synthesize": syn})
+        raise ConfigError(_format_error(source, e)) from None
 
 
 def arm(params: Params, name: str) -> Params:

@@ -354,6 +354,7 @@ def loop_section(params: Params, arms: dict) -> list[str]:
     summaries are read without being DVC deps of the report: each is upstream of a round's arm, whose
     evaluations are."""
     from seggen.config.experiments import round_chain
+    from seggen.reporting.targeted import _summary
 
     rounds = params.loop.rounds
     if params.ablation is not None or not rounds:
@@ -366,10 +367,8 @@ def loop_section(params: Params, arms: dict) -> list[str]:
 
     rows, ended = [], None
     for name in sorted(rounds, key=lambda r: len(round_chain(rounds, r))):
-        plan, made = plan_of(name), []
-        for strategy in ("masksyn", "imgsyn"):
-            summary = root / name / strategy / "summary.json"
-            made.append(json.loads(summary.read_text()).get("kept") if summary.exists() else None)
+        plan = plan_of(name)
+        made = [(_summary(root / name / s) or {}).get("kept") for s in ("masksyn", "imgsyn")]
         before = plan.get("mIoU")
         # the round's own arm on the planning split: as the next round's plan scored it (its stop rule
         # read that), else as its evaluation did
