@@ -5,6 +5,10 @@ command (the one implementation in seggen/pipeline/stages.py) only if its params
 records the result in dvc.lock. So Prefect runs and `dvc repro` share one cache and one lock:
 whatever either has computed the other skips, and a re-triggered flow continues from the stages
 that completed. The tasks run in order in the project directory (stages share it).
+
+One `dvc status` before the first stage says which stages are up to date; such a stage's task asks DVC
+nothing more unless a stage it depends on has since changed its outputs (ran, or came back from DVC's
+run cache), so a mostly cached run does not start DVC once per stage.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from flows.dag import _dvc, changed_stages, stage_groups, stage_names, upstream  # noqa: F401 (this module's too)
 from seggen.config import Params
 
 # which dvc.yaml stages a flow runs: by the `meta: {group: ...}` each stage carries in dvc.yaml (the
@@ -66,10 +71,6 @@ class StageFailed(RuntimeError):
         )
 
 
-def _dvc() -> str:
-    return shutil.which("dvc") or str(Path(sys.executable).with_name("dvc"))
-
-
 def _transient(task, task_run, state) -> bool:
     """Retry unless the stage rejected its input (exit 2): a killed worker or a flaky disk is worth a retry."""
     try:
@@ -108,15 +109,27 @@ def stage_output(text: str) -> list[str]:
 
 @task(retries=2, retry_delay_seconds=5, retry_condition_fn=_transient, task_run_name="{stage}")
 def run_stage(
-    project: str, stage: str, force: bool = False, env: dict[str, str] | None = None, position: str = ""
+    project: str,
+    stage: str,
+    force: bool = False,
+    env: dict[str, str] | None = None,
+    position: str = "",
+    up_to_date: bool = False,
 ) -> dict:
     """`dvc repro --single-item STAGE`; its progress bars feed a progress artifact. `position` ("3/12")
     leads the artifact's key and text: Prefect's UI lists a run's artifacts by their random ids, so
-    each card says where its stage is in the run."""
+    each card says where its stage is in the run. `up_to_date`: DVC already said so (the run's
+    `dvc status`, nothing it depends on changed since): recorded without starting DVC again.
+    -> {"stage", "ran", "seconds", "changed": whether its outputs may have changed (it ran, or DVC
+    restored them from its run cache)}."""
     log = get_run_logger()
     index = position.split("/")[0].zfill(2) if position else ""
     key = re.sub(r"[^a-z0-9-]+", "-", f"progress-{index}-{stage}".lower()).replace("--", "-")
     label = f"{position} {stage}" if position else stage
+    if up_to_date:
+        create_progress_artifact(100.0, key=key, description=f"{label}: up to date (dvc status)")
+        log.info("%s: up to date (dvc status)", stage)
+        return {"stage": stage, "ran": False, "seconds": 0.0, "changed": False}
     artifact = create_progress_artifact(0.0, key=key, description=f"{label}: starting")
     work = Path(tempfile.mkdtemp(prefix="seggen-stage-"))
     progress, output = work / "progress.json", work / "output.log"
@@ -161,65 +174,12 @@ def run_stage(
     for ln in final[-MAX_LOG_LINES:] if ran else []:
         log.info("%s", ln)
     log.info("%s: %s in %.1f s", stage, "ran" if ran else "up to date", seconds)
-    return {"stage": stage, "ran": ran, "seconds": seconds}
+    changed = f"Stage '{stage}' didn't change, skipping" not in text
+    return {"stage": stage, "ran": ran, "seconds": seconds, "changed": changed}
 
 
 # profile -> (dvc.yaml, params file)
 PROFILES = {"default": ("dvc.yaml", "params.yaml"), "ablation": ("ablation/dvc.yaml", "ablation/params.yaml")}
-
-
-def stage_names(project: Path, groups: tuple[str, ...] | None, dvcfile: str = "dvc.yaml") -> list[str]:
-    """The stages of `dvcfile` (foreach/matrix expanded) in file order where DVC's graph allows it, those
-    whose `meta.group` is one of `groups` only if given. Stages of another dvc.yaml are addressed
-    FILE:NAME (as `dvc stage list` prints them)."""
-    r = subprocess.run([_dvc(), "stage", "list", dvcfile, "--name-only"], cwd=project, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise RuntimeError(f"{project}/{dvcfile}: {r.stderr.strip() or r.stdout.strip()}")
-    names = _dag_order(project, r.stdout.split())
-    if groups is None:
-        return names
-    group = stage_groups(project / dvcfile)
-    return [n for n in names if group.get(n.rsplit(":", 1)[-1].split("@")[0]) in groups]
-
-
-def _dag_order(project: Path, names: list[str]) -> list[str]:
-    """`names` (file order) reordered so that every stage comes after the stages it depends on, as DVC's
-    graph says (`dvc dag --dot`), file order kept where the graph allows: a foreach expands a stage for
-    every item before the next stage, so round 2 of a loop lists its plan before round 1's arm."""
-    import heapq
-
-    r = subprocess.run([_dvc(), "dag", "--dot"], cwd=project, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise RuntimeError(f"{project}: dvc dag: {r.stderr.strip() or r.stdout.strip()}")
-    pos = {n: i for i, n in enumerate(names)}
-    after: dict[str, set[str]] = {n: set() for n in names}
-    for a, b in re.findall(r'^"([^"]+)" -> "([^"]+)";$', r.stdout, re.M):
-        if a in pos and b in pos:
-            after[b].add(a)
-    waiting = {n: len(after[n]) for n in names}
-    users: dict[str, list[str]] = {n: [] for n in names}
-    for n, before in after.items():
-        for a in before:
-            users[a].append(n)
-    ready = [pos[n] for n in names if not waiting[n]]
-    heapq.heapify(ready)
-    order = []
-    while ready:
-        n = names[heapq.heappop(ready)]
-        order.append(n)
-        for u in users[n]:
-            waiting[u] -= 1
-            if not waiting[u]:
-                heapq.heappush(ready, pos[u])
-    return order
-
-
-def stage_groups(dvcfile: Path) -> dict[str, str]:
-    """Stage name (before @) -> its `meta.group` in dvc.yaml."""
-    import yaml
-
-    stages = yaml.safe_load(dvcfile.read_text())["stages"]
-    return {name: ((st.get("do", st).get("meta") or st.get("meta") or {}).get("group")) for name, st in stages.items()}
 
 
 def apply_overrides(project: Path, overrides: dict[str, Any], params_file: str = "params.yaml", source="overrides"):
@@ -415,9 +375,15 @@ def run_pipeline(
             stages = stage_names(work, BENCH_UPSTREAM) + stages
         started = time.time()
         overall = create_progress_artifact(0.0, key="pipeline-progress", description=f"0/{len(stages)} stages")
-        results = []
+        # what DVC says before anything runs; a stage is asked again once a stage it reads has changed
+        stale = None if request.force else changed_stages(work, stages)
+        after = upstream(work, stages)
+        results, changed = [], set()
         for i, stage in enumerate(stages):
-            results.append(run_stage(str(work), stage, request.force, env, f"{i + 1}/{len(stages)}"))
+            known = stale is not None and stage not in stale and not after[stage] & changed
+            results.append(run_stage(str(work), stage, request.force, env, f"{i + 1}/{len(stages)}", known))
+            if results[-1]["changed"]:
+                changed.add(stage)
             update_progress_artifact(
                 overall, 100.0 * (i + 1) / len(stages), f"{i + 1}/{len(stages)} stages ({stage} done)"
             )

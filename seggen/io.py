@@ -110,6 +110,14 @@ def _named_os_errors(tmp: Path, final: Path) -> Iterator[None]:
         raise OSError(e.errno, e.strerror or str(e), where) from e
 
 
+def load_yaml(text: str) -> Any:
+    """PyYAML's safe load, through libyaml where PyYAML was built with it: a dvc.yaml or dvc.lock
+    parses about 8x faster than in pure Python (every stage reads one at start)."""
+    import yaml
+
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

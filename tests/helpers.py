@@ -116,6 +116,9 @@ def tiny_pipeline_params() -> dict:
             "train": {"steps": 4, "batch_size": 4, "crop": 32, "checkpoint_every": 2, "threads": 1},
         },
         "arms": {"baseline": {"strategy": "real"}, "seggen": {"strategy": "augment"}},
+        # the planning split, in-domain and unseen: every kind of split the default evaluates (its
+        # tuning_shift is one more matrix column of the same stage, one more process per arm here)
+        "evaluate": {"splits": ["tuning", "validation", "validation_shift"]},
         "tracking": {"log_every": 2, "system_metrics_interval": 1.0},
     }
 

@@ -51,38 +51,44 @@ def test_scores_on_other_data_do_not_compare(tmp_path):
 
 @pytest.mark.slow
 def test_gate_fails_on_a_planted_regression(tmp_path):
-    """`seggen ci-check` runs dvc.yaml's pipeline through `dvc repro`; a copy of the package whose
-    segmenter never learns (learning rate forced to zero), first on PYTHONPATH, must fail the gate. The
-    baseline arm (real data only) trains exactly as ci/params.yaml says, so its line is the one read;
-    the generators, which only the seggen arm uses, take 4 steps here to save CI time."""
-    cheap = tmp_path / "ci-params.yaml"
-    gen = {"train": {"steps": 4, "warmup_steps": 2}}
-    cheap.write_text(
-        json.dumps(
-            {
-                "extends": str(REPO / "ci" / "params.yaml"),
-                "text2mask": gen,
-                "mask2img": gen,
-                "prior": {**gen, "corpus": {"num_images": 24}},
-                "synthesize": {"max_sources": 8},
-            }
+    """A pull request whose segmenter never learns (its learning rate forced to zero in
+    seggen/segmenter/train.py) fails `seggen ci-check`, run as CI runs it: from the project -- here a
+    copy with the changed file -- on ci/params.yaml, whose baseline arm's line is the one read. The
+    scratch project starts as the unchanged code left it: .ci/run's own gate run (SEGGEN_CI_WORKDIR),
+    else a run of this test's, which must pass. DVC then re-runs what the change touches: the
+    segmenters, their evaluations and what reads them, not the generators."""
+    run = tmp_path / "run"
+    given = os.environ.get("SEGGEN_CI_WORKDIR")
+    if given and (Path(given) / "dvc.lock").is_file():
+        shutil.copytree(given, run, symlinks=True)
+    else:
+        r = subprocess.run(
+            [sys.executable, "-m", "seggen.cli", "ci-check", "--workdir", str(run)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
         )
-    )
-    planted = tmp_path / "planted"
-    shutil.copytree(REPO / "seggen", planted / "seggen", ignore=shutil.ignore_patterns("__pycache__"))
-    train = planted / "seggen" / "segmenter" / "train.py"
+        assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    pr = tmp_path / "pr"
+    shutil.copytree(REPO / "seggen", pr / "seggen", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "ci", pr / "ci")
+    for f in ("dvc.yaml", ".dvcignore", "params.yaml"):
+        shutil.copy(REPO / f, pr / f)
+    train = pr / "seggen" / "segmenter" / "train.py"
     text = train.read_text()
     assert "def poly_lr(" in text
     train.write_text(text.replace("def poly_lr(", "def poly_lr(*a, **k):\n    return 0.0\n\n\ndef _real_poly_lr(", 1))
-    env = {**os.environ, "PYTHONPATH": str(planted)}
     r = subprocess.run(
-        [sys.executable, "-m", "seggen.cli", "ci-check", "--ci-params", str(cheap), "--workdir", str(tmp_path / "run")],
-        cwd=REPO,
+        [sys.executable, "-m", "seggen.cli", "ci-check", "--workdir", str(run)],
+        cwd=pr,
         capture_output=True,
         text=True,
-        env=env,
+        env={**os.environ, "PYTHONPATH": str(pr)},  # the pull request's package, as its checkout would import it
     )
     assert r.returncode == 1, (r.stdout + r.stderr)[-3000:]
     assert "mIoU regression against" in r.stderr and "REGRESSION" in r.stderr
     baseline = json.loads((REPO / "ci" / "baseline.json").read_text())["mIoU"]["baseline"]["validation"]
     assert f"< baseline {baseline:.2f}" in r.stderr
+    reran = {line.split("Running stage ")[1].strip(" ':") for line in r.stderr.splitlines() if "Running stage" in line}
+    assert {"train_segmenter@baseline", "train_segmenter@seggen"} <= reran
+    assert not reran & {"prepare", "train_text2mask", "train_mask2img"}, reran

@@ -140,7 +140,8 @@ def test_wrong_model_type_is_an_error(trained):
         SegGenMask2ImgPipeline.from_model_dir(trained["t2m"])
 
 
-def test_checkpoints_of_other_params_are_set_aside_and_more_steps_resume(small_benchmark, tmp_path, caplog):
+def test_checkpoints_of_other_params_or_code_are_set_aside_and_more_steps_resume(small_benchmark, tmp_path, caplog):
+    from seggen.codegraph import code_fingerprint
     from seggen.generators.text2mask import train_text2mask
 
     p = load_params(tiny_params(tmp_path, small_benchmark, steps=4))
@@ -162,6 +163,15 @@ def test_checkpoints_of_other_params_are_set_aside_and_more_steps_resume(small_b
     with caplog.at_level("INFO"):
         train_text2mask(other, progress=False)
     assert "starting over" in caplog.text and (tmp_path / "t2m" / "checkpoints.stale" / "step_0000006").exists()
+    # the same params, other code (what the checkpoint records of the stage's code files): never resumed,
+    # even when finished -- DVC re-ran the stage because its code changed
+    state = ck / "step_0000006" / "trainer_state.json"
+    assert json.loads(state.read_text())["code"] == code_fingerprint("train_text2mask")
+    state.write_text(json.dumps({**json.loads(state.read_text()), "code": "0" * 16}))
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        train_text2mask(other, progress=False)
+    assert "trained with other code" in caplog.text and "resuming" not in caplog.text
 
 
 def test_a_damaged_checkpoint_is_set_aside_and_resume_uses_the_one_before(small_benchmark, tmp_path, caplog):

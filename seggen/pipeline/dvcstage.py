@@ -13,18 +13,23 @@ and the item whose generated name is the stage's is found, named exactly as DVC 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from seggen.errors import ConfigError
+from seggen.io import load_yaml
 
 FIELD = re.compile(r"\{(key|item(?:\.[A-Za-z_]\w*)*)\}")
 REFERENCE = re.compile(r"^\$\{\s*([\w.-]+)\s*\}$")
+
+
+@functools.lru_cache(maxsize=4)
+def _load(text: str) -> Any:
+    return load_yaml(text)  # read-only here; cached for callers that fill many stages in one process
 
 
 def is_template(value: str | None) -> bool:
@@ -73,7 +78,7 @@ def stage_item(stage: str, tree: dict, dvcfile: Path) -> dict[str, Any]:
     if not at:
         raise ConfigError(f"{where}: not a foreach / matrix stage, so it has no item to fill a template with")
     try:
-        stages = (yaml.safe_load(dvcfile.read_text()) or {}).get("stages", {})
+        stages = (_load(dvcfile.read_text()) or {}).get("stages", {})
     except (OSError, ValueError) as e:
         raise ConfigError(f"{where}: cannot read {dvcfile} ({e})") from None
     definition = stages.get(group) if isinstance(stages, dict) else None

@@ -15,6 +15,7 @@ hash). So a score leads back to the data, code and generators that made it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -29,10 +30,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from seggen.errors import SeggenError, TrackingError, server_lost
-from seggen.io import digest_tree
+from seggen.io import digest_tree, load_yaml
 from seggen.pipeline.tracking_server import (  # noqa: F401 (part of this module's interface)
     TRACKING_ENV,
     _use_credentials,
@@ -88,18 +87,28 @@ def dvc_lock_hash(project: Path = Path(".")) -> str:
     return hashlib.sha256(lock.read_bytes()).hexdigest()[:16] if lock.exists() else "none"
 
 
+@functools.lru_cache(maxsize=2)
+def _lock_md5s(lock: str, mtime_ns: int, size: int) -> dict[str, str]:
+    """{path: md5} of a dvc.lock's outputs, then of its deps (an output's md5 wins); cached per
+    version of the file, as a stage logs several datasets from one lock."""
+    out: dict[str, str] = {}
+    stages = (load_yaml(Path(lock).read_text()) or {}).get("stages", {})
+    for kind in ("outs", "deps"):
+        for stage in stages.values():
+            for entry in stage.get(kind, []):
+                if entry.get("md5"):
+                    out.setdefault(Path(os.path.normpath(entry.get("path", ""))).as_posix(), entry["md5"])
+    return out
+
+
 def dvc_md5(path: str | Path, project: Path = Path(".")) -> str | None:
     """The md5 dvc.lock records for `path` (as an output of its stage), or None."""
     lock = project / "dvc.lock"
-    if not lock.exists():
+    try:
+        st = lock.stat()
+    except FileNotFoundError:
         return None
-    target = Path(os.path.normpath(path)).as_posix()
-    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
-    for stage in stages.values():
-        for entry in stage.get("outs", []) + stage.get("deps", []):
-            if Path(os.path.normpath(entry.get("path", ""))).as_posix() == target and entry.get("md5"):
-                return entry["md5"]
-    return None
+    return _lock_md5s(str(lock.resolve()), st.st_mtime_ns, st.st_size).get(Path(os.path.normpath(path)).as_posix())
 
 
 def execution_key() -> str | None:

@@ -186,11 +186,12 @@ class RawStateDict:
         save_file(sd, str(directory / "model.safetensors"))
 
 
-def resumable_checkpoint(root: Path, fingerprint: str) -> Path | None:
-    """The newest intact checkpoint made with the same params. A damaged one (a file missing,
-    truncated or changed) is moved aside to `step_XXXXXXX.corrupt` with a warning naming the file, and
-    the previous one is used. Checkpoints made with other params are moved aside (to
-    `checkpoints.stale/`) with a warning, and training starts over."""
+def resumable_checkpoint(root: Path, fingerprint: str, code: str | None = None) -> Path | None:
+    """The newest intact checkpoint made with the same params (`fingerprint`) by the same code (`code`,
+    the training stage's code fingerprint). A damaged one (a file missing, truncated or changed) is
+    moved aside to `step_XXXXXXX.corrupt` with a warning naming the file, and the previous one is used.
+    Checkpoints made with other params or other code are moved aside (to `checkpoints.stale/`) with a
+    warning, and training starts over."""
     from seggen.io import OutputError
 
     if root.exists() and not root.is_dir():
@@ -208,10 +209,11 @@ def resumable_checkpoint(root: Path, fingerprint: str) -> Path | None:
     if last is None:
         return None
     saved = json.loads((last / STATE).read_text())
-    if saved.get("fingerprint") == fingerprint:
+    if saved.get("fingerprint") == fingerprint and saved.get("code") == code:
         return last
+    why = "other params" if saved.get("fingerprint") != fingerprint else "other code"
     stale = root.with_name(root.name + ".stale")
     shutil.rmtree(stale, ignore_errors=True)
     root.rename(stale)
-    log.warning("%s was trained with other params: moved to %s, starting over", root, stale)
+    log.warning("%s was trained with %s: moved to %s, starting over", root, why, stale)
     return None

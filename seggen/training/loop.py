@@ -5,7 +5,8 @@ owns everything that is the same for all of them:
 
 1. the accelerator, the optimizer (`train.optimizer`) and the memory savers (gradient checkpointing,
    frozen modules in the mixed-precision dtype);
-2. resuming from the newest checkpoint made with the same params (their fingerprint);
+2. resuming from the newest checkpoint made with the same params (their fingerprint) by the same code
+   (the stage's code files, seggen.codegraph);
 3. `accelerator.prepare`, then the EMA of the weights, built on the device the model trains on;
 4. per step: the learning rate, the model's own step function, the EMA update, the loss (the mean
    over processes), the progress bar, the live MLflow metrics and the checkpoints;
@@ -29,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from seggen import codegraph
 from seggen.errors import ConfigError
 from seggen.io import claim
 from seggen.training import LiveMetrics, finite_loss, make_accelerator, step_bar, train_summary
@@ -86,6 +88,7 @@ class Loop:
         self.what, self.out, self.key, self.train = what, Path(out), key, train
         self.desc = desc or what  # the progress bar's
         self.fingerprint, self.log_every, self.progress = fingerprint, log_every, progress
+        self.code = codegraph.code_fingerprint(f"train_{key.split('.')[0]}")
         self.total = train.steps if total is None else total
         self.accelerator = make_accelerator(train, find_unused_parameters)
         world = self.accelerator.num_processes
@@ -154,7 +157,7 @@ class Loop:
             for m in [*trainable.values(), *frozen]:
                 enable_gradient_checkpointing(m)
         claim(self.out, f"{self.key.split('.')[0]}.out", self.what)
-        last = ckpt.resumable_checkpoint(self.out / "checkpoints", self.fingerprint)
+        last = ckpt.resumable_checkpoint(self.out / "checkpoints", self.fingerprint, self.code)
         saved = None
         if last is not None:
             saved = json.loads((last / ckpt.STATE).read_text())
@@ -222,7 +225,7 @@ class Loop:
         mods = {n: ckpt.RawStateDict(m) if n in self.raw else m for n, m in mods.items()}
         if self.ema is not None:
             mods[f"{self.ema_name}_ema"] = self.ema_copy()
-        state = {"fingerprint": self.fingerprint, "losses": self.losses}
+        state = {"fingerprint": self.fingerprint, "code": self.code, "losses": self.losses}
         ckpt.write_checkpoint(self.out / "checkpoints", done, mods, self.opt, state, self.train.keep_checkpoints)
 
     # -- 5: the end --------------------------------------------------------------------------------
