@@ -24,7 +24,7 @@ lint: install
 	$(VENV)/bin/ruff format --check seggen flows benchmarks tests
 
 # The suites run on PYTEST_WORKERS processes (pytest-xdist; 0: one process), each with one compute
-# thread (tests/conftest.py). test: the fast suite (~6 min on 2 cores); test-slow: the end-to-end
+# thread (tests/conftest.py). test: the fast suite (~7 min on 2 cores); test-slow: the end-to-end
 # pipelines (dvc repro, Prefect and MLflow with their UIs in a real browser, the ablation, the CI gate),
 # a test file per worker (its project fixture is built once).
 PYTEST_WORKERS ?= 2
