@@ -133,7 +133,7 @@ def required_files(stage: str) -> list[str]:
     """The code files (relative to the project root) a stage depends on."""
     base = stage.split("@")[0].rsplit(":", 1)[-1]
     if base not in ENTRIES:
-        raise KeyError(f"stage {base}: no entry modules in seggen.pipeline.codedeps.ENTRIES")
+        raise KeyError(f"stage {base}: no entry modules in seggen.codegraph.ENTRIES")
     files = {module_file(m).relative_to(ROOT).as_posix() for m in closure(ENTRIES[base])}
     return sorted(f for f in files if not f.endswith("__init__.py") or Path(ROOT / f).stat().st_size > 0)
 

@@ -11,17 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from seggen.codegraph import (  # noqa: F401 (the import graph, read here as DVC's code deps)
-    ENTRIES,
-    NEUTRAL,
-    PACKAGE,
-    ROOT,
-    closure,
-    code_fingerprint,
-    imports_of,
-    module_file,
-    required_files,
-)
+from seggen.codegraph import ROOT, required_files
 
 
 def _is_code(dep: str) -> bool:
