@@ -404,3 +404,107 @@ def test_a_pretrained_backbone_trains_at_a_tenth_of_the_rate(small_benchmark, tm
     tenth = groups(train={"backbone_lr_mult": 0.1})
     assert len(tenth) == 2 and tenth[0]["lr"] == pytest.approx(0.1 * tenth[1]["lr"])
     assert tenth[1]["lr"] == pytest.approx(scratch[0]["lr"])
+
+
+def _criterion(points: int = 256):
+    from types import SimpleNamespace
+
+    from transformers import Mask2FormerConfig
+    from transformers.models.mask2former.modeling_mask2former import Mask2FormerLoss
+
+    config = Mask2FormerConfig(num_labels=5, train_num_points=points)
+    weights = {"loss_cross_entropy": 2.0, "loss_mask": 5.0, "loss_dice": 5.0}
+    return SimpleNamespace(criterion=Mask2FormerLoss(config, weights))
+
+
+def _loss(model, masks_logits, class_logits, targets, classes, seed: int = 0):
+    import torch
+
+    torch.manual_seed(seed)
+    return model.criterion(masks_logits, class_logits, targets, classes)
+
+
+def test_ignored_pixels_are_left_out_of_the_mask_losses_and_the_matching():
+    """A pixel the filter set aside teaches nothing: what the labels say under it changes no loss, and
+    no mask logit there gets a gradient; without such pixels the published criterion runs unchanged."""
+    import torch
+
+    from seggen.segmenter.model import exclude_ignored_pixels
+
+    g = torch.Generator().manual_seed(0)
+    b, q, h, w = 2, 6, 32, 32
+    masks_logits = torch.randn(b, q, h, w, generator=g, requires_grad=True)
+    class_logits = torch.randn(b, q, 6, generator=g)
+    # image 0: class 1 on the right half, class 3 on the left; image 1: one class everywhere
+    t0 = torch.zeros(2, h, w)
+    t0[0, :, 16:] = 1
+    t0[1, :, :16] = 1
+    targets = [t0, torch.ones(1, h, w)]
+    classes = [torch.tensor([1, 3]), torch.tensor([2])]
+
+    published = _criterion()
+    ours = _criterion()
+    ours.criterion.load_state_dict(published.criterion.state_dict())
+    exclude_ignored_pixels(ours)
+
+    # no ignored pixels: the published losses, bit for bit (None) and to rounding (an all-False map)
+    ref = _loss(published, masks_logits, class_logits, targets, classes)
+    got = _loss(ours, masks_logits, class_logits, targets, classes)
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+    ours.criterion.ignore = torch.zeros(b, h, w, dtype=torch.bool)
+    got = _loss(ours, masks_logits, class_logits, targets, classes)
+    assert all(torch.allclose(ref[k], got[k], atol=1e-6) for k in ref)
+
+    # the left half of image 0 set aside: the labels under it (inside by 2 px, beyond the bilinear
+    # reach of a kept point) do not matter, and its mask logits get no gradient from the mask losses
+    ignore = torch.zeros(b, h, w, dtype=torch.bool)
+    ignore[0, :, :16] = True
+    ours.criterion.ignore = ignore
+    other = [t0.clone(), targets[1]]
+    other[0][1, :, :13] = 0  # class 3 erased where it is ignored, but for column 13 (so it is still there)
+    for seed in range(3):
+        a = _loss(ours, masks_logits, class_logits, targets, classes, seed)
+        c = _loss(ours, masks_logits, class_logits, other, classes, seed)
+        assert all(torch.equal(a[k], c[k]) for k in a), seed
+        r = _loss(published, masks_logits, class_logits, other, classes, seed)
+        assert not torch.allclose(r["loss_mask"], c["loss_mask"])  # the published loss does see them
+    masks_logits.grad = None
+    loss = _loss(ours, masks_logits, class_logits, targets, classes)
+    (loss["loss_mask"] + loss["loss_dice"]).backward()
+    grad = masks_logits.grad
+    assert grad[0, :, :, :14].abs().max() == 0 and grad[0, :, :, 17:].abs().sum() > 0 and grad[1].abs().sum() > 0
+
+
+def test_a_synthetic_dataset_s_ignore_masks_reach_the_loss(small_benchmark, tiny_synthetic, tmp_path):
+    """Ignore masks beside a synthetic dataset (ignore/SPLIT/ID.png) are read, augmented with their
+    sample and change the training; a mask of the wrong size is named."""
+    import shutil
+
+    from PIL import Image
+
+    syn = tmp_path / "synthetic"
+    shutil.copytree(tiny_synthetic, syn)
+    (tmp_path / "a").mkdir()
+    f = seg_params(tmp_path / "a", small_benchmark, syn, strategy="concat")
+    r = cli(f, "train_segmenter")
+    assert r.returncode == 0, r.stderr
+    before = json.loads((tmp_path / "a" / "seg" / "train_log.json").read_text())
+    labels = sorted((syn / "masksyn" / "annotations" / "training").iterdir())
+    (syn / "masksyn" / "ignore" / "training").mkdir(parents=True)
+    for p in labels:  # every labelled pixel of every MaskSyn sample set aside
+        lab = np.asarray(Image.open(p))
+        Image.fromarray(((lab > 0) * 255).astype(np.uint8)).save(syn / "masksyn" / "ignore" / "training" / p.name)
+    (tmp_path / "b").mkdir()
+    r = cli(seg_params(tmp_path / "b", small_benchmark, syn, strategy="concat"), "train_segmenter")
+    assert r.returncode == 0, r.stderr
+    after = json.loads((tmp_path / "b" / "seg" / "train_log.json").read_text())
+    assert before != after
+
+    from seggen.segmenter.data import SegSource
+
+    src = SegSource(syn / "masksyn", "training", panoptic=False)
+    item = src.load(0)
+    assert item.ignore is not None and np.array_equal(item.ignore, item.labels > 0)
+    Image.fromarray(np.zeros((3, 3), np.uint8)).save(syn / "masksyn" / "ignore" / "training" / labels[0].name)
+    with pytest.raises(DataError, match=labels[0].name):
+        src.load(0)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from helpers import params_file
 from seggen.config import load_params
@@ -501,6 +502,11 @@ def test_imgsyn_filters_mark_pixels_and_drop_samples(gens, tmp_path, small_bench
         assert (syn[changed] == 0).all() and abs(
             changed[real[r.source_id] > 0].mean() - r.scores.ignored_fraction
         ) < 1e-6
+        # and the ignore mask beside it names exactly those pixels, for the segmenter's loss to leave out
+        ignore = np.asarray(Image.open(d / "ignore" / "training" / f"{r.id}.png")) > 0
+        assert np.array_equal(ignore, changed)
+    # one mask per kept sample with ignored pixels, none for the others (nor for dropped samples)
+    assert sorted(p.stem for p in (d / "ignore" / "training").iterdir()) == sorted(r.id for r in marked)
     check_dataset(d, ["training"])  # panoptic segments were recomputed around the ignored pixels
     # per class, what the filters kept and dropped, recounted from the real masks (ImgSyn's labels) and
     # the written ones: a dropped sample drops every pixel, a kept one those set to 0

@@ -7,6 +7,10 @@
              (COCO 2017 panoptic, synthetic datasets of a COCO source); semantic labels are derived
              from the panoptic annotation, category ids are the dataset's own (COCO: 1..200)
 
+Either layout may hold ROOT/ignore/SPLIT/ID.png (`ignore_dir`): pixels a synthesis filter set aside
+(label 0 / void in the annotation), which the segmenter's loss leaves out instead of taking them for
+"no object here" (seggen.segmenter.model.exclude_ignored_pixels).
+
 `open_split(root, split)` reads either, behind one interface (seggen.data.ade20k.ADE20KDataset,
 seggen.data.coco.CocoSplit): samples (id, image path), meta (classes 1..N), load_label, and
 load_panoptic / segments where the split has a panoptic annotation, with category ids 1..N.
@@ -39,6 +43,12 @@ class Layout:
 
 ADE20K = Layout("ade20k")
 COCO = Layout("coco")
+
+
+def ignore_dir(root: str | Path, split: str) -> Path:
+    """Where a dataset keeps the masks (0/255 PNGs, one per sample that has any) of the pixels its
+    pixel filter set aside; the same place in both layouts."""
+    return Path(root) / "ignore" / split
 
 
 def detect_layout(root: str | Path, split: str) -> Layout | None:

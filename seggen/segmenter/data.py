@@ -7,7 +7,9 @@ uninterrupted one.
 
 Targets (as detectron2's mask formers build them): semantic -- one binary mask per class present,
 class index label-1; panoptic -- one binary mask per non-crowd segment, class category_id-1.
-Label 0 (ADE "other", and pixels the synthesis filter marked as ignore) belongs to no mask.
+Label 0 (ADE "other", and pixels the synthesis filter marked as ignore) belongs to no mask. Pixels
+a filter set aside (the dataset's ignore/SPLIT/ID.png) also travel as `Item.ignore`, which the loss
+leaves out (seggen.segmenter.model.exclude_ignored_pixels): label 0 alone would make them negatives.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from seggen.data.layout import open_split
+from seggen.data.layout import ignore_dir, open_split
 from seggen.data.meta import DatasetMeta
 from seggen.errors import DataError
 from seggen.training import seed_for
@@ -34,6 +36,7 @@ class Item:
     labels: np.ndarray  # HxW ADE labels (0 = ignore)
     ids: np.ndarray | None  # HxW panoptic segment ids (0 = void), panoptic task only
     segments: list[dict] | None
+    ignore: np.ndarray | None = None  # HxW bool: pixels a filter set aside (synthetic data only)
 
 
 class SegSource:
@@ -45,6 +48,8 @@ class SegSource:
         self.meta: DatasetMeta = self.ds.meta
         self.ids = self.ds.ids
         self.panoptic = panoptic
+        d = ignore_dir(self.root, split)
+        self.ignore_dir = d if d.is_dir() else None
         if panoptic:
             if not self.ds.has_panoptic:
                 raise DataError(
@@ -69,7 +74,12 @@ class SegSource:
         ids = segments = None
         if self.panoptic:
             ids, segments = self.ds.load_panoptic(i)
-        return Item(image, labels, ids, segments)
+        ignore = None
+        if self.ignore_dir is not None and (path := self.ignore_dir / f"{self.ids[i]}.png").exists():
+            ignore = np.asarray(Image.open(path)) > 0
+            if ignore.shape != labels.shape:
+                raise DataError(f"{path}: size {ignore.shape[::-1]} does not match its annotation {labels.shape[::-1]}")
+        return Item(image, labels, ids, segments, ignore)
 
 
 def real_subset(seed: int, total: int, n: int | None) -> np.ndarray:
@@ -132,6 +142,9 @@ def apply_augmentation(item: Item, a: Augmentation, crop: int) -> Item:
         if item.ids is not None
         else None
     )
+    ignore = (
+        np.asarray(Image.fromarray(item.ignore).resize((nw, nh), Image.NEAREST)) if item.ignore is not None else None
+    )
     ph, pw = max(crop - nh, 0), max(crop - nw, 0)
     if ph or pw:
         image = np.pad(image, ((0, ph), (0, pw), (0, 0)), constant_values=0)
@@ -140,17 +153,22 @@ def apply_augmentation(item: Item, a: Augmentation, crop: int) -> Item:
         labels = np.pad(labels, ((0, ph), (0, pw)), constant_values=0)
         if ids is not None:
             ids = np.pad(ids, ((0, ph), (0, pw)), constant_values=0)
+        if ignore is not None:
+            ignore = np.pad(ignore, ((0, ph), (0, pw)), constant_values=False)
     sl = (slice(a.y, a.y + crop), slice(a.x, a.x + crop))
     image, labels = image[sl], labels[sl]
     ids = ids[sl] if ids is not None else None
+    ignore = ignore[sl] if ignore is not None else None
     if a.flip:
         image, labels = image[:, ::-1], labels[:, ::-1]
         ids = ids[:, ::-1] if ids is not None else None
+        ignore = ignore[:, ::-1] if ignore is not None else None
     return Item(
         np.ascontiguousarray(image),
         np.ascontiguousarray(labels),
         np.ascontiguousarray(ids) if ids is not None else None,
         item.segments,
+        np.ascontiguousarray(ignore) if ignore is not None else None,
     )
 
 
@@ -162,6 +180,16 @@ def augment(item: Item, rng: np.random.Generator, crop: int, scale: tuple[float,
 def pixel_values(images: list[np.ndarray]) -> torch.Tensor:
     x = (np.stack(images).astype(np.float32) - MEAN) / STD
     return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+
+
+def ignore_maps(items: list[Item]) -> torch.Tensor | None:
+    """B x H x W bool of the pixels set aside in a batch of augmented items; None when none has any
+    (then the loss is the published one, bit for bit)."""
+    if all(it.ignore is None for it in items):
+        return None
+    return torch.from_numpy(
+        np.stack([it.ignore if it.ignore is not None else np.zeros(it.labels.shape, bool) for it in items])
+    )
 
 
 def targets(item: Item, task: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -96,6 +96,95 @@ def normalise_masks_over_processes(model) -> None:
     model.criterion.get_num_masks = types.MethodType(get_num_masks, model.criterion)
 
 
+def exclude_ignored_pixels(model) -> None:
+    """Leave the pixels a filter set aside (`criterion.ignore`, B x H x W bool at the targets' size,
+    set before each forward) out of Mask2Former's mask losses and matching costs.
+
+    transformers' Mask2FormerLoss, as detectron2's criterion, scores a mask at points sampled over the
+    whole image, and a pixel in no target mask is a negative for every matched query. Label 0 alone
+    therefore teaches "nothing here" on exactly the pixels where the generators drew an object the
+    filter did not trust. FreeMask's pixel filter was made for per-pixel cross-entropy, whose ignore
+    index drops the pixel; here each sampled point is weighted by 1 - ignore at that point (read
+    bilinearly, as the targets are):
+
+        loss_mask = sum_masks [ sum_p w_p BCE(x_p, y_p) / sum_p w_p ] / num_masks
+        loss_dice = sum_masks [ 1 - (2 sum_p w_p s_p y_p + 1) / (sum_p w_p s_p + sum_p w_p y_p + 1) ] / num_masks
+
+    with s = sigmoid(x); w = 1 everywhere gives the published losses. The matcher's costs take the
+    same weights at its points. With `ignore` None (every batch without such pixels) the published
+    code runs, bit for bit."""
+    import types
+
+    import torch
+    import torch.nn.functional as F
+    from scipy.optimize import linear_sum_assignment
+    from transformers.models.mask2former.modeling_mask2former import sample_point
+
+    criterion, matcher = model.criterion, model.criterion.matcher
+    criterion.ignore = None
+    published_loss_masks, published_match = criterion.loss_masks, matcher.forward
+
+    def kept_at(points: torch.Tensor, images: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """1 - ignore of `images` (indices into the batch) at `points` (n x P x 2) -> n x P: exactly 0
+        where every neighbour of a point is ignored; the edge pixels extend past the image (not zeros)."""
+        keep = (~criterion.ignore[images]).to(like.dtype)[:, None]
+        return sample_point(keep, points.to(like.dtype), align_corners=False, padding_mode="border").squeeze(1)
+
+    def loss_masks(self, masks_queries_logits, mask_labels, indices, num_masks):
+        if criterion.ignore is None:
+            return published_loss_masks(masks_queries_logits, mask_labels, indices, num_masks)
+        src_idx = self._get_predictions_permutation_indices(indices)
+        tgt_idx = self._get_targets_permutation_indices(indices)
+        pred_masks = masks_queries_logits[src_idx][:, None]
+        target_masks, _ = self._pad_images_to_max_in_batch(mask_labels)
+        target_masks = target_masks[tgt_idx][:, None]
+        with torch.no_grad():  # the published point sampling (uncertain points + random ones)
+            points = self.sample_points_using_uncertainty(
+                pred_masks,
+                self.calculate_uncertainty,
+                self.num_points,
+                self.oversample_ratio,
+                self.importance_sample_ratio,
+            )
+            labels = sample_point(target_masks, points, align_corners=False).squeeze(1)
+            w = kept_at(points, tgt_idx[0], labels)
+        logits = sample_point(pred_masks, points, align_corners=False).squeeze(1)
+        bce = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+        probs = logits.sigmoid() * w
+        dice = 1 - (2 * (probs * labels).sum(-1) + 1) / (probs.sum(-1) + (labels * w).sum(-1) + 1)
+        return {
+            "loss_mask": ((bce * w).sum(1) / w.sum(1).clamp(min=1e-6)).sum() / num_masks,
+            "loss_dice": dice.sum() / num_masks,
+        }
+
+    @torch.no_grad()
+    def match(self, masks_queries_logits, class_queries_logits, mask_labels, class_labels):
+        if criterion.ignore is None:
+            return published_match(masks_queries_logits, class_queries_logits, mask_labels, class_labels)
+        indices = []
+        for i in range(masks_queries_logits.shape[0]):
+            cost_class = -class_queries_logits[i].softmax(-1)[:, class_labels[i]]
+            pred_mask = masks_queries_logits[i][:, None]
+            target_mask = mask_labels[i].to(pred_mask)[:, None]
+            points = torch.rand(1, self.num_points, 2, device=pred_mask.device)  # as the published matcher
+            target = sample_point(target_mask, points.repeat(len(target_mask), 1, 1), align_corners=False).squeeze(1)
+            pred = sample_point(pred_mask, points.repeat(len(pred_mask), 1, 1), align_corners=False).squeeze(1)
+            w = kept_at(points, torch.tensor([i], device=pred.device), pred)  # 1 x P
+            wn = w / w.sum().clamp(min=1e-6)  # the mean over kept points
+            pos = F.binary_cross_entropy_with_logits(pred, torch.ones_like(pred), reduction="none") * wn
+            neg = F.binary_cross_entropy_with_logits(pred, torch.zeros_like(pred), reduction="none") * wn
+            cost_mask = pos @ target.T + neg @ (1 - target).T
+            s = pred.sigmoid() * w
+            cost_dice = 1 - (2 * s @ target.T + 1) / (s.sum(-1)[:, None] + (target * w).sum(-1)[None, :] + 1)
+            cost = self.cost_mask * cost_mask + self.cost_class * cost_class + self.cost_dice * cost_dice
+            top = torch.finfo(cost.dtype).max
+            indices.append(linear_sum_assignment(torch.nan_to_num(cost, nan=top, posinf=top, neginf=top).cpu()))
+        return [(torch.as_tensor(i, dtype=torch.int64), torch.as_tensor(j, dtype=torch.int64)) for i, j in indices]
+
+    criterion.loss_masks = types.MethodType(loss_masks, criterion)
+    matcher.forward = types.MethodType(match, matcher)
+
+
 def save_image_processor(directory: Path, ignore_index: int = 255) -> None:
     """The preprocessing of seggen's training and evaluation as a transformers image processor
     (ImageNet mean/std on 0-1 pixels, no resize), so that `pipeline("image-segmentation", model=dir)`

@@ -33,12 +33,19 @@ from seggen.segmenter.data import (
     SegSource,
     apply_augmentation,
     draw_augmentation,
+    ignore_maps,
     pixel_values,
     real_subset,
     synthetic_by_source,
     targets,
 )
-from seggen.segmenter.model import SEG_META, build_model, normalise_masks_over_processes, save_image_processor
+from seggen.segmenter.model import (
+    SEG_META,
+    build_model,
+    exclude_ignored_pixels,
+    normalise_masks_over_processes,
+    save_image_processor,
+)
 from seggen.training import seed_for, write_loss_log
 from seggen.training.loop import Loop
 
@@ -181,7 +188,7 @@ class StepBatches(torch.utils.data.Dataset):
         plan = plan_batch(self.mix, self.params, phase, step, micro)[self.share]
         items = [apply_augmentation(self.mix.load(s, i), a, crop) for s, i, a in plan]
         tg = [targets(it, task) for it in items]
-        return pixel_values([it.image for it in items]), [t[0] for t in tg], [t[1] for t in tg]
+        return pixel_values([it.image for it in items]), [t[0] for t in tg], [t[1] for t in tg], ignore_maps(items)
 
 
 def train_segmenter(params: Params, progress: bool = True) -> Path:
@@ -213,6 +220,8 @@ def train_segmenter(params: Params, progress: bool = True) -> Path:
     # 2. Mask2Former; resume, prepare
     model = build_model(cfg, mix.meta)
     normalise_masks_over_processes(model)
+    exclude_ignored_pixels(model)
+    criterion = model.criterion  # the same module inside whatever wraps the model for training
     # the published recipe trains a pretrained backbone at a tenth of the rate (detectron2's BACKBONE_MULTIPLIER)
     mult = tc.backbone_lr_mult or (0.1 if cfg.backbone or cfg.pretrained else 1.0)
     if mult == 1.0:
@@ -242,7 +251,8 @@ def train_segmenter(params: Params, progress: bool = True) -> Path:
         # the loss samples points with the global RNG: seed it per step so a resumed run repeats
         torch.manual_seed(seed_for(training_seed(params), "segmenter", "step", step))
         for _ in range(tc.grad_accum):
-            x, masks, classes = next(batches)
+            x, masks, classes, ignore = next(batches)
+            criterion.ignore = ignore.to(device, non_blocking=True) if ignore is not None else None
             with accelerator.accumulate(model):
                 with accelerator.autocast():
                     loss = model(

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from seggen.data.images import load_label_png, load_rgb, resize_array
-from seggen.data.layout import open_split
+from seggen.data.layout import ignore_dir, open_split
 from seggen.data.meta import META_FILE
 from seggen.errors import DataError
 from seggen.io import atomic_path, save_grid, write_json
@@ -68,6 +68,7 @@ def merge_dataset(plan: Plan) -> dict:
     split, fmt = cfg.split, cfg.image_format
     diversity = plan.strategy == "imgsyn" and plan.copies >= 2
     kept, dropped, first = [], [], []  # (id, height, width) of kept samples; ids of dropped; the grid's rows
+    ignored = []  # ids of kept samples with pixels the pixel filter set aside (an ignore mask each)
     segments: list = []
     spreads = Spreads()
     miou, ign, reasons, styles = [], [], {}, []
@@ -96,13 +97,15 @@ def merge_dataset(plan: Plan) -> dict:
                     dropped.append(sid)
                     continue
                 kept.append((sid, c["height"][k], c["width"][k]))
+                if c["ignored"][k]:
+                    ignored.append(sid)
                 if len(first) < 8:
                     first.append(ManifestRow.model_validate_json(text.splitlines()[k]))
                 if panoptic:
                     segments.append(c["segments"][k])
             if diversity:
                 spreads.update(c["spreads"])
-        _sweep(plan, kept, dropped, keep=tmp)  # a missing file fails here, before the manifest is in place
+        _sweep(plan, kept, dropped, ignored, keep=tmp)  # a missing file fails here, before the manifest is in place
 
     if panoptic:
         category = {c.id: c.category_id for c in plan.meta.classes}  # COCO layout: the source's own category ids
@@ -157,7 +160,7 @@ def merge_dataset(plan: Plan) -> dict:
     return summary
 
 
-def _sweep(plan: Plan, kept: list[tuple], dropped: list[str], keep: Path) -> None:
+def _sweep(plan: Plan, kept: list[tuple], dropped: list[str], ignored: list[str], keep: Path) -> None:
     """Every recorded sample's files present; any other file in the dataset's directories (of an
     interrupted write, or a sample of an earlier run) removed, but `keep` (the manifest being written)."""
     split, fmt = plan.params.synthesize.split, plan.params.synthesize.image_format
@@ -166,6 +169,7 @@ def _sweep(plan: Plan, kept: list[tuple], dropped: list[str], keep: Path) -> Non
         img_dir: {f"{sid}.{fmt}" for sid, _, _ in kept},
         plan.out / "dropped" / "images": {f"{sid}.{fmt}" for sid in dropped},
         plan.out / "dropped" / "annotations": {f"{sid}.png" for sid in dropped},
+        ignore_dir(plan.out, split): {f"{sid}.png" for sid in ignored},
     }
     for d in (lab_dir, pan_dir):
         if d is not None:

@@ -5,6 +5,8 @@
 
 Output (`synthesize.out`/STRATEGY), read like real data by every other stage:
     images/SPLIT/ID.png, annotations/SPLIT/ID.png          ADE20K layout (0 = other / ignored)
+    ignore/SPLIT/ID.png   the pixels the pixel filter set aside (255), where a kept sample has any:
+                          label 0 above, and left out of the segmenter's loss
     panoptic/panoptic_SPLIT.json + panoptic_SPLIT/ID.png  COCO panoptic, where the source has it
     manifest.jsonl   one row per sample, kept or dropped (seggen.synthesis.manifest.ManifestRow)
     dropped/         images and masks the sample filter removed, for auditing
@@ -36,6 +38,7 @@ from PIL import Image
 from seggen.config import Params
 from seggen.data.coco import segments_info
 from seggen.data.images import id2rgb, resize_array
+from seggen.data.layout import ignore_dir
 from seggen.data.meta import DatasetMeta
 from seggen.errors import DataError
 from seggen.io import write_png, write_text
@@ -181,7 +184,7 @@ def _score(plan: Plan, gens: Generators, sample: dict) -> dict:
     and panoptic segments with filtered pixels ignored, kept or the reason it is dropped."""
     image, labels, pan = sample["image"], sample["labels"].copy(), sample["panoptic"]
     scores = Scores()
-    kept, reason, classes = True, None, None
+    kept, reason, classes, ignored = True, None, None, None
     if gens.filter is not None:
         miou, ignore = gens.filter.score(image, labels)
         scores.sample_miou = miou
@@ -192,6 +195,7 @@ def _score(plan: Plan, gens: Generators, sample: dict) -> dict:
             scores.ignored_fraction = float(ignore[labelled].mean()) if labelled.any() else 0.0
             for c, n in zip(*np.unique(labels[ignore & labelled], return_counts=True)):
                 classes[int(c)][1] = int(n)
+            ignored = ignore & labelled  # the pixels set aside (label 0 already means "no class")
             labels[ignore] = 0
             if pan is not None:
                 ids = pan[0].copy()
@@ -212,6 +216,7 @@ def _score(plan: Plan, gens: Generators, sample: dict) -> dict:
         "kept": kept,
         "reason": reason,
         "classes": classes,
+        "ignore": ignored if ignored is not None and ignored.any() else None,
     }
 
 
@@ -228,6 +233,9 @@ def _write(plan: Plan, job: Job, sample: dict) -> tuple[ManifestRow, dict]:
         write_png(lab_dir / f"{job.id}.png", labels)
     if kept and pan is not None:
         write_png(pan_dir / f"{job.id}.png", id2rgb(pan[0]))
+    if kept and sample["ignore"] is not None:
+        ignored = sample["ignore"] * np.uint8(255)
+        write_png(ignore_dir(plan.out, plan.params.synthesize.split) / f"{job.id}.png", ignored)
     row = ManifestRow(
         id=job.id,
         strategy=plan.strategy,
