@@ -365,3 +365,51 @@ def test_the_loop_is_rounds_of_stages_each_planned_after_the_arm_before(tmp_path
     # the ablation (which extends params.yaml) runs its own loop, ablation.targeted: no round arms there
     ablation = load_params(REPO / "ablation" / "params.yaml", {"loop.rounds": rounds})
     assert not set(rounds) & set(ablation.arms)
+
+
+def test_without_a_tuning_split_the_plan_scores_the_fold_its_reference_did_not_train_on(small_benchmark, tmp_path):
+    """plan_synthesis.split holdout (real ADE20K / COCO): the reference arm trains without a seeded fold
+    of the training split, and the plan scores it on exactly that fold."""
+    from helpers import TINY_SEG_MODEL
+    from seggen.config.experiments import arm
+    from seggen.data.layout import open_split
+    from seggen.errors import ConfigError
+    from seggen.segmenter.data import holdout_fold
+    from seggen.segmenter.train import Mixture, train_segmenter
+    from seggen.synthesis.targeting import plan_synthesis, score
+
+    caption_dataset(small_benchmark, "training", tmp_path / "captions.jsonl", progress=False)
+    doc = {
+        "data": {"root": str(small_benchmark)},
+        "caption": {"out": str(tmp_path / "captions.jsonl")},
+        "arms_root": str(tmp_path / "arms"),
+        "arms": {"reference": {"strategy": "real", "holdout": 0.25}, "baseline": {"strategy": "real"}},
+        "segmenter": {"model": TINY_SEG_MODEL, "train": {"steps": 4, "batch_size": 4, "crop": 32, "threads": 1}},
+        "plan_synthesis": {"out": str(tmp_path / "plan"), "split": "holdout", "reference": "reference"},
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(doc))
+    p = load_params(tmp_path / "params.yaml")
+    ids = open_split(small_benchmark, "training").ids
+    fold = holdout_fold(p.seed, len(ids), 0.25)
+    assert len(fold) == round(0.25 * len(ids)) and np.array_equal(fold, holdout_fold(p.seed, len(ids), 0.25))
+    ref = arm(p, "reference")
+    mix = Mixture(ref)
+    assert set(mix.real_idx.tolist()) == set(range(len(ids))) - set(fold.tolist())
+    assert len(Mixture(arm(p, "baseline")).real_idx) == len(ids)
+    train_segmenter(ref, progress=False)
+    plan = plan_synthesis(p, progress=False)
+    assert plan["skipped"] is None and plan["split"] == "holdout" and plan["num_images"] == len(fold)
+    assert plan["holdout"] == {"split": "training", "share": 0.25, "ids": [ids[i] for i in fold]}
+    model = tmp_path / "arms" / "reference" / "model"
+    assert plan["per_class_iou"] == score(p, model, "training", False, only=fold.tolist())["per_class_iou"]
+
+    # a reference that saw every image cannot be scored on them: one error naming the key
+    (tmp_path / "arms" / "baseline").mkdir(parents=True)
+    shutil.copytree(model, tmp_path / "arms" / "baseline" / "model")
+    over = {"reference": "baseline", "out": str(tmp_path / "plan_b")}
+    with pytest.raises(DataError, match="arms.baseline.holdout"):
+        plan_synthesis(p.model_copy(update={"plan_synthesis": p.plan_synthesis.model_copy(update=over)}), False)
+    assert not (tmp_path / "plan_b").exists()
+    # and a fold is for real-only arms: synthetic pairs drawn from it would train on it
+    with pytest.raises(ConfigError, match="segmenter.holdout"):
+        arm(load_params(tmp_path / "params.yaml", {"arms.reference.strategy": "augment"}), "reference")

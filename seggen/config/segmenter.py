@@ -96,6 +96,11 @@ class SegmenterParams(_Section):
     """pretrain_finetune: steps on synthetic data before train.steps on real data."""
     real_subset: StrictInt | None = Field(None, ge=1)
     """Low-data regime: a seeded subset of this many real training images; null: all."""
+    holdout: float = Field(0.0, ge=0, lt=1)
+    """The share of the real training split this arm trains without: a fold drawn with the global `seed`, which
+    `plan_synthesis.split: holdout` scores the arm on (the planning split of data without a tuning split, e.g. real
+    ADE20K / COCO); 0: none. Strategy real only (synthetic pairs drawn from the fold would leak it)
+    """
     seed: StrictInt | None = Field(None, ge=0, lt=2**32)
     """Training randomness (init, sampling, augmentation, loss points); null: the global `seed`. The real subset is
     drawn with the global seed, so the seeds of an ablation see the same images.
@@ -116,6 +121,15 @@ class SegmenterParams(_Section):
         """synthetic_root as a list of directories."""
         roots = self.synthetic_root
         return [Path(r) for r in roots] if isinstance(roots, list) else [Path(roots)]
+
+    @model_validator(mode="after")
+    def _holdout_trains_on_real_only(self) -> SegmenterParams:
+        if self.holdout and self.strategy != "real":
+            raise ValueError(
+                f"segmenter.holdout: a held-out fold needs strategy real (not {self.strategy}): synthetic pairs "
+                "drawn from its images would put them back into training"
+            )
+        return self
 
     @model_validator(mode="after")
     def _group_norm_has_values(self) -> SegmenterParams:

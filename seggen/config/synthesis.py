@@ -148,7 +148,10 @@ class PlanSynthesisParams(_Section):
     reference: str = "baseline"
     """The arm whose segmenter is scored (trained on real data only): arms_root/REFERENCE/model."""
     split: SplitName = "tuning"
-    """The split it is scored on: a tuning split (never validation or validation_shift, which the results report)."""
+    """The split it is scored on: a tuning split (never validation or validation_shift, which the results report), or
+    `holdout`: the fold of the training split that the reference arm trains without (its `segmenter.holdout`), for
+    data without a tuning split
+    """
     sharpness: float = Field(1.0, gt=0, le=8)
     """Class weight = max(1 - IoU, floor) ** sharpness, normalised to mean 1: larger puts more of the budget on the
     weakest classes

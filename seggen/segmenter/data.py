@@ -92,6 +92,16 @@ def real_subset(seed: int, total: int, n: int | None) -> np.ndarray:
     return idx
 
 
+def holdout_fold(seed: int, total: int, share: float) -> np.ndarray:
+    """Indices (sorted) of the training split's held-out fold: round(share x total) images (at least one
+    for a share > 0), drawn with the global seed; the arms with segmenter.holdout train without them and
+    plan_synthesis (split `holdout`) scores on them."""
+    if not share:
+        return np.zeros(0, np.int64)
+    rng = np.random.default_rng(seed_for(seed, "segmenter", "holdout"))
+    return np.sort(rng.choice(total, min(total - 1, max(1, round(share * total))), replace=False))
+
+
 def synthetic_by_source(src: SegSource) -> dict[str, list[int]]:
     """Synthetic dataset: real source image id -> indices of its kept samples (from manifest.jsonl)."""
     from seggen.synthesis.manifest import read_manifest

@@ -152,27 +152,31 @@ class EvalSet:
     pan_dir: Path | None
 
 
-def eval_set(params, split: str, root: Path | None, out: Path, progress: bool = True) -> EvalSet:
-    """The split of `root` (default: data.root) in either layout. The COCO layout has no semantic
-    label PNGs: they are derived from its panoptic annotation (void -> 0) and written under
-    OUT/ground_truth/semantic; its classes are the JSON's categories in id order."""
+def eval_set(
+    params, split: str, root: Path | None, out: Path, progress: bool = True, only: list[int] | None = None
+) -> EvalSet:
+    """The split of `root` (default: data.root) in either layout; `only`: those samples of it (indices in
+    id order). The COCO layout has no semantic label PNGs: they are derived from its panoptic annotation
+    (void -> 0) and written under OUT/ground_truth/semantic; its classes are the JSON's categories in id order."""
     root = Path(root) if root else Path(params.data.root)
     ds = open_split(root, split)
     meta = ds.meta
+    idx = list(range(len(ds))) if only is None else [int(i) for i in only]
+    samples = [ds.samples[i] for i in idx]
     if ds.layout is ADE20K:
-        labels = [s.label_path for s in ds.samples]
+        labels = [s.label_path for s in samples]
     else:
         gt_dir = out / "ground_truth" / "semantic"
         labels = []
-        for i in tqdm(range(len(ds)), desc="ground truth", unit="img", disable=not progress, dynamic_ncols=True):
+        for i in tqdm(idx, desc="ground truth", unit="img", disable=not progress, dynamic_ncols=True):
             write_png(gt_dir / f"{ds.samples[i].id}.png", ds.load_label(i))
             labels.append(gt_dir / f"{ds.samples[i].id}.png")
     pj = ds.panoptic_json if ds.has_panoptic else None
     return EvalSet(
         root,
         split,
-        ds.ids,
-        [s.image_path for s in ds.samples],
+        [s.id for s in samples],
+        [s.image_path for s in samples],
         labels,
         meta.names,
         set(meta.thing_ids),

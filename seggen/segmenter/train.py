@@ -33,6 +33,7 @@ from seggen.segmenter.data import (
     SegSource,
     apply_augmentation,
     draw_augmentation,
+    holdout_fold,
     ignore_maps,
     pixel_values,
     real_subset,
@@ -62,6 +63,8 @@ class Mixture:
         self.real = SegSource(params.data.root, cfg.split, pan, "real")
         self.meta = self.real.meta
         self.real_idx = real_subset(params.seed, len(self.real), cfg.real_subset)
+        if cfg.holdout:  # the fold plan_synthesis scores this arm on (split `holdout`) is not trained on
+            self.real_idx = np.setdiff1d(self.real_idx, holdout_fold(params.seed, len(self.real), cfg.holdout))
         self.syn: list[SegSource] = []
         self.syn_pool: list[tuple[int, int]] = []
         self.by_source: dict[str, list[tuple[int, int]]] = {}

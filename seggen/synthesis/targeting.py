@@ -3,7 +3,8 @@ plan_synthesis stage).
 
 The reference arm's segmenter (trained on real data only) is scored on a split that no reported
 number reads: the bundled benchmark's `tuning` split, rendered with its own seeds (for real data, a
-held-out fold of the training split). What it gets wrong becomes the plan:
+held-out fold of the training split, split `holdout`: the fold the reference arm trains without, its
+segmenter.holdout). What it gets wrong becomes the plan:
 
 - class weights: w_c = max(1 - IoU_c, floor) ** sharpness, normalised to mean 1 over the classes
   the split shows (a class it does not show weighs 1: nothing is known of it);
@@ -133,9 +134,17 @@ def pixel_nll(prob: torch.Tensor, labels: np.ndarray) -> torch.Tensor:
 
 
 @torch.no_grad()
-def score(params: Params, model_dir: Path, split: str, progress: bool = True, root: Path | None = None) -> dict:
-    """The segmenter on every image of `split` of `root` (default: data.root), as `seggen evaluate`
-    predicts and scores it -> {"mIoU", "per_class_iou", "class_loss", "num_images"}. class_loss: mean
+def score(
+    params: Params,
+    model_dir: Path,
+    split: str,
+    progress: bool = True,
+    root: Path | None = None,
+    only: list[int] | None = None,
+) -> dict:
+    """The segmenter on every image of `split` of `root` (default: data.root), or on the images `only`
+    lists (indices in id order), as `seggen evaluate` predicts and scores it -> {"mIoU",
+    "per_class_iou", "class_loss", "num_images"}. class_loss: mean
     -log p(true class) over the class's labelled pixels, p the Mask2Former semantic probabilities (class
     x mask, normalised)."""
     from seggen.data.images import load_label_png, load_rgb
@@ -148,7 +157,7 @@ def score(params: Params, model_dir: Path, split: str, progress: bool = True, ro
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     with tempfile.TemporaryDirectory(prefix="seggen_plan_") as tmp:  # COCO's semantic ground truth goes here
-        es = eval_set(params, split, root, Path(tmp), progress)
+        es = eval_set(params, split, root, Path(tmp), progress, only)
         names = [model.config.id2label[i] for i in range(model.config.num_labels)]
         differ = label_mismatch(names, es.names)
         if differ:
@@ -185,6 +194,25 @@ def drawn_iou(params: Params, model_dir: Path, root: Path, progress: bool = True
     return {c: v if sc["class_loss"][c] is not None else None for c, v in sc["per_class_iou"].items()}
 
 
+def planning_fold(params: Params) -> dict:
+    """plan_synthesis.split `holdout`: the reference arm's held-out fold of its training split -> {split,
+    share, indices, ids}; an error naming the key when the reference trains on every image."""
+    from seggen.config.experiments import arm
+    from seggen.data.layout import open_split
+    from seggen.segmenter.data import holdout_fold
+
+    cfg = params.plan_synthesis
+    ref = arm(params, cfg.reference).segmenter
+    if not ref.holdout:
+        raise DataError(
+            f"plan_synthesis.split: holdout scores arm {cfg.reference!r} on the training images it did not see, "
+            f"but it trains on all of them (set arms.{cfg.reference}.holdout, e.g. 0.1)"
+        )
+    ids = open_split(params.data.root, ref.split).ids
+    idx = holdout_fold(params.seed, len(ids), ref.holdout)
+    return {"split": ref.split, "share": ref.holdout, "indices": idx.tolist(), "ids": [ids[i] for i in idx]}
+
+
 def plan_synthesis(params: Params, progress: bool = True) -> dict:
     """Score the reference arm on the planning split and write plan_synthesis.out: plan.json and
     plan.png (per class: the reference's IoU and the share of the budget the plan gives it). In a
@@ -207,7 +235,11 @@ def plan_synthesis(params: Params, progress: bool = True) -> dict:
     for d in cfg.drawability:
         if detect_layout(d, params.synthesize.split) is None:
             raise DataError(f"{d}: no dataset with split {params.synthesize.split!r} (plan_synthesis.drawability)")
-    if detect_layout(params.data.root, cfg.split) is None:
+    # split `holdout`: the fold of the training split that the reference trains without
+    fold = planning_fold(params) if cfg.split == "holdout" else None
+    if fold is not None:
+        scored, skipped = score(params, model_dir, fold["split"], progress, only=fold["indices"]), None
+    elif detect_layout(params.data.root, cfg.split) is None:
         # real ADE20K / COCO have no tuning split; scoring a held-out fold of training needs a reference
         # trained without it: until then, an even plan that says why
         from transformers import AutoConfig
@@ -231,6 +263,7 @@ def plan_synthesis(params: Params, progress: bool = True) -> dict:
         "model": digest_tree(model_dir),
         "split": cfg.split,
         "skipped": skipped,
+        **({"holdout": {k: fold[k] for k in ("split", "share", "ids")}} if fold else {}),
         "num_images": scored["num_images"],
         "mIoU": scored["mIoU"],
         "per_class_iou": scored["per_class_iou"],
