@@ -527,6 +527,11 @@ def test_imgsyn_filters_mark_pixels_and_drop_samples(gens, tmp_path, small_bench
     assert sum(v["pixels_dropped"] for v in got.values()) > 0 and "filter_per_class" not in json.dumps(
         json.loads((out / "imgsyn.metrics.json").read_text())
     )
+    # other params start the dataset over: its ignore masks are seggen's own folder, not a user's
+    synthesize(load_params(params_file(gens, out, filter={**filt, "margin": 3.0})), "imgsyn", progress=False)
+    rows = read_manifest(d / "manifest.jsonl")
+    masks = sorted(p.stem for p in (d / "ignore" / "training").glob("*.png"))
+    assert masks == sorted(r.id for r in rows if r.kept and r.scores.ignored_fraction)
 
 
 def test_changed_params_start_over(gens, tmp_path):

@@ -407,9 +407,18 @@ def test_without_a_tuning_split_the_plan_scores_the_fold_its_reference_did_not_t
     (tmp_path / "arms" / "baseline").mkdir(parents=True)
     shutil.copytree(model, tmp_path / "arms" / "baseline" / "model")
     over = {"reference": "baseline", "out": str(tmp_path / "plan_b")}
-    with pytest.raises(DataError, match="arms.baseline.holdout"):
+    with pytest.raises(DataError, match="'baseline' on training images it did not see"):
         plan_synthesis(p.model_copy(update={"plan_synthesis": p.plan_synthesis.model_copy(update=over)}), False)
     assert not (tmp_path / "plan_b").exists()
+    # nor a model trained without another fold than the params say (its seggen_segmenter.json records it)
+    meta = json.loads((model / "seggen_segmenter.json").read_text())
+    assert meta["holdout"] == {"seed": p.seed, "share": 0.25, "images": len(fold)}
+    other = load_params(tmp_path / "params.yaml", {"arms.reference.holdout": 0.5, "plan_synthesis.out": "plan_c"})
+    with pytest.raises(DataError, match="trained with held-out fold"):
+        plan_synthesis(other, False)
+    # a later round's reference trained on pairs drawn from the fold: holdout plans round 1 only
+    with pytest.raises(ConfigError, match="round 1 only"):
+        load_params(tmp_path / "params.yaml", {"plan_synthesis.round": 2, "plan_synthesis.previous": "plan.json"})
     # and a fold is for real-only arms: synthetic pairs drawn from it would train on it
     with pytest.raises(ConfigError, match="segmenter.holdout"):
         arm(load_params(tmp_path / "params.yaml", {"arms.reference.strategy": "augment"}), "reference")

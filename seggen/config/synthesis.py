@@ -183,6 +183,15 @@ class PlanSynthesisParams(_Section):
     """
 
     @model_validator(mode="after")
+    def _holdout_plans_the_first_round(self):
+        if self.split == "holdout" and self.round > 1:
+            raise ValueError(
+                "plan_synthesis.split: holdout plans round 1 only; a later round's reference trained on synthetic "
+                "pairs drawn from every training image, the fold's included"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _later_rounds_follow_one(self):
         if (self.round > 1) != (self.previous is not None):
             raise ValueError("plan_synthesis.previous: set for rounds after the first (the plan of the round before)")

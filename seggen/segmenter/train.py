@@ -63,8 +63,17 @@ class Mixture:
         self.real = SegSource(params.data.root, cfg.split, pan, "real")
         self.meta = self.real.meta
         self.real_idx = real_subset(params.seed, len(self.real), cfg.real_subset)
+        self.holdout: dict | None = None
         if cfg.holdout:  # the fold plan_synthesis scores this arm on (split `holdout`) is not trained on
-            self.real_idx = np.setdiff1d(self.real_idx, holdout_fold(params.seed, len(self.real), cfg.holdout))
+            fold = holdout_fold(params.seed, len(self.real), cfg.holdout)
+            self.real_idx = np.setdiff1d(self.real_idx, fold)
+            if not len(fold) or not len(self.real_idx):
+                raise DataError(
+                    f"segmenter.holdout: {cfg.holdout:g} of {len(self.real)} training images leaves "
+                    f"{len(fold)} held out and {len(self.real_idx)} to train on"
+                )
+            # what plan_synthesis checks before scoring this arm on the fold
+            self.holdout = {"seed": params.seed, "share": cfg.holdout, "images": len(fold)}
         self.syn: list[SegSource] = []
         self.syn_pool: list[tuple[int, int]] = []
         self.by_source: dict[str, list[tuple[int, int]]] = {}
@@ -145,6 +154,8 @@ def _fingerprint(params: Params, mix: Mixture) -> str:
         seg["train"].pop("backbone_lr_mult")
     if seg["train"]["optimizer"] == "adamw":  # the default is what a fingerprint without the key means
         seg["train"].pop("optimizer")
+    if not seg["holdout"]:
+        seg.pop("holdout")
     blob = json.dumps([params.seed, params.data.model_dump(mode="json"), seg, mix.syn_fingerprints], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -287,6 +298,7 @@ def train_segmenter(params: Params, progress: bool = True) -> Path:
         "classes": mix.meta.names,
         "things": mix.meta.thing_ids,
         "real_images": int(len(mix.real_idx)),
+        **({"holdout": mix.holdout} if mix.holdout else {}),
         "crop": tc.crop,
         "fingerprint": loop.fingerprint,
         # a resumed or re-run training gives the same model directory, hence the same DVC hash; the

@@ -278,7 +278,7 @@ def prepare_output(plan: Plan) -> bool:
         return not work.exists()
     claim(out, "synthesize.out", f"synthesize {plan.strategy}")  # raises unless seggen wrote it
     split = plan.params.synthesize.split
-    ours = {MARKER, WORK, ".merge.lock", "manifest.jsonl", "summary.json", "grid.png", META_FILE, "dropped"}
+    ours = {MARKER, WORK, ".merge.lock", "manifest.jsonl", "summary.json", "grid.png", META_FILE, "dropped", "ignore"}
     ours |= {"images", "annotations", "panoptic", split}  # the ADE20K and COCO layouts' folders
     foreign = sorted(p.name for p in out.iterdir() if p.name not in ours)
     if foreign:  # starting over removes the folder's content: never a file of someone else's

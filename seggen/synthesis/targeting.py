@@ -201,15 +201,29 @@ def planning_fold(params: Params) -> dict:
     from seggen.data.layout import open_split
     from seggen.segmenter.data import holdout_fold
 
+    import json
+
+    from seggen.segmenter.model import SEG_META
+
     cfg = params.plan_synthesis
     ref = arm(params, cfg.reference).segmenter
     if not ref.holdout:
         raise DataError(
-            f"plan_synthesis.split: holdout scores arm {cfg.reference!r} on the training images it did not see, "
-            f"but it trains on all of them (set arms.{cfg.reference}.holdout, e.g. 0.1)"
+            f"plan_synthesis.split: holdout scores arm {cfg.reference!r} on training images it did not see, but it "
+            "trains on all of them: plan with a real-only arm of its own, e.g. arms.reference: {strategy: real, "
+            "holdout: 0.1} and plan_synthesis.reference: reference (the reported arms keep every image)"
         )
     ids = open_split(params.data.root, ref.split).ids
     idx = holdout_fold(params.seed, len(ids), ref.holdout)
+    # the model must be the one trained without this fold (a direct `seggen plan_synthesis` has no DVC to say so)
+    meta = Path(params.arms_root) / cfg.reference / "model" / SEG_META
+    trained = json.loads(meta.read_text()).get("holdout") if meta.is_file() else None
+    expect = {"seed": params.seed, "share": ref.holdout, "images": len(idx)}
+    if trained != expect:
+        raise DataError(
+            f"{meta}: trained with held-out fold {trained}, not {expect}; train the reference again "
+            f"(train_segmenter@{cfg.reference})"
+        )
     return {"split": ref.split, "share": ref.holdout, "indices": idx.tolist(), "ids": [ids[i] for i in idx]}
 
 
