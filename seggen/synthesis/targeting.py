@@ -197,12 +197,11 @@ def drawn_iou(params: Params, model_dir: Path, root: Path, progress: bool = True
 def planning_fold(params: Params) -> dict:
     """plan_synthesis.split `holdout`: the reference arm's held-out fold of its training split -> {split,
     share, indices, ids}; an error naming the key when the reference trains on every image."""
+    import json
+
     from seggen.config.experiments import arm
     from seggen.data.layout import open_split
     from seggen.segmenter.data import holdout_fold
-
-    import json
-
     from seggen.segmenter.model import SEG_META
 
     cfg = params.plan_synthesis
