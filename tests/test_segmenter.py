@@ -378,11 +378,12 @@ def test_the_processes_of_a_run_read_the_one_process_batch(small_benchmark, tiny
     for world in (2, 4):
         shares = [StepBatches(mix, p, 6, slice(r, None, world)) for r in range(world)]
         for j in (0, 5):
-            x, masks, classes = whole[j]
+            x, masks, classes, ignore = whole[j]
             parts = [s[j] for s in shares]
             assert all(len(part[0]) == len(x) // world for part in parts)
+            assert ignore is None and all(part[3] is None for part in parts)  # no filtered pixels in these sets
             for k in range(len(x)):
-                px, pm, pc = parts[k % world]
+                px, pm, pc, _ = parts[k % world]
                 assert torch.equal(px[k // world], x[k]) and torch.equal(pm[k // world], masks[k])
                 assert torch.equal(pc[k // world], classes[k])
 
