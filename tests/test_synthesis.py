@@ -105,23 +105,30 @@ def written(out: Path) -> int:
     return sum(len(p.read_text().splitlines()) - 1 for p in records if p.stem.isdigit())
 
 
-def _run_cli_and_kill(params: Path, out: Path, after_records: int) -> None:
+def _run_cli_and_kill(params: Path, out: Path, after_records: int) -> int:
     cmd = [sys.executable, "-m", "seggen.cli", "--params", str(params), "synthesize", "--strategy", "masksyn"]
+    import psutil
+
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     t0 = time.time()
     while proc.poll() is None and time.time() - t0 < 120:
         if written(out) >= after_records:
             break
         time.sleep(0.005)
+    workers = psutil.Process(proc.pid).children(recursive=True)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    # its worker processes end with it, not go on writing beside the next run
+    _, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive, [w.cmdline() for w in alive]
+    return len(workers)
 
 
 def test_kill_and_resume_gives_the_uninterrupted_dataset(reference, gens, tmp_path):
     out = tmp_path / "syn"
     params = params_file(gens, out, masksyn_per_source=2)
     for after in (1, 9, 30):  # killed three times at different points, resumed each time
-        _run_cli_and_kill(params, out, after)
+        assert _run_cli_and_kill(params, out, after) >= 2  # the workers (and the pools' resource tracker)
         done = written(out)
         assert after <= done < 48 and not (out / "masksyn" / "manifest.jsonl").exists()
     done = subprocess.run(

@@ -56,9 +56,28 @@ def resolve(devices) -> list[int]:
 
 def pin(index: int | None) -> None:
     """Make visible GPU `index` this process's only CUDA device: a spawned worker's first act,
-    before torch touches CUDA (ProcessPoolExecutor's initializer)."""
+    before torch touches CUDA (ProcessPoolExecutor's initializer). The worker also ends with its
+    parent: a `seggen synthesize` killed with SIGKILL cannot stop its pool, and an orphaned worker
+    would go on generating into the output beside the re-run and hold its GPU."""
     if index is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = visible_gpus()[index]
+    exit_with_parent()
+
+
+def exit_with_parent(poll: float = 0.5) -> None:
+    """A daemon thread that ends this process when its parent is gone (it is re-parented, so its
+    parent pid changes)."""
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="seggen-exit-with-parent", daemon=True).start()
 
 
 def claim_gpu(lock_dir: str | Path | None = None) -> str | None:
