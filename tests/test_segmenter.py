@@ -509,3 +509,41 @@ def test_a_synthetic_dataset_s_ignore_masks_reach_the_loss(small_benchmark, tiny
     Image.fromarray(np.zeros((3, 3), np.uint8)).save(syn / "masksyn" / "ignore" / "training" / labels[0].name)
     with pytest.raises(DataError, match=labels[0].name):
         src.load(0)
+
+
+def test_a_query_that_draws_only_on_ignored_pixels_is_not_taught_no_object():
+    """The class loss: an unmatched query's "no object" target weighs the share of its predicted mask
+    outside ignored pixels, so a query that predicts the object the filter distrusted is left alone."""
+    import torch
+
+    from seggen.segmenter.model import exclude_ignored_pixels
+
+    g = torch.Generator().manual_seed(1)
+    b, q, h, w = 1, 6, 32, 32
+    masks_logits = torch.randn(b, q, h, w, generator=g)
+    masks_logits[0, 5] = -10.0
+    masks_logits[0, 5, :, :16] = 10.0  # query 5 draws on the left half only
+    class_logits = torch.randn(b, q, 6, generator=g)
+    class_logits[0, 5] = torch.tensor([0.0, 0.0, 0.0, 0.0, 8.0, 0.0])  # and calls it class 4
+    target = torch.zeros(1, h, w)
+    target[0, :, 16:] = 1  # the one target: class 1 on the right half
+    targets, classes = [target], [torch.tensor([1])]
+    ignore = torch.zeros(b, h, w, dtype=torch.bool)
+    ignore[0, :, :16] = True
+
+    def grad_of_query_5(model):
+        logits = class_logits.clone().requires_grad_(True)
+        torch.manual_seed(0)
+        model.criterion(masks_logits, logits, targets, classes)["loss_cross_entropy"].backward()
+        return logits.grad[0, 5].abs().sum().item()
+
+    published, ours = _criterion(), _criterion()
+    exclude_ignored_pixels(ours)
+    ours.criterion.ignore = ignore
+    torch.manual_seed(0)
+    matched = ours.criterion.matcher(masks_logits, class_logits, targets, classes)[0][0].tolist()
+    assert 5 not in matched
+    taught = grad_of_query_5(published)
+    assert taught > 0.1 and grad_of_query_5(ours) < 1e-3 * taught
+    ours.criterion.ignore = torch.zeros_like(ignore)  # nothing ignored: the published loss
+    assert abs(grad_of_query_5(ours) - taught) < 1e-6

@@ -111,8 +111,11 @@ def exclude_ignored_pixels(model) -> None:
         loss_dice = sum_masks [ 1 - (2 sum_p w_p s_p y_p + 1) / (sum_p w_p s_p + sum_p w_p y_p + 1) ] / num_masks
 
     with s = sigmoid(x); w = 1 everywhere gives the published losses. The matcher's costs take the
-    same weights at its points. With `ignore` None (every batch without such pixels) the published
-    code runs, bit for bit."""
+    same weights at its points. The class loss would still teach "no object" there: a query that
+    predicts the drawn object is matched to no target, and its class target is "no object". So an
+    unmatched query's cross-entropy is weighted by the share of its predicted mask outside ignored
+    pixels, 1 - sum_p s_p ign_p / sum_p s_p (no gradient through the weight); matched queries keep
+    weight 1. With `ignore` None (every batch without such pixels) the published code runs, bit for bit."""
     import types
 
     import torch
@@ -122,7 +125,9 @@ def exclude_ignored_pixels(model) -> None:
 
     criterion, matcher = model.criterion, model.criterion.matcher
     criterion.ignore = None
-    published_loss_masks, published_match = criterion.loss_masks, matcher.forward
+    published_loss_masks, published_loss_labels = criterion.loss_masks, criterion.loss_labels
+    published_match = matcher.forward
+    outside = {}  # each query's predicted-mask share outside ignored pixels: loss_masks -> loss_labels
 
     def kept_at(points: torch.Tensor, images: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """1 - ignore of `images` (indices into the batch) at `points` (n x P x 2) -> n x P: exactly 0
@@ -133,6 +138,10 @@ def exclude_ignored_pixels(model) -> None:
     def loss_masks(self, masks_queries_logits, mask_labels, indices, num_masks):
         if criterion.ignore is None:
             return published_loss_masks(masks_queries_logits, mask_labels, indices, num_masks)
+        with torch.no_grad():  # for loss_labels, which Mask2FormerLoss.forward calls next with the same layer
+            probs = masks_queries_logits.float().sigmoid()  # B x Q x h x w
+            ign = F.interpolate(criterion.ignore[:, None].float(), size=probs.shape[-2:], mode="area")
+            outside["share"] = 1 - (probs * ign).sum((-2, -1)) / probs.sum((-2, -1)).clamp(min=1e-6)
         src_idx = self._get_predictions_permutation_indices(indices)
         tgt_idx = self._get_targets_permutation_indices(indices)
         pred_masks = masks_queries_logits[src_idx][:, None]
@@ -156,6 +165,20 @@ def exclude_ignored_pixels(model) -> None:
             "loss_mask": ((bce * w).sum(1) / w.sum(1).clamp(min=1e-6)).sum() / num_masks,
             "loss_dice": dice.sum() / num_masks,
         }
+
+    def loss_labels(self, class_queries_logits, class_labels, indices):
+        if criterion.ignore is None:
+            return published_loss_labels(class_queries_logits, class_labels, indices)
+        b, q, _ = class_queries_logits.shape
+        idx = self._get_predictions_permutation_indices(indices)
+        target = torch.full((b, q), self.num_labels, dtype=torch.int64, device=class_queries_logits.device)
+        target[idx] = torch.cat([t[j] for t, (_, j) in zip(class_labels, indices)])
+        keep = outside.pop("share").to(class_queries_logits.device)
+        keep[idx] = 1.0  # matched queries: their class, at full weight
+        # nn.CrossEntropyLoss(weight=empty_weight)'s weighted mean, each query also weighted by keep
+        w = self.empty_weight[target] * keep
+        ce = F.cross_entropy(class_queries_logits.transpose(1, 2), target, reduction="none")
+        return {"loss_cross_entropy": (w * ce).sum() / w.sum().clamp(min=1e-6)}
 
     @torch.no_grad()
     def match(self, masks_queries_logits, class_queries_logits, mask_labels, class_labels):
@@ -182,6 +205,7 @@ def exclude_ignored_pixels(model) -> None:
         return [(torch.as_tensor(i, dtype=torch.int64), torch.as_tensor(j, dtype=torch.int64)) for i, j in indices]
 
     criterion.loss_masks = types.MethodType(loss_masks, criterion)
+    criterion.loss_labels = types.MethodType(loss_labels, criterion)
     matcher.forward = types.MethodType(match, matcher)
 
 
