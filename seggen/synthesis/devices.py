@@ -65,12 +65,23 @@ def pin(index: int | None) -> None:
 
 
 def exit_with_parent(poll: float = 0.5) -> None:
-    """A daemon thread that ends this process when its parent is gone (it is re-parented, so its
-    parent pid changes)."""
+    """End this process with its parent: on Linux the kernel kills it at once (PR_SET_PDEATHSIG), so an
+    orphan writes nothing after its parent is gone; elsewhere a daemon thread notices within `poll`
+    seconds (the process is re-parented, so its parent pid changes)."""
+    import multiprocessing
+    import signal
     import threading
     import time
 
-    parent = os.getppid()
+    spawner = multiprocessing.parent_process()  # the pid this worker was started by, even if it is gone by now
+    parent = spawner.pid if spawner is not None else os.getppid()
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before this process got here
+        os._exit(1)
 
     def watch() -> None:
         while os.getppid() == parent:
