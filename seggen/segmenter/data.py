@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from seggen.data.images import load_label_png
 from seggen.data.layout import ignore_dir, open_split
 from seggen.data.meta import DatasetMeta
 from seggen.errors import DataError
@@ -76,7 +77,7 @@ class SegSource:
             ids, segments = self.ds.load_panoptic(i)
         ignore = None
         if self.ignore_dir is not None and (path := self.ignore_dir / f"{self.ids[i]}.png").exists():
-            ignore = np.asarray(Image.open(path)) > 0
+            ignore = load_label_png(path) > 0
             if ignore.shape != labels.shape:
                 raise DataError(f"{path}: size {ignore.shape[::-1]} does not match its annotation {labels.shape[::-1]}")
         return Item(image, labels, ids, segments, ignore)
@@ -100,6 +101,12 @@ def holdout_fold(seed: int, total: int, share: float) -> np.ndarray:
         return np.zeros(0, np.int64)
     rng = np.random.default_rng(seed_for(seed, "segmenter", "holdout"))
     return np.sort(rng.choice(total, min(total - 1, max(1, round(share * total))), replace=False))
+
+
+def holdout_record(seed: int, share: float, fold: np.ndarray) -> dict:
+    """What a segmenter trained without `fold` records of it (seggen_segmenter.json), and what the plan
+    compares before scoring it there."""
+    return {"seed": seed, "share": share, "images": len(fold)}
 
 
 def synthetic_by_source(src: SegSource) -> dict[str, list[int]]:

@@ -34,6 +34,7 @@ from seggen.segmenter.data import (
     apply_augmentation,
     draw_augmentation,
     holdout_fold,
+    holdout_record,
     ignore_maps,
     pixel_values,
     real_subset,
@@ -73,7 +74,7 @@ class Mixture:
                     f"{len(fold)} held out and {len(self.real_idx)} to train on"
                 )
             # what plan_synthesis checks before scoring this arm on the fold
-            self.holdout = {"seed": params.seed, "share": cfg.holdout, "images": len(fold)}
+            self.holdout = holdout_record(params.seed, cfg.holdout, fold)
         self.syn: list[SegSource] = []
         self.syn_pool: list[tuple[int, int]] = []
         self.by_source: dict[str, list[tuple[int, int]]] = {}

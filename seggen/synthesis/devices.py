@@ -75,13 +75,16 @@ def exit_with_parent(poll: float = 0.5) -> None:
 
     spawner = multiprocessing.parent_process()  # the pid this worker was started by, even if it is gone by now
     parent = spawner.pid if spawner is not None else os.getppid()
-    if sys.platform.startswith("linux"):
+    linux = sys.platform.startswith("linux")
+    if linux:
         import ctypes
 
         PR_SET_PDEATHSIG = 1
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # the parent died before this process got here
         os._exit(1)
+    if linux:
+        return
 
     def watch() -> None:
         while os.getppid() == parent:

@@ -201,7 +201,7 @@ def planning_fold(params: Params) -> dict:
 
     from seggen.config.experiments import arm
     from seggen.data.layout import open_split
-    from seggen.segmenter.data import holdout_fold
+    from seggen.segmenter.data import holdout_fold, holdout_record
     from seggen.segmenter.model import SEG_META
 
     cfg = params.plan_synthesis
@@ -217,7 +217,7 @@ def planning_fold(params: Params) -> dict:
     # the model must be the one trained without this fold (a direct `seggen plan_synthesis` has no DVC to say so)
     meta = Path(params.arms_root) / cfg.reference / "model" / SEG_META
     trained = json.loads(meta.read_text()).get("holdout") if meta.is_file() else None
-    expect = {"seed": params.seed, "share": ref.holdout, "images": len(idx)}
+    expect = holdout_record(params.seed, ref.holdout, idx)
     if trained != expect:
         raise DataError(
             f"{meta}: trained with held-out fold {trained}, not {expect}; train the reference again "
