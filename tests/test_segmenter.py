@@ -67,19 +67,96 @@ def test_strategies_draw_what_they_say(small_benchmark, tiny_synthetic, tmp_path
         return mix, [d for _ in range(50) for d in mix.draw(phase, 0, 16, rng)]
 
     _, d = draws("real")
-    assert all(s == -1 for s, _ in d)
+    assert all(s == -1 and r == -1 for s, _, r in d)
     mix, d = draws("augment", p_aug=0.6)
-    share = np.mean([s >= 0 for s, _ in d])
+    share = np.mean([s >= 0 for s, *_ in d])
+    assert all((r >= 0) == (s >= 0) for s, _, r in d)  # a synthetic sample names the real one it replaces
     assert 0.5 < share < 0.7
     # a replaced sample comes from the real sample it replaces where one was made from it
     assert mix.by_source and all(len(v) >= 1 for v in mix.by_source.values())
     _, d = draws("pretrain_finetune", phase="pretrain")
-    assert all(s >= 0 for s, _ in d)
+    assert all(s >= 0 for s, *_ in d)
     mix, d = draws("concat", concat_repeat=2)
     expect = len(mix.syn_pool) / (2 * len(mix.real_idx) + len(mix.syn_pool))
-    assert abs(np.mean([s >= 0 for s, _ in d]) - expect) < 0.08
+    assert abs(np.mean([s >= 0 for s, *_ in d]) - expect) < 0.08
     mix, _ = draws("real", real_subset=5)
     assert len(mix.real_idx) == 5
+
+
+def test_paste_real_keeps_the_replaced_samples_pixels_of_its_classes(small_benchmark, tiny_synthetic, tmp_path):
+    """augment + paste_real: a replacing synthetic sample carries the replaced real sample's pixels (image and
+    labels) of the listed classes, nothing else changes, and the draws are those of plain augment."""
+    import shutil
+
+    from seggen.segmenter.train import Mixture, _fingerprint
+
+    def params(**kw):
+        return load_params(seg_params(tmp_path, small_benchmark, tiny_synthetic, strategy="augment", **kw))
+
+    def mixture(**kw):
+        return Mixture(params(**kw))
+
+    plain = mixture(p_aug=1.0)
+    names = plain.meta.names
+    counts = np.bincount(np.concatenate([plain.real.load(i).labels.ravel() for i in range(len(plain.real))]))
+    cls = names[int(np.argmax(counts[1:]))]  # the most frequent class (label k + 1 is names[k])
+    mix = mixture(p_aug=1.0, paste_real=[cls])
+    assert mix.paste == [cls]
+    assert _fingerprint(params(p_aug=1.0, paste_real=[cls]), mix) != _fingerprint(params(p_aug=1.0), plain)
+    rng_a, rng_b = np.random.default_rng(3), np.random.default_rng(3)
+    draws = mix.draw("main", 0, 16, rng_a)
+    assert draws == plain.draw("main", 0, 16, rng_b)  # pasting draws nothing
+    pasted_any = False
+    for s, i, r in draws:
+        assert s >= 0 and r >= 0
+        real, syn, got = plain.real.load(r), plain.load(s, i, r), mix.load(s, i, r)
+        m = real.labels == names.index(cls) + 1
+        assert np.array_equal(got.labels[m], real.labels[m]) and np.array_equal(got.image[m], real.image[m])
+        assert np.array_equal(got.labels[~m], syn.labels[~m]) and np.array_equal(got.image[~m], syn.image[~m])
+        pasted_any |= bool(m.any() and (syn.labels[m] != real.labels[m]).any())
+    assert pasted_any
+    # `undrawable`: the classes of the plan the datasets were synthesized from
+    with pytest.raises(DataError, match=r"summary.json: segmenter.paste_real: undrawable needs datasets"):
+        mixture(paste_real="undrawable")
+    planned = tmp_path / "planned"
+    shutil.copytree(tiny_synthetic, planned)
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"undrawable": [names[-1], names[0]]}))
+    for d in ("masksyn", "imgsyn"):
+        f = planned / d / "summary.json"
+        f.write_text(json.dumps({**json.loads(f.read_text()), "plan": {"file": str(plan)}}))
+    p = load_params(seg_params(tmp_path, small_benchmark, planned, strategy="augment", paste_real="undrawable"))
+    assert Mixture(p).paste == [names[0], names[-1]]
+    # strategies that replace nothing ignore it, as they do p_aug
+    assert Mixture(load_params(seg_params(tmp_path, small_benchmark, paste_real=[cls]))).paste == []
+    with pytest.raises(DataError, match=r"segmenter.paste_real: \['unicorn'\] are not classes"):
+        mixture(paste_real=["unicorn"])
+
+
+def test_paste_real_renumbers_panoptic_segments_and_clears_ignored_pixels():
+    from seggen.segmenter.data import Item, paste_real
+
+    syn = Item(
+        np.zeros((4, 4, 3), np.uint8),
+        np.full((4, 4), 1, np.uint8),
+        np.full((4, 4), 7, np.int64),
+        [{"id": 7, "category_id": 1, "iscrowd": 0}],
+        np.ones((4, 4), bool),
+    )
+    labels = np.full((2, 2), 1, np.uint8)
+    labels[0, 0] = 2  # a class-2 segment (id 3) at the top-left; the rest class 1 (id 5)
+    ids = np.where(labels == 2, 3, 5)
+    segments = [{"id": 3, "category_id": 2}, {"id": 5, "category_id": 1}]
+    real = Item(np.full((2, 2, 3), 200, np.uint8), labels, ids, segments)
+    out = paste_real(syn, real, np.array([2]))  # real is 2x2: resized to 4x4 first, its segment covers 2x2 pixels
+    m = np.zeros((4, 4), bool)
+    m[:2, :2] = True
+    assert (out.labels[m] == 2).all() and (out.labels[~m] == 1).all()
+    assert (out.image[m] == 200).all() and (out.image[~m] == 0).all()
+    assert (out.ids[m] == 3 + 8).all() and (out.ids[~m] == 7).all()
+    assert out.segments == [{"id": 7, "category_id": 1, "iscrowd": 0}, {"id": 11, "category_id": 2}]
+    assert not out.ignore[m].any() and out.ignore[~m].all()
+    assert paste_real(syn, real, np.array([9])) is syn  # nothing of the class: the sample as it was
 
 
 def test_kill_and_resume_equals_uninterrupted(small_benchmark, tmp_path):

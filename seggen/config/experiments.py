@@ -119,13 +119,16 @@ def _targeted_arms(ab: dict, regimes: dict, root: Path, variants: dict) -> dict:
     g, _, s = ref.rpartition("-s")
     if g not in groups or not s.isdigit() or int(s) not in seeds:
         raise ValueError(f"ablation.targeted.reference: {ref!r} is not GROUP-sSEED of the ablation's groups and seeds")
+    over = tg.get("segmenter") or {}  # the targeted arms' own segmenter keys over the group's
+    if not isinstance(over, dict) or {"seed", "synthetic_root"} & set(over):
+        raise ValueError("ablation.targeted.segmenter: a mapping of segmenter keys other than seed and synthetic_root")
     arms = {}
     for regime in tg["regimes"]:
         for rnd in range(1, targeted_rounds(tg, regime) + 1):
             # round R trains on the data of rounds 1..R (one folder each)
             data = [str(variant_path(root, TARGETED) / round_dir(regime, r)) for r in range(1, rnd + 1)]
             for seed in seeds:
-                entry = dict(groups[group] or {}, seed=seed, synthetic_root=data[0] if rnd == 1 else data)
+                entry = dict(groups[group] or {}, **over, seed=seed, synthetic_root=data[0] if rnd == 1 else data)
                 if (regimes[regime] or {}).get("real_subset"):
                     entry["real_subset"] = regimes[regime]["real_subset"]
                 arms[f"{targeted_name(regime, rnd)}-s{seed}"] = entry

@@ -59,6 +59,8 @@ class TargetedParams(_Section):
     """The group whose segmenter keys the targeted arms use (the blind arm to compare them with)."""
     synthesize: dict[str, Any] = Field(default_factory=dict)
     """Dotted `synthesize` keys of the targeted synthesis over the regime's, e.g. {filter.pixel: true}."""
+    segmenter: dict[str, Any] = Field(default_factory=dict)
+    """`segmenter` keys of the targeted arms over their group's, e.g. {paste_real: undrawable}."""
     drawability: bool = False
     """Each plan also scores its reference on the regime's blind MaskSyn and ImgSyn sets (synthesize.out/REGIME):
     class weight = weakness x drawability, undrawn classes' synthetic pixels ignored (plan_synthesis.drawability)

@@ -90,6 +90,13 @@ class SegmenterParams(_Section):
     """
     p_aug: float = Field(0.3, ge=0, le=1)
     """augment: probability that a real sample is replaced by a synthetic one (the paper: 0.6 on ADE20K)."""
+    paste_real: list[str] | Literal["undrawable"] = Field(default_factory=list)
+    """augment: classes whose real pixels survive the replacement. Where a real sample is replaced, its pixels of
+    these classes (image and labels) are pasted over the synthetic sample, as copy-paste augmentation does, so
+    classes the generators draw badly keep all of their real supervision; `undrawable`: the classes the plan of
+    the synthetic datasets found undrawn (plan.json `undrawable`); []: none (the paper's replacement). Other
+    strategies replace nothing and ignore it, as they do p_aug
+    """
     concat_repeat: StrictInt = Field(1, ge=1)
     """concat: times the real set is repeated beside the synthetic one."""
     pretrain_steps: StrictInt = Field(300, ge=0, le=MAX_STEPS)

@@ -125,6 +125,45 @@ def synthetic_by_source(src: SegSource) -> dict[str, list[int]]:
     return out
 
 
+def paste_real(item: Item, real: Item, labels: np.ndarray) -> Item:
+    """The synthetic `item` with `real`'s pixels of the classes `labels` (1..N) pasted over it: image,
+    labels, panoptic segments (new ids above the item's), and no ignored pixel there. `real` is first
+    resized to the item's size (bilinear image, nearest labels), as copy-paste augmentation does."""
+    h, w = item.labels.shape
+    if real.labels.shape != (h, w):
+        real = Item(
+            np.asarray(Image.fromarray(real.image).resize((w, h), Image.BILINEAR)),
+            np.asarray(Image.fromarray(real.labels).resize((w, h), Image.NEAREST)),
+            np.asarray(Image.fromarray(real.ids.astype(np.int32)).resize((w, h), Image.NEAREST))
+            if real.ids is not None
+            else None,
+            real.segments,
+        )
+    m = np.isin(real.labels, labels)
+    if not m.any():
+        return item
+    image, lab = item.image.copy(), item.labels.copy()
+    image[m], lab[m] = real.image[m], real.labels[m]
+    ignore = None
+    if item.ignore is not None:
+        ignore = item.ignore.copy()
+        ignore[m] = False
+    ids, segments = item.ids, item.segments
+    if item.ids is not None and real.ids is not None:
+        # the pasted segments get ids above every id of the item; its own segments keep what stays visible
+        off = int(item.ids.max()) + 1
+        ids = item.ids.astype(np.int64)
+        ids[m] = np.where(real.ids[m] > 0, real.ids[m].astype(np.int64) + off, 0)
+        wanted = set(int(c) for c in labels)
+        pasted = [
+            dict(sg, id=int(sg["id"]) + off)
+            for sg in real.segments or []
+            if int(sg["category_id"]) in wanted and (real.ids[m] == sg["id"]).any()
+        ]
+        segments = list(item.segments or []) + pasted
+    return Item(image, lab, ids, segments, ignore)
+
+
 @dataclass(frozen=True)
 class Augmentation:
     """One sample's augmentation, drawn before its pixels are read: resize to `size` (h, w), crop at

@@ -4,7 +4,8 @@ Strategies (`segmenter.strategy`):
     real               the baseline: real training images only
     augment            each real sample is replaced, with probability p_aug, by a synthetic sample made
                        from it (ImgSyn: its mask; MaskSyn: its caption), or by a random synthetic sample
-                       when none was made from it (the paper: p_aug 0.6 on ADE20K)
+                       when none was made from it (the paper: p_aug 0.6 on ADE20K); with `paste_real`,
+                       the real sample's pixels of those classes are pasted over its replacement
     pretrain_finetune  `pretrain_steps` on synthetic only, then `train.steps` on real, each with its own
                        poly schedule (the paper's choice for COCO)
     concat             uniform draws from real x concat_repeat + synthetic
@@ -36,6 +37,7 @@ from seggen.segmenter.data import (
     holdout_fold,
     holdout_record,
     ignore_maps,
+    paste_real,
     pixel_values,
     real_subset,
     synthetic_by_source,
@@ -107,9 +109,35 @@ class Mixture:
             if not self.syn_pool:
                 where = ", ".join(map(str, roots))
                 raise DataError(f"{where}: the synthetic datasets {list(cfg.synthetic)} hold no samples")
+        # augment + paste_real: the classes whose real pixels are pasted over a replacing synthetic sample
+        pastes = cfg.paste_real and cfg.strategy == "augment"  # the other strategies replace nothing
+        self.paste: list[str] = self._paste_classes(cfg, datasets) if pastes else []
+        self.paste_labels = np.array([self.meta.names.index(c) + 1 for c in self.paste], np.int64)
 
-    def draw(self, phase: str, step: int, n: int, rng: np.random.Generator) -> list[tuple[int, int]]:
-        """-> n (source, index) pairs; source -1 is the real dataset, k >= 0 synthetic dataset k."""
+    def _paste_classes(self, cfg, datasets: list[tuple[Path, str]]) -> list[str]:
+        if cfg.paste_real != "undrawable":
+            unknown = [c for c in cfg.paste_real if c not in self.meta.names]
+            if unknown:
+                raise DataError(f"segmenter.paste_real: {unknown} are not classes of {self.real.root}")
+            return sorted(set(cfg.paste_real), key=self.meta.names.index)
+        found: set[str] = set()
+        for root, _ in datasets:  # each dataset's plan, as its summary records it
+            summary = root / "summary.json"
+            plan = json.loads(summary.read_text()).get("plan") if summary.exists() else None
+            if not plan:
+                raise DataError(f"{summary}: segmenter.paste_real: undrawable needs datasets synthesized from a plan")
+            path = Path(plan["file"])
+            if not path.exists():
+                raise DataError(f"{path}: the plan {summary} was synthesized from is missing")
+            found |= set(json.loads(path.read_text()).get("undrawable") or [])
+        return sorted(found & set(self.meta.names), key=self.meta.names.index)
+
+    def draw(self, phase: str, step: int, n: int, rng: np.random.Generator) -> list[tuple[int, int, int]]:
+        """-> n (source, index, real) triples; source -1 is the real dataset, k >= 0 synthetic dataset k;
+        real: the real sample a synthetic one replaces (augment), else -1."""
+        return [(*d, -1) if len(d) == 2 else d for d in self._draw(phase, n, rng)]
+
+    def _draw(self, phase: str, n: int, rng: np.random.Generator) -> list[tuple]:
         cfg = self.cfg
         if phase == "pretrain":
             return [self.syn_pool[j] for j in rng.integers(0, len(self.syn_pool), n)]
@@ -130,13 +158,18 @@ class Mixture:
         for src, i in picks:
             if rng.random() < cfg.p_aug:
                 cands = self.by_source.get(self.real.ids[i]) or self.syn_pool
-                out.append(cands[int(rng.integers(0, len(cands)))])
+                out.append((*cands[int(rng.integers(0, len(cands)))], i))
             else:
                 out.append((src, i))
         return out
 
-    def load(self, src: int, i: int):
-        return (self.real if src < 0 else self.syn[src]).load(i)
+    def load(self, src: int, i: int, real: int = -1):
+        if src < 0:
+            return self.real.load(i)
+        item = self.syn[src].load(i)
+        if real >= 0 and len(self.paste_labels):  # the replaced real sample's pixels of the pasted classes
+            item = paste_real(item, self.real.load(real), self.paste_labels)
+        return item
 
     def shape(self, src: int, i: int) -> tuple[int, int]:
         return (self.real if src < 0 else self.syn[src]).shape(i)
@@ -157,6 +190,10 @@ def _fingerprint(params: Params, mix: Mixture) -> str:
         seg["train"].pop("optimizer")
     if not seg["holdout"]:
         seg.pop("holdout")
+    if mix.paste:  # what `undrawable` resolved to
+        seg["paste_real"] = mix.paste
+    else:
+        seg.pop("paste_real")
     blob = json.dumps([params.seed, params.data.model_dump(mode="json"), seg, mix.syn_fingerprints], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -181,7 +218,7 @@ def plan_batch(mix: Mixture, params: Params, phase: str, step: int, micro: int) 
     tc = params.segmenter.train
     rng = np.random.default_rng(seed_for(training_seed(params), "segmenter", phase, step, micro))
     picks = mix.draw(phase, step, tc.batch_size, rng)
-    return [(s, i, draw_augmentation(mix.shape(s, i), rng, tc.crop, tc.scale, tc.flip)) for s, i in picks]
+    return [(s, i, r, draw_augmentation(mix.shape(s, i), rng, tc.crop, tc.scale, tc.flip)) for s, i, r in picks]
 
 
 class StepBatches(torch.utils.data.Dataset):
@@ -201,7 +238,7 @@ class StepBatches(torch.utils.data.Dataset):
         phase = phase_of(step, self.params)[0]
         crop, task = self.params.segmenter.train.crop, self.params.segmenter.task
         plan = plan_batch(self.mix, self.params, phase, step, micro)[self.share]
-        items = [apply_augmentation(self.mix.load(s, i), a, crop) for s, i, a in plan]
+        items = [apply_augmentation(self.mix.load(s, i, r), a, crop) for s, i, r, a in plan]
         tg = [targets(it, task) for it in items]
         return pixel_values([it.image for it in items]), [t[0] for t in tg], [t[1] for t in tg], ignore_maps(items)
 
@@ -300,6 +337,7 @@ def train_segmenter(params: Params, progress: bool = True) -> Path:
         "things": mix.meta.thing_ids,
         "real_images": int(len(mix.real_idx)),
         **({"holdout": mix.holdout} if mix.holdout else {}),
+        **({"paste_real": mix.paste} if mix.paste else {}),
         "crop": tc.crop,
         "fingerprint": loop.fingerprint,
         # a resumed or re-run training gives the same model directory, hence the same DVC hash; the
