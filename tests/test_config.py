@@ -195,6 +195,8 @@ def test_round_two_plans_from_round_ones_arm_and_trains_on_both_rounds():
         ),
         ({"ablation.groups.targeted": {}}, r"ablation\.groups\.targeted: the name of the targeted arms"),
         ({"ablation.targeted.synthesize": {"filter.marginn": 1}}, r"ablation\.targeted\.synthesize.*marginn"),
+        ({"ablation.targeted.segmenter": {"seed": 3}}, r"ablation\.targeted\.segmenter: a mapping of segmenter keys"),
+        ({"ablation.targeted.segmenter": {"paste_real": "all"}}, r"full-targeted-s0.*paste_real"),
     ],
 )
 def test_bad_targeted_arms_name_the_key(over, message):

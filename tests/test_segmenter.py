@@ -121,12 +121,16 @@ def test_paste_real_keeps_the_replaced_samples_pixels_of_its_classes(small_bench
     planned = tmp_path / "planned"
     shutil.copytree(tiny_synthetic, planned)
     plan = tmp_path / "plan.json"
-    plan.write_text(json.dumps({"undrawable": [names[-1], names[0]]}))
+    weights = {c: 1.0 for c in names}
+    plan.write_text(json.dumps({"class_weights": weights, "source_weights": {}, "undrawable": [names[-1], names[0]]}))
     for d in ("masksyn", "imgsyn"):
         f = planned / d / "summary.json"
         f.write_text(json.dumps({**json.loads(f.read_text()), "plan": {"file": str(plan)}}))
     p = load_params(seg_params(tmp_path, small_benchmark, planned, strategy="augment", paste_real="undrawable"))
     assert Mixture(p).paste == [names[0], names[-1]]
+    plan.write_text(json.dumps({"class_weights": weights, "source_weights": {}}))  # planned without drawability
+    with pytest.raises(DataError, match=r"plan.json: no `undrawable` list"):
+        Mixture(p)
     # strategies that replace nothing ignore it, as they do p_aug
     assert Mixture(load_params(seg_params(tmp_path, small_benchmark, paste_real=[cls]))).paste == []
     with pytest.raises(DataError, match=r"segmenter.paste_real: \['unicorn'\] are not classes"):
@@ -148,7 +152,7 @@ def test_paste_real_renumbers_panoptic_segments_and_clears_ignored_pixels():
     ids = np.where(labels == 2, 3, 5)
     segments = [{"id": 3, "category_id": 2}, {"id": 5, "category_id": 1}]
     real = Item(np.full((2, 2, 3), 200, np.uint8), labels, ids, segments)
-    out = paste_real(syn, real, np.array([2]))  # real is 2x2: resized to 4x4 first, its segment covers 2x2 pixels
+    out = paste_real(syn, real, np.array([2]), frozenset({2}))  # real is 2x2: resized to 4x4 first
     m = np.zeros((4, 4), bool)
     m[:2, :2] = True
     assert (out.labels[m] == 2).all() and (out.labels[~m] == 1).all()
@@ -156,6 +160,10 @@ def test_paste_real_renumbers_panoptic_segments_and_clears_ignored_pixels():
     assert (out.ids[m] == 3 + 8).all() and (out.ids[~m] == 7).all()
     assert out.segments == [{"id": 7, "category_id": 1, "iscrowd": 0}, {"id": 11, "category_id": 2}]
     assert not out.ignore[m].any() and out.ignore[~m].all()
+    # a stuff class the item has already: its pasted pixels join the item's segment of that class
+    out = paste_real(syn, real, np.array([1]), frozenset({2}))
+    assert (out.ids[~m] == 7).all() and (out.ids[m] == 7).all() and out.segments == syn.segments
+    assert (out.image[~m] == 200).all() and (out.image[m] == 0).all()
     assert paste_real(syn, real, np.array([9])) is syn  # nothing of the class: the sample as it was
 
 

@@ -120,8 +120,11 @@ def _targeted_arms(ab: dict, regimes: dict, root: Path, variants: dict) -> dict:
     if g not in groups or not s.isdigit() or int(s) not in seeds:
         raise ValueError(f"ablation.targeted.reference: {ref!r} is not GROUP-sSEED of the ablation's groups and seeds")
     over = tg.get("segmenter") or {}  # the targeted arms' own segmenter keys over the group's
-    if not isinstance(over, dict) or {"seed", "synthetic_root"} & set(over):
-        raise ValueError("ablation.targeted.segmenter: a mapping of segmenter keys other than seed and synthetic_root")
+    if not isinstance(over, dict) or {"seed", "synthetic_root", "out", "real_subset"} & set(over):
+        raise ValueError(
+            "ablation.targeted.segmenter: a mapping of segmenter keys other than those the arms get from the "
+            "ablation (seed, synthetic_root, out, real_subset)"
+        )
     arms = {}
     for regime in tg["regimes"]:
         for rnd in range(1, targeted_rounds(tg, regime) + 1):

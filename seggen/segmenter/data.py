@@ -125,10 +125,12 @@ def synthetic_by_source(src: SegSource) -> dict[str, list[int]]:
     return out
 
 
-def paste_real(item: Item, real: Item, labels: np.ndarray) -> Item:
+def paste_real(item: Item, real: Item, labels: np.ndarray, things: frozenset[int] = frozenset()) -> Item:
     """The synthetic `item` with `real`'s pixels of the classes `labels` (1..N) pasted over it: image,
-    labels, panoptic segments (new ids above the item's), and no ignored pixel there. `real` is first
-    resized to the item's size (bilinear image, nearest labels), as copy-paste augmentation does."""
+    labels, no ignored pixel there, and in the panoptic task their segments -- a thing segment under a
+    new id above the item's, a stuff segment (category not in `things`) merged into the item's segment of
+    that category where it has one, as a panoptic annotation holds one segment per stuff class. `real` is
+    first resized to the item's size (bilinear image, nearest labels), as copy-paste augmentation does."""
     h, w = item.labels.shape
     if real.labels.shape != (h, w):
         real = Item(
@@ -139,7 +141,13 @@ def paste_real(item: Item, real: Item, labels: np.ndarray) -> Item:
             else None,
             real.segments,
         )
-    m = np.isin(real.labels, labels)
+    panoptic = item.ids is not None and real.ids is not None
+    wanted = {int(c) for c in labels}
+    if panoptic:  # the region is the segments of those classes (the semantic map may disagree at their edges)
+        chosen = [sg for sg in real.segments or [] if int(sg["category_id"]) in wanted]
+        m = np.isin(real.ids, [sg["id"] for sg in chosen])
+    else:
+        m = np.isin(real.labels, labels)
     if not m.any():
         return item
     image, lab = item.image.copy(), item.labels.copy()
@@ -149,18 +157,20 @@ def paste_real(item: Item, real: Item, labels: np.ndarray) -> Item:
         ignore = item.ignore.copy()
         ignore[m] = False
     ids, segments = item.ids, item.segments
-    if item.ids is not None and real.ids is not None:
-        # the pasted segments get ids above every id of the item; its own segments keep what stays visible
-        off = int(item.ids.max()) + 1
-        ids = item.ids.astype(np.int64)
-        ids[m] = np.where(real.ids[m] > 0, real.ids[m].astype(np.int64) + off, 0)
-        wanted = set(int(c) for c in labels)
-        pasted = [
-            dict(sg, id=int(sg["id"]) + off)
-            for sg in real.segments or []
-            if int(sg["category_id"]) in wanted and (real.ids[m] == sg["id"]).any()
-        ]
-        segments = list(item.segments or []) + pasted
+    if panoptic:
+        off = int(item.ids.max()) + 1  # new ids above every id of the item
+        ids, segments = item.ids.astype(np.int64), list(item.segments or [])
+        stuff = {int(sg["category_id"]): int(sg["id"]) for sg in segments if int(sg["category_id"]) not in things}
+        for sg in chosen:
+            where = m & (real.ids == sg["id"])
+            if not where.any():
+                continue
+            cat = int(sg["category_id"])
+            if cat not in things and cat in stuff:
+                ids[where] = stuff[cat]
+            else:
+                ids[where] = int(sg["id"]) + off
+                segments.append(dict(sg, id=int(sg["id"]) + off))
     return Item(image, lab, ids, segments, ignore)
 
 

@@ -113,6 +113,7 @@ class Mixture:
         pastes = cfg.paste_real and cfg.strategy == "augment"  # the other strategies replace nothing
         self.paste: list[str] = self._paste_classes(cfg, datasets) if pastes else []
         self.paste_labels = np.array([self.meta.names.index(c) + 1 for c in self.paste], np.int64)
+        self.things = frozenset(int(t) for t in self.meta.thing_ids)
 
     def _paste_classes(self, cfg, datasets: list[tuple[Path, str]]) -> list[str]:
         if cfg.paste_real != "undrawable":
@@ -123,14 +124,30 @@ class Mixture:
         found: set[str] = set()
         for root, _ in datasets:  # each dataset's plan, as its summary records it
             summary = root / "summary.json"
-            plan = json.loads(summary.read_text()).get("plan") if summary.exists() else None
-            if not plan:
+            try:
+                info = json.loads(summary.read_text()) if summary.exists() else {}
+            except json.JSONDecodeError as e:
+                raise DataError(f"{summary}: not JSON ({e})") from None
+            if info.get("samples") == 0:  # a round whose plan ended the loop: none of its data is drawn
+                continue
+            if not isinstance(info.get("plan"), dict) or not info["plan"].get("file"):
                 raise DataError(f"{summary}: segmenter.paste_real: undrawable needs datasets synthesized from a plan")
-            path = Path(plan["file"])
-            if not path.exists():
-                raise DataError(f"{path}: the plan {summary} was synthesized from is missing")
-            found |= set(json.loads(path.read_text()).get("undrawable") or [])
-        return sorted(found & set(self.meta.names), key=self.meta.names.index)
+            path = Path(info["plan"]["file"])
+            try:
+                plan = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError) as e:  # targeting.read_plan's imports would tie every
+                # training stage to the scorer's code, so the plan is read here
+                raise DataError(f"{path}: the plan {summary} was synthesized from cannot be read ({e})") from None
+            if not isinstance(plan, dict) or not isinstance(plan.get("undrawable"), list):
+                raise DataError(
+                    f"{path}: no `undrawable` list (plan_synthesis.drawability was off); "
+                    "segmenter.paste_real: undrawable needs one, or name the classes"
+                )
+            unknown = [c for c in plan["undrawable"] if c not in self.meta.names]
+            if unknown:
+                raise DataError(f"{path}: undrawable {unknown} are not classes of {self.real.root}")
+            found |= set(plan["undrawable"])
+        return sorted(found, key=self.meta.names.index)
 
     def draw(self, phase: str, step: int, n: int, rng: np.random.Generator) -> list[tuple[int, int, int]]:
         """-> n (source, index, real) triples; source -1 is the real dataset, k >= 0 synthetic dataset k;
@@ -168,7 +185,7 @@ class Mixture:
             return self.real.load(i)
         item = self.syn[src].load(i)
         if real >= 0 and len(self.paste_labels):  # the replaced real sample's pixels of the pasted classes
-            item = paste_real(item, self.real.load(real), self.paste_labels)
+            item = paste_real(item, self.real.load(real), self.paste_labels, self.things)
         return item
 
     def shape(self, src: int, i: int) -> tuple[int, int]:
