@@ -131,16 +131,8 @@ def paste_real(item: Item, real: Item, labels: np.ndarray, things: frozenset[int
     new id above the item's, a stuff segment (category not in `things`) merged into the item's segment of
     that category where it has one, as a panoptic annotation holds one segment per stuff class. `real` is
     first resized to the item's size (bilinear image, nearest labels), as copy-paste augmentation does."""
-    h, w = item.labels.shape
-    if real.labels.shape != (h, w):
-        real = Item(
-            np.asarray(Image.fromarray(real.image).resize((w, h), Image.BILINEAR)),
-            np.asarray(Image.fromarray(real.labels).resize((w, h), Image.NEAREST)),
-            np.asarray(Image.fromarray(real.ids.astype(np.int32)).resize((w, h), Image.NEAREST))
-            if real.ids is not None
-            else None,
-            real.segments,
-        )
+    if real.labels.shape != item.labels.shape:
+        real = resized(real, item.labels.shape)
     panoptic = item.ids is not None and real.ids is not None
     wanted = {int(c) for c in labels}
     if panoptic:  # the region is the segments of those classes (the semantic map may disagree at their edges)
@@ -198,19 +190,27 @@ def draw_augmentation(
     return Augmentation((nh, nw), y, x, bool(flip and rng.random() < 0.5))
 
 
+def resized(item: Item, size: tuple[int, int]) -> Item:
+    """The item at `size` (h, w): the image bilinear, labels, segment ids and ignore mask nearest."""
+    h, w = size
+
+    def nearest(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else np.asarray(Image.fromarray(a).resize((w, h), Image.NEAREST))
+
+    return Item(
+        np.asarray(Image.fromarray(item.image).resize((w, h), Image.BILINEAR)),
+        nearest(item.labels),
+        nearest(item.ids.astype(np.int32)) if item.ids is not None else None,
+        item.segments,
+        nearest(item.ignore),
+    )
+
+
 def apply_augmentation(item: Item, a: Augmentation, crop: int) -> Item:
     """The augmentation's resize, padding (image: the mean colour, labels: ignore), crop and flip."""
     nh, nw = a.size
-    image = np.asarray(Image.fromarray(item.image).resize((nw, nh), Image.BILINEAR))
-    labels = np.asarray(Image.fromarray(item.labels).resize((nw, nh), Image.NEAREST))
-    ids = (
-        np.asarray(Image.fromarray(item.ids.astype(np.int32)).resize((nw, nh), Image.NEAREST))
-        if item.ids is not None
-        else None
-    )
-    ignore = (
-        np.asarray(Image.fromarray(item.ignore).resize((nw, nh), Image.NEAREST)) if item.ignore is not None else None
-    )
+    r = resized(item, a.size)
+    image, labels, ids, ignore = r.image, r.labels, r.ids, r.ignore
     ph, pw = max(crop - nh, 0), max(crop - nw, 0)
     if ph or pw:
         image = np.pad(image, ((0, ph), (0, pw), (0, 0)), constant_values=0)

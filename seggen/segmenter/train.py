@@ -81,6 +81,7 @@ class Mixture:
         self.syn_pool: list[tuple[int, int]] = []
         self.by_source: dict[str, list[tuple[int, int]]] = {}
         self.syn_fingerprints: dict[str, str] = {}
+        summaries: list[tuple[Path, dict]] = []  # each pooled dataset's summary.json (paste_real reads its plan)
         if cfg.strategy != "real":
             if not cfg.synthetic:
                 raise DataError(f"segmenter.synthetic: strategy {cfg.strategy} needs at least one synthetic dataset")
@@ -106,30 +107,24 @@ class Mixture:
                 for real_id, items in synthetic_by_source(src).items():
                     self.by_source.setdefault(real_id, []).extend((k, i) for i in items)
                 self.syn_fingerprints[name] = summary.get("fingerprint", "")
+                summaries.append((root / "summary.json", summary))
             if not self.syn_pool:
                 where = ", ".join(map(str, roots))
                 raise DataError(f"{where}: the synthetic datasets {list(cfg.synthetic)} hold no samples")
         # augment + paste_real: the classes whose real pixels are pasted over a replacing synthetic sample
         pastes = cfg.paste_real and cfg.strategy == "augment"  # the other strategies replace nothing
-        self.paste: list[str] = self._paste_classes(cfg, datasets) if pastes else []
+        self.paste: list[str] = self._paste_classes(cfg, summaries) if pastes else []
         self.paste_labels = np.array([self.meta.names.index(c) + 1 for c in self.paste], np.int64)
         self.things = frozenset(int(t) for t in self.meta.thing_ids)
 
-    def _paste_classes(self, cfg, datasets: list[tuple[Path, str]]) -> list[str]:
+    def _paste_classes(self, cfg, summaries: list[tuple[Path, dict]]) -> list[str]:
         if cfg.paste_real != "undrawable":
             unknown = [c for c in cfg.paste_real if c not in self.meta.names]
             if unknown:
                 raise DataError(f"segmenter.paste_real: {unknown} are not classes of {self.real.root}")
             return sorted(set(cfg.paste_real), key=self.meta.names.index)
         found: set[str] = set()
-        for root, _ in datasets:  # each dataset's plan, as its summary records it
-            summary = root / "summary.json"
-            try:
-                info = json.loads(summary.read_text()) if summary.exists() else {}
-            except json.JSONDecodeError as e:
-                raise DataError(f"{summary}: not JSON ({e})") from None
-            if info.get("samples") == 0:  # a round whose plan ended the loop: none of its data is drawn
-                continue
+        for summary, info in summaries:  # each pooled dataset's plan, as its summary records it
             if not isinstance(info.get("plan"), dict) or not info["plan"].get("file"):
                 raise DataError(f"{summary}: segmenter.paste_real: undrawable needs datasets synthesized from a plan")
             path = Path(info["plan"]["file"])
@@ -152,32 +147,30 @@ class Mixture:
     def draw(self, phase: str, step: int, n: int, rng: np.random.Generator) -> list[tuple[int, int, int]]:
         """-> n (source, index, real) triples; source -1 is the real dataset, k >= 0 synthetic dataset k;
         real: the real sample a synthetic one replaces (augment), else -1."""
-        return [(*d, -1) if len(d) == 2 else d for d in self._draw(phase, n, rng)]
-
-    def _draw(self, phase: str, n: int, rng: np.random.Generator) -> list[tuple]:
         cfg = self.cfg
         if phase == "pretrain":
-            return [self.syn_pool[j] for j in rng.integers(0, len(self.syn_pool), n)]
+            return [(*self.syn_pool[j], -1) for j in rng.integers(0, len(self.syn_pool), n)]
         if cfg.strategy == "concat":
             pool = len(self.real_idx) * cfg.concat_repeat + len(self.syn_pool)
             out = []
             for j in rng.integers(0, pool, n):
                 out.append(
-                    (-1, int(self.real_idx[j % len(self.real_idx)]))
+                    (-1, int(self.real_idx[j % len(self.real_idx)]), -1)
                     if j < len(self.real_idx) * cfg.concat_repeat
-                    else self.syn_pool[j - len(self.real_idx) * cfg.concat_repeat]
+                    else (*self.syn_pool[j - len(self.real_idx) * cfg.concat_repeat], -1)
                 )
             return out
-        picks = [(-1, int(i)) for i in rng.choice(self.real_idx, n)]
+        picks = [(-1, int(i), -1) for i in rng.choice(self.real_idx, n)]
         if cfg.strategy != "augment":
             return picks
         out = []
-        for src, i in picks:
+        for pick in picks:
+            i = pick[1]
             if rng.random() < cfg.p_aug:
                 cands = self.by_source.get(self.real.ids[i]) or self.syn_pool
                 out.append((*cands[int(rng.integers(0, len(cands)))], i))
             else:
-                out.append((src, i))
+                out.append(pick)
         return out
 
     def load(self, src: int, i: int, real: int = -1):
