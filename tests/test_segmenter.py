@@ -83,6 +83,42 @@ def test_strategies_draw_what_they_say(small_benchmark, tiny_synthetic, tmp_path
     assert len(mix.real_idx) == 5
 
 
+def test_augment_add_keeps_every_real_sample_and_brings_synthetic_ones_made_from_them(
+    small_benchmark, tiny_synthetic, tmp_path
+):
+    """augment_mode add: the micro-batch is the real strategy's draw, followed by round(p_aug x n) synthetic
+    samples made from real samples of that draw, replacing nothing; the model records it."""
+    from seggen.segmenter.data import synthetic_by_source
+    from seggen.segmenter.train import Mixture, _fingerprint
+
+    def params(**kw):
+        return load_params(seg_params(tmp_path, small_benchmark, tiny_synthetic, **kw))
+
+    real, add = Mixture(params()), Mixture(params(strategy="augment", p_aug=0.3, augment_mode="add"))
+    made_from = {(k, i): rid for k, src in enumerate(add.syn) for rid, v in synthetic_by_source(src).items() for i in v}
+    for step in range(20):
+        got = add.draw("main", step, 16, np.random.default_rng(step))
+        assert got[:16] == real.draw("main", step, 16, np.random.default_rng(step))  # no real sample given up
+        assert len(got) == 16 + 5 and all(s >= 0 and r == -1 for s, _, r in got[16:])  # 5 = round(0.3 x 16)
+        ids = {add.real.ids[i] for _, i, _ in got[:16]}
+        assert all(made_from[s, i] in ids for s, i, _ in got[16:] if made_from.get((s, i)) in add.by_source)
+    assert add.extra(16) == 5 and real.extra(16) == 0
+    assert Mixture(params(strategy="augment", augment_mode="add", paste_real=["sky"])).paste == []  # replaces nothing
+    replace = params(strategy="augment", p_aug=0.3)
+    assert _fingerprint(params(strategy="augment", p_aug=0.3, augment_mode="add"), add) != _fingerprint(
+        replace, Mixture(replace)
+    )
+    r = cli(
+        seg_params(tmp_path, small_benchmark, tiny_synthetic, augment_mode="add", p_aug=0.5),
+        "train_segmenter",
+        "--strategy",
+        "augment",
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    info = json.loads((tmp_path / "seg" / "model" / "seggen_segmenter.json").read_text())
+    assert info["augment_mode"] == "add" and info["synthetic_per_batch"] == 2  # batch 4 x 0.5
+
+
 def test_paste_real_keeps_the_replaced_samples_pixels_of_its_classes(small_benchmark, tiny_synthetic, tmp_path):
     """augment + paste_real: a replacing synthetic sample carries the replaced real sample's pixels (image and
     labels) of the listed classes, nothing else changes, and the draws are those of plain augment."""
@@ -450,17 +486,19 @@ def test_segmenter_seed_changes_the_run_not_the_real_subset(small_benchmark, tmp
     assert b0.equal(b0_again) and not b0.equal(b1)
 
 
-def test_the_processes_of_a_run_read_the_one_process_batch(small_benchmark, tiny_synthetic, tmp_path):
+@pytest.mark.parametrize("mode", ["replace", "add"])
+def test_the_processes_of_a_run_read_the_one_process_batch(mode, small_benchmark, tiny_synthetic, tmp_path):
     """Each of N processes reads every N-th sample of the global batch: together, the one-process
-    batch (samples, replacements and augmentation alike), on any world size."""
+    batch (samples, replacements, added synthetic samples and augmentation alike), on any world size."""
     import torch
 
     from seggen.segmenter.train import Mixture, StepBatches
 
-    p = load_params(seg_params(tmp_path, small_benchmark, tiny_synthetic, strategy="augment", p_aug=0.5))
+    seg = {"strategy": "augment", "p_aug": 0.5, "augment_mode": mode}  # add: micro-batches of 4 + 2
+    p = load_params(seg_params(tmp_path, small_benchmark, tiny_synthetic, **seg))
     mix = Mixture(p)
     whole = StepBatches(mix, p, 6)
-    for world in (2, 4):
+    for world in (2, 4) if mode == "replace" else (2, 3):
         shares = [StepBatches(mix, p, 6, slice(r, None, world)) for r in range(world)]
         for j in (0, 5):
             x, masks, classes, ignore = whole[j]

@@ -89,13 +89,20 @@ class SegmenterParams(_Section):
     closed loop), their datasets pooled
     """
     p_aug: float = Field(0.3, ge=0, le=1)
-    """augment: probability that a real sample is replaced by a synthetic one (the paper: 0.6 on ADE20K)."""
+    """augment: probability that a real sample is replaced by a synthetic one (the paper: 0.6 on ADE20K); with
+    `augment_mode: add`, the share of the batch's real samples that bring one as well."""
+    augment_mode: Literal["replace", "add"] = "replace"
+    """augment: replace: each real sample is replaced by a synthetic one with probability p_aug (the paper) | add:
+    every real sample stays, and round(p_aug x batch_size) of them, drawn per micro-step, bring a synthetic sample
+    made from them besides (a micro-batch of batch_size + that many: more compute per step, no real supervision
+    given up). paste_real applies to replace only
+    """
     paste_real: list[str] | Literal["undrawable"] = Field(default_factory=list)
     """augment: classes whose real pixels survive the replacement. Where a real sample is replaced, its pixels of
     these classes (image and labels) are pasted over the synthetic sample, as copy-paste augmentation does, so
     classes the generators draw badly keep all of their real supervision; `undrawable`: the classes the plan of
     the synthetic datasets found undrawn (plan.json `undrawable`); []: none (the paper's replacement). Other
-    strategies replace nothing and ignore it, as they do p_aug
+    strategies and `augment_mode: add` replace nothing and ignore it
     """
     concat_repeat: StrictInt = Field(1, ge=1)
     """concat: times the real set is repeated beside the synthetic one."""

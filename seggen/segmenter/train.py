@@ -5,7 +5,9 @@ Strategies (`segmenter.strategy`):
     augment            each real sample is replaced, with probability p_aug, by a synthetic sample made
                        from it (ImgSyn: its mask; MaskSyn: its caption), or by a random synthetic sample
                        when none was made from it (the paper: p_aug 0.6 on ADE20K); with `paste_real`,
-                       the real sample's pixels of those classes are pasted over its replacement
+                       the real sample's pixels of those classes are pasted over its replacement.
+                       `augment_mode: add`: no real sample is replaced; round(p_aug x batch_size) of them
+                       bring such a synthetic sample besides, in a larger micro-batch
     pretrain_finetune  `pretrain_steps` on synthetic only, then `train.steps` on real, each with its own
                        poly schedule (the paper's choice for COCO)
     concat             uniform draws from real x concat_repeat + synthetic
@@ -28,7 +30,7 @@ import torch
 from seggen.config import Params
 from seggen.data.layout import detect_layout
 from seggen.data.meta import label_mismatch
-from seggen.errors import DataError
+from seggen.errors import ConfigError, DataError
 from seggen.io import atomic_dir, check_dir, write_json
 from seggen.segmenter.data import (
     SegSource,
@@ -112,7 +114,8 @@ class Mixture:
                 where = ", ".join(map(str, roots))
                 raise DataError(f"{where}: the synthetic datasets {list(cfg.synthetic)} hold no samples")
         # augment + paste_real: the classes whose real pixels are pasted over a replacing synthetic sample
-        pastes = cfg.paste_real and cfg.strategy == "augment"  # the other strategies replace nothing
+        # the other strategies, and augment_mode add, replace nothing
+        pastes = cfg.paste_real and cfg.strategy == "augment" and cfg.augment_mode == "replace"
         self.paste: list[str] = self._paste_classes(cfg, summaries) if pastes else []
         self.paste_labels = np.array([self.meta.names.index(c) + 1 for c in self.paste], np.int64)
         self.things = frozenset(int(t) for t in self.meta.thing_ids)
@@ -163,6 +166,12 @@ class Mixture:
         picks = [(-1, int(i), -1) for i in rng.choice(self.real_idx, n)]
         if cfg.strategy != "augment":
             return picks
+        if cfg.augment_mode == "add":  # a fixed number, so the micro-batch has one size for every step
+            out = list(picks)
+            for j in sorted(rng.choice(n, self.extra(n), replace=False)):
+                cands = self.by_source.get(self.real.ids[picks[j][1]]) or self.syn_pool
+                out.append((*cands[int(rng.integers(0, len(cands)))], -1))
+            return out
         out = []
         for pick in picks:
             i = pick[1]
@@ -172,6 +181,11 @@ class Mixture:
             else:
                 out.append(pick)
         return out
+
+    def extra(self, n: int) -> int:
+        """The synthetic samples a micro-batch of n real ones brings besides (augment_mode add), else 0."""
+        cfg = self.cfg
+        return round(cfg.p_aug * n) if cfg.strategy == "augment" and cfg.augment_mode == "add" else 0
 
     def load(self, src: int, i: int, real: int = -1):
         if src < 0:
@@ -200,6 +214,8 @@ def _fingerprint(params: Params, mix: Mixture) -> str:
         seg["train"].pop("optimizer")
     if not seg["holdout"]:
         seg.pop("holdout")
+    if seg["augment_mode"] == "replace":  # the default is what a fingerprint without the key means
+        seg.pop("augment_mode")
     if mix.paste:  # what `undrawable` resolved to
         seg["paste_real"] = mix.paste
     else:
@@ -277,6 +293,12 @@ def train_segmenter(params: Params, progress: bool = True) -> Path:
         desc,
         find_unused_parameters=True,
     )
+    extra = mix.extra(tc.batch_size)  # augment_mode add: the synthetic samples each micro-batch brings besides
+    if (tc.batch_size + extra) % loop.world:
+        raise ConfigError(
+            f"segmenter.p_aug: augment_mode add makes micro-batches of {tc.batch_size} + {extra} samples, which do "
+            f"not divide over {loop.world} processes"
+        )
     torch.manual_seed(seed_for(training_seed(params), "segmenter", "init"))
 
     # 2. Mask2Former; resume, prepare
@@ -348,6 +370,7 @@ def train_segmenter(params: Params, progress: bool = True) -> Path:
         "real_images": int(len(mix.real_idx)),
         **({"holdout": mix.holdout} if mix.holdout else {}),
         **({"paste_real": mix.paste} if mix.paste else {}),
+        **({"augment_mode": "add", "synthetic_per_batch": extra} if extra else {}),
         "crop": tc.crop,
         "fingerprint": loop.fingerprint,
         # a resumed or re-run training gives the same model directory, hence the same DVC hash; the
