@@ -352,7 +352,7 @@ def train_segmenter(params: Params, progress: bool = True) -> Path:
             step_loss = step_loss + loss.detach() / tc.grad_accum
         return step_loss
 
-    loop.run(step_fn, lr)
+    loop.run(step_fn, lr, (tc.batch_size + extra) * tc.grad_accum)  # augment_mode add: the added samples count
     model_dir = out / "model"
     if not loop.finish():
         return model_dir

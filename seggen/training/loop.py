@@ -191,12 +191,18 @@ class Loop:
         return self.modules
 
     # -- 4: the steps ------------------------------------------------------------------------------
-    def run(self, step_fn: Callable[[int], torch.Tensor | float], lr_fn: Callable[[int], float | list[float]]) -> None:
+    def run(
+        self,
+        step_fn: Callable[[int], torch.Tensor | float],
+        lr_fn: Callable[[int], float | list[float]],
+        samples_per_step: int | None = None,
+    ) -> None:
         """step_fn(step) runs optimizer step `step` (0-based: its micro-steps, backward, optimizer
-        step) and returns its loss; lr_fn(step) gives the learning rate, or one per param group."""
+        step) and returns its loss; lr_fn(step) gives the learning rate, or one per param group;
+        samples_per_step: what the samples/s figure counts (default batch_size x grad_accum)."""
         acc, tc = self.accelerator, self.train
         bar = step_bar(self.total, self.start_step, self.desc, acc, self.progress)
-        live = LiveMetrics(self.log_every, tc.batch_size * tc.grad_accum, acc)
+        live = LiveMetrics(self.log_every, samples_per_step or tc.batch_size * tc.grad_accum, acc)
         t0 = time.perf_counter()
         for step in range(self.start_step, self.total):
             lrs = lr_fn(step)
