@@ -86,28 +86,40 @@ def test_strategies_draw_what_they_say(small_benchmark, tiny_synthetic, tmp_path
 def test_augment_add_keeps_every_real_sample_and_brings_synthetic_ones_made_from_them(
     small_benchmark, tiny_synthetic, tmp_path
 ):
-    """augment_mode add: the micro-batch is the real strategy's draw, followed by round(p_aug x n) synthetic
-    samples made from real samples of that draw, replacing nothing; the model records it."""
+    """augment_mode add: a micro-batch is the real strategy's, crops included, followed by round(p_aug x
+    batch_size) synthetic samples made from distinct real samples of it, replacing nothing; the model records
+    it; params that would add nothing, or not divide over the processes, are refused."""
+    from seggen.errors import ConfigError
     from seggen.segmenter.data import synthetic_by_source
-    from seggen.segmenter.train import Mixture, _fingerprint
+    from seggen.segmenter.train import Mixture, _fingerprint, plan_batch
 
     def params(**kw):
         return load_params(seg_params(tmp_path, small_benchmark, tiny_synthetic, **kw))
 
-    real, add = Mixture(params()), Mixture(params(strategy="augment", p_aug=0.3, augment_mode="add"))
+    batch = {"train": {"batch_size": 16}}
+    p_real, p_add = params(**batch), params(strategy="augment", p_aug=0.3, augment_mode="add", **batch)
+    real, add = Mixture(p_real), Mixture(p_add)
+    assert p_add.segmenter.synthetic_added == 5 and p_real.segmenter.synthetic_added == 0  # round(0.3 x 16)
+    for step in range(10):
+        got = plan_batch(add, p_add, "main", step, 0)
+        assert got[:16] == plan_batch(real, p_real, "main", step, 0)  # the same real samples and crops
+        assert len(got) == 16 + 5 and all(s >= 0 and r == -1 for s, _, r, _ in got[16:])
+    # each added sample is made from a distinct real sample of the batch (picks whose sources all have some)
     made_from = {(k, i): rid for k, src in enumerate(add.syn) for rid, v in synthetic_by_source(src).items() for i in v}
-    for step in range(20):
-        got = add.draw("main", step, 16, np.random.default_rng(step))
-        assert got[:16] == real.draw("main", step, 16, np.random.default_rng(step))  # no real sample given up
-        assert len(got) == 16 + 5 and all(s >= 0 and r == -1 for s, _, r in got[16:])  # 5 = round(0.3 x 16)
-        ids = {add.real.ids[i] for _, i, _ in got[:16]}
-        assert all(made_from[s, i] in ids for s, i, _ in got[16:] if made_from.get((s, i)) in add.by_source)
-    assert add.extra(16) == 5 and real.extra(16) == 0
+    covered = [int(i) for i in add.real_idx if add.real.ids[i] in add.by_source]
+    assert len(covered) >= 16, "the fixture's synthetic sets cover too few real images for this test"
+    for seed in range(20):
+        picks = [(-1, i, -1) for i in np.random.default_rng(seed).permutation(covered)[:16]]
+        sources = [made_from[s, i] for s, i, _ in add.added(picks, np.random.default_rng(seed))]
+        assert len(sources) == 5 and len(set(sources)) == 5
+        assert set(sources) <= {add.real.ids[i] for _, i, _ in picks}
     assert Mixture(params(strategy="augment", augment_mode="add", paste_real=["sky"])).paste == []  # replaces nothing
-    replace = params(strategy="augment", p_aug=0.3)
-    assert _fingerprint(params(strategy="augment", p_aug=0.3, augment_mode="add"), add) != _fingerprint(
-        replace, Mixture(replace)
-    )
+    replace = params(strategy="augment", p_aug=0.3, **batch)
+    assert _fingerprint(p_add, add) != _fingerprint(replace, Mixture(replace))
+    with pytest.raises(ConfigError, match=r"segmenter.p_aug: 0.1 x batch_size 4 adds no synthetic sample"):
+        params(strategy="augment", augment_mode="add", p_aug=0.1)
+    with pytest.raises(ConfigError, match=r"micro-batches of 16 \+ 5 samples, which do not divide over"):
+        params(strategy="augment", augment_mode="add", train={"batch_size": 16, "num_processes": 2})
     r = cli(
         seg_params(tmp_path, small_benchmark, tiny_synthetic, augment_mode="add", p_aug=0.5),
         "train_segmenter",
@@ -502,6 +514,7 @@ def test_the_processes_of_a_run_read_the_one_process_batch(mode, small_benchmark
         shares = [StepBatches(mix, p, 6, slice(r, None, world)) for r in range(world)]
         for j in (0, 5):
             x, masks, classes, ignore = whole[j]
+            assert len(x) == 4 + p.segmenter.synthetic_added  # add: 4 real + 2 synthetic
             parts = [s[j] for s in shares]
             assert all(len(part[0]) == len(x) // world for part in parts)
             assert ignore is None and all(part[3] is None for part in parts)  # no filtered pixels in these sets

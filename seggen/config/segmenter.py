@@ -136,6 +136,28 @@ class SegmenterParams(_Section):
         roots = self.synthetic_root
         return [Path(r) for r in roots] if isinstance(roots, list) else [Path(roots)]
 
+    @property
+    def synthetic_added(self) -> int:
+        """augment_mode add: the synthetic samples each micro-batch brings besides its batch_size real ones; else 0."""
+        add = self.strategy == "augment" and self.augment_mode == "add"
+        return round(self.p_aug * self.train.batch_size) if add else 0
+
+    @model_validator(mode="after")
+    def _added_samples_divide(self) -> SegmenterParams:
+        if self.strategy != "augment" or self.augment_mode != "add":
+            return self
+        n, k, world = self.train.batch_size, self.synthetic_added, self.train.num_processes
+        if not k:
+            raise ValueError(
+                f"segmenter.p_aug: {self.p_aug:g} x batch_size {n} adds no synthetic sample (augment_mode add)"
+            )
+        if (n + k) % world:
+            raise ValueError(
+                f"segmenter.p_aug: augment_mode add makes micro-batches of {n} + {k} samples, which do not divide over "
+                f"train.num_processes {world}; choose p_aug so that they do"
+            )
+        return self
+
     @model_validator(mode="after")
     def _holdout_trains_on_real_only(self) -> SegmenterParams:
         if self.holdout and self.strategy != "real":

@@ -149,7 +149,8 @@ class Mixture:
 
     def draw(self, phase: str, step: int, n: int, rng: np.random.Generator) -> list[tuple[int, int, int]]:
         """-> n (source, index, real) triples; source -1 is the real dataset, k >= 0 synthetic dataset k;
-        real: the real sample a synthetic one replaces (augment), else -1."""
+        real: the real sample a synthetic one replaces (augment), else -1. augment_mode add: the real
+        strategy's draw (`added` brings the synthetic samples)."""
         cfg = self.cfg
         if phase == "pretrain":
             return [(*self.syn_pool[j], -1) for j in rng.integers(0, len(self.syn_pool), n)]
@@ -164,14 +165,8 @@ class Mixture:
                 )
             return out
         picks = [(-1, int(i), -1) for i in rng.choice(self.real_idx, n)]
-        if cfg.strategy != "augment":
+        if cfg.strategy != "augment" or cfg.augment_mode == "add":
             return picks
-        if cfg.augment_mode == "add":  # a fixed number, so the micro-batch has one size for every step
-            out = list(picks)
-            for j in sorted(rng.choice(n, self.extra(n), replace=False)):
-                cands = self.by_source.get(self.real.ids[picks[j][1]]) or self.syn_pool
-                out.append((*cands[int(rng.integers(0, len(cands)))], -1))
-            return out
         out = []
         for pick in picks:
             i = pick[1]
@@ -182,10 +177,15 @@ class Mixture:
                 out.append(pick)
         return out
 
-    def extra(self, n: int) -> int:
-        """The synthetic samples a micro-batch of n real ones brings besides (augment_mode add), else 0."""
-        cfg = self.cfg
-        return round(cfg.p_aug * n) if cfg.strategy == "augment" and cfg.augment_mode == "add" else 0
+    def added(self, picks: list[tuple[int, int, int]], rng: np.random.Generator) -> list[tuple[int, int, int]]:
+        """augment_mode add: segmenter.synthetic_added of the real picks, drawn without repetition, each bring a
+        synthetic sample made from it (or a random one where none was); else []."""
+        k = self.cfg.synthetic_added
+        out = []
+        for j in sorted(rng.choice(len(picks), k, replace=False)) if k else []:
+            cands = self.by_source.get(self.real.ids[picks[j][1]]) or self.syn_pool
+            out.append((*cands[int(rng.integers(0, len(cands)))], -1))
+        return out
 
     def load(self, src: int, i: int, real: int = -1):
         if src < 0:
@@ -244,7 +244,10 @@ def plan_batch(mix: Mixture, params: Params, phase: str, step: int, micro: int) 
     tc = params.segmenter.train
     rng = np.random.default_rng(seed_for(training_seed(params), "segmenter", phase, step, micro))
     picks = mix.draw(phase, step, tc.batch_size, rng)
-    return [(s, i, r, draw_augmentation(mix.shape(s, i), rng, tc.crop, tc.scale, tc.flip)) for s, i, r in picks]
+    batch = [(s, i, r, draw_augmentation(mix.shape(s, i), rng, tc.crop, tc.scale, tc.flip)) for s, i, r in picks]
+    # augment_mode add: drawn after the real samples' crops, so that those are the real strategy's own
+    added = mix.added(picks, rng)
+    return batch + [(s, i, r, draw_augmentation(mix.shape(s, i), rng, tc.crop, tc.scale, tc.flip)) for s, i, r in added]
 
 
 class StepBatches(torch.utils.data.Dataset):
@@ -293,8 +296,8 @@ def train_segmenter(params: Params, progress: bool = True) -> Path:
         desc,
         find_unused_parameters=True,
     )
-    extra = mix.extra(tc.batch_size)  # augment_mode add: the synthetic samples each micro-batch brings besides
-    if (tc.batch_size + extra) % loop.world:
+    extra = cfg.synthetic_added  # augment_mode add: the synthetic samples each micro-batch brings besides
+    if (tc.batch_size + extra) % loop.world:  # params checked num_processes; this is the launched count
         raise ConfigError(
             f"segmenter.p_aug: augment_mode add makes micro-batches of {tc.batch_size} + {extra} samples, which do "
             f"not divide over {loop.world} processes"

@@ -16,7 +16,8 @@ Side effects (checkpoints, the progress bar, live metrics) happen on the main pr
 module writes its outputs only where `Loop.finish()` says it is the main process.
 
 The global batch: `train.batch_size` samples per micro-step over all processes, each process taking
-`batch_size / num_processes` of them (`Loop.share`), so that a run means the same on 1 or N processes.
+`batch_size / num_processes` of them (`Loop.share`), so that a run means the same on 1 or N processes
+(Mask2Former's `augment_mode: add` appends a fixed number of synthetic samples, checked to divide too).
 """
 
 from __future__ import annotations
