@@ -136,7 +136,8 @@ def estimate(profile: Path) -> tuple[list[tuple[str, str, float]], dict]:
     cap = blip2_flops(p.caption.max_new_tokens)
     t2m, m2i, syn = p.text2mask.train, p.mask2img.train, p.synthesize
     # samples per optimizer step: the global batch of a micro-step x the micro-steps accumulated
-    b_t2m, b_m2i, b_seg = (t.batch_size * t.grad_accum for t in (t2m, m2i, seg.train))
+    b_t2m, b_m2i = (t.batch_size * t.grad_accum for t in (t2m, m2i))
+    b_seg = (seg.train.batch_size + seg.synthetic_added) * seg.train.grad_accum  # augment_mode add: + its samples
     cfg_mult = 2  # classifier-free guidance: a conditional and an unconditional pass per step
     masksyn = n_train * syn.masksyn_per_source
     imgsyn = n_train * syn.imgsyn_per_source

@@ -309,7 +309,8 @@ def part_mask2former(work: Path, tiny: bool) -> dict:
     out["backbone_parameters"] = build_backbone(work / "swin-t", tiny)
     out["build_s"] = time.perf_counter() - t
     tc = p.segmenter.train
-    out.update(crop=tc.crop, batch=tc.batch_size, mixed_precision=tc.mixed_precision)
+    batch = tc.batch_size + p.segmenter.synthetic_added  # augment_mode add: its samples, too
+    out.update(crop=tc.crop, batch=batch, mixed_precision=tc.mixed_precision)
     out["decoder_layers"] = p.segmenter.model.decoder_layers
     finish(work, "mask2former", {"ok": False, "error": "incomplete", **out})  # what a failed part still reports
     clock = StepClock()
@@ -317,7 +318,7 @@ def part_mask2former(work: Path, tiny: bool) -> dict:
     with observe_steps(clock):
         model_dir = stages.train_segmenter(p)
     out["stage_s"] = time.perf_counter() - t
-    out.update(clock.figures(tc.batch_size * tc.grad_accum))
+    out.update(clock.figures(batch * tc.grad_accum))
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()

@@ -265,6 +265,19 @@ def test_real_data_profiles_are_deltas_that_validate(tmp_path):
     assert len(profile_changes(REPO / "profiles" / "real-ade20k.yaml")) > 20
 
 
+def test_the_gpu_hours_estimate_counts_the_samples_augment_add_adds(tmp_path):
+    from benchmarks.estimate_gpu_hours import estimate
+
+    def mask2former(**seg):
+        f = tmp_path / "p.yaml"
+        f.write_text(yaml.safe_dump({"extends": str(REPO / "profiles" / "real-ade20k.yaml"), "segmenter": seg}))
+        return next(r for r in estimate(f)[0] if r[0].startswith("train Mask2Former"))
+
+    replace, add = mask2former(), mask2former(strategy="augment", augment_mode="add", p_aug=0.25)
+    assert replace[1].endswith("x 16") and add[1].endswith("x 20")  # 16 real + round(0.25 x 16) synthetic
+    assert add[2] == replace[2] * 20 / 16
+
+
 def test_a_split_the_params_use_but_the_dataset_lacks_fails_at_prepare(ade_root, tmp_path):
     (tmp_path / "p.yaml").write_text(
         yaml.safe_dump(
