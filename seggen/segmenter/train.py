@@ -169,23 +169,22 @@ class Mixture:
             return picks
         out = []
         for pick in picks:
-            i = pick[1]
-            if rng.random() < cfg.p_aug:
-                cands = self.by_source.get(self.real.ids[i]) or self.syn_pool
-                out.append((*cands[int(rng.integers(0, len(cands)))], i))
-            else:
-                out.append(pick)
+            out.append((*self.made_from(pick[1], rng), pick[1]) if rng.random() < cfg.p_aug else pick)
         return out
+
+    def made_from(self, i: int, rng: np.random.Generator) -> tuple[int, int]:
+        """A synthetic sample made from real sample i (ImgSyn: its mask; MaskSyn: its caption), or a random
+        one where none was."""
+        cands = self.by_source.get(self.real.ids[i]) or self.syn_pool
+        return cands[int(rng.integers(0, len(cands)))]
 
     def added(self, picks: list[tuple[int, int, int]], rng: np.random.Generator) -> list[tuple[int, int, int]]:
         """augment_mode add: segmenter.synthetic_added of the real picks, drawn without repetition, each bring a
         synthetic sample made from it (or a random one where none was); else []."""
         k = self.cfg.synthetic_added
-        out = []
-        for j in sorted(rng.choice(len(picks), k, replace=False)) if k else []:
-            cands = self.by_source.get(self.real.ids[picks[j][1]]) or self.syn_pool
-            out.append((*cands[int(rng.integers(0, len(cands)))], -1))
-        return out
+        if not k:
+            return []
+        return [(*self.made_from(picks[j][1], rng), -1) for j in sorted(rng.choice(len(picks), k, replace=False))]
 
     def load(self, src: int, i: int, real: int = -1):
         if src < 0:
@@ -243,11 +242,14 @@ def plan_batch(mix: Mixture, params: Params, phase: str, step: int, micro: int) 
     from a generator keyed on (seed, phase, step, micro) alone -- the same on 1 or N processes."""
     tc = params.segmenter.train
     rng = np.random.default_rng(seed_for(training_seed(params), "segmenter", phase, step, micro))
+
+    def with_crops(triples: list) -> list:
+        return [(s, i, r, draw_augmentation(mix.shape(s, i), rng, tc.crop, tc.scale, tc.flip)) for s, i, r in triples]
+
     picks = mix.draw(phase, step, tc.batch_size, rng)
-    batch = [(s, i, r, draw_augmentation(mix.shape(s, i), rng, tc.crop, tc.scale, tc.flip)) for s, i, r in picks]
+    batch = with_crops(picks)
     # augment_mode add: drawn after the real samples' crops, so that those are the real strategy's own
-    added = mix.added(picks, rng)
-    return batch + [(s, i, r, draw_augmentation(mix.shape(s, i), rng, tc.crop, tc.scale, tc.flip)) for s, i, r in added]
+    return batch + with_crops(mix.added(picks, rng))
 
 
 class StepBatches(torch.utils.data.Dataset):
