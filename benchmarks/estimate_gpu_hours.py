@@ -139,6 +139,7 @@ def estimate(profile: Path) -> tuple[list[tuple[str, str, float]], dict]:
     b_t2m, b_m2i = (t.batch_size * t.grad_accum for t in (t2m, m2i))
     b_seg = (seg.train.batch_size + seg.synthetic_added) * seg.train.grad_accum  # augment_mode add: + its samples
     cfg_mult = 2  # classifier-free guidance: a conditional and an unconditional pass per step
+    img_steps = int(syn.steps * syn.imgsyn_strength)  # img2img ImgSyn runs only the last part of the schedule
     masksyn = n_train * syn.masksyn_per_source
     imgsyn = n_train * syn.imgsyn_per_source
     rows = [
@@ -160,8 +161,10 @@ def estimate(profile: Path) -> tuple[list[tuple[str, str, float]], dict]:
         ),
         (
             "synthesize ImgSyn",
-            f"{imgsyn} images x {syn.steps} {syn.solver} steps, batches of {syn.batch_size} a GPU",
-            imgsyn * syn.steps * cfg_mult * (unet + control),
+            f"{imgsyn} images x {img_steps} {syn.solver} steps"
+            + (f" (strength {syn.imgsyn_strength} of {syn.steps})" if img_steps != syn.steps else "")
+            + f", batches of {syn.batch_size} a GPU",
+            imgsyn * img_steps * cfg_mult * (unet + control),
         ),
         (
             "train Mask2Former Swin-L (one arm)",

@@ -278,6 +278,22 @@ def test_the_gpu_hours_estimate_counts_the_samples_augment_add_adds(tmp_path):
     assert add[2] == replace[2] * 20 / 16
 
 
+def test_the_gpu_hours_estimate_counts_the_steps_imgsyn_strength_runs(tmp_path):
+    from benchmarks.estimate_gpu_hours import estimate
+
+    def imgsyn(**syn):
+        f = tmp_path / "p.yaml"
+        f.write_text(yaml.safe_dump({"extends": str(REPO / "profiles" / "real-ade20k.yaml"), "synthesize": syn}))
+        return next(r for r in estimate(f)[0] if r[0] == "synthesize ImgSyn")
+
+    full, half = imgsyn(), imgsyn(imgsyn_strength=0.5)
+    assert (
+        "(strength" not in full[1]
+        and f"x {int(load_params(REPO / 'profiles' / 'real-ade20k.yaml').synthesize.steps * 0.5)} " in half[1]
+    )
+    assert half[2] * 2 == pytest.approx(full[2], rel=1e-9)  # 15 of 30 steps
+
+
 def test_a_split_the_params_use_but_the_dataset_lacks_fails_at_prepare(ade_root, tmp_path):
     (tmp_path / "p.yaml").write_text(
         yaml.safe_dump(

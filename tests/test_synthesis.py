@@ -296,6 +296,41 @@ def test_the_solver_is_a_param_of_the_dataset(gens, tmp_path):
     assert a.shape == (2, 16, 16, 3) and (a == b).all() and (a != c).any()
 
 
+def test_imgsyn_strength_redraws_the_source_image_itself(gens, tmp_path):
+    """synthesize.imgsyn_strength < 1: ImgSyn starts from each source's own image (img2img); another
+    ImgSyn dataset, the same MaskSyn one; 1 (the default) leaves the dataset's identity as it was."""
+    from seggen.data.images import load_rgb
+    from seggen.generators.pipelines import seeded
+    from seggen.synthesis.synthesize import _generate_batch, generators_for
+
+    blind = load_params(params_file(gens, tmp_path / "d"))
+    sde = load_params(params_file(gens, tmp_path / "s", imgsyn_strength=0.5))
+    assert make_plan(sde, "imgsyn").fingerprint != make_plan(blind, "imgsyn").fingerprint
+    assert make_plan(sde, "masksyn").fingerprint == make_plan(blind, "masksyn").fingerprint
+    same = load_params(params_file(gens, tmp_path / "d", imgsyn_strength=1.0))
+    assert make_plan(same, "imgsyn").fingerprint == make_plan(blind, "imgsyn").fingerprint
+
+    plan = make_plan(sde, "imgsyn")
+    batch = plan.batches[0][:2]
+    gen = generators_for(plan)
+    got = [s["image"] for s in _generate_batch(plan, gen, batch)]
+    # by hand: the sources' images and masks, their seeds, strength 0.5
+    r, cfg = gen.m2i.resolution, sde.synthesize
+    labels = [plan.dataset.load_label(plan.source_index[j.source]) for j in batch]
+    init = [load_rgb(plan.dataset.samples[plan.source_index[j.source]].image_path) for j in batch]
+    cmaps = np.stack([gen.plain[np.asarray(Image.fromarray(lab).resize((r, r), Image.NEAREST))] for lab in labels])
+    kw = {"num_inference_steps": cfg.steps, "guidance_scale": cfg.mask2img_guidance, "output_type": "uint8"}
+    seeds = [sample_seeds(j.seed)[1] for j in batch]
+    want = gen.m2i(cmaps, [j.image_prompt for j in batch], init_image=init, strength=0.5, generator=seeded(seeds), **kw)
+    other = gen.m2i(
+        cmaps, [j.image_prompt for j in batch], init_image=init[::-1], strength=0.5, generator=seeded(seeds), **kw
+    )
+    for img, w, o, im in zip(got, want.images, other.images, init):
+        size = (im.shape[1], im.shape[0])
+        assert np.array_equal(img, np.asarray(Image.fromarray(w).resize(size, Image.BICUBIC)))
+        assert not np.array_equal(img, np.asarray(Image.fromarray(o).resize(size, Image.BICUBIC)))
+
+
 def test_a_plan_spends_the_blind_budget_on_the_weak_classes_sources(gens, tmp_path):
     """synthesize.plan: ImgSyn repeats each source in proportion to its planned weight (the blind
     budget exactly, by largest remainder); every row says why it was drawn; copy k of a source keeps

@@ -116,17 +116,35 @@ def sample_mask2img_cmd(
     model: Annotated[Path | None, typer.Option(help="Model directory (default: mask2img.out/model).")] = None,
     steps: Annotated[int | None, typer.Option(help="mask2img.sample.steps")] = None,
     guidance_scale: Annotated[float | None, typer.Option(help="mask2img.sample.guidance_scale")] = None,
+    image: Annotated[
+        Path | None, typer.Option(help="An image to start from (img2img): re-drawn under the mask, layout kept.")
+    ] = None,
+    strength: Annotated[float, typer.Option(help="With --image: how far into the schedule it is noised (0-1].")] = 0.6,
 ) -> None:
     """Generate images for one mask."""
     from seggen.generators.mask2img import sample_mask2img_cli
     from seggen.io import check_dir
 
     _positive(n, "--n")
+    if not 0 < strength <= 1:
+        raise ConfigError(f"--strength {strength}: must be in (0, 1]")
     check_dir(out, "--out")  # before sampling, not after
     p = state.params({"mask2img.sample.steps": steps, "mask2img.sample.guidance_scale": guidance_scale})
     s = p.mask2img.sample
+    if image is not None and int(s.steps * strength) < 1:
+        raise ConfigError(f"--strength {strength}: no step of {s.steps} left to run (steps x strength < 1)")
     written = sample_mask2img_cli(
-        model or Path(p.mask2img.out) / "model", mask, labels, prompt, n, out, p.seed, s.steps, s.guidance_scale
+        model or Path(p.mask2img.out) / "model",
+        mask,
+        labels,
+        prompt,
+        n,
+        out,
+        p.seed,
+        s.steps,
+        s.guidance_scale,
+        image,
+        strength,
     )
     typer.echo(f"{written} images written to {out}")
 

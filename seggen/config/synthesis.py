@@ -113,6 +113,11 @@ class SynthesizeParams(_Section):
     """Style prompts: each Mask2Img prompt is the caption plus a style phrase drawn (per sample, from its seed) with
     these weights, e.g. {"a photo": 1, "a foggy dusk photo": 1}; empty: captions alone
     """
+    imgsyn_strength: float = Field(1.0, gt=0, le=1)
+    """ImgSyn only: 1, a new image from the mask alone (the paper's ImgSyn); below 1, the source image noised to
+    this point of the schedule and re-drawn from there under its mask (SDEdit, diffusers' img2img `strength`):
+    its layout and small things kept, its look changed the more the higher
+    """
     style_swap: bool = False
     """With a Mask2Img trained on the prior: run its ControlNet on the prior's base (DGInStyle's style swap) instead of
     the fine-tuned one

@@ -345,23 +345,47 @@ def sample_mask2img(
     steps: int = 20,
     guidance_scale: float = 2.0,
     batch_size: int = 16,
+    init_image: np.ndarray | None = None,
+    strength: float = 1.0,
 ) -> np.ndarray:
     """n images for one colour map (at the model's resolution) and prompt: `seggen sample mask2img`
     and the MLflow model. Each image's noise comes from the seed, the map's content and the prompt
-    (not from where the map was read): seed_for(seed, "mask2img", "sample", content key, prompt, i)."""
+    (not from where the map was read): seed_for(seed, "mask2img", "sample", content key, prompt, i).
+    init_image, strength: img2img from that image (SegGenMask2ImgPipeline)."""
     from seggen.generators.pipelines import seeded
 
     key = hashlib.sha256(np.ascontiguousarray(colour_map).tobytes()).hexdigest()[:16]
     seeds = [training.seed_for(seed, KIND, "sample", key, prompt, i) for i in range(n)]
+    init = None if init_image is None else [init_image]
     out = [
-        pipe([colour_map], prompt, len(chunk), steps, guidance_scale, seeded(chunk), output_type="uint8").images
+        pipe(
+            [colour_map],
+            prompt,
+            len(chunk),
+            steps,
+            guidance_scale,
+            seeded(chunk),
+            init_image=init,
+            strength=strength,
+            output_type="uint8",
+        ).images
         for chunk in (seeds[b : b + batch_size] for b in range(0, n, batch_size))
     ]
     return np.concatenate(out) if out else np.zeros((0, *colour_map.shape), np.uint8)
 
 
 def sample_mask2img_cli(
-    model_dir, mask: Path, is_labels: bool, prompt: str, n: int, out: Path, seed: int, steps: int, guidance_scale: float
+    model_dir,
+    mask: Path,
+    is_labels: bool,
+    prompt: str,
+    n: int,
+    out: Path,
+    seed: int,
+    steps: int,
+    guidance_scale: float,
+    image: Path | None = None,
+    strength: float = 1.0,
 ) -> int:
     from seggen.data.images import load_label_png, load_rgb
     from seggen.generators.pipelines import SegGenMask2ImgPipeline
@@ -369,6 +393,7 @@ def sample_mask2img_cli(
 
     check_dir(out, "--out")
     raw = load_label_png(mask) if is_labels else load_rgb(mask)  # a bad --mask fails before the model loads
+    init = None if image is None else load_rgb(image)  # and a bad --image
     pipe = SegGenMask2ImgPipeline.from_model_dir(model_dir)
     if is_labels:
         if raw.max() >= len(pipe.palette):
@@ -377,7 +402,7 @@ def sample_mask2img_cli(
     else:
         cmap = raw
     cmap = model_input(cmap, pipe.resolution)
-    imgs = sample_mask2img(pipe, cmap, prompt, n, seed, steps, guidance_scale)
+    imgs = sample_mask2img(pipe, cmap, prompt, n, seed, steps, guidance_scale, init_image=init, strength=strength)
     with staged_files(out, "sample mask2img", "--out") as tmp:  # all files or none
         for i, im in enumerate(imgs):
             write_png(tmp / f"image_{i:04d}.png", im)

@@ -246,13 +246,24 @@ class SegGenPipeline(DiffusionPipeline):
             return UniPCMultistepScheduler.from_config(config)
         return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++")
 
-    def denoise(self, x, context, added, steps: int, guidance_scale: float, solver: str, predict) -> torch.Tensor:
-        """predict(x, t, context, added_cond_kwargs, doubled) -> the model output (doubled: x is [uncond; cond])."""
+    def denoise(
+        self, x, context, added, steps: int, guidance_scale: float, solver: str, predict, init=None, strength=1.0
+    ) -> torch.Tensor:
+        """predict(x, t, context, added_cond_kwargs, doubled) -> the model output (doubled: x is [uncond; cond]).
+        init: samples to start from (SDEdit, as diffusers' img2img pipelines): x is then the noise that takes
+        them to the schedule's point at `strength`, and only the last int(steps * strength) steps run."""
         scheduler = self.make_scheduler(solver)
         scheduler.set_timesteps(steps, device=x.device)
-        x = x * scheduler.init_noise_sigma
+        timesteps = scheduler.timesteps
+        if init is None:
+            x = x * scheduler.init_noise_sigma
+        else:  # x_t = alpha_t * x_0 + sigma_t * noise at the first step kept
+            start = (steps - min(int(steps * strength), steps)) * scheduler.order
+            timesteps = timesteps[start:]
+            scheduler.set_begin_index(start)
+            x = scheduler.add_noise(init.to(x), x, timesteps[:1].repeat(len(x)))
         doubled = guidance_scale != 1.0
-        for t in self.progress_bar(scheduler.timesteps):
+        for t in self.progress_bar(timesteps):
             xin = scheduler.scale_model_input(x, t)
             with self._autocast():
                 out = predict(torch.cat([xin, xin]) if doubled else xin, t, context, added, doubled).float()
@@ -261,6 +272,23 @@ class SegGenPipeline(DiffusionPipeline):
                 out = uncond + guidance_scale * (cond - uncond)
             x = scheduler.step(out, t, x).prev_sample
         return x
+
+    def encode(self, images: np.ndarray, generator) -> torch.Tensor:
+        """B x R x R x 3 uint8 -> the samples the model denoises: pixels in [-1, 1], or latents: a draw from
+        the VAE's posterior per image with its own generator, scaled (diffusers' img2img pipelines: the draw
+        comes before the noise's; encoded in the VAE's dtype outside autocast, as in decode)."""
+        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+        x = x.to(self._execution_device)
+        if self.vae is None:
+            return x
+        x = x.to(self.vae.dtype)
+        gens = generator if isinstance(generator, list) else None
+        z = (
+            [self.vae.encode(x[i : i + 1]).latent_dist.sample(gens[i]) for i in range(len(x))]
+            if gens
+            else [self.vae.encode(x).latent_dist.sample(generator)]
+        )
+        return torch.cat(z).float() * self.vae.config.scaling_factor
 
     def decode(self, x: torch.Tensor) -> np.ndarray:
         """Samples in [-1, 1] (pixels, or latents through the VAE in fp32, outside autocast) -> B x H x W x 3 uint8."""
@@ -271,21 +299,41 @@ class SegGenPipeline(DiffusionPipeline):
         return to_uint8(x)
 
     def generate(
-        self, prompts: list[str], generator, steps, guidance_scale, solver, output_type, predict
+        self,
+        prompts: list[str],
+        generator,
+        steps,
+        guidance_scale,
+        solver,
+        output_type,
+        predict,
+        init=None,
+        strength=1.0,
     ) -> np.ndarray:
         # 1. Check inputs
         self.check_inputs(prompts, generator, solver, output_type)
+        if init is not None and not (0 < strength <= 1 and int(steps * strength) >= 1):
+            raise ValueError(f"strength {strength}: expected 0 < strength <= 1 and at least one of {steps} steps")
         # 2. Encode the prompt (and the empty prompt, for classifier-free guidance)
         context, added = self.encode_prompt(prompts, guidance_scale != 1.0)
-        # 3. Prepare latents
+        # 3. Prepare latents (img2img: the images they noise, encoded first)
+        if init is not None:
+            init = self.encode(init, generator)
         x = self.prepare_latents(len(prompts), generator)
         # 4. Denoise
-        x = self.denoise(x, context, added, steps, guidance_scale, solver, predict)
+        x = self.denoise(x, context, added, steps, guidance_scale, solver, predict, init, strength)
         # 5. Decode
         return self.decode(x)
 
     def _unet_predict(self, x, t, context, added, _doubled):
         return self.unet(x, t, context, added_cond_kwargs=added).sample
+
+
+def _square(image: np.ndarray, r: int) -> np.ndarray:
+    """An RGB image (H x W x 3 uint8, alpha dropped) resized to r x r, bicubic: as the colour maps are squared."""
+    from seggen.data.images import resize_array
+
+    return resize_array(np.ascontiguousarray(image[..., :3], dtype=np.uint8), (r, r), Image.BICUBIC)
 
 
 def _prompts(prompt: str | list[str], n: int) -> list[str]:
@@ -454,13 +502,18 @@ class SegGenMask2ImgPipeline(SegGenPipeline):
         generator: torch.Generator | list[torch.Generator] | None = None,
         solver: str = "dpmsolver++",
         style_swap: bool = False,
+        init_image=None,
+        strength: float = 1.0,
         output_type: str = "pil",
         return_dict: bool = True,
     ):
         """image: a colour map (PIL image or H x W x 3 uint8 array), a list of them or a B x H x W x 3
         array, one per prompt (a single prompt is used for every map); maps are resized to the model's
         resolution by nearest neighbour (colours stay palette colours). Images in map-major order.
-        style_swap: the ControlNet on the broad base (a Mask2Img fine-tuned over a prior)."""
+        style_swap: the ControlNet on the broad base (a Mask2Img fine-tuned over a prior).
+        init_image, strength: img2img (diffusers' StableDiffusionControlNetImg2ImgPipeline): one image per
+        map, resized to the resolution (bicubic), noised to the schedule's point at `strength` and denoised
+        from there under the map's control; strength 1 starts from noise at the schedule's first step."""
         from seggen.generators.mask2img import model_input
 
         maps = list(image) if isinstance(image, (list, tuple)) or getattr(image, "ndim", 0) == 4 else [image]
@@ -473,6 +526,16 @@ class SegGenMask2ImgPipeline(SegGenPipeline):
         unet = self.base(style_swap)
         scale = self.info.get("conditioning_scale", 1.0)
         control = torch.from_numpy(maps).permute(0, 3, 1, 2).float().div(255).to(self._execution_device)
+        init = None
+        if init_image is not None:
+            inits = (
+                list(init_image)
+                if isinstance(init_image, (list, tuple)) or getattr(init_image, "ndim", 0) == 4
+                else [init_image]
+            )
+            if len(inits) * n != len(maps):
+                raise ValueError(f"{len(inits)} init images for {len(maps) // n} colour maps: give one per map")
+            init = np.stack([_square(np.asarray(im), r) for im in inits for _ in range(n)])
 
         def predict(x, t, context, added, doubled):
             down, mid = self.controlnet(
@@ -494,7 +557,15 @@ class SegGenMask2ImgPipeline(SegGenPipeline):
             ).sample
 
         rgb = self.generate(
-            _prompts(prompts, n), generator, num_inference_steps, guidance_scale, solver, output_type, predict
+            _prompts(prompts, n),
+            generator,
+            num_inference_steps,
+            guidance_scale,
+            solver,
+            output_type,
+            predict,
+            init,
+            strength,
         )
         images = _as_output(rgb, output_type)
         return ImagePipelineOutput(images=images) if return_dict else (images,)

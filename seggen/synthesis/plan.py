@@ -223,6 +223,8 @@ def make_plan(params: Params, strategy: str, digests: dict[str, str] | None = No
     where = {"out", "threads", "workers", "devices", "dask", "text2mask", "mask2img", "plan"}  # not what is drawn
     # compile and solver enter the fingerprint only where they are not the default
     unset = ({"compile"} if not cfg.compile else set()) | ({"solver"} if cfg.solver == "dpmsolver++" else set())
+    if strategy != "imgsyn" or cfg.imgsyn_strength == 1.0:  # the default, and MaskSyn never reads it
+        unset.add("imgsyn_strength")
     identity = cfg.model_dump(mode="json", exclude=where | unset)
     identity["filter"].pop("out")
     if identity["filter"]["scorer"] == "probe":  # the default: absent, as before there was a choice

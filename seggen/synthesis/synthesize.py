@@ -37,7 +37,7 @@ from PIL import Image
 
 from seggen.config import Params
 from seggen.data.coco import segments_info
-from seggen.data.images import id2rgb, resize_array
+from seggen.data.images import id2rgb, load_rgb, resize_array
 from seggen.data.layout import ignore_dir
 from seggen.data.meta import DatasetMeta
 from seggen.errors import DataError
@@ -140,7 +140,7 @@ def _generate_batch(plan: Plan, gens: Generators, batch: list[Job]) -> list[dict
     r = gens.m2i.resolution
     sizes = [_source_size(plan, j.source) for j in batch]
 
-    def draw(cmaps: np.ndarray) -> np.ndarray:
+    def draw(cmaps: np.ndarray, init: list[np.ndarray] | None = None) -> np.ndarray:
         return gens.m2i(
             cmaps,
             [j.image_prompt for j in batch],
@@ -149,6 +149,8 @@ def _generate_batch(plan: Plan, gens: Generators, batch: list[Job]) -> list[dict
             generator=seeded(s[1] for s in seeds),
             solver=cfg.solver,
             style_swap=cfg.style_swap,
+            init_image=init,
+            strength=cfg.imgsyn_strength,
             output_type="uint8",
         ).images
 
@@ -172,7 +174,10 @@ def _generate_batch(plan: Plan, gens: Generators, batch: list[Job]) -> list[dict
             out.append({"image": resize_array(img, size, Image.BICUBIC), "labels": lab_o, "panoptic": pan})
     else:
         labels = [plan.dataset.load_label(plan.source_index[j.source]).astype(np.uint8) for j in batch]
-        imgs = draw(np.stack([gens.plain[resize_array(lab, (r, r), Image.NEAREST)] for lab in labels]))
+        init = None
+        if cfg.imgsyn_strength < 1:  # img2img from the source image itself
+            init = [load_rgb(plan.dataset.samples[plan.source_index[j.source]].image_path) for j in batch]
+        imgs = draw(np.stack([gens.plain[resize_array(lab, (r, r), Image.NEAREST)] for lab in labels]), init)
         for img, lab, size, j in zip(imgs, labels, sizes, batch):
             pan = _source_panoptic(plan, j.source) if plan.panoptic else None
             out.append({"image": resize_array(img, size, Image.BICUBIC), "labels": lab, "panoptic": pan})
