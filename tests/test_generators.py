@@ -147,6 +147,7 @@ def test_cli_sample_commands(trained, small_benchmark):
         (["--image", str(photo), "--strength", "0"], "--strength 0.0: must be in (0, 1]"),
         (["--image", str(photo), "--strength", "0.01"], "--strength 0.01: no step of"),
         (["--image", str(tmp / "missing.jpg")], "missing.jpg"),
+        (["--strength", "0.5"], "--strength: only with --image"),
     ):
         r = subprocess.run([*base, "--out", str(tmp / "s4"), *extra], capture_output=True, text=True)
         lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
@@ -613,6 +614,17 @@ def test_img2img_matches_diffusers_controlnet_img2img(tiny_sd, small_benchmark, 
     full = ours(cmaps, prompts, init_image=init, strength=1.0, generator=seeded([1, 2]), **kw).images
     plain = ours(cmaps, prompts, generator=seeded([1, 2]), **kw).images
     assert not np.array_equal(full, got)
+    other = ours(cmaps, prompts, init_image=init[::-1], strength=0.5, generator=seeded([1, 2]), **kw).images
+    assert not np.array_equal(other, got)  # the image it starts from shows
+    # n per map: each map's init image beside it, each sample its own draw (as n calls of one sample)
+    two = ours(cmaps, prompts, 2, init_image=init, strength=0.5, generator=seeded([1, 5, 2, 6]), **kw).images
+    assert np.array_equal(two[[0, 2]], got)
+    one = ours(cmaps[1:], prompts[1:], init_image=init[1:], strength=0.5, generator=seeded([6]), **kw).images
+    assert np.array_equal(two[3], one[0])
+    grey = ours(cmaps[:1], prompts[:1], init_image=init[0, ..., 0], strength=0.5, generator=seeded([1]), **kw).images
+    assert grey.shape == (1, 16, 16, 3)
+    with pytest.raises(ValueError, match="expected H x W x 3 uint8"):
+        ours(cmaps[:1], prompts[:1], init_image=init[:1] / 255.0, strength=0.5, generator=seeded([1]), **kw)
     assert np.array_equal(plain, ours(cmaps, prompts, strength=0.3, generator=seeded([1, 2]), **kw).images)
     with pytest.raises(ValueError, match="strength 0.05"):
         ours(cmaps, prompts, init_image=init, strength=0.05, generator=seeded([1, 2]), **kw)

@@ -19,7 +19,7 @@ from PIL import Image
 
 from helpers import params_file
 from seggen.config import load_params
-from seggen.errors import DataError
+from seggen.errors import ConfigError, DataError
 from seggen.synthesis.manifest import read_manifest
 from seggen.synthesis.synthesize import make_plan, run_shard, sample_seeds, synthesize
 from seggen.training import seed_for
@@ -309,6 +309,8 @@ def test_imgsyn_strength_redraws_the_source_image_itself(gens, tmp_path):
     assert make_plan(sde, "masksyn").fingerprint == make_plan(blind, "masksyn").fingerprint
     same = load_params(params_file(gens, tmp_path / "d", imgsyn_strength=1.0))
     assert make_plan(same, "imgsyn").fingerprint == make_plan(blind, "imgsyn").fingerprint
+    with pytest.raises(ConfigError, match="imgsyn_strength 0.1: of 4 steps it runs none"):
+        load_params(params_file(gens, tmp_path / "z", imgsyn_strength=0.1, steps=4))
 
     plan = make_plan(sde, "imgsyn")
     batch = plan.batches[0][:2]
@@ -325,6 +327,8 @@ def test_imgsyn_strength_redraws_the_source_image_itself(gens, tmp_path):
     other = gen.m2i(
         cmaps, [j.image_prompt for j in batch], init_image=init[::-1], strength=0.5, generator=seeded(seeds), **kw
     )
+    blind_imgs = [s["image"] for s in _generate_batch(make_plan(blind, "imgsyn"), gen, batch)]
+    assert all(not np.array_equal(a, b) for a, b in zip(got, blind_imgs))
     for img, w, o, im in zip(got, want.images, other.images, init):
         size = (im.shape[1], im.shape[0])
         assert np.array_equal(img, np.asarray(Image.fromarray(w).resize(size, Image.BICUBIC)))

@@ -119,13 +119,18 @@ def sample_mask2img_cmd(
     image: Annotated[
         Path | None, typer.Option(help="An image to start from (img2img): re-drawn under the mask, layout kept.")
     ] = None,
-    strength: Annotated[float, typer.Option(help="With --image: how far into the schedule it is noised (0-1].")] = 0.6,
+    strength: Annotated[
+        float | None, typer.Option(help="With --image: how far into the schedule it is noised, (0, 1]; default 0.6.")
+    ] = None,
 ) -> None:
     """Generate images for one mask."""
     from seggen.generators.mask2img import sample_mask2img_cli
     from seggen.io import check_dir
 
     _positive(n, "--n")
+    if strength is not None and image is None:
+        raise ConfigError("--strength: only with --image (the image it noises)")
+    strength = 0.6 if strength is None else strength
     if not 0 < strength <= 1:
         raise ConfigError(f"--strength {strength}: must be in (0, 1]")
     check_dir(out, "--out")  # before sampling, not after

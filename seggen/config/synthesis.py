@@ -133,6 +133,14 @@ class SynthesizeParams(_Section):
     """Where the synthesis shards run when dask is used."""
 
     @model_validator(mode="after")
+    def _strength_leaves_a_step(self):
+        if int(self.steps * self.imgsyn_strength) < 1:
+            raise ValueError(
+                f"imgsyn_strength {self.imgsyn_strength}: of {self.steps} steps it runs none (steps x strength < 1)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _scorer_needs_a_plan(self):
         if self.filter.scorer == "plan" and self.plan is None:
             raise ValueError("filter.scorer: plan scores with the plan's reference segmenter: set synthesize.plan")

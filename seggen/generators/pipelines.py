@@ -329,11 +329,18 @@ class SegGenPipeline(DiffusionPipeline):
         return self.unet(x, t, context, added_cond_kwargs=added).sample
 
 
-def _square(image: np.ndarray, r: int) -> np.ndarray:
-    """An RGB image (H x W x 3 uint8, alpha dropped) resized to r x r, bicubic: as the colour maps are squared."""
+def _square(image, r: int) -> np.ndarray:
+    """An image (PIL, or an H x W [x 3|4] uint8 array: grey spread to RGB, alpha dropped) resized to r x r,
+    bicubic: squared as the colour maps are."""
     from seggen.data.images import resize_array
 
-    return resize_array(np.ascontiguousarray(image[..., :3], dtype=np.uint8), (r, r), Image.BICUBIC)
+    a = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
+    if a.dtype != np.uint8 or not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4))):
+        raise ValueError(
+            f"init image of shape {a.shape} and dtype {a.dtype}: expected H x W x 3 uint8 (or a PIL image)"
+        )
+    a = np.repeat(a[..., None], 3, axis=2) if a.ndim == 2 else a[..., :3]
+    return resize_array(np.ascontiguousarray(a), (r, r), Image.BICUBIC)
 
 
 def _prompts(prompt: str | list[str], n: int) -> list[str]:
@@ -535,7 +542,7 @@ class SegGenMask2ImgPipeline(SegGenPipeline):
             )
             if len(inits) * n != len(maps):
                 raise ValueError(f"{len(inits)} init images for {len(maps) // n} colour maps: give one per map")
-            init = np.stack([_square(np.asarray(im), r) for im in inits for _ in range(n)])
+            init = np.stack([_square(im, r) for im in inits for _ in range(n)])
 
         def predict(x, t, context, added, doubled):
             down, mid = self.controlnet(
