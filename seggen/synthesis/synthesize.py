@@ -135,7 +135,6 @@ def _generate_batch(plan: Plan, gens: Generators, batch: list[Job]) -> list[dict
     from seggen.generators.pipelines import seeded
 
     cfg = plan.params.synthesize
-    prompts = [j.prompt for j in batch]
     seeds = [sample_seeds(j.seed) for j in batch]  # (Text2Mask's, Mask2Img's) per sample
     r = gens.m2i.resolution
     sizes = [_source_size(plan, j.source) for j in batch]
@@ -157,7 +156,7 @@ def _generate_batch(plan: Plan, gens: Generators, batch: list[Job]) -> list[dict
     out = []
     if plan.strategy == "masksyn":
         masks = gens.t2m(
-            prompts,
+            [j.prompt for j in batch],
             num_inference_steps=cfg.steps,
             guidance_scale=cfg.text2mask_guidance,
             generator=seeded(s[0] for s in seeds),
@@ -174,9 +173,8 @@ def _generate_batch(plan: Plan, gens: Generators, batch: list[Job]) -> list[dict
             out.append({"image": resize_array(img, size, Image.BICUBIC), "labels": lab_o, "panoptic": pan})
     else:
         labels = [plan.dataset.load_label(plan.source_index[j.source]).astype(np.uint8) for j in batch]
-        init = None
-        if cfg.imgsyn_strength < 1:  # img2img from the source image itself
-            init = [load_rgb(plan.dataset.samples[plan.source_index[j.source]].image_path) for j in batch]
+        paths = [plan.dataset.samples[plan.source_index[j.source]].image_path for j in batch]
+        init = [load_rgb(p) for p in paths] if cfg.imgsyn_strength < 1 else None  # img2img: from the source image
         imgs = draw(np.stack([gens.plain[resize_array(lab, (r, r), Image.NEAREST)] for lab in labels]), init)
         for img, lab, size, j in zip(imgs, labels, sizes, batch):
             pan = _source_panoptic(plan, j.source) if plan.panoptic else None
