@@ -356,7 +356,6 @@ def sample_mask2img(
 
     key = hashlib.sha256(np.ascontiguousarray(colour_map).tobytes()).hexdigest()[:16]
     seeds = [training.seed_for(seed, KIND, "sample", key, prompt, i) for i in range(n)]
-    init = None if init_image is None else [init_image]
     out = [
         pipe(
             [colour_map],
@@ -365,7 +364,7 @@ def sample_mask2img(
             steps,
             guidance_scale,
             seeded(chunk),
-            init_image=init,
+            init_image=init_image,
             strength=strength,
             output_type="uint8",
         ).images

@@ -19,16 +19,48 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from seggen.generators.sampling import (  # noqa: F401 (seeded and the outputs: imported from here too)
     ImagePipelineOutput,
     SegGenPipeline,
     Text2MaskPipelineOutput,
-    _as_output,
-    _prompts,
-    _square,
     seeded,
 )
+
+
+def _as_output(images: np.ndarray, output_type: str):
+    """uint8 N x H x W x 3 -> what diffusers' pipelines return for `output_type` (or the uint8 itself)."""
+    if output_type == "uint8":
+        return images
+    if output_type == "pil":
+        return [Image.fromarray(im) for im in images]
+    return images.astype(np.float32) / 255.0
+
+
+def _prompts(prompt: str | list[str], n: int) -> list[str]:
+    """Prompt-major: each prompt n times in a row, as diffusers repeats num_images_per_prompt."""
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    return [p for p in prompts for _ in range(n)]
+
+
+def _listed(x) -> list:
+    """One image / colour map, a list of them, or a B x H x W x 3 array -> a list, one per sample."""
+    return list(x) if isinstance(x, (list, tuple)) or getattr(x, "ndim", 0) == 4 else [x]
+
+
+def _square(image, r: int) -> np.ndarray:
+    """An image (PIL, or an H x W [x 3|4] uint8 array: grey spread to RGB, alpha dropped) resized to r x r,
+    bicubic: squared as the colour maps are."""
+    from seggen.data.images import resize_array
+
+    a = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
+    if a.dtype != np.uint8 or not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4))):
+        raise ValueError(
+            f"init image of shape {a.shape} and dtype {a.dtype}: expected H x W x 3 uint8 (or a PIL image)"
+        )
+    a = np.repeat(a[..., None], 3, axis=2) if a.ndim == 2 else a[..., :3]
+    return resize_array(np.ascontiguousarray(a), (r, r), Image.BICUBIC)
 
 
 class SegGenPriorPipeline(SegGenPipeline):
@@ -205,7 +237,7 @@ class SegGenMask2ImgPipeline(SegGenPipeline):
         from there under the map's control; strength 1 starts from noise at the schedule's first step."""
         from seggen.generators.mask2img import model_input
 
-        maps = list(image) if isinstance(image, (list, tuple)) or getattr(image, "ndim", 0) == 4 else [image]
+        maps = _listed(image)
         prompts = [prompt] * len(maps) if isinstance(prompt, str) else list(prompt)
         if len(prompts) != len(maps):
             raise ValueError(f"{len(maps)} colour maps but {len(prompts)} prompts")
@@ -217,11 +249,7 @@ class SegGenMask2ImgPipeline(SegGenPipeline):
         control = torch.from_numpy(maps).permute(0, 3, 1, 2).float().div(255).to(self._execution_device)
         init = None
         if init_image is not None:
-            inits = (
-                list(init_image)
-                if isinstance(init_image, (list, tuple)) or getattr(init_image, "ndim", 0) == 4
-                else [init_image]
-            )
+            inits = _listed(init_image)
             if len(inits) * n != len(maps):
                 raise ValueError(f"{len(inits)} init images for {len(maps) // n} colour maps: give one per map")
             init = np.stack([_square(im, r) for im in inits for _ in range(n)])

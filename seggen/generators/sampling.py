@@ -45,15 +45,6 @@ def seeded(seeds) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(int(s)) for s in seeds]
 
 
-def _as_output(images: np.ndarray, output_type: str):
-    """uint8 N x H x W x 3 -> what diffusers' pipelines return for `output_type` (or the uint8 itself)."""
-    if output_type == "uint8":
-        return images
-    if output_type == "pil":
-        return [Image.fromarray(im) for im in images]
-    return images.astype(np.float32) / 255.0
-
-
 class SegGenPipeline(DiffusionPipeline):
     """The denoising loop the generators share: classifier-free guidance over a multistep solver
     (DPM-Solver++ 2M or UniPC) built from the training noise schedule, in pixel space or in a VAE's
@@ -267,8 +258,9 @@ class SegGenPipeline(DiffusionPipeline):
         """B x R x R x 3 uint8 -> the samples the model denoises: pixels in [-1, 1], or latents: a draw from
         the VAE's posterior per image with its own generator, scaled (diffusers' img2img pipelines: the draw
         comes before the noise's; encoded in the VAE's dtype outside autocast, as in decode)."""
-        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1)
-        x = x.to(self._execution_device)
+        from seggen.training import to_tensor
+
+        x = torch.stack([to_tensor(im) for im in images]).to(self._execution_device)
         if self.vae is None:
             return x
         x = x.to(self.vae.dtype)
@@ -317,23 +309,3 @@ class SegGenPipeline(DiffusionPipeline):
 
     def _unet_predict(self, x, t, context, added, _doubled):
         return self.unet(x, t, context, added_cond_kwargs=added).sample
-
-
-def _square(image, r: int) -> np.ndarray:
-    """An image (PIL, or an H x W [x 3|4] uint8 array: grey spread to RGB, alpha dropped) resized to r x r,
-    bicubic: squared as the colour maps are."""
-    from seggen.data.images import resize_array
-
-    a = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
-    if a.dtype != np.uint8 or not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4))):
-        raise ValueError(
-            f"init image of shape {a.shape} and dtype {a.dtype}: expected H x W x 3 uint8 (or a PIL image)"
-        )
-    a = np.repeat(a[..., None], 3, axis=2) if a.ndim == 2 else a[..., :3]
-    return resize_array(np.ascontiguousarray(a), (r, r), Image.BICUBIC)
-
-
-def _prompts(prompt: str | list[str], n: int) -> list[str]:
-    """Prompt-major: each prompt n times in a row, as diffusers repeats num_images_per_prompt."""
-    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-    return [p for p in prompts for _ in range(n)]
