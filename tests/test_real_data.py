@@ -265,13 +265,19 @@ def test_real_data_profiles_are_deltas_that_validate(tmp_path):
     assert len(profile_changes(REPO / "profiles" / "real-ade20k.yaml")) > 20
 
 
-def test_the_gpu_hours_estimate_counts_the_samples_augment_add_adds(tmp_path):
+def _estimate_row(tmp_path, row: str, **sections) -> tuple[str, str, float]:
+    """The row of benchmarks/estimate_gpu_hours.py whose name starts with `row`, for the ADE20K profile with
+    `sections` over it."""
     from benchmarks.estimate_gpu_hours import estimate
 
+    f = tmp_path / "p.yaml"
+    f.write_text(yaml.safe_dump({"extends": str(REPO / "profiles" / "real-ade20k.yaml"), **sections}))
+    return next(r for r in estimate(f)[0] if r[0].startswith(row))
+
+
+def test_the_gpu_hours_estimate_counts_the_samples_augment_add_adds(tmp_path):
     def mask2former(**seg):
-        f = tmp_path / "p.yaml"
-        f.write_text(yaml.safe_dump({"extends": str(REPO / "profiles" / "real-ade20k.yaml"), "segmenter": seg}))
-        return next(r for r in estimate(f)[0] if r[0].startswith("train Mask2Former"))
+        return _estimate_row(tmp_path, "train Mask2Former", segmenter=seg)
 
     replace, add = mask2former(), mask2former(strategy="augment", augment_mode="add", p_aug=0.25)
     assert replace[1].endswith("x 16") and add[1].endswith("x 20")  # 16 real + round(0.25 x 16) synthetic
@@ -279,12 +285,8 @@ def test_the_gpu_hours_estimate_counts_the_samples_augment_add_adds(tmp_path):
 
 
 def test_the_gpu_hours_estimate_counts_the_steps_imgsyn_strength_runs(tmp_path):
-    from benchmarks.estimate_gpu_hours import estimate
-
     def imgsyn(**syn):
-        f = tmp_path / "p.yaml"
-        f.write_text(yaml.safe_dump({"extends": str(REPO / "profiles" / "real-ade20k.yaml"), "synthesize": syn}))
-        return next(r for r in estimate(f)[0] if r[0] == "synthesize ImgSyn")
+        return _estimate_row(tmp_path, "synthesize ImgSyn", synthesize=syn)
 
     full, half = imgsyn(), imgsyn(imgsyn_strength=0.5)
     assert (
