@@ -630,3 +630,31 @@ def test_img2img_matches_diffusers_controlnet_img2img(tiny_sd, small_benchmark, 
         ours(cmaps, prompts, init_image=init, strength=0.05, generator=seeded([1, 2]), **kw)
     with pytest.raises(ValueError, match="1 init images for 2 colour maps"):
         ours(cmaps, prompts, init_image=init[:1], strength=0.5, generator=seeded([1, 2]), **kw)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
+def test_min_snr_weighting_is_the_diffusers_scripts(prediction_type):
+    """`train.snr_gamma` weighs the loss as diffusers' train_text_to_image.py does with --snr_gamma."""
+    import torch.nn.functional as F
+    from diffusers import DDPMScheduler
+    from diffusers.training_utils import compute_snr
+
+    from seggen.generators.diffusion import MicroBatch, denoising_loss, training_target
+
+    sched = DDPMScheduler(prediction_type=prediction_type)
+    g = torch.Generator().manual_seed(0)
+    x0, noise, pred = (torch.randn(6, 3, 8, 8, generator=g) for _ in range(3))
+    t = torch.tensor([0, 3, 100, 400, 800, 999])
+    b = MicroBatch(torch.arange(6), x0, noise, t, [])
+    target = training_target(sched, x0, noise, t)
+    assert torch.equal(denoising_loss(sched, pred, b, None), F.mse_loss(pred, target))
+    # the script's lines, for gamma 5
+    snr = compute_snr(sched, t)
+    w = torch.stack([snr, 5.0 * torch.ones_like(t)], dim=1).min(dim=1)[0]
+    if prediction_type == "epsilon":
+        w = w / snr
+    elif prediction_type == "v_prediction":
+        w = w / (snr + 1)
+    expected = (F.mse_loss(pred, target, reduction="none").mean(dim=[1, 2, 3]) * w).mean()
+    torch.testing.assert_close(denoising_loss(sched, pred, b, 5.0), expected)
+    assert not torch.isclose(expected, F.mse_loss(pred, target))

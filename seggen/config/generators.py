@@ -44,6 +44,10 @@ class TrainParams(LoopParams):
     """Linear warm-up steps before the constant rate."""
     caption_dropout: float = Field(0.1, ge=0, le=1)
     """Share of captions replaced by the empty prompt (what classifier-free guidance needs)."""
+    snr_gamma: float | None = Field(None, gt=0)
+    """Min-SNR-g loss weighting (Hang et al. 2023, 5 recommended; diffusers' --snr_gamma): each sample's error
+    weighted so that its weight in x0 units is min(SNR_t, g); null: the plain mean squared error.
+    """
     ema: bool = False
     """Keep an exponential moving average of the weights and save it."""
     ema_decay: float = Field(0.999, gt=0, lt=1)

@@ -238,6 +238,24 @@ def training_target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.T
     raise ValueError(kind)
 
 
+def denoising_loss(scheduler, pred: torch.Tensor, b: MicroBatch, snr_gamma: float | None) -> torch.Tensor:
+    """The mean squared error of the prediction against the scheduler's target; with `snr_gamma`, each
+    sample's error weighted by Min-SNR-g as diffusers' text-to-image scripts do. An error of eps or v
+    is the x0 error times SNR or SNR + 1 (SNR = a_t / (1 - a_t)), so the weight min(SNR, g) in x0 units
+    is min(SNR, g) / SNR for eps and min(SNR, g) / (SNR + 1) for v: capped, the low-noise steps no
+    longer dominate an eps loss, nor the high-noise ones an x0 loss."""
+    target = training_target(scheduler, b.x0, b.noise, b.t)
+    if snr_gamma is None:
+        return torch.nn.functional.mse_loss(pred.float(), target.float())
+    a = scheduler.alphas_cumprod.to(b.t.device)[b.t].float()
+    snr = a / (1 - a)
+    w = snr.clamp(max=snr_gamma)
+    kind = scheduler.config.prediction_type
+    w = w / snr if kind == "epsilon" else w / (snr + 1) if kind == "v_prediction" else w
+    err = ((pred.float() - target.float()) ** 2).mean(dim=tuple(range(1, pred.ndim)))
+    return (err * w).mean()
+
+
 def train_text_to_image(loop, seed: int, kind: str, unet, cond, noise_scheduler, x0_all, text_all, empty) -> bool:
     """Steps 3-4 that Text2Mask and the prior share: the UNet (and a from-scratch text encoder)
     train through `loop` (resume, prepare, EMA), then the denoising steps; `text_all` / `empty`:
@@ -267,8 +285,6 @@ def text_to_image_step(loop, unet, cond, noise_scheduler, batches, trainable) ->
 
     x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps (add_noise); the UNet predicts the scheduler's target
     (x_0, eps or v) from x_t, t and the caption, and the loss is their mean squared error."""
-    import torch.nn.functional as F
-
     accelerator, optimizer = loop.accelerator, loop.opt
     for b in batches:
         b = b.to(loop.device)
@@ -277,8 +293,7 @@ def text_to_image_step(loop, unet, cond, noise_scheduler, batches, trainable) ->
                 ctx, added = cond(b.text)
                 noisy = noise_scheduler.add_noise(b.x0, b.noise, b.t)
                 pred = unet(noisy, b.t, ctx, added_cond_kwargs=added).sample
-                target = training_target(noise_scheduler, b.x0, b.noise, b.t)
-                loss = F.mse_loss(pred.float(), target.float())
+                loss = denoising_loss(noise_scheduler, pred, b, loop.train.snr_gamma)
             accelerator.backward(loss)
             if accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(trainable, loop.train.max_grad_norm)
@@ -374,6 +389,8 @@ def fingerprint_params(params: Params, gen: GeneratorParams, prediction_type: st
         g["train"].pop(k)
     if g["train"]["optimizer"] == "adamw":  # the default is what a fingerprint without the key means
         g["train"].pop("optimizer")
+    if g["train"]["snr_gamma"] is None:  # likewise
+        g["train"].pop("snr_gamma")
     blob = json.dumps(
         [
             params.seed,

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from seggen import io as sio
@@ -157,9 +156,7 @@ def train_mask2img(params: Params, progress: bool = True) -> Path:
                         down_block_additional_residuals=down,
                         mid_block_additional_residual=mid,
                     ).sample
-                    loss = F.mse_loss(
-                        pred.float(), diffusion.training_target(noise_scheduler, b.x0, b.noise, b.t).float()
-                    )
+                    loss = diffusion.denoising_loss(noise_scheduler, pred, b, tc.snr_gamma)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(trainable, tc.max_grad_norm)
