@@ -658,3 +658,6 @@ def test_min_snr_weighting_is_the_diffusers_scripts(prediction_type):
     expected = (F.mse_loss(pred, target, reduction="none").mean(dim=[1, 2, 3]) * w).mean()
     torch.testing.assert_close(denoising_loss(sched, pred, b, 5.0), expected)
     assert not torch.isclose(expected, F.mse_loss(pred, target))
+    if prediction_type != "sample":  # a zero-terminal-SNR schedule (SNR 0 at its last step): still finite
+        sched = DDPMScheduler(prediction_type=prediction_type, rescale_betas_zero_snr=True)
+        assert torch.isfinite(denoising_loss(sched, pred, b, 5.0))

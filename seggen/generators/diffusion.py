@@ -240,18 +240,20 @@ def training_target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.T
 
 def denoising_loss(scheduler, pred: torch.Tensor, b: MicroBatch, snr_gamma: float | None) -> torch.Tensor:
     """The mean squared error of the prediction against the scheduler's target; with `snr_gamma`, each
-    sample's error weighted by Min-SNR-g as diffusers' text-to-image scripts do. An error of eps or v
-    is the x0 error times SNR or SNR + 1 (SNR = a_t / (1 - a_t)), so the weight min(SNR, g) in x0 units
-    is min(SNR, g) / SNR for eps and min(SNR, g) / (SNR + 1) for v: capped, the low-noise steps no
-    longer dominate an eps loss, nor the high-noise ones an x0 loss."""
+    sample's error weighted by Min-SNR-g as diffusers' text-to-image scripts do. A squared error of
+    eps or v is the squared x0 error times SNR or SNR + 1 (SNR = a_t / (1 - a_t)), so the weight
+    min(SNR, g) in x0 units is min(1, g / SNR) for eps and min(SNR, g) / (SNR + 1) for v: capped, the
+    low-noise steps no longer dominate an eps loss, nor the high-noise ones an x0 loss."""
     target = training_target(scheduler, b.x0, b.noise, b.t)
     if snr_gamma is None:
         return torch.nn.functional.mse_loss(pred.float(), target.float())
     a = scheduler.alphas_cumprod.to(b.t.device)[b.t].float()
     snr = a / (1 - a)
-    w = snr.clamp(max=snr_gamma)
     kind = scheduler.config.prediction_type
-    w = w / snr if kind == "epsilon" else w / (snr + 1) if kind == "v_prediction" else w
+    if kind == "epsilon":  # min(SNR, g) / SNR, written to stay finite at SNR 0 (a zero-terminal-SNR schedule)
+        w = (snr_gamma / snr).clamp(max=1)
+    else:
+        w = snr.clamp(max=snr_gamma) / (snr + 1 if kind == "v_prediction" else 1)
     err = ((pred.float() - target.float()) ** 2).mean(dim=tuple(range(1, pred.ndim)))
     return (err * w).mean()
 
@@ -284,7 +286,8 @@ def text_to_image_step(loop, unet, cond, noise_scheduler, batches, trainable) ->
     accumulated): the denoising update Text2Mask and the prior share. Returns the last micro-batch's loss.
 
     x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps (add_noise); the UNet predicts the scheduler's target
-    (x_0, eps or v) from x_t, t and the caption, and the loss is their mean squared error."""
+    (x_0, eps or v) from x_t, t and the caption, and the loss is their mean squared error
+    (Min-SNR-weighted with `train.snr_gamma`: denoising_loss)."""
     accelerator, optimizer = loop.accelerator, loop.opt
     for b in batches:
         b = b.to(loop.device)
