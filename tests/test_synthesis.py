@@ -382,6 +382,10 @@ def test_a_plan_spends_the_blind_budget_on_the_weak_classes_sources(gens, tmp_pa
     assert record["runs"][0]["device"].startswith("CPU (")
     synthesize(blind_p, "imgsyn", progress=False)
     assert json.loads((tmp_path / "blind" / "imgsyn.run.json").read_text()) == record
+    # a fresh clone: the record (git) without its dataset (DVC, not pulled); made again, the record is that run's
+    shutil.rmtree(tmp_path / "blind" / "imgsyn")
+    again = synthesize(blind_p, "imgsyn", progress=False)["compute"]
+    assert [r["generated"] for r in again["runs"]] == [12] and again["generated"] == 12
 
     # a later round of a loop spends its budget the same way on new draws: its arm pools every round's data,
     # and round 1's seeds again would add the same pairs twice

@@ -35,7 +35,7 @@ def _cost(outs: list[Path]) -> tuple[float | None, set[str], bool]:
     """The wall seconds the datasets at `outs` took to generate (their compute records; None where a
     record is missing or empty), the devices they ran on, and whether the records cover every sample
     (a run killed by a signal leaves no entry)."""
-    from seggen.synthesis.merge import run_path
+    from seggen.synthesis.plan import run_path
 
     total, where, whole = 0.0, set(), True
     for out in outs:

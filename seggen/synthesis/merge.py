@@ -18,7 +18,7 @@ from seggen.errors import DataError
 from seggen.io import atomic_path, save_grid, write_json
 from seggen.synthesis.diversity import Spreads
 from seggen.synthesis.manifest import ManifestRow
-from seggen.synthesis.plan import Plan
+from seggen.synthesis.plan import Plan, run_path
 
 log = logging.getLogger(__name__)
 
@@ -193,11 +193,6 @@ def _sweep(plan: Plan, kept: list[tuple], dropped: list[str], ignored: list[str]
 def metrics_path(out: Path) -> Path:
     """The dataset's DVC metrics file: beside its directory (a cached DVC output), so git tracks it."""
     return out.parent / f"{out.name}.metrics.json"
-
-
-def run_path(out: Path) -> Path:
-    """The dataset's compute record (STRATEGY.run.json, beside the metrics file): what generating it cost."""
-    return out.parent / f"{out.name}.run.json"
 
 
 def record_run(out: Path, entry: dict | None) -> dict:

@@ -292,6 +292,14 @@ def prepare_output(plan: Plan) -> bool:
         for p in out.iterdir():
             if p.name != MARKER:
                 shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    # a dataset started over starts its compute record over: one left beside it (by git in a fresh clone,
+    # its dataset not pulled) would count this generation as a resumed run of the old one
+    run_path(out).unlink(missing_ok=True)
     (work / "rows").mkdir(parents=True, exist_ok=True)
     (work / "fingerprint").write_text(plan.fingerprint + "\n")
     return False
+
+
+def run_path(out: Path) -> Path:
+    """The dataset's compute record (STRATEGY.run.json, beside the metrics file): what generating it cost."""
+    return out.parent / f"{out.name}.run.json"
