@@ -139,9 +139,9 @@ def _generate_batch(plan: Plan, gens: Generators, batch: list[Job]) -> list[dict
     r = gens.m2i.resolution
     sizes = [_source_size(plan, j.source) for j in batch]
 
-    def draw(cmaps: np.ndarray, init: list[np.ndarray] | None = None) -> np.ndarray:
-        return gens.m2i(
-            cmaps,
+    def draw(labels: list[np.ndarray], init: list[np.ndarray] | None = None) -> np.ndarray:
+        return gens.m2i(  # the labels as plain colour maps at Mask2Img's size; img2img from `init`
+            np.stack([gens.plain[resize_array(lab, (r, r), Image.NEAREST)] for lab in labels]),
             [j.image_prompt for j in batch],
             num_inference_steps=cfg.steps,
             guidance_scale=cfg.mask2img_guidance,
@@ -165,17 +165,17 @@ def _generate_batch(plan: Plan, gens: Generators, batch: list[Job]) -> list[dict
         )
         labels = [lab.astype(np.uint8) for lab in masks.labels]
         insts = list(masks.instances) if masks.instances is not None else [None] * len(batch)
-        imgs = draw(np.stack([gens.plain[resize_array(lab, (r, r), Image.NEAREST)] for lab in labels]))
+        imgs = draw(labels)
         for img, lab, inst, size in zip(imgs, labels, insts, sizes):
             lab_o = resize_array(lab, size, Image.NEAREST)
             inst_o = resize_array(inst.astype(np.int32), size, Image.NEAREST) if inst is not None else None
             pan = panoptic_from_labels(lab_o, inst_o, plan.meta) if plan.panoptic else None
             out.append({"image": resize_array(img, size, Image.BICUBIC), "labels": lab_o, "panoptic": pan})
     else:
-        labels = [plan.dataset.load_label(plan.source_index[j.source]).astype(np.uint8) for j in batch]
-        paths = [plan.dataset.samples[plan.source_index[j.source]].image_path for j in batch]
-        init = [load_rgb(p) for p in paths] if cfg.imgsyn_strength < 1 else None  # img2img: from the source image
-        imgs = draw(np.stack([gens.plain[resize_array(lab, (r, r), Image.NEAREST)] for lab in labels]), init)
+        rows = [plan.source_index[j.source] for j in batch]
+        labels = [plan.dataset.load_label(i).astype(np.uint8) for i in rows]
+        init = [load_rgb(plan.dataset.samples[i].image_path) for i in rows] if cfg.imgsyn_strength < 1 else None
+        imgs = draw(labels, init)
         for img, lab, size, j in zip(imgs, labels, sizes, batch):
             pan = _source_panoptic(plan, j.source) if plan.panoptic else None
             out.append({"image": resize_array(img, size, Image.BICUBIC), "labels": lab, "panoptic": pan})
